@@ -131,7 +131,8 @@ def as_site(model, where: Site | str, **slices) -> Site:
         site = Site.from_hook_name(where, **slices)
     else:
         raise TypeError(f"Expected a Site or a hook name string, got {type(where).__name__}.")
+    site.check(model)
     if site.hook_name not in model.hook_dict:
         hint = " (set model.set_use_attn_result(True) for per-head results)" if site.component == "result" else ""
         raise UnknownSiteError(f"{site.hook_name!r} is not a hook of this model{hint}.{did_you_mean(site.hook_name, model.hook_dict)}")
-    return site.check(model)
+    return site
