@@ -224,3 +224,22 @@ def _from_transformer_lens_name(name: str, device, dtype, n_ctx) -> HookedTransf
             else:
                 os.environ[k] = v
     return model.eval()
+
+
+def list_loadable() -> list[dict[str, str]]:
+    """What load_model() can load on this machine, without loading anything."""
+    rows = []
+    try:
+        gguf = bundled_gguf_path()
+        done = (converted_dir(gguf) / "model.safetensors").exists()
+        rows.append({"spec": "(default) SmolLM2-135M-Instruct", "kind": "bundled gguf", "status": "converted" if done else "installed, converts on first load"})
+    except ModelLoadError:
+        rows.append({"spec": "(default) SmolLM2-135M-Instruct", "kind": "bundled gguf", "status": f"missing: {INSTALL_HINT}"})
+    for d in sorted((cache_root() / "models").glob("*")):
+        if (d / "source.json").exists() and not d.name.endswith(".partial"):
+            rows.append({"spec": json.loads((d / "source.json").read_text())["source"], "kind": "converted cache", "status": "loads in seconds"})
+    hub = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"))
+    for d in sorted(hub.glob("models--*")):
+        if any(d.glob("snapshots/*/config.json")):
+            rows.append({"spec": d.name.removeprefix("models--").replace("--", "/"), "kind": "HF cache snapshot", "status": "TransformerLens name or directory"})
+    return rows

@@ -1,0 +1,121 @@
+"""`interp ...`: thin commands that parse, call library functions, and print where output went."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="interp-toolkit: patching, ablation, SAEs and circuit analyses on real models.", no_args_is_help=True, add_completion=False)
+corpus_app = typer.Typer(help="The default offline corpus and user corpora.", no_args_is_help=True)
+run_app = typer.Typer(help="Run an investigation end to end into a results directory.", no_args_is_help=True)
+sae_app = typer.Typer(help="Sparse autoencoders: train and evaluate.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(run_app, name="run")
+app.add_typer(sae_app, name="sae")
+
+MODEL_HELP = "None: the bundled SmolLM2-135M-Instruct; else a .gguf file, a local HF directory, or a TransformerLens name in the local HF cache."
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _user_errors():
+    from interp.errors import InterpError
+
+    return (InterpError, FileNotFoundError)
+
+
+@app.command()
+def models() -> None:
+    """What can be loaded here: the bundled model, converted caches, and local HF-cache snapshots."""
+    from interp.models import list_loadable
+
+    for row in list_loadable():
+        typer.echo(f"{row['spec']:<60} {row['kind']:<22} {row['status']}")
+
+
+@corpus_app.command("fetch")
+def corpus_fetch(dest: Optional[Path] = typer.Option(None, help="Where to put the corpus (default: the toolkit's data dir).")) -> None:
+    """Obtain the default corpus from the package registries (idempotent)."""
+    from interp.corpus import fetch_default_corpus
+
+    try:
+        path = fetch_default_corpus(dest)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"corpus: {path}")
+
+
+@app.command()
+def cache(
+    out: Path = typer.Option(..., help="Store directory (resumed if it exists)."),
+    site: list[str] = typer.Option(..., help="Hook name(s) to store, e.g. blocks.6.hook_resid_post."),
+    n_tokens: int = typer.Option(1_000_000, help="Tokens to store."),
+    seq_len: int = typer.Option(128),
+    corpus: Optional[str] = typer.Option(None, help="A .txt / .jsonl / .parquet file or HF dataset dir; default: the bundled corpus."),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+) -> None:
+    """Fill an activation store: stream a corpus through the model, write sharded safetensors."""
+    from interp.models import load_model
+    from interp.store import build_store
+
+    try:
+        path = build_store(load_model(model), site, corpus, out, n_tokens=n_tokens, seq_len=seq_len)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"store: {path}")
+
+
+@app.command()
+def patch(
+    pairs: Path = typer.Argument(..., help="A .jsonl/.csv of prompt pairs with fields clean, corrupted, answer, wrong."),
+    out: Path = typer.Option(..., help="Results directory."),
+    sweep: list[str] = typer.Option(["resid_pre", "heads"], help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos, neurons."),
+    metric: str = typer.Option("logit_diff", help="logit_diff, answer_prob, accuracy, kl."),
+    align: bool = typer.Option(False, help="Left-pad pairs of different token lengths instead of refusing them."),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+) -> None:
+    """Activation patching sweeps on your prompt pairs -> results dir and dashboard."""
+    from experiments.patching_sweep import PatchingSweepConfig, read_pairs, run
+
+    try:
+        config = PatchingSweepConfig(pairs=read_pairs(pairs), sweeps=tuple(sweep), metric=metric, align=align, model=model)
+        run_dir = run(config, out)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"dashboard: {run_dir / 'dashboard.html'}")
+
+
+@app.command()
+def dashboard(run_dirs: list[Path] = typer.Argument(..., help="Results directories."), index: Optional[Path] = typer.Option(None, help="Index page path.")) -> None:
+    """Build one self-contained HTML page per results dir, and an index linking them."""
+    from dashboards import build_dashboards
+
+    try:
+        pages = build_dashboards(run_dirs, index_path=index)
+    except _user_errors() as exc:
+        _fail(exc)
+    for page in pages:
+        typer.echo(str(page))
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("results/demo"), help="Where the demo writes its results dirs."), quick: bool = typer.Option(True)) -> None:
+    """The main pipeline on the bundled model: every investigation, then the dashboards."""
+    from experiments.demo import run_demo
+
+    index = run_demo(out, quick=quick)
+    typer.echo(f"dashboard: {index.resolve()}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
