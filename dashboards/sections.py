@@ -1,0 +1,113 @@
+"""A dashboard page is a list of Sections built from a results dir.
+
+Each analysis may register its own section builder under the name in its config.json's
+"analysis" field; runs of any other analysis get `default_sections` (config, metrics, every saved
+figure, a preview of every table). Builders compose: an analysis can put its own sections first
+and then append the default ones.
+
+    @register_sections("activation_patching")
+    def patching_sections(run: ResultsDir) -> list[Section]:
+        return [Section("Restoration", text="...", figures=["restoration"]), *default_sections(run)]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from interp.errors import InterpError
+from interp.results import ResultsDir
+
+TABLE_PREVIEW_ROWS = 20
+
+
+@dataclass
+class Section:
+    """One titled block of a page. figures: saved figure names (from figures/*.json) or Figure objects."""
+
+    title: str
+    text: str = ""
+    table: pd.DataFrame | None = None
+    figures: Sequence[str | go.Figure] = field(default_factory=list)
+
+
+SectionBuilder = Callable[[ResultsDir], list[Section]]
+SECTION_BUILDERS: dict[str, SectionBuilder] = {}
+
+
+def register_sections(analysis: str) -> Callable[[SectionBuilder], SectionBuilder]:
+    """Decorator: use the decorated function to build pages of runs whose config.json says this analysis."""
+
+    def register(builder: SectionBuilder) -> SectionBuilder:
+        if analysis in SECTION_BUILDERS and SECTION_BUILDERS[analysis] is not builder:
+            raise InterpError(f"register_sections({analysis!r}): {SECTION_BUILDERS[analysis].__qualname__} is already registered for this analysis; pick another name.")
+        SECTION_BUILDERS[analysis] = builder
+        return builder
+
+    return register
+
+
+def sections_for(run: ResultsDir) -> list[Section]:
+    builder = SECTION_BUILDERS.get(run.analysis, default_sections)
+    sections = builder(run)
+    if not isinstance(sections, list) or not all(isinstance(s, Section) for s in sections):
+        raise InterpError(f"the section builder for analysis {run.analysis!r} returned {type(sections).__name__}; it must return a list of dashboards.Section.")
+    return sections
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dicts as dotted keys, so a config or metrics file reads as one two-column table."""
+    flat: dict[str, object] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def key_value_table(mapping: dict, key: str = "name", value: str = "value") -> pd.DataFrame:
+    flat = flatten(mapping)
+    return pd.DataFrame({key: list(flat), value: [_cell(v) for v in flat.values()]})
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def config_section(run: ResultsDir) -> Section:
+    record = run.record()
+    return Section("Config", text=f"analysis: {record['analysis']}; config class: {record.get('config_type', 'unknown')}",
+                   table=key_value_table(record["config"], key="setting"))
+
+
+def metrics_section(run: ResultsDir) -> Section | None:
+    metrics = run.metrics()
+    return Section("Metrics", table=key_value_table(metrics, key="metric")) if metrics else None
+
+
+def figures_section(run: ResultsDir, names: Sequence[str] | None = None) -> Section | None:
+    names = run.figure_names() if names is None else list(names)
+    return Section("Figures", figures=names) if names else None
+
+
+def table_sections(run: ResultsDir) -> list[Section]:
+    sections = []
+    for name in run.table_names():
+        df = run.load_table(name)
+        shown = min(len(df), TABLE_PREVIEW_ROWS)
+        sections.append(Section(f"Table: {name}", text=f"{len(df)} rows x {df.shape[1]} columns ({name}.parquet); first {shown} shown.", table=df.head(shown)))
+    return sections
+
+
+def default_sections(run: ResultsDir) -> list[Section]:
+    """Config, metrics, every saved figure, then a preview of every table."""
+    maybe = [config_section(run), metrics_section(run), figures_section(run), *table_sections(run)]
+    return [s for s in maybe if s is not None]

@@ -1,0 +1,292 @@
+"""ResultsDir: one run's outputs in the layout every analysis and the dashboards share.
+
+    run/config.json        {"analysis", "title", "config_type", "config": the frozen dataclass's fields}
+    run/metrics.json       the run's headline numbers
+    run/<table>.parquet    tidy DataFrames
+    run/figures/<f>.json   plotly figure JSON (dashboards rebuild interactive figures from it)
+    run/figures/<f>.png    the same figure rendered offline
+    run/dashboard.html     written by dashboards.build_dashboard
+
+Every file is written to a temporary name in the same folder and renamed into place, so a run
+killed mid-write leaves the previous file or none, never half of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import io
+import json
+import os
+import re
+import tempfile
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from interp.errors import CorruptFileError, InterpError, did_you_mean
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+FIGURES_DIR = "figures"
+DASHBOARD_FILE = "dashboard.html"
+GENERIC_ANALYSIS = "generic"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it; restored at once
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write data to path via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_jsonable(value: Any, where: str) -> Any:
+    """Plain JSON values from configs and metrics (dataclasses, tuples, paths, enums, numpy and torch scalars)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value, where)
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    if type(value).__module__ == "torch":
+        if hasattr(value, "numel") and value.numel() == 1:
+            return value.item()
+        return str(value)  # torch.dtype, torch.device
+    raise InterpError(f"{where} = {value!r} ({type(value).__name__}) cannot be written as JSON; use numbers, strings, lists, dicts or nested dataclasses.")
+
+
+def _check_name(name: str, argument: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InterpError(f"{argument}={name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit (it becomes a file name).")
+    return name
+
+
+def _import_qualified(qualified: str) -> type:
+    module_name, _, qualname = qualified.rpartition(".")
+    while module_name:
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except (ImportError, AttributeError):
+            module_name, _, head = module_name.rpartition(".")
+            qualname = f"{head}.{qualname}"
+    raise ImportError(qualified)
+
+
+def _from_json_fields(cls: type, fields: Mapping[str, Any]) -> Any:
+    """cls(**fields) with JSON lists turned back into tuples and nested dataclasses rebuilt where the hints say so."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(fields) - known
+    if unknown:
+        raise InterpError(f"config.json has fields {sorted(unknown)} that {cls.__qualname__} does not define; it was written by another version of the config.")
+    kwargs = {}
+    for name, value in fields.items():
+        hint = hints.get(name)
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        nested = next((h for h in options if dataclasses.is_dataclass(h)), None)
+        if nested is not None and isinstance(value, Mapping):
+            value = _from_json_fields(nested, value)
+        elif isinstance(value, list) and any(typing.get_origin(h) is tuple or h is tuple for h in options):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+class ResultsDir:
+    """One run's results directory. `ResultsDir.create` starts a run; `ResultsDir.open` reads one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"ResultsDir({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ResultsDir) and self.path.resolve() == other.path.resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.path.resolve())
+
+    @classmethod
+    def create(cls, path: str | Path, config: Any, *, analysis: str | None = None, title: str | None = None, exist_ok: bool = False) -> ResultsDir:
+        """Make the folder and write config.json from a (frozen) dataclass config.
+
+        analysis: which dashboard sections the run gets (default: the config's `analysis` attribute, else "generic").
+        """
+        if not dataclasses.is_dataclass(config) or isinstance(config, type):
+            raise InterpError(f"config: expected a dataclass instance (the run's frozen config), got {type(config).__name__}. Define a @dataclass(frozen=True) with the run's settings.")
+        run = cls(path)
+        if run.config_path.exists() and not exist_ok:
+            raise InterpError(f"path={str(run.path)!r} already holds a run (config.json exists). Choose a new folder, or pass exist_ok=True to overwrite its files.")
+        analysis = analysis or getattr(config, "analysis", None) or GENERIC_ANALYSIS
+        _check_name(analysis, "analysis")
+        record = {
+            "analysis": analysis,
+            "title": title or run.path.name,
+            "config_type": f"{type(config).__module__}.{type(config).__qualname__}",
+            "config": to_jsonable(config, "config"),
+        }
+        run.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.config_path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> ResultsDir:
+        run = cls(path)
+        if not run.path.is_dir():
+            raise InterpError(f"path={str(run.path)!r} is not a folder; pass a results directory written by ResultsDir.create.")
+        if not run.config_path.is_file():
+            raise InterpError(f"path={str(run.path)!r} has no config.json, so it is not a results directory; pass a folder written by ResultsDir.create.")
+        run.record()  # fail now on a corrupt config.json, not later inside a dashboard build
+        return run
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.path / FIGURES_DIR
+
+    @property
+    def dashboard_path(self) -> Path:
+        return self.path / DASHBOARD_FILE
+
+    def _read_json(self, path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise CorruptFileError(f"{path} is not valid JSON ({error}); rerun the analysis to rewrite it.") from error
+
+    def record(self) -> dict[str, Any]:
+        """The whole config.json: analysis, title, config_type and config."""
+        record = self._read_json(self.config_path)
+        if not isinstance(record, dict) or not {"analysis", "config"} <= set(record):
+            raise CorruptFileError(f"{self.config_path} lacks the 'analysis' and 'config' keys ResultsDir.create writes; rerun the analysis to rewrite it.")
+        return record
+
+    @property
+    def analysis(self) -> str:
+        return self.record()["analysis"]
+
+    @property
+    def title(self) -> str:
+        return self.record().get("title") or self.path.name
+
+    def config(self, cls: type | None = None) -> Any:
+        """The run's config rebuilt as its dataclass (cls, or the class recorded in config.json)."""
+        record = self.record()
+        if cls is None:
+            try:
+                cls = _import_qualified(record["config_type"])
+            except (ImportError, KeyError):
+                raise InterpError(f"cannot import the config class {record.get('config_type')!r} recorded in {self.config_path}; pass cls= the dataclass to rebuild it with.") from None
+        return _from_json_fields(cls, record["config"])
+
+    def write_metrics(self, metrics: Mapping[str, Any], *, merge: bool = True) -> Path:
+        """Write metrics.json; with merge, keys already there and not in `metrics` are kept."""
+        if not isinstance(metrics, Mapping):
+            raise InterpError(f"metrics: expected a dict of name -> number, got {type(metrics).__name__}.")
+        values = {**(self.metrics() if merge else {}), **to_jsonable(metrics, "metrics")}
+        return atomic_write_text(self.metrics_path, json.dumps(values, indent=2) + "\n")
+
+    def metrics(self) -> dict[str, Any]:
+        return self._read_json(self.metrics_path) if self.metrics_path.exists() else {}
+
+    def save_table(self, name: str, df: pd.DataFrame) -> Path:
+        _check_name(name, "name")
+        if not isinstance(df, pd.DataFrame):
+            raise InterpError(f"save_table(df=...): expected a tidy pandas DataFrame, got {type(df).__name__}.")
+        buffer = io.BytesIO()
+        df.to_parquet(buffer)
+        return atomic_write_bytes(self.path / f"{name}.parquet", buffer.getvalue())
+
+    def table_names(self) -> list[str]:
+        return sorted(p.stem for p in self.path.glob("*.parquet"))
+
+    def load_table(self, name: str) -> pd.DataFrame:
+        path = self.path / f"{name}.parquet"
+        if not path.is_file():
+            raise InterpError(f"load_table(name={name!r}): no {path.name} in {self.path}.{did_you_mean(name, self.table_names())} Tables: {', '.join(self.table_names()) or 'none'}.")
+        return pd.read_parquet(path)
+
+    def save_figures(self, figures: Mapping[str, go.Figure], *, png: bool = True, width: int = 900, height: int = 600) -> list[Path]:
+        """Save each figure's JSON (always) and PNG (when png; one browser session for all). Returns the JSON paths."""
+        from interp.plots import write_pngs  # plots pulls in kaleido only when PNGs are asked for
+
+        for name, fig in figures.items():
+            _check_name(name, "figure name")
+            if not isinstance(fig, go.Figure):
+                raise InterpError(f"save_figures: figure {name!r} is a {type(fig).__name__}; expected a plotly.graph_objects.Figure.")
+        paths = [atomic_write_text(self.figures_dir / f"{name}.json", pio.to_json(fig)) for name, fig in figures.items()]
+        if png:
+            write_pngs({self.figures_dir / f"{name}.png": fig for name, fig in figures.items()}, width=width, height=height)
+        return paths
+
+    def save_figure(self, name: str, fig: go.Figure, *, png: bool = True) -> Path:
+        return self.save_figures({name: fig}, png=png)[0]
+
+    def figure_names(self) -> list[str]:
+        return sorted(p.stem for p in self.figures_dir.glob("*.json"))
+
+    def figure(self, name: str) -> go.Figure:
+        path = self.figures_dir / f"{name}.json"
+        if not path.is_file():
+            raise InterpError(f"figure(name={name!r}): no figures/{path.name} in {self.path}.{did_you_mean(name, self.figure_names())} Figures: {', '.join(self.figure_names()) or 'none'}.")
+        try:
+            return pio.from_json(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise CorruptFileError(f"{path} is not a plotly figure ({error}); rerun the analysis to rewrite it.") from error
+
+
+def list_runs(root: str | Path) -> list[ResultsDir]:
+    """The results directories at or below root (any folder holding config.json), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InterpError(f"root={str(root)!r} is not a folder; pass a results directory or a folder of them.")
+    if (root / CONFIG_FILE).is_file():
+        return [ResultsDir.open(root)]
+    return [ResultsDir.open(p.parent) for p in sorted(root.rglob(CONFIG_FILE)) if not any(part.startswith(".") for part in p.relative_to(root).parts)]
