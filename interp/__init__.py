@@ -1,8 +1,9 @@
 """interp-toolkit: the core every analysis stands on."""
 
 from interp.errors import InterpError
+from interp.interventions import Ablation, heads, layers, neurons, run_ablated
 from interp.hooks import cache_sites, run_with_hooks, to_tokens
 from interp.models import load_model
 from interp.sites import Site, as_site, kv_head_of
 
-__all__ = ["InterpError", "Site", "as_site", "cache_sites", "kv_head_of", "load_model", "run_with_hooks", "to_tokens"]
+__all__ = ["Ablation", "heads", "layers", "neurons", "run_ablated", "InterpError", "Site", "as_site", "cache_sites", "kv_head_of", "load_model", "run_with_hooks", "to_tokens"]

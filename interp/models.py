@@ -93,7 +93,7 @@ def _content_key(source: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _load_hf(source: Path):
+def load_hf_model(source: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
@@ -116,7 +116,7 @@ def _load_hf(source: Path):
 def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
     import transformer_lens.loading_from_pretrained as tl_loading
 
-    hf_model, tokenizer = _load_hf(source)
+    hf_model, tokenizer = load_hf_model(source)
     with tempfile.TemporaryDirectory() as config_dir:
         if not hf_model.config.architectures:
             hf_model.config.architectures = [type(hf_model).__name__]
