@@ -1,0 +1,132 @@
+"""Activation patching sweeps on prompt pairs: config in, results dir (tables, figures, dashboard) out.
+
+    python -m experiments.patching_sweep --out results/patching     (the built-in capital-city pairs)
+    interp patch pairs.jsonl --out results/mine                      (your pairs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from interp.errors import InterpError, did_you_mean
+
+CAPITALS = {
+    "France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin", "Japan": "Tokyo", "Russia": "Moscow",
+    "Greece": "Athens", "England": "London", "China": "Beijing", "Canada": "Ottawa", "Austria": "Vienna",
+    "Ireland": "Dublin", "Portugal": "Lisbon", "Norway": "Oslo", "Sweden": "Stockholm", "Kenya": "Nairobi",
+}  # each prompt is 5 tokens and SmolLM2-135M answers each correctly (checked in tests/test_patching_sweep.py)
+
+
+def builtin_pairs(n: int = 16) -> tuple[dict, ...]:
+    """Clean 'The capital of X is' vs corrupted with the next country; answer X's capital, wrong the other's."""
+    countries = list(CAPITALS)[:n]
+    return tuple(
+        {"clean": f"The capital of {c} is", "corrupted": f"The capital of {o} is", "answer": f" {CAPITALS[c]}", "wrong": f" {CAPITALS[o]}"}
+        for c, o in zip(countries, countries[1:] + countries[:1])
+    )
+
+
+SWEEPS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "neurons")
+
+
+@dataclass(frozen=True)
+class PatchingSweepConfig:
+    pairs: tuple[dict, ...] = field(default_factory=builtin_pairs)
+    sweeps: tuple[str, ...] = ("resid_pre", "heads")
+    metric: str = "logit_diff"
+    align: bool = False
+    model: str | None = None  # None: the bundled SmolLM2-135M-Instruct
+    analysis: str = "activation_patching"
+
+    def __post_init__(self):
+        for sweep in self.sweeps:
+            if sweep not in SWEEPS:
+                raise InterpError(f"sweeps: {sweep!r} is not a sweep.{did_you_mean(sweep, SWEEPS)} Known: {', '.join(SWEEPS)}.")
+        if not self.pairs:
+            raise InterpError("pairs is empty: give at least one clean/corrupted prompt pair.")
+
+
+def read_pairs(path: Path) -> tuple[dict, ...]:
+    """Prompt pairs from .jsonl or .csv with fields clean, corrupted, answer, wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise InterpError(f"pairs: {path} does not exist; give a .jsonl or .csv file with fields clean, corrupted, answer, wrong.")
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    elif path.suffix == ".csv":
+        rows = pd.read_csv(path, keep_default_na=False).to_dict("records")
+    else:
+        raise InterpError(f"pairs: {path.name} is neither .jsonl nor .csv.")
+    for i, row in enumerate(rows):
+        missing = {"clean", "corrupted", "answer", "wrong"} - set(row)
+        if missing:
+            raise InterpError(f"pairs: row {i} of {path.name} lacks {sorted(missing)}; every row needs clean, corrupted, answer, wrong.")
+    return tuple(rows)
+
+
+def run_sweeps(task, sweeps, tokens) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
+    """The sweeps as tidy tables, and their figures."""
+    from interp import plots
+    from interp.patching import patch_heads, patch_layer_positions, patch_neurons
+
+    tables, figures = {}, {}
+    for sweep in sweeps:
+        if sweep == "heads":
+            df = patch_heads(task)
+            figures[sweep] = plots.head_heatmap(df, value="restoration", title="Restoration from patching each head's z (all positions)")
+        elif sweep == "heads_by_pos":
+            df = patch_heads(task, by_position=True)
+            figures[sweep] = plots.layer_position_heatmap(df, value="restoration", tokens=tokens, agg="max", title="Max restoration over heads, by layer and position")
+        elif sweep == "neurons":
+            df = patch_neurons(task)
+            figures[sweep] = plots.top_k_bars(df, value="restoration", label=["layer", "neuron"], k=30, title="Top neurons by restoration")
+        else:
+            df = patch_layer_positions(task, sweep)
+            figures[sweep] = plots.layer_position_heatmap(df, value="restoration", tokens=tokens, title=f"Restoration from patching {sweep}")
+        tables[sweep] = df
+    return tables, figures
+
+
+def run(config: PatchingSweepConfig, out: Path) -> Path:
+    from dashboards import build_dashboard
+    from interp.models import load_model
+    from interp.patching import PatchingTask
+    from interp.results import ResultsDir
+
+    model = load_model(config.model)
+    pairs = config.pairs
+    task = PatchingTask(
+        model, [p["clean"] for p in pairs], [p["corrupted"] for p in pairs], [p["answer"] for p in pairs],
+        [p["wrong"] for p in pairs], metric=config.metric, align=config.align,
+    )
+    run_dir = ResultsDir.create(out, config, title="Activation patching", exist_ok=True)
+    tokens = model.to_str_tokens(task.clean_tokens[0])
+    tables, figures = run_sweeps(task, config.sweeps, tokens)
+    for name, df in tables.items():
+        run_dir.save_table(name, df)
+    run_dir.save_figures(figures)
+    headline = {"n_pairs": len(pairs), "metric": config.metric, "clean_metric": task.clean_metric, "corrupted_metric": task.corrupted_metric}
+    for name, df in tables.items():
+        top = df.loc[df["restoration"].idxmax()]
+        headline[f"{name}_top"] = {k: (int(v) if k in ("layer", "head", "neuron", "position") and pd.notna(v) else v) for k, v in top.items() if k in ("layer", "head", "neuron", "position", "restoration") and pd.notna(v)}
+    run_dir.write_metrics(headline)
+    build_dashboard(run_dir)
+    return run_dir.path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("results/patching"))
+    parser.add_argument("--sweeps", nargs="+", default=["resid_pre", "heads"])
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args()
+    print(run(PatchingSweepConfig(sweeps=tuple(args.sweeps), model=args.model), args.out) / "dashboard.html")
+
+
+if __name__ == "__main__":
+    main()

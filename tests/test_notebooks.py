@@ -1,0 +1,22 @@
+"""Notebooks are executed top to bottom; a cell that raises fails the test."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def execute(name: str, timeout: int = 600) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return nb
+
+
+def test_quickstart_runs():
+    nb = execute("01_quickstart.ipynb")
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("p(Paris)" in o.get("text", "") for o in outputs)
+    assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 2
