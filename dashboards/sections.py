@@ -12,6 +12,8 @@ and then append the default ones.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,8 @@ def register_sections(analysis: str) -> Callable[[SectionBuilder], SectionBuilde
 
 
 def sections_for(run: ResultsDir) -> list[Section]:
+    if run.analysis not in SECTION_BUILDERS and importlib.util.find_spec(f"dashboards.{run.analysis}") is not None:
+        importlib.import_module(f"dashboards.{run.analysis}")  # an analysis's page lives in dashboards/<analysis>.py
     builder = SECTION_BUILDERS.get(run.analysis, default_sections)
     sections = builder(run)
     if not isinstance(sections, list) or not all(isinstance(s, Section) for s in sections):

@@ -13,8 +13,14 @@ def _patching(out: Path, quick: bool) -> Path:
     return run(PatchingSweepConfig(sweeps=sweeps), out)
 
 
+def _scan_snap(out: Path, quick: bool) -> Path:
+    from experiments.scan_snap import ScanSnapConfig, run
+
+    return run(ScanSnapConfig.quick() if quick else ScanSnapConfig(), out)
+
+
 # Each investigation: name -> function(out_dir, quick) -> results dir. Later issues append theirs.
-PIPELINE: dict[str, Callable[[Path, bool], Path]] = {"patching": _patching}
+PIPELINE: dict[str, Callable[[Path, bool], Path]] = {"patching": _patching, "scan_snap": _scan_snap}
 
 
 def run_demo(out: Path, quick: bool = True) -> Path:

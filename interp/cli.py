@@ -104,6 +104,18 @@ def dashboard(run_dirs: list[Path] = typer.Argument(..., help="Results directori
         typer.echo(str(page))
 
 
+@run_app.command("scan-snap")
+def run_scan_snap(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="The small settings (about a minute).")) -> None:
+    """Scan and snap: 1-layer attention dynamics (ODE and batched SGD) and the paper's predictions checked."""
+    from experiments.scan_snap import ScanSnapConfig, run
+
+    try:
+        run_dir = run(ScanSnapConfig.quick() if quick else ScanSnapConfig(), out)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("results/demo"), help="Where the demo writes its results dirs."), quick: bool = typer.Option(True)) -> None:
     """The main pipeline on the bundled model: every investigation, then the dashboards."""

@@ -1,0 +1,174 @@
+"""Scan and Snap (Tian et al. 2023, arXiv 2305.16380): config in, results dir out.
+
+    from experiments.scan_snap import ScanSnapConfig, run
+    run(ScanSnapConfig.quick(), Path("results/scan-snap-quick"))
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from circuits.scan_snap.data import SequenceClasses
+from circuits.scan_snap.dynamics import PopulationProblem, integrate_population, snap_dynamics
+from circuits.scan_snap.figures import final_composition, mass_over_training, sgd_vs_ode, snap_curves, sweep_entropy, transformer_attention
+from circuits.scan_snap.measures import common_mass, distinct_entropy, slot_composition, snap_frame, theorem3_frame
+from circuits.scan_snap.model import RunSpec, TrainSettings, train_runs
+from circuits.scan_snap.predictions import composition_frame, entropy_sweep, final_measures, verdicts
+from circuits.scan_snap.transformer import TransformerSettings, train_transformer
+from interp.results import ResultsDir
+
+
+@dataclass(frozen=True)
+class ScanSnapConfig:
+    analysis: str = "scan_snap"
+    seed: int = 2
+    steps: int = 100
+    batch_size: int = 128
+    seq_len: int = 128
+    momentum: float = 0.9  # the authors' released SGD setting; the SGD-vs-ODE overlay also runs momentum 0
+    small_case: SequenceClasses = field(default_factory=lambda: SequenceClasses(n_queries=2, next_per_query=1))
+    small_eta_pairs: tuple[tuple[float, float], ...] = ((1.0, 1.0), (10.0, 1.0))  # (eta_Y, eta_Z)
+    sweep_queries: tuple[int, ...] = (1, 3, 5, 10)
+    sweep_next_per_query: int = 2
+    sweep_eta_z: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+    sweep_ratios: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0)
+    sweep_seeds: int = 10
+    ode_classes: int = 10  # K
+    ode_outputs: int = 1000  # M
+    ode_eta_z: float = 0.5
+    ode_eta_y: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)
+    ode_horizon: float = 1000.0  # integrate to this many snap times of the slowest eta_Y
+    ode_substeps: int = 4
+    transformer_classes: SequenceClasses = field(default_factory=lambda: SequenceClasses(n_queries=2, next_per_query=2))
+    transformer: TransformerSettings = field(default_factory=TransformerSettings)
+    transformer_variants: tuple[str, ...] = ("attn_only", "with_mlp")
+    threads: int = 1  # torch threads; more than the free cores makes every small op wait on the others
+    png: bool = True
+
+    @classmethod
+    def quick(cls) -> ScanSnapConfig:
+        return cls(
+            steps=40, sweep_queries=(1, 3), sweep_eta_z=(0.5, 2.0), sweep_ratios=(1.0, 10.0), sweep_seeds=2,
+            ode_horizon=100.0, ode_substeps=2, transformer=TransformerSettings(steps=40, record_every=10, batch_size=64),
+            transformer_variants=("attn_only",),
+        )
+
+
+def _small_case(config: ScanSnapConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Paper-setting runs, plain-SGD runs, and the population ODE from the same (zero) start."""
+    frames, overlay = [], []
+    for setting, momentum in (("paper", config.momentum), ("plain_sgd", 0.0)):
+        runs = [RunSpec(config.small_case, config.seed, eta_y, eta_z) for eta_y, eta_z in config.small_eta_pairs]
+        settings = TrainSettings(steps=config.steps, batch_size=config.batch_size, seq_len=config.seq_len, init="zero", momentum=momentum)
+        trained = train_runs(runs, settings)
+        labels = dict(eta_y=[r.eta_y for r in runs], eta_z=[r.eta_z for r in runs], setting=[setting] * len(runs))
+        frames.append(composition_frame(trained, runs, labels))
+    plain = frames[1]
+    layout_probs = trained.probs
+    layout = trained.layout
+    problem = PopulationProblem(
+        layout, layout_probs, (layout_probs.sum(-1) > 0).float() / config.small_case.n_classes,
+        torch.stack([layout.vocab_mask(config.small_case)] * len(runs)),
+        torch.tensor([r.eta_y for r in runs]), torch.tensor([r.eta_z for r in runs]),
+    )
+    ode = integrate_population(torch.zeros_like(trained.Y), torch.zeros_like(trained.Z), problem, config.steps, substeps=config.ode_substeps)
+    c_ode = slot_composition(ode.class_logits, layout_probs.unsqueeze(0), layout)
+    for r, spec in enumerate(runs):
+        for source, c, steps in (("ode", c_ode[:, r], ode.steps), ("sgd", None, None)):
+            if source == "sgd":
+                rows = plain[plain["run"] == r]
+                per_step = rows.groupby(["step", "class"]).apply(lambda g: pd.Series(dict(
+                    common_mass=g.loc[g["kind"] == "common", "c"].sum(), top_distinct_c=g["c"].iloc[-1]))).groupby("step").mean().reset_index()
+            else:
+                per_step = pd.DataFrame(dict(step=steps, common_mass=common_mass(c, layout).mean(-1).numpy(), top_distinct_c=c[..., -1].mean(-1).numpy()))
+            overlay.append(per_step.assign(source=source, eta_y=spec.eta_y, eta_z=spec.eta_z))
+    return pd.concat(frames, ignore_index=True), pd.concat(overlay, ignore_index=True), plain
+
+
+def _sweep(config: ScanSnapConfig) -> tuple[pd.DataFrame, float, float]:
+    runs = [
+        RunSpec(SequenceClasses(n_queries=q, next_per_query=config.sweep_next_per_query), seed, eta_z * ratio, eta_z)
+        for q in config.sweep_queries for eta_z in config.sweep_eta_z for ratio in config.sweep_ratios for seed in range(config.sweep_seeds)
+    ]
+    settings = TrainSettings(steps=config.steps, batch_size=config.batch_size, seq_len=config.seq_len, init="uniform",
+                             momentum=config.momentum, record_every=config.steps)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    trained = train_runs(runs, settings, progress=True)
+    return final_measures(trained, runs), time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def _snap(config: ScanSnapConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    classes = SequenceClasses(n_queries=config.ode_classes, next_per_query=1)
+    t_max = config.ode_horizon * config.ode_classes * np.log(config.ode_outputs) / min(config.ode_eta_y)
+    snaps, bounds = [], []
+    for eta_y in config.ode_eta_y:
+        trajectory = snap_dynamics(classes, config.ode_outputs, eta_y, config.ode_eta_z, t_max)
+        snaps.append(snap_frame(trajectory, eta_y, config.ode_eta_z, classes.n_common))
+        bounds.append(theorem3_frame(trajectory.f**2, trajectory.B, trajectory.t, classes.n_common).assign(eta_y=eta_y))
+    return pd.concat(snaps, ignore_index=True), pd.concat(bounds, ignore_index=True)
+
+
+def _transformer(config: ScanSnapConfig) -> pd.DataFrame:
+    frames = []
+    for variant in config.transformer_variants:
+        settings = replace(config.transformer, attn_only=variant == "attn_only")
+        frames.append(train_transformer(config.transformer_classes, settings).frame.assign(variant=variant))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run(config: ScanSnapConfig, out: Path) -> Path:
+    """Run every part of the analysis and write the results dir at `out`; returns its path."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        results = ResultsDir.create(out, config, analysis=config.analysis, title="Scan and snap: 1-layer attention training dynamics", exist_ok=True)
+        torch.manual_seed(config.seed)
+        small, overlay, _ = _small_case(config)
+        sweep, sweep_seconds, sweep_cpu_seconds = _sweep(config)
+        snap, theorem3 = _snap(config)
+        transformer = _transformer(config)
+        table = verdicts(small, sweep, theorem3, snap, transformer)
+        for name, frame in dict(small_case=small, overlay=overlay, sweep=sweep, snap=snap, theorem3=theorem3, transformer=transformer, predictions=table).items():
+            results.save_table(name, frame)
+        row = table.set_index("prediction")
+        results.write_metrics(dict(
+            common_mass_final=float(row.loc["common_mass_to_zero", "value"]),
+            kendall_tau_distinct=float(row.loc["distinct_ranked_by_probability", "value"]),
+            entropy_sweep=entropy_sweep(sweep),
+            verdicts={name: bool(holds) for name, holds in row["holds"].items()},
+            sweep_runs=int(sweep["run"].nunique()), sweep_seconds=sweep_seconds, sweep_cpu_seconds=sweep_cpu_seconds,
+        ))
+        results.save_figures(dict(
+            mass_over_training=mass_over_training(small), final_composition=final_composition(small), sweep_entropy=sweep_entropy(sweep),
+            snap_curves=snap_curves(snap), sgd_vs_ode=sgd_vs_ode(overlay), transformer_attention=transformer_attention(transformer),
+        ), png=config.png)
+        _build_dashboard(results)
+        return results.path
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_dashboard(results: ResultsDir) -> None:
+    import dashboards.scan_snap  # noqa: F401  (registers this analysis's page sections)
+    from dashboards import build_dashboard
+
+    build_dashboard(results)
+
+
+def main() -> None:  # pragma: no cover
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results/scan-snap"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(run(ScanSnapConfig.quick() if args.quick else ScanSnapConfig(), args.out))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

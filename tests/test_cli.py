@@ -1,0 +1,47 @@
+import json
+
+from typer.testing import CliRunner
+
+from interp.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("models", "cache", "patch", "dashboard", "demo", "corpus", "run", "sae"):
+        assert command in result.output
+
+
+def test_models_lists_the_bundled_model(model):
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert "SmolLM2-135M-Instruct" in result.output and "converted" in result.output
+
+
+def test_patch_writes_a_results_dir_and_dashboard(model, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        {"clean": "The capital of France is", "corrupted": "The capital of Spain is", "answer": " Paris", "wrong": " Madrid"},
+        {"clean": "The capital of Japan is", "corrupted": "The capital of Italy is", "answer": " Tokyo", "wrong": " Rome"},
+    ]
+    pairs.write_text("\n".join(json.dumps(r) for r in rows))
+    result = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "run"), "--sweep", "resid_pre"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    assert (run / "dashboard.html").exists() and (run / "resid_pre.parquet").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    # patching the country token's residual at layer 0 restores the clean answer completely
+    assert metrics["resid_pre_top"]["restoration"] > 0.99
+    pages = runner.invoke(app, ["dashboard", str(run)])
+    assert pages.exit_code == 0 and "index.html" in pages.output
+
+
+def test_patch_bad_input_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["patch", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"clean": "a", "corrupted": "b", "answer": " c", "wrong": " d"}))
+    result = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "run"), "--sweep", "heds"])
+    assert result.exit_code == 2 and "'heads'" in result.output
