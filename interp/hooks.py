@@ -52,7 +52,7 @@ def run_with_hooks(model: HookedTransformer, tokens: Tensor, hooks: Sequence[tup
     return model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, **kwargs)
 
 
-def _transient_bytes_per_sequence(model: HookedTransformer, seq_len: int) -> int:
+def transient_bytes_per_sequence(model: HookedTransformer, seq_len: int) -> int:
     cfg = model.cfg
     floats = seq_len * (4 * cfg.d_model + 3 * (cfg.d_mlp or 4 * cfg.d_model) + 3 * cfg.n_heads * cfg.d_head + 2 * cfg.n_heads * seq_len)
     return floats * torch.finfo(cfg.dtype).bits // 8
@@ -91,7 +91,7 @@ def cache_sites(
         outputs[s] = torch.empty((batch, *shapes[s]), dtype=dtype, device=tokens.device)
     if micro_batch is None:
         out_bytes_per_seq = sum(o[0].numel() for o in outputs.values()) * dtype.itemsize
-        micro_batch = max(1, int(transient_fraction * out_bytes_per_seq // _transient_bytes_per_sequence(model, seq_len)))
+        micro_batch = max(1, int(transient_fraction * out_bytes_per_seq // transient_bytes_per_sequence(model, seq_len)))
     start = 0
 
     def make_hook(site: Site):

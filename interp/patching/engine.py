@@ -1,0 +1,173 @@
+"""The exact, batched activation-patching engine.
+
+Each patch variant (one Site) runs the corrupted prompts with the clean activation written into
+the Site's slice. Variants at layer L share everything before L, so the engine caches the
+corrupted run's resid_pre (and keys/values) once, stacks many variants of layer L into one batch
+that starts at block L, and reads only the last position's logits. A variant that patches
+position p recomputes only positions p.. (earlier ones attend as in the corrupted run, through
+TransformerLens's key/value cache). Batches are chunked to a memory budget.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from interp.errors import InterpError, UnknownSiteError
+from interp.hooks import transient_bytes_per_sequence
+from interp.metrics import restoration
+from interp.patching.task import PatchingTask, last_position_logits
+from interp.sites import Site, as_site
+
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of transient activations per variant batch
+RESULT_COLUMNS = ["component", "layer", "head", "neuron", "position", "hook_name", "metric", "restoration"]
+
+
+def _normalised(model: HookedTransformer, site: Site | str, seq_len: int) -> Site:
+    site = as_site(model, site).check(model, seq_len)
+    if site.layer is None:
+        raise UnknownSiteError(f"{site}: patching needs a site inside a block; patch Site(0, 'resid_pre') instead of {site.hook_name!r}.")
+    n_heads = (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads) if site.layout.kv else model.cfg.n_heads
+
+    def wrap(value: int | None, n: int) -> int | None:  # negative indices count from the end
+        return None if value is None else value % n
+
+    return site.at(layer=site.layer % model.cfg.n_layers, head=wrap(site.head, n_heads), neuron=wrap(site.neuron, model.cfg.d_mlp), position=wrap(site.position, seq_len))
+
+
+def _corrupted_cache(task: PatchingTask, layers: set[int]) -> tuple[dict[int, Tensor], TransformerLensKeyValueCache | None]:
+    """The corrupted run's resid_pre at `layers` and, when unpadded, every layer's keys and values."""
+    model, resid_pre = task.model, {}
+
+    def save(act: Tensor, hook) -> None:
+        resid_pre[int(hook.name.split(".")[1])] = act.detach().clone()
+
+    hooks = [(f"blocks.{layer}.hook_resid_pre", save) for layer in layers]
+    if task.corrupted_mask is not None:  # padded prompts: no shared prefix, every variant starts at position 0
+        model.run_with_hooks(task.corrupted_tokens, attention_mask=task.corrupted_mask, fwd_hooks=hooks, stop_at_layer=max(layers) + 1)
+        return resid_pre, None
+    kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, task.n_prompts)
+    model.run_with_hooks(task.corrupted_tokens, attention_mask=torch.ones_like(task.corrupted_tokens), past_kv_cache=kv, fwd_hooks=hooks, return_type=None)
+    return resid_pre, kv
+
+
+def _clean_cache(task: PatchingTask, hook_names: set[str], stop_at_layer: int) -> dict[str, Tensor]:
+    cache: dict[str, Tensor] = {}
+
+    def save(act: Tensor, hook) -> None:
+        cache[hook.name] = act.detach().clone()
+
+    task.model.run_with_hooks(task.clean_tokens, attention_mask=task.clean_mask, fwd_hooks=[(name, save) for name in hook_names], stop_at_layer=stop_at_layer)
+    return cache
+
+
+def _variants_per_batch(task: PatchingTask, memory_budget: int) -> int:
+    cfg = task.model.cfg
+    per_sequence = transient_bytes_per_sequence(task.model, task.seq_len) + cfg.d_vocab * cfg.dtype.itemsize
+    return max(1, memory_budget // (per_sequence * task.n_prompts))
+
+
+def _first_changed_position(site: Site, task: PatchingTask) -> int:
+    # Causal attention: a patch at position p leaves every earlier position as in the corrupted run.
+    return 0 if site.position is None or task.corrupted_mask is not None else site.position
+
+
+def _score_variants(task: PatchingTask, layer: int, start: int, variants: list[Site], resid_pre: Tensor, kv, clean: dict[str, Tensor]) -> Tensor:
+    """Run `variants` (all at `layer`, all changing positions >= `start` only) as one batch."""
+    model, n_prompts, n_variants = task.model, task.n_prompts, len(variants)
+    by_hook: dict[str, list[tuple[int, tuple, tuple]]] = defaultdict(list)
+    for i, site in enumerate(variants):
+        shifted = site if site.position is None else site.at(position=site.position - start)
+        by_hook[site.hook_name].append((i, shifted.index(), site.index()))
+
+    def write_clean(entries: list[tuple[int, tuple, tuple]], clean_act: Tensor):
+        def hook(act: Tensor, hook) -> Tensor:
+            for i, act_index, clean_index in entries:
+                act[i * n_prompts : (i + 1) * n_prompts][act_index] = clean_act[clean_index]
+            return act
+
+        return hook
+
+    resid = resid_pre[:, start:].repeat(n_variants, 1, 1)
+    mask = None if task.corrupted_mask is None else task.corrupted_mask.repeat(n_variants, 1)
+    pos_embed = None if task.shortformer_pos_embed is None else task.shortformer_pos_embed[:, start:].repeat(n_variants, 1, 1)
+    with model.hooks(fwd_hooks=[(name, write_clean(entries, clean[name])) for name, entries in by_hook.items()]):
+        for i, block in enumerate(model.blocks[layer:], start=layer):
+            past = None
+            if start > 0:
+                past = TransformerLensKeyValueCacheEntry(kv[i].past_keys[:, :start].repeat(n_variants, 1, 1, 1), kv[i].past_values[:, :start].repeat(n_variants, 1, 1, 1), frozen=True)
+            resid = block(resid, shortformer_pos_embed=pos_embed, past_kv_cache_entry=past, attention_mask=mask)
+    return task.score(last_position_logits(model, resid))
+
+
+def patch_sites(
+    task: PatchingTask,
+    sites: Sequence[Site | str],
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Patch each Site's clean slice into the corrupted run, one variant per Site; a tidy DataFrame.
+
+    One row per site (in the order given) with columns component, layer, head, neuron, position,
+    hook_name, metric (averaged over prompts) and restoration ((metric - corrupted) / (clean -
+    corrupted)). `df.attrs` holds the metric's name and the clean and corrupted baselines.
+    memory_budget: bytes of transient activations per batch of variants (the batch is chunked to it).
+    progress: show a tqdm bar (default: when the sweep takes more than a few batches).
+    """
+    if memory_budget <= 0:
+        raise InterpError(f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET}).")
+    if len(sites) == 0:
+        raise InterpError("sites is empty: pass at least one Site or hook name to patch.")
+    model = task.model
+    sites = [_normalised(model, s, task.seq_len) for s in sites]
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for i, site in enumerate(sites):
+        by_layer[site.layer].append(i)
+    stop = max(by_layer) + 1
+    with torch.no_grad():
+        clean = _clean_cache(task, {s.hook_name for s in sites}, stop)
+        corrupted_resid_pre, kv = _corrupted_cache(task, set(by_layer))
+        per_batch = _variants_per_batch(task, memory_budget)
+        values = np.empty(len(sites))
+        batches = []
+        for layer, idx in sorted(by_layer.items()):
+            # Sorted by first changed position, so a batch that starts late skips the most work.
+            idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
+            batches += [(layer, idx[i : i + per_batch]) for i in range(0, len(idx), per_batch)]
+        bar = tqdm(total=len(sites), desc="patching", unit="variant", disable=not (progress if progress is not None else len(batches) > 8))
+        for layer, idx in batches:
+            variants = [sites[i] for i in idx]
+            start = min(_first_changed_position(s, task) for s in variants)
+            values[idx] = _score_variants(task, layer, start, variants, corrupted_resid_pre[layer], kv, clean).cpu().numpy()
+            bar.update(len(idx))
+        bar.close()
+    return results_frame(task, sites, values)
+
+
+def results_frame(task: PatchingTask, sites: Sequence[Site], values: np.ndarray) -> pd.DataFrame:
+    """The tidy result table shared by every patching method: one row per site."""
+    frame = pd.DataFrame(
+        {
+            "component": [s.component for s in sites],
+            "layer": [s.layer for s in sites],
+            "head": pd.array([s.head for s in sites], dtype="Int64"),
+            "neuron": pd.array([s.neuron for s in sites], dtype="Int64"),
+            "position": pd.array([s.position for s in sites], dtype="Int64"),
+            "hook_name": [s.hook_name for s in sites],
+            "metric": values,
+            "restoration": restoration(torch.as_tensor(values), task.clean_metric, task.corrupted_metric).numpy(),
+        },
+        columns=RESULT_COLUMNS,
+    )
+    frame.attrs.update(metric=task.metric_name, clean_metric=task.clean_metric, corrupted_metric=task.corrupted_metric)
+    return frame
