@@ -45,3 +45,19 @@ def test_patch_bad_input_is_a_clear_error(tmp_path):
     pairs.write_text(json.dumps({"clean": "a", "corrupted": "b", "answer": " c", "wrong": " d"}))
     result = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "run"), "--sweep", "heds"])
     assert result.exit_code == 2 and "'heads'" in result.output
+
+
+def test_cache_fills_a_store_that_matches_run_with_cache(model, tmp_path):
+    import torch
+
+    from interp.store import open_store
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    result = runner.invoke(app, ["cache", "--out", str(tmp_path / "store"), "--site", "blocks.2.hook_resid_post", "--n-tokens", "64", "--seq-len", "16", "--corpus", str(corpus)])
+    assert result.exit_code == 0, result.output
+    store = open_store(tmp_path / "store", model)
+    tokens = store.tokens()
+    acts = store.activations("blocks.2.hook_resid_post")
+    _, cache = model.run_with_cache(tokens.view(-1, 16)[:2], names_filter="blocks.2.hook_resid_post")
+    torch.testing.assert_close(acts[:32], cache["blocks.2.hook_resid_post"].reshape(32, -1), atol=1e-4, rtol=1e-4)
