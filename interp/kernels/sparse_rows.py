@@ -13,16 +13,12 @@ Each has a torch twin (`*_torch`) and a Triton kernel (`*_triton`); `rows_sum` e
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 24  # bounds the [chunk, k, d] intermediates of the torch twins to ~64 MB
-
-
-def _row_step(k: int, d: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(1, k * d))
 
 
 # -- torch twins -----------------------------------------------------------------------------
@@ -31,22 +27,24 @@ def rows_sum_torch(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], ro
 
 
 def rows_dot_torch(dense: Float[Tensor, "n d"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]) -> Float[Tensor, "n k"]:
-    (n, k), step = indices.shape, _row_step(indices.shape[1], rows.shape[1])
-    out = dense.new_empty(n, k)
-    for s in range(0, n, step):
-        picked = rows[indices[s : s + step]]  # [chunk, k, d]
-        out[s : s + step] = torch.bmm(picked, dense[s : s + step, :, None])[..., 0]
-    return out
+    # A sampled dense-dense product: only the n*k entries of dense @ rows.T that are asked for.
+    (n, k), m = indices.shape, rows.shape[0]
+    sorted_idx, order = indices.sort(dim=1)  # CSR wants each row's columns in order
+    if (sorted_idx[:, 1:] == sorted_idx[:, :-1]).any():  # a repeated row in one token (never from TopK): gather instead
+        return torch.bmm(rows[indices], dense[:, :, None])[..., 0]
+    crow = torch.arange(0, n * k + 1, k, device=indices.device)
+    with warnings.catch_warnings():  # torch calls CSR "beta"; the product used here is stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(crow, sorted_idx.reshape(-1), dense.new_zeros(n * k), (n, m), check_invariants=False)
+    picked = torch.sparse.sampled_addmm(pattern, dense, rows.T, beta=0.0).values().view(n, k)
+    return torch.empty_like(picked).scatter_(1, order, picked)
 
 
 def rows_grad_torch(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], dense: Float[Tensor, "n d"], n_rows: int) -> Float[Tensor, "m d"]:
-    (n, k), d = indices.shape, dense.shape[1]
-    out = dense.new_zeros(n_rows, d)
-    for s in range(0, n, _row_step(k, d)):
-        e = s + _row_step(k, d)
-        contrib = values[s:e, :, None] * dense[s:e, None, :]  # [chunk, k, d]
-        out.index_add_(0, indices[s:e].reshape(-1), contrib.reshape(-1, d))
-    return out
+    # The transpose of the [n, m] sparse matrix of values, times dense; duplicates sum.
+    n, k = indices.shape
+    coords = torch.stack([indices.reshape(-1), torch.arange(n, device=indices.device).repeat_interleave(k)])
+    return torch.sparse.mm(torch.sparse_coo_tensor(coords, values.reshape(-1).to(dense.dtype), (n_rows, n), check_invariants=False), dense)
 
 
 # -- Triton kernels --------------------------------------------------------------------------

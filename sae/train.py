@@ -1,0 +1,272 @@
+"""The SAE training loop: one process or data-parallel under torchrun, checkpointed and exactly resumable.
+
+`batches` is any iterable of global batches [batch_size, d_in] that yields the same sequence each time
+it is iterated (sae.activations has tensor- and model-backed ones; the activation store plugs in the
+same way). Under torch.distributed each process trains on its slice of every global batch and the
+gradients are summed; losses are divided by global-batch denominators, so the sum is the one-process loss.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.errors import CorruptFileError, InterpError, OutOfRangeError, ShapeMismatchError
+from sae.models import Sae, SaeConfig, build_sae, config_from_dict
+from sae.models.base import LossScale, default_lr, global_sum
+
+
+class NonFiniteError(InterpError):
+    """NaN or Inf in activations or the loss; training stopped at that step, checkpoints kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 4096  # rows per step over all processes
+    lr: float | None = None  # None: 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024)
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2  # lr decays linearly to 0 over this last fraction of steps
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    b_dec_init: str = "geometric_median"  # or "mean", "zeros"; from the first batch
+    normalise_input: bool = True  # scale inputs so E||x||^2 = d_in; folded into the saved weights
+    dead_after_tokens: int = 1_000_000  # a latent silent this long is dead (and gets AuxK gradient)
+    checkpoint_every: int = 100
+    log_every: int = 10
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise InterpError(f"TrainConfig(b_dec_init={self.b_dec_init!r}): use 'geometric_median', 'mean' or 'zeros'.")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise OutOfRangeError(f"TrainConfig({name}={getattr(self, name)}): must be a positive integer.")
+
+
+class TrainResult(NamedTuple):
+    sae: Sae  # input scale folded in: takes raw activations
+    curve: pd.DataFrame  # one row per logged step: step, tokens, lr, loss, fvu, l0, dead_fraction, aux_loss
+    out_dir: Path | None
+
+
+def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float = 1e-7) -> Float[Tensor, " d"]:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances."""
+    points = points.double()
+    guess = points.mean(0)
+    for _ in range(iters):
+        weights = 1 / (points - guess).norm(dim=1).clamp_min(1e-12)
+        new = (weights[:, None] * points).sum(0) / weights.sum()
+        if (new - guess).norm() <= tol * max(1.0, float(guess.norm())):
+            return new.float()
+        guess = new
+    return guess.float()
+
+
+def lr_at(step: int, cfg: TrainConfig, base_lr: float) -> float:
+    """Linear warm-up, constant, then linear decay to zero over the last `decay_fraction` of steps."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    decay_start = cfg.steps * (1 - cfg.decay_fraction)
+    decay = 1.0 if step < decay_start else max(0.0, (cfg.steps - step) / (cfg.steps - decay_start))
+    return base_lr * warm * decay
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _check_batch(x: Tensor, step: int, d_in: int, batch_size: int, out_dir: Path | None) -> None:
+    if x.ndim != 2 or x.shape[1] != d_in:
+        raise ShapeMismatchError(f"batches: step {step} gave shape {tuple(x.shape)}, expected [{batch_size}, d_in={d_in}]. The SAE's d_in must equal the site's width.")
+    if x.shape[0] != batch_size:
+        raise ShapeMismatchError(f"batches: step {step} gave {x.shape[0]} rows, expected TrainConfig.batch_size={batch_size}.")
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).any(1).nonzero()[:, 0]
+        raise NonFiniteError(
+            f"batches: the activations of step {step} contain NaN or Inf in {len(bad)} rows (first: row {int(bad[0])}). "
+            f"Training stopped; {_checkpoint_note(out_dir)} Check the source activations (dtype overflow, a corrupt shard)."
+        )
+
+
+def _checkpoint_note(out_dir: Path | None) -> str:
+    latest = _checkpoints(out_dir)[-1:] if out_dir else []
+    return f"the last checkpoint {latest[0]} is kept; rerun with the same out_dir to resume from it." if latest else "no checkpoint had been written yet."
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    return sorted((out_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+
+
+def _save_checkpoint(out_dir: Path, state: dict, keep: int) -> None:
+    folder = out_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{state['step']:08d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+    for old in _checkpoints(out_dir)[:-keep]:
+        old.unlink()
+
+
+def _load_latest(out_dir: Path) -> dict | None:
+    found = _checkpoints(out_dir) if out_dir else []
+    if not found:
+        return None
+    try:
+        return torch.load(found[-1], weights_only=False)
+    except Exception as exc:
+        raise CorruptFileError(f"Checkpoint {found[-1]} cannot be read ({exc}). Delete it to resume from the one before.") from exc
+
+
+def train_sae(
+    sae_cfg: SaeConfig,
+    batches: Iterable[Tensor],
+    cfg: TrainConfig = TrainConfig(),
+    out_dir: str | os.PathLike | None = None,
+    *,
+    progress: bool = True,
+    on_step: Callable[[int, dict], None] | None = None,
+    hook_name: str | None = None,
+    model_name: str | None = None,
+) -> TrainResult:
+    """Train an SAE; with `out_dir`, checkpoint every `cfg.checkpoint_every` steps and resume from the latest.
+
+    on_step(step, row) is called after each step with that step's metrics (for callers' own logging).
+    """
+    out_dir = Path(out_dir) if out_dir is not None else None
+    rank, world = _dist()
+    if cfg.batch_size % world:
+        raise InterpError(f"TrainConfig(batch_size={cfg.batch_size}) must divide evenly over {world} processes.")
+    local = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    sae = build_sae(sae_cfg)
+    base_lr = cfg.lr or default_lr(sae_cfg.d_sae)
+    optimiser = torch.optim.Adam(sae.parameters(), lr=base_lr, betas=cfg.adam_betas, fused=True)  # fused: ~8x faster on CPU than foreach
+    silent_tokens = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
+    curve: list[dict] = []
+    start, input_scale = 0, 1.0
+
+    state = _load_latest(out_dir) if out_dir else None
+    if state is not None:
+        if config_from_dict(state["sae_config"]) != sae_cfg:
+            raise InterpError(f"{out_dir} holds checkpoints of a different SAE config ({state['sae_config']}); use a new out_dir or the same config.")
+        sae.load_state_dict(state["sae"])
+        optimiser.load_state_dict(state["optimiser"])
+        silent_tokens, curve, start, input_scale = state["silent_tokens"], state["curve"], state["step"], state["input_scale"]
+
+    data = itertools.islice(iter(batches), start, None)  # resume: the source replays, we skip what was trained on
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress or rank != 0, desc=f"{sae_cfg.architecture} SAE")
+    for step in bar:
+        x_global = next(data, None)
+        if x_global is None:
+            raise InterpError(f"batches ran out at step {step} of TrainConfig.steps={cfg.steps}; supply more data or fewer steps.")
+        _check_batch(x_global, step, sae_cfg.d_in, cfg.batch_size, out_dir)
+        x_global = x_global.float()
+        if step == 0:
+            input_scale = math.sqrt(sae_cfg.d_in / x_global.pow(2).sum(1).mean().item()) if cfg.normalise_input else 1.0
+            _init_b_dec(sae, x_global * input_scale, cfg.b_dec_init)
+        x_global = x_global * input_scale
+        scale = LossScale(cfg.batch_size, float((x_global - x_global.mean(0)).pow(2).sum()))
+        x = x_global[local]
+
+        lr = lr_at(step, cfg, base_lr)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        out = sae.training_step(x, silent_tokens >= cfg.dead_after_tokens, scale, step)
+        if not torch.isfinite(out.loss):
+            raise NonFiniteError(f"The loss became {out.loss.item()} at step {step} (lr {lr:.2e}). Training stopped; {_checkpoint_note(out_dir)} Lower TrainConfig.lr.")
+        out.loss.backward()
+        if world > 1:
+            for p in sae.parameters():
+                torch.distributed.all_reduce(p.grad)
+        if sae_cfg.unit_norm_decoder:
+            sae.remove_parallel_grad_()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+        if sae_cfg.unit_norm_decoder:
+            sae.normalise_decoder_()
+
+        with torch.no_grad():
+            fired = global_sum(out.fired.long()) > 0
+            silent_tokens += cfg.batch_size
+            silent_tokens[fired] = 0
+            stats = global_sum(torch.stack([(out.sae_out - x).pow(2).sum(), out.l0 * len(x), out.loss.detach(), out.aux_loss.detach() / world]))
+        row = dict(step=step, tokens=(step + 1) * cfg.batch_size, lr=lr, loss=float(stats[2]), fvu=float(stats[0]) / scale.total_variance,
+                   l0=float(stats[1]) / cfg.batch_size, dead_fraction=float((silent_tokens >= cfg.dead_after_tokens).float().mean()), aux_loss=float(stats[3]))
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            curve.append(row)
+            bar.set_postfix(L0=f"{row['l0']:.1f}", FVU=f"{row['fvu']:.3f}", dead=f"{row['dead_fraction']:.2f}")
+        if on_step is not None:
+            on_step(step, row)
+        if out_dir is not None and rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            _save_checkpoint(out_dir, dict(step=step + 1, sae=sae.state_dict(), optimiser=optimiser.state_dict(), silent_tokens=silent_tokens,
+                                           curve=curve, input_scale=input_scale, sae_config=sae_cfg.to_dict(), train_config=asdict(cfg)), cfg.keep_checkpoints)
+    bar.close()
+
+    sae.fold_input_scale_(input_scale)
+    frame = pd.DataFrame(curve)
+    if out_dir is not None and rank == 0:
+        from sae.io import save_sae
+
+        save_sae(sae, out_dir / "sae", hook_name=hook_name, model_name=model_name, extra={"input_scale": input_scale, "train_config": asdict(cfg)})
+        frame.to_parquet(out_dir / "training_curve.parquet")
+    return TrainResult(sae.eval(), frame, out_dir)
+
+
+@torch.no_grad()
+def _init_b_dec(sae: Sae, x: Tensor, how: str) -> None:
+    if how == "geometric_median":
+        sae.b_dec.copy_(geometric_median(x))
+    elif how == "mean":
+        sae.b_dec.copy_(x.mean(0))
+
+
+def train_at_site(
+    model,
+    site: str,
+    sae_cfg: SaeConfig,
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    train_tokens: Tensor | None = None,
+    store=None,
+    eval_tokens: Tensor | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """`interp sae train`: train at `site` from a store or on the fly from `train_tokens`, then evaluate on `eval_tokens`.
+
+    Writes out_dir/{sae/, checkpoints/, training_curve.parquet, config.json, metrics.json, eval/}.
+    """
+    from interp.sites import as_site
+    from sae.activations import ModelBatches, StoreBatches, site_width
+
+    site = as_site(model, site).hook_name
+    width = site_width(model, site)
+    if width != sae_cfg.d_in:
+        raise ShapeMismatchError(f"{type(sae_cfg).__name__}(d_in={sae_cfg.d_in}) does not match {site}, whose activations are {width} wide. Use d_in={width}.")
+    if (store is None) == (train_tokens is None):
+        raise InterpError("train_at_site: pass exactly one of store= (an interp.store.ActivationStore) or train_tokens= ([seqs, pos] token ids).")
+    batches = StoreBatches(store, site, cfg.batch_size, seed=sae_cfg.seed) if store is not None else ModelBatches(model, train_tokens, site, cfg.batch_size, seed=sae_cfg.seed)
+    result = train_sae(sae_cfg, batches, cfg, out_dir, progress=progress, hook_name=site, model_name=getattr(model.cfg, "model_name", None))
+    out_dir = Path(out_dir)
+    metrics = {"final_" + k: v for k, v in result.curve.iloc[-1].items()} if len(result.curve) else {}
+    if eval_tokens is not None and _dist()[0] == 0:
+        from sae.evaluate import evaluate_saved
+
+        metrics.update(evaluate_saved(out_dir, model, eval_tokens).metrics)
+    if _dist()[0] == 0:
+        (out_dir / "config.json").write_text(json.dumps({"site": site, "sae": sae_cfg.to_dict(), "train": asdict(cfg), "source": "store" if store is not None else "model"}, indent=1))
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    return result
