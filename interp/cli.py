@@ -116,6 +116,65 @@ def run_scan_snap(out: Path = typer.Option(..., help="Results directory."), quic
     typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
 
 
+@sae_app.command("train")
+def sae_train(
+    out: Path = typer.Option(..., help="Run directory (resumed from its checkpoints if it has them)."),
+    site: str = typer.Option("blocks.6.hook_resid_post", help="Hook name to train on."),
+    architecture: str = typer.Option("topk", help="relu, topk, batchtopk, jumprelu."),
+    d_sae: int = typer.Option(4608, help="Number of latents."),
+    k: int = typer.Option(32, help="Active latents per token (topk, batchtopk)."),
+    n_tokens: int = typer.Option(1_000_000, help="Training tokens (from the store or the default corpus)."),
+    batch_size: int = typer.Option(4096),
+    store: Optional[Path] = typer.Option(None, help="An activation store from `interp cache`; default: on the fly from the corpus."),
+    eval_tokens: int = typer.Option(16_384, help="Held-out tokens for the evaluation after training."),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+) -> None:
+    """Train a sparse autoencoder on one site, then evaluate it on held-out tokens."""
+    from interp.corpus import corpus_tokens
+    from interp.models import load_model
+    from interp.store import open_store
+    from sae.activations import site_width
+    from sae.models import make_config
+    from sae.train import TrainConfig, train_at_site
+
+    try:
+        lm = load_model(model)
+        fields = {"k": k} if architecture in ("topk", "batchtopk") else {}
+        sae_cfg = make_config(architecture, d_in=site_width(lm, site), d_sae=d_sae, **fields)
+        cfg = TrainConfig(steps=max(1, n_tokens // batch_size), batch_size=batch_size)
+        seq_len = 128
+        n_train_seqs = -(-n_tokens // seq_len)
+        source = {"store": open_store(store, lm)} if store else {"train_tokens": corpus_tokens(lm, n_train_seqs, seq_len)}
+        held_out = corpus_tokens(lm, max(1, eval_tokens // seq_len), seq_len, skip_seqs=n_train_seqs)
+        result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, **source)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"sae: {result.out_dir}")
+
+
+@sae_app.command("eval")
+def sae_eval(
+    directory: Path = typer.Argument(..., help="A directory written by `interp sae train` (or holding an SAE in SAELens format)."),
+    n_tokens: int = typer.Option(16_384, help="Evaluation tokens."),
+    skip_tokens: int = typer.Option(2_000_000, help="Start this far into the corpus, past the training tokens."),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+) -> None:
+    """L0, FVU, MSE, cosine, CE loss recovered, KL, dead fraction, density histogram, per-token errors."""
+    from interp.corpus import corpus_tokens
+    from interp.models import load_model
+    from sae.evaluate import evaluate_saved
+
+    try:
+        lm = load_model(model)
+        tokens = corpus_tokens(lm, max(1, n_tokens // 128), 128, skip_seqs=skip_tokens // 128)
+        result = evaluate_saved(directory, lm, tokens)
+    except _user_errors() as exc:
+        _fail(exc)
+    for name, value in result.metrics.items():
+        typer.echo(f"{name:<28} {value}")
+    typer.echo(f"eval: {Path(directory) / 'eval'}")
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("results/demo"), help="Where the demo writes its results dirs."), quick: bool = typer.Option(True)) -> None:
     """The main pipeline on the bundled model: every investigation, then the dashboards."""

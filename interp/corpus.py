@@ -8,6 +8,7 @@ dataset saved with `save_to_disk`. `token_batches` packs them into fixed-length 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -235,3 +236,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def corpus_tokens(model_or_tokenizer, n_seqs: int, seq_len: int = 128, *, skip_seqs: int = 0, corpus: CorpusSource = None) -> Int[Tensor, "n_seqs seq_len"]:
+    """Rows skip_seqs .. skip_seqs + n_seqs of the packed token stream (disjoint ranges give held-out sets)."""
+    rows = torch.cat(list(itertools.islice(token_batches(model_or_tokenizer, corpus, seq_len, 64), (skip_seqs + n_seqs + 63) // 64)))
+    if len(rows) < skip_seqs + n_seqs:
+        raise InterpError(f"corpus_tokens(n_seqs={n_seqs}, skip_seqs={skip_seqs}): the corpus holds only {len(rows)} rows of {seq_len} tokens. Ask for fewer, or use a larger corpus.")
+    return rows[skip_seqs : skip_seqs + n_seqs]

@@ -61,3 +61,21 @@ def test_cache_fills_a_store_that_matches_run_with_cache(model, tmp_path):
     acts = store.activations("blocks.2.hook_resid_post")
     _, cache = model.run_with_cache(tokens.view(-1, 16)[:2], names_filter="blocks.2.hook_resid_post")
     torch.testing.assert_close(acts[:32], cache["blocks.2.hook_resid_post"].reshape(32, -1), atol=1e-4, rtol=1e-4)
+
+
+def test_sae_train_then_eval(model, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "sae"
+    args = ["sae", "train", "--out", str(out), "--site", "blocks.3.hook_resid_post", "--n-tokens", "4096", "--batch-size", "1024", "--d-sae", "576", "--k", "8", "--eval-tokens", "512"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "sae" / "cfg.json").exists()
+    result = runner.invoke(app, ["sae", "eval", str(out), "--n-tokens", "512"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["l0"] == 8.0 and metrics["tokens"] == 512
+    per_token = pd.read_parquet(out / "eval" / "per_token.parquet")
+    assert len(per_token) == 512
+    bad = runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "bad"), "--d-sae", "8", "--k", "8"])
+    assert bad.exit_code == 2 and "k" in bad.output
