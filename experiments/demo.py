@@ -19,8 +19,14 @@ def _scan_snap(out: Path, quick: bool) -> Path:
     return run(ScanSnapConfig.quick() if quick else ScanSnapConfig(), out)
 
 
+def _reachability(out: Path, quick: bool) -> Path:
+    from experiments.reachability import ReachabilityConfig, run
+
+    return run(ReachabilityConfig.quick() if quick else ReachabilityConfig(), out)
+
+
 # Each investigation: name -> function(out_dir, quick) -> results dir. Later issues append theirs.
-PIPELINE: dict[str, Callable[[Path, bool], Path]] = {"patching": _patching, "scan_snap": _scan_snap}
+PIPELINE: dict[str, Callable[[Path, bool], Path]] = {"patching": _patching, "scan_snap": _scan_snap, "reachability": _reachability}
 
 
 def run_demo(out: Path, quick: bool = True) -> Path:

@@ -175,6 +175,18 @@ def sae_eval(
     typer.echo(f"eval: {Path(directory) / 'eval'}")
 
 
+@run_app.command("reachability")
+def run_reachability(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="Small graphs and short training (minutes).")) -> None:
+    """Continuous chain of thought on graph reachability: training, the hand-set construction, probes."""
+    from experiments.reachability import ReachabilityConfig, run
+
+    try:
+        run_dir = run(ReachabilityConfig.quick() if quick else ReachabilityConfig(), out)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("results/demo"), help="Where the demo writes its results dirs."), quick: bool = typer.Option(True)) -> None:
     """The main pipeline on the bundled model: every investigation, then the dashboards."""

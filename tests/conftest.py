@@ -2,9 +2,14 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU under the interpreter
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One thread: on a shared 2-core machine two OpenMP threads per process oversubscribe and run up to
+# 10x slower; it also makes results bitwise repeatable. Subprocesses (notebooks, torchrun) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from interp.models import load_model
 

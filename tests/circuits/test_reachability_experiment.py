@@ -1,0 +1,62 @@
+"""The experiment end to end on a tiny budget, and the notebook in quick mode."""
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.reachability import ReachabilityConfig, run
+from interp.errors import InterpError
+from interp.results import ResultsDir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_config() -> ReachabilityConfig:
+    quick = ReachabilityConfig.quick()
+    return replace(quick, train=replace(quick.train, steps=6, warmup_steps=2, batch_size=16), n_problems=800, n_eval=50, n_construction=100, n_probe=40)
+
+
+def test_run_writes_the_results_dir(tmp_path):
+    threads = torch.get_num_threads()
+    out = run(tiny_config(), tmp_path / "run")
+    results = ResultsDir.open(out)
+    metrics = results.metrics()
+    for key in ("acc_continuous", "acc_discrete_cot", "acc_no_cot", "construction_acc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["construction_acc"] == 1.0 and metrics["construction_max_error"] < metrics["construction_tolerance"]
+    for step in (1, 2, 3):
+        for group in ("frontier", "reachable", "not_reachable", "optimal"):
+            assert f"inner_{group}_step{step}" in metrics and f"construction_inner_{group}_step{step}" in metrics
+    accuracy = results.load_table("accuracy").set_index("method")["accuracy"]
+    assert accuracy["continuous"] == pytest.approx(metrics["acc_continuous"])
+    inner = results.load_table("inner_products")
+    row = inner[(inner.model == "construction") & (inner.group == "not_reachable") & (inner.step == 2)]
+    assert row["mean"].item() == pytest.approx(metrics["construction_inner_not_reachable_step2"]) and abs(row["mean"].item()) < 1e-3
+    assert json.loads((out / "config.json").read_text())["analysis"] == "reachability"
+    assert results.config(ReachabilityConfig) == tiny_config()
+    assert {"accuracy", "inner_products_continuous", "edge_attention_construction", "probe_auc", "example_graph_continuous"} <= set(results.figure_names())
+    html = (out / "dashboard.html").read_text()
+    assert "Thoughts and node embeddings" in html and "Example graph" in html
+    assert torch.get_num_threads() == threads
+
+
+def test_bad_config_is_named(tmp_path):
+    with pytest.raises(InterpError, match="n_probe=1"):
+        run(replace(tiny_config(), n_probe=1), tmp_path / "bad")
+    with pytest.raises(InterpError, match="raise n_problems"):
+        run(replace(tiny_config(), n_problems=100, n_eval=90), tmp_path / "bad2")
+
+
+@pytest.mark.slow
+def test_notebook_runs():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(ROOT / "notebooks" / "06_reachability.ipynb", as_version=4)
+    os.environ["INTERP_NOTEBOOK_QUICK"] = "1"
+    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
