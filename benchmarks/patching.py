@@ -9,6 +9,11 @@ the ratio and the largest difference of the results. TransformerLens runs one fu
 patch, so the default sweeps the layers 4, 11, 18, 25 (mean 14.5, the mean of all 30 layers) to
 keep the run under ten minutes; --layers all sweeps every layer.
 
+Agreement: AtP vs the exact sweep over all 270 heads on the built-in capital pairs (Spearman, recall@20).
+Race: on the same layers, for a head sweep and a neuron sweep: ours, TransformerLens, nnsight with
+batched invokes, AtP, and the floor (the block suffix each variant must run, no hooks); ratios and
+max differences. Neuron memory: every neuron of one layer under a memory budget, in a fresh process.
+
 Memory: each probe runs in a fresh subprocess, loads the model, warms up, resets the kernel's
 peak-RSS mark (/proc/self/clear_refs), caches one site over 64 x 128 tokens, and reports the
 peak RSS above the loaded model next to the size of the cached tensor.
@@ -148,6 +153,170 @@ def memory(threads: int) -> list[dict]:
     return results
 
 
+# -- the race: AtP, nnsight batched invokes, and the floor, beside ours and TransformerLens ------
+def capital_task(model, pairs=None):
+    from experiments.patching_sweep import builtin_pairs
+    from interp.patching import PatchingTask
+
+    pairs = pairs or builtin_pairs()
+    return PatchingTask(model, *([p[k] for p in pairs] for k in ("clean", "corrupted", "answer", "wrong")))
+
+
+def agreement(model) -> dict:
+    """AtP vs the exact sweep over every head of the bundled model on the built-in 16 capital pairs."""
+    from scipy.stats import spearmanr
+
+    from interp.attribution import attribute_heads
+    from interp.patching import patch_heads
+
+    task = capital_task(model)
+    exact_s, exact = time_call(lambda: patch_heads(task))
+    atp_s, atp = time_call(lambda: attribute_heads(task))
+    top = {name: set(frame.restoration.abs().nlargest(20).index) for name, frame in (("exact", exact), ("atp", atp))}
+    row = dict(
+        heads=len(exact), exact_s=exact_s, atp_s=atp_s, spearman=float(spearmanr(exact.restoration, atp.restoration).statistic),
+        recall_at_20=len(top["exact"] & top["atp"]) / 20, max_abs_restoration_diff=float((exact.restoration - atp.restoration).abs().max()),
+        top_exact=exact.loc[exact.restoration.abs().nlargest(5).index, ["layer", "head", "restoration"]].assign(atp=atp.restoration).to_dict("records"),
+    )  # fmt: skip
+    print(f"  all {row['heads']} heads: Spearman {row['spearman']:.3f}, recall@20 {row['recall_at_20']:.2f}, exact {exact_s:.1f}s, AtP {atp_s:.2f}s", flush=True)
+    return row
+
+
+def floor_seconds(task, sites) -> float:
+    """The forward the exact sweep cannot avoid: each variant's prompts through the blocks after its
+    layer (batched per layer, as the engine batches), without hooks, unembedding the last position."""
+    from interp.patching.task import last_position_logits
+
+    model, by_layer = task.model, {}
+    for site in sites:
+        by_layer[site.layer] = by_layer.get(site.layer, 0) + 1
+    start = time.perf_counter()
+    with torch.no_grad():
+        for layer, n in by_layer.items():
+            resid = torch.randn(n * task.n_prompts, task.seq_len, model.cfg.d_model)
+            for block in model.blocks[layer:]:
+                resid = block(resid)
+            last_position_logits(model, resid)
+    return time.perf_counter() - start
+
+
+def nnsight_sweep(nn_model, task, sites) -> list[float]:
+    """The same sweep in nnsight: one trace, one batched invoke per variant (clean slice written in)."""
+    from interp.sites import Site
+
+    lm, cfg = nn_model.nn, nn_model.cfg
+    clean = dict(zip(sorted({(s.layer, s.component) for s in sites}), nn_model.cache(task.clean_tokens, [Site(*k) for k in sorted({(s.layer, s.component) for s in sites})]).values()))
+    outs = []
+    with torch.no_grad(), lm.trace() as tracer:
+        for site in sites:
+            with tracer.invoke(task.corrupted_tokens):
+                if site.component == "z":
+                    module = lm.model.layers[site.layer].self_attn.o_proj
+                    x = module.input.clone()
+                    x.view(*x.shape[:-1], cfg.n_heads, cfg.d_head)[:, :, site.head] = clean[(site.layer, "z")][:, :, site.head]
+                else:
+                    module = lm.model.layers[site.layer].mlp.down_proj
+                    x = module.input.clone()
+                    x[:, :, site.neuron] = clean[(site.layer, site.component)][:, :, site.neuron]
+                module.input = x
+                outs.append(lm.lm_head.output[:, -1].save())
+    answer, wrong = task.answer_tokens[:, None], task.wrong_tokens[:, None]
+    return [float((o.gather(-1, answer) - o.gather(-1, wrong)).mean()) for o in outs]
+
+
+def neuron_patch_setter(corrupted_activation, index, clean_activation):
+    """TransformerLens has no setter for [layer, neuron]: this one, in the manner of its own."""
+    _, neuron = index
+    corrupted_activation[:, :, neuron] = clean_activation[:, :, neuron]
+    return corrupted_activation
+
+
+def race(model, layers: list[int], neurons: int, speed_rows: list[dict]) -> list[dict]:
+    from transformer_lens import patching as tl_patching
+
+    from interp import metrics
+    from interp.attribution import attribute_heads, attribute_neurons
+    from interp.models import bundled_gguf_path
+    from interp.nnsight_model import NNsightModel
+    from interp.patching import patch_heads, patch_neurons
+    from interp.sites import Site
+
+    task = capital_task(model, [dict(clean=c, corrupted=x, answer=a, wrong=w) for c, x, a, w in zip(*prompt_pairs())])
+    nn_model = NNsightModel.from_pretrained(bundled_gguf_path())
+    tl_metric = lambda logits: metrics.logit_diff(logits, task.answer_tokens, task.wrong_tokens).mean()  # noqa: E731
+    sweeps = {
+        "heads (attn.hook_z, all positions)": (
+            [Site(l, "z", head=h) for l in layers for h in range(model.cfg.n_heads)], lambda: patch_heads(task, layers=layers), lambda: attribute_heads(task, layers=layers),
+            tl_patching.layer_head_vector_patch_setter, "z", pd.DataFrame([(l, h) for l in layers for h in range(model.cfg.n_heads)], columns=["layer", "head"]),
+        ),
+        f"neurons (mlp.hook_post, first {neurons} per layer)": (
+            [Site(l, "mlp_post", neuron=n) for l in layers for n in range(neurons)], lambda: patch_neurons(task, layers=layers, neurons=range(neurons)),
+            lambda: attribute_neurons(task, layers=layers, neurons=range(neurons)),
+            neuron_patch_setter, "mlp_post",
+            pd.DataFrame([(l, n) for l in layers for n in range(neurons)], columns=["layer", "neuron"]),
+        ),
+    }  # fmt: skip
+    rows = []
+    for name, (sites, exact_fn, atp_fn, setter, activation, index_df) in sweeps.items():
+        from_speed = next((r for r in speed_rows if r["sweep"] == name), None)
+        ours_s, ours = time_call(exact_fn)
+        if from_speed is None:
+            with torch.no_grad():
+                _, clean_cache = model.run_with_cache(task.clean_tokens)
+                tl_s, tl_values = time_call(lambda: tl_patching.generic_activation_patch(model, task.corrupted_tokens, clean_cache, tl_metric, setter, activation, index_df=index_df))
+            tl_diff = float(abs(ours.metric.to_numpy() - tl_values.numpy()).max())
+        else:  # the speed section timed TransformerLens on these layers and prompts already
+            tl_s, tl_diff = from_speed["transformer_lens_median_s"], from_speed["max_abs_diff"]
+        atp_s, atp = time_call(atp_fn)
+        nn_s, nn_values = time_call(lambda: nnsight_sweep(nn_model, task, sites))
+        floor_s = min(floor_seconds(task, sites) for _ in range(3))
+        row = dict(
+            sweep=name, variants=len(sites), ours_s=ours_s, transformer_lens_s=tl_s, nnsight_s=nn_s, atp_s=atp_s, floor_s=floor_s,
+            ours_vs_transformer_lens=tl_s / ours_s, ours_vs_nnsight=nn_s / ours_s, ours_over_floor=ours_s / floor_s, atp_vs_transformer_lens=tl_s / atp_s,
+            atp_vs_transformer_lens_full_model=tl_s * model.cfg.n_layers / len(layers) / atp_s,
+            max_abs_diff_transformer_lens=tl_diff, max_abs_diff_nnsight=float(abs(ours.metric.to_numpy() - nn_values).max()),
+            max_abs_restoration_diff_atp=float((ours.restoration - atp.restoration).abs().max()),
+        )  # fmt: skip
+        print(
+            f"  {name}: ours {ours_s:.1f}s, TL {tl_s:.1f}s ({row['ours_vs_transformer_lens']:.2f}x), nnsight {nn_s:.1f}s ({row['ours_vs_nnsight']:.2f}x), "
+            f"floor {floor_s:.1f}s (ours {row['ours_over_floor']:.2f}x floor), AtP {atp_s:.2f}s ({row['atp_vs_transformer_lens']:.0f}x TL; "
+            f"{row['atp_vs_transformer_lens_full_model']:.0f}x a full-model TL sweep); max diff TL {tl_diff:.1e}, nnsight {row['max_abs_diff_nnsight']:.1e}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+def neuron_memory_probe(layer: int, budget_mb: int) -> dict:
+    """Runs in its own process: an exact sweep of every neuron of `layer` under a memory budget."""
+    from scipy.stats import spearmanr
+
+    from interp.attribution import attribute_neurons
+    from interp.models import load_model
+    from interp.patching import patch_neurons
+
+    model = load_model()
+    task = capital_task(model)
+    patch_neurons(task, layers=[layer], neurons=range(4))  # warm-up
+    Path("/proc/self/clear_refs").write_text("5")
+    base = peak_rss_kib()
+    seconds, exact = time_call(lambda: patch_neurons(task, layers=[layer], memory_budget=budget_mb << 20))
+    peak_mb = (peak_rss_kib() - base) / 1024
+    atp = attribute_neurons(task, layers=[layer])
+    top = [set(f.restoration.abs().nlargest(20).index) for f in (exact, atp)]
+    return dict(
+        layer=layer, neurons=len(exact), budget_mb=budget_mb, seconds=seconds, peak_above_start_mb=peak_mb,
+        atp_spearman=float(spearmanr(exact.restoration, atp.restoration).statistic), atp_recall_at_20=len(top[0] & top[1]) / 20,
+    )  # fmt: skip
+
+
+def neuron_memory(threads: int, layer: int, budget_mb: int) -> dict:
+    cmd = [sys.executable, __file__, "--neuron-memory-probe", str(layer), str(budget_mb), "--threads", str(threads)]
+    row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    print(f"  all {row['neurons']} neurons of layer {layer}, budget {budget_mb} MB: {row['seconds']:.1f}s, peak RSS above start {row['peak_above_start_mb']:.0f} MB; AtP Spearman {row['atp_spearman']:.3f}, recall@20 {row['atp_recall_at_20']:.2f}", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/patching.json"))
@@ -156,11 +325,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: timings on a shared machine stay stable)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-agreement", action="store_true")
+    parser.add_argument("--skip-race", action="store_true")
+    parser.add_argument("--skip-neuron-memory", action="store_true")
+    parser.add_argument("--race-neurons", type=int, default=8, help="neurons per layer in the race's neuron sweep (TransformerLens runs one forward each)")
+    parser.add_argument("--neuron-layer", type=int, default=29, help="layer of the bounded-memory sweep over all its neurons")
+    parser.add_argument("--neuron-budget-mb", type=int, default=256)
     parser.add_argument("--memory-probe", nargs=2, metavar=("HOOK", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--neuron-memory-probe", nargs=2, type=int, metavar=("LAYER", "BUDGET_MB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_probe:
         print(json.dumps(memory_probe(*args.memory_probe)))
+        return
+    if args.neuron_memory_probe:
+        print(json.dumps(neuron_memory_probe(*args.neuron_memory_probe)))
         return
     from interp.models import load_model
 
@@ -176,6 +355,15 @@ def main() -> None:
     if not args.skip_memory:
         print("peak memory, caching one site over 64 x 128 tokens:")
         report["memory"] = memory(args.threads)
+    if not args.skip_agreement:
+        print("AtP vs exact patching, built-in capital pairs:")
+        report["agreement"] = agreement(model)
+    if not args.skip_race:
+        print(f"the race on layers {layers}:")
+        report["race"] = race(model, layers, args.race_neurons, report.get("speed", []))
+    if not args.skip_neuron_memory:
+        print("bounded-memory neuron sweep:")
+        report["neuron_memory"] = neuron_memory(args.threads, args.neuron_layer, args.neuron_budget_mb)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

@@ -32,7 +32,7 @@ DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of transient activations per variant ba
 RESULT_COLUMNS = ["component", "layer", "head", "neuron", "position", "hook_name", "metric", "restoration"]
 
 
-def _normalised(model: HookedTransformer, site: Site | str, seq_len: int) -> Site:
+def normalised_site(model: HookedTransformer, site: Site | str, seq_len: int) -> Site:
     site = as_site(model, site).check(model, seq_len)
     if site.layer is None:
         raise UnknownSiteError(f"{site}: patching needs a site inside a block; patch Site(0, 'resid_pre') instead of {site.hook_name!r}.")
@@ -70,7 +70,7 @@ def _clean_cache(task: PatchingTask, hook_names: set[str], stop_at_layer: int) -
     return cache
 
 
-def _variants_per_batch(task: PatchingTask, memory_budget: int) -> int:
+def variants_per_batch(task: PatchingTask, memory_budget: int) -> int:
     cfg = task.model.cfg
     per_sequence = transient_bytes_per_sequence(task.model, task.seq_len) + cfg.d_vocab * cfg.dtype.itemsize
     return max(1, memory_budget // (per_sequence * task.n_prompts))
@@ -129,7 +129,7 @@ def patch_sites(
     if len(sites) == 0:
         raise InterpError("sites is empty: pass at least one Site or hook name to patch.")
     model = task.model
-    sites = [_normalised(model, s, task.seq_len) for s in sites]
+    sites = [normalised_site(model, s, task.seq_len) for s in sites]
     by_layer: dict[int, list[int]] = defaultdict(list)
     for i, site in enumerate(sites):
         by_layer[site.layer].append(i)
@@ -137,7 +137,7 @@ def patch_sites(
     with torch.no_grad():
         clean = _clean_cache(task, {s.hook_name for s in sites}, stop)
         corrupted_resid_pre, kv = _corrupted_cache(task, set(by_layer))
-        per_batch = _variants_per_batch(task, memory_budget)
+        per_batch = variants_per_batch(task, memory_budget)
         values = np.empty(len(sites))
         batches = []
         for layer, idx in sorted(by_layer.items()):

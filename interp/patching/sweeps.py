@@ -19,7 +19,7 @@ LAYER_POSITION_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out",
 NEURON_COMPONENTS = ("mlp_post", "mlp_pre", "mlp_pre_linear")
 
 
-def _indices(values: Iterable[int] | None, default: int, argument: str) -> list[int]:
+def sweep_indices(values: Iterable[int] | None, default: int, argument: str) -> list[int]:
     if values is None:
         return list(range(default))
     values = [values] if isinstance(values, int) else list(values)
@@ -28,7 +28,7 @@ def _indices(values: Iterable[int] | None, default: int, argument: str) -> list[
     return values
 
 
-def _check_component(component: str, allowed: tuple[str, ...], sweep: str) -> None:
+def check_component(component: str, allowed: tuple[str, ...], sweep: str) -> None:
     if component not in allowed:
         hint = did_you_mean(component, allowed) if component not in COMPONENTS else ""
         raise UnknownSiteError(f"{sweep}(component={component!r}) is not supported.{hint} Choose one of: {', '.join(allowed)}.")
@@ -44,9 +44,9 @@ def patch_layer_positions(
 ) -> pd.DataFrame:
     """Patch one position of `component` at a time; TransformerLens's get_act_patch_resid_pre (and
     _resid_mid, _attn_out, _mlp_out). One row per (layer, position)."""
-    _check_component(component, LAYER_POSITION_COMPONENTS, "patch_layer_positions")
-    layers = _indices(layers, task.model.cfg.n_layers, "layers")
-    positions = _indices(positions, task.seq_len, "positions")
+    check_component(component, LAYER_POSITION_COMPONENTS, "patch_layer_positions")
+    layers = sweep_indices(layers, task.model.cfg.n_layers, "layers")
+    positions = sweep_indices(positions, task.seq_len, "positions")
     sites = [Site(layer, component, position=p) for layer in layers for p in positions]
     return patch_sites(task, sites, **engine_options)
 
@@ -70,15 +70,15 @@ def patch_heads(
     """
     if COMPONENTS.get(component) is None or COMPONENTS[component].head_axis is None:
         with_heads = tuple(name for name, layout in COMPONENTS.items() if layout.head_axis is not None)
-        _check_component(component, with_heads, "patch_heads")
+        check_component(component, with_heads, "patch_heads")
     if positions is not None and not by_position:
         raise InterpError("patch_heads(positions=...) selects positions of a by-position sweep: pass by_position=True too, or drop positions to patch every position at once.")
     cfg = task.model.cfg
     n_heads = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) if COMPONENTS[component].kv else cfg.n_heads
-    layers = _indices(layers, cfg.n_layers, "layers")
-    heads = _indices(heads, n_heads, "heads")
+    layers = sweep_indices(layers, cfg.n_layers, "layers")
+    heads = sweep_indices(heads, n_heads, "heads")
     if by_position:
-        positions = _indices(positions, task.seq_len, "positions")
+        positions = sweep_indices(positions, task.seq_len, "positions")
         sites = [Site(layer, component, head=h, position=p) for layer in layers for p in positions for h in heads]
     else:
         sites = [Site(layer, component, head=h) for layer in layers for h in heads]
@@ -99,12 +99,12 @@ def patch_neurons(
 
     A full sweep of SmolLM2 is 30 x 1536 variants; the engine chunks them to `memory_budget`.
     """
-    _check_component(component, NEURON_COMPONENTS, "patch_neurons")
-    layers = _indices(layers, task.model.cfg.n_layers, "layers")
-    neurons = _indices(neurons, task.model.cfg.d_mlp, "neurons")
+    check_component(component, NEURON_COMPONENTS, "patch_neurons")
+    layers = sweep_indices(layers, task.model.cfg.n_layers, "layers")
+    neurons = sweep_indices(neurons, task.model.cfg.d_mlp, "neurons")
     if positions is None:
         sites = [Site(layer, component, neuron=n) for layer in layers for n in neurons]
     else:
-        positions = _indices(positions, task.seq_len, "positions")
+        positions = sweep_indices(positions, task.seq_len, "positions")
         sites = [Site(layer, component, neuron=n, position=p) for layer in layers for n in neurons for p in positions]
     return patch_sites(task, sites, **engine_options)

@@ -1,0 +1,188 @@
+"""Attribution patching (AtP): first-order estimates of every patch from three passes.
+
+The effect of patching a site's clean slice into the corrupted run is estimated as
+(clean - corrupted) . d metric / d activation, at the corrupted run; the metric is the exact
+sweep's (averaged over prompts), so `restoration` reads like the exact one. Results come back in
+the exact sweeps' DataFrame shape and row order, with a `method` column ("atp" or "atp*").
+
+method="atp*" replaces the estimate for query and key sites with AtP*'s QK fix (exact softmax) and
+adds `reliable`: False where the linear and QK-fixed estimates differ by more than
+`tolerance` (in restoration units, i.e. a fraction of the clean - corrupted gap); other components
+have no softmax of their own between the patch and the gradient, so `reliable` is NA there
+(`check_estimates` verifies the top sites exactly).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from interp.attribution.gradients import AttributionPasses, run_passes
+from interp.attribution.qk_fix import QK_COMPONENTS, qk_fixed_effects, qk_hooks
+from interp.errors import InterpError, UnknownSiteError, did_you_mean
+from interp.kernels.patching import attribution_scores
+from interp.patching.engine import normalised_site, results_frame
+from interp.patching.sweeps import LAYER_POSITION_COMPONENTS, NEURON_COMPONENTS, check_component, sweep_indices
+from interp.patching.task import PatchingTask
+from interp.sites import COMPONENTS, Site
+
+METHODS = ("atp", "atp*")
+SWEEPS = ("heads", "heads_by_pos", "neurons", "neurons_by_pos", *LAYER_POSITION_COMPONENTS)
+DEFAULT_TOLERANCE = 0.05
+
+
+def _as_groups(act: torch.Tensor, component: str) -> torch.Tensor:
+    """[batch, pos, group, width]: heads are groups, neurons are groups of width 1, the residual one group."""
+    layout = COMPONENTS[component]
+    if layout.head_axis == 2:
+        return act
+    if layout.neuron_axis == 2:
+        return act[..., None]
+    return act[:, :, None, :]
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise InterpError(f"method={method!r} is not an attribution method.{did_you_mean(str(method), METHODS)} Known: {', '.join(METHODS)} (for exact patching use interp.patching).")
+
+
+def _check_sites(sites: Sequence[Site]) -> None:
+    for site in sites:
+        layout = site.layout
+        if layout.head_axis not in (None, 2):
+            raise UnknownSiteError(f"{site}: attribution patching estimates activations laid out [batch, pos, ...]; {site.component!r} is not. Attribute 'q' and 'k' (method='atp*' for the exact softmax) instead.")
+
+
+def hooks_needed(model, sites: Sequence[Site], method: str) -> tuple[set[str], set[str]]:
+    """(hooks to cache in both runs, hooks to take the gradient at)."""
+    names = {s.hook_name for s in sites}
+    grads = set(names)
+    if method == "atp*":
+        for site in sites:
+            if site.component in QK_COMPONENTS:
+                extra = qk_hooks(model, site.layer)
+                names |= set(extra.values())
+                grads.add(extra["pattern"])
+    return names, grads
+
+
+def estimate_effects(task: PatchingTask, sites: Sequence[Site], passes: AttributionPasses, method: str = "atp") -> tuple[np.ndarray, np.ndarray]:
+    """Linear effects per site and, for method='atp*', the QK-fixed effects (NaN where no fix applies)."""
+    linear, fixed = np.empty(len(sites)), np.full(len(sites), np.nan)
+    by_hook: dict[str, list[int]] = defaultdict(list)
+    for i, site in enumerate(sites):
+        by_hook[site.hook_name].append(i)
+    for name, idx in by_hook.items():
+        component, layer = sites[idx[0]].component, sites[idx[0]].layer
+        per_position = attribution_scores(*(_as_groups(t[name], component) for t in (passes.clean, passes.corrupted, passes.grad))).double().cpu().numpy()
+        all_positions = per_position.sum(0)
+        fix = None
+        if method == "atp*" and component in QK_COMPONENTS:
+            fix = [t.cpu().numpy() for t in qk_fixed_effects(task, passes, layer, component)]
+        for i in idx:
+            site = sites[i]
+            group = site.head if site.head is not None else site.neuron
+            pick = slice(None) if group is None else group
+            linear[i] = (all_positions if site.position is None else per_position[site.position])[pick].sum()
+            if fix is not None:
+                fixed[i] = (fix[1] if site.position is None else fix[0][site.position])[pick].sum()
+    return linear, fixed
+
+
+def estimates_frame(task: PatchingTask, sites: Sequence[Site], linear: np.ndarray, fixed: np.ndarray, method: str, tolerance: float) -> pd.DataFrame:
+    """The exact sweep's table with the estimated metric, plus `method` (and `reliable` for atp*)."""
+    effects = np.where(np.isnan(fixed), linear, fixed) if method == "atp*" else linear
+    frame = results_frame(task, sites, task.corrupted_metric + effects)
+    frame["method"] = method
+    if method == "atp*":
+        gap = abs(task.clean_metric - task.corrupted_metric) or 1.0
+        disagreement = np.abs(fixed - linear) / gap
+        frame["reliable"] = pd.array([pd.NA if np.isnan(d) else bool(d <= tolerance) for d in disagreement], dtype="boolean")
+    frame.attrs.update(method=method, tolerance=tolerance)
+    return frame
+
+
+def attribute_sites(task: PatchingTask, sites: Sequence[Site | str], *, method: str = "atp", tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
+    """Estimate the patch of each Site from one clean forward, one corrupted forward and one backward."""
+    _check_method(method)
+    if len(sites) == 0:
+        raise InterpError("sites is empty: pass at least one Site or hook name to attribute.")
+    sites = [normalised_site(task.model, s, task.seq_len) for s in sites]
+    _check_sites(sites)
+    passes = run_passes(task, *hooks_needed(task.model, sites, method))
+    return estimates_frame(task, sites, *estimate_effects(task, sites, passes, method), method, tolerance)
+
+
+def head_sites(task: PatchingTask, *, by_position: bool = False, component: str = "z", layers=None, heads=None, positions=None) -> list[Site]:
+    """The Sites of `interp.patching.patch_heads`, in its row order."""
+    if COMPONENTS.get(component) is None or COMPONENTS[component].head_axis != 2:
+        check_component(component, tuple(n for n, lay in COMPONENTS.items() if lay.head_axis == 2), "attribute_heads")
+    if positions is not None and not by_position:
+        raise InterpError("positions selects positions of a by-position sweep: pass by_position=True too, or drop positions to patch every position at once.")
+    cfg = task.model.cfg
+    n_heads = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) if COMPONENTS[component].kv else cfg.n_heads
+    layers, heads = sweep_indices(layers, cfg.n_layers, "layers"), sweep_indices(heads, n_heads, "heads")
+    if by_position:
+        positions = sweep_indices(positions, task.seq_len, "positions")
+        return [Site(layer, component, head=h, position=p) for layer in layers for p in positions for h in heads]
+    return [Site(layer, component, head=h) for layer in layers for h in heads]
+
+
+def neuron_sites(task: PatchingTask, *, component: str = "mlp_post", layers=None, neurons=None, positions=None) -> list[Site]:
+    """The Sites of `interp.patching.patch_neurons`, in its row order."""
+    check_component(component, NEURON_COMPONENTS, "attribute_neurons")
+    layers, neurons = sweep_indices(layers, task.model.cfg.n_layers, "layers"), sweep_indices(neurons, task.model.cfg.d_mlp, "neurons")
+    if positions is None:
+        return [Site(layer, component, neuron=n) for layer in layers for n in neurons]
+    positions = sweep_indices(positions, task.seq_len, "positions")
+    return [Site(layer, component, neuron=n, position=p) for layer in layers for n in neurons for p in positions]
+
+
+def layer_position_sites(task: PatchingTask, component: str = "resid_pre", *, layers=None, positions=None) -> list[Site]:
+    """The Sites of `interp.patching.patch_layer_positions`, in its row order."""
+    check_component(component, LAYER_POSITION_COMPONENTS, "attribute_layer_positions")
+    layers, positions = sweep_indices(layers, task.model.cfg.n_layers, "layers"), sweep_indices(positions, task.seq_len, "positions")
+    return [Site(layer, component, position=p) for layer in layers for p in positions]
+
+
+def attribute_heads(task: PatchingTask, *, method: str = "atp", tolerance: float = DEFAULT_TOLERANCE, **selection) -> pd.DataFrame:
+    """AtP twin of `patch_heads` (same keywords: by_position, component, layers, heads, positions)."""
+    return attribute_sites(task, head_sites(task, **selection), method=method, tolerance=tolerance)
+
+
+def attribute_neurons(task: PatchingTask, *, method: str = "atp", **selection) -> pd.DataFrame:
+    """AtP twin of `patch_neurons` (same keywords: component, layers, neurons, positions)."""
+    return attribute_sites(task, neuron_sites(task, **selection), method=method)
+
+
+def attribute_layer_positions(task: PatchingTask, component: str = "resid_pre", *, method: str = "atp", **selection) -> pd.DataFrame:
+    """AtP twin of `patch_layer_positions` (same keywords: layers, positions)."""
+    return attribute_sites(task, layer_position_sites(task, component, **selection), method=method)
+
+
+def _sweep_sites(task: PatchingTask, sweep: str, layers) -> list[Site]:
+    if sweep in ("heads", "heads_by_pos"):
+        return head_sites(task, by_position=sweep == "heads_by_pos", layers=layers)
+    if sweep in ("neurons", "neurons_by_pos"):
+        return neuron_sites(task, layers=layers, positions=range(task.seq_len) if sweep == "neurons_by_pos" else None)
+    return layer_position_sites(task, sweep, layers=layers)
+
+
+def attribution_sweep(
+    task: PatchingTask, sweeps: Iterable[str] = ("heads", "heads_by_pos", "neurons", "resid_pre"), *, layers=None, method: str = "atp", tolerance: float = DEFAULT_TOLERANCE
+) -> dict[str, pd.DataFrame]:
+    """Several sweeps from one set of passes: every head (summed and per position), every neuron, every
+    layer x position. One table per sweep, each shaped like its exact twin's."""
+    _check_method(method)
+    sweeps = list(sweeps)
+    for sweep in sweeps:
+        if sweep not in SWEEPS:
+            raise InterpError(f"sweeps: {sweep!r} is not an attribution sweep.{did_you_mean(sweep, SWEEPS)} Known: {', '.join(SWEEPS)}.")
+    site_lists = {sweep: [normalised_site(task.model, s, task.seq_len) for s in _sweep_sites(task, sweep, layers)] for sweep in sweeps}
+    every_site = [s for sites in site_lists.values() for s in sites]
+    passes = run_passes(task, *hooks_needed(task.model, every_site, method))
+    return {sweep: estimates_frame(task, sites, *estimate_effects(task, sites, passes, method), method, tolerance) for sweep, sites in site_lists.items()}
