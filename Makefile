@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/interp demo --out results/demo
 
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: setup browser
 	$(BIN)/python -m pytest -q -m slow

@@ -152,15 +152,13 @@ def build_corpus(sources: list[DocSource], dest: Path, route: str) -> dict:
 
 
 def _count_tokens(documents: list[dict]) -> dict:
-    """Token counts with the bundled model's tokenizer, when it is installed and converted."""
+    """Token counts with the bundled model's tokenizer (an empty dict when the model package is absent)."""
+    from interp.errors import ModelLoadError
+    from interp.models import bundled_tokenizer
+
     try:
-        from transformers import AutoTokenizer
-
-        from interp.models import bundled_gguf_path, converted_dir
-
-        tokenizer_dir = converted_dir(bundled_gguf_path()) / "tokenizer"
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    except Exception:  # the corpus is fetched before the model may be; the count is informative only
+        tokenizer = bundled_tokenizer()
+    except ModelLoadError:  # a user without the bundled model still gets the corpus; the count is informative
         return {}
     total = 0
     for start in range(0, len(documents), 256):

@@ -42,6 +42,15 @@ def bundled_gguf_path() -> Path:
     return path
 
 
+def bundled_tokenizer():
+    """The bundled model's tokenizer, without converting the model (from the cache when converted, else the GGUF)."""
+    from transformers import AutoTokenizer
+
+    gguf = bundled_gguf_path()
+    cached = converted_dir(gguf) / "tokenizer"
+    return AutoTokenizer.from_pretrained(cached) if cached.exists() else AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def load_model(
     spec: str | os.PathLike | HookedTransformerConfig | dict | None = None,
     *,
