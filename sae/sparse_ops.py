@@ -12,6 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.kernels.sparse_rows import rows_dot, rows_grad, rows_sum
+from interp.kernels.topk import row_topk
 
 
 class TopKEncode(torch.autograd.Function):
@@ -19,9 +20,8 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, encoder: Tensor, b_enc: Tensor, k: int):
-        pre = torch.nn.functional.linear(x, encoder, b_enc)
-        values, indices = pre.topk(k, dim=-1, sorted=False)
-        values = values.relu()
+        # the Triton selection kernel on CUDA (bias and ReLU fused), torch.topk elsewhere
+        values, indices = row_topk(torch.nn.functional.linear(x, encoder), k, bias=b_enc, relu=True)
         ctx.save_for_backward(x, encoder, values, indices)
         ctx.mark_non_differentiable(indices)
         return values, indices

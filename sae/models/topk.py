@@ -10,6 +10,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.errors import OutOfRangeError
+from interp.kernels.topk import row_topk
 from sae.models.base import LossScale, Sae, SaeConfig, StepOutput, aux_k_loss, reconstruction_loss
 from sae.sparse_ops import sparse_decode, topk_encode
 
@@ -33,8 +34,9 @@ class TopKSae(Sae):
     cfg: TopKConfig
 
     def activation(self, pre: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
-        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter(-1, indices, values.relu())
+        rows = pre.reshape(-1, pre.shape[-1])
+        indices = row_topk(rows.detach(), self.cfg.k)[1]  # the Triton kernel on CUDA selects; gather keeps autograd
+        return torch.zeros_like(rows).scatter(-1, indices, rows.gather(-1, indices).relu()).view_as(pre)
 
     def encode_topk(self, x: Float[Tensor, "n d_in"]) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
         self.check_input(x)

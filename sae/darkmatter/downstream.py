@@ -1,0 +1,71 @@
+"""The downstream cost of each error part: splice Sae(x), Sae(x) + LinearError or Sae(x) + NonlinearError into the forward pass."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from interp.errors import ShapeMismatchError
+from interp.hooks import run_with_hooks, to_tokens
+from interp.sites import Site, as_site
+from sae.darkmatter.regression import LinearMap
+from sae.models import Sae
+
+VARIANTS = ("clean", "sae", "sae_plus_linear", "sae_plus_nonlinear")
+
+
+def _spliced(x: Tensor, sae: Sae, error_map: LinearMap, variant: str) -> Tensor:
+    if variant == "sae":
+        return sae(x)
+    linear = error_map.predict(x).to(x.dtype)
+    # Sae(x) + NonlinearError = Sae(x) + (x - Sae(x) - xA) = x - xA: the linear error is what is left.
+    return sae(x) + linear if variant == "sae_plus_linear" else x - linear
+
+
+def _hook(site: Site, sae: Sae, error_map: LinearMap, variant: str):
+    index = site.index()
+
+    def hook(act: Tensor, hook) -> Tensor:
+        region = act[index]
+        if region.shape[-1] != sae.cfg.d_in:
+            raise ShapeMismatchError(f"{site}: activations are {region.shape[-1]} wide but the SAE has d_in={sae.cfg.d_in}; splice an SAE trained at this site.")
+        act = act.clone()
+        act[index] = _spliced(region.reshape(-1, region.shape[-1]), sae, error_map, variant).reshape(region.shape).to(act.dtype)
+        return act
+
+    return hook
+
+
+@torch.no_grad()
+def spliced_losses(model: HookedTransformer, tokens: Int[Tensor, "seqs pos"], sae: Sae, site: Site | str, error_map: LinearMap, *, batch_size: int = 8) -> pd.DataFrame:
+    """Next-token CE per token (columns seq, pos, token, ce_clean, ce_sae, ce_sae_plus_linear, ce_sae_plus_nonlinear); positions 0..pos-2."""
+    site = as_site(model, site)
+    if site.head is not None or site.neuron is not None:
+        raise ShapeMismatchError(f"site={site}: splice at a whole activation (no head or neuron), the one the SAE was trained on.")
+    tokens = to_tokens(model, tokens, argument="tokens")
+    frames = []
+    for start in range(0, len(tokens), batch_size):
+        batch = tokens[start : start + batch_size]
+        losses = {}
+        for variant in VARIANTS:
+            logits = model(batch) if variant == "clean" else run_with_hooks(model, batch, [(site, _hook(site, sae, error_map, variant))])
+            losses[f"ce_{variant}"] = -logits[:, :-1].log_softmax(-1).gather(-1, batch[:, 1:, None])[..., 0].double()
+        b, p = batch[:, 1:].shape
+        frame = pd.DataFrame(dict(seq=torch.arange(start, start + b).repeat_interleave(p).numpy(), pos=torch.arange(p).repeat(b).numpy(), token=batch[:, :-1].reshape(-1).numpy()))
+        frames.append(frame.assign(**{k: v.reshape(-1).numpy() for k, v in losses.items()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def ce_shares(losses: pd.DataFrame) -> dict[str, float]:
+    """Mean CE of each variant and the share of the SAE's CE increase that each error part, left in place, still causes.
+
+    ce_share_nonlinear: (CE[Sae + LinearError] - CE[clean]) / (CE[Sae] - CE[clean]); ce_share_linear likewise.
+    """
+    mean = {v: float(losses[f"ce_{v}"].mean()) for v in VARIANTS}
+    increase = mean["sae"] - mean["clean"]
+    return dict(**{f"ce_{v}": m for v, m in mean.items()}, ce_increase_sae=increase,
+                ce_share_nonlinear=(mean["sae_plus_linear"] - mean["clean"]) / increase,
+                ce_share_linear=(mean["sae_plus_nonlinear"] - mean["clean"]) / increase)
