@@ -31,6 +31,7 @@ def builtin_pairs(n: int = 16) -> tuple[dict, ...]:
     )
 
 
+METHODS = ("exact", "atp", "atp*")
 SWEEPS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "neurons")
 
 
@@ -41,12 +42,15 @@ class PatchingSweepConfig:
     metric: str = "logit_diff"
     align: bool = False
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct
+    method: str = "exact"  # or "atp" / "atp*": attribution estimates from one forward/backward pair
     analysis: str = "activation_patching"
 
     def __post_init__(self):
         for sweep in self.sweeps:
             if sweep not in SWEEPS:
                 raise InterpError(f"sweeps: {sweep!r} is not a sweep.{did_you_mean(sweep, SWEEPS)} Known: {', '.join(SWEEPS)}.")
+        if self.method not in METHODS:
+            raise InterpError(f"method: {self.method!r} is not a patching method.{did_you_mean(self.method, METHODS)} Known: {', '.join(METHODS)}.")
         if not self.pairs:
             raise InterpError("pairs is empty: give at least one clean/corrupted prompt pair.")
 
@@ -69,27 +73,32 @@ def read_pairs(path: Path) -> tuple[dict, ...]:
     return tuple(rows)
 
 
-def run_sweeps(task, sweeps, tokens) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
-    """The sweeps as tidy tables, and their figures."""
-    from interp import plots
+def sweep_tables(task, sweeps, method: str = "exact") -> dict[str, pd.DataFrame]:
+    """Each sweep as a tidy table: exact patching, or its attribution estimate (one forward/backward for all)."""
+    from interp.attribution import attribution_sweep
     from interp.patching import patch_heads, patch_layer_positions, patch_neurons
 
-    tables, figures = {}, {}
-    for sweep in sweeps:
+    if method != "exact":
+        return attribution_sweep(task, sweeps, method=method)
+    exact = {"heads": patch_heads, "heads_by_pos": lambda t: patch_heads(t, by_position=True), "neurons": patch_neurons}
+    return {sweep: exact[sweep](task) if sweep in exact else patch_layer_positions(task, sweep) for sweep in sweeps}
+
+
+def sweep_figures(tables: dict[str, pd.DataFrame], tokens, method: str = "exact") -> dict[str, object]:
+    from interp import plots
+
+    label = "" if method == "exact" else f" ({method} estimate)"
+    figures = {}
+    for sweep, df in tables.items():
         if sweep == "heads":
-            df = patch_heads(task)
-            figures[sweep] = plots.head_heatmap(df, value="restoration", title="Restoration from patching each head's z (all positions)")
+            figures[sweep] = plots.head_heatmap(df, value="restoration", title=f"Restoration from patching each head's z, all positions{label}")
         elif sweep == "heads_by_pos":
-            df = patch_heads(task, by_position=True)
-            figures[sweep] = plots.layer_position_heatmap(df, value="restoration", tokens=tokens, agg="max", title="Max restoration over heads, by layer and position")
+            figures[sweep] = plots.layer_position_heatmap(df, value="restoration", tokens=tokens, agg="max", title=f"Max restoration over heads, by layer and position{label}")
         elif sweep == "neurons":
-            df = patch_neurons(task)
-            figures[sweep] = plots.top_k_bars(df, value="restoration", label=["layer", "neuron"], k=30, title="Top neurons by restoration")
+            figures[sweep] = plots.top_k_bars(df, value="restoration", label=["layer", "neuron"], k=30, title=f"Top neurons by restoration{label}")
         else:
-            df = patch_layer_positions(task, sweep)
-            figures[sweep] = plots.layer_position_heatmap(df, value="restoration", tokens=tokens, title=f"Restoration from patching {sweep}")
-        tables[sweep] = df
-    return tables, figures
+            figures[sweep] = plots.layer_position_heatmap(df, value="restoration", tokens=tokens, title=f"Restoration from patching {sweep}{label}")
+    return figures
 
 
 def run(config: PatchingSweepConfig, out: Path) -> Path:
@@ -106,11 +115,12 @@ def run(config: PatchingSweepConfig, out: Path) -> Path:
     )
     run_dir = ResultsDir.create(out, config, title="Activation patching", exist_ok=True)
     tokens = model.to_str_tokens(task.clean_tokens[0])
-    tables, figures = run_sweeps(task, config.sweeps, tokens)
+    tables = sweep_tables(task, config.sweeps, config.method)
+    figures = sweep_figures(tables, tokens, config.method)
     for name, df in tables.items():
         run_dir.save_table(name, df)
     run_dir.save_figures(figures)
-    headline = {"n_pairs": len(pairs), "metric": config.metric, "clean_metric": task.clean_metric, "corrupted_metric": task.corrupted_metric}
+    headline = {"n_pairs": len(pairs), "metric": config.metric, "method": config.method, "clean_metric": task.clean_metric, "corrupted_metric": task.corrupted_metric}
     for name, df in tables.items():
         top = df.loc[df["restoration"].idxmax()]
         headline[f"{name}_top"] = {k: (int(v) if k in ("layer", "head", "neuron", "position") and pd.notna(v) else v) for k, v in top.items() if k in ("layer", "head", "neuron", "position", "restoration") and pd.notna(v)}

@@ -78,13 +78,14 @@ def patch(
     sweep: list[str] = typer.Option(["resid_pre", "heads"], help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos, neurons."),
     metric: str = typer.Option("logit_diff", help="logit_diff, answer_prob, accuracy, kl."),
     align: bool = typer.Option(False, help="Left-pad pairs of different token lengths instead of refusing them."),
+    method: str = typer.Option("exact", help="exact (batched patching), atp or atp* (attribution estimates: one forward/backward pair)."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
 ) -> None:
     """Activation patching sweeps on your prompt pairs -> results dir and dashboard."""
     from experiments.patching_sweep import PatchingSweepConfig, read_pairs, run
 
     try:
-        config = PatchingSweepConfig(pairs=read_pairs(pairs), sweeps=tuple(sweep), metric=metric, align=align, model=model)
+        config = PatchingSweepConfig(pairs=read_pairs(pairs), sweeps=tuple(sweep), metric=metric, align=align, method=method, model=model)
         run_dir = run(config, out)
     except _user_errors() as exc:
         _fail(exc)

@@ -79,3 +79,26 @@ def test_sae_train_then_eval(model, tmp_path):
     assert len(per_token) == 512
     bad = runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "bad"), "--d-sae", "8", "--k", "8"])
     assert bad.exit_code == 2 and "k" in bad.output
+
+
+def test_patch_with_attribution_estimates(model, tmp_path):
+    import pandas as pd
+
+    pairs = tmp_path / "pairs.csv"
+    pd.DataFrame(
+        [{"clean": "The capital of France is", "corrupted": "The capital of Spain is", "answer": " Paris", "wrong": " Madrid"}]
+    ).to_csv(pairs, index=False)
+    result = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "run"), "--sweep", "resid_pre", "--method", "atp"])
+    assert result.exit_code == 0, result.output
+    df = pd.read_parquet(tmp_path / "run" / "resid_pre.parquet")
+    assert (df["method"] == "atp").all() and len(df) == 30 * 5
+    exact = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "exact"), "--sweep", "resid_pre"])
+    assert exact.exit_code == 0, exact.output
+    both = df.merge(pd.read_parquet(tmp_path / "exact" / "resid_pre.parquet"), on=["layer", "position"], suffixes=("_atp", "_exact"))
+    # positions the corruption leaves unchanged: clean - corrupted is 0, so both are 0 (up to batching round-off)
+    assert both.loc[both.position < 3, ["restoration_atp", "restoration_exact"]].abs().max().max() < 1e-5
+    # late layers at the last token are nearly linear: the estimate is close to the exact effect there
+    late = both[(both.position == 4) & (both.layer >= 25)]
+    assert (late.restoration_atp - late.restoration_exact).abs().max() < 0.25
+    bad = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "bad"), "--method", "atpp"])
+    assert bad.exit_code == 2 and "'atp'" in bad.output
