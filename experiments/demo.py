@@ -25,8 +25,14 @@ def _reachability(out: Path, quick: bool) -> Path:
     return run(ReachabilityConfig.quick() if quick else ReachabilityConfig(), out)
 
 
+def _recall_reasoning(out: Path, quick: bool) -> Path:
+    from experiments.recall_reasoning import RecallReasoningConfig, run
+
+    return run(RecallReasoningConfig.quick() if quick else RecallReasoningConfig(), out)
+
+
 # Each investigation: name -> function(out_dir, quick) -> results dir. Later issues append theirs.
-PIPELINE: dict[str, Callable[[Path, bool], Path]] = {"patching": _patching, "scan_snap": _scan_snap, "reachability": _reachability}
+PIPELINE: dict[str, Callable[[Path, bool], Path]] = {"patching": _patching, "scan_snap": _scan_snap, "reachability": _reachability, "recall_reasoning": _recall_reasoning}
 
 
 def run_demo(out: Path, quick: bool = True) -> Path:

@@ -176,6 +176,25 @@ def sae_eval(
     typer.echo(f"eval: {Path(directory) / 'eval'}")
 
 
+@run_app.command("recall-reasoning")
+def run_recall_reasoning(
+    out: Path = typer.Option(..., help="Results directory."),
+    quick: bool = typer.Option(False, help="Few items per task, exact patching of the top attribution candidates (minutes)."),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+) -> None:
+    """Recall vs reasoning circuits: tasks, screen, patching, ablation dissociation (bundled and synthetic model)."""
+    from dataclasses import replace
+
+    from experiments.recall_reasoning import RecallReasoningConfig, run
+
+    try:
+        config = RecallReasoningConfig.quick() if quick else RecallReasoningConfig()
+        run_dir = run(replace(config, model=model) if model else config, out)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
+
+
 @run_app.command("reachability")
 def run_reachability(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="Small graphs and short training (minutes).")) -> None:
     """Continuous chain of thought on graph reachability: training, the hand-set construction, probes."""

@@ -1,0 +1,231 @@
+"""Recall and reasoning prompts over real entities, their corrupted partners, and how they are scored.
+
+Recall asks for a memorised fact ("The capital of France is" -> " Paris"). Reasoning gives the
+facts in the prompt and asks for their 2-hop composition through a bridge ("Tokyo is the capital of
+Japan. Japan is in Asia. Therefore Tokyo is in" -> " Asia"). Every answer is scored by its first
+token: top-1 over the vocabulary ("first token") and against the first tokens of the same
+family's other answers ("distractor": the answer's log-prob beats every same-type distractor's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from interp.errors import InterpError, did_you_mean
+
+TASKS = ("recall", "reasoning")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One relation: entity -> answer, its recall and reasoning templates, and each entity's bridge.
+
+    Recall templates take {entity}; reasoning templates take {bridge}, {entity} and {answer}.
+    """
+
+    name: str
+    facts: tuple[tuple[str, str, str], ...]  # (entity, bridge, answer)
+    recall_templates: tuple[str, ...]
+    reasoning_templates: tuple[str, ...]
+
+
+_COUNTRIES = (  # (country, capital, continent, language); facts the model is then checked on, one by one
+    ("France", "Paris", "Europe", "French"), ("Germany", "Berlin", "Europe", "German"), ("Italy", "Rome", "Europe", "Italian"),
+    ("Spain", "Madrid", "Europe", "Spanish"), ("Japan", "Tokyo", "Asia", "Japanese"), ("China", "Beijing", "Asia", "Chinese"),
+    ("Russia", "Moscow", "Europe", "Russian"), ("Egypt", "Cairo", "Africa", "Arabic"), ("Kenya", "Nairobi", "Africa", "Swahili"),
+    ("Canada", "Ottawa", "North America", "English"), ("Mexico", "Mexico City", "North America", "Spanish"),
+    ("Argentina", "Buenos Aires", "South America", "Spanish"), ("Peru", "Lima", "South America", "Spanish"),
+    ("Greece", "Athens", "Europe", "Greek"), ("Portugal", "Lisbon", "Europe", "Portuguese"), ("Poland", "Warsaw", "Europe", "Polish"),
+    ("Sweden", "Stockholm", "Europe", "Swedish"), ("Norway", "Oslo", "Europe", "Norwegian"), ("Turkey", "Ankara", "Asia", "Turkish"),
+    ("Thailand", "Bangkok", "Asia", "Thai"), ("Vietnam", "Hanoi", "Asia", "Vietnamese"), ("Nigeria", "Abuja", "Africa", "English"),
+    ("Ghana", "Accra", "Africa", "English"), ("Australia", "Canberra", "Oceania", "English"), ("Chile", "Santiago", "South America", "Spanish"),
+    ("Cuba", "Havana", "North America", "Spanish"), ("Austria", "Vienna", "Europe", "German"), ("Hungary", "Budapest", "Europe", "Hungarian"),
+    ("Ireland", "Dublin", "Europe", "English"), ("Finland", "Helsinki", "Europe", "Finnish"), ("Denmark", "Copenhagen", "Europe", "Danish"),
+    ("Netherlands", "Amsterdam", "Europe", "Dutch"), ("Korea", "Seoul", "Asia", "Korean"), ("Morocco", "Rabat", "Africa", "Arabic"),
+    ("Colombia", "Bogota", "South America", "Spanish"), ("Iran", "Tehran", "Asia", "Persian"), ("India", "New Delhi", "Asia", "Hindi"),
+)
+_PEOPLE = ("Anna", "Omar", "Lena", "Ravi", "Mia", "Tom", "Sara", "Ken")  # fresh bridges: each item takes one by its index
+_ELEMENTS = (
+    ("gold", "Au"), ("silver", "Ag"), ("iron", "Fe"), ("sodium", "Na"), ("potassium", "K"), ("oxygen", "O"), ("hydrogen", "H"),
+    ("carbon", "C"), ("nitrogen", "N"), ("copper", "Cu"), ("lead", "Pb"), ("helium", "He"), ("calcium", "Ca"), ("zinc", "Zn"),
+    ("tin", "Sn"), ("sulfur", "S"), ("mercury", "Hg"), ("neon", "Ne"), ("chlorine", "Cl"), ("magnesium", "Mg"),
+)
+_OBJECTS = ("ring", "coin", "wire", "rod", "bar", "cup", "plate", "key")
+_OPPOSITES = (
+    ("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("happy", "sad"), ("old", "new"), ("open", "closed"),
+    ("light", "dark"), ("good", "bad"), ("rich", "poor"), ("hard", "soft"), ("wet", "dry"), ("tall", "short"), ("early", "late"),
+    ("strong", "weak"), ("full", "empty"), ("thick", "thin"), ("loud", "quiet"), ("high", "low"), ("right", "wrong"),
+)
+_NONCE_WORDS = ("blick", "dax", "wug", "fep", "tove", "zorp", "glim", "mip")
+
+FAMILIES: dict[str, Family] = {
+    "capital": Family(
+        "capital", tuple((c, _PEOPLE[i % len(_PEOPLE)], cap) for i, (c, cap, _, _) in enumerate(_COUNTRIES)),
+        ("The capital of {entity} is", "The capital city of {entity} is", "{entity}'s capital is the city of"),
+        ("{bridge} lives in {entity}. The capital of {entity} is {answer}. So {bridge} lives in the country whose capital is",
+         "{bridge} was born in {entity}, and the capital of {entity} is {answer}. The capital of {bridge}'s country is"),
+    ),
+    "continent": Family(
+        "continent", tuple((c, cap, cont) for c, cap, cont, _ in _COUNTRIES),
+        ("{entity} is a country in", "{entity} is located in the continent of", "The country of {entity} lies in"),
+        ("{bridge} is the capital of {entity}. {entity} is in {answer}. Therefore {bridge} is in",
+         "Suppose {bridge} is the capital of {entity}, and {entity} is located in {answer}. So {bridge} is located in"),
+    ),
+    "language": Family(
+        "language", tuple((c, _PEOPLE[i % len(_PEOPLE)], lang) for i, (c, _, _, lang) in enumerate(_COUNTRIES)),
+        ("The official language of {entity} is", "In {entity}, most people speak", "The main language spoken in {entity} is"),
+        ("{bridge} lives in {entity}. People in {entity} speak {answer}. So {bridge} speaks",
+         "{bridge} grew up in {entity}, where the language is {answer}. The language {bridge} grew up with is"),
+    ),
+    "element": Family(
+        "element", tuple((e, _OBJECTS[i % len(_OBJECTS)], sym) for i, (e, sym) in enumerate(_ELEMENTS)),
+        ("The chemical symbol for {entity} is", "The symbol of the element {entity} is", "In chemistry, {entity} is written as"),
+        ("The {bridge} is made of {entity}. The chemical symbol for {entity} is {answer}. So the symbol for the {bridge}'s material is",
+         "A {bridge} made of {entity}: the symbol of {entity} is {answer}, so the {bridge}'s element has the symbol"),
+    ),
+    "opposite": Family(
+        "opposite", tuple((w, _NONCE_WORDS[i % len(_NONCE_WORDS)], opp) for i, (w, opp) in enumerate(_OPPOSITES)),
+        ("The opposite of {entity} is", "The opposite of the word {entity} is", "{entity} is the opposite of"),
+        ("The word {bridge} means {entity}. The opposite of {entity} is {answer}. So the opposite of {bridge} is",
+         "In a new language, {bridge} means {entity}, and the opposite of {entity} is {answer}. The opposite of {bridge} is"),
+    ),
+}
+
+
+def families(names: Sequence[str] | None = None) -> list[Family]:
+    """The named relation families (all when None); an unknown name is an error with close matches."""
+    names = list(FAMILIES) if names is None else list(names)
+    for name in names:
+        if name not in FAMILIES:
+            raise InterpError(f"families: {name!r} is not a relation family.{did_you_mean(name, FAMILIES)} Known: {', '.join(FAMILIES)}.")
+    return [FAMILIES[n] for n in names]
+
+
+@dataclass
+class PromptSet:
+    """One task's items as token rows of possibly different lengths, each with a same-length corrupted partner.
+
+    items: one row per item (task, family, template, entity, prompt, answer, corrupted_prompt, corrupted_answer, n_tokens).
+    """
+
+    task: str
+    items: pd.DataFrame
+    tokens: list[Int[Tensor, " pos"]]
+    corrupted: list[Int[Tensor, " pos"]]
+    answer_ids: Int[Tensor, " item"]
+    wrong_ids: Int[Tensor, " item"]  # the corrupted partner's answer
+    candidate_ids: Bool[Tensor, "item d_vocab"]  # first tokens of the same family's answers (the answer included)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def subset(self, keep: Sequence[int] | Tensor) -> PromptSet:
+        keep = [int(i) for i in keep]
+        return PromptSet(self.task, self.items.iloc[keep].reset_index(drop=True), [self.tokens[i] for i in keep],
+                         [self.corrupted[i] for i in keep], self.answer_ids[keep], self.wrong_ids[keep], self.candidate_ids[keep])
+
+    def length_groups(self) -> dict[int, list[int]]:
+        """Item indices by token length: each group runs as one batch without padding."""
+        groups: dict[int, list[int]] = {}
+        for i, row in enumerate(self.tokens):
+            groups.setdefault(len(row), []).append(i)
+        return groups
+
+
+def first_token(model: HookedTransformer, answer: str) -> int:
+    """The id of the answer's first token, with the leading space it has after a prompt."""
+    return int(model.to_tokens(" " + answer, prepend_bos=False)[0, 0])
+
+
+def _prompt(family: Family, task: str, template: str, fact: tuple[str, str, str]) -> str:
+    entity, bridge, answer = fact
+    return template.format(entity=entity) if task == "recall" else template.format(entity=entity, bridge=bridge, answer=answer)
+
+
+def build_prompts(model: HookedTransformer, task: str, family_names: Sequence[str] | None = None, *, max_entities: int | None = None) -> tuple[PromptSet, int]:
+    """Every (family, template, entity) prompt of `task` that has a corrupted partner; returns it and the count without one.
+
+    max_entities: use the first n entities of each family (quick runs).
+    The corrupted partner is the same template with another entity of the family whose answer has
+    a different first token and whose prompt has the same token length (the first such entity).
+    """
+    if task not in TASKS:
+        raise InterpError(f"build_prompts(task={task!r}): choose one of {', '.join(TASKS)}.")
+    prepend = model.cfg.default_prepend_bos
+    rows, tokens, corrupted, answers, wrongs, candidates, unpaired = [], [], [], [], [], [], 0
+    for family in families(family_names):
+        facts = family.facts[:max_entities]
+        answer_ids = {fact[2]: first_token(model, fact[2]) for fact in facts}
+        family_candidates = torch.zeros(model.cfg.d_vocab, dtype=torch.bool)
+        family_candidates[list(set(answer_ids.values()))] = True
+        templates = family.recall_templates if task == "recall" else family.reasoning_templates
+        for template in templates:
+            prompts = [_prompt(family, task, template, fact) for fact in facts]
+            rows_t = [model.to_tokens(p, prepend_bos=prepend)[0] for p in prompts]
+            for i, fact in enumerate(facts):
+                partner = next((j for j, other in enumerate(facts) if answer_ids[other[2]] != answer_ids[fact[2]] and len(rows_t[j]) == len(rows_t[i])), None)
+                if partner is None:
+                    unpaired += 1
+                    continue
+                other = facts[partner]
+                rows.append(dict(task=task, family=family.name, template=template, entity=fact[0], prompt=prompts[i], answer=fact[2],
+                                 corrupted_prompt=prompts[partner], corrupted_answer=other[2], n_tokens=len(rows_t[i])))
+                tokens.append(rows_t[i])
+                corrupted.append(rows_t[partner])
+                answers.append(answer_ids[fact[2]])
+                wrongs.append(answer_ids[other[2]])
+                candidates.append(family_candidates)
+    if not rows:
+        raise InterpError(f"build_prompts: no {task} prompt has a same-length corrupted partner in families {family_names}; add entities to the families.")
+    return PromptSet(task, pd.DataFrame(rows), tokens, corrupted, torch.tensor(answers), torch.tensor(wrongs), torch.stack(candidates)), unpaired
+
+
+def correct_by_first_token(logits: Float[Tensor, "batch d_vocab"], answer_ids: Int[Tensor, " batch"]) -> Bool[Tensor, " batch"]:
+    """The answer's first token is the top-1 prediction over the whole vocabulary."""
+    return logits.argmax(-1) == answer_ids.to(logits.device)
+
+
+def correct_by_distractors(logits: Float[Tensor, "batch d_vocab"], answer_ids: Int[Tensor, " batch"], candidate_ids: Bool[Tensor, "batch d_vocab"]) -> Bool[Tensor, " batch"]:
+    """The answer's log-prob beats every other same-family answer's (log-softmax is monotone, so logits compare the same)."""
+    answer_logit = logits.gather(-1, answer_ids[:, None].to(logits.device))[:, 0]
+    others = candidate_ids.to(logits.device).clone()
+    others[torch.arange(len(others)), answer_ids] = False
+    best_other = logits.masked_fill(~others, float("-inf")).max(-1).values
+    return answer_logit > best_other
+
+
+def last_logits(model: HookedTransformer, prompts: PromptSet, fwd_hooks_for=None) -> Float[Tensor, "item d_vocab"]:
+    """Last-position logits of every item, one batch per token length; fwd_hooks_for(tokens) gives hooks per batch."""
+    out = torch.empty(len(prompts), model.cfg.d_vocab)
+    with torch.no_grad():
+        for indices in prompts.length_groups().values():
+            tokens = torch.stack([prompts.tokens[i] for i in indices]).to(model.cfg.device)
+            hooks = fwd_hooks_for(indices, tokens) if fwd_hooks_for is not None else []
+            out[indices] = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -1].float().cpu()
+    return out
+
+
+def score(logits: Float[Tensor, "item d_vocab"], prompts: PromptSet) -> pd.DataFrame:
+    """Per item: correct by first token, correct against distractors, and the answer's log-prob."""
+    logprobs = logits.log_softmax(-1)
+    return prompts.items[["task", "family", "template", "entity", "n_tokens"]].assign(
+        correct_first_token=correct_by_first_token(logits, prompts.answer_ids).numpy(),
+        correct_distractor=correct_by_distractors(logits, prompts.answer_ids, prompts.candidate_ids).numpy(),
+        answer_logprob=logprobs.gather(-1, prompts.answer_ids[:, None])[:, 0].numpy(),
+    )
+
+
+def keep_correct(model: HookedTransformer, prompts: PromptSet) -> tuple[PromptSet, pd.DataFrame]:
+    """Drop the items the unablated model gets wrong (against distractors, which the ablations are scored by); returns the kept set and every item's score."""
+    scores = score(last_logits(model, prompts), prompts)
+    keep = scores.index[scores["correct_distractor"]].tolist()
+    if not keep:
+        raise InterpError(f"keep_correct: the model answers none of the {len(prompts)} {prompts.task} prompts correctly; nothing is left to analyse.")
+    return prompts.subset(keep), scores.assign(kept=scores["correct_distractor"])

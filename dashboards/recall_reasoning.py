@@ -1,0 +1,41 @@
+"""Dashboard page of a recall-vs-reasoning run (config.json analysis = "recall_reasoning")."""
+
+from __future__ import annotations
+
+from circuits.recall_reasoning.localisation import __doc__ as SET_RULE
+from dashboards.sections import Section, default_sections, register_sections
+from interp.results import ResultsDir
+
+_RULE = SET_RULE.split("The rule choosing the sets (documented here and in the dashboard):")[1].strip()
+
+
+def _model_sections(run: ResultsDir, m: dict, prefix: str, label: str) -> list[Section]:
+    figures = set(run.figure_names())
+    named = lambda *names: [f"{prefix}{n}" for n in names if f"{prefix}{n}" in figures]  # noqa: E731
+    verdicts = run.load_table(f"{prefix}verdicts")
+    counts = (f"{m['n_recall_items']} recall and {m['n_reasoning_items']} reasoning items answered correctly before any intervention "
+              f"({m['n_recall_dropped']} and {m['n_reasoning_dropped']} dropped). Base accuracy against same-type distractors: recall {m['recall_acc_base']:.3f}, "
+              f"reasoning {m['reasoning_acc_base']:.3f}; by first token (top-1): {m['recall_acc_first_token_base']:.3f} and {m['reasoning_acc_first_token_base']:.3f}.")
+    sections = [
+        Section(f"{label}: verdict", text=f"{m['verdict']} {counts}", table=verdicts.drop(columns=["random_recall_drop_ci95", "random_reasoning_drop_ci95"])),
+        Section(f"{label}: accuracy after ablation", text="Bars: accuracy (against same-type distractors) with binomial standard errors; random sets: the mean over sets, "
+                "error bars spanning 95% of the sets.", figures=named("accuracy")),
+        Section(f"{label}: patching per task", text="Restoration of the logit difference when one unit (a head's z at every position, or a whole MLP layer) is patched clean -> corrupted.",
+                figures=named("units_recall", "units_reasoning", "positions_recall", "positions_reasoning")),
+        Section(f"{label}: the recall and reasoning sets", text=f"Recall set: {', '.join(m['recall_set']) or 'empty'}. Reasoning set: {', '.join(m['reasoning_set']) or 'empty'}. Rule: {_RULE}",
+                figures=named("sets")),
+    ]
+    if f"{prefix}screen_summary" in run.table_names():
+        sections.append(Section(f"{label}: correlational screen", text="Mann-Whitney U, Benjamini-Hochberg, Cohen's d at the last token; 'length_matched' pads recall prompts with neutral filler to the reasoning prompts' lengths.",
+                                table=run.load_table(f"{prefix}screen_summary"), figures=named("screen")))
+    return sections
+
+
+@register_sections("recall_reasoning")
+def recall_reasoning_sections(run: ResultsDir) -> list[Section]:
+    m = run.metrics()
+    sections = _model_sections(run, m, "", m.get("model", "model"))
+    if "synthetic" in m:
+        sections += _model_sections(run, m["synthetic"], "synthetic_", "Synthetic model")
+        sections.append(Section("Synthetic model: training", figures=["synthetic_training"]))
+    return [*sections, *default_sections(run)]
