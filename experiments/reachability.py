@@ -25,6 +25,7 @@ from circuits.reachability.train import MODES, TrainConfig, accuracy, train
 from dashboards import build_dashboard
 from interp.errors import InterpError
 from interp.results import ResultsDir
+from interp.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,8 @@ def run(config: ReachabilityConfig, out: Path) -> Path:
     """Train the three formats, check the construction, probe both; write the results dir and its dashboard."""
     if config.n_eval < 1 or config.n_probe < 2 or config.n_construction < 1:
         raise InterpError(f"n_eval={config.n_eval}, n_probe={config.n_probe}, n_construction={config.n_construction}: need n_eval >= 1, n_probe >= 2, n_construction >= 1.")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _run(config, Path(out))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(config: ReachabilityConfig, out: Path) -> Path:

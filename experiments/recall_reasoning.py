@@ -15,14 +15,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from circuits.recall_reasoning.figures import run_figures, training_curve
 from circuits.recall_reasoning.pipeline import AnalysisSettings, analyse
 from circuits.recall_reasoning.synthetic import KnowledgeBase, SyntheticTraining, prompt_sets, train
 from circuits.recall_reasoning.tasks import FAMILIES, TASKS, build_prompts
 from interp.models import load_model
+from dashboards import build_dashboard
 from interp.results import ResultsDir
+from interp.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,7 @@ def _model_name(spec) -> str:
 
 def run(config: RecallReasoningConfig, out: Path) -> Path:
     """Run the analysis on the chosen model and (config.synthetic) on the synthetic model; write the results dir at `out`."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         results = ResultsDir.create(out, config, analysis=config.analysis, title="Recall vs reasoning circuits", exist_ok=True)
         start = time.perf_counter()
         model = load_model(config.model)
@@ -89,17 +88,10 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
             results.save_table(table_name, frame)
         results.write_metrics(metrics, merge=False)
         results.save_figures(figures, png=config.png)
-        _build_dashboard(results)
+        build_dashboard(results)
         return results.path
-    finally:
-        torch.set_num_threads(threads)
 
 
-def _build_dashboard(results: ResultsDir) -> None:
-    import dashboards.recall_reasoning  # noqa: F401  (registers this analysis's page sections)
-    from dashboards import build_dashboard
-
-    build_dashboard(results)
 
 
 def main() -> None:  # pragma: no cover

@@ -22,7 +22,9 @@ from circuits.scan_snap.measures import common_mass, distinct_entropy, slot_comp
 from circuits.scan_snap.model import RunSpec, TrainSettings, train_runs
 from circuits.scan_snap.predictions import composition_frame, entropy_sweep, final_measures, verdicts
 from circuits.scan_snap.transformer import TransformerSettings, train_transformer
+from dashboards import build_dashboard
 from interp.results import ResultsDir
+from interp.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,7 @@ def _transformer(config: ScanSnapConfig) -> pd.DataFrame:
 
 def run(config: ScanSnapConfig, out: Path) -> Path:
     """Run every part of the analysis and write the results dir at `out`; returns its path."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         results = ResultsDir.create(out, config, analysis=config.analysis, title="Scan and snap: 1-layer attention training dynamics", exist_ok=True)
         torch.manual_seed(config.seed)
         small, overlay, _ = _small_case(config)
@@ -149,17 +149,10 @@ def run(config: ScanSnapConfig, out: Path) -> Path:
             mass_over_training=mass_over_training(small), final_composition=final_composition(small), sweep_entropy=sweep_entropy(sweep),
             snap_curves=snap_curves(snap), sgd_vs_ode=sgd_vs_ode(overlay), transformer_attention=transformer_attention(transformer),
         ), png=config.png)
-        _build_dashboard(results)
+        build_dashboard(results)
         return results.path
-    finally:
-        torch.set_num_threads(threads)
 
 
-def _build_dashboard(results: ResultsDir) -> None:
-    import dashboards.scan_snap  # noqa: F401  (registers this analysis's page sections)
-    from dashboards import build_dashboard
-
-    build_dashboard(results)
 
 
 def main() -> None:  # pragma: no cover
