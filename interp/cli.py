@@ -195,6 +195,30 @@ def run_recall_reasoning(
     typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
 
 
+@run_app.command("dark-matter")
+def run_dark_matter(
+    out: Path = typer.Option(..., help="Results directory."),
+    quick: bool = typer.Option(False, help="3 small SAEs on ~33k tokens (minutes)."),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    layer: Optional[int] = typer.Option(None, help="Residual-stream layer (default 6)."),
+) -> None:
+    """Dark matter of SAEs: linear and nonlinear SAE error on one layer, plus a synthetic check with known truth."""
+    from dataclasses import replace
+
+    from experiments.dark_matter import DarkMatterConfig, run
+
+    config = DarkMatterConfig.quick() if quick else DarkMatterConfig()
+    if model is not None:
+        config = replace(config, model=model)
+    if layer is not None:
+        config = replace(config, layer=layer)
+    try:
+        run_dir = run(config, out)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
+
+
 @run_app.command("reachability")
 def run_reachability(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="Small graphs and short training (minutes).")) -> None:
     """Continuous chain of thought on graph reachability: training, the hand-set construction, probes."""

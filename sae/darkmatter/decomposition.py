@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -71,7 +71,10 @@ def decompose_error(x_fit: Float[Tensor, "n d"], sae_out_fit: Float[Tensor, "n d
     return Decomposition(metrics, fit, parts)
 
 
-def nonlinear_fvu_with_inputs(x_fit: Tensor, error_fit: Tensor, extra_fit: Tensor, x_eval: Tensor, error_eval: Tensor, extra_eval: Tensor) -> dict[str, float]:
+def nonlinear_fvu_with_inputs(
+    x_fit: Float[Tensor, "n d"], error_fit: Float[Tensor, "n d"], extra_fit: Float[Tensor, "n f"],
+    x_eval: Float[Tensor, "m d"], error_eval: Float[Tensor, "m d"], extra_eval: Float[Tensor, "m f"],
+) -> dict[str, float]:
     """How much of the nonlinear error other inputs explain: e regressed on [x, extra] against e on x alone (no intercept).
 
     Returns the held-out FVU left by each fit and their difference (negative: the extra inputs help).
@@ -97,7 +100,7 @@ class PowerLaw(NamedTuple):
         return self.c + self.a * np.power(np.asarray(width, dtype=float), self.m)
 
 
-def fit_power_law(widths, fvus) -> PowerLaw:
+def fit_power_law(widths: Sequence[float] | np.ndarray, fvus: Sequence[float] | np.ndarray) -> PowerLaw:
     """Least-squares fit of FVU(W) = c + a W^m with c >= 0, a >= 0, m <= 0 (scipy curve_fit, widths rescaled by the smallest)."""
     widths, fvus = np.asarray(widths, dtype=float), np.asarray(fvus, dtype=float)
     if widths.shape != fvus.shape or widths.ndim != 1 or len(widths) < 3:

@@ -25,37 +25,45 @@ def _spliced(x: Tensor, sae: Sae, error_map: LinearMap, variant: str) -> Tensor:
     return sae(x) + linear if variant == "sae_plus_linear" else x - linear
 
 
-def _hook(site: Site, sae: Sae, error_map: LinearMap, variant: str):
-    index = site.index()
+def _hook(site: Site, sae: Sae, error_map: LinearMap, variant: str, from_position: int):
+    index_from = (slice(None), slice(from_position, None))  # [batch, pos, d]: a whole per-token activation
 
     def hook(act: Tensor, hook) -> Tensor:
-        region = act[index]
+        region = act[index_from]
         if region.shape[-1] != sae.cfg.d_in:
             raise ShapeMismatchError(f"{site}: activations are {region.shape[-1]} wide but the SAE has d_in={sae.cfg.d_in}; splice an SAE trained at this site.")
         act = act.clone()
-        act[index] = _spliced(region.reshape(-1, region.shape[-1]), sae, error_map, variant).reshape(region.shape).to(act.dtype)
+        act[index_from] = _spliced(region.reshape(-1, region.shape[-1]), sae, error_map, variant).reshape(region.shape).to(act.dtype)
         return act
 
     return hook
 
 
 @torch.no_grad()
-def spliced_losses(model: HookedTransformer, tokens: Int[Tensor, "seqs pos"], sae: Sae, site: Site | str, error_map: LinearMap, *, batch_size: int = 8) -> pd.DataFrame:
-    """Next-token CE per token (columns seq, pos, token, ce_clean, ce_sae, ce_sae_plus_linear, ce_sae_plus_nonlinear); positions 0..pos-2."""
+def spliced_losses(
+    model: HookedTransformer, tokens: Int[Tensor, "seqs pos"], sae: Sae, site: Site | str, error_map: LinearMap, *, batch_size: int = 8, from_position: int = 0
+) -> pd.DataFrame:
+    """Next-token CE per token (columns seq, pos, token, ce_clean, ce_sae, ce_sae_plus_linear, ce_sae_plus_nonlinear).
+
+    Positions before `from_position` keep their clean activations and, unaffected, are left out of the rows.
+    """
     site = as_site(model, site)
-    if site.head is not None or site.neuron is not None:
-        raise ShapeMismatchError(f"site={site}: splice at a whole activation (no head or neuron), the one the SAE was trained on.")
+    if not isinstance(from_position, int) or not 0 <= from_position < tokens.shape[-1] - 1:
+        raise ShapeMismatchError(f"from_position={from_position!r}: must be an integer in 0..{tokens.shape[-1] - 2} for sequences of {tokens.shape[-1]} tokens.")
+    if site.head is not None or site.neuron is not None or site.position is not None or site.layout.pos_axis != 1:
+        raise ShapeMismatchError(f"site={site}: splice at a whole per-token activation (no head, neuron or position), the one the SAE was trained on.")
     tokens = to_tokens(model, tokens, argument="tokens")
     frames = []
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start : start + batch_size]
         losses = {}
         for variant in VARIANTS:
-            logits = model(batch) if variant == "clean" else run_with_hooks(model, batch, [(site, _hook(site, sae, error_map, variant))])
+            logits = model(batch) if variant == "clean" else run_with_hooks(model, batch, [(site, _hook(site, sae, error_map, variant, from_position))])
             losses[f"ce_{variant}"] = -logits[:, :-1].log_softmax(-1).gather(-1, batch[:, 1:, None])[..., 0].double()
-        b, p = batch[:, 1:].shape
-        frame = pd.DataFrame(dict(seq=torch.arange(start, start + b).repeat_interleave(p).numpy(), pos=torch.arange(p).repeat(b).numpy(), token=batch[:, :-1].reshape(-1).numpy()))
-        frames.append(frame.assign(**{k: v.reshape(-1).numpy() for k, v in losses.items()}))
+        b, p = batch[:, from_position + 1 :].shape
+        frame = pd.DataFrame(dict(seq=torch.arange(start, start + b).repeat_interleave(p).numpy(), pos=torch.arange(from_position, from_position + p).repeat(b).numpy(),
+                                  token=batch[:, from_position:-1].reshape(-1).numpy()))
+        frames.append(frame.assign(**{k: v[:, from_position:].reshape(-1).numpy() for k, v in losses.items()}))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.errors import ShapeMismatchError
@@ -92,13 +92,15 @@ def residual_fvu(x: Float[Tensor, "n d"], residual: Float[Tensor, "n d"]) -> flo
     return float(residual.double().pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
-def regression_r2(features_fit: Tensor, y_fit: Tensor, features_eval: Tensor, y_eval: Tensor, *, intercept: bool = True) -> float:
+def regression_r2(
+    features_fit: Float[Tensor, "n f"], y_fit: Float[Tensor, " n"], features_eval: Float[Tensor, "m f"], y_eval: Float[Tensor, " m"], *, intercept: bool = True
+) -> float:
     """Held-out R^2 of predicting y from features by least squares fit on the fit rows."""
     fitted = fit_linear_map(features_fit, y_fit, intercept=intercept)
     return r2(_as_matrix(y_eval, "y_eval")[:, 0], fitted.predict(_as_matrix(features_eval, "features_eval"))[:, 0])
 
 
-def group_mean_r2(groups_fit: Tensor, y_fit: Tensor, groups_eval: Tensor, y_eval: Tensor) -> float:
+def group_mean_r2(groups_fit: Int[Tensor, " n"], y_fit: Float[Tensor, " n"], groups_eval: Int[Tensor, " m"], y_eval: Float[Tensor, " m"]) -> float:
     """Held-out R^2 of predicting y by the fit rows' mean of y in the same group (e.g. token id); unseen groups get the overall mean."""
     _check_rows(groups_fit, y_fit, "groups_fit", "y_fit")
     _check_rows(groups_eval, y_eval, "groups_eval", "y_eval")

@@ -1,0 +1,96 @@
+"""The dark-matter experiment end to end on the tiny random model; the notebook on the quick setting (slow)."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from nbclient import NotebookClient
+
+import experiments.dark_matter as dark_matter
+from experiments.dark_matter import DarkMatterConfig, run, split_sequences
+from sae.darkmatter import SyntheticSpec
+from sae.io import load_sae
+from sae.train import TrainConfig
+from tests.conftest import TINY_GQA
+
+SITE = "blocks.1.hook_resid_post"
+REQUIRED = ["vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear", "widths", "cross_width_norm_r2", "nonlinear_norm_gain", "pursuit_nonlinear_fvu_change",
+            "earlier_layer_nonlinear_fvu_change", "ce_share_linear", "ce_share_nonlinear", "synthetic_corr"]
+
+
+def _tiny_config(cache: Path) -> DarkMatterConfig:
+    return DarkMatterConfig(
+        model=TINY_GQA, layer=1, n_tokens=32 * 96, seq_len=32, store_dtype="float32", widths=(64, 128, 256), k=8,
+        training=TrainConfig(steps=30, batch_size=256, lr=3e-3, warmup_steps=3, checkpoint_every=30), pursuit_tokens=512, downstream_seqs=4,
+        synthetic=SyntheticSpec(n_tokens=2000), cache_dir=str(cache), png=False, threads=1,
+    )
+
+
+def test_tiny_run_writes_the_metrics_and_reuses_store_and_saes(tmp_path, tiny_model, monkeypatch):
+    config = _tiny_config(tmp_path / "cache")
+    out = run(config, tmp_path / "run")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(key in metrics for key in REQUIRED), [k for k in REQUIRED if k not in metrics]
+    assert metrics["widths"] == [64, 128, 256] and all(len(metrics[k]) == 3 for k in ("vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear"))
+    assert set(metrics["synthetic_corr"]) == {"activation_noise", "reconstruction_noise"}
+    assert all(l0 <= 8 for l0 in metrics["l0"]) and "Claims of the paper" in (out / "dashboard.html").read_text()
+    assert metrics["fit_tokens"] == 64 * 31 and metrics["eval_tokens"] == 32 * 31  # position 0 of each sequence left out
+
+    # fvu_sae on held-out tokens, recomputed from a fresh TransformerLens forward of the same sequences.
+    sae = load_sae(next((tmp_path / "cache").glob("*/saes/resid_L1-W64-*")) / "sae")
+    _, held_seqs = split_sequences(96, config.fit_fraction, config.seed)
+    assert len(held_seqs) == 32
+    held_out = torch.randint(0, 101, (96, 32), generator=torch.Generator().manual_seed(0))[held_seqs]
+    with torch.no_grad():
+        x = tiny_model.run_with_cache(held_out, names_filter=SITE)[1][SITE][:, 1:].reshape(-1, 64).double()
+        expected = (x - sae(x.float()).double()).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert metrics["fvu_sae"][0] == pytest.approx(float(expected), rel=1e-4)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a second run with the same settings must reuse the cached SAEs")
+
+    monkeypatch.setattr(dark_matter, "train_sae", no_training)
+    again = json.loads((run(config, tmp_path / "run2") / "metrics.json").read_text())
+    assert again["fvu_sae"] == metrics["fvu_sae"] and again["synthetic_corr"] == metrics["synthetic_corr"]
+
+
+def test_config_round_trips_through_the_results_dir(tmp_path):
+    from interp.results import ResultsDir
+
+    config = replace(DarkMatterConfig.quick(), layer=4)
+    results = ResultsDir.create(tmp_path / "r", config, analysis=config.analysis)
+    assert results.config(DarkMatterConfig) == config
+    full = DarkMatterConfig()
+    assert len(full.widths) >= 5 and max(full.widths) / min(full.widths) >= 16 and full.n_tokens >= 1_000_000
+
+
+@pytest.mark.slow  # the quick setting on the bundled model: minutes on 2 cores the first time (the store and SAEs are cached after)
+def test_notebook_runs_on_the_quick_setting():
+    notebooks = Path(__file__).resolve().parents[2] / "notebooks"
+    nb = nbformat.read(notebooks / "04_dark_matter.ipynb", as_version=4)
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(notebooks)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("vector_r2" in o.get("text", "") for o in outputs)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(layer=0), "layer=0"), (dict(widths=(64, 128)), "at least 3"), (dict(k=64), "k=64"), (dict(focus_width=100), "focus_width=100"),
+    (dict(fit_fraction=1.0), "fit_fraction"), (dict(skip_positions=127), "skip_positions"),
+])
+def test_bad_config_names_the_field(tmp_path, fields, message):
+    from interp.errors import InterpError
+
+    with pytest.raises(InterpError, match=message):
+        replace(_tiny_config(tmp_path), **fields)
+
+
+def test_a_different_split_retrains_the_saes(tmp_path, tiny_model):
+    config = _tiny_config(tmp_path / "cache")
+    run(config, tmp_path / "a")
+    run(replace(config, seed=1), tmp_path / "b")  # same store, another split and SAE seed
+    run(replace(config, fit_fraction=0.5), tmp_path / "c")  # same store, other fit rows
+    saes = sorted(p.name for p in (tmp_path / "cache").glob("*/saes/resid_L1-W64-*"))
+    assert len(saes) == 3, saes
