@@ -14,12 +14,12 @@ hold variants that patch elsewhere. Neither step materialises a per-variant mask
 
 from __future__ import annotations
 
-import os
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.kernels import triton_available, use_triton as _use_triton
 from interp.errors import ShapeMismatchError
 
 ALL = -1  # a variant's position or group selector: every position / group
@@ -63,14 +63,6 @@ def attribution_scores_torch(
 
 
 # -- Triton kernels --------------------------------------------------------------------------
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _kernels():
     import triton
     import triton.language as tl
@@ -156,10 +148,6 @@ def attribution_scores_triton(
 
 
 # -- dispatch: the kernel on CUDA, the torch twin elsewhere -----------------------------------
-def _use_triton(t: Tensor) -> bool:
-    return t.is_cuda and triton_available() and os.environ.get("INTERP_DISABLE_TRITON") != "1"
-
-
 def patched_batch(
     clean: Float[Tensor, "batch pos group width"],
     corrupted: Float[Tensor, "batch pos group width"],

@@ -12,12 +12,13 @@ Each has a torch twin (`*_torch`) and a Triton kernel (`*_triton`); `rows_sum` e
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from interp.kernels import triton_available, use_triton as _use_triton
 
 
 
@@ -48,14 +49,6 @@ def rows_grad_torch(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], d
 
 
 # -- Triton kernels --------------------------------------------------------------------------
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _kernels():
     import triton
     import triton.language as tl
@@ -137,10 +130,6 @@ def rows_grad_triton(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], 
 
 
 # -- dispatch: the kernel on CUDA, the torch twin elsewhere -----------------------------------
-def _use_triton(t: Tensor) -> bool:
-    return t.is_cuda and triton_available() and os.environ.get("INTERP_DISABLE_TRITON") != "1"
-
-
 def rows_sum(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]) -> Float[Tensor, "n d"]:
     return (rows_sum_triton if _use_triton(rows) else rows_sum_torch)(values, indices, rows)
 

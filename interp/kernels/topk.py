@@ -13,12 +13,12 @@ the largest score, as in torch.topk. The torch twin is torch.topk; `row_topk` pi
 
 from __future__ import annotations
 
-import os
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.kernels import triton_available, use_triton as _use_triton
 from interp.errors import InterpError, OutOfRangeError, ShapeMismatchError
 
 BLOCK_M = 1024  # columns per sweep step; a row of any width streams through in blocks of this
@@ -50,10 +50,6 @@ try:
     import triton.language as tl
 except ImportError:  # the torch twin serves everywhere
     triton = None
-
-
-def triton_available() -> bool:
-    return triton is not None
 
 
 if triton is not None:
@@ -127,13 +123,5 @@ def row_topk_triton(
 
 
 # -- dispatch: the kernel on CUDA, the torch twin elsewhere -----------------------------------
-def _use_triton(t: Tensor) -> bool:
-    """On CUDA; on CPU only when forced (INTERP_FORCE_TRITON=1) under the interpreter, which is how tests reach it."""
-    if os.environ.get("INTERP_DISABLE_TRITON") == "1" or not triton_available():
-        return False
-    forced = os.environ.get("INTERP_FORCE_TRITON") == "1" and os.environ.get("TRITON_INTERPRET") == "1"
-    return t.is_cuda or forced
-
-
 def row_topk(pre: Float[Tensor, "n m"], k: int, bias: Float[Tensor, " m"] | None = None, relu: bool = False) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
     return (row_topk_triton if _use_triton(pre) and pre.dtype != torch.float64 else row_topk_torch)(pre, k, bias, relu)
