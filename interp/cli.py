@@ -30,6 +30,15 @@ def _user_errors():
     return (InterpError, FileNotFoundError)
 
 
+def _run_investigation(run, config, out: Path) -> None:
+    """Run an experiment's `run(config, out)`, turning user errors into a message and exit code 2."""
+    try:
+        run_dir = run(config, out)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
+
+
 @app.command()
 def models() -> None:
     """What can be loaded here: the bundled model, converted caches, and local HF-cache snapshots."""
@@ -110,11 +119,7 @@ def run_scan_snap(out: Path = typer.Option(..., help="Results directory."), quic
     """Scan and snap: 1-layer attention dynamics (ODE and batched SGD) and the paper's predictions checked."""
     from experiments.scan_snap import ScanSnapConfig, run
 
-    try:
-        run_dir = run(ScanSnapConfig.quick() if quick else ScanSnapConfig(), out)
-    except _user_errors() as exc:
-        _fail(exc)
-    typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
+    _run_investigation(run, ScanSnapConfig.quick() if quick else ScanSnapConfig(), out)
 
 
 @sae_app.command("train")
@@ -187,12 +192,8 @@ def run_recall_reasoning(
 
     from experiments.recall_reasoning import RecallReasoningConfig, run
 
-    try:
-        config = RecallReasoningConfig.quick() if quick else RecallReasoningConfig()
-        run_dir = run(replace(config, model=model) if model else config, out)
-    except _user_errors() as exc:
-        _fail(exc)
-    typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
+    config = RecallReasoningConfig.quick() if quick else RecallReasoningConfig()
+    _run_investigation(run, replace(config, model=model) if model else config, out)
 
 
 @run_app.command("dark-matter")
@@ -212,11 +213,7 @@ def run_dark_matter(
         config = replace(config, model=model)
     if layer is not None:
         config = replace(config, layer=layer)
-    try:
-        run_dir = run(config, out)
-    except _user_errors() as exc:
-        _fail(exc)
-    typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
+    _run_investigation(run, config, out)
 
 
 @run_app.command("reachability")
@@ -224,11 +221,7 @@ def run_reachability(out: Path = typer.Option(..., help="Results directory."), q
     """Continuous chain of thought on graph reachability: training, the hand-set construction, probes."""
     from experiments.reachability import ReachabilityConfig, run
 
-    try:
-        run_dir = run(ReachabilityConfig.quick() if quick else ReachabilityConfig(), out)
-    except _user_errors() as exc:
-        _fail(exc)
-    typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
+    _run_investigation(run, ReachabilityConfig.quick() if quick else ReachabilityConfig(), out)
 
 
 @app.command()
