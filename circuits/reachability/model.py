@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.utils.parametrize
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
@@ -27,16 +28,30 @@ class ModelConfig:
     d_model: int = 128
     n_heads: int = 4
     d_mlp: int = 512
+    tied_embeddings: bool = True  # GPT-2's W_U = W_E^T: a thought that predicts node v points along v's input embedding
+
+
+class _TransposedEmbedding(torch.nn.Module):
+    """Parametrization W_U := W_E^T (the unembedding's own tensor is kept by torch but unused)."""
+
+    def __init__(self, embed: torch.nn.Module):
+        super().__init__()
+        object.__setattr__(self, "embed", embed)  # a plain attribute, not a submodule: W_E stays registered once
+
+    def forward(self, unused_W_U: Tensor) -> Tensor:
+        return self.embed.W_E.T
 
 
 def build_model(layout: SequenceLayout, config: ModelConfig, seed: int) -> HookedTransformer:
-    """A GPT-2-style model (LayerNorm, learned absolute positions, GELU) with random weights."""
+    """A GPT-2-style model (LayerNorm, learned absolute positions, GELU, tied embeddings by default) with random weights."""
     spec = dict(
         n_layers=config.n_layers, d_model=config.d_model, n_heads=config.n_heads, d_head=config.d_model // config.n_heads,
         d_mlp=config.d_mlp, d_vocab=layout.d_vocab, n_ctx=layout.seq_len, act_fn="gelu_new", normalization_type="LN",
         positional_embedding_type="standard", default_prepend_bos=False, model_name="reachability-gpt2",
     )
     model = load_model(spec, seed=seed)
+    if config.tied_embeddings:
+        torch.nn.utils.parametrize.register_parametrization(model.unembed, "W_U", _TransposedEmbedding(model.embed))
     model.train()
     return model
 

@@ -61,6 +61,11 @@ def sequence_loss(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], la
     return torch.nn.functional.cross_entropy(predicted.flatten(0, 1), tokens[:, targets].flatten())
 
 
+def trainable_parameters(model: HookedTransformer) -> list[torch.nn.Parameter]:
+    """The model's parameters less a tied unembedding's unused own tensor (it gets no gradient)."""
+    return [p for name, p in model.named_parameters() if not name.endswith("parametrizations.W_U.original")]
+
+
 def train(mode: Mode, problems: list[Problem], layout: SequenceLayout, model_config: ModelConfig, config: TrainConfig, progress: bool = True) -> tuple[HookedTransformer, pd.DataFrame]:
     """Train one model; returns it (in eval mode) and the loss curve (step, stage, loss)."""
     if not problems:
@@ -69,7 +74,8 @@ def train(mode: Mode, problems: list[Problem], layout: SequenceLayout, model_con
     model = build_model(layout, model_config, config.seed)
     n_stages = layout.n_chain + 1 if mode == "continuous" else 1
     encoded = [layout.encode_batch(problems, n_latent=k) for k in range(n_stages)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    parameters = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / config.steps)))
     generator = torch.Generator().manual_seed(config.seed)
     rows = []
@@ -79,7 +85,7 @@ def train(mode: Mode, problems: list[Problem], layout: SequenceLayout, model_con
         loss = sequence_loss(model, encoded[stage][batch], layout, stage)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
         rows.append((step, stage, loss.item()))

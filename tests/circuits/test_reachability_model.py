@@ -8,7 +8,7 @@ import torch
 from circuits.reachability.graphs import GraphConfig, make_problems
 from circuits.reachability.model import ModelConfig, build_model, continuous_forward, greedy_chain
 from circuits.reachability.tokens import SequenceLayout
-from circuits.reachability.train import TrainConfig, accuracy, sequence_loss, stage_at, train
+from circuits.reachability.train import TrainConfig, accuracy, sequence_loss, stage_at, train, trainable_parameters
 from interp.errors import InterpError
 from interp.hooks import cache_sites
 from interp.sites import Site
@@ -86,6 +86,21 @@ def test_no_latents_is_the_plain_forward_and_hooks_fire(reach_model, tokens):
     _, reference = reach_model.run_with_cache(plain)
     torch.testing.assert_close(cached, reference[site.hook_name][:, 2])
     assert run.residual.shape == (6, LAYOUT.seq_len, 32)
+
+
+def test_tied_embeddings_unembed_with_the_input_embedding(tokens):
+    tied = build_model(LAYOUT, ModelConfig(d_model=32, n_heads=4, d_mlp=64), seed=1)
+    parameters = trainable_parameters(tied)
+    optimizer = torch.optim.AdamW(parameters, lr=1e-2)
+    tied(tokens)[:, -2].logsumexp(-1).sum().backward()
+    assert all(p.grad is not None for p in parameters) and len(parameters) == len(list(tied.parameters())) - 1
+    optimizer.step()  # W_E moved; the logits must still use it
+    saved = {}
+    with torch.no_grad(), tied.hooks(fwd_hooks=[("unembed.hook_in", lambda act, hook: saved.update(hidden=act))]):
+        logits = tied(tokens)
+    torch.testing.assert_close(logits, saved["hidden"] @ tied.embed.W_E.T + tied.unembed.b_U)
+    untied = build_model(LAYOUT, ModelConfig(d_model=32, n_heads=4, d_mlp=64, tied_embeddings=False), seed=1)
+    assert not torch.equal(untied.W_U, untied.W_E.T) and len(trainable_parameters(untied)) == len(list(untied.parameters()))
 
 
 def test_greedy_chain_matches_a_slow_loop(reach_model):
