@@ -25,6 +25,13 @@ def _model_sections(run: ResultsDir, m: dict, prefix: str, label: str) -> list[S
         Section(f"{label}: the recall and reasoning sets", text=f"Recall set: {', '.join(m['recall_set']) or 'empty'}. Reasoning set: {', '.join(m['reasoning_set']) or 'empty'}. Rule: {_RULE}",
                 figures=named("sets")),
     ]
+    if "neurons" in m:
+        n = m["neurons"]
+        sections.append(Section(f"{label}: MLP neuron sets", text=f"{n['verdict']} Recall neuron set: {', '.join(n['recall_set']) or 'empty'}. "
+                                f"Reasoning neuron set: {', '.join(n['reasoning_set']) or 'empty'}. Neurons (mlp.hook_post) are estimated by AtP, the top candidates "
+                                "of each task patched exactly, and the sets chosen by the same rule as the head/MLP-layer sets; random baselines are neuron sets of the same size.",
+                                table=run.load_table(f"{prefix}neuron_verdicts").drop(columns=["random_recall_drop_ci95", "random_reasoning_drop_ci95"]),
+                                figures=named("neuron_accuracy", "neurons_recall", "neurons_reasoning")))
     if f"{prefix}screen_summary" in run.table_names():
         sections.append(Section(f"{label}: correlational screen", text="Mann-Whitney U, Benjamini-Hochberg, Cohen's d at the last token; 'length_matched' pads recall prompts with neutral filler to the reasoning prompts' lengths.",
                                 table=run.load_table(f"{prefix}screen_summary"), figures=named("screen")))
@@ -37,5 +44,8 @@ def recall_reasoning_sections(run: ResultsDir) -> list[Section]:
     sections = _model_sections(run, m, "", m.get("model", "model"))
     if "synthetic" in m:
         sections += _model_sections(run, m["synthetic"], "synthetic_", "Synthetic model")
-        sections.append(Section("Synthetic model: training", figures=["synthetic_training"]))
+        s = m["synthetic"]
+        held_out = (f"Held-out accuracy (top-1): recall {s['held_out_recall_acc']:.3f} on every memorised fact, 2-hop reasoning {s['held_out_reasoning_acc']:.3f} "
+                    f"and 1-hop lookup {s['held_out_lookup_acc']:.3f} on 1,024 new problems each; {s['seconds_training']:.0f} s of training. ") if "held_out_recall_acc" in s else ""
+        sections.append(Section("Synthetic model: training", text=held_out + "Curves: accuracy on each training batch.", figures=["synthetic_training"]))
     return [*sections, *default_sections(run)]

@@ -2,7 +2,8 @@
 
 An `Ablation` names what to knock out (a set of Sites, ablated together) and how. The values that
 replace each site come from `replacement_values`, which any backend can call with its own cache
-function; `ablation_hooks` / `run_ablated` apply them to a TransformerLens model.
+function; `ablation_hooks` / `run_ablated` apply them to a TransformerLens model. Many ablations
+over one reference set can cache it once (`reference_activations`) and pass it as `reference_cache`.
 
 Per-head ablation goes through `z` Sites (blocks.L.attn.hook_z, the input to W_O): under
 grouped-query attention z still has one slice per *query* head, so ablating head h leaves the
@@ -12,7 +13,7 @@ heads, so ablating one there affects its whole group of query heads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -154,11 +155,42 @@ def replacement_values(ablation: Ablation, tokens: Int[Tensor, "batch pos"], tok
     return values
 
 
-def ablation_hooks(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], ablation: Ablation) -> list[tuple[str, HookFn]]:
-    """TransformerLens fwd_hooks applying `ablation` to `tokens`: one hook per hook name, all its sites at once."""
+def reference_activations(model: HookedTransformer, reference: Prompts, hook_names: Iterable[str]) -> dict[str, Tensor]:
+    """The reference prompts' whole activations at each hook name ([n_ref, ...] as TransformerLens caches them), for `reference_cache`."""
+    tokens = to_tokens(model, reference, argument="reference")
+    cached = cache_sites(model, tokens, [as_site(model, name) for name in dict.fromkeys(hook_names)])
+    return {site.hook_name: act for site, act in cached.items()}
+
+
+def _cached_reference(reference_cache: Mapping[str, Tensor]) -> CacheFn:
+    """A CacheFn that slices precomputed reference activations instead of running the model."""
+
+    def cache(ref_tokens: Tensor, sites: list[Site]) -> dict[Site, Tensor]:
+        missing = sorted({s.hook_name for s in sites} - set(reference_cache.keys()))
+        if missing:
+            raise InterpError(f"ablation_hooks(reference_cache=...) lacks hook(s) {missing}; cache them too, e.g. reference_activations(model, reference, {missing}).")
+        for name in {s.hook_name for s in sites}:
+            if reference_cache[name].shape[:2] != ref_tokens.shape[:2]:
+                raise ShapeMismatchError(f"ablation_hooks(reference_cache=...)[{name!r}] has batch x pos {tuple(reference_cache[name].shape[:2])} but Ablation.reference "
+                                         f"has {tuple(ref_tokens.shape)}; cache the same reference prompts the Ablation names.")
+        return {s: reference_cache[s.hook_name][s.index()] for s in sites}
+
+    return cache
+
+
+def ablation_hooks(
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], ablation: Ablation, *, reference_cache: Mapping[str, Tensor] | None = None
+) -> list[tuple[str, HookFn]]:
+    """TransformerLens fwd_hooks applying `ablation` to `tokens`: one hook per hook name, all its sites at once.
+
+    reference_cache: hook name -> the activations of `ablation.reference` at that hook (from
+    `reference_activations` or `model.run_with_cache(reference)`); mean and resample then read
+    their values from it instead of running the model on the reference prompts again.
+    """
     sites = [as_site(model, s).check(model, tokens.shape[1]) for s in ablation.sites]
     tokenize = lambda prompts: to_tokens(model, prompts, argument="Ablation.reference")  # noqa: E731
-    values = replacement_values(ablation, tokens, tokenize, lambda ref_tokens, sites: cache_sites(model, ref_tokens, sites))
+    run_reference = lambda ref_tokens, sites: cache_sites(model, ref_tokens, sites)  # noqa: E731
+    values = replacement_values(ablation, tokens, tokenize, run_reference if reference_cache is None else _cached_reference(reference_cache))
     by_hook: dict[str, list[Site]] = {}
     for site in sites:
         by_hook.setdefault(site.hook_name, []).append(site)
@@ -179,8 +211,10 @@ def run_ablated(
     prompts: Prompts,
     ablation: Ablation,
     return_type: str | None = "logits",
+    *,
+    reference_cache: Mapping[str, Tensor] | None = None,
 ) -> Float[Tensor, "batch pos d_vocab"] | Tensor | None:
-    """Run `prompts` with every site of `ablation` ablated; return_type as in HookedTransformer.forward."""
+    """Run `prompts` with every site of `ablation` ablated; return_type as in HookedTransformer.forward; reference_cache as in ablation_hooks."""
     tokens = to_tokens(model, prompts)
     with torch.no_grad():
-        return model.run_with_hooks(tokens, fwd_hooks=ablation_hooks(model, tokens, ablation), return_type=return_type)
+        return model.run_with_hooks(tokens, fwd_hooks=ablation_hooks(model, tokens, ablation, reference_cache=reference_cache), return_type=return_type)

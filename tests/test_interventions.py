@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from interp.errors import InterpError, OutOfRangeError, ShapeMismatchError
-from interp.interventions import Ablation, ablation_hooks, heads, layers, neurons, run_ablated
+from interp.interventions import Ablation, ablation_hooks, heads, layers, neurons, reference_activations, run_ablated
 from interp.sites import Site, kv_head_of
 
 PROMPTS = ["The capital of France is", "The capital of Spain is", "The capital of Italy is"]
@@ -202,3 +202,28 @@ def test_resample_with_only_identical_references_is_refused(tiny_model):
 def test_out_of_range_sites_name_the_field(tiny_model, site, field):
     with pytest.raises(OutOfRangeError, match=field):
         run_ablated(tiny_model, tiny_tokens(1, 6, seed=10), Ablation([site]))
+
+
+@pytest.mark.parametrize("method, mean_over", [("mean", "position"), ("mean", "all"), ("resample", "auto")])
+def test_precomputed_reference_cache_equals_caching_the_reference(tiny_model, method, mean_over):
+    tokens, reference = tiny_tokens(3, 7, seed=11), tiny_tokens(5, 7, seed=12)
+    sites = heads([(0, 1), (2, 3)]) + neurons([(1, 5)], position=4) + layers([1], "mlp_out")
+    ablation = Ablation(sites, method=method, reference=reference, mean_over=mean_over, seed=2)
+    _, tl_cache = tiny_model.run_with_cache(reference)  # TransformerLens's own cache works as the reference cache
+    from_tl = run_ablated(tiny_model, tokens, ablation, reference_cache=tl_cache)
+    ours = reference_activations(tiny_model, reference, ["blocks.0.attn.hook_z", "blocks.2.attn.hook_z", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out"])
+    computed = run_ablated(tiny_model, tokens, ablation)
+    assert torch.allclose(run_ablated(tiny_model, tokens, ablation, reference_cache=ours), computed, atol=1e-5)  # slices vs whole tensors: summation order only
+    assert torch.allclose(from_tl, computed, atol=1e-5)
+    assert not torch.allclose(computed, run_ablated(tiny_model, tokens, Ablation(sites)), atol=1e-3)  # the ablation did something
+
+
+def test_precomputed_reference_cache_must_hold_the_hooks_and_the_reference(tiny_model):
+    tokens, reference = tiny_tokens(2, 6, seed=13), tiny_tokens(4, 6, seed=14)
+    ablation = Ablation(heads([(1, 0)]) + neurons([(2, 3)]), method="mean", reference=reference)
+    partial = reference_activations(tiny_model, reference, ["blocks.1.attn.hook_z"])
+    with pytest.raises(InterpError, match=r"lacks hook\(s\) \['blocks.2.mlp.hook_post'\]"):
+        ablation_hooks(tiny_model, tokens, ablation, reference_cache=partial)
+    other = reference_activations(tiny_model, reference[:3], ["blocks.1.attn.hook_z", "blocks.2.mlp.hook_post"])
+    with pytest.raises(ShapeMismatchError, match=r"batch x pos \(3, 6\).*\(4, 6\)"):
+        ablation_hooks(tiny_model, tokens, ablation, reference_cache=other)

@@ -14,6 +14,7 @@ The verdict, per ablation method (q = the 97.5th percentile of the random sets' 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from transformer_lens import HookedTransformer
 
 from circuits.recall_reasoning.tasks import PromptSet, last_logits, score
 from interp.errors import InterpError
-from interp.interventions import METHODS, Ablation, ablation_hooks, replacement_values
+from interp.interventions import METHODS, Ablation, ablation_hooks, reference_activations
 from interp.sites import Site, as_site
 
 
@@ -32,54 +33,35 @@ def _reference_tokens(prompts: PromptSet, indices: list[int], tokens: torch.Tens
     return torch.cat([tokens, torch.stack([prompts.corrupted[i] for i in indices]).to(tokens.device)])
 
 
-def _hooks(model: HookedTransformer, tokens: torch.Tensor, ablation: Ablation, reference_acts: dict[str, torch.Tensor] | None):
-    """ablation_hooks, except that mean / resample read the reference activations from a cache made once per batch."""
-    if reference_acts is None:
-        return ablation_hooks(model, tokens, ablation)
-    sites = [as_site(model, s).check(model, tokens.shape[1]) for s in ablation.sites]
-    values = replacement_values(ablation, tokens, lambda reference: reference, lambda _, wanted: {s: reference_acts[s.hook_name][s.index()] for s in wanted})
-    by_hook: dict[str, list[Site]] = {}
-    for site in sites:
-        by_hook.setdefault(site.hook_name, []).append(site)
-
-    def make_hook(group: list[Site]):
-        def hook(act: torch.Tensor, hook) -> torch.Tensor:
-            for site in group:
-                act[site.index()] = values[site].to(act.dtype)
-            return act
-
-        return hook
-
-    return [(name, make_hook(group)) for name, group in by_hook.items()]
-
-
 def ablated_scores(model: HookedTransformer, prompts: PromptSet, sites: Sequence[Site], method: str, seed: int = 0, reference_cache: dict | None = None) -> pd.DataFrame:
     """Per-item scores (see tasks.score) with every site ablated together; no sites: the unablated model.
 
     Mean and resample take their values from each length group's clean and corrupted prompts.
-    reference_cache: a dict this function fills with each group's reference activations, so many
-    ablations of the same prompts cache the reference once (pass the same dict each call).
+    reference_cache: a dict this function fills with each group's reference activations (every
+    layer of each hook kind asked for), so many ablations of the same prompts cache the reference
+    once per kind (pass the same dict each call).
     """
     if not sites:
         return score(last_logits(model, prompts), prompts)
-    hook_names = sorted({s.hook_name for s in sites})
+    hook_names = {as_site(model, s).hook_name for s in sites}
 
     def hooks_for(indices: list[int], tokens: torch.Tensor):
         reference = None if method == "zero" else _reference_tokens(prompts, indices, tokens)
         ablation = Ablation(tuple(sites), method=method, reference=reference, seed=seed)
         if reference is None or reference_cache is None:
-            return _hooks(model, tokens, ablation, None)
-        key = (prompts.task, tuple(indices))
-        if key not in reference_cache:
-            with torch.no_grad():
-                _, cache = model.run_with_cache(reference, names_filter=lambda name: name.endswith(("attn.hook_z", "hook_mlp_out")))
-            reference_cache[key] = {name: act for name, act in cache.items()}
-        missing = [name for name in hook_names if name not in reference_cache[key]]
-        if missing:
-            return _hooks(model, tokens, ablation, None)
-        return _hooks(model, tokens, ablation, reference_cache[key])
+            return ablation_hooks(model, tokens, ablation)
+        cached = reference_cache.setdefault((prompts.task, tuple(indices)), {})
+        if missing := hook_names - set(cached):
+            cached.update(reference_activations(model, reference, _every_layer(model, missing)))
+        return ablation_hooks(model, tokens, ablation, reference_cache=cached)
 
     return score(last_logits(model, prompts, hooks_for), prompts)
+
+
+def _every_layer(model: HookedTransformer, hook_names: set[str]) -> list[str]:
+    """The hooks of the same kinds at every layer: later sets (random ones span all layers) then find them cached, at one forward per kind."""
+    kinds = {re.sub(r"^blocks\.\d+\.", "", name) for name in hook_names}
+    return [f"blocks.{layer}.{kind}" for kind in sorted(kinds) for layer in range(model.cfg.n_layers)]
 
 
 def random_sets(pool: Sequence[Site], size: int, n_sets: int, seed: int) -> list[list[Site]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from interp.plots import bars_with_errors, head_heatmap, layer_position_heatmap
+from interp.plots import bars_with_errors, head_heatmap, layer_position_heatmap, top_k_bars
 
 
 def accuracy_bars(dissociation: pd.DataFrame, title: str) -> go.Figure:
@@ -60,9 +60,9 @@ def screen_bars(summary: pd.DataFrame, title: str) -> go.Figure:
 
 def training_curve(curve: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
-    for column in ("recall_acc", "reasoning_acc"):
+    for column in [c for c in ("recall_acc", "reasoning_acc", "lookup_acc") if c in curve]:
         fig.add_trace(go.Scatter(x=curve["step"], y=curve[column], mode="lines", name=column))
-    fig.update_layout(title=dict(text="Synthetic model: training accuracy"), xaxis=dict(title=dict(text="step")), yaxis=dict(title=dict(text="accuracy"), range=[0, 1.05]))
+    fig.update_layout(title=dict(text="Synthetic model: training-batch accuracy"), xaxis=dict(title=dict(text="step")), yaxis=dict(title=dict(text="accuracy"), range=[0, 1.05]))
     return fig
 
 
@@ -79,6 +79,12 @@ def run_figures(tables: dict[str, pd.DataFrame], prefix: str, label: str) -> dic
         figures[f"{prefix}units_{task}"] = unit_heatmap(effects, task, f"{label}: {task}, restoration per unit patched at every position ({how})", value)
         if "position_patching" in tables:
             figures[f"{prefix}positions_{task}"] = position_heatmap(tables["position_patching"], task, f"{label}: {task}, resid_pre restoration by layer and position")
+    if "neuron_dissociation" in tables:
+        figures[f"{prefix}neuron_accuracy"] = accuracy_bars(tables["neuron_dissociation"], f"{label}: accuracy after ablating MLP neuron sets (random: mean, 95% of sets)")
+        neurons = tables["neuron_unit_patching"].dropna(subset=["restoration"])
+        for task in ("recall", "reasoning"):
+            figures[f"{prefix}neurons_{task}"] = top_k_bars(neurons[neurons["task"] == task], value="restoration", k=20, label=("layer", "neuron"),
+                                                            title=f"{label}: {task}, exact restoration of the top MLP neurons (AtP-preselected)")
     if "screen_summary" in tables:
         figures[f"{prefix}screen"] = screen_bars(tables["screen_summary"], f"{label}: correlational screen")
     return figures

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
@@ -12,6 +12,7 @@ from circuits.recall_reasoning.dissociation import dissociation, verdict_text, v
 from circuits.recall_reasoning.localisation import chosen_sites, choose_sets, localise, patch_positions, units
 from circuits.recall_reasoning.screen import screen, screen_summary
 from circuits.recall_reasoning.tasks import TASKS, PromptSet, keep_correct
+from interp.errors import InterpError
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,10 @@ class AnalysisSettings:
     set_size: int = 9
     min_restoration: float = 0.02
     unit_kinds: tuple[str, ...] = ("head", "mlp")
+    neuron_set_size: int = 20  # MLP neurons (mlp.hook_post) get their own sets by the same rule; 0 skips them
+    neuron_candidates: int = 48  # per task, the neurons with the largest |AtP restoration| patched exactly
+    neuron_min_restoration: float = 0.005  # one neuron moves the logit difference far less than a head
+    neuron_methods: tuple[str, ...] | None = None  # ablation methods for the neuron sets; None: the same as methods
     methods: tuple[str, ...] = ("zero", "mean", "resample")
     n_random: int = 20
     verdict_method: str = "mean"
@@ -31,6 +36,11 @@ class AnalysisSettings:
     single_length: bool = False  # keep only each task's most common token length: one batch per forward (quick runs)
     max_items: int | None = None  # per task, a seeded sample of the kept items (quick runs)
     seed: int = 0
+
+    def __post_init__(self):
+        for name, methods in (("methods", self.methods), ("neuron_methods", self.neuron_methods or self.methods)):
+            if self.verdict_method not in methods:
+                raise InterpError(f"AnalysisSettings(verdict_method={self.verdict_method!r}) is not among {name}={methods}; add it there or pick one of them.")
 
 
 def _restrict(prompts: PromptSet, settings: AnalysisSettings) -> PromptSet:
@@ -51,12 +61,11 @@ def analyse(model: HookedTransformer, prompts: dict[str, PromptSet], settings: A
         kept[task] = _restrict(correct, settings)
         item_scores.append(scores)
     tables["items"] = pd.concat(item_scores, ignore_index=True)
-    pool = units(model, settings.unit_kinds)
-    effects = localise(model, kept, pool, settings.exact_candidates)
-    tables["unit_patching"] = effects
-    choice = choose_sets(effects, settings.set_size, settings.min_restoration)
-    tables["sets"] = choice
-    recall_set, reasoning_set = chosen_sites(choice, "recall"), chosen_sites(choice, "reasoning")
+    tables.update(_localise_and_ablate(model, kept, units(model, settings.unit_kinds), settings.set_size, settings.min_restoration, settings.exact_candidates, settings, "", progress))
+    if settings.neuron_set_size > 0:
+        neuron_pool = units(model, ("neuron",))
+        tables.update(_localise_and_ablate(model, kept, neuron_pool, settings.neuron_set_size, settings.neuron_min_restoration, settings.neuron_candidates,
+                                           replace(settings, methods=settings.neuron_methods or settings.methods), "neuron_", progress))
     if settings.position_layers != ():
         layers = None if settings.position_layers is None else list(settings.position_layers)
         frames = []
@@ -64,15 +73,22 @@ def analyse(model: HookedTransformer, prompts: dict[str, PromptSet], settings: A
             df, tokens = patch_positions(model, kept[task], layers=layers)
             frames.append(df.assign(token=[tokens[p] for p in df["position"]]))
         tables["position_patching"] = pd.concat(frames, ignore_index=True)
-    table = dissociation(model, kept, recall_set, reasoning_set, pool, methods=settings.methods, n_random=settings.n_random, seed=settings.seed, progress=progress)
-    tables["dissociation"] = table
-    decided = verdicts(table, len(recall_set), len(reasoning_set))
-    tables["verdicts"] = decided
     if settings.screen:
         screened = screen(model, kept["recall"], kept["reasoning"], control_length=settings.control_length, alpha=settings.alpha, min_d=settings.min_d)
         tables["screen"] = screened
         tables["screen_summary"] = screen_summary(screened)
     return tables, headline_metrics(tables, kept, settings, model_name)
+
+
+def _localise_and_ablate(model: HookedTransformer, kept: dict[str, PromptSet], pool: list, set_size: int, min_restoration: float, exact_candidates: int | None,
+                         settings: AnalysisSettings, prefix: str, progress: bool) -> dict[str, pd.DataFrame]:
+    """Patch the pool's units, choose the two sets by the localisation rule, ablate them and random sets; tables named with prefix."""
+    effects = localise(model, kept, pool, exact_candidates)
+    choice = choose_sets(effects, set_size, min_restoration)
+    recall_set, reasoning_set = chosen_sites(choice, "recall"), chosen_sites(choice, "reasoning")
+    table = dissociation(model, kept, recall_set, reasoning_set, pool, methods=settings.methods, n_random=settings.n_random, seed=settings.seed, progress=progress)
+    return {f"{prefix}unit_patching": effects, f"{prefix}sets": choice, f"{prefix}dissociation": table,
+            f"{prefix}verdicts": verdicts(table, len(recall_set), len(reasoning_set))}
 
 
 def _accuracy(table: pd.DataFrame, method: str, ablated: str, task: str, column: str = "accuracy") -> float:
@@ -82,9 +98,10 @@ def _accuracy(table: pd.DataFrame, method: str, ablated: str, task: str, column:
 
 def headline_metrics(tables: dict[str, pd.DataFrame], kept: dict[str, PromptSet], settings: AnalysisSettings, model_name: str) -> dict:
     """The issue's metrics.json keys (at settings.verdict_method) and the same per method under by_method."""
-    items, table, decided = tables["items"], tables["dissociation"], tables["verdicts"].set_index("method", drop=False)
+    items = tables["items"]
 
-    def at(method: str) -> dict:
+    def at(method: str, prefix: str = "") -> dict:
+        table, decided = tables[f"{prefix}dissociation"], tables[f"{prefix}verdicts"].set_index("method", drop=False)
         row = decided.loc[method]
         return dict(
             recall_acc_after_recall_ablation=_accuracy(table, method, "recall_set", "recall"),
@@ -103,18 +120,21 @@ def headline_metrics(tables: dict[str, pd.DataFrame], kept: dict[str, PromptSet]
         n_recall_items=len(kept["recall"]), n_reasoning_items=len(kept["reasoning"]),
         n_recall_correct=int(items[items["task"] == "recall"]["kept"].sum()), n_reasoning_correct=int(items[items["task"] == "reasoning"]["kept"].sum()),
         n_recall_dropped=int((~items[items["task"] == "recall"]["kept"]).sum()), n_reasoning_dropped=int((~items[items["task"] == "reasoning"]["kept"]).sum()),
-        recall_acc_base=_accuracy(table, settings.verdict_method, "none", "recall"),
-        reasoning_acc_base=_accuracy(table, settings.verdict_method, "none", "reasoning"),
-        recall_acc_first_token_base=_accuracy(table, settings.verdict_method, "none", "recall", "accuracy_first_token"),
-        reasoning_acc_first_token_base=_accuracy(table, settings.verdict_method, "none", "reasoning", "accuracy_first_token"),
+        recall_acc_base=_accuracy(tables["dissociation"], settings.verdict_method, "none", "recall"),
+        reasoning_acc_base=_accuracy(tables["dissociation"], settings.verdict_method, "none", "reasoning"),
+        recall_acc_first_token_base=_accuracy(tables["dissociation"], settings.verdict_method, "none", "recall", "accuracy_first_token"),
+        reasoning_acc_first_token_base=_accuracy(tables["dissociation"], settings.verdict_method, "none", "reasoning", "accuracy_first_token"),
         recall_acc_all_items_first_token=float(items[items["task"] == "recall"]["correct_first_token"].mean()),
         recall_acc_all_items_distractor=float(items[items["task"] == "recall"]["correct_distractor"].mean()),
         reasoning_acc_all_items_first_token=float(items[items["task"] == "reasoning"]["correct_first_token"].mean()),
         reasoning_acc_all_items_distractor=float(items[items["task"] == "reasoning"]["correct_distractor"].mean()),
         recall_set=_names(tables["sets"], "recall"), reasoning_set=_names(tables["sets"], "reasoning"),
         **at(settings.verdict_method),
-        by_method={method: at(method) for method in decided.index},
+        by_method={method: at(method) for method in settings.methods},
     )
+    if "neuron_verdicts" in tables:
+        metrics["neurons"] = dict(recall_set=_names(tables["neuron_sets"], "recall"), reasoning_set=_names(tables["neuron_sets"], "reasoning"),
+                                  **at(settings.verdict_method, "neuron_"), by_method={method: at(method, "neuron_") for method in settings.neuron_methods or settings.methods})
     if "screen_summary" in tables:
         summary = tables["screen_summary"]
         metrics["screen_specialised"] = {f"{r.comparison}.{r.feature}": int(r.specialised) for r in summary.itertuples()}

@@ -1,12 +1,22 @@
 """A controlled setting: a small transformer trained on a synthetic knowledge base, where what must be memorised is known.
 
-Tokens: filler, query, 1-hop query (training only), relations, KB entities, values, and fresh names (never in the KB).
-    recall    [F F F F F F F e r Q]                   -> kb[e, r]: a memorised fact (a value)
-    reasoning [x y  w u  y v  u v2  x Q] (each pair of facts in random order) -> v: the answer
+Tokens: filler, query, lookup query (training only), relations, KB entities, values, and fresh names (never in the KB).
+    recall    [F F F F F F F r Q e]                  -> kb[e, r]: a memorised fact (a value)
+    reasoning [x y  w u  y v  u v2  Q x] (each pair of facts in random order) -> v: the answer
               composes two facts given in context (2-hop: x -> y -> v; w -> u -> v2 distracts),
               x, y, w, u fresh names, v != v2 values.
-Both tasks have the same length and end on Q, so no length confound enters the screen; the answer is
-always a value token, so the same-type distractors are the other values.
+    lookup    [x y  w u  y v  u v2  L h]             -> the tail of the fact headed by h (1-hop; training only)
+Both tasks have the same length and ask with the query token Q just before the name asked about, so
+no length confound enters the screen; the answer is always a value token, so the same-type
+distractors are the other values. Training sequences give one fact set and then several queries
+(both 2-hop queries and the four lookups, shuffled), each answered at its name: six supervised
+answers per sequence instead of one.
+
+Why the query token comes first: the model then predicts at the name itself, so finding the fact
+headed by that name is the classic induction pattern (match the current token against each
+position's previous token). With the name first and Q last the model had to move the name forward
+before matching, and it stayed at chance between the two values (0.5) for 2,000 steps; this layout
+reaches 2-hop accuracy >= 0.98 in about 400.
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ from circuits.recall_reasoning.tasks import PromptSet
 from interp.errors import InterpError
 from interp.models import load_model
 
-FILLER, QUERY, HOP1 = 0, 1, 2
+FILLER, QUERY, LOOKUP = 0, 1, 2
 SEQ_LEN = 10
+N_FACT_TOKENS = 8
+QUERIES_PER_PROBLEM = 6  # both 2-hop queries and the four lookups
 
 
 @dataclass(frozen=True)
@@ -33,8 +45,8 @@ class KnowledgeBase:
 
     n_entities: int = 32
     n_relations: int = 2
-    n_values: int = 16
-    n_fresh: int = 32
+    n_values: int = 8
+    n_fresh: int = 16  # with 32 names and 16 values 2-hop stayed at chance through 800 steps; with 16 and 8 it was 0.98 by step 400
     seed: int = 0
 
     def __post_init__(self):
@@ -69,17 +81,17 @@ class KnowledgeBase:
 
 def recall_batch(kb: KnowledgeBase, entity: Int[Tensor, " b"], relation: Int[Tensor, " b"]) -> tuple[Int[Tensor, "b seq"], Int[Tensor, " b"]]:
     tokens = torch.full((len(entity), SEQ_LEN), FILLER)
-    tokens[:, -3] = kb.entity0 + entity
-    tokens[:, -2] = kb.relation0 + relation
-    tokens[:, -1] = QUERY
+    tokens[:, -3] = kb.relation0 + relation
+    tokens[:, -2] = QUERY
+    tokens[:, -1] = kb.entity0 + entity
     return tokens, kb.facts()[entity, relation]
 
 
-def reasoning_batch(kb: KnowledgeBase, n: int, generator: torch.Generator, *, hops: int = 2) -> tuple[Int[Tensor, "n seq"], Int[Tensor, " n"]]:
-    """n fresh problems: first-hop facts (x y), (w u) in slots 0-1 and second-hop facts (y v), (u v2) in slots 2-3, each pair in random order.
+def problems(kb: KnowledgeBase, n: int, generator: torch.Generator) -> tuple[Int[Tensor, "n 8"], Int[Tensor, "n 6"], Int[Tensor, "n 6"], Int[Tensor, "n 6"]]:
+    """n fresh fact sets and their six queries: facts, query names, query tokens, answers.
 
-    hops=2 asks x's second-hop value v (query QUERY); hops=1 asks x's first-hop name y (query HOP1,
-    an auxiliary training target that teaches the lookup the 2-hop answer composes twice).
+    Facts: first-hop (x y), (w u) in slots 0-1 and second-hop (y v), (u v2) in slots 2-3, each pair in
+    random order. Queries: x and w by QUERY (2-hop: v, v2), then every fact's head by LOOKUP (its tail).
     """
     names = kb.fresh0 + torch.stack([torch.randperm(kb.n_fresh, generator=generator)[:4] for _ in range(n)])  # x, y, w, u
     values = kb.value0 + torch.stack([torch.randperm(kb.n_values, generator=generator)[:2] for _ in range(n)])  # v, v2
@@ -89,40 +101,82 @@ def reasoning_batch(kb: KnowledgeBase, n: int, generator: torch.Generator, *, ho
     swap_first, swap_second = (torch.rand(n, generator=generator) < 0.5 for _ in range(2))
     first = torch.where(swap_first[:, None, None], first.flip(1), first)
     second = torch.where(swap_second[:, None, None], second.flip(1), second)
-    tokens = torch.full((n, SEQ_LEN), FILLER)
-    tokens[:, :8] = torch.cat([first, second], 1).flatten(1)
-    tokens[:, 8], tokens[:, 9] = x, QUERY if hops == 2 else HOP1
-    return tokens, values[:, 0] if hops == 2 else y
+    facts = torch.cat([first, second], 1).flatten(1)
+    heads, tails = facts[:, 0::2], facts[:, 1::2]
+    query_names = torch.cat([torch.stack([x, w], 1), heads], 1)
+    query_tokens = torch.tensor([QUERY] * 2 + [LOOKUP] * 4).expand(n, -1)
+    answers = torch.cat([values, tails], 1)
+    return facts, query_names, query_tokens, answers
+
+
+def reasoning_batch(kb: KnowledgeBase, n: int, generator: torch.Generator, *, hops: int = 2) -> tuple[Int[Tensor, "n seq"], Int[Tensor, " n"]]:
+    """n fresh problems, one query each: hops=2 asks x's second-hop value v (QUERY x); hops=1 looks up a random fact's head (LOOKUP h)."""
+    facts, names, query_tokens, answers = problems(kb, n, generator)
+    column = torch.zeros(n, dtype=torch.long) if hops == 2 else 2 + torch.randint(4, (n,), generator=generator)
+    rows = torch.arange(n)
+    tokens = torch.cat([facts, query_tokens[rows, column, None], names[rows, column, None]], 1)
+    return tokens, answers[rows, column]
+
+
+def training_batch(kb: KnowledgeBase, n: int, generator: torch.Generator) -> tuple[Int[Tensor, "n seq"], Int[Tensor, "n 6"], Int[Tensor, "n 6"]]:
+    """n fact sets, each followed by its six queries in random order; returns tokens, answers and whether each query is 2-hop."""
+    facts, names, query_tokens, answers = problems(kb, n, generator)
+    order = torch.stack([torch.randperm(QUERIES_PER_PROBLEM, generator=generator) for _ in range(n)])
+    names, query_tokens, answers = (t.gather(1, order) for t in (names, query_tokens, answers))
+    return torch.cat([facts, torch.stack([query_tokens, names], 2).flatten(1)], 1), answers, query_tokens == QUERY
+
+
+ANSWER_POSITIONS = torch.arange(N_FACT_TOKENS + 1, N_FACT_TOKENS + 2 * QUERIES_PER_PROBLEM, 2)  # each query's name
 
 
 @dataclass(frozen=True)
 class SyntheticTraining:
-    n_layers: int = 4
-    d_model: int = 128
+    n_layers: int = 3
+    d_model: int = 64
     n_heads: int = 4
-    d_mlp: int = 512
-    steps: int = 3000
-    batch_size: int = 128
-    hop1_batch: int = 16  # of batch_size: 1-hop lookups, an auxiliary target
-    lr: float = 1e-3
+    d_mlp: int = 256
+    steps: int = 2000
+    recall_batch: int = 32  # memorised facts per step
+    problem_batch: int = 64  # fact sets per step, each with six queries
+    lr: float = 3e-3
     weight_decay: float = 0.01
     seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.recall_batch < 1 or self.problem_batch < 1:
+            raise InterpError(f"SyntheticTraining: steps, recall_batch and problem_batch must be >= 1; got {self}.")
+        if self.d_model % self.n_heads:
+            raise InterpError(f"SyntheticTraining(d_model={self.d_model}, n_heads={self.n_heads}): d_model must be a multiple of n_heads.")
 
 
 def build_model(kb: KnowledgeBase, settings: SyntheticTraining) -> HookedTransformer:
     spec = dict(n_layers=settings.n_layers, d_model=settings.d_model, n_heads=settings.n_heads, d_head=settings.d_model // settings.n_heads,
-                d_mlp=settings.d_mlp, d_vocab=kb.d_vocab, n_ctx=SEQ_LEN, act_fn="gelu_new", normalization_type="LN",
+                d_mlp=settings.d_mlp, d_vocab=kb.d_vocab, n_ctx=N_FACT_TOKENS + 2 * QUERIES_PER_PROBLEM, act_fn="gelu_new", normalization_type="LN",
                 positional_embedding_type="standard", default_prepend_bos=False, model_name="recall-reasoning-synthetic")
     return load_model(spec, seed=settings.seed)
 
 
+def warmup_stable_decay(step: int, steps: int) -> float:
+    """LR factor: linear warm-up over 5% of the steps, constant, then linear decay to 0.1 over the last 20%.
+
+    The 2-hop answer arrives in a sudden jump after a plateau at chance; a schedule that anneals from the
+    start (one-cycle cosine) left it at chance in 800 steps, so the rate stays high until the last fifth.
+    """
+    warmup, decay_from = max(1, int(0.05 * steps)), int(0.8 * steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if step < decay_from:
+        return 1.0
+    return 1.0 - 0.9 * (step - decay_from) / max(1, steps - decay_from)
+
+
 def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = False) -> tuple[HookedTransformer, pd.DataFrame]:
-    """Train on half recall facts, half fresh problems (mostly 2-hop, hop1_batch 1-hop), loss on the answer only; returns the model and its training curve."""
+    """Train on memorised facts and fresh problems (loss on every answer); returns the model and its training curve (batch accuracies)."""
     model = build_model(kb, settings)
     generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.1)
-    half = settings.batch_size // 2
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_stable_decay(step, settings.steps))
+    n_recall_answers, n_problem_answers = settings.recall_batch, settings.problem_batch * QUERIES_PER_PROBLEM
     curve = []
     steps = range(settings.steps)
     if progress:
@@ -132,26 +186,38 @@ def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = Fa
     model.train()
     with torch.enable_grad():
         for step in steps:
-            entity = torch.randint(kb.n_entities, (half,), generator=generator)
-            relation = torch.randint(kb.n_relations, (half,), generator=generator)
+            entity = torch.randint(kb.n_entities, (settings.recall_batch,), generator=generator)
+            relation = torch.randint(kb.n_relations, (settings.recall_batch,), generator=generator)
             recall_tokens, recall_answers = recall_batch(kb, entity, relation)
-            reasoning_tokens, reasoning_answers = reasoning_batch(kb, settings.batch_size - half - settings.hop1_batch, generator)
-            hop1_tokens, hop1_answers = reasoning_batch(kb, settings.hop1_batch, generator, hops=1)
-            logits = model(torch.cat([recall_tokens, reasoning_tokens, hop1_tokens]))[:, -1]
-            losses = torch.nn.functional.cross_entropy(logits, torch.cat([recall_answers, reasoning_answers, hop1_answers]), reduction="none")
-            loss = losses.mean()
+            problem_tokens, problem_answers, two_hop = training_batch(kb, settings.problem_batch, generator)
+            recall_logits = model(recall_tokens)[:, -1]
+            problem_logits = model(problem_tokens)[:, ANSWER_POSITIONS]
+            recall_losses = torch.nn.functional.cross_entropy(recall_logits, recall_answers, reduction="none")
+            problem_losses = torch.nn.functional.cross_entropy(problem_logits.flatten(0, 1), problem_answers.flatten(), reduction="none").view_as(problem_answers)
+            loss = (recall_losses.sum() + problem_losses.sum()) / (n_recall_answers + n_problem_answers)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             if step % 50 == 0 or step == settings.steps - 1:
-                correct = (logits.argmax(-1) == torch.cat([recall_answers, reasoning_answers, hop1_answers]))[: settings.batch_size - settings.hop1_batch]
-                losses = losses[: settings.batch_size - settings.hop1_batch]
-                losses = losses.detach()
-                curve.append(dict(step=step, loss=float(losses.mean()), recall_loss=float(losses[:half].mean()), reasoning_loss=float(losses[half:].mean()),
-                                  recall_acc=float(correct[:half].float().mean()), reasoning_acc=float(correct[half:].float().mean())))
+                problem_correct = problem_logits.argmax(-1) == problem_answers
+                curve.append(dict(step=step, loss=float(loss.detach()), recall_loss=float(recall_losses.detach().mean()),
+                                  reasoning_loss=float(problem_losses.detach()[two_hop].mean()), lookup_loss=float(problem_losses.detach()[~two_hop].mean()),
+                                  recall_acc=float((recall_logits.argmax(-1) == recall_answers).float().mean()),
+                                  reasoning_acc=float(problem_correct[two_hop].float().mean()), lookup_acc=float(problem_correct[~two_hop].float().mean())))
     model.eval()
     return model, pd.DataFrame(curve)
+
+
+def evaluate(model: HookedTransformer, kb: KnowledgeBase, n_problems: int = 1024, seed: int = 12345) -> dict[str, float]:
+    """Held-out accuracy (top-1): every memorised fact; n_problems new 2-hop problems and as many 1-hop lookups (fresh names, never trained on as such)."""
+    generator = torch.Generator().manual_seed(seed)
+    entity = torch.arange(kb.n_entities).repeat_interleave(kb.n_relations)
+    relation = torch.arange(kb.n_relations).repeat(kb.n_entities)
+    batches = dict(recall_acc=recall_batch(kb, entity, relation), reasoning_acc=reasoning_batch(kb, n_problems, generator),
+                   lookup_acc=reasoning_batch(kb, n_problems, generator, hops=1))
+    with torch.no_grad():
+        return {name: float((model(tokens)[:, -1].argmax(-1) == answers).float().mean()) for name, (tokens, answers) in batches.items()}
 
 
 def _prompt_set(task: str, kb: KnowledgeBase, tokens: Tensor, answers: Tensor, corrupted: Tensor, wrong: Tensor, entities: list[str]) -> PromptSet:
@@ -167,8 +233,10 @@ def _prompt_set(task: str, kb: KnowledgeBase, tokens: Tensor, answers: Tensor, c
 def prompt_sets(kb: KnowledgeBase, n_reasoning: int, *, max_recall: int | None = None, seed: int = 1) -> dict[str, PromptSet]:
     """Every memorised fact (or the first max_recall) and n_reasoning fresh 2-hop problems, each with a corrupted partner.
 
-    Recall's partner asks about another entity (same relation) with a different answer; reasoning's
-    partner is another 2-hop problem (new names) with a different answer.
+    Recall's partner asks about another entity (same relation) with a different answer. Reasoning's
+    partner keeps the same facts and asks about the other chain's start (w instead of x, answer v2):
+    a minimal pair, so patching finds what carries the query through the two lookups rather than
+    everything that reads the facts.
     """
     facts = kb.facts()
     pairs = [(e, r) for e in range(kb.n_entities) for r in range(kb.n_relations)][:max_recall]
@@ -176,11 +244,10 @@ def prompt_sets(kb: KnowledgeBase, n_reasoning: int, *, max_recall: int | None =
     tokens, answers = recall_batch(kb, entity, relation)
     partner = torch.tensor([next(e2 for k in range(1, kb.n_entities) if facts[(e2 := (e + k) % kb.n_entities), r] != facts[e, r]) for e, r in pairs])
     corrupted, wrong = recall_batch(kb, partner, relation)
-    generator = torch.Generator().manual_seed(seed)
-    r_tokens, r_answers = reasoning_batch(kb, n_reasoning, generator)
-    c_tokens, c_answers = reasoning_batch(kb, 4 * n_reasoning, generator)
-    pick = [next(j for j in range(i, len(c_answers)) if c_answers[j] != r_answers[i]) for i in range(n_reasoning)]
+    fact_tokens, names, _, problem_answers = problems(kb, n_reasoning, torch.Generator().manual_seed(seed))
+    query = torch.full((n_reasoning, 1), QUERY)
+    r_tokens, c_tokens = (torch.cat([fact_tokens, query, names[:, chain, None]], 1) for chain in (0, 1))  # x, then w
     return {
         "recall": _prompt_set("recall", kb, tokens, answers, corrupted, wrong, [f"e{e}r{r}" for e, r in pairs]),
-        "reasoning": _prompt_set("reasoning", kb, r_tokens, r_answers, c_tokens[pick], c_answers[pick], [f"x{int(t)}" for t in r_tokens[:, 8]]),
+        "reasoning": _prompt_set("reasoning", kb, r_tokens, problem_answers[:, 0], c_tokens, problem_answers[:, 1], [f"x{int(t)}" for t in r_tokens[:, -1]]),
     }

@@ -12,7 +12,7 @@ from scipy import stats
 from circuits.recall_reasoning.dissociation import ablated_scores, dissociation, mean_ci95, random_sets, verdicts
 from circuits.recall_reasoning.localisation import choose_sets, chosen_sites, localise, patch_units, units
 from circuits.recall_reasoning.screen import cohens_d, compare, last_token_features, length_matched, unit_labels
-from circuits.recall_reasoning.synthetic import QUERY, SEQ_LEN, KnowledgeBase, SyntheticTraining, build_model, prompt_sets, reasoning_batch, recall_batch
+from circuits.recall_reasoning.synthetic import ANSWER_POSITIONS, LOOKUP, QUERY, SEQ_LEN, KnowledgeBase, SyntheticTraining, build_model, prompt_sets, reasoning_batch, recall_batch, training_batch
 from circuits.recall_reasoning.tasks import build_prompts, correct_by_distractors, correct_by_first_token, families, first_token, keep_correct
 from interp.errors import InterpError
 from interp.sites import Site
@@ -92,11 +92,27 @@ def test_synthetic_answers_compose_the_facts_in_context():
     tokens, answers = reasoning_batch(KB, 50, generator)
     for row, answer in zip(tokens.tolist(), answers.tolist()):
         facts = dict(zip(row[0:8:2], row[1:8:2]))  # head -> tail, every head appears once
-        assert len(facts) == 4 and row[9] == QUERY
-        assert facts[facts[row[8]]] == answer  # x -> y -> v
+        assert len(facts) == 4 and row[8] == QUERY
+        assert facts[facts[row[9]]] == answer  # x -> y -> v
         assert KB.value0 <= answer < KB.value0 + KB.n_values
+    lookups, tails = reasoning_batch(KB, 50, generator, hops=1)
+    for row, tail in zip(lookups.tolist(), tails.tolist()):
+        assert row[8] == LOOKUP and dict(zip(row[0:8:2], row[1:8:2]))[row[9]] == tail
     recall_tokens, recall_answers = recall_batch(KB, torch.tensor([3, 5]), torch.tensor([1, 0]))
     assert recall_tokens.shape == (2, SEQ_LEN) and recall_answers.tolist() == [int(KB.facts()[3, 1]), int(KB.facts()[5, 0])]
+    assert recall_tokens[0, -3:].tolist() == [KB.relation0 + 1, QUERY, KB.entity0 + 3]
+
+
+def test_training_sequences_answer_every_query_by_a_hand_lookup():
+    tokens, answers, two_hop = training_batch(KB, 40, torch.Generator().manual_seed(2))
+    assert tokens.shape == (40, 8 + 2 * 6) and two_hop.sum(1).tolist() == [2] * 40
+    for row, row_answers, row_two_hop in zip(tokens.tolist(), answers.tolist(), two_hop.tolist()):
+        facts = dict(zip(row[0:8:2], row[1:8:2]))
+        for q, position in enumerate(ANSWER_POSITIONS.tolist()):
+            name, query = row[position], row[position - 1]
+            expected = facts[facts[name]] if query == QUERY else facts[name]
+            assert row_answers[q] == expected and row_two_hop[q] == (query == QUERY)
+        assert set(row[9::2]) == set(facts)  # every fact's head is asked about (x and w twice: 2-hop and lookup)
 
 
 def test_synthetic_prompt_sets_have_distinct_corrupted_answers(synthetic_prompts):
@@ -307,11 +323,13 @@ def test_cached_reference_ablation_equals_interp_interventions(synthetic_model, 
     assert again["answer_logprob"].to_numpy() == pytest.approx(plain["answer_logprob"].to_numpy(), abs=1e-5)
 
 
-def test_analyse_runs_the_whole_pipeline_on_a_small_model(synthetic_model):
+def test_analyse_runs_the_whole_pipeline_on_a_small_model():
     from circuits.recall_reasoning.pipeline import AnalysisSettings, analyse
 
-    synthetic_prompts = prompt_sets(KB, 60, seed=7)  # an untrained model gets about one in six right; the screen needs two per task
-    settings = AnalysisSettings(set_size=1, min_restoration=-1.0, n_random=20, control_length=False, position_layers=(0, 1))
+    kb = KnowledgeBase(n_entities=32, n_relations=2, n_values=6, n_fresh=12, seed=3)  # an untrained model gets about one in six right; the screen needs two per task
+    synthetic_model = build_model(kb, SyntheticTraining(n_layers=2, d_model=32, n_heads=2, d_mlp=64, seed=1)).eval()
+    synthetic_prompts = prompt_sets(kb, 60, seed=7)
+    settings = AnalysisSettings(set_size=1, min_restoration=-1.0, n_random=20, control_length=False, position_layers=(0, 1), neuron_set_size=0)
     tables, metrics = analyse(synthetic_model, synthetic_prompts, settings, model_name="tiny")
     items = tables["items"]
     assert metrics["n_recall_items"] == int(items[items["task"] == "recall"]["correct_distractor"].sum())
@@ -320,3 +338,30 @@ def test_analyse_runs_the_whole_pipeline_on_a_small_model(synthetic_model):
     assert metrics["random_recall_drop_ci95"][0] <= metrics["random_recall_drop_mean"] <= metrics["random_recall_drop_ci95"][1]
     assert metrics["verdict"].startswith("tiny ")
     assert {"unit_patching", "sets", "position_patching", "dissociation", "verdicts", "screen", "screen_summary"} <= set(tables)
+
+
+def test_learning_rate_schedule_warms_up_holds_then_decays():
+    from circuits.recall_reasoning.synthetic import warmup_stable_decay
+
+    factors = [warmup_stable_decay(step, 100) for step in range(100)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert set(factors[5:80]) == {1.0}
+    assert factors[80:] == pytest.approx([1.0 - 0.9 * k / 20 for k in range(20)])
+
+
+@pytest.mark.slow
+def test_the_synthetic_model_learns_recall_and_two_hop_reasoning():
+    from circuits.recall_reasoning.synthetic import evaluate, train
+
+    model, curve = train(KnowledgeBase(), SyntheticTraining(steps=1000))  # the quick run's setting
+    held_out = evaluate(model, KnowledgeBase())
+    assert held_out["recall_acc"] >= 0.9 and held_out["reasoning_acc"] >= 0.9 and held_out["lookup_acc"] >= 0.9
+    assert curve["reasoning_acc"].iloc[0] < 0.5  # it starts at chance
+
+
+def test_synthetic_reasoning_partner_asks_the_other_chain_of_the_same_facts(synthetic_prompts):
+    prompts = synthetic_prompts["reasoning"]
+    for clean, corrupted, answer, wrong in zip(prompts.tokens, prompts.corrupted, prompts.answer_ids.tolist(), prompts.wrong_ids.tolist()):
+        assert torch.equal(clean[:-1], corrupted[:-1]) and clean[-1] != corrupted[-1]  # same facts and query token, another name
+        facts = dict(zip(clean[0:8:2].tolist(), clean[1:8:2].tolist()))
+        assert facts[facts[int(clean[-1])]] == answer and facts[facts[int(corrupted[-1])]] == wrong
