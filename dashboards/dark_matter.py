@@ -5,6 +5,14 @@ from __future__ import annotations
 from dashboards.sections import Section, default_sections, register_sections
 from interp.results import ResultsDir
 
+PER_WIDTH_COLUMNS = ["width", "l0", "ce_share_linear", "ce_share_nonlinear", "pursuit_nonlinear_fvu_change", "earlier_layer_nonlinear_fvu_change",
+                     "attn_mlp_nonlinear_fvu_change", "larger_sae_share_nonlinear", "larger_sae_energy_share_nonlinear", "larger_sae_not_yet_learned_ratio_nonlinear"]
+
+
+def _focus(m: dict, key: str) -> float:
+    """The focus width's value: runs before per-width lists stored the scalar under the plain key."""
+    return m.get(f"focus_{key}", m.get(key))
+
 
 @register_sections("dark_matter")
 def dark_matter_sections(run: ResultsDir) -> list[Section]:
@@ -12,22 +20,41 @@ def dark_matter_sections(run: ResultsDir) -> list[Section]:
     claims = run.load_table("claims")
     claims = claims.assign(verdict=claims["holds"].map({True: "holds", False: "does not hold"})).drop(columns="holds")
     laws = m["power_law"]
-    return [
+    by_width = run.load_table("by_width")
+    sections = [
         Section("Claims of the paper", text=(
             f"{int((claims.verdict == 'holds').sum())} of {len(claims)} claims hold on widths {m['widths']} (TopK, matched L0), "
             f"{m['fit_tokens']} fit and {m['eval_tokens']} held-out tokens. Each row: our number, the criterion, the verdict."), table=claims),
         Section("Scaling with width", text=(
             f"Sae(x): FVU = {laws['fvu_sae']['c']:.3g} + {laws['fvu_sae']['a']:.3g} W^{laws['fvu_sae']['m']:.3g}; "
             f"Sae(x) + LinearError: {laws['fvu_sae_plus_linear']['c']:.3g} + {laws['fvu_sae_plus_linear']['a']:.3g} W^{laws['fvu_sae_plus_linear']['m']:.3g}."),
-            figures=["scaling"], table=run.load_table("by_width")),
+            figures=["scaling"], table=by_width[[c for c in by_width.columns if c in ("width", "l0", "vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear",
+                                                                                   "fvu_sae_plus_nonlinear", "linear_error_share")]]),
         Section("Error decomposition", text=(
             f"At width {m['focus_width']}: the nonlinear error is {m['focus_nonlinear_fvu_share']:.2f} of the SAE's FVU and leaves "
-            f"{m['ce_share_nonlinear']:.2f} of its CE increase (the linear error leaves {m['ce_share_linear']:.2f})."), figures=["decomposition"]),
+            f"{_focus(m, 'ce_share_nonlinear'):.2f} of its CE increase (the linear error leaves {_focus(m, 'ce_share_linear'):.2f}). The table gives each width."),
+            figures=["decomposition"], table=by_width[[c for c in PER_WIDTH_COLUMNS if c in by_width.columns]]),
+    ]
+    if "linear_error_sae_not_yet_learned_fraction" in m:
+        sections.append(Section("Not-yet-learned features", text=(
+            "What the largest SAE adds over a smaller one, Sae_large(x) - Sae_W(x), split between W's linear and nonlinear error by inner products, "
+            "beside each part's share of ||e_W||^2 (table above: larger_sae_*; a ratio below 1 means fewer not-yet-learned features in that part). "
+            f"SAEs of width {m['focus_width']} trained on each error part: FVU {m['sae_on_linear_fvu']:.3f} (linear) and {m['sae_on_nonlinear_fvu']:.3f} (nonlinear); "
+            f"fraction of live latents that are directions of the largest SAE (cosine >= threshold) and not of the width-{m['focus_width']} SAE: "
+            f"{m['linear_error_sae_not_yet_learned_fraction']:.3f} (linear) and {m['nonlinear_error_sae_not_yet_learned_fraction']:.3f} (nonlinear).")))
+    sections += [
         Section("Per-token norms", text=(
             f"Mean R^2 of ||e_j|| from ||e_i|| over width pairs: {m['cross_width_norm_r2']:.3f}; adding ||NonlinearError_i|| gains {m['nonlinear_norm_gain']:.3f}."),
             figures=["cross_width_scatter", "norm_probe_scatter"], table=run.load_table("cross_width")),
         Section("Norm-prediction baselines", text="Held-out R^2 of predicting ||e||^2.", table=run.load_table("norm_baselines")),
+    ]
+    if (run.path / "norm_probes.parquet").exists():
+        sections.append(Section("Readings of the norm R^2", text=(
+            "Held-out R^2 of the linear norm probe for ||e|| and ||e||^2, without and with an intercept, fit on growing numbers of fit tokens, at each width."),
+            table=run.load_table("norm_probes")))
+    sections += [
         Section("Synthetic check with known truth", text="Correlation over held-out tokens of each estimated part's norm with each true noise's norm.",
                 table=run.load_table("synthetic_corr")),
         *default_sections(run),
     ]
+    return sections

@@ -4,8 +4,10 @@
     run(DarkMatterConfig.quick(), Path("results/dark-matter-quick"))
 
 The activation store and every SAE live under `cache_dir` (default: the toolkit cache), keyed by what
-determines them, so a second run with the same settings reuses them. SAEs train on the fit tokens only;
-every number is measured on the held-out tokens.
+determines them, so a second run with the same settings reuses them and a killed run resumes (the store
+and each SAE's training restart from their last shard / checkpoint). SAEs train on the fit tokens only;
+every number is measured on the held-out tokens. Activations stay in the store's dtype in memory (float16
+for the full run: 1M tokens x 4 sites is 4.7 GB) and are cast to float32/float64 a chunk at a time.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from interp.store import build_store
 from interp.threads import torch_threads
 from sae.activations import TensorBatches
 from sae.darkmatter import (
-    SyntheticSpec, ce_shares, cross_width_norms, decompose_error, fit_power_law, fvu, nonlinear_fvu_with_inputs, norm_baselines, pursuit_reconstruction,
-    regression_r2, spliced_losses, synthetic_check,
+    SyntheticSpec, ce_shares, cross_width_norms, decompose_error, fit_power_law, fvu, improvement_shares, learned_feature_fraction, nonlinear_fvu_with_inputs,
+    norm_baselines, norm_probe_variants, pursuit_reconstruction, regression_r2, spliced_losses, synthetic_check,
 )
 from sae.darkmatter.claims import claims_table
 from sae.darkmatter.figures import decomposition_figure, norm_scatter_figure, scaling_figure
 from sae.io import load_sae
 from sae.models import Sae, TopKConfig
+from sae.sparse_ops import sparse_decode
 from sae.train import TrainConfig, train_sae
 
 ROWS_PER_CHUNK = 8192
@@ -44,22 +47,26 @@ ROWS_PER_CHUNK = 8192
 class DarkMatterConfig:
     analysis: str = "dark_matter"
     model: str | dict | None = None  # anything interp.load_model takes; None: the bundled SmolLM2-135M-Instruct
-    layer: int = 6  # SAEs at blocks.{layer}.hook_resid_post
+    layer: int = 6  # SAEs at blocks.{layer}.hook_resid_post; the store stops the model after this layer
     n_tokens: int = 1_048_576
     seq_len: int = 128
     store_dtype: str = "float16"
-    fit_fraction: float = 2 / 3  # of the sequences (a seeded random split): fit (SAE training, linear maps); the rest held out
-    widths: tuple[int, ...] = (1152, 2304, 4608, 9216, 18432)
+    fit_fraction: float = 0.75  # of the sequences (a seeded random split): fit (SAE training, linear maps); the rest held out
+    widths: tuple[int, ...] = (576, 1152, 2304, 4608, 9216)  # 16x at matched L0; measured 0.17-0.9 s per 4096-row step at 1 thread
     k: int = 32  # TopK: every width at the same L0
     skip_positions: int = 1  # the first position of each packed sequence is an attention sink (~7x the norm): left out, like the paper's BOS
-    training: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=4096, dead_after_tokens=2_000_000))
-    focus_width: int | None = None  # width for the CE, pursuit, earlier-layer and error-SAE analyses; None: the smallest
-    pursuit_tokens: int = 16_384  # half fit, half held out
-    downstream_seqs: int = 64
+    # ~1.6 epochs of the 780k fit tokens; lr above the width-scaled default because the run is short
+    training: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4096, lr=2e-3, warmup_steps=30, dead_after_tokens=400_000,
+                                                                      checkpoint_every=50))
+    linear_fit_tokens: int = 262_144  # fit tokens (a fixed subset) the linear maps are fit on: bounds the float64 working set
+    focus_width: int | None = None  # width for the error-SAE analysis and the per-token tables; None: the smallest
+    pursuit_tokens: int = 16_384  # per width, half fit, half held out
+    downstream_seqs: int = 32  # held-out sequences spliced per width
+    feature_threshold: float = 0.7  # cosine at which two decoder directions count as the same feature
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     cache_dir: str | None = None  # None: <toolkit cache>/dark_matter
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
     png: bool = True
 
     def __post_init__(self):
@@ -70,6 +77,8 @@ class DarkMatterConfig:
             (not 0 <= self.skip_positions < self.seq_len - 1, f"skip_positions={self.skip_positions}: must be in 0..seq_len - 2 = {self.seq_len - 2}"),
             (not 0 < self.fit_fraction < 1, f"fit_fraction={self.fit_fraction}: must be strictly between 0 and 1 (fit and held-out tokens are disjoint)"),
             (self.focus_width is not None and self.focus_width not in self.widths, f"focus_width={self.focus_width}: must be one of widths {self.widths}"),
+            (self.linear_fit_tokens < 2, f"linear_fit_tokens={self.linear_fit_tokens}: must be at least 2"),
+            (not 0 < self.feature_threshold < 1, f"feature_threshold={self.feature_threshold}: must be a cosine strictly between 0 and 1"),
         ]
         for bad, message in problems:
             if bad:
@@ -78,7 +87,7 @@ class DarkMatterConfig:
     @classmethod
     def quick(cls) -> DarkMatterConfig:
         return cls(
-            n_tokens=32_768, store_dtype="float32", widths=(1152, 2304, 4608),
+            n_tokens=32_768, store_dtype="float32", fit_fraction=2 / 3, widths=(1152, 2304, 4608),
             training=TrainConfig(steps=200, batch_size=1024, lr=2e-3, warmup_steps=20, dead_after_tokens=100_000, checkpoint_every=100),
             pursuit_tokens=4096, downstream_seqs=8, synthetic=SyntheticSpec(n_tokens=8000),
         )
@@ -97,7 +106,7 @@ def _cache(config: DarkMatterConfig) -> Path:
 
 
 def _trained_sae(folder: Path, acts: torch.Tensor, width: int, config: DarkMatterConfig, what: str) -> Sae:
-    """A TopK SAE on `acts`, from `folder` when an identical one was trained before."""
+    """A TopK SAE on `acts`, from `folder` when an identical one was trained before (or resumed from its checkpoints)."""
     sae_cfg = TopKConfig(acts.shape[1], width, k=config.k, seed=config.seed)
     digest = hashlib.sha256(json.dumps([what, sae_cfg.to_dict(), asdict(config.training)], sort_keys=True, default=str).encode())
     digest.update(acts.contiguous().numpy().tobytes())  # the training rows themselves: a changed split or store never reuses a stale SAE
@@ -109,13 +118,24 @@ def _trained_sae(folder: Path, acts: torch.Tensor, width: int, config: DarkMatte
 
 
 @torch.no_grad()
-def _reconstruct(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _reconstruct(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sae(x) in float32, each token's L0, and which latents fired at all."""
     outs, l0 = [], []
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     for chunk in x.split(ROWS_PER_CHUNK):
-        acts = sae.encode(chunk)
-        outs.append(sae.decode(acts))
-        l0.append((acts > 0).sum(-1))
-    return torch.cat(outs), torch.cat(l0)
+        chunk = chunk.float()
+        if hasattr(sae, "encode_topk"):  # k of d_sae latents: decode the k rows instead of a dense product
+            values, indices = sae.encode_topk(chunk)
+            values = values.relu()
+            outs.append(sparse_decode(values, indices, sae.W_dec) + sae.b_dec)
+            fired[indices[values > 0]] = True
+            l0.append((values > 0).sum(-1))
+        else:
+            acts = sae.encode(chunk)
+            outs.append(sae.decode(acts))
+            fired |= (acts > 0).any(0)
+            l0.append((acts > 0).sum(-1))
+    return torch.cat(outs), torch.cat(l0), fired
 
 
 def _tokens_for(model, config: DarkMatterConfig):
@@ -126,16 +146,6 @@ def _tokens_for(model, config: DarkMatterConfig):
     return torch.randint(0, model.cfg.d_vocab, (n_seqs, config.seq_len), generator=torch.Generator().manual_seed(0))  # fixed: the corpus, not the run's seed
 
 
-def _load(model, config: DarkMatterConfig, cache: Path) -> dict[str, torch.Tensor]:
-    names = dict(x=f"blocks.{config.layer}.hook_resid_post", x_prev=f"blocks.{config.layer - 1}.hook_resid_post",
-                 attn=f"blocks.{config.layer}.hook_attn_out", mlp=f"blocks.{config.layer}.hook_mlp_out")
-    store = build_store(model, list(names.values()), _tokens_for(model, config), cache / "store", config.n_tokens, seq_len=config.seq_len,
-                        dtype=getattr(torch, config.store_dtype))
-    data = {key: store.activations(name).float() for key, name in names.items()}
-    data["tokens"] = store.tokens().long()
-    return data
-
-
 def split_sequences(n_seqs: int, fit_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint fit and held-out sequence ids, a seeded random split: in stream order the held-out part would be other documents."""
     order = torch.randperm(n_seqs, generator=torch.Generator().manual_seed(seed))
@@ -143,85 +153,132 @@ def split_sequences(n_seqs: int, fit_fraction: float, seed: int) -> tuple[torch.
     return order[:cut].sort().values, order[cut:].sort().values
 
 
-def _rows(data: dict[str, torch.Tensor], seqs: torch.Tensor, config: DarkMatterConfig) -> dict[str, torch.Tensor]:
+def _load_split(model, config: DarkMatterConfig, cache: Path) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """Fit and held-out rows of each stored site, one site in memory at a time; attn/mlp only on the rows the linear maps use."""
+    names = dict(x=f"blocks.{config.layer}.hook_resid_post", x_prev=f"blocks.{config.layer - 1}.hook_resid_post",
+                 attn=f"blocks.{config.layer}.hook_attn_out", mlp=f"blocks.{config.layer}.hook_mlp_out")
+    store = build_store(model, list(names.values()), _tokens_for(model, config), cache / "store", config.n_tokens, seq_len=config.seq_len,
+                        dtype=getattr(torch, config.store_dtype))
+    tokens = store.tokens().long()
+    fit_seqs, held_seqs = split_sequences(len(tokens) // config.seq_len, config.fit_fraction, config.seed)
     positions = torch.arange(config.skip_positions, config.seq_len)
-    rows = (seqs[:, None] * config.seq_len + positions).reshape(-1)
-    return {key: v[rows] for key, v in data.items()}
+    fit_rows, held_rows = ((seqs[:, None] * config.seq_len + positions).reshape(-1) for seqs in (fit_seqs, held_seqs))
+    linear_rows = fit_rows[: config.linear_fit_tokens]
+    fit, held = dict(tokens=tokens[fit_rows]), dict(tokens=tokens[held_rows])
+    for key, name in names.items():
+        acts = store.activations(name)
+        fit[key] = acts[linear_rows if key in ("attn", "mlp") else fit_rows]
+        held[key] = acts[held_rows]
+        del acts
+    return fit, held, tokens, held_seqs
 
 
-def _by_width(fit, held, saes) -> tuple[pd.DataFrame, dict, dict]:
-    x_fit, x_eval = fit["x"], held["x"]
-    rows, norms, per_width = [], {}, {}
-    for width, sae in saes.items():
-        out_fit, l0_fit = _reconstruct(sae, x_fit)
-        out_eval, l0_eval = _reconstruct(sae, x_eval)
-        result = decompose_error(x_fit, out_fit, x_eval, out_eval)
-        nonlinear_fit = result.fit.split(x_fit, x_fit.double() - out_fit.double()).nonlinear
-        norms[width] = dict(error=((x_fit - out_fit).double().norm(dim=1), (x_eval - out_eval).double().norm(dim=1)),
-                            nonlinear=(nonlinear_fit.norm(dim=1), result.parts.nonlinear.norm(dim=1)), l0=(l0_fit, l0_eval))
-        per_width[width] = dict(result=result, out_fit=out_fit, out_eval=out_eval, l0_fit=l0_fit, l0_eval=l0_eval)
-        rows.append(dict(width=width, l0=float(l0_eval.float().mean()), **result.metrics))
-    return pd.DataFrame(rows), norms, per_width
+def _nonlinear_norms(decomposition, x: torch.Tensor, sae_out: torch.Tensor) -> torch.Tensor:
+    """||e - xA|| per token, a chunk at a time (no float64 copy of the whole error)."""
+    return torch.cat([decomposition.fit.split(xc, xc.double() - oc.double()).nonlinear.norm(dim=1)
+                      for xc, oc in zip(x.split(ROWS_PER_CHUNK), sae_out.split(ROWS_PER_CHUNK))])
 
 
-def _baselines(fit, held, norms) -> pd.DataFrame:
-    frames = []
-    for width, n in norms.items():
-        sq_fit, sq_eval = n["error"][0].pow(2), n["error"][1].pow(2)
-        scalars = {"l0": n["l0"], "x_norm": (fit["x"].norm(dim=1), held["x"].norm(dim=1))}
-        frames.append(norm_baselines(sq_fit, sq_eval, fit["x"], held["x"], fit["tokens"], held["tokens"], scalars).assign(width=width))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _downstream(model, config, data, held_seqs, sae, focus) -> tuple[dict, pd.DataFrame, float]:
+def _downstream(model, config, tokens, held_seqs, held_x, sae, decomposition) -> tuple[dict, pd.DataFrame, float]:
     """CE of each spliced variant on the first held-out sequences, and the model-loss baseline for ||e||^2 on the same tokens."""
-    p = config.seq_len
+    p, skip = config.seq_len, config.skip_positions
     seqs = held_seqs[: config.downstream_seqs]
-    n_seqs = len(seqs)
-    tokens = data["tokens"].reshape(-1, p)[seqs]
-    losses = spliced_losses(model, tokens, sae, f"blocks.{config.layer}.hook_resid_post", focus["result"].fit.error_map, from_position=config.skip_positions)
-    rows = seqs[torch.tensor(losses.seq.to_numpy(copy=True))] * p + torch.tensor(losses.pos.to_numpy(copy=True))
-    sq_norm = (data["x"][rows] - _reconstruct(sae, data["x"][rows])[0]).double().pow(2).sum(-1)
+    losses = spliced_losses(model, tokens.reshape(-1, p)[seqs], sae, f"blocks.{config.layer}.hook_resid_post", decomposition.fit.error_map, from_position=skip)
+    # held_x holds held-out sequences in order, positions skip..p-1 each; the losses' rows are positions skip..p-2
+    rows = torch.tensor(losses.seq.to_numpy(copy=True)) * (p - skip) + torch.tensor(losses.pos.to_numpy(copy=True)) - skip
+    x = held_x[rows].float()
+    sq_norm = (x - _reconstruct(sae, x)[0]).double().pow(2).sum(-1)
     loss = torch.tensor(losses.ce_clean.to_numpy(copy=True))
-    half = losses.seq.to_numpy() < n_seqs // 2
+    half = losses.seq.to_numpy() < len(seqs) // 2
     model_loss_r2 = regression_r2(loss[half][:, None], sq_norm[half], loss[~half][:, None], sq_norm[~half])
     return ce_shares(losses), losses, model_loss_r2
 
 
-def _pursuit(config, fit, held, sae, focus) -> dict:
+def _pursuit(config, x_fit, x_eval, sae) -> dict:
     """Nonlinear FVU after gradient pursuit (k = each token's SAE L0) against the SAE's own, on the same token subset."""
     half = config.pursuit_tokens // 2
-    x_fit, x_eval = fit["x"][:half], held["x"][:half]
-    k_fit, k_eval = focus["l0_fit"][:half], focus["l0_eval"][:half]
-    own = decompose_error(x_fit, focus["out_fit"][:half], x_eval, focus["out_eval"][:half]).metrics
+    x_fit, x_eval = x_fit[:half].float(), x_eval[:half].float()
+    (out_fit, k_fit, _), (out_eval, k_eval, _) = _reconstruct(sae, x_fit), _reconstruct(sae, x_eval)
+    own = decompose_error(x_fit, out_fit, x_eval, out_eval).metrics
     pursued = decompose_error(x_fit, pursuit_reconstruction(sae, x_fit, k_fit), x_eval, pursuit_reconstruction(sae, x_eval, k_eval)).metrics
     return dict(pursuit_fvu_sae=pursued["fvu_sae"], sae_fvu_on_pursuit_tokens=own["fvu_sae"], pursuit_nonlinear_fvu=pursued["fvu_sae_plus_linear"],
                 sae_nonlinear_fvu_on_pursuit_tokens=own["fvu_sae_plus_linear"], pursuit_nonlinear_fvu_change=pursued["fvu_sae_plus_linear"] - own["fvu_sae_plus_linear"])
 
 
-def _earlier(config, fit, held, focus, cache, width) -> dict:
+def _earlier(config, fit, held, out_fit, out_eval, cache, width) -> dict:
+    """The nonlinear error left when the error is regressed on x plus the previous layer's SAE output, or plus this layer's attn and MLP outputs."""
     prev_sae = _trained_sae(cache / "saes", fit["x_prev"], width, config, f"resid_L{config.layer - 1}")
-    prev_fit, _ = _reconstruct(prev_sae, fit["x_prev"])
-    prev_eval, _ = _reconstruct(prev_sae, held["x_prev"])
-    x_fit, x_eval = fit["x"], held["x"]
-    e_fit, e_eval = x_fit.double() - focus["out_fit"].double(), x_eval.double() - focus["out_eval"].double()
+    n = len(out_fit)
+    prev_fit, prev_eval = _reconstruct(prev_sae, fit["x_prev"][:n])[0], _reconstruct(prev_sae, held["x_prev"])[0]
+    x_fit, x_eval = fit["x"][:n], held["x"]
+    e_fit, e_eval = x_fit.float() - out_fit, x_eval.float() - out_eval
     prev = nonlinear_fvu_with_inputs(x_fit, e_fit, prev_fit, x_eval, e_eval, prev_eval)
-    same = nonlinear_fvu_with_inputs(x_fit, e_fit, torch.cat([fit["attn"], fit["mlp"]], 1), x_eval, e_eval,
-                                     torch.cat([held["attn"], held["mlp"]], 1))
+    same = nonlinear_fvu_with_inputs(x_fit, e_fit, torch.cat([fit["attn"], fit["mlp"]], 1), x_eval, e_eval, torch.cat([held["attn"], held["mlp"]], 1))
     return dict(earlier_layer_nonlinear_fvu_change=prev["nonlinear_fvu_change"], earlier_layer_nonlinear_fvu=prev["nonlinear_fvu_with_inputs"],
                 attn_mlp_nonlinear_fvu_change=same["nonlinear_fvu_change"], attn_mlp_nonlinear_fvu=same["nonlinear_fvu_with_inputs"])
 
 
-def _error_saes(config, cache, focus, width) -> dict:
-    """TopK SAEs of the same width and L0 trained on LinearError and on NonlinearError of the fit tokens; FVU on held-out parts."""
-    result = focus["result"]
+def _error_saes(config, cache, x_fit, out_fit, decomposition, width, saes) -> dict:
+    """TopK SAEs of the same width and L0 trained on LinearError and on NonlinearError of the fit tokens: FVU on the held-out parts,
+    and the fraction of their live latents that are features of the largest SAE on x but not of the SAE whose error they model."""
     metrics = {}
+    largest, small = saes[max(saes)].W_dec.detach(), saes[width].W_dec.detach()
     for part in ("linear", "nonlinear"):
-        fit_part = result.fit.split(focus["x_fit"], focus["x_fit"].double() - focus["out_fit"].double())._asdict()[part].float()
-        eval_part = result.parts._asdict()[part].float()
+        fit_part = torch.cat([decomposition.fit.split(xc, xc.float() - oc)._asdict()[part].float()
+                              for xc, oc in zip(x_fit.split(ROWS_PER_CHUNK), out_fit.split(ROWS_PER_CHUNK))])
+        eval_part = decomposition.parts._asdict()[part].float()
         sae = _trained_sae(cache / "saes", fit_part, width, config, f"{part}_error_L{config.layer}")
-        metrics[f"sae_on_{part}_fvu"] = fvu(eval_part, _reconstruct(sae, eval_part)[0])
+        del fit_part
+        recon, _, fired = _reconstruct(sae, eval_part)
+        metrics[f"sae_on_{part}_fvu"] = fvu(eval_part, recon)
+        found = learned_feature_fraction(sae.W_dec.detach(), largest, small, live=fired, threshold=config.feature_threshold)
+        metrics |= {f"{part}_error_sae_{k}": v for k, v in found.items()}
     return metrics
+
+
+def _width_analyses(model, config, cache, fit, held, tokens, held_seqs, saes, width, largest_eval) -> tuple[dict, dict, dict]:
+    """Everything measured per width: the decomposition, norms, norm-probe variants, CE shares, pursuit, earlier layers, what the largest SAE adds."""
+    n = config.linear_fit_tokens
+    x_fit, x_eval = fit["x"][:n], held["x"]
+    clock = [time.perf_counter()]
+
+    def lap() -> float:  # seconds since the previous lap: each analysis's cost per width, for sizing runs
+        clock.append(time.perf_counter())
+        return clock[-1] - clock[-2]
+
+    (out_fit, l0_fit, _), (out_eval, l0_eval, _) = _reconstruct(saes[width], x_fit), _reconstruct(saes[width], x_eval)
+    decomposition = decompose_error(x_fit, out_fit, x_eval, out_eval)
+    error_norm = ((x_fit.float() - out_fit).norm(dim=1).double(), (x_eval.float() - out_eval).norm(dim=1).double())
+    norms = dict(error=error_norm, nonlinear=(_nonlinear_norms(decomposition, x_fit, out_fit), decomposition.parts.nonlinear.norm(dim=1)), l0=(l0_fit, l0_eval))
+    probes = norm_probe_variants(x_fit, error_norm[0], x_eval, error_norm[1], fit_sizes=(n // 16, n // 4)).assign(width=width)
+    row = dict(width=width, l0=float(l0_eval.float().mean()), **decomposition.metrics, seconds_decomposition=lap())
+    if width != max(saes):
+        added = improvement_shares(decomposition.parts, largest_eval - out_eval)
+        row |= {f"larger_sae_{k}": v for k, v in added.items()}
+    focus = {}
+    if width == (config.focus_width or min(config.widths)):
+        focus = dict(norm_map=decomposition.fit.norm_map, error_saes=_error_saes(config, cache, x_fit, out_fit, decomposition, width, saes))
+        row["seconds_error_saes"] = lap()
+    decomposition = decomposition._replace(parts=None)  # 2 x [tokens, d] float64 not needed past here
+    shares, losses, model_loss_r2 = _downstream(model, config, tokens, held_seqs, x_eval, saes[width], decomposition)
+    row |= dict(**shares, model_loss_r2=model_loss_r2, seconds_downstream=lap())
+    row |= dict(**_pursuit(config, fit["x"], held["x"], saes[width]), seconds_pursuit=lap())
+    row |= dict(**_earlier(config, fit, held, out_fit, out_eval, cache, width), seconds_earlier_layer=lap())
+    if focus:
+        focus["losses"] = losses
+    return dict(row, norm_probes=probes), norms, focus
+
+
+def _by_width_lists(by_width: pd.DataFrame, columns: list[str]) -> dict[str, list]:
+    """Columns of the per-width table as lists aligned with `widths` (None where a width has no value, e.g. the largest against itself)."""
+    return {c: [None if pd.isna(v) else float(v) for v in by_width[c]] for c in columns if c in by_width}
+
+
+PER_WIDTH = ["vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear", "fvu_sae_plus_nonlinear", "linear_error_share", "ce_clean", "ce_sae", "ce_sae_plus_linear",
+             "ce_sae_plus_nonlinear", "ce_increase_sae", "ce_share_linear", "ce_share_nonlinear", "model_loss_r2", "pursuit_nonlinear_fvu_change",
+             "sae_nonlinear_fvu_on_pursuit_tokens", "pursuit_nonlinear_fvu", "earlier_layer_nonlinear_fvu_change", "earlier_layer_nonlinear_fvu",
+             "attn_mlp_nonlinear_fvu_change", "larger_sae_share_nonlinear", "larger_sae_energy_share_nonlinear", "larger_sae_not_yet_learned_ratio_nonlinear",
+             "larger_sae_not_yet_learned_ratio_linear", "larger_sae_improvement_of_error"]
 
 
 def run(config: DarkMatterConfig, out: Path) -> Path:
@@ -232,44 +289,51 @@ def run(config: DarkMatterConfig, out: Path) -> Path:
         start = time.perf_counter()
         model = load_model(config.model)
         cache = _cache(config)
-        data = _load(model, config, cache)
+        fit, held, tokens, held_seqs = _load_split(model, config, cache)
         seconds = dict(store=time.perf_counter() - start)
-        fit_seqs, held_seqs = split_sequences(len(data["tokens"]) // config.seq_len, config.fit_fraction, config.seed)
-        fit, held = (_rows(data, seqs, config) for seqs in (fit_seqs, held_seqs))
-        saes = {w: _trained_sae(cache / "saes", fit["x"], w, config, f"resid_L{config.layer}") for w in config.widths}
+        saes = {w: _trained_sae(cache / "saes", fit["x"], w, config, f"resid_L{config.layer}") for w in sorted(config.widths)}
         seconds["saes"] = time.perf_counter() - start - seconds["store"]
-        by_width, norms, per_width = _by_width(fit, held, saes)
+        width = config.focus_width or min(config.widths)
+        largest_eval = _reconstruct(saes[max(saes)], held["x"])[0]
+        rows, norms, probes, focus = [], {}, [], {}
+        for w in sorted(config.widths):
+            row, norms[w], found = _width_analyses(model, config, cache, fit, held, tokens, held_seqs, saes, w, largest_eval)
+            probes.append(row.pop("norm_probes"))
+            rows.append(row)
+            focus = found or focus
+        seconds["by_width"] = time.perf_counter() - start - seconds["store"] - seconds["saes"]
+        by_width = pd.DataFrame(rows)
         laws = pd.DataFrame([dict(series=s, **fit_power_law(by_width.width, by_width[s])._asdict()) for s in ("fvu_sae", "fvu_sae_plus_linear")])
         cross = cross_width_norms({w: n["error"] for w, n in norms.items()}, {w: n["nonlinear"] for w, n in norms.items()})
-        baselines = _baselines(fit, held, norms)
-
-        width = config.focus_width or min(config.widths)
-        focus = dict(per_width[width], x_fit=fit["x"])
-        mark = time.perf_counter()
-        shares, losses, model_loss_r2 = _downstream(model, config, data, held_seqs, saes[width], focus)
-        seconds["downstream"] = time.perf_counter() - mark
-        baselines = pd.concat([baselines, pd.DataFrame([dict(predictor="model_loss", r2=model_loss_r2, width=width)])], ignore_index=True)
-        focus_metrics = {**_pursuit(config, fit, held, saes[width], focus), **_earlier(config, fit, held, focus, cache, width), **_error_saes(config, cache, focus, width)}
-        synthetic, synthetic_metrics = synthetic_check(config.synthetic)
-
+        n = config.linear_fit_tokens
+        baselines = norm_baselines(norms[width]["error"][0].pow(2), norms[width]["error"][1].pow(2), fit["x"][:n], held["x"], fit["tokens"][:n], held["tokens"],
+                                   {"l0": norms[width]["l0"], "x_norm": (fit["x"][:n].float().norm(dim=1), held["x"].float().norm(dim=1))})
         focus_row = by_width.set_index("width").loc[width]
-        focus_baselines = baselines[baselines.width == width].set_index("predictor").r2
+        baselines = pd.concat([baselines, pd.DataFrame([dict(predictor="model_loss", r2=focus_row.model_loss_r2)])], ignore_index=True).assign(width=width)
+        synthetic, synthetic_metrics = synthetic_check(config.synthetic)
+        norm_probes = pd.concat(probes, ignore_index=True)
+
         metrics = dict(
-            widths=list(config.widths), l0=by_width.l0.tolist(), **{k: by_width[k].tolist() for k in ("vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear", "fvu_sae_plus_nonlinear")},
+            widths=sorted(config.widths), l0=by_width.l0.tolist(), **_by_width_lists(by_width, PER_WIDTH),
             power_law={row.series: dict(c=row.c, a=row.a, m=row.m) for row in laws.itertuples()},
             cross_width_norm_r2=float(cross.r2.mean()), nonlinear_norm_gain=float(cross.nonlinear_gain.mean()),
-            norm_baseline_r2={k: float(v) for k, v in focus_baselines.items()},
+            norm_baseline_r2={k: float(v) for k, v in baselines.set_index("predictor").r2.items()},
+            norm_r2_variants={f"{target}{'_with_intercept' if intercept else ''}_fit{tokens}": group.sort_values("width").r2.tolist()
+                              for (target, intercept, tokens), group in norm_probes.groupby(["target", "intercept", "fit_tokens"])},
             focus_width=width, focus_nonlinear_fvu=float(focus_row.fvu_sae_plus_linear), focus_nonlinear_fvu_share=float(focus_row.fvu_sae_plus_linear / focus_row.fvu_sae),
-            **shares, **focus_metrics, synthetic_corr=synthetic.to_dict(), synthetic_metrics=synthetic_metrics,
-            fit_tokens=len(fit["x"]), eval_tokens=len(held["x"]), seconds=dict(seconds, before_figures=time.perf_counter() - start),
+            **{f"focus_{k}": float(focus_row[k]) for k in ("ce_share_linear", "ce_share_nonlinear", "pursuit_nonlinear_fvu_change", "sae_nonlinear_fvu_on_pursuit_tokens",
+                                                            "earlier_layer_nonlinear_fvu_change", "attn_mlp_nonlinear_fvu_change", "larger_sae_not_yet_learned_ratio_nonlinear")},
+            **focus["error_saes"], synthetic_corr=synthetic.to_dict(), synthetic_metrics=synthetic_metrics,
+            fit_tokens=len(fit["x"]), linear_fit_tokens=min(n, len(fit["x"])), eval_tokens=len(held["x"]),
+            seconds=dict(seconds, before_figures=time.perf_counter() - start),
         )
         claims = claims_table(metrics)
         metrics["claims_holding"] = int(claims.holds.sum())
-        per_token = pd.DataFrame({f"error_norm_W{w}": n["error"][1].numpy() for w, n in norms.items()})
+        per_token = pd.DataFrame({f"error_norm_W{w}": nm["error"][1].numpy() for w, nm in norms.items()})
         per_token = per_token.assign(nonlinear_norm=norms[width]["nonlinear"][1].numpy(), token=held["tokens"].numpy(),
                                      error_sq_norm=per_token[f"error_norm_W{width}"] ** 2,
-                                     predicted_error_sq_norm=focus["result"].fit.norm_map.predict(held["x"])[:, 0].numpy())
-        tables = dict(by_width=by_width, power_law=laws, cross_width=cross, norm_baselines=baselines, downstream=losses,
+                                     predicted_error_sq_norm=focus["norm_map"].predict(held["x"])[:, 0].numpy())
+        tables = dict(by_width=by_width, power_law=laws, cross_width=cross, norm_baselines=baselines, norm_probes=norm_probes, downstream=focus["losses"],
                       synthetic_corr=synthetic.reset_index(names="estimate"), claims=claims, per_token=per_token)
         for name, frame in tables.items():
             results.save_table(name, frame)
@@ -291,12 +355,12 @@ def main() -> None:  # pragma: no cover
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--model", default=None)
     parser.add_argument("--layer", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     config = DarkMatterConfig.quick() if args.quick else DarkMatterConfig()
-    if args.model is not None:
-        config = replace(config, model=args.model)
-    if args.layer is not None:
-        config = replace(config, layer=args.layer)
+    for name in ("model", "layer", "threads"):
+        if getattr(args, name) is not None:
+            config = replace(config, **{name: getattr(args, name)})
     print(run(config, args.out))
 
 

@@ -19,7 +19,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from torch import Tensor
 
 from interp.errors import InterpError, ShapeMismatchError
-from sae.darkmatter.regression import LinearMap, fit_linear_map, group_mean_r2, r2, regression_r2, residual_fvu, vector_r2
+from sae.darkmatter.regression import ROWS_PER_CHUNK, LinearMap, check_same_rows, fit_linear_map, group_mean_r2, r2, regression_r2, residual_fvu, total_variance, vector_r2
 
 
 class ErrorParts(NamedTuple):
@@ -37,7 +37,8 @@ class LinearErrorFit(NamedTuple):
     def fit(cls, x: Float[Tensor, "n d"], error: Float[Tensor, "n d"]) -> LinearErrorFit:
         if x.shape != error.shape:
             raise ShapeMismatchError(f"error has shape {tuple(error.shape)} but x has {tuple(x.shape)}; pass e = x - Sae(x) for the same tokens.")
-        return cls(fit_linear_map(x, error), fit_linear_map(x, error.double().pow(2).sum(-1)))
+        sq_norm = torch.cat([chunk.double().pow(2).sum(-1) for chunk in error.split(ROWS_PER_CHUNK)])
+        return cls(fit_linear_map(x, error), fit_linear_map(x, sq_norm))
 
     def split(self, x: Float[Tensor, "n d"], error: Float[Tensor, "n d"]) -> ErrorParts:
         linear = self.error_map.predict(x)
@@ -56,7 +57,8 @@ def decompose_error(x_fit: Float[Tensor, "n d"], sae_out_fit: Float[Tensor, "n d
     fvu_sae_plus_linear is the FVU of Sae(x) + x A (what is left is the nonlinear error),
     fvu_sae_plus_nonlinear that of Sae(x) + NonlinearError (what is left is x A).
     """
-    fit = LinearErrorFit.fit(x_fit, x_fit.double() - sae_out_fit.double())
+    # float64 only a chunk at a time inside the fit: the error itself in float32 (x and Sae(x) are float32 or narrower)
+    fit = LinearErrorFit.fit(x_fit, x_fit.float() - sae_out_fit.float() if x_fit.dtype != torch.float64 else x_fit - sae_out_fit.double())
     error = x_eval.double() - sae_out_eval.double()
     parts = fit.split(x_eval, error)
     sq_norm = error.pow(2).sum(-1)
@@ -82,10 +84,17 @@ def nonlinear_fvu_with_inputs(
     for name, t in (("extra_fit", extra_fit), ("extra_eval", extra_eval)):
         if t.ndim != 2:
             raise ShapeMismatchError(f"{name}: expected [rows, features], got shape {tuple(t.shape)}.")
+    check_same_rows(x_eval, error_eval, "x_eval", "error_eval")
+    check_same_rows(x_eval, extra_eval, "x_eval", "extra_eval")
     alone = fit_linear_map(x_fit, error_fit)
-    joint = fit_linear_map(torch.cat([x_fit, extra_fit], dim=1), error_fit)
-    left_alone = residual_fvu(x_eval, error_eval.double() - alone.predict(x_eval))
-    left_joint = residual_fvu(x_eval, error_eval.double() - joint.predict(torch.cat([x_eval, extra_eval], dim=1)))
+    joint = fit_linear_map(torch.cat([x_fit, extra_fit.to(x_fit.dtype)], dim=1), error_fit)
+    variance = total_variance(x_eval)
+
+    def left(fitted: LinearMap, with_extra: bool) -> float:  # held-out FVU of what the map leaves, a chunk of rows at a time
+        chunks = zip(x_eval.split(ROWS_PER_CHUNK), extra_eval.split(ROWS_PER_CHUNK), error_eval.split(ROWS_PER_CHUNK))
+        return sum(float((e.double() - fitted.predict(torch.cat([x, extra.to(x.dtype)], 1) if with_extra else x)).pow(2).sum()) for x, extra, e in chunks) / variance
+
+    left_alone, left_joint = left(alone, False), left(joint, True)
     return dict(nonlinear_fvu=left_alone, nonlinear_fvu_with_inputs=left_joint, nonlinear_fvu_change=left_joint - left_alone)
 
 
@@ -155,4 +164,23 @@ def norm_baselines(
     ]
     for name, (fit, held_out) in scalars.items():
         rows.append(dict(predictor=name, r2=regression_r2(fit.double()[:, None], sq_norm_fit, held_out.double()[:, None], sq_norm_eval)))
+    return pd.DataFrame(rows)
+
+
+def norm_probe_variants(
+    x_fit: Float[Tensor, "n d"], error_norm_fit: Float[Tensor, " n"], x_eval: Float[Tensor, "m d"], error_norm_eval: Float[Tensor, " m"],
+    fit_sizes: Sequence[int] = (),
+) -> pd.DataFrame:
+    """Held-out R^2 of the linear norm probe in each reading of the paper's "norm R^2".
+
+    Targets ||e|| and ||e||^2, without and with an intercept, fit on the first `fit_sizes` fit tokens (and on all of them).
+    """
+    if error_norm_fit.shape != (len(x_fit),) or error_norm_eval.shape != (len(x_eval),):
+        raise ShapeMismatchError(f"error norms {tuple(error_norm_fit.shape)}, {tuple(error_norm_eval.shape)}: expected one norm per row of x_fit ({len(x_fit)}) and x_eval ({len(x_eval)}).")
+    sizes = sorted({min(int(s), len(x_fit)) for s in fit_sizes} | {len(x_fit)})
+    rows = []
+    for target, power in (("norm", 1), ("sq_norm", 2)):
+        y_fit, y_eval = error_norm_fit.double().pow(power), error_norm_eval.double().pow(power)
+        for intercept, n in itertools.product((False, True), sizes):
+            rows.append(dict(target=target, intercept=intercept, fit_tokens=n, r2=regression_r2(x_fit[:n], y_fit[:n], x_eval, y_eval, intercept=intercept)))
     return pd.DataFrame(rows)

@@ -33,7 +33,7 @@ def _as_matrix(t: Tensor, argument: str) -> Tensor:
     return t
 
 
-def _check_rows(x: Tensor, y: Tensor, x_name: str, y_name: str) -> None:
+def check_same_rows(x: Tensor, y: Tensor, x_name: str, y_name: str) -> None:
     if len(x) != len(y):
         raise ShapeMismatchError(f"{x_name} has {len(x)} rows but {y_name} has {len(y)}; they must hold the same tokens in the same order.")
 
@@ -45,7 +45,7 @@ def fit_linear_map(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], *, i
     never need a float64 copy; G^+ X^T Y equals X^+ Y, the solution numpy.linalg.lstsq returns.
     """
     x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
-    _check_rows(x, y, "x", "y")
+    check_same_rows(x, y, "x", "y")
     if len(x) == 0:
         raise ShapeMismatchError("x: no rows to fit on; pass at least one token.")
     d = x.shape[1] + int(intercept)
@@ -63,11 +63,12 @@ def fit_linear_map(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], *, i
 
 def r2_per_dimension(y: Float[Tensor, "n d"], y_hat: Float[Tensor, "n d"]) -> Float[Tensor, " d"]:
     """1 - SSE_d / SST_d for each column (NaN where a column is constant)."""
-    y, y_hat = _as_matrix(y, "y").double(), _as_matrix(y_hat, "y_hat").double()
+    y, y_hat = _as_matrix(y, "y"), _as_matrix(y_hat, "y_hat")
     if y.shape != y_hat.shape:
         raise ShapeMismatchError(f"y_hat has shape {tuple(y_hat.shape)} but y has {tuple(y.shape)}; predict every column of every row.")
-    sse = (y - y_hat).pow(2).sum(0)
-    sst = (y - y.mean(0)).pow(2).sum(0)
+    mean = sum(chunk.double().sum(0) for chunk in y.split(ROWS_PER_CHUNK)) / len(y)
+    sse = sum((yc.double() - hc.double()).pow(2).sum(0) for yc, hc in zip(y.split(ROWS_PER_CHUNK), y_hat.split(ROWS_PER_CHUNK)))
+    sst = sum((yc.double() - mean).pow(2).sum(0) for yc in y.split(ROWS_PER_CHUNK))
     return torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-300), torch.full_like(sst, float("nan")))
 
 
@@ -87,9 +88,15 @@ def fvu(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"]) -> float:
 
 def residual_fvu(x: Float[Tensor, "n d"], residual: Float[Tensor, "n d"]) -> float:
     """FVU of a reconstruction whose error is `residual`: sum ||residual||^2 / sum ||x - mean(x)||^2."""
-    _check_rows(x, residual, "x", "residual")
-    x = x.double()
-    return float(residual.double().pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    check_same_rows(x, residual, "x", "residual")
+    # a chunk at a time: a million float64 rows of 576 would be 4.7 GB per temporary
+    return sum(float(chunk.double().pow(2).sum()) for chunk in residual.split(ROWS_PER_CHUNK)) / total_variance(x)
+
+
+def total_variance(x: Float[Tensor, "n d"]) -> float:
+    """sum ||x - mean(x)||^2, in float64 a chunk at a time."""
+    mean = sum(chunk.double().sum(0) for chunk in x.split(ROWS_PER_CHUNK)) / len(x)
+    return sum(float((chunk.double() - mean).pow(2).sum()) for chunk in x.split(ROWS_PER_CHUNK))
 
 
 def regression_r2(
@@ -102,8 +109,8 @@ def regression_r2(
 
 def group_mean_r2(groups_fit: Int[Tensor, " n"], y_fit: Float[Tensor, " n"], groups_eval: Int[Tensor, " m"], y_eval: Float[Tensor, " m"]) -> float:
     """Held-out R^2 of predicting y by the fit rows' mean of y in the same group (e.g. token id); unseen groups get the overall mean."""
-    _check_rows(groups_fit, y_fit, "groups_fit", "y_fit")
-    _check_rows(groups_eval, y_eval, "groups_eval", "y_eval")
+    check_same_rows(groups_fit, y_fit, "groups_fit", "y_fit")
+    check_same_rows(groups_eval, y_eval, "groups_eval", "y_eval")
     groups_fit, groups_eval = groups_fit.long().reshape(-1), groups_eval.long().reshape(-1)
     size = int(max(groups_fit.max(), groups_eval.max())) + 1
     sums = torch.zeros(size, dtype=torch.float64).index_add_(0, groups_fit, y_fit.double().reshape(-1))

@@ -23,7 +23,7 @@ REQUIRED = ["vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear", "widths", 
 
 def _tiny_config(cache: Path) -> DarkMatterConfig:
     return DarkMatterConfig(
-        model=TINY_GQA, layer=1, n_tokens=32 * 96, seq_len=32, store_dtype="float32", widths=(64, 128, 256), k=8,
+        model=TINY_GQA, layer=1, n_tokens=32 * 96, seq_len=32, store_dtype="float32", fit_fraction=2 / 3, widths=(64, 128, 256), k=8,
         training=TrainConfig(steps=30, batch_size=256, lr=3e-3, warmup_steps=3, checkpoint_every=30), pursuit_tokens=512, downstream_seqs=4,
         synthetic=SyntheticSpec(n_tokens=2000), cache_dir=str(cache), png=False, threads=1,
     )
