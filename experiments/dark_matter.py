@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from dashboards import build_dashboard
 from interp.errors import InterpError
@@ -296,7 +297,7 @@ def run(config: DarkMatterConfig, out: Path) -> Path:
         width = config.focus_width or min(config.widths)
         largest_eval = _reconstruct(saes[max(saes)], held["x"])[0]
         rows, norms, probes, focus = [], {}, [], {}
-        for w in sorted(config.widths):
+        for w in tqdm(sorted(config.widths), desc="analyses by width", unit="width"):  # minutes per width on a CPU: show where the run is
             row, norms[w], found = _width_analyses(model, config, cache, fit, held, tokens, held_seqs, saes, w, largest_eval)
             probes.append(row.pop("norm_probes"))
             rows.append(row)
