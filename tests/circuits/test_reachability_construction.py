@@ -17,14 +17,6 @@ LAYOUT = SequenceLayout(GRAPH, 3)
 TOLERANCE = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def constructed():
     return construction_model(LAYOUT)

@@ -17,15 +17,6 @@ GRAPH = GraphConfig(n_node_ids=16, n_levels=3, max_width=2, n_edges=12)
 LAYOUT = SequenceLayout(GRAPH, 3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads contend and run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reach_model():
     torch.manual_seed(0)
