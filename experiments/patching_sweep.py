@@ -31,7 +31,7 @@ def builtin_pairs(n: int = 16) -> tuple[dict, ...]:
     )
 
 
-METHODS = ("exact", "atp", "atp*")
+METHODS = ("exact", "atp", "atp*", "exact+atp")  # exact+atp: both, side by side, with their agreement
 SWEEPS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "neurons")
 
 
@@ -42,7 +42,7 @@ class PatchingSweepConfig:
     metric: str = "logit_diff"
     align: bool = False
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct
-    method: str = "exact"  # or "atp" / "atp*": attribution estimates from one forward/backward pair
+    method: str = "exact"  # or "atp" / "atp*": attribution estimates from one forward/backward pair; "exact+atp": both, compared
     analysis: str = "activation_patching"
 
     def __post_init__(self):
@@ -101,6 +101,34 @@ def sweep_figures(tables: dict[str, pd.DataFrame], tokens, method: str = "exact"
     return figures
 
 
+def _joined(exact: pd.DataFrame, estimate: pd.DataFrame) -> pd.DataFrame:
+    keys = [c for c in ("layer", "head", "neuron", "position") if c in exact.columns and c in estimate.columns]
+    return exact[keys + ["restoration"]].merge(estimate[keys + ["restoration"]], on=keys, suffixes=("_exact", "_atp"))
+
+
+def agreement(exact: pd.DataFrame, estimate: pd.DataFrame, top: int = 10) -> dict:
+    """How well AtP ranks what exact patching finds: Pearson r over units, and the overlap of the two top-`top` lists."""
+    both = _joined(exact, estimate)
+    k = min(top, len(both))
+    best_exact = set(both.nlargest(k, "restoration_exact").index)
+    best_atp = set(both.nlargest(k, "restoration_atp").index)
+    r = float(both["restoration_exact"].corr(both["restoration_atp"])) if len(both) > 1 else float("nan")
+    return {"pearson_r": r, f"top{k}_overlap": len(best_exact & best_atp) / k, "units": len(both)}
+
+
+def agreement_figure(exact: pd.DataFrame, estimate: pd.DataFrame, sweep: str):
+    import plotly.graph_objects as go
+
+    both = _joined(exact, estimate)
+    label = [" ".join(f"{c[0].upper()}{int(v)}" for c, v in row.items() if c in ("layer", "head", "neuron", "position") and pd.notna(v)) for _, row in both.iterrows()]
+    lo, hi = float(both[["restoration_exact", "restoration_atp"]].min().min()), float(both[["restoration_exact", "restoration_atp"]].max().max())
+    fig = go.Figure([go.Scatter(x=both["restoration_exact"], y=both["restoration_atp"], mode="markers", text=label, name=sweep),
+                     go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="grey"), name="y = x")])
+    fig.update_layout(title=dict(text=f"{sweep}: AtP estimate against exact patching (one point per unit)"),
+                      xaxis=dict(title=dict(text="exact restoration")), yaxis=dict(title=dict(text="AtP restoration")))
+    return fig
+
+
 def run(config: PatchingSweepConfig, out: Path) -> Path:
     from dashboards import build_dashboard
     from interp.models import load_model
@@ -115,8 +143,13 @@ def run(config: PatchingSweepConfig, out: Path) -> Path:
     )
     run_dir = ResultsDir.create(out, config, title="Activation patching", exist_ok=True)
     tokens = model.to_str_tokens(task.clean_tokens[0])
-    tables = sweep_tables(task, config.sweeps, config.method)
-    figures = sweep_figures(tables, tokens, config.method)
+    if config.method == "exact+atp":
+        tables, estimates = sweep_tables(task, config.sweeps, "exact"), sweep_tables(task, config.sweeps, "atp")
+        figures = {**sweep_figures(tables, tokens, "exact"), **{f"{k}_atp": v for k, v in sweep_figures(estimates, tokens, "atp").items()},
+                   **{f"{k}_exact_vs_atp": agreement_figure(tables[k], estimates[k], k) for k in tables}}
+    else:
+        tables, estimates = sweep_tables(task, config.sweeps, config.method), {}
+        figures = sweep_figures(tables, tokens, config.method)
     for name, df in tables.items():
         run_dir.save_table(name, df)
     run_dir.save_figures(figures)
@@ -124,6 +157,9 @@ def run(config: PatchingSweepConfig, out: Path) -> Path:
     for name, df in tables.items():
         top = df.loc[df["restoration"].idxmax()]
         headline[f"{name}_top"] = {k: (int(v) if k in ("layer", "head", "neuron", "position") and pd.notna(v) else v) for k, v in top.items() if k in ("layer", "head", "neuron", "position", "restoration") and pd.notna(v)}
+    for name, df in estimates.items():
+        run_dir.save_table(f"{name}_atp", df)
+        headline[f"{name}_atp_agreement"] = agreement(tables[name], df)
     run_dir.write_metrics(headline)
     build_dashboard(run_dir)
     return run_dir.path

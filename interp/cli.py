@@ -87,7 +87,7 @@ def patch(
     sweep: list[str] = typer.Option(["resid_pre", "heads"], help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos, neurons."),
     metric: str = typer.Option("logit_diff", help="logit_diff, answer_prob, accuracy, kl."),
     align: bool = typer.Option(False, help="Left-pad pairs of different token lengths instead of refusing them."),
-    method: str = typer.Option("exact", help="exact (batched patching), atp or atp* (attribution estimates: one forward/backward pair)."),
+    method: str = typer.Option("exact", help="exact (batched patching), atp or atp* (attribution estimates: one forward/backward pair), exact+atp (both, with their agreement)."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
 ) -> None:
     """Activation patching sweeps on your prompt pairs -> results dir and dashboard."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -204,12 +205,31 @@ def find_browser() -> str:
     """Path of a Chrome/Chromium binary for PNG export: $BROWSER_PATH, else the first of BROWSER_CANDIDATES found."""
     if explicit := os.environ.get("BROWSER_PATH"):
         if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
-            raise InterpError(f"BROWSER_PATH={explicit!r} is not an executable file. {BROWSER_HINT}")
+            raise NoBrowserError(f"BROWSER_PATH={explicit!r} is not an executable file. {BROWSER_HINT}")
         return explicit
     for name in BROWSER_CANDIDATES:
         if found := shutil.which(name):
             return found
-    raise InterpError(f"PNG export needs a Chrome or Chromium browser and none was found (looked for {', '.join(BROWSER_CANDIDATES)}). {BROWSER_HINT}")
+    raise NoBrowserError(f"PNG export needs a Chrome or Chromium browser and none was found (looked for {', '.join(BROWSER_CANDIDATES)}). {BROWSER_HINT}")
+
+
+class NoBrowserError(InterpError):
+    """PNG export was asked for and no Chrome/Chromium can be had (or it failed to render)."""
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Print one warning line per distinct message per process (a run saves many figures; the user needs to hear it once)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def png_switched_off() -> bool:
+    """INTERP_PNG=0 (or false/no/off): runs write figure JSON and HTML only, as on a machine with no browser."""
+    return os.environ.get("INTERP_PNG", "1").strip().lower() in ("0", "false", "no", "off")
 
 
 def write_pngs(figures: Mapping[str | Path, go.Figure], *, width: int = 900, height: int = 600, scale: float = 1.0) -> list[Path]:
@@ -238,7 +258,7 @@ def write_pngs(figures: Mapping[str | Path, go.Figure], *, width: int = 900, hei
     except Exception as error:
         if isinstance(error, InterpError):
             raise
-        raise InterpError(f"PNG export with {browser} failed: {type(error).__name__}: {error}. {BROWSER_HINT}") from error
+        raise NoBrowserError(f"PNG export with {browser} failed: {type(error).__name__}: {error}. {BROWSER_HINT}") from error
     finally:
         for folder in staging.values():
             shutil.rmtree(folder, ignore_errors=True)

@@ -38,6 +38,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 FIGURES_DIR = "figures"
 DASHBOARD_FILE = "dashboard.html"
+PNG_SKIPPED_FILE = "PNG_SKIPPED.txt"
 GENERIC_ANALYSIS = "generic"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _UMASK = os.umask(0o022)
@@ -253,18 +254,57 @@ class ResultsDir:
             raise InterpError(f"load_table(name={name!r}): no {path.name} in {self.path}.{did_you_mean(name, self.table_names())} Tables: {', '.join(self.table_names()) or 'none'}.")
         return pd.read_parquet(path)
 
-    def save_figures(self, figures: Mapping[str, go.Figure], *, png: bool = True, width: int = 900, height: int = 600) -> list[Path]:
-        """Save each figure's JSON (always) and PNG (when png; one browser session for all). Returns the JSON paths."""
-        from interp.plots import write_pngs  # plots pulls in kaleido only when PNGs are asked for
+    def save_figures(self, figures: Mapping[str, go.Figure], *, png: bool | str = True, width: int = 900, height: int = 600) -> list[Path]:
+        """Save each figure's JSON (always) and PNG (one browser session for all). Returns the JSON paths.
 
+        png=True: render PNGs when a Chrome/Chromium can be had; where none can, skip them with one
+        warning line and record the skip in figures/PNG_SKIPPED.txt (the dashboard says where the PNGs
+        would be; `interp dashboard DIR --png` renders them later). png="require": raise instead.
+        png=False: JSON only.
+        """
+        from interp import plots  # plots pulls in kaleido only when PNGs are asked for
+
+        if png not in (True, False, "require"):
+            raise InterpError(f"save_figures(png={png!r}): use True (PNGs when a browser is available), 'require' (fail without one) or False.")
         for name, fig in figures.items():
             _check_name(name, "figure name")
             if not isinstance(fig, go.Figure):
                 raise InterpError(f"save_figures: figure {name!r} is a {type(fig).__name__}; expected a plotly.graph_objects.Figure.")
         paths = [atomic_write_text(self.figures_dir / f"{name}.json", pio.to_json(fig)) for name, fig in figures.items()]
         if png:
-            write_pngs({self.figures_dir / f"{name}.png": fig for name, fig in figures.items()}, width=width, height=height)
+            targets = {self.figures_dir / f"{name}.png": fig for name, fig in figures.items()}
+            try:
+                if png is True and plots.png_switched_off():
+                    raise plots.NoBrowserError("PNG export is switched off (INTERP_PNG=0); unset it to render PNGs.")
+                plots.write_pngs(targets, width=width, height=height)  # NoBrowserError when no browser can be had
+            except plots.NoBrowserError as error:
+                if png == "require":
+                    raise
+                plots.warn_once(f"PNGs skipped (HTML pages and figure JSON are still written): {error}")
+                note = self.figures_dir / PNG_SKIPPED_FILE
+                skipped = set(note.read_text(encoding="utf-8").splitlines()[1:]) if note.is_file() else set()
+                skipped |= {p.name for p in targets}
+                atomic_write_text(note, f"{error}\n" + "\n".join(sorted(skipped)) + "\n")
+            else:
+                if not self.skipped_pngs():  # every PNG a run skipped earlier exists now
+                    (self.figures_dir / PNG_SKIPPED_FILE).unlink(missing_ok=True)
         return paths
+
+    def skipped_pngs(self) -> set[str]:
+        """PNG file names a save skipped for want of a browser (and not rendered since)."""
+        note = self.figures_dir / PNG_SKIPPED_FILE
+        if not note.is_file():
+            return set()
+        return {n for n in note.read_text(encoding="utf-8").splitlines()[1:] if n and not (self.figures_dir / n).is_file()}
+
+    def render_missing_pngs(self, *, width: int = 900, height: int = 600) -> list[Path]:
+        """Render the PNG of every saved figure that has none (e.g. after `make browser`); raises without a browser."""
+        from interp.plots import write_pngs
+
+        missing = {self.figures_dir / f"{name}.png": self.figure(name) for name in self.figure_names() if not (self.figures_dir / f"{name}.png").is_file()}
+        written = write_pngs(missing, width=width, height=height)
+        (self.figures_dir / PNG_SKIPPED_FILE).unlink(missing_ok=True)
+        return written
 
     def save_figure(self, name: str, fig: go.Figure, *, png: bool = True) -> Path:
         return self.save_figures({name: fig}, png=png)[0]
