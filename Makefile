@@ -23,7 +23,7 @@ setup: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will be skipped"
 
-demo: setup
+demo: setup browser
 	$(BIN)/interp demo --out results/demo
 
 test: setup browser

@@ -102,11 +102,20 @@ def patch(
 
 
 @app.command()
-def dashboard(run_dirs: list[Path] = typer.Argument(..., help="Results directories."), index: Optional[Path] = typer.Option(None, help="Index page path.")) -> None:
+def dashboard(
+    run_dirs: list[Path] = typer.Argument(..., help="Results directories."),
+    index: Optional[Path] = typer.Option(None, help="Index page path."),
+    png: bool = typer.Option(False, help="First render every figure PNG a run skipped for want of a browser (needs Chromium: `make browser`)."),
+) -> None:
     """Build one self-contained HTML page per results dir, and an index linking them."""
     from dashboards import build_dashboards
+    from interp.results import list_runs
 
     try:
+        if png:
+            for folder in run_dirs:
+                for run in list_runs(folder):
+                    run.render_missing_pngs()
         pages = build_dashboards(run_dirs, index_path=index)
     except _user_errors() as exc:
         _fail(exc)
@@ -225,11 +234,20 @@ def run_reachability(out: Path = typer.Option(..., help="Results directory."), q
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("results/demo"), help="Where the demo writes its results dirs."), quick: bool = typer.Option(True)) -> None:
+def demo(
+    out: Path = typer.Option(Path("results/demo"), help="Where the demo writes its results dirs."),
+    quick: bool = typer.Option(True, help="Quick settings (minutes); --no-quick: the full runs (hours)."),
+    workers: Optional[int] = typer.Option(None, help="Parallel processes (default: one per core)."),
+    only: Optional[list[str]] = typer.Option(None, help="Run only these steps (repeatable)."),
+    fresh: bool = typer.Option(False, help="Rerun steps an earlier demo in --out finished."),
+) -> None:
     """The main pipeline on the bundled model: every investigation, then the dashboards."""
     from experiments.demo import run_demo
 
-    index = run_demo(out, quick=quick)
+    try:
+        index = run_demo(out, quick=quick, workers=workers, only=only or None, fresh=fresh)
+    except _user_errors() as exc:
+        _fail(exc)
     typer.echo(f"dashboard: {index.resolve()}")
 
 

@@ -23,7 +23,7 @@ from interp.errors import InterpError, did_you_mean
 
 DIVERGING = "RdBu"  # TransformerLens demos' convention: blue positive, red negative, white at 0
 SEQUENTIAL = "Viridis"
-BROWSER_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "/usr/bin/chromium")
+BROWSER_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")  # looked up on PATH
 BROWSER_HINT = "Install Chromium with `make browser` (Debian: apt-get install chromium), or set BROWSER_PATH to a Chrome/Chromium binary."
 PNG_TIMEOUT_S = 60
 

@@ -20,3 +20,11 @@ def test_quickstart_runs():
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert any("p(Paris)" in o.get("text", "") for o in outputs)
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 2
+
+
+def test_sae_notebook_runs():
+    """03_sae: trains a TopK SAE on the default corpus, evaluates it, loads it in SAELens (same latents), lists top contexts."""
+    nb = execute("03_sae.ipynb")
+    text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "max |difference| of latent activations" in text
+    assert text.count("latent ") >= 4 and "[" in text

@@ -1,0 +1,189 @@
+"""What each investigation found, in words: one Summary per results dir (headline numbers and a verdict).
+
+The index page and the terminal table at the end of `make demo` list one Summary per run, and each
+dashboard opens with its "what this shows" paragraph and verdict. A summary reads only the run's
+metrics.json (and its tables), so it works on any results dir, old or new; a missing key reads as
+"not measured" rather than failing the page.
+
+    @register_summary("my_analysis")
+    def my_summary(run: ResultsDir) -> Summary:
+        m = run.metrics()
+        return Summary("My analysis", f"effect {m['effect']:.2f}", "holds" if m["effect"] > 0 else "does not hold", "What the analysis measures.")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from interp.errors import InterpError
+from interp.results import ResultsDir
+
+
+@dataclass(frozen=True)
+class Summary:
+    investigation: str  # the row's name
+    headline: str  # the number(s) that matter, with their units
+    verdict: str  # the answer in words
+    about: str  # "what this shows": one short paragraph for someone who has not read the paper
+    caveat: str = ""  # e.g. "quick run: under-trained"
+
+
+SummaryBuilder = Callable[[ResultsDir], Summary]
+SUMMARIES: dict[str, SummaryBuilder] = {}
+
+
+def register_summary(analysis: str) -> Callable[[SummaryBuilder], SummaryBuilder]:
+    def register(builder: SummaryBuilder) -> SummaryBuilder:
+        if analysis in SUMMARIES and SUMMARIES[analysis] is not builder:
+            raise InterpError(f"register_summary({analysis!r}): {SUMMARIES[analysis].__qualname__} is already registered; pick another name.")
+        SUMMARIES[analysis] = builder
+        return builder
+
+    return register
+
+
+def get(metrics: dict, *path: str, default=None):
+    """metrics[path[0]][path[1]]..., or default where any step is missing."""
+    value = metrics
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return default
+        value = value[key]
+    return value
+
+
+def num(value, fmt: str = ".2f") -> str:
+    """A number for a sentence; 'n/a' for None/NaN/non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return "n/a"
+    return format(value, fmt)
+
+
+def yes_no(value) -> str:
+    return "n/a" if value is None else ("yes" if value else "no")
+
+
+def summarise(run: ResultsDir) -> Summary:
+    """The run's Summary: its analysis's builder, or a generic one (title and the first metrics)."""
+    builder = SUMMARIES.get(run.analysis)
+    if builder is None:
+        metrics = run.metrics()
+        shown = ", ".join(f"{k} = {num(v, '.4g') if isinstance(v, float) else v}" for k, v in list(metrics.items())[:3] if not isinstance(v, (dict, list)))
+        return Summary(run.title, shown or "no metrics", "no verdict defined for this analysis", "")
+    try:
+        return builder(run)
+    except (KeyError, TypeError, ValueError, IndexError) as error:  # an old or partial run: say so instead of failing the page
+        return Summary(run.title, "metrics incomplete", f"cannot summarise ({type(error).__name__}: {error})", "")
+
+
+def _quick_caveat(run: ResultsDir) -> str:
+    metrics = run.metrics()
+    if metrics.get("undertrained") or metrics.get("under_trained") or run.record().get("config", {}).get("quick"):
+        return "quick settings: under-trained, numbers indicative only"
+    return ""
+
+
+@register_summary("activation_patching")
+def _patching(run: ResultsDir) -> Summary:
+    m = run.metrics()
+    parts = []
+    if top := m.get("heads_top"):
+        parts.append(f"top head L{top['layer']}H{top['head']} restores {num(top['restoration'])} of the logit difference")
+    if top := m.get("resid_pre_top"):
+        parts.append(f"residual stream at layer {top['layer']}, position {top.get('position', '?')} restores {num(top['restoration'])}")
+    agreement = {k.removesuffix("_atp_agreement"): v for k, v in m.items() if k.endswith("_atp_agreement")}
+    if agreement:
+        parts.append("AtP vs exact: " + "; ".join(f"{sweep} r = {num(a.get('pearson_r'))}, top-10 overlap {num(a.get('top10_overlap', next((v for k, v in a.items() if k.startswith('top')), None)))}" for sweep, a in agreement.items()))
+        good = all((a.get("pearson_r") or 0) >= 0.9 for a in agreement.values())
+        verdict = f"AtP {'agrees with' if good else 'departs from'} exact patching (Pearson r {'>=' if good else '<'} 0.9 on every sweep)"
+    else:
+        verdict = f"method: {m.get('method', 'exact')}"
+    return Summary("Activation patching", "; ".join(parts), verdict,
+                   f"Patch each activation from a clean prompt into a corrupted one ({m.get('n_pairs', '?')} capital-city pairs) and measure the share of the "
+                   "logit difference it restores (1 = all of it). Exact batched patching beside attribution patching (AtP), a one-pass linear estimate.")
+
+
+@register_summary("sae")
+def _sae(run: ResultsDir) -> Summary:
+    m = run.metrics()
+    return Summary(
+        "Sparse autoencoder (TopK)",
+        f"L0 {num(m.get('l0'), '.0f')}, FVU {num(m.get('fvu'), '.3f')}, CE loss recovered {num(m.get('ce_loss_recovered'), '.3f')}, dead {num(m.get('dead_fraction'), '.1%')} "
+        f"(d_sae {m.get('d_sae')}, {m.get('site')}, {m.get('train_tokens_seen', 0):,} training rows)",
+        f"splicing the SAE in keeps {num(100 * m['ce_loss_recovered'], '.1f') if isinstance(m.get('ce_loss_recovered'), (int, float)) else 'n/a'}% of the model's next-token loss "
+        "(relative to zero-ablating the site)",
+        "A TopK sparse autoencoder trained on the model's residual stream over the default corpus, evaluated on held-out text: "
+        "L0 (active latents per token), FVU (fraction of variance unexplained) and CE loss recovered when its reconstruction replaces the activation.",
+        _quick_caveat(run),
+    )
+
+
+@register_summary("dark_matter")
+def _dark_matter(run: ResultsDir) -> Summary:
+    m = run.metrics()
+    widths, norm_r2 = m.get("widths", []), m.get("norm_r2", [])
+    nonlinear = m.get("fvu_sae_plus_linear", [])
+    headline = []
+    if widths and norm_r2:
+        headline.append(f"norm R^2 of the SAE error from x: {num(norm_r2[0])} (width {widths[0]}) to {num(norm_r2[-1])} (width {widths[-1]})")
+    if widths and nonlinear:
+        headline.append(f"nonlinear FVU {num(nonlinear[0], '.3f')} to {num(nonlinear[-1], '.3f')}")
+    best = max(norm_r2) if norm_r2 else None
+    verdict = f"paper's 'error norm linearly predictable (R^2 > 0.9)': {'holds' if best is not None and best > 0.9 else 'not reproduced'} here"
+    if best is not None:
+        verdict += f" (best width {num(best)})"
+    return Summary("Dark matter of SAE error", "; ".join(headline) or "n/a", verdict,
+                   "How much of a sparse autoencoder's error is linearly predictable from the activation it reconstructs (the 'linear' part) "
+                   "and how much is not ('nonlinear dark matter'), across SAE widths (Engels et al. 2024).", _quick_caveat(run))
+
+
+@register_summary("recall_reasoning")
+def _recall_reasoning(run: ResultsDir) -> Summary:
+    m = run.metrics()
+    method = m.get("verdict_method", "mean")
+    by = get(m, "by_method", method, default={}) or m
+    p = [v for v in (by.get("p_recall_set"), by.get("p_reasoning_set")) if v is not None]
+    resolution = by.get("p_resolution", m.get("p_resolution"))
+    headline = (f"recall set: recall acc {num(by.get('recall_acc_after_recall_ablation'))} / reasoning {num(by.get('reasoning_acc_after_recall_ablation'))}; "
+                f"reasoning set: recall {num(by.get('recall_acc_after_reasoning_ablation'))} / reasoning {num(by.get('reasoning_acc_after_reasoning_ablation'))} "
+                f"(base {num(m.get('recall_acc_base'))} / {num(m.get('reasoning_acc_base'))})")
+    dissociation = by.get("double_dissociation", m.get("double_dissociation"))
+    p_text = f"p = {', '.join(num(x, '.3f') for x in p)}" if p else "p n/a"
+    if resolution is not None:
+        p_text += f", resolution {num(resolution, '.3f')}"
+    return Summary("Recall vs reasoning circuits", headline, f"double dissociation: {yes_no(dissociation)} ({method} ablation, {p_text})",
+                   "Locate the components a factual-recall task needs and those a reasoning task needs, ablate each set, and ask whether each "
+                   "hurts its own task more than the other task and more than matched random sets do (a double dissociation).", _quick_caveat(run))
+
+
+@register_summary("scan_snap")
+def _scan_snap(run: ResultsDir) -> Summary:
+    m = run.metrics()
+    verdicts = m.get("verdicts", {})
+    held = [k for k, v in verdicts.items() if v]
+    failed = [k for k, v in verdicts.items() if not v]
+    headline = f"{len(held)} of {len(verdicts)} predictions hold"
+    if failed:
+        headline += f"; not: {', '.join(failed)}"
+    return Summary("Scan and snap (1-layer attention dynamics)", headline,
+                   "all of the paper's predictions hold" if verdicts and not failed else f"{len(failed)} prediction(s) fail (see the page)",
+                   "Train one layer of attention on sequence classes and check Tian et al.'s (2023) predictions: attention first scans, "
+                   "shifting weight from common to distinctive tokens, then snaps (freezes) once the loss is small.", _quick_caveat(run))
+
+
+@register_summary("reachability")
+def _reachability(run: ResultsDir) -> Summary:
+    m = run.metrics()
+    acc = {k: m.get(f"acc_{k}") for k in ("continuous", "discrete_cot", "no_cot")}
+    headline = f"held-out accuracy: continuous thought {num(acc['continuous'])}, discrete CoT {num(acc['discrete_cot'])}, no CoT {num(acc['no_cot'])}"
+    if "construction_acc" in m:
+        headline += f"; hand-set construction {num(m['construction_acc'])}"
+    diff, z = m.get("continuous_minus_discrete"), m.get("continuous_minus_discrete_z", m.get("z"))
+    if diff is None and None not in (acc["continuous"], acc["discrete_cot"]):
+        diff = acc["continuous"] - acc["discrete_cot"]
+    verdict = f"continuous beats discrete CoT: {yes_no(diff is not None and diff >= 0.05 and (z is None or z > 3))} (difference {num(diff)}{', z = ' + num(z, '.1f') if z is not None else ''})"
+    return Summary("Continuous chain of thought on graph reachability", headline, verdict,
+                   "Small transformers answer 'is node X reachable from the root?' with continuous thoughts (hidden states fed back), "
+                   "discrete chain-of-thought tokens, or no chain of thought; probes ask whether each thought holds the whole search frontier at once.",
+                   _quick_caveat(run))
