@@ -50,8 +50,8 @@ def _page(title: str, subtitle: str, body: str, head_script: str = "") -> str:
 def _cell_html(value: object) -> str:
     text = f"{value:.6g}" if isinstance(value, float) else "NaN" if value is None else str(value)
     if len(text) <= FOLD_CHARS:
-        return html.escape(text)
-    return f"<details><summary>{html.escape(text[:60])}&hellip; ({len(text):,} characters)</summary>{html.escape(text)}</details>"
+        return html.escape(text, quote=False)
+    return f"<details><summary>{html.escape(text[:60], quote=False)}&hellip; ({len(text):,} characters)</summary>{html.escape(text, quote=False)}</details>"
 
 
 def _table_html(df: pd.DataFrame, *, raw_html: bool = False) -> str:

@@ -142,7 +142,8 @@ def test_registered_sections_and_index(tables, tmp_path):
     index = pages[-1]
     assert index == tmp_path.resolve() / "index.html"
     hrefs = re.findall(r'href="([^"]+)"', index.read_text())
-    assert sorted((index.parent / h).resolve() for h in hrefs) == sorted(p.resolve() for p in pages[:-1])
+    assert sorted({(index.parent / h).resolve() for h in hrefs}) == sorted(p.resolve() for p in pages[:-1])  # each page linked from the findings table and the runs table
+    assert len(hrefs) == 2 * len(pages[:-1])
     with pytest.raises(InterpError, match="holds no results directory"):
         build_dashboards([tmp_path / "first" / "figures"])
     with pytest.raises(InterpError, match="run_dirs is empty"):
