@@ -148,7 +148,7 @@ def test_registered_sections_and_index(tables, tmp_path):
         build_dashboards([tmp_path / "first" / "figures"])
     with pytest.raises(InterpError, match="run_dirs is empty"):
         build_dashboards([])
-    assert build_index(runs, tmp_path / "sub" / "two.html").read_text().count("<a href=\"../") == 2
+    assert build_index(runs, tmp_path / "sub" / "two.html").read_text().count("<a href=\"../") == 4  # two runs, each linked twice
 
 
 class DevToolsPage:
