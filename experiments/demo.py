@@ -99,7 +99,7 @@ def _write_state(out: Path, state: dict) -> None:
     atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
 
 
-def _run_step(name: str, out: str, quick: bool, log: str) -> tuple[str, str, float]:
+def _run_step(name: str, out: str, quick: bool, log: str) -> tuple[str, str, float, float]:
     """In a worker process: one torch thread, stdout and stderr (progress bars included) to the step's log file."""
     import torch
 
@@ -109,11 +109,11 @@ def _run_step(name: str, out: str, quick: bool, log: str) -> tuple[str, str, flo
         os.dup2(stream.fileno(), 2)
         sys.stdout = sys.stderr = stream
         print(f"[demo] {name}: start {time.strftime('%H:%M:%S')}", flush=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         path = PIPELINE[name].run(Path(out), quick)
-        seconds = time.perf_counter() - start
-        print(f"[demo] {name}: done in {seconds:.0f} s -> {path}", flush=True)
-    return name, str(path), seconds
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        print(f"[demo] {name}: done in {seconds:.0f} s ({cpu:.0f} s of CPU) -> {path}", flush=True)
+    return name, str(path), seconds, cpu
 
 
 def _log_tail(log: Path, width: int = 48) -> str:
@@ -235,14 +235,14 @@ def _run_pool(todo: list[str], out: Path, quick: bool, workers: int, steps: dict
                 bar.close()
                 slots.pop(name)
                 try:
-                    _, path, seconds = future.result()
+                    _, path, seconds, cpu = future.result()
                 except Exception as error:  # noqa: BLE001 - one failed investigation must not stop the others
                     failed[name] = f"{type(error).__name__}: {error}"
                     tqdm.write(f"[demo] {name}: FAILED ({failed[name]}); log: {out / LOGS_DIR / f'{name}.log'}")
                     continue
-                steps[name] = {"dir": path, "seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                steps[name] = {"dir": path, "seconds": seconds, "cpu_seconds": cpu, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
                 _write_state(out, state)
-                tqdm.write(f"[demo] {name}: done in {seconds:.0f} s -> {path}")
+                tqdm.write(f"[demo] {name}: done in {seconds:.0f} s ({cpu:.0f} s of CPU) -> {path}")
             submit()
     return failed
 

@@ -225,6 +225,21 @@ def run_dark_matter(
     _run_investigation(run, config, out)
 
 
+@run_app.command("sae")
+def run_sae(
+    out: Path = typer.Option(..., help="Results directory."),
+    quick: bool = typer.Option(False, help="Width 2304 on 64k tokens, 300 steps (about 2 minutes)."),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+) -> None:
+    """A TopK SAE on the default corpus: train (resumable), evaluate (L0, FVU, CE recovered), top-activating contexts, dashboard."""
+    from dataclasses import replace
+
+    from experiments.sae_topk import SaeRunConfig, run
+
+    config = SaeRunConfig.quick() if quick else SaeRunConfig()
+    _run_investigation(run, replace(config, model=model) if model else config, out)
+
+
 @run_app.command("reachability")
 def run_reachability(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="Small graphs and short training (minutes).")) -> None:
     """Continuous chain of thought on graph reachability: training, the hand-set construction, probes."""
