@@ -17,8 +17,11 @@ import torch
 
 from circuits.scan_snap.data import SequenceClasses
 from circuits.scan_snap.dynamics import PopulationProblem, integrate_population, snap_dynamics
-from circuits.scan_snap.figures import final_composition, mass_over_training, sgd_vs_ode, snap_curves, sweep_entropy, transformer_attention
-from circuits.scan_snap.measures import common_mass, distinct_entropy, slot_composition, snap_frame, theorem3_frame
+from circuits.scan_snap.figures import (
+    common_mass_scan_snap, figure4_loss, figure6_vs_authors, final_composition, mass_over_training, sgd_vs_ode, snap_curves, sweep_entropy,
+    transformer_attention,
+)
+from circuits.scan_snap.measures import common_mass, distinct_entropy, scan_snap_measures, slot_composition, snap_frame, theorem3_frame
 from circuits.scan_snap.model import RunSpec, TrainSettings, train_runs
 from circuits.scan_snap.predictions import (
     common_mass_verdicts, composition_frame, entropy_sweep, figure4_verdict, figure6_comparison, figure6_seed_spread, figure6_verdicts,
@@ -151,7 +154,10 @@ def _common_mass(config: ScanSnapConfig) -> tuple[pd.DataFrame, pd.DataFrame, di
         measures.append(per_run.assign(setting=setting))
         curves.append(curve.assign(setting=setting))
         theorem3[f"sgd_{setting}"] = frame
-    theorem3["population_ode"] = population_theorem3(config.small_case, config.mass_eta_y, config.mass_eta_z, config.steps, config.theorem3_ode_substeps)
+    theorem3["population_ode"], ode_curves = population_theorem3(config.small_case, config.mass_eta_y, config.mass_eta_z, config.steps, config.theorem3_ode_substeps)
+    for eta_y, rows in ode_curves.groupby("eta_y"):
+        measures.append(pd.DataFrame([dict(eta_y=eta_y, eta_z=config.mass_eta_z, seed=-1, **scan_snap_measures(rows["common_mass"].to_numpy()), setting="population_ode")]))
+    curves.append(ode_curves.rename(columns={"common_mass": "mean"}).assign(std=0.0, setting="population_ode"))
     return pd.concat(measures, ignore_index=True), pd.concat(curves, ignore_index=True), theorem3
 
 
@@ -180,7 +186,7 @@ def run(config: ScanSnapConfig, out: Path) -> Path:
         snap, theorem3 = _snap(config)
         transformer = _transformer(config)
         mass, mass_curves, theorem3_runs = _common_mass(config)
-        mass_rows, mass_metrics = common_mass_verdicts(mass[mass["setting"] == "authors_momentum"])
+        mass_rows, mass_metrics = common_mass_verdicts(mass[mass["setting"] == "authors_momentum"], mass_curves)
         figure4 = figure4_loss_curve(config.small_case, list(config.figure4_seeds), config.steps, momentum=config.momentum,
                                      batch_size=config.batch_size, seq_len=config.seq_len)
         figure4_mean = figure4.groupby("step")["loss"].mean()
@@ -215,6 +221,8 @@ def run(config: ScanSnapConfig, out: Path) -> Path:
         results.save_figures(dict(
             mass_over_training=mass_over_training(small), final_composition=final_composition(small), sweep_entropy=sweep_entropy(sweep),
             snap_curves=snap_curves(snap), sgd_vs_ode=sgd_vs_ode(overlay), transformer_attention=transformer_attention(transformer),
+            common_mass_scan_snap=common_mass_scan_snap(mass_curves, mass), figure4_loss=figure4_loss(figure4, {k: v for k, v in FIGURE4_LOG_LOSS.items() if k < config.steps}),
+            figure6_vs_authors=figure6_vs_authors(figure6),
         ), png=config.png)
         build_dashboard(results)
         return results.path

@@ -162,7 +162,8 @@ def theorem3_trajectory_frame(
     """Theorem 3's bounds along one class's trajectory (times x slots of z and f^2), B estimated from the same trajectory.
 
     One row per (time, distinct token l' below the top one); plus the share of the logit increments that
-    dz_l = dB f_l^2 explains (r2_structure, over the whole trajectory), the assumption behind the bounds.
+    dz_l = dB f_l^2 explains (r2_structure, over the whole trajectory), the assumption behind the bounds, and the
+    ratio of the least likely distinct token's own B to the top token's (B_ratio_least_to_top; 1 under that assumption).
     """
     z_d, f2_d = z_slots[:, n_common:], f2_slots[:, n_common:]
     B = estimate_B(z_d, f2_d, estimator)
@@ -173,5 +174,8 @@ def theorem3_trajectory_frame(
     residual = dz - dB[:, None] * f2
     total = ((dz - dz.mean(-1, keepdims=True)) ** 2).sum()
     frame["r2_structure"] = float(1 - (residual**2).sum() / total) if total > 0 else float("nan")
+    # each token's own B (its summed push per unit f^2); the theorem has one B per class, so this ratio is 1
+    own_B = (dz / np.maximum(f2, 1e-300)).sum(0)
+    frame["B_ratio_least_to_top"] = float(own_B[0] / own_B[-1]) if own_B[-1] != 0 else float("nan")
     frame["bound_violated"] = np.where(frame["holds"], "none", np.where(frame["r"] < frame["lower"], "lower", "upper"))
     return frame

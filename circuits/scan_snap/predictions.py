@@ -140,8 +140,12 @@ def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, seed: int = 0, level: floa
     return float(diff.mean()), float(low), float(high)
 
 
-def common_mass_verdicts(mass: pd.DataFrame) -> tuple[list[tuple], dict]:
-    """Verdict rows and metrics for the scan/snap of the common mass (one row of `mass` per (eta_y, seed))."""
+def common_mass_verdicts(mass: pd.DataFrame, curves: pd.DataFrame | None = None) -> tuple[list[tuple], dict]:
+    """Verdict rows and metrics for the scan/snap of the common mass (one row of `mass` per (eta_y, seed)).
+
+    `curves` (setting, eta_y, step, mean) adds, per setting, the largest one-step rise of the seed-mean curve
+    (the expected dynamics the paper describes; single runs also carry the batch noise).
+    """
     by_eta = mass.groupby("eta_y")
     means = by_eta[["snap_step", "settling_step", "mass_final", "mass_at_snap", "drift_after_snap", "max_rise_before_snap"]].mean()
     etas = means.index.to_numpy()
@@ -171,6 +175,9 @@ def common_mass_verdicts(mass: pd.DataFrame) -> tuple[list[tuple], dict]:
         max_rise_before_snap=rise, max_drift_after_snap=drift, all_snapped=all_snapped,
         snap_step_decreasing=snap_decreasing, frozen_mass_increasing=mass_increasing,
     )
+    if curves is not None:
+        metrics["max_rise_of_mean_curve"] = {setting: float(g.groupby("eta_y")["mean"].apply(lambda m: np.diff(m.to_numpy()).max()).max())
+                                             for setting, g in curves.sort_values("step").groupby("setting")}
     return rows, metrics
 
 
@@ -248,5 +255,6 @@ def theorem3_verdicts(frames: dict[str, pd.DataFrame]) -> tuple[list[tuple], dic
                      share, f">= {THEOREM3_SHARE_MIN}", share >= THEOREM3_SHARE_MIN))
         metrics[source] = dict(share_inside=share, share_below_lower=lower, share_above_upper=upper,
                                r2_structure=float(frame.groupby(["run", "cls"])["r2_structure"].first().mean()),
+                               B_ratio_least_to_top=float(frame.groupby(["run", "cls"])["B_ratio_least_to_top"].first().mean()),
                                share_inside_by_distinct_rank={str(k): float(v) for k, v in by_rank.items()})
     return rows, metrics

@@ -70,8 +70,11 @@ def common_mass_runs(classes: SequenceClasses, eta_ys: tuple[float, ...], eta_z:
     return pd.DataFrame(rows), curves, theorem3
 
 
-def population_theorem3(classes: SequenceClasses, eta_ys: tuple[float, ...], eta_z: float, steps: int, substeps: int) -> pd.DataFrame:
-    """Theorem 3 along the T -> infinity gradient flow from zero weights (float64), one run per eta_Y, recorded every step."""
+def population_theorem3(classes: SequenceClasses, eta_ys: tuple[float, ...], eta_z: float, steps: int, substeps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The T -> infinity gradient flow from zero weights (float64), one run per eta_Y, recorded every step.
+
+    Returns (Theorem 3 frame, common mass per (eta_y, step) averaged over classes).
+    """
     from circuits.scan_snap.data import layout_for
 
     layout = layout_for([classes])
@@ -84,9 +87,11 @@ def population_theorem3(classes: SequenceClasses, eta_ys: tuple[float, ...], eta
                                       torch.zeros(runs, layout.max_queries, layout.d_vocab, dtype=torch.float64), problem, steps, substeps=substeps)
     trained = TrainedRuns(trajectory.Y, trajectory.Z, torch.zeros(0), trajectory.steps, trajectory.class_logits, layout, probs,
                           torch.full((runs,), classes.n_classes))
-    _, z, f2 = _class_trajectories(trained)
+    mass, z, f2 = _class_trajectories(trained)
     labels = [dict(eta_y=eta_y, seed=-1) for eta_y in eta_ys]
-    return theorem3_frames(z, f2, trajectory.steps, [classes.n_classes] * runs, classes.n_common, labels)
+    per_run = mass[:, :, : classes.n_classes].mean(-1)
+    curves = pd.DataFrame(dict(step=np.repeat(trajectory.steps, runs), eta_y=np.tile(eta_ys, len(trajectory.steps)), common_mass=per_run.flatten()))
+    return theorem3_frames(z, f2, trajectory.steps, [classes.n_classes] * runs, classes.n_common, labels), curves
 
 
 def figure6_runs(n_queries: tuple[int, ...], eta_zs: tuple[float, ...], ratios: tuple[float, ...], seeds: list[int], settings: TrainSettings,
