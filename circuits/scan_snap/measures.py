@@ -178,4 +178,6 @@ def theorem3_trajectory_frame(
     own_B = (dz / np.maximum(f2, 1e-300)).sum(0)
     frame["B_ratio_least_to_top"] = float(own_B[0] / own_B[-1]) if own_B[-1] != 0 else float("nan")
     frame["bound_violated"] = np.where(frame["holds"], "none", np.where(frame["r"] < frame["lower"], "lower", "upper"))
+    other = next(e for e in B_ESTIMATORS if e != estimator)  # the same check with the other reading of B, for sensitivity
+    frame[f"holds_B_{other}"] = theorem3_frame(f2_slots, estimate_B(z_d, f2_d, other), np.asarray(steps, dtype=np.float64), n_common)["holds"].to_numpy()
     return frame

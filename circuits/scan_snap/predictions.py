@@ -254,6 +254,9 @@ def theorem3_verdicts(frames: dict[str, pd.DataFrame]) -> tuple[list[tuple], dic
         rows.append((f"theorem3_bounds_{source}", f"share of (step, token, run) points inside the Theorem 3 bounds, {source} (B from the logit increments)",
                      share, f">= {THEOREM3_SHARE_MIN}", share >= THEOREM3_SHARE_MIN))
         metrics[source] = dict(share_inside=share, share_below_lower=lower, share_above_upper=upper,
+                               share_inside_B_top_token=float(frame["holds_B_top_token"].mean()),
+                               largest_shortfall_below_lower=float((frame["lower"] / frame["r"] - 1).max()),
+                               median_shortfall_where_below=float((frame["lower"] / frame["r"] - 1)[frame["bound_violated"] == "lower"].median()),
                                r2_structure=float(frame.groupby(["run", "cls"])["r2_structure"].first().mean()),
                                B_ratio_least_to_top=float(frame.groupby(["run", "cls"])["B_ratio_least_to_top"].first().mean()),
                                share_inside_by_distinct_rank={str(k): float(v) for k, v in by_rank.items()})
