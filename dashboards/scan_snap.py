@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from dashboards.sections import Section, default_sections, register_sections
 from interp.results import ResultsDir
 
@@ -28,6 +30,11 @@ def _issue16_sections(run: ResultsDir, m: dict) -> list[Section]:
             f"largest |gap| {m['figure6']['max_abs_gap']:.3f}, largest |gap| / standard error {m['figure6']['max_gap_z']:.2f}; "
             f"with many seeds the largest |gap| / standard error is {m['figure6']['max_gap_z_many_seeds']:.2f}."),
             figures=["figure6_vs_authors"], table=own),
+        Section("Theorem 3 on SGD and on the population ODE", text=(
+            "The bounds r(0) exp(2 f_l(0)^2 B) <= r(t) <= r(0) exp(2 B) for the top distinct token l against each other one, with B read off the "
+            "trajectory's own logit increments (one xi per class, as the theorem assumes). B_ratio_least_to_top is the least likely distinct token's "
+            "own B over the top token's: 1 under the theorem's assumption."),
+            table=pd.DataFrame([{"source": k, **{n: v for n, v in d.items() if not isinstance(v, dict)}} for k, d in m["theorem3_trajectories"].items()])),
     ]
 
 
