@@ -21,7 +21,7 @@ from circuits.scan_snap.figures import (
     common_mass_scan_snap, figure4_loss, figure6_vs_authors, final_composition, mass_over_training, sgd_vs_ode, snap_curves, sweep_entropy,
     transformer_attention,
 )
-from circuits.scan_snap.measures import common_mass, distinct_entropy, scan_snap_measures, slot_composition, snap_frame, theorem3_frame
+from circuits.scan_snap.measures import common_mass, scan_snap_measures, slot_composition, snap_frame, theorem3_frame
 from circuits.scan_snap.model import RunSpec, TrainSettings, train_runs
 from circuits.scan_snap.predictions import (
     common_mass_verdicts, composition_frame, entropy_sweep, figure4_verdict, figure6_comparison, figure6_seed_spread, figure6_verdicts,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from circuits.scan_snap.data import SequenceClasses
+from circuits.scan_snap.data import SequenceClasses, layout_for
 from circuits.scan_snap.dynamics import PopulationProblem, integrate_population
 from circuits.scan_snap.measures import common_mass, scan_snap_measures, slot_composition, slot_logits, theorem3_trajectory_frame
 from circuits.scan_snap.model import RunSpec, TrainedRuns, TrainSettings, train_runs
@@ -75,8 +75,6 @@ def population_theorem3(classes: SequenceClasses, eta_ys: tuple[float, ...], eta
 
     Returns (Theorem 3 frame, common mass per (eta_y, step) averaged over classes).
     """
-    from circuits.scan_snap.data import layout_for
-
     layout = layout_for([classes])
     runs = len(eta_ys)
     probs = layout.conditional_probs(classes).unsqueeze(0).expand(runs, -1, -1).contiguous()

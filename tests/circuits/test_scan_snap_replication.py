@@ -104,3 +104,10 @@ def test_figure6_cells_match_the_authors_table_within_seed_noise(eta_z, ratio):
     measures = figure6_runs((1,), (eta_z,), (ratio,), list(range(10)), settings)
     row = figure6_comparison(measures, FIGURE6_ENTROPY).iloc[0]
     assert abs(row["gap_z"]) < 3, row.to_dict()
+
+
+def test_figure6_cell_tells_zero_init_apart():
+    """Negative control: with zero init (not the authors' Figure 6 setting) the same cell is many standard errors off."""
+    settings = TrainSettings(steps=100, init="zero", momentum=0.9, record_every=100)
+    row = figure6_comparison(figure6_runs((1,), (2.0,), (1.0,), list(range(10)), settings), FIGURE6_ENTROPY).iloc[0]
+    assert abs(row["gap_z"]) > 3, row.to_dict()
