@@ -17,10 +17,18 @@ import torch
 
 from circuits.scan_snap.data import SequenceClasses
 from circuits.scan_snap.dynamics import PopulationProblem, integrate_population, snap_dynamics
-from circuits.scan_snap.figures import final_composition, mass_over_training, sgd_vs_ode, snap_curves, sweep_entropy, transformer_attention
-from circuits.scan_snap.measures import common_mass, distinct_entropy, slot_composition, snap_frame, theorem3_frame
+from circuits.scan_snap.figures import (
+    common_mass_scan_snap, figure4_loss, figure6_vs_authors, final_composition, mass_over_training, sgd_vs_ode, snap_curves, sweep_entropy,
+    transformer_attention,
+)
+from circuits.scan_snap.measures import common_mass, scan_snap_measures, slot_composition, snap_frame, theorem3_frame
 from circuits.scan_snap.model import RunSpec, TrainSettings, train_runs
-from circuits.scan_snap.predictions import composition_frame, entropy_sweep, final_measures, verdicts
+from circuits.scan_snap.predictions import (
+    common_mass_verdicts, composition_frame, entropy_sweep, figure4_verdict, figure6_comparison, figure6_seed_spread, figure6_verdicts,
+    final_common_mass, final_measures, theorem3_verdicts, verdicts,
+)
+from circuits.scan_snap.reference import FIGURE4_LOG_LOSS, FIGURE4_LOSS, FIGURE6_ENTROPY
+from circuits.scan_snap.replication import common_mass_runs, figure4_loss_curve, figure6_runs, population_theorem3
 from circuits.scan_snap.transformer import TransformerSettings, train_transformer
 from dashboards import build_dashboard
 from interp.results import ResultsDir
@@ -51,6 +59,17 @@ class ScanSnapConfig:
     transformer_classes: SequenceClasses = field(default_factory=lambda: SequenceClasses(n_queries=2, next_per_query=2))
     transformer: TransformerSettings = field(default_factory=TransformerSettings)
     transformer_variants: tuple[str, ...] = ("attn_only", "with_mlp")
+    # issue 16: the common-token prediction as the paper states it (small case, zero init, the authors' momentum)
+    mass_eta_y: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0)
+    mass_eta_z: float = 1.0
+    mass_seeds: tuple[int, ...] = tuple(range(10))  # the rules were chosen on seeds 100-109; these judge them
+    # the authors' Figure 4 run (figure_4.log), averaged over seeds since the sampled batches differ
+    figure4_seeds: tuple[int, ...] = tuple(range(20))
+    # the authors' Figure 6 cells at 1 query: 10 seeds as they ran, and many seeds in groups of 10 for the seed spread
+    figure6_queries: int = 1
+    figure6_seeds: int = 100
+    figure6_variants: tuple[str, ...] = ("zero_init", "no_momentum")  # departures from their settings, to see what the grid is sensitive to
+    theorem3_ode_substeps: int = 8
     threads: int = 1  # torch threads; more than the free cores makes every small op wait on the others
     png: bool = True
 
@@ -59,7 +78,8 @@ class ScanSnapConfig:
         return cls(
             steps=40, sweep_queries=(1, 3), sweep_eta_z=(0.5, 2.0), sweep_ratios=(1.0, 10.0), sweep_seeds=2,
             ode_horizon=100.0, ode_substeps=2, transformer=TransformerSettings(steps=40, record_every=10, batch_size=64),
-            transformer_variants=("attn_only",),
+            transformer_variants=("attn_only",), mass_eta_y=(1.0, 10.0), mass_seeds=(0, 1, 2), figure4_seeds=tuple(range(5)),
+            figure6_seeds=20, figure6_variants=("zero_init",), theorem3_ode_substeps=2,
         )
 
 
@@ -125,29 +145,84 @@ def _transformer(config: ScanSnapConfig) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _common_mass(config: ScanSnapConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The small case at each eta_Y: scan/snap measures and Theorem 3, with the authors' momentum and with plain SGD, plus the ODE."""
+    measures, curves, theorem3 = [], [], {}
+    for setting, momentum in (("authors_momentum", config.momentum), ("plain_sgd", 0.0)):
+        settings = TrainSettings(steps=config.steps, batch_size=config.batch_size, seq_len=config.seq_len, init="zero", momentum=momentum, record_every=1)
+        per_run, curve, frame = common_mass_runs(config.small_case, config.mass_eta_y, config.mass_eta_z, list(config.mass_seeds), settings)
+        measures.append(per_run.assign(setting=setting))
+        curves.append(curve.assign(setting=setting))
+        theorem3[f"sgd_{setting}"] = frame
+    theorem3["population_ode"], ode_curves = population_theorem3(config.small_case, config.mass_eta_y, config.mass_eta_z, config.steps, config.theorem3_ode_substeps)
+    for eta_y, rows in ode_curves.groupby("eta_y"):
+        measures.append(pd.DataFrame([dict(eta_y=eta_y, eta_z=config.mass_eta_z, seed=-1, **scan_snap_measures(rows["common_mass"].to_numpy()), setting="population_ode")]))
+    curves.append(ode_curves.rename(columns={"common_mass": "mean"}).assign(std=0.0, setting="population_ode"))
+    return pd.concat(measures, ignore_index=True), pd.concat(curves, ignore_index=True), theorem3
+
+
+def _figure6(config: ScanSnapConfig, sweep: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Our Figure 6 cells against the authors' table: their settings (the sweep's 10 seeds), many seeds, and variants."""
+    comparison = [figure6_comparison(sweep, FIGURE6_ENTROPY).assign(variant="authors_settings")]
+    q, seeds = (config.figure6_queries,), list(range(config.figure6_seeds))
+    base = TrainSettings(steps=config.steps, batch_size=config.batch_size, seq_len=config.seq_len, init="uniform", momentum=config.momentum, record_every=config.steps)
+    many = figure6_runs(q, config.sweep_eta_z, config.sweep_ratios, seeds, base, config.sweep_next_per_query)
+    spread = figure6_seed_spread(many, FIGURE6_ENTROPY, group_size=config.sweep_seeds)
+    variants = dict(zero_init=dict(init="zero"), no_momentum=dict(momentum=0.0))
+    for variant in config.figure6_variants:
+        measures = figure6_runs(q, config.sweep_eta_z, config.sweep_ratios, list(range(config.sweep_seeds)), replace(base, **variants[variant]), config.sweep_next_per_query)
+        comparison.append(figure6_comparison(measures, FIGURE6_ENTROPY).assign(variant=variant))
+    return pd.concat(comparison, ignore_index=True), spread
+
+
 def run(config: ScanSnapConfig, out: Path) -> Path:
     """Run every part of the analysis and write the results dir at `out`; returns its path."""
     with torch_threads(config.threads):
         results = ResultsDir.create(out, config, analysis=config.analysis, title="Scan and snap: 1-layer attention training dynamics", exist_ok=True)
         torch.manual_seed(config.seed)
+        wall = time.perf_counter()
         small, overlay, _ = _small_case(config)
         sweep, sweep_seconds, sweep_cpu_seconds = _sweep(config)
         snap, theorem3 = _snap(config)
         transformer = _transformer(config)
-        table = verdicts(small, sweep, theorem3, snap, transformer)
-        for name, frame in dict(small_case=small, overlay=overlay, sweep=sweep, snap=snap, theorem3=theorem3, transformer=transformer, predictions=table).items():
+        mass, mass_curves, theorem3_runs = _common_mass(config)
+        mass_rows, mass_metrics = common_mass_verdicts(mass[mass["setting"] == "authors_momentum"], mass_curves)
+        figure4 = figure4_loss_curve(config.small_case, list(config.figure4_seeds), config.steps, momentum=config.momentum,
+                                     batch_size=config.batch_size, seq_len=config.seq_len)
+        figure4_mean = figure4.groupby("step")["loss"].mean()
+        figure4_row, figure4_errors = figure4_verdict(figure4_mean.to_dict(), {k: v for k, v in FIGURE4_LOSS.items() if k < config.steps})
+        figure6, figure6_spread = _figure6(config, sweep)
+        figure6_rows, figure6_metrics = figure6_verdicts(figure6[figure6["variant"] == "authors_settings"], figure6_spread, config.figure6_queries)
+        theorem3_rows, theorem3_metrics = theorem3_verdicts(theorem3_runs)
+        table = verdicts(small, sweep, theorem3, snap, transformer, extra_rows=[*mass_rows, figure4_row, *figure6_rows, *theorem3_rows])
+        tables = dict(small_case=small, overlay=overlay, sweep=sweep, snap=snap, theorem3=theorem3, transformer=transformer, predictions=table,
+                      common_mass=mass, common_mass_curves=mass_curves, figure4=figure4, figure6=figure6, figure6_seed_spread=figure6_spread,
+                      theorem3_trajectories=pd.concat([f.assign(source=k) for k, f in theorem3_runs.items()], ignore_index=True))
+        for name, frame in tables.items():
             results.save_table(name, frame)
         row = table.set_index("prediction")
+        logged = [step for step in FIGURE4_LOG_LOSS if step < config.steps]
         results.write_metrics(dict(
-            common_mass_final=float(row.loc["common_mass_to_zero", "value"]),
+            common_mass_final=final_common_mass(small),
             kendall_tau_distinct=float(row.loc["distinct_ranked_by_probability", "value"]),
             entropy_sweep=entropy_sweep(sweep),
             verdicts={name: bool(holds) for name, holds in row["holds"].items()},
+            predictions={name: dict(value=float(r["value"]), criterion=r["criterion"], holds=bool(r["holds"]), measure=r["measure"]) for name, r in row.iterrows()},
+            common_mass_scan_snap=mass_metrics,
+            figure4_loss={str(step): float(figure4_mean[step]) for step in logged},
+            figure4_authors_loss={str(step): FIGURE4_LOG_LOSS[step] for step in logged},
+            figure4_relative_error=figure4_errors, figure4_seeds=len(config.figure4_seeds),
+            figure6=figure6_metrics,
+            figure6_variants_max_abs_gap={v: float(g[g["n_queries"] == config.figure6_queries]["gap"].abs().max()) for v, g in figure6.groupby("variant")},
+            theorem3_trajectories=theorem3_metrics,
             sweep_runs=int(sweep["run"].nunique()), sweep_seconds=sweep_seconds, sweep_cpu_seconds=sweep_cpu_seconds,
+            wall_seconds=time.perf_counter() - wall,
         ))
         results.save_figures(dict(
             mass_over_training=mass_over_training(small), final_composition=final_composition(small), sweep_entropy=sweep_entropy(sweep),
             snap_curves=snap_curves(snap), sgd_vs_ode=sgd_vs_ode(overlay), transformer_attention=transformer_attention(transformer),
+            common_mass_scan_snap=common_mass_scan_snap(mass_curves, mass), figure4_loss=figure4_loss(figure4, {k: v for k, v in FIGURE4_LOG_LOSS.items() if k < config.steps}),
+            figure6_vs_authors=figure6_vs_authors(figure6),
         ), png=config.png)
         build_dashboard(results)
         return results.path

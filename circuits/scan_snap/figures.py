@@ -92,3 +92,42 @@ def transformer_attention(transformer: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Bar(x=last["distinct_rank"], y=last["attention_per_occurrence"], name=f"{variant}: distinct, per occurrence"), row=1, col=len(variants) + 1)
     fig.update_layout(title="1-layer TransformerLens transformer (W_pos = 0, Adam): attention of the query position", barmode="group")
     return fig
+
+
+def common_mass_scan_snap(curves: pd.DataFrame, measures: pd.DataFrame) -> go.Figure:
+    """Seed-mean common mass per step for each eta_Y (authors' momentum; plain SGD dotted), mean snap step marked."""
+    fig = go.Figure()
+    for (setting, eta_y), rows in curves.groupby(["setting", "eta_y"]):
+        fig.add_trace(go.Scatter(x=rows["step"], y=rows["mean"], name=f"{setting}, eta_Y={eta_y:g}", line=dict(dash="solid" if setting == "authors_momentum" else "dot")))
+    snaps = measures[measures["setting"] == "authors_momentum"].groupby("eta_y")[["snap_step", "mass_at_snap"]].mean().reset_index()
+    fig.add_trace(go.Scatter(x=snaps["snap_step"], y=snaps["mass_at_snap"], mode="markers", marker=dict(size=10, symbol="x"), name="snap (mean over seeds)"))
+    fig.update_layout(title="Common mass of c_n: a monotone scan, then a snap (small case, eta_Z = 1, zero init)", xaxis_title="SGD step", yaxis_title="mass on common tokens")
+    return fig
+
+
+def figure4_loss(figure4: pd.DataFrame, authors: dict[int, float]) -> go.Figure:
+    """Our loss per iteration (mean and spread over seeds) against the authors' figure_4.log."""
+    stats = figure4.groupby("step")["loss"].agg(["mean", "min", "max"]).reset_index()
+    fig = go.Figure([
+        go.Scatter(x=stats["step"], y=stats["max"], line=dict(width=0), showlegend=False),
+        go.Scatter(x=stats["step"], y=stats["min"], fill="tonexty", line=dict(width=0), name="ours: min-max over seeds"),
+        go.Scatter(x=stats["step"], y=stats["mean"], name=f"ours: mean over {figure4['seed'].nunique()} seeds"),
+        go.Scatter(x=list(authors), y=list(authors.values()), mode="markers", name="authors' figure_4.log (seed 2)"),
+    ])
+    fig.update_yaxes(type="log", title_text="loss")
+    fig.update_layout(title="Figure 4 run: eta_Y = eta_Z = 1, zero init, SGD momentum 0.9", xaxis_title="iteration")
+    return fig
+
+
+def figure6_vs_authors(figure6: pd.DataFrame) -> go.Figure:
+    """Our cell means against the authors' (error bars: standard deviations over seeds), one colour per variant."""
+    fig = go.Figure()
+    for variant, rows in figure6.groupby("variant"):
+        fig.add_trace(go.Scatter(x=rows["authors"], y=rows["ours"], mode="markers", name=variant,
+                                 error_x=dict(type="data", array=rows["authors_std"]), error_y=dict(type="data", array=rows["ours_std"]),
+                                 text=[f"{q} queries, eta_Z={z:g}, ratio={r:g}" for q, z, r in zip(rows["n_queries"], rows["eta_z"], rows["ratio"])]))
+    low, high = float(figure6[["authors", "ours"]].min().min()), float(figure6[["authors", "ours"]].max().max())
+    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(dash="dot", color="grey"), name="y = x"))
+    fig.update_layout(title="Figure 6 cells: entropy of c_n over distinct tokens, ours vs the authors' table",
+                      xaxis_title="authors (figure_6_data.pkl)", yaxis_title="ours")
+    return fig
