@@ -184,8 +184,11 @@ def run_demo(out: Path, quick: bool = True, *, workers: int | None = None, only:
     note = ("Quick settings (what `make demo` runs): smaller and shorter than the full runs, whose numbers are in FINDINGS.md."
             if quick else "Full settings.")
     index = build_dashboards(run_dirs, index_path=out / "index.html", note=note)[-1]
-    table = summary_table([_open(d) for d in run_dirs])
-    _print_table(table)
+    runs = [_open(d) for d in run_dirs]
+    _print_table(summary_table(runs))
+    if skipped := sum(len(r.skipped_pngs()) for r in runs):
+        print(f"[demo] {skipped} PNG figures were skipped (no Chrome/Chromium could be found; the HTML pages are complete). "
+              f"To render them: `make browser`, then `interp dashboard {out} --png`.", flush=True)
     print(f"[demo] {len(run_dirs)} investigation(s) in {time.perf_counter() - started:.0f} s wall this run; index: {index.resolve()}", flush=True)
     if failed:
         raise InterpError("demo steps failed: " + "; ".join(f"{n}: {err} (log: {out / LOGS_DIR / f'{n}.log'})" for n, err in failed.items())

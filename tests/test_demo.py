@@ -27,6 +27,7 @@ def no_browser(tmp_path, monkeypatch):
 def _check_run(out: Path, names: list[str], capsys) -> None:
     printed = capsys.readouterr().out
     assert "What each investigation found" in printed
+    assert "PNG figures were skipped (no Chrome/Chromium could be found" in printed
     state = json.loads((out / STATE_FILE).read_text())
     assert set(state["steps"]) == set(names)
     index = (out / "index.html").read_text()
