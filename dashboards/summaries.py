@@ -165,7 +165,7 @@ def _scan_snap(run: ResultsDir) -> Summary:
     failed = [k for k, v in verdicts.items() if not v]
     headline = f"{len(held)} of {len(verdicts)} predictions hold"
     if failed:
-        headline += f"; not: {', '.join(failed)}"
+        headline += f"; not: {', '.join(name.replace('_', ' ') for name in failed[:3])}" + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
     return Summary("Scan and snap (1-layer attention dynamics)", headline,
                    "all of the paper's predictions hold" if verdicts and not failed else f"{len(failed)} prediction(s) fail (see the page)",
                    "Train one layer of attention on sequence classes and check Tian et al.'s (2023) predictions: attention first scans, "
