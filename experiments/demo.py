@@ -109,6 +109,10 @@ def _run_step(name: str, out: str, quick: bool, log: str) -> tuple[str, str, flo
         os.dup2(stream.fileno(), 2)
         sys.stdout = sys.stderr = stream
         print(f"[demo] {name}: start {time.strftime('%H:%M:%S')}", flush=True)
+        if (Path(out) / "config.json").is_file():  # an unfinished attempt (its expensive parts resume from the toolkit cache): start the folder afresh
+            import shutil
+
+            shutil.rmtree(out)
         start, cpu_start = time.perf_counter(), time.process_time()
         path = PIPELINE[name].run(Path(out), quick)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
