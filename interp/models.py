@@ -215,9 +215,9 @@ def _from_transformer_lens_name(name: str, device, dtype, n_ctx) -> HookedTransf
             f"load_model(spec={name!r}): not a file, a directory, or a TransformerLens model name. "
             "Pass a path to a .gguf file or a Hugging Face directory, or None for the bundled SmolLM2-135M."
         ) from exc
-    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    saved = {k: os.environ.get(k) for k in offline}
-    os.environ.update(offline)
+    from interp.offline import force_offline
+
+    force_offline()  # already set on `import interp`; again in case a caller switched it back
     try:
         model = HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype, n_ctx=n_ctx) if n_ctx else HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype)
     except Exception as exc:
@@ -226,12 +226,6 @@ def _from_transformer_lens_name(name: str, device, dtype, n_ctx) -> HookedTransf
             "and this toolkit never downloads from a hub. Supply weights by (a) copying a snapshot into "
             "~/.cache/huggingface/hub on this machine, or (b) passing a local directory or .gguf path to load_model()."
         ) from exc
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return model.eval()
 
 
