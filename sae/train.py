@@ -155,7 +155,7 @@ def _check_resume(out_dir: Path, state: dict, sae_cfg: SaeConfig, cfg: TrainConf
     if hook_name is not None and state.get("hook_name") not in (None, hook_name):
         differ.append(f"site (saved {state['hook_name']!r}, asked {hook_name!r})")
     if differ:
-        raise InterpError(f"{out_dir} holds checkpoints of another run: {'; '.join(differ)}. A run directory holds one run: "
+        raise InterpError(f"{out_dir} holds checkpoints of another run (a different SAE config or training settings): {'; '.join(differ)}. A run directory holds one run: "
                           "use a new --out, the same settings to resume, or --overwrite to start again.")
 
 

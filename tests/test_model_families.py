@@ -1,0 +1,68 @@
+"""load_model on every family: tiny random-weight models written here (HF directories and GGUF files), log-probs
+equal to transformers' within 1e-4; an architecture TransformerLens cannot convert takes the nnsight route."""
+
+import pytest
+import torch
+
+from interp.models import UnsupportedArchitectureError, load_model
+from interp.sites import Site
+from tests.tiny_families import FAMILIES, GGUF_FAMILIES, VOCAB, write_family, write_gguf
+
+TOKENS = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))  # 12 > the Gemma sliding window of 8
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {name: write_family(name, root / name) for name in (*FAMILIES, "granite")}
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))  # convert afresh, away from the shared cache
+
+
+def _hf_logprobs(folder, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+    with torch.no_grad():
+        return hf(TOKENS).logits.log_softmax(-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hf_directory_log_probs_equal_transformers(family, family_dirs):
+    model = load_model(family_dirs[family], n_ctx=None)
+    assert type(model).__name__ == "HookedTransformer"
+    with torch.no_grad():
+        ours = model(TOKENS).log_softmax(-1)
+    reference = _hf_logprobs(family_dirs[family])
+    assert reference.std() > 0.5  # the random weights give logits that vary, so agreement means something
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
+    again = load_model(family_dirs[family], n_ctx=None)  # from the converted cache
+    with torch.no_grad():
+        torch.testing.assert_close(again(TOKENS).log_softmax(-1), ours, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_gguf_log_probs_equal_transformers(family, family_dirs, tmp_path):
+    path = write_gguf(family, family_dirs[family], tmp_path / f"{family}.gguf")
+    with torch.no_grad():
+        ours = load_model(path, n_ctx=None)(TOKENS).log_softmax(-1)
+    torch.testing.assert_close(ours, _hf_logprobs(path.parent, gguf_file=path.name), atol=1e-4, rtol=0)
+    if family == "llama":  # the GGUF round trip loses nothing for Llama (Gemma 3's GGUF metadata omits some settings)
+        torch.testing.assert_close(ours, _hf_logprobs(family_dirs[family]), atol=1e-4, rtol=0)
+
+
+def test_unconvertible_architecture_takes_the_nnsight_route(family_dirs, capsys):
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(UnsupportedArchitectureError, match="GraniteForCausalLM"):
+        load_model(family_dirs["granite"], nnsight_fallback=False)
+    model = load_model(family_dirs["granite"])
+    assert type(model).__name__ == "NNsightModel"
+    assert "GraniteForCausalLM is not an architecture TransformerLens converts" in capsys.readouterr().err
+    hf = AutoModelForCausalLM.from_pretrained(family_dirs["granite"], dtype=torch.float32).eval()
+    with torch.no_grad():
+        hidden = hf(TOKENS, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(model.cache(TOKENS, [Site(0, "resid_post")])[Site(0, "resid_post")], hidden[1], atol=1e-5, rtol=0)
