@@ -282,6 +282,9 @@ def sae_eval(
     _positive(n_tokens=n_tokens)
     if skip_tokens < 0:
         _fail(f"--skip-tokens {skip_tokens}: must be an integer >= 0.")
+    if not directory.is_dir():
+        _fail(f"DIRECTORY {directory}: not a folder; pass a folder written by `interp sae train`.")
+    _writable(directory / "eval", "DIRECTORY")
     from interp.corpus import corpus_tokens
     from interp.models import load_model
     from sae.evaluate import evaluate_saved

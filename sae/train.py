@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from interp.results import atomic_write_bytes, atomic_write_text
 from interp.errors import CorruptFileError, InterpError, NonFiniteError, OutOfRangeError, ShapeMismatchError
-from sae.models import Sae, SaeConfig, build_sae, config_from_dict
+from sae.models import Sae, SaeConfig, build_sae
 from sae.models.base import LossScale, default_lr, global_sum
 
 

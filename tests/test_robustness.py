@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from experiments.patching_sweep import PatchingSweepConfig, check_task, read_pairs
 from interp.cli import app
 from interp.errors import CorruptFileError, InterpError, NonFiniteError, OutOfRangeError, UnknownSiteError
-from interp.models import load_model
 from interp.patching import PatchingTask
 from interp.results import FAILED_FILE, ResultsDir, scan_runs
 from interp.sites import Site, as_site
