@@ -225,9 +225,13 @@ def sae_train(
     from interp.store import open_store
     from sae.activations import site_width
     from sae.models import make_config
+    from interp.store_writer import store_lock
     from sae.train import TrainConfig, train_at_site
 
     try:
+        if out.is_dir() and (out / ".lock").exists():
+            with store_lock(out):  # before loading anything: is another process training here?
+                pass
         if overwrite:
             _clear_sae_dir(out)
         cfg = TrainConfig(steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every)
@@ -239,7 +243,9 @@ def sae_train(
         n_train_seqs = -(-n_tokens // seq_len)
         source = {"store": open_store(store, lm)} if store else {"train_tokens": corpus_tokens(lm, n_train_seqs, seq_len)}
         held_out = corpus_tokens(lm, max(1, eval_tokens // seq_len), seq_len, skip_seqs=n_train_seqs)
-        result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, **source)
+        out.mkdir(parents=True, exist_ok=True)
+        with store_lock(out):  # a second `sae train` on this folder is refused, naming this process
+            result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, **source)
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"sae: {result.out_dir}")
@@ -263,11 +269,12 @@ def _clear_sae_dir(out: Path) -> None:
 
     from interp.errors import InterpError
 
-    if not out.is_dir() or not any(out.iterdir()):
+    entries = [e for e in out.iterdir() if e.name != ".lock"] if out.is_dir() else []
+    if not entries:
         return
     if not any((out / name).exists() for name in ("config.json", "checkpoints", "sae")):
         raise InterpError(f"--out {out}: a non-empty folder that holds no SAE run; --overwrite clears only run folders. Choose a new or empty folder.")
-    for entry in out.iterdir():
+    for entry in entries:
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 

@@ -183,7 +183,8 @@ def store_lock(out_dir: Path):
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise InterpError(f"out_dir={str(out_dir)!r}: another process is writing this store (pid {holder}). "
+            what = "store" if (Path(out_dir) / MANIFEST).exists() or not (Path(out_dir) / "checkpoints").exists() else "run"
+            raise InterpError(f"out_dir={str(out_dir)!r}: another process is writing this {what} (pid {holder}). "
                               "Wait for it to finish (a rerun then resumes or finds it complete), or choose another --out.") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

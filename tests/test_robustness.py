@@ -286,6 +286,10 @@ def test_a_second_writer_is_refused_naming_the_first(tiny_model, tmp_path):
         with pytest.raises(InterpError, match=r"another process is writing this store \(pid \d+\)"):
             build_store(tiny_model, ["blocks.0.hook_resid_post"], tokens, out, n_tokens=4 * SEQ, seq_len=SEQ, progress=False)
         one_line_error(runner.invoke(app, ["cache", "--out", str(out), "--site", "blocks.0.hook_resid_post"]), "another process is writing this store (pid")
+    sae_out = tmp_path / "sae"
+    (sae_out / "checkpoints").mkdir(parents=True)
+    with store_lock(sae_out):
+        one_line_error(runner.invoke(app, ["sae", "train", "--out", str(sae_out)]), "another process is writing this run (pid")
     assert build_store(tiny_model, ["blocks.0.hook_resid_post"], tokens, out, n_tokens=4 * SEQ, seq_len=SEQ, progress=False).n_tokens == 4 * SEQ
 
 
@@ -357,3 +361,14 @@ def test_sae_resume_refuses_other_settings_naming_them(tmp_path):
     # bookkeeping fields may change: the finished run is found complete
     again = train_sae(sae_cfg, batches, TrainConfig(steps=4, batch_size=64, checkpoint_every=3, warmup_steps=1), tmp_path / "run", progress=False)
     assert len(again.curve) and not list((tmp_path / "run").glob(".sae.*"))
+
+
+def test_sae_train_cli_refuses_a_resume_with_other_settings_before_loading_the_model(tmp_path):
+    out = tmp_path / "sae"
+    data = torch.randn(128, 576, generator=torch.Generator().manual_seed(0))
+    train_sae(TopKConfig(d_in=576, d_sae=64, k=4), list(data.split(64)), TrainConfig(steps=2, batch_size=64, checkpoint_every=1), out,
+              progress=False, hook_name="blocks.6.hook_resid_post")
+    common = ["sae", "train", "--out", str(out), "--d-sae", "64", "--k", "4", "--batch-size", "64"]
+    one_line_error(runner.invoke(app, [*common, "--n-tokens", "192"]), "train.steps (saved 2, asked 3)")
+    one_line_error(runner.invoke(app, [*common, "--n-tokens", "128", "--seed", "5"]), "sae.seed (saved 0, asked 5)")
+    one_line_error(runner.invoke(app, [*common, "--n-tokens", "128", "--site", "blocks.2.hook_resid_post"]), "site (saved 'blocks.6.hook_resid_post'")
