@@ -27,7 +27,7 @@ def _configs():
         "qwen2": (t.Qwen2Config, gqa),
         "qwen3": (t.Qwen3Config, dict(gqa, head_dim=16)),
         "gemma": (t.GemmaConfig, dict(gqa, head_dim=16, hidden_act="gelu_pytorch_tanh")),
-        "gemma2": (t.Gemma2Config, dict(gqa, head_dim=16, query_pre_attn_scalar=16, sliding_window=8, attn_logit_softcapping=50.0,
+        "gemma2": (t.Gemma2Config, dict(gqa, tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=16, sliding_window=8, attn_logit_softcapping=50.0,
                                         final_logit_softcapping=30.0)),
         "gemma3": (t.Gemma3TextConfig, dict(gqa, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
                                             layer_types=["sliding_attention", "sliding_attention", "full_attention"])),
@@ -76,7 +76,7 @@ def write_family(name: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-GGUF_FAMILIES = ("llama", "gemma3")
+GGUF_FAMILIES = ("llama", "qwen2", "gemma2", "gemma3")
 
 
 def _permute_qk(weights: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -97,7 +97,7 @@ def write_gguf(name: str, hf_folder: Path, path: Path) -> Path:
 
     config = json.loads((Path(hf_folder) / "config.json").read_text())
     tokenizer = json.loads((Path(hf_folder) / "tokenizer.json").read_text())
-    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "gemma3": gguf.MODEL_ARCH.GEMMA3}[name]
+    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "gemma2": gguf.MODEL_ARCH.GEMMA2, "gemma3": gguf.MODEL_ARCH.GEMMA3}[name]
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
     n_layers, n_head, n_kv = config["num_hidden_layers"], config["num_attention_heads"], config["num_key_value_heads"]
     writer = gguf.GGUFWriter(str(path), arch_name)
@@ -110,11 +110,11 @@ def write_gguf(name: str, hf_folder: Path, path: Path) -> Path:
     writer.add_head_count_kv(n_kv)
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     rope = config.get("rope_parameters") or {}
-    if name == "llama":
+    if name in ("llama", "qwen2"):
         writer.add_rope_dimension_count(config["hidden_size"] // n_head)
         writer.add_rope_freq_base(rope.get("rope_theta", 10000.0))
     else:
-        writer.add_rope_freq_base(rope.get("full_attention", {}).get("rope_theta", 1e6))
+        writer.add_rope_freq_base(rope.get("full_attention", rope).get("rope_theta", 1e6))
         writer.add_key_length(config["head_dim"])
         writer.add_value_length(config["head_dim"])
         writer.add_sliding_window(config["sliding_window"])
@@ -140,7 +140,7 @@ def write_gguf(name: str, hf_folder: Path, path: Path) -> Path:
             data = _permute_qk(data, n_head)
         elif name == "llama" and stem.endswith("k_proj"):
             data = _permute_qk(data, n_kv)
-        if name == "gemma3" and "norm" in stem:
+        if name.startswith("gemma") and "norm" in stem:
             data = data + 1  # llama.cpp stores Gemma norms as 1 + w
         writer.add_tensor(f"{gguf_name}.{suffix}", data.numpy())
     writer.write_header_to_file()
