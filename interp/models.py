@@ -6,6 +6,7 @@ safetensors (keyed by the source file's content hash) so the second load takes s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -145,15 +146,19 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
     import transformer_lens.loading_from_pretrained as tl_loading
 
     hf_model, tokenizer = load_hf_model(source)
-    with tempfile.TemporaryDirectory() as config_dir:
+    with _neutral_tempdir() as config_dir:
         if not hf_model.config.architectures:
             hf_model.config.architectures = [type(hf_model).__name__]
         if hf_model.config.architectures[0] == "GPT2LMHeadModel" and getattr(hf_model.config, "n_ctx", None) is None:
             hf_model.config.n_ctx = hf_model.config.n_positions  # newer transformers dropped the alias TL reads
+        rope = getattr(hf_model.config, "rope_parameters", None)
+        if isinstance(rope, dict) and "partial_rotary_factor" in rope and getattr(hf_model.config, "partial_rotary_factor", None) is None:
+            hf_model.config.partial_rotary_factor = rope["partial_rotary_factor"]  # moved into rope_parameters in transformers 5 (Phi)
         hf_model.config.save_pretrained(config_dir)
         cfg_dict = tl_config_from_hf(hf_model.config, config_dir, source)
         cfg_dict.pop("tokenizer_name", None)
         cfg_dict.pop("default_prepend_bos", None)
+        cfg_dict["dtype"] = torch.float32  # converted and cached in float32 (TL's Mixtral table says bfloat16); load_model(dtype=) casts
         if n_ctx is not None:
             cfg_dict["n_ctx"] = min(cfg_dict["n_ctx"], n_ctx)
         cfg = HookedTransformerConfig(**cfg_dict, default_prepend_bos=False, model_name=cache_dir.name)
@@ -176,6 +181,27 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
 
 
 GEMMA_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+_NAME_SNIFFED = ("llama", "gemma")  # TL picks an architecture from these words in the config path before reading config.json
+
+
+@contextlib.contextmanager
+def _neutral_tempdir():
+    """A temporary folder whose path holds neither word TL sniffs from a model *name* (a TMPDIR under /home/llama would mislead it)."""
+    for base in (None, "/tmp", "/dev/shm", str(cache_root())):
+        if base is not None and not Path(base).is_dir():
+            continue
+        for _ in range(5):
+            folder = tempfile.mkdtemp(prefix="cfg-", dir=base)
+            if not any(word in folder.lower() for word in _NAME_SNIFFED):
+                try:
+                    yield folder
+                finally:
+                    import shutil
+
+                    shutil.rmtree(folder, ignore_errors=True)
+                return
+            os.rmdir(folder)
+    raise ModelLoadError("load_model: every temporary folder path contains 'llama' or 'gemma', which TransformerLens would read as a model name; set TMPDIR to another folder.")
 
 
 def tl_config_from_hf(hf_config, config_dir: str, source: Path) -> dict:
@@ -191,6 +217,8 @@ def tl_config_from_hf(hf_config, config_dir: str, source: Path) -> dict:
     architecture = hf_config.architectures[0]
     if architecture in GEMMA_ARCHITECTURES:
         return _gemma_config(hf_config, architecture)
+    if architecture == "PhiForCausalLM":
+        return _phi_config(hf_config)
     try:
         return tl_loading.convert_hf_model_config(config_dir)
     except Exception as exc:
@@ -239,6 +267,20 @@ def _gemma_config(c, architecture: str) -> dict:
         cfg["use_qk_norm"] = True
         cfg["rotary_base_local"] = _rope_theta(c, "sliding_attention")
     return cfg
+
+
+def _phi_config(c) -> dict:
+    """Phi (1, 1.5, 2): TL's table reads partial_rotary_factor, which transformers 5 keeps inside rope_parameters."""
+    d_head = c.hidden_size // c.num_attention_heads
+    rope = getattr(c, "rope_parameters", None) or {}
+    factor = getattr(c, "partial_rotary_factor", None) or rope.get("partial_rotary_factor", 0.5)
+    return {
+        "d_model": c.hidden_size, "d_head": d_head, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "eps": c.layer_norm_eps, "d_vocab": c.vocab_size,
+        "act_fn": c.hidden_act, "initializer_range": c.initializer_range, "normalization_type": "LN", "positional_embedding_type": "rotary",
+        "rotary_base": _rope_theta(c), "rotary_dim": round(factor * d_head), "use_attn_scale": True, "parallel_attn_mlp": True,
+        "original_architecture": "PhiForCausalLM",
+    }
 
 
 def _jsonable(d: dict) -> dict:

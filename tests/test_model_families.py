@@ -66,3 +66,14 @@ def test_unconvertible_architecture_takes_the_nnsight_route(family_dirs, capsys)
     with torch.no_grad():
         hidden = hf(TOKENS, output_hidden_states=True).hidden_states
     torch.testing.assert_close(model.cache(TOKENS, [Site(0, "resid_post")])[Site(0, "resid_post")], hidden[1], atol=1e-5, rtol=0)
+
+
+def test_a_temporary_folder_named_llama_does_not_mislead_the_converter(family_dirs, tmp_path, monkeypatch):
+    import tempfile
+
+    misleading = tmp_path / "llama-gemma-tmp"
+    misleading.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(misleading))  # TL reads an architecture from 'llama' in a config path
+    with torch.no_grad():
+        ours = load_model(family_dirs["gpt2"], n_ctx=None)(TOKENS).log_softmax(-1)
+    torch.testing.assert_close(ours, _hf_logprobs(family_dirs["gpt2"]), atol=1e-4, rtol=0)

@@ -34,12 +34,21 @@ def _configs():
         "phi3": (t.Phi3Config, dict(COMMON, num_key_value_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
         "gpt2": (t.GPT2Config, dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, initializer_range=0.15)),
         "gpt_neox": (t.GPTNeoXConfig, dict(COMMON, rotary_pct=0.25, use_parallel_residual=True)),
+        "gpt_neo": (t.GPTNeoConfig, dict(vocab_size=VOCAB, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=128,
+                                          attention_types=[[["global", "local"], 1]], window_size=8, initializer_range=0.15)),
+        "opt": (t.OPTConfig, dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4, max_position_embeddings=128,
+                                  word_embed_proj_dim=64, init_std=0.15)),
+        "gptj": (t.GPTJConfig, dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, rotary_dim=8, initializer_range=0.15)),
+        "bloom": (t.BloomConfig, dict(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4, initializer_range=0.15)),
+        "phi": (t.PhiConfig, dict(COMMON, partial_rotary_factor=0.5)),
+        "mixtral": (t.MixtralConfig, dict(gqa, num_local_experts=4, num_experts_per_tok=2)),
         # Not converted by TransformerLens 3.9 (Llama layout with scaling multipliers): load_model takes the nnsight route.
         "granite": (t.GraniteConfig, dict(gqa, embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
     }
 
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "gpt2", "gpt_neox")
+FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi", "phi3", "gpt2", "gpt_neox", "gpt_neo", "gptj",
+            "opt", "bloom")
 
 
 def write_tokenizer(folder: Path):
