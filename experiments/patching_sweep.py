@@ -212,13 +212,13 @@ def check_task(task, metric: str) -> None:
 def run(config: PatchingSweepConfig, out: Path, *, overwrite: bool = False) -> Path:
     """The sweeps into `out`: a folder holds one run (the same config reruns into it; another is refused unless overwrite)."""
     from dashboards import build_dashboard
-    from interp.models import load_model
+    from interp.models import load_model, require_hooked
     from interp.patching import PatchingTask
     from interp.results import ResultsDir
 
     title = "Activation patching"
     ResultsDir.check_create(out, config, title=title, exist_ok=True, overwrite=overwrite)  # before loading anything
-    model = load_model(config.model)
+    model = require_hooked(load_model(config.model), "interp patch")
     pairs = config.pairs
     task = PatchingTask(
         model, [p["clean"] for p in pairs], [p["corrupted"] for p in pairs], [p["answer"] for p in pairs],

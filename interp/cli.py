@@ -113,7 +113,7 @@ def cache(
     """Fill an activation store: stream a corpus through the model, write sharded safetensors."""
     _positive(n_tokens=n_tokens, seq_len=seq_len)
     _writable(out)
-    from interp.models import load_model
+    from interp.models import load_model, require_hooked
     from interp.store import build_store
     from interp.store_writer import check_store_dir
 
@@ -123,7 +123,7 @@ def cache(
             from interp.corpus import check_corpus
 
             check_corpus(corpus, encoding=encoding)
-        path = build_store(load_model(model), site, corpus, out, n_tokens=n_tokens, seq_len=seq_len, encoding=encoding)
+        path = build_store(require_hooked(load_model(model), "interp cache"), site, corpus, out, n_tokens=n_tokens, seq_len=seq_len, encoding=encoding)
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"store: {path}")
@@ -221,7 +221,7 @@ def sae_train(
     if store is not None and not (store / "manifest.json").is_file():
         _fail(f"--store {store}: no manifest.json there, so it is not an activation store; build one with `interp cache`.")
     from interp.corpus import corpus_tokens
-    from interp.models import load_model
+    from interp.models import load_model, require_hooked
     from interp.store import open_store
     from sae.activations import site_width
     from sae.models import make_config
@@ -237,7 +237,7 @@ def sae_train(
         cfg = TrainConfig(steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every)
         fields = {"k": k} if architecture in ("topk", "batchtopk") else {}
         _check_sae_resume(out, cfg, architecture, d_sae, seed, site, fields)  # before loading the model and the corpus
-        lm = load_model(model)
+        lm = require_hooked(load_model(model), "interp sae train")
         sae_cfg = make_config(architecture, d_in=site_width(lm, site), d_sae=d_sae, seed=seed, **fields)
         seq_len = 128
         n_train_seqs = -(-n_tokens // seq_len)

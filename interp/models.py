@@ -108,6 +108,15 @@ def load_model(
     return _load_cached(cache_dir, device=device, dtype=dtype)
 
 
+def require_hooked(model, what: str):
+    """Refuse an NNsightModel (the nnsight route) where a command needs TransformerLens's hooks; return the model."""
+    if isinstance(model, HookedTransformer):
+        return model
+    arch = getattr(getattr(getattr(model, "hf_model", None), "config", None), "architectures", None) or [type(model).__name__]
+    raise ModelLoadError(f"{what} needs a model TransformerLens converts; {arch[0]} was loaded through nnsight. "
+                         "Use interp.nnsight_model.NNsightModel's cache / run_ablated / patch on it from Python.")
+
+
 def converted_dir(source: Path, name: str = BUNDLED_NAME) -> Path:
     """Where the converted weights of `source` are cached."""
     return cache_root() / "models" / f"{name}-{_content_key(source)}"

@@ -77,3 +77,21 @@ def test_a_temporary_folder_named_llama_does_not_mislead_the_converter(family_di
     with torch.no_grad():
         ours = load_model(family_dirs["gpt2"], n_ctx=None)(TOKENS).log_softmax(-1)
     torch.testing.assert_close(ours, _hf_logprobs(family_dirs["gpt2"]), atol=1e-4, rtol=0)
+
+
+def test_commands_that_need_hooks_refuse_an_nnsight_model_in_one_line(family_dirs, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    runner = CliRunner()
+    granite = str(family_dirs["granite"])
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text(json.dumps({"clean": "The capital", "corrupted": "A quick fox", "answer": "P", "wrong": "M"}))
+    for args in (["patch", str(pairs), "--out", str(tmp_path / "run"), "--model", granite],
+                 ["cache", "--out", str(tmp_path / "store"), "--site", "blocks.0.hook_resid_post", "--model", granite]):
+        result = runner.invoke(app, args)
+        text = result.output.strip().splitlines()
+        assert result.exit_code == 2 and text[-1].startswith("error: ") and "GraniteForCausalLM was loaded through nnsight" in text[-1], result.output
