@@ -66,9 +66,12 @@ def _run_investigation(run, config, out: Path, overwrite: bool = False) -> None:
 
     _writable(out)
     try:
-        ResultsDir.check_create(out, config, exist_ok=True, overwrite=overwrite)
+        ResultsDir.check_create(out, config, exist_ok=True, overwrite=overwrite)  # refused: the run already there stays as it is
         if overwrite:
             _clear_for_overwrite(out)
+    except _user_errors() as exc:
+        _fail(exc)
+    try:
         run_dir = run(config, out)
     except BaseException as exc:
         if (out / "config.json").is_file():

@@ -372,3 +372,14 @@ def test_sae_train_cli_refuses_a_resume_with_other_settings_before_loading_the_m
     one_line_error(runner.invoke(app, [*common, "--n-tokens", "192"]), "train.steps (saved 2, asked 3)")
     one_line_error(runner.invoke(app, [*common, "--n-tokens", "128", "--seed", "5"]), "sae.seed (saved 0, asked 5)")
     one_line_error(runner.invoke(app, [*common, "--n-tokens", "128", "--site", "blocks.2.hook_resid_post"]), "site (saved 'blocks.6.hook_resid_post'")
+
+
+def test_run_commands_refuse_another_config_without_marking_the_existing_run(tmp_path):
+    from experiments.scan_snap import ScanSnapConfig
+
+    out = tmp_path / "run"
+    ResultsDir.create(out, ScanSnapConfig.quick(), analysis=ScanSnapConfig.quick().analysis)
+    before = (out / "config.json").read_text()
+    result = runner.invoke(app, ["run", "scan-snap", "--out", str(out)])  # the full config differs from the quick one
+    one_line_error(result, "holds a run with another config", "--overwrite")
+    assert not (out / FAILED_FILE).exists() and (out / "config.json").read_text() == before
