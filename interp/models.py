@@ -175,7 +175,11 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
     # Centring W_U shifts every logit by one constant, which softmax ignores, but a logit soft-cap (Gemma 2) does not.
     center_unembed = not (cfg.output_logits_soft_cap and cfg.output_logits_soft_cap > 0)
-    model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=False, center_unembed=center_unembed)
+    # Post-norm blocks (OLMo 2) normalise a sublayer's output: there is no following weight to fold the norm into.
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    fold_ln = cfg.original_architecture not in POST_NORM_ARCHITECTURES
+    model.load_and_process_state_dict(state_dict, fold_ln=fold_ln, center_writing_weights=False, center_unembed=center_unembed)
     tmp_dir = cache_dir.with_name(cache_dir.name + ".partial")
     tmp_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.named_parameters()}, str(tmp_dir / "model.safetensors"))
@@ -228,6 +232,8 @@ def tl_config_from_hf(hf_config, config_dir: str, source: Path) -> dict:
         return _gemma_config(hf_config, architecture)
     if architecture == "PhiForCausalLM":
         return _phi_config(hf_config)
+    if architecture in ("OlmoForCausalLM", "Olmo2ForCausalLM"):
+        return _olmo_config(hf_config, architecture)
     try:
         return tl_loading.convert_hf_model_config(config_dir)
     except Exception as exc:
@@ -275,6 +281,25 @@ def _gemma_config(c, architecture: str) -> dict:
     if architecture == "Gemma3ForCausalLM":
         cfg["use_qk_norm"] = True
         cfg["rotary_base_local"] = _rope_theta(c, "sliding_attention")
+    return cfg
+
+
+def _olmo_config(c, architecture: str) -> dict:
+    """OLMo and OLMo 2: TL has their weight conversions but reads their sizes only from official names."""
+    d_head = c.hidden_size // c.num_attention_heads
+    n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    cfg = {
+        "d_model": c.hidden_size, "d_head": d_head, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "d_vocab": c.vocab_size, "act_fn": c.hidden_act,
+        "initializer_range": c.initializer_range, "rotary_base": _rope_theta(c), "rotary_dim": d_head, "attn_types": ["global"] * c.num_hidden_layers,
+        "positional_embedding_type": "rotary", "gated_mlp": True, "original_architecture": architecture,
+    }
+    if n_kv != c.num_attention_heads:
+        cfg["n_key_value_heads"] = n_kv
+    if architecture == "OlmoForCausalLM":
+        cfg.update(normalization_type="LN", eps=1e-5, clip_qkv=getattr(c, "clip_qkv", None))  # HF's OLMo LayerNorm: no weights, eps 1e-5
+    else:
+        cfg.update(normalization_type="RMS", eps=c.rms_norm_eps)
     return cfg
 
 

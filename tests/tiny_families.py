@@ -42,13 +42,16 @@ def _configs():
         "bloom": (t.BloomConfig, dict(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4, initializer_range=0.15)),
         "phi": (t.PhiConfig, dict(COMMON, partial_rotary_factor=0.5)),
         "mixtral": (t.MixtralConfig, dict(gqa, num_local_experts=4, num_experts_per_tok=2)),
+        "olmo": (t.OlmoConfig, dict(COMMON)),
+        "olmo2": (t.Olmo2Config, dict(COMMON)),
+        "olmo3": (t.Olmo3Config, dict(gqa, sliding_window=8, layer_types=["sliding_attention", "full_attention"])),
         # Not converted by TransformerLens 3.9 (Llama layout with scaling multipliers): load_model takes the nnsight route.
         "granite": (t.GraniteConfig, dict(gqa, embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
     }
 
 
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi", "phi3", "gpt2", "gpt_neox", "gpt_neo", "gptj",
-            "opt", "bloom")
+            "opt", "bloom", "olmo", "olmo2", "olmo3")
 
 
 def write_tokenizer(folder: Path):
