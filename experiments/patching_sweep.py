@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +34,10 @@ def builtin_pairs(n: int = 16) -> tuple[dict, ...]:
     )
 
 
-METHODS = ("exact", "atp", "atp*", "exact+atp")  # exact+atp: both, side by side, with their agreement
+METHODS = ("exact", "atp", "atp*", "exact+atp")
+METRICS = ("logit_diff", "answer_prob", "accuracy", "kl_div")
+METRIC_ALIASES = {"kl": "kl_div"}
+PAIR_FIELDS = ("clean", "corrupted", "answer", "wrong")  # exact+atp: both, side by side, with their agreement
 SWEEPS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "neurons")
 
 
@@ -46,6 +52,9 @@ class PatchingSweepConfig:
     analysis: str = "activation_patching"
 
     def __post_init__(self):
+        object.__setattr__(self, "metric", METRIC_ALIASES.get(self.metric, self.metric))
+        if self.metric not in METRICS:
+            raise InterpError(f"metric: {self.metric!r} is not a metric.{did_you_mean(str(self.metric), METRICS)} Known: {', '.join(METRICS)} (kl is kl_div).")
         for sweep in self.sweeps:
             if sweep not in SWEEPS:
                 raise InterpError(f"sweeps: {sweep!r} is not a sweep.{did_you_mean(sweep, SWEEPS)} Known: {', '.join(SWEEPS)}.")
@@ -53,23 +62,83 @@ class PatchingSweepConfig:
             raise InterpError(f"method: {self.method!r} is not a patching method.{did_you_mean(self.method, METHODS)} Known: {', '.join(METHODS)}.")
         if not self.pairs:
             raise InterpError("pairs is empty: give at least one clean/corrupted prompt pair.")
+        for i, row in enumerate(self.pairs):
+            check_pair(row, f"pairs[{i}]")
+        if all(row["clean"] == row["corrupted"] for row in self.pairs):
+            raise InterpError("pairs: every pair has the same clean and corrupted prompt, so clean and corrupted give the same metric and restoration "
+                              "(patched - corrupted) / (clean - corrupted) is undefined. Give corrupted prompts that change the answer.")
+
+
+def check_pair(row, where: str) -> dict:
+    """A pair is an object with non-empty string prompts clean/corrupted and answer/wrong strings (or token ids)."""
+    if not isinstance(row, dict):
+        raise InterpError(f"{where}: is a JSON {type(row).__name__}, not an object with fields {', '.join(PAIR_FIELDS)}.")
+    missing = [k for k in PAIR_FIELDS if k not in row]
+    if missing:
+        raise InterpError(f"{where}: lacks {missing}; every row needs {', '.join(PAIR_FIELDS)}.")
+    for key in PAIR_FIELDS:
+        value = row[key]
+        token_id = key in ("answer", "wrong") and isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if not token_id and not isinstance(value, str):
+            shown = "null" if value is None else type(value).__name__
+            kind = "a string (or a token id)" if key in ("answer", "wrong") else "a string"
+            raise InterpError(f"{where}: {key!r} is {shown}; it must be {kind}.")
+        if isinstance(value, str) and value == "":
+            raise InterpError(f"{where}: {key!r} is empty; give the text (an answer usually starts with a space, e.g. ' Paris').")
+    return row
 
 
 def read_pairs(path: Path) -> tuple[dict, ...]:
-    """Prompt pairs from .jsonl or .csv with fields clean, corrupted, answer, wrong."""
+    """Prompt pairs from .jsonl or .csv (UTF-8) with fields clean, corrupted, answer, wrong.
+
+    Every problem is an InterpError naming the file, the line and the fix.
+    """
     path = Path(path)
     if not path.exists():
         raise InterpError(f"pairs: {path} does not exist; give a .jsonl or .csv file with fields clean, corrupted, answer, wrong.")
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif path.suffix == ".csv":
-        rows = pd.read_csv(path, keep_default_na=False).to_dict("records")
-    else:
+    if path.is_dir():
+        raise InterpError(f"pairs: {path} is a folder; give a .jsonl or .csv file with fields clean, corrupted, answer, wrong.")
+    if path.suffix not in (".jsonl", ".csv"):
         raise InterpError(f"pairs: {path.name} is neither .jsonl nor .csv.")
-    for i, row in enumerate(rows):
-        missing = {"clean", "corrupted", "answer", "wrong"} - set(row)
-        if missing:
-            raise InterpError(f"pairs: row {i} of {path.name} lacks {sorted(missing)}; every row needs clean, corrupted, answer, wrong.")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InterpError(f"pairs: {path}:{line}: byte {exc.start} is not UTF-8 ({exc.reason}); save the file as UTF-8.") from None
+    text = text.removeprefix("\ufeff")
+    rows: list = []
+    if path.suffix == ".jsonl":
+        for line_no, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InterpError(f"pairs: {path}:{line_no}: not valid JSON ({exc.msg}, column {exc.colno}); each line must be one JSON object.") from None
+            except RecursionError:
+                raise InterpError(f"pairs: {path}:{line_no}: JSON nested too deeply; each line must be one flat JSON object.") from None
+            rows.append(check_pair(row, f"{path}:{line_no}"))
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        try:
+            header = reader.fieldnames
+            if not header:
+                raise InterpError(f"pairs: {path} is empty; the first line must be the header clean,corrupted,answer,wrong.")
+            missing = [k for k in PAIR_FIELDS if k not in header]
+            if missing:
+                raise InterpError(f"pairs: {path}:1: the header {header} lacks {missing}; the first line must name clean,corrupted,answer,wrong.")
+            for row in reader:
+                extra = row.pop(None, None)
+                if extra:
+                    raise InterpError(f"pairs: {path}:{reader.line_num}: {len(extra)} more fields than the header names; quote fields that hold commas.")
+                if all(v in (None, "") for v in row.values()):
+                    continue
+                rows.append(check_pair(row, f"{path}:{reader.line_num}"))
+        except csv.Error as exc:
+            raise InterpError(f"pairs: {path}:{reader.line_num}: not valid CSV ({exc}); check the quotes on that line.") from None
+    if not rows:
+        raise InterpError(f"pairs: {path} holds no pairs; give at least one row with clean, corrupted, answer, wrong.")
     return tuple(rows)
 
 
@@ -129,19 +198,42 @@ def agreement_figure(exact: pd.DataFrame, estimate: pd.DataFrame, sweep: str):
     return fig
 
 
-def run(config: PatchingSweepConfig, out: Path) -> Path:
+def check_task(task, metric: str) -> None:
+    """Refuse a task whose clean and corrupted prompts give the same metric: every restoration would be 0/0."""
+    clean, corrupted = task.clean_metric, task.corrupted_metric
+    if not (math.isfinite(clean) and math.isfinite(corrupted)):
+        raise InterpError(f"pairs: the {metric} of the clean ({clean}) or corrupted ({corrupted}) prompts is not finite on this model; check the prompts and answers.")
+    if abs(clean - corrupted) <= 1e-6 * max(1.0, abs(clean), abs(corrupted)):
+        raise InterpError(f"pairs: clean and corrupted prompts give the same {metric} ({clean:.6g}) on this model, so restoration "
+                          "(patched - corrupted) / (clean - corrupted) is 0/0 for every patch and the sweep would be all NaN. "
+                          "Use corrupted prompts that change the model's answer, or another --metric.")
+
+
+def run(config: PatchingSweepConfig, out: Path, *, overwrite: bool = False) -> Path:
+    """The sweeps into `out`: a folder holds one run (the same config reruns into it; another is refused unless overwrite)."""
     from dashboards import build_dashboard
-    from interp.models import load_model
+    from interp.models import load_model, require_hooked
     from interp.patching import PatchingTask
     from interp.results import ResultsDir
 
-    model = load_model(config.model)
+    title = "Activation patching"
+    ResultsDir.check_create(out, config, title=title, exist_ok=True, overwrite=overwrite)  # before loading anything
+    model = require_hooked(load_model(config.model), "interp patch")
     pairs = config.pairs
     task = PatchingTask(
         model, [p["clean"] for p in pairs], [p["corrupted"] for p in pairs], [p["answer"] for p in pairs],
         [p["wrong"] for p in pairs], metric=config.metric, align=config.align,
     )
-    run_dir = ResultsDir.create(out, config, title="Activation patching", exist_ok=True)
+    check_task(task, config.metric)
+    run_dir = ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite)
+    with run_dir.failure_marker():
+        _sweep_into(run_dir, config, model, task)
+        build_dashboard(run_dir)
+    return run_dir.path
+
+
+def _sweep_into(run_dir, config: PatchingSweepConfig, model, task) -> None:
+    pairs = config.pairs
     tokens = model.to_str_tokens(task.clean_tokens[0])
     if config.method == "exact+atp":
         tables, estimates = sweep_tables(task, config.sweeps, "exact"), sweep_tables(task, config.sweeps, "atp")
@@ -155,14 +247,13 @@ def run(config: PatchingSweepConfig, out: Path) -> Path:
     run_dir.save_figures(figures)
     headline = {"n_pairs": len(pairs), "metric": config.metric, "method": config.method, "clean_metric": task.clean_metric, "corrupted_metric": task.corrupted_metric}
     for name, df in tables.items():
-        top = df.loc[df["restoration"].idxmax()]
-        headline[f"{name}_top"] = {k: (int(v) if k in ("layer", "head", "neuron", "position") and pd.notna(v) else v) for k, v in top.items() if k in ("layer", "head", "neuron", "position", "restoration") and pd.notna(v)}
+        if df["restoration"].notna().any():
+            top = df.loc[df["restoration"].idxmax()]
+            headline[f"{name}_top"] = {k: (int(v) if k in ("layer", "head", "neuron", "position") and pd.notna(v) else v) for k, v in top.items() if k in ("layer", "head", "neuron", "position", "restoration") and pd.notna(v)}
     for name, df in estimates.items():
         run_dir.save_table(f"{name}_atp", df)
         headline[f"{name}_atp_agreement"] = agreement(tables[name], df)
-    run_dir.write_metrics(headline)
-    build_dashboard(run_dir)
-    return run_dir.path
+    run_dir.write_metrics(headline, merge=False)
 
 
 def main() -> None:
@@ -170,8 +261,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/patching"))
     parser.add_argument("--sweeps", nargs="+", default=["resid_pre", "heads"])
     parser.add_argument("--model", default=None)
+    parser.add_argument("--overwrite", action="store_true", help="replace a run of another config in --out")
     args = parser.parse_args()
-    print(run(PatchingSweepConfig(sweeps=tuple(args.sweeps), model=args.model), args.out) / "dashboard.html")
+    print(run(PatchingSweepConfig(sweeps=tuple(args.sweeps), model=args.model), args.out, overwrite=args.overwrite) / "dashboard.html")
 
 
 if __name__ == "__main__":

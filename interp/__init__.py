@@ -1,5 +1,7 @@
 """interp-toolkit: the core every analysis stands on."""
 
+import interp.offline  # noqa: F401  (first: the hub offline switches must be set before transformers is imported)
+
 from interp.errors import InterpError
 from interp.interventions import Ablation, heads, layers, neurons, run_ablated
 from interp.hooks import cache_sites, run_with_hooks, to_tokens

@@ -19,23 +19,66 @@ app.add_typer(sae_app, name="sae")
 MODEL_HELP = "None: the bundled SmolLM2-135M-Instruct; else a .gguf file, a local HF directory, or a TransformerLens name in the local HF cache."
 
 
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+def _fail(exc: Exception | str) -> None:
+    text = str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and getattr(exc, "filename", None):
+        text = f"{exc.filename}: {exc.strerror}"
+    typer.secho(f"error: {text}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
 def _user_errors():
     from interp.errors import InterpError
 
-    return (InterpError, FileNotFoundError)
+    return (InterpError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
-def _run_investigation(run, config, out: Path) -> None:
-    """Run an experiment's `run(config, out)`, turning user errors into a message and exit code 2."""
+def _positive(**values: int) -> None:
+    """Refuse a non-positive count before any work: one line naming the flag."""
+    for name, value in values.items():
+        if value < 1:
+            _fail(f"--{name.replace('_', '-')} {value}: must be a positive integer.")
+
+
+def _writable(out: Path, argument: str = "--out") -> None:
+    from interp.errors import InterpError
+    from interp.results import check_writable_dir
+
     try:
-        run_dir = run(config, out)
+        check_writable_dir(out, argument)
+    except InterpError as exc:
+        _fail(exc)
+
+
+def _clear_for_overwrite(out: Path) -> None:
+    from interp.results import ResultsDir
+
+    ResultsDir(out).clear()
+
+
+def _run_investigation(run, config, out: Path, overwrite: bool = False) -> None:
+    """Run an experiment's `run(config, out)`, turning user errors into a message and exit code 2.
+
+    The output folder is checked first (writable; a run of another config refused unless --overwrite);
+    a failed run leaves FAILED.json in it, which `interp dashboard` reports and skips.
+    """
+    from interp.results import ResultsDir
+
+    _writable(out)
+    try:
+        ResultsDir.check_create(out, config, exist_ok=True, overwrite=overwrite)  # refused: the run already there stays as it is
+        if overwrite:
+            _clear_for_overwrite(out)
     except _user_errors() as exc:
         _fail(exc)
+    try:
+        run_dir = run(config, out)
+    except BaseException as exc:
+        if (out / "config.json").is_file():
+            ResultsDir(out).mark_failed(exc)
+        if isinstance(exc, _user_errors()):
+            _fail(exc)
+        raise
     typer.echo(f"dashboard: {Path(run_dir) / 'dashboard.html'}")
 
 
@@ -67,14 +110,23 @@ def cache(
     n_tokens: int = typer.Option(1_000_000, help="Tokens to store."),
     seq_len: int = typer.Option(128),
     corpus: Optional[str] = typer.Option(None, help="A .txt / .jsonl / .parquet file or HF dataset dir; default: the bundled corpus."),
+    encoding: str = typer.Option("utf-8", help="Text encoding of a .txt / .jsonl corpus (decoded strictly: a bad byte is an error naming its offset)."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
 ) -> None:
     """Fill an activation store: stream a corpus through the model, write sharded safetensors."""
-    from interp.models import load_model
+    _positive(n_tokens=n_tokens, seq_len=seq_len)
+    _writable(out)
+    from interp.models import load_model, require_hooked
     from interp.store import build_store
+    from interp.store_writer import check_store_dir
 
     try:
-        path = build_store(load_model(model), site, corpus, out, n_tokens=n_tokens, seq_len=seq_len)
+        check_store_dir(out)  # a damaged manifest or a second writer: before loading the model
+        if corpus is not None:
+            from interp.corpus import check_corpus
+
+            check_corpus(corpus, encoding=encoding)
+        path = build_store(require_hooked(load_model(model), "interp cache"), site, corpus, out, n_tokens=n_tokens, seq_len=seq_len, encoding=encoding)
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"store: {path}")
@@ -83,20 +135,25 @@ def cache(
 @app.command()
 def patch(
     pairs: Path = typer.Argument(..., help="A .jsonl/.csv of prompt pairs with fields clean, corrupted, answer, wrong."),
-    out: Path = typer.Option(..., help="Results directory."),
+    out: Path = typer.Option(..., help="Results directory (one run: rerunning the same settings redoes it; other settings are refused unless --overwrite)."),
     sweep: list[str] = typer.Option(["resid_pre", "heads"], help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos, neurons."),
-    metric: str = typer.Option("logit_diff", help="logit_diff, answer_prob, accuracy, kl."),
+    metric: str = typer.Option("logit_diff", help="logit_diff, answer_prob, accuracy, kl_div (or kl)."),
     align: bool = typer.Option(False, help="Left-pad pairs of different token lengths instead of refusing them."),
     method: str = typer.Option("exact", help="exact (batched patching), atp or atp* (attribution estimates: one forward/backward pair), exact+atp (both, with their agreement)."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
 ) -> None:
     """Activation patching sweeps on your prompt pairs -> results dir and dashboard."""
+    _writable(out)
     from experiments.patching_sweep import PatchingSweepConfig, read_pairs, run
+    from interp.errors import InterpError
 
     try:
         config = PatchingSweepConfig(pairs=read_pairs(pairs), sweeps=tuple(sweep), metric=metric, align=align, method=method, model=model)
-        run_dir = run(config, out)
+        run_dir = run(config, out, overwrite=overwrite)
     except _user_errors() as exc:
+        if "align=True" in str(exc):  # the library's wording; on the command line it is a flag
+            exc = InterpError(str(exc).replace("pass align=True", "pass --align"))
         _fail(exc)
     typer.echo(f"dashboard: {run_dir / 'dashboard.html'}")
 
@@ -109,14 +166,25 @@ def dashboard(
 ) -> None:
     """Build one self-contained HTML page per results dir, and an index linking them."""
     from dashboards import build_dashboards
-    from interp.results import list_runs
+
+    from interp.results import scan_runs
 
     try:
+        good: list = []
+        skipped: list = []
+        for folder in run_dirs:
+            runs, bad = scan_runs(folder)
+            skipped += bad
+            good += [r for r in runs if r not in good]
+        if not good:
+            reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+            _fail(f"no results directory to build in {', '.join(map(str, run_dirs))}" + (f" ({reasons})." if skipped else "."))
+        for path, reason in skipped:  # reported, and the other runs' pages still built
+            typer.secho(f"skipped {path}: {reason}", fg=typer.colors.YELLOW, err=True)
         if png:
-            for folder in run_dirs:
-                for run in list_runs(folder):
-                    run.render_missing_pngs()
-        pages = build_dashboards(run_dirs, index_path=index)
+            for run in good:
+                run.render_missing_pngs()
+        pages = build_dashboards([r.path for r in good], index_path=index)
     except _user_errors() as exc:
         _fail(exc)
     for page in pages:
@@ -124,16 +192,17 @@ def dashboard(
 
 
 @run_app.command("scan-snap")
-def run_scan_snap(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="The small settings (about a minute).")) -> None:
+def run_scan_snap(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="The small settings (about a minute)."),
+                  overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first).")) -> None:
     """Scan and snap: 1-layer attention dynamics (ODE and batched SGD) and the paper's predictions checked."""
     from experiments.scan_snap import ScanSnapConfig, run
 
-    _run_investigation(run, ScanSnapConfig.quick() if quick else ScanSnapConfig(), out)
+    _run_investigation(run, ScanSnapConfig.quick() if quick else ScanSnapConfig(), out, overwrite)
 
 
 @sae_app.command("train")
 def sae_train(
-    out: Path = typer.Option(..., help="Run directory (resumed from its checkpoints if it has them)."),
+    out: Path = typer.Option(..., help="Run directory (resumed from its checkpoints if they were written with the same settings)."),
     site: str = typer.Option("blocks.6.hook_resid_post", help="Hook name to train on."),
     architecture: str = typer.Option("topk", help="relu, topk, batchtopk, jumprelu."),
     d_sae: int = typer.Option(4608, help="Number of latents."),
@@ -143,28 +212,73 @@ def sae_train(
     store: Optional[Path] = typer.Option(None, help="An activation store from `interp cache`; default: on the fly from the corpus."),
     eval_tokens: int = typer.Option(16_384, help="Held-out tokens for the evaluation after training."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    seed: int = typer.Option(0, help="Seed of the SAE's initial weights and of the order of training batches."),
+    checkpoint_every: int = typer.Option(100, help="Steps between checkpoints (a killed run resumes from the latest)."),
+    overwrite: bool = typer.Option(False, help="Delete the run already in --out (checkpoints included) and start again."),
 ) -> None:
     """Train a sparse autoencoder on one site, then evaluate it on held-out tokens."""
+    _positive(d_sae=d_sae, k=k, n_tokens=n_tokens, batch_size=batch_size, eval_tokens=eval_tokens, checkpoint_every=checkpoint_every)
+    if seed < 0:
+        _fail(f"--seed {seed}: must be an integer >= 0.")
+    _writable(out)
+    if store is not None and not (store / "manifest.json").is_file():
+        _fail(f"--store {store}: no manifest.json there, so it is not an activation store; build one with `interp cache`.")
     from interp.corpus import corpus_tokens
-    from interp.models import load_model
+    from interp.models import load_model, require_hooked
     from interp.store import open_store
     from sae.activations import site_width
     from sae.models import make_config
+    from interp.store_writer import store_lock
     from sae.train import TrainConfig, train_at_site
 
     try:
-        lm = load_model(model)
+        if out.is_dir() and (out / ".lock").exists():
+            with store_lock(out):  # before loading anything: is another process training here?
+                pass
+        if overwrite:
+            _clear_sae_dir(out)
+        cfg = TrainConfig(steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every)
         fields = {"k": k} if architecture in ("topk", "batchtopk") else {}
-        sae_cfg = make_config(architecture, d_in=site_width(lm, site), d_sae=d_sae, **fields)
-        cfg = TrainConfig(steps=max(1, n_tokens // batch_size), batch_size=batch_size)
+        _check_sae_resume(out, cfg, architecture, d_sae, seed, site, fields)  # before loading the model and the corpus
+        lm = require_hooked(load_model(model), "interp sae train")
+        sae_cfg = make_config(architecture, d_in=site_width(lm, site), d_sae=d_sae, seed=seed, **fields)
         seq_len = 128
         n_train_seqs = -(-n_tokens // seq_len)
         source = {"store": open_store(store, lm)} if store else {"train_tokens": corpus_tokens(lm, n_train_seqs, seq_len)}
         held_out = corpus_tokens(lm, max(1, eval_tokens // seq_len), seq_len, skip_seqs=n_train_seqs)
-        result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, **source)
+        out.mkdir(parents=True, exist_ok=True)
+        with store_lock(out):  # a second `sae train` on this folder is refused, naming this process
+            result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, **source)
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"sae: {result.out_dir}")
+
+
+def _check_sae_resume(out: Path, cfg, architecture: str, d_sae: int, seed: int, site: str, fields: dict) -> None:
+    """Compare the latest checkpoint's settings with these (d_in, which the site fixes, is taken from the checkpoint)."""
+    from sae.models import make_config
+    from sae.train import _check_resume, _load_latest
+
+    state = _load_latest(out) if out.is_dir() else None
+    if state is None:
+        return
+    sae_cfg = make_config(architecture, d_in=state.get("sae_config", {}).get("d_in", 1), d_sae=d_sae, seed=seed, **fields)
+    _check_resume(out, state, sae_cfg, cfg, site)
+
+
+def _clear_sae_dir(out: Path) -> None:
+    """--overwrite for `sae train`: clear a folder that holds an SAE run (config.json, checkpoints/ or sae/), refuse any other non-empty one."""
+    import shutil
+
+    from interp.errors import InterpError
+
+    entries = [e for e in out.iterdir() if e.name != ".lock"] if out.is_dir() else []
+    if not entries:
+        return
+    if not any((out / name).exists() for name in ("config.json", "checkpoints", "sae")):
+        raise InterpError(f"--out {out}: a non-empty folder that holds no SAE run; --overwrite clears only run folders. Choose a new or empty folder.")
+    for entry in entries:
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 @sae_app.command("eval")
@@ -175,6 +289,12 @@ def sae_eval(
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
 ) -> None:
     """L0, FVU, MSE, cosine, CE loss recovered, KL, dead fraction, density histogram, per-token errors."""
+    _positive(n_tokens=n_tokens)
+    if skip_tokens < 0:
+        _fail(f"--skip-tokens {skip_tokens}: must be an integer >= 0.")
+    if not directory.is_dir():
+        _fail(f"DIRECTORY {directory}: not a folder; pass a folder written by `interp sae train`.")
+    _writable(directory / "eval", "DIRECTORY")
     from interp.corpus import corpus_tokens
     from interp.models import load_model
     from sae.evaluate import evaluate_saved
@@ -195,6 +315,7 @@ def run_recall_reasoning(
     out: Path = typer.Option(..., help="Results directory."),
     quick: bool = typer.Option(False, help="Few items per task, exact patching of the top attribution candidates (minutes)."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
 ) -> None:
     """Recall vs reasoning circuits: tasks, screen, patching, ablation dissociation (bundled and synthetic model)."""
     from dataclasses import replace
@@ -202,7 +323,7 @@ def run_recall_reasoning(
     from experiments.recall_reasoning import RecallReasoningConfig, run
 
     config = RecallReasoningConfig.quick() if quick else RecallReasoningConfig()
-    _run_investigation(run, replace(config, model=model) if model else config, out)
+    _run_investigation(run, replace(config, model=model) if model else config, out, overwrite)
 
 
 @run_app.command("dark-matter")
@@ -211,6 +332,7 @@ def run_dark_matter(
     quick: bool = typer.Option(False, help="3 small SAEs on ~33k tokens (minutes)."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     layer: Optional[int] = typer.Option(None, help="Residual-stream layer (default 6)."),
+    overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
 ) -> None:
     """Dark matter of SAEs: linear and nonlinear SAE error on one layer, plus a synthetic check with known truth."""
     from dataclasses import replace
@@ -222,7 +344,7 @@ def run_dark_matter(
         config = replace(config, model=model)
     if layer is not None:
         config = replace(config, layer=layer)
-    _run_investigation(run, config, out)
+    _run_investigation(run, config, out, overwrite)
 
 
 @run_app.command("sae")
@@ -230,6 +352,7 @@ def run_sae(
     out: Path = typer.Option(..., help="Results directory."),
     quick: bool = typer.Option(False, help="Width 2304 on 64k tokens, 300 steps (about 2 minutes)."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
 ) -> None:
     """A TopK SAE on the default corpus: train (resumable), evaluate (L0, FVU, CE recovered), top-activating contexts, dashboard."""
     from dataclasses import replace
@@ -237,15 +360,16 @@ def run_sae(
     from experiments.sae_topk import SaeRunConfig, run
 
     config = SaeRunConfig.quick() if quick else SaeRunConfig()
-    _run_investigation(run, replace(config, model=model) if model else config, out)
+    _run_investigation(run, replace(config, model=model) if model else config, out, overwrite)
 
 
 @run_app.command("reachability")
-def run_reachability(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="Small graphs and short training (minutes).")) -> None:
+def run_reachability(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="Small graphs and short training (minutes)."),
+                     overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first).")) -> None:
     """Continuous chain of thought on graph reachability: training, the hand-set construction, probes."""
     from experiments.reachability import ReachabilityConfig, run
 
-    _run_investigation(run, ReachabilityConfig.quick() if quick else ReachabilityConfig(), out)
+    _run_investigation(run, ReachabilityConfig.quick() if quick else ReachabilityConfig(), out, overwrite)
 
 
 @app.command()

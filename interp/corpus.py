@@ -65,14 +65,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_corpus(source: CorpusSource = None, *, text_field: str = "text") -> Iterator[str]:
+def load_corpus(source: CorpusSource = None, *, text_field: str = "text", encoding: str = "utf-8") -> Iterator[str]:
     """Yield the documents of `source`, in a fixed order.
 
     source: None or "default" (the default corpus, fetched on first use), a path to a .txt file
     (one document), .jsonl (one document per line, in `text_field`), .parquet (column
     `text_field`), a directory of those files (sorted by name) or a Hugging Face dataset saved with
     `save_to_disk`, or an iterable of strings.
+
+    .txt and .jsonl files are decoded strictly in `encoding`: a byte that is not valid there is an
+    InterpError naming the file and the byte offset (never a silent replacement character).
     """
+    _check_encoding(encoding)
     if source is None or (isinstance(source, str) and source == "default"):
         yield from _read_jsonl(fetch_default_corpus() / "documents.jsonl", "text")
         return
@@ -93,25 +97,57 @@ def load_corpus(source: CorpusSource = None, *, text_field: str = "text") -> Ite
         if not files:
             raise InterpError(f"load_corpus(source={str(path)!r}): the directory holds no {', '.join(TEXT_SUFFIXES)} files and is not a saved Hugging Face dataset.")
         for f in files:
-            yield from _read_file(f, text_field)
+            yield from _read_file(f, text_field, encoding)
         return
-    yield from _read_file(path, text_field)
+    yield from _read_file(path, text_field, encoding)
 
 
-def _read_file(path: Path, text_field: str) -> Iterator[str]:
+def _check_encoding(encoding: str) -> None:
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        raise InterpError(f"encoding={encoding!r} is not a text encoding Python knows; use e.g. utf-8, latin-1, cp1252.") from None
+
+
+def _decode_error(path: Path, offset: int, exc: UnicodeDecodeError, encoding: str) -> InterpError:
+    return InterpError(f"{path}: byte {offset} is not valid {encoding} ({exc.reason}). Convert the file to {encoding}, "
+                       "or pass the encoding it is in (--encoding / encoding=, e.g. latin-1).")
+
+
+def check_corpus(source: CorpusSource, *, text_field: str = "text", encoding: str = "utf-8") -> None:
+    """Read a user corpus once, without tokenizing, so a bad file fails before a model is loaded."""
+    if source is None or source == "default":
+        return
+    for _ in load_corpus(source, text_field=text_field, encoding=encoding):
+        pass
+
+
+def _read_file(path: Path, text_field: str, encoding: str = "utf-8") -> Iterator[str]:
     if path.suffix == ".txt":
-        yield path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
+        try:
+            yield data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise _decode_error(path, exc.start, exc, encoding) from None
     elif path.suffix == ".jsonl":
-        yield from _read_jsonl(path, text_field)
+        yield from _read_jsonl(path, text_field, encoding)
     elif path.suffix == ".parquet":
         yield from _read_parquet(path, text_field)
     else:
         raise InterpError(f"load_corpus(source={str(path)!r}): unsupported file type {path.suffix!r}. Supported: {', '.join(TEXT_SUFFIXES)}, a directory of them, or a saved Hugging Face dataset.")
 
 
-def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+def _read_jsonl(path: Path, text_field: str, encoding: str = "utf-8") -> Iterator[str]:
+    offset = 0
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise _decode_error(path, offset + exc.start, exc, encoding) from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -121,7 +157,9 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
             if not isinstance(record, dict) or text_field not in record:
                 keys = list(record) if isinstance(record, dict) else type(record).__name__
                 raise InterpError(f"{path}:{line_no}: no {text_field!r} field (found {keys}). Pass text_field= naming the field that holds the text.")
-            yield str(record[text_field])
+            if not isinstance(record[text_field], str):
+                raise InterpError(f"{path}:{line_no}: the {text_field!r} field is {type(record[text_field]).__name__}, not a string of text.")
+            yield record[text_field]
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
@@ -183,6 +221,7 @@ def token_batches(
     *,
     separator: int | None = None,
     text_field: str = "text",
+    encoding: str = "utf-8",
 ) -> Iterator[Int[Tensor, "batch seq_len"]]:
     """Pack documents into rows of `seq_len` tokens (documents joined by `separator`), `batch_size` rows at a time.
 
@@ -198,7 +237,7 @@ def token_batches(
     sep = document_separator(tokenizer) if separator is None else separator
     buffer: list[int] = []
     rows: list[list[int]] = []
-    for docs in _chunks(load_corpus(corpus, text_field=text_field), 64):
+    for docs in _chunks(load_corpus(corpus, text_field=text_field, encoding=encoding), 64):
         for ids in tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]:
             buffer.extend(ids)
             buffer.append(sep)

@@ -31,6 +31,10 @@ class CorruptFileError(InterpError):
     pass
 
 
+class NonFiniteError(InterpError):
+    """NaN or Inf where numbers must be finite (SAE inputs, training activations or losses)."""
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.5)
 

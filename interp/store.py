@@ -63,7 +63,7 @@ def model_fingerprint(model) -> dict:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique per process
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)  # a reader or a resumed run sees the old manifest or the new, never half of one
 
@@ -77,14 +77,52 @@ class ActivationStore:
         if not manifest_path.exists():
             raise InterpError(f"ActivationStore(path={str(self.path)!r}): no {MANIFEST} there, so it is not an activation store. Build one with interp.store.build_store(...).")
         try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CorruptFileError(f"{manifest_path} is not valid JSON ({exc.msg}). The store is damaged: rebuild it with build_store(...) into a new directory.") from exc
+            self.manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise CorruptFileError(f"{manifest_path} is not valid JSON ({type(exc).__name__}). The store is damaged: rebuild it with build_store(...) into a new directory.") from None
+        if not isinstance(self.manifest, dict):
+            raise CorruptFileError(f"{manifest_path} holds a JSON {type(self.manifest).__name__}, not a store manifest. Rebuild the store.")
         if self.manifest.get("format") != FORMAT_VERSION:
             raise CorruptFileError(f"{manifest_path}: store format {self.manifest.get('format')!r}, this toolkit reads format {FORMAT_VERSION}. Rebuild the store.")
+        self._check_manifest_fields(manifest_path)
         if not self.manifest["complete"] and not allow_incomplete:
             raise InterpError(f"The store at {self.path} is incomplete ({self.n_tokens} of {self.manifest['n_tokens_target']} tokens). "
                               "Resume it by calling build_store(...) again with the same arguments, or pass allow_incomplete=True to read what is there.")
+        self._cross_check()
+        if model is not None:
+            self.check_model(model)
+        self._verified: set[str] = set()
+
+    def _check_manifest_fields(self, manifest_path: Path) -> None:
+        """Types of the fields the reader uses, so a hand-edited manifest fails here with a message, not later with a KeyError."""
+        m = self.manifest
+
+        def bad(what: str) -> CorruptFileError:
+            return CorruptFileError(f"{manifest_path}: {what}. The manifest is damaged or edited: rebuild the store with build_store(...).")
+
+        expected = {"complete": bool, "shards": list, "sites": list, "seq_len": int, "n_tokens_target": int, "model": dict}
+        for key, kind in expected.items():
+            if not isinstance(m.get(key), kind) or (kind is int and isinstance(m.get(key), bool)):
+                raise bad(f"field {key!r} is {type(m.get(key)).__name__ if key in m else 'missing'}, expected {kind.__name__}")
+        for i, site in enumerate(m["sites"]):
+            if not (isinstance(site, dict) and isinstance(site.get("key"), str) and isinstance(site.get("shape"), list)):
+                raise bad(f"sites[{i}] is not an object with a key and a shape")
+        for i, shard in enumerate(m["shards"]):
+            if not isinstance(shard, dict):
+                raise bad(f"shards[{i}] is not an object")
+            for key in ("n_seq", "n_tokens", "bytes"):
+                if not isinstance(shard.get(key), int) or isinstance(shard.get(key), bool) or shard[key] < 0:
+                    raise bad(f"shards[{i}].{key} is {shard.get(key)!r}, expected a non-negative integer")
+            if not isinstance(shard.get("sha256"), str):
+                raise bad(f"shards[{i}].sha256 is missing")
+            if shard.get("file") != shard_name(i):
+                raise bad(f"shards[{i}] is {shard.get('file')!r} where {shard_name(i)!r} belongs (an entry was deleted or reordered)")
+            if shard["n_tokens"] != shard["n_seq"] * m["seq_len"]:
+                raise bad(f"shards[{i}] has n_tokens={shard['n_tokens']} but n_seq={shard['n_seq']} sequences of seq_len={m['seq_len']}")
+
+    def _cross_check(self) -> None:
+        """The manifest against the files: every listed shard there with its size and its tensors' token count; none unlisted."""
+        listed = {s["file"] for s in self.shards}
         for shard in self.shards:
             file = self.path / shard["file"]
             if not file.exists():
@@ -92,9 +130,24 @@ class ActivationStore:
                                        "Fix: call build_store(...) again with the same arguments; it rewrites the missing shard and those after it.")
             if file.stat().st_size != shard["bytes"]:
                 raise CorruptFileError(self._checksum_message(shard, f"its size is {file.stat().st_size} bytes, expected {shard['bytes']}"))
-        if model is not None:
-            self.check_model(model)
-        self._verified: set[str] = set()
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    lengths = {k: f.get_slice(k).get_shape() for k in f.keys()}
+            except Exception as exc:
+                raise CorruptFileError(self._checksum_message(shard, f"its header cannot be read ({exc})")) from None
+            for key in ["tokens", *self.sites]:
+                shape = lengths.get(key)
+                want = [shard["n_tokens"]] + ([] if key == "tokens" else list(self.site_shape(key)))
+                if shape is None or list(shape) != want:
+                    raise CorruptFileError(self._checksum_message(shard, f"tensor {key!r} has shape {shape}, the manifest says {want}"))
+        if self.manifest["complete"]:
+            unlisted = sorted(p.name for p in self.path.glob("shard_*.safetensors") if p.name not in listed)
+            if unlisted:
+                raise CorruptFileError(f"Store {self.path}: {MANIFEST} does not list {unlisted[:3]}; the manifest lost entries. Rebuild the store "
+                                       "(delete the directory and call build_store(...) again).")
+            if self.n_tokens != self.manifest["n_tokens_target"] and not self.manifest.get("corpus_exhausted"):
+                raise CorruptFileError(f"Store {self.path}: its shards hold {self.n_tokens} tokens but it was built for {self.manifest['n_tokens_target']} "
+                                       "and the corpus did not run out; the manifest lost entries. Rebuild the store.")
 
     @property
     def shards(self) -> list[dict]:

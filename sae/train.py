@@ -8,6 +8,7 @@ gradients are summed; losses are divided by global-batch denominators, so the su
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -23,13 +24,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.errors import CorruptFileError, InterpError, OutOfRangeError, ShapeMismatchError
-from sae.models import Sae, SaeConfig, build_sae, config_from_dict
+from interp.results import atomic_write_bytes, atomic_write_text
+from interp.errors import CorruptFileError, InterpError, NonFiniteError, OutOfRangeError, ShapeMismatchError
+from sae.models import Sae, SaeConfig, build_sae
 from sae.models.base import LossScale, default_lr, global_sum
 
 
-class NonFiniteError(InterpError):
-    """NaN or Inf in activations or the loss; training stopped at that step, checkpoints kept."""
+# NonFiniteError (from interp.errors, re-exported here): NaN or Inf in activations or the loss; training stops, checkpoints kept.
+RESUME_IGNORES = ("checkpoint_every", "log_every", "keep_checkpoints")  # bookkeeping: may change between a run and its resume
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,18 @@ class TrainConfig:
     def __post_init__(self):
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise InterpError(f"TrainConfig(b_dec_init={self.b_dec_init!r}): use 'geometric_median', 'mean' or 'zeros'.")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) <= 0:
-                raise OutOfRangeError(f"TrainConfig({name}={getattr(self, name)}): must be a positive integer.")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "dead_after_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise OutOfRangeError(f"TrainConfig({name}={value!r}): must be a positive integer.")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise OutOfRangeError(f"TrainConfig(lr={self.lr!r}): must be a positive finite number, or None for the default 2e-4 / sqrt(d_sae / 2^14).")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise OutOfRangeError(f"TrainConfig(warmup_steps={self.warmup_steps!r}): must be an integer >= 0.")
+        if not 0 <= self.decay_fraction <= 1:
+            raise OutOfRangeError(f"TrainConfig(decay_fraction={self.decay_fraction!r}): must lie in [0, 1].")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise OutOfRangeError(f"TrainConfig(adam_betas={self.adam_betas!r}): two numbers in [0, 1).")
 
 
 class TrainResult(NamedTuple):
@@ -114,7 +125,7 @@ def _save_checkpoint(out_dir: Path, state: dict, keep: int) -> None:
     folder = out_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{state['step']:08d}.pt"
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
     for old in _checkpoints(out_dir)[:-keep]:
@@ -129,6 +140,23 @@ def _load_latest(out_dir: Path) -> dict | None:
         return torch.load(found[-1], weights_only=False)
     except Exception as exc:
         raise CorruptFileError(f"Checkpoint {found[-1]} cannot be read ({exc}). Delete it to resume from the one before.") from exc
+
+
+def _check_resume(out_dir: Path, state: dict, sae_cfg: SaeConfig, cfg: TrainConfig, hook_name: str | None) -> None:
+    """Refuse to continue checkpoints written with other settings, naming the fields that differ."""
+    saved_sae, wanted_sae = state.get("sae_config", {}), sae_cfg.to_dict()
+    differ = [f"sae.{k} (saved {saved_sae.get(k)!r}, asked {wanted_sae.get(k)!r})" for k in sorted(set(saved_sae) | set(wanted_sae)) if saved_sae.get(k) != wanted_sae.get(k)]
+    saved_train, wanted_train = state.get("train_config"), asdict(cfg)
+    if saved_train is not None:
+        for k in sorted(set(saved_train) | set(wanted_train)):
+            old, new = saved_train.get(k), wanted_train.get(k)
+            if k not in RESUME_IGNORES and (list(old) if isinstance(old, tuple) else old) != (list(new) if isinstance(new, tuple) else new):
+                differ.append(f"train.{k} (saved {old!r}, asked {new!r})")
+    if hook_name is not None and state.get("hook_name") not in (None, hook_name):
+        differ.append(f"site (saved {state['hook_name']!r}, asked {hook_name!r})")
+    if differ:
+        raise InterpError(f"{out_dir} holds checkpoints of another run (a different SAE config or training settings): {'; '.join(differ)}. A run directory holds one run: "
+                          "use a new --out, the same settings to resume, or --overwrite to start again.")
 
 
 def train_sae(
@@ -160,8 +188,7 @@ def train_sae(
 
     state = _load_latest(out_dir) if out_dir else None
     if state is not None:
-        if config_from_dict(state["sae_config"]) != sae_cfg:
-            raise InterpError(f"{out_dir} holds checkpoints of a different SAE config ({state['sae_config']}); use a new out_dir or the same config.")
+        _check_resume(out_dir, state, sae_cfg, cfg, hook_name)
         sae.load_state_dict(state["sae"])
         optimiser.load_state_dict(state["optimiser"])
         silent_tokens, curve, start, input_scale = state["silent_tokens"], state["curve"], state["step"], state["input_scale"]
@@ -212,17 +239,34 @@ def train_sae(
             on_step(step, row)
         if out_dir is not None and rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             _save_checkpoint(out_dir, dict(step=step + 1, sae=sae.state_dict(), optimiser=optimiser.state_dict(), silent_tokens=silent_tokens,
-                                           curve=curve, input_scale=input_scale, sae_config=sae_cfg.to_dict(), train_config=asdict(cfg)), cfg.keep_checkpoints)
+                                           curve=curve, input_scale=input_scale, sae_config=sae_cfg.to_dict(), train_config=asdict(cfg),
+                                           hook_name=hook_name), cfg.keep_checkpoints)
     bar.close()
 
     sae.fold_input_scale_(input_scale)
     frame = pd.DataFrame(curve)
     if out_dir is not None and rank == 0:
-        from sae.io import save_sae
-
-        save_sae(sae, out_dir / "sae", hook_name=hook_name, model_name=model_name, extra={"input_scale": input_scale, "train_config": asdict(cfg)})
-        frame.to_parquet(out_dir / "training_curve.parquet")
+        _save_sae_atomic(sae, out_dir / "sae", hook_name=hook_name, model_name=model_name, extra={"input_scale": input_scale, "train_config": asdict(cfg)})
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer)
+        atomic_write_bytes(out_dir / "training_curve.parquet", buffer.getvalue())
     return TrainResult(sae.eval(), frame, out_dir)
+
+
+def _save_sae_atomic(sae: Sae, directory: Path, **kwargs) -> None:
+    """save_sae into a temporary sibling folder, then swap it in: a kill leaves the old SAE folder or the new, whole."""
+    import shutil
+
+    from sae.io import save_sae
+
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_sae(sae, tmp, **kwargs)
+    old = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @torch.no_grad()
@@ -267,6 +311,6 @@ def train_at_site(
 
         metrics.update(evaluate_saved(out_dir, model, eval_tokens).metrics)
     if _dist()[0] == 0:
-        (out_dir / "config.json").write_text(json.dumps({"site": site, "sae": sae_cfg.to_dict(), "train": asdict(cfg), "source": "store" if store is not None else "model"}, indent=1))
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+        atomic_write_text(out_dir / "config.json", json.dumps({"site": site, "sae": sae_cfg.to_dict(), "train": asdict(cfg), "source": "store" if store is not None else "model"}, indent=1))
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     return result

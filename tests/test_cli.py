@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from interp.cli import app
@@ -102,3 +104,44 @@ def test_patch_with_attribution_estimates(model, tmp_path):
     assert (late.restoration_atp - late.restoration_exact).abs().max() < 0.25
     bad = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "bad"), "--method", "atpp"])
     assert bad.exit_code == 2 and "'atp'" in bad.output
+
+
+
+PAIR = {"clean": "The capital of France is", "corrupted": "The capital of Spain is", "answer": " Paris", "wrong": " Madrid"}
+
+
+def test_patch_refuses_another_config_and_degenerate_pairs_before_the_sweep(model, tmp_path):
+    from experiments.patching_sweep import PatchingSweepConfig
+    from interp.results import ResultsDir
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(PAIR))
+    run = tmp_path / "run"
+    ResultsDir.create(run, PatchingSweepConfig(pairs=(PAIR,), sweeps=("resid_pre",)), title="Activation patching")
+    other = runner.invoke(app, ["patch", str(pairs), "--out", str(run), "--sweep", "attn_out"])
+    assert other.exit_code == 2 and "differs in sweeps" in other.output and "--overwrite" in other.output, other.output
+    assert json.loads((run / "config.json").read_text())["config"]["sweeps"] == ["resid_pre"]
+    # answer == wrong: logit_diff is 0 on clean and corrupted alike, refused before the sweep
+    same = tmp_path / "same.jsonl"
+    same.write_text(json.dumps({**PAIR, "wrong": " Paris"}))
+    refused = runner.invoke(app, ["patch", str(same), "--out", str(tmp_path / "degenerate")])
+    assert refused.exit_code == 2 and "give the same logit_diff" in refused.output and not (tmp_path / "degenerate").exists()
+    lengths = tmp_path / "lengths.jsonl"
+    lengths.write_text(json.dumps({**PAIR, "corrupted": "The capital city of Spain is"}))
+    refused = runner.invoke(app, ["patch", str(lengths), "--out", str(tmp_path / "lengths")])
+    assert refused.exit_code == 2 and "pass --align" in refused.output and "align=True" not in refused.output
+
+
+@pytest.mark.slow
+def test_patch_reruns_resume_and_overwrite_replaces(model, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(PAIR))
+    run = tmp_path / "run"
+    first = runner.invoke(app, ["patch", str(pairs), "--out", str(run), "--sweep", "resid_pre"])
+    assert first.exit_code == 0, first.output
+    (run / "metrics.json").write_text("{corrupt")  # a damaged earlier attempt: the same settings redo the run
+    again = runner.invoke(app, ["patch", str(pairs), "--out", str(run), "--sweep", "resid_pre"])
+    assert again.exit_code == 0 and json.loads((run / "metrics.json").read_text())["resid_pre_top"]["restoration"] > 0.99
+    replaced = runner.invoke(app, ["patch", str(pairs), "--out", str(run), "--sweep", "attn_out", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert not (run / "resid_pre.parquet").exists() and (run / "attn_out.parquet").exists()

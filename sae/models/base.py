@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from interp.errors import OutOfRangeError, ShapeMismatchError
+from interp.errors import NonFiniteError, OutOfRangeError, ShapeMismatchError
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class LossScale(NamedTuple):
 
 class Sae(nn.Module):
     cfg: SaeConfig
+    # encode/forward refuse NaN/Inf input (NonFiniteError): a NaN row would otherwise come back as NaN with k "active"
+    # latents. Set `sae.check_finite = False` to skip the check (one pass over the input) where speed matters.
+    check_finite: bool = True
 
     def __init__(self, cfg: SaeConfig):
         super().__init__()
@@ -82,6 +85,10 @@ class Sae(nn.Module):
                 f"{argument}: last dimension is {x.shape[-1]} but this SAE has d_in={self.cfg.d_in} "
                 f"(shape {tuple(x.shape)}). Pass activations of the site the SAE was trained on."
             )
+        if self.check_finite and x.is_floating_point() and not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x)).reshape(-1, x.shape[-1]).any(-1).nonzero()[:, 0]
+            raise NonFiniteError(f"{argument}: {len(bad)} of {x.numel() // max(1, x.shape[-1])} rows hold NaN or Inf (first: row {int(bad[0])} of the flattened batch). "
+                                 "Check the source activations (dtype overflow, a corrupt shard); set sae.check_finite = False to skip this check.")
 
     def pre_acts(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         return torch.nn.functional.linear(x - self.b_dec, self.encoder, self.b_enc)
