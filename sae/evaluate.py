@@ -6,6 +6,7 @@ x - Sae(x) computed before any latent edit, so interventions on latents run with
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable
@@ -161,10 +162,12 @@ def evaluate_saved(directory: str | os.PathLike, model: HookedTransformer, token
     if hook_name is None:
         raise ShapeMismatchError(f"{sae_dir}/cfg.json has no metadata.hook_name, so the site to evaluate at is unknown. Call evaluate_sae(model, sae, site, tokens) instead.")
     result = evaluate_sae(model, load_sae(sae_dir), hook_name, tokens, batch_size=batch_size)
+    from interp.results import atomic_write_bytes, atomic_write_text
+
     out = directory / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
-    result.per_token.to_parquet(out / "per_token.parquet")
-    result.latents.to_parquet(out / "latents.parquet")
-    density_histogram(result.latents).to_parquet(out / "density_histogram.parquet")
+    atomic_write_text(out / "metrics.json", json.dumps(result.metrics, indent=1))  # each file whole or absent, never half-written
+    for name, frame in (("per_token", result.per_token), ("latents", result.latents), ("density_histogram", density_histogram(result.latents))):
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer)
+        atomic_write_bytes(out / f"{name}.parquet", buffer.getvalue())
     return result
