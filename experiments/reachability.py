@@ -43,8 +43,9 @@ class ReachabilityConfig:
     # branching graphs (issue 14): 2 nodes per level per component, 16 edges, node ids shuffled per graph
     graph: GraphConfig = field(default_factory=lambda: GraphConfig(n_node_ids=24, n_levels=3, min_width=2, max_width=2, n_edges=16))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=128, n_heads=4, d_mlp=512))
-    # sized by measurement (FINDINGS.md): ~1 s/step per process with 3 processes on the shared 2 cores
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=5000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=250, checkpoint_every=250))
+    # 400 steps per pre-final stage, then the final stage; constant lr (as the authors), so `steps` can be cut or
+    # extended on resume. Sized by measurement (FINDINGS.md): ~1 s/step per process with 3 processes on the shared 2 cores
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=6000, batch_size=64, lr=1e-3, warmup_steps=200, stage_steps=400, eval_every=250, checkpoint_every=250))
     construction: ConstructionConfig = field(default_factory=ConstructionConfig)
     n_problems: int = 100000  # before the split by graph; a large pool keeps the models from memorising graphs
     test_fraction: float = 0.1
@@ -124,6 +125,7 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
     for mode in MODES:  # loads a finished checkpoint, or trains here (workers == 1)
         models[mode], curve, acc_curve = _train_mode(config, mode, checkpoints, progress=config.workers == 1)
         metrics[f"train_seconds_{mode}"] = curve.attrs.get("train_seconds", float("nan"))
+        metrics[f"steps_trained_{mode}"] = curve.attrs.get("steps_trained", config.train.steps)
         metrics[f"acc_{mode}"] = accuracy(models[mode], mode, eval_problems, layout)
         accuracies.append(_accuracy_row(mode, metrics[f"acc_{mode}"], len(eval_problems)))
         curves.append(curve.assign(method=mode))
@@ -226,5 +228,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny, under-trained budget (a smoke test; metrics say under_trained)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, help="training steps per format (resuming: a run cut short is finished at its last checkpoint with a smaller value)")
     args = parser.parse_args()
-    print(run(ReachabilityConfig.quick() if args.quick else ReachabilityConfig(), args.out))
+    config = ReachabilityConfig.quick() if args.quick else ReachabilityConfig()
+    if args.steps is not None:
+        config = replace(config, train=replace(config.train, steps=args.steps))
+    print(run(config, args.out))

@@ -22,11 +22,10 @@ of a fixed 14k-graph file, AdamW lr / warmup / cosine decay sized to a CPU budge
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +55,7 @@ class TrainConfig:
     warmup_steps: int = 100
     uniform_prob: float = 0.1  # the authors' uniform_prob: a sample's stage redrawn from 0..stage
     final_fraction: float = 2 / 3  # share of the steps at the final stage (authors: 200 of 300 epochs)
+    stage_steps: int | None = None  # steps per pre-final stage; None: (1 - final_fraction) * steps / D. Set, the run can be extended or cut (constant lr)
     seed: int = 0
     eval_every: int = 0  # steps between held-out accuracy evaluations (0: only at the end, when eval problems are given)
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end, when a checkpoint path is given)
@@ -65,6 +65,8 @@ class TrainConfig:
             raise InterpError(f"TrainConfig: steps={self.steps} and batch_size={self.batch_size} must be >= 1.")
         if not 0.5 <= self.final_fraction < 1:
             raise InterpError(f"TrainConfig: final_fraction={self.final_fraction} must be in [0.5, 1) (at least half the steps at the final stage).")
+        if self.stage_steps is not None and self.stage_steps < 1:
+            raise InterpError(f"TrainConfig: stage_steps={self.stage_steps} must be >= 1 (or None).")
         if not 0 <= self.uniform_prob <= 1:
             raise InterpError(f"TrainConfig: uniform_prob={self.uniform_prob} must be in [0, 1].")
 
@@ -76,11 +78,12 @@ def layout_for(mode: Mode, layout: SequenceLayout) -> SequenceLayout:
 
 
 def scheduled_stage(step: int, config: TrainConfig, max_stage: int) -> int:
-    """The curriculum stage of a training step: 0..max_stage-1 share the first (1 - final_fraction) of the steps, then max_stage."""
-    pre_final = int(round((1 - config.final_fraction) * config.steps))
-    if max_stage == 0 or step >= pre_final:
-        return max_stage
-    return min(max_stage - 1, step * max_stage // max(pre_final, 1))
+    """The curriculum stage of a training step: 0..max_stage-1 for `stage_steps` each (default: sharing the first
+    (1 - final_fraction) of the steps), then max_stage."""
+    if max_stage == 0:
+        return 0
+    per_stage = config.stage_steps or max(1, int(round((1 - config.final_fraction) * config.steps / max_stage)))
+    return min(max_stage, step // per_stage)
 
 
 def sample_stage(stage: int, n_hops: int, uniform_prob: float, rng: random.Random) -> int:
@@ -171,10 +174,12 @@ def train(
     max_stage = layout.n_chain if mode == "continuous" else 0
     parameters = trainable_parameters(model)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / config.steps)))
+    # the authors keep the learning rate constant; a linear warmup is added for the larger CPU-budget rate
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
     rng = random.Random(config.seed)
     rows, acc_rows, start, seconds = [], [], 0, 0.0
-    fingerprint = repr((mode, layout.graph, model_config, config))
+    # what the checkpoint must agree on; steps / eval_every / checkpoint_every may change between runs (constant lr)
+    fingerprint = repr((mode, layout.graph, model_config, replace(config, steps=0, eval_every=0, checkpoint_every=0) if config.stage_steps else config))
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["fingerprint"] != fingerprint:
@@ -202,8 +207,9 @@ def train(
             if checkpoint is not None:  # a log line per evaluation for the long parallel runs
                 print(f"[{mode}] step {step}/{config.steps} held-out acc {acc_rows[-1][1]:.3f} ({time.perf_counter() - began + seconds:.0f} s)", flush=True)
 
+    end = max(start, config.steps)  # a checkpoint past `steps` (a run cut short and rerun with fewer steps) is kept as it is
     model.train()
-    for step in tqdm(range(start, config.steps), desc=f"train {mode}", disable=not progress, initial=start, total=config.steps):
+    for step in tqdm(range(start, end), desc=f"train {mode}", disable=not progress, initial=start, total=end):
         if config.eval_every and step % config.eval_every == 0 and not (acc_rows and acc_rows[-1][0] == step):
             evaluate(step)
         stage = scheduled_stage(step, config, max_stage)
@@ -216,14 +222,15 @@ def train(
         optimizer.step()
         schedule.step()
         rows.append((step, stage, loss.item()))
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < end:
             save(step + 1)
-    if not (acc_rows and acc_rows[-1][0] == config.steps):
-        evaluate(config.steps)
-    if start < config.steps:
-        save(config.steps)
+    if not (acc_rows and acc_rows[-1][0] == end):
+        evaluate(end)
+    if start < end:
+        save(end)
     loss_curve = pd.DataFrame(rows, columns=["step", "stage", "loss"])
     loss_curve.attrs["train_seconds"] = seconds + time.perf_counter() - began
+    loss_curve.attrs["steps_trained"] = end
     return model.eval(), loss_curve, pd.DataFrame(acc_rows, columns=["step", "accuracy", "n"])
 
 
