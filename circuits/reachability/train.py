@@ -179,7 +179,7 @@ def train(
     rng = random.Random(config.seed)
     rows, acc_rows, start, seconds = [], [], 0, 0.0
     # what the checkpoint must agree on; steps / eval_every / checkpoint_every may change between runs (constant lr)
-    fingerprint = repr((mode, layout.graph, model_config, replace(config, steps=0, eval_every=0, checkpoint_every=0) if config.stage_steps else config))
+    fingerprint = repr((mode, layout.graph, model_config, replace(config, steps=1, eval_every=0, checkpoint_every=0) if config.stage_steps else config))
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["fingerprint"] != fingerprint:
