@@ -11,7 +11,7 @@ from circuits.reachability.graphs import GraphConfig, make_problems, split_by_gr
 from circuits.reachability.tokens import SequenceLayout
 from interp.errors import InterpError
 
-CONFIG = GraphConfig(n_node_ids=16, n_levels=3, max_width=2, n_edges=12)
+CONFIG = GraphConfig(n_node_ids=16, n_levels=3, min_width=1, max_width=2, n_edges=15)  # widths 1-2 and 3+ extra edges: several shortest paths
 
 
 def closure_distances(problem, n_ids):
@@ -95,6 +95,7 @@ def test_default_graphs_branch(problems):
 
 
 def test_on_shortest_paths_equals_walk_enumeration(problems):
+    assert sum(len(p.on_shortest_paths(1)) > 1 for p in problems) > 20  # the check below sees branching paths
     for p in problems[:80]:
         for hop in range(p.n_hops + 1):
             assert p.on_shortest_paths(hop) == brute_force_path_nodes(p, hop)

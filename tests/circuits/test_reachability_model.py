@@ -170,7 +170,7 @@ def test_training_samples_follow_the_authors_formats():
         tokens, labels, _ = training_sample("no_cot", p, LAYOUT, 0, config, rng)
         assert len(tokens) == LAYOUT.chain.start + 2 and tokens[-2:] == [marker, p.answer] and labels[-2:] == [marker, p.answer]
     # random shortest paths cover every shortest path of a branching problem
-    branching = next(p for p in problems if len(p.on_shortest_paths(1)) > 1)
+    branching = next(p for p in make_problems(GraphConfig(n_node_ids=16, n_edges=16), 100, seed=2) if len(p.on_shortest_paths(1)) > 1)
     assert {tuple(random_shortest_path(branching, rng))[1] for _ in range(200)} == set(branching.on_shortest_paths(1))
 
 
