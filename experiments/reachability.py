@@ -64,9 +64,9 @@ class ReachabilityConfig:
     @classmethod
     def quick(cls) -> ReachabilityConfig:
         return cls(
-            train=TrainConfig(steps=150, batch_size=32, lr=2e-3, warmup_steps=20, eval_every=50),
+            train=TrainConfig(steps=120, batch_size=32, lr=2e-3, warmup_steps=20, eval_every=40),
             model=ModelConfig(d_model=64, n_heads=4, d_mlp=256),
-            n_problems=6000, n_eval=400, n_curve=100, n_construction=1000, n_probe=200, workers=1, under_trained=True,
+            n_problems=4000, n_eval=300, n_curve=100, n_construction=500, n_probe=150, workers=1, under_trained=True,
         )
 
 
