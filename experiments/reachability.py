@@ -114,15 +114,14 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
     started = time.perf_counter()
     results = ResultsDir.create(out, config, title="Continuous chain of thought on graph reachability", exist_ok=True)
     layout = SequenceLayout(config.graph, config.graph.n_levels)
-    train_problems, eval_problems, curve_problems = _data(config)
     checkpoints = results.path / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
-    metrics: dict[str, float] = {"under_trained": config.under_trained, "n_eval": len(eval_problems), "n_curve": len(curve_problems)}
-
-    if config.workers > 1:  # one process per format; each resumes from its checkpoint
+    if config.workers > 1:  # one process per format; each resumes from its checkpoint (this process holds no data meanwhile)
         with ProcessPoolExecutor(max_workers=min(config.workers, len(MODES)), mp_context=multiprocessing.get_context("spawn")) as pool:
             for future in [pool.submit(_train_worker, config, mode, checkpoints) for mode in MODES]:
                 future.result()
+    train_problems, eval_problems, curve_problems = _data(config)
+    metrics: dict[str, float] = {"under_trained": config.under_trained, "n_eval": len(eval_problems), "n_curve": len(curve_problems)}
     accuracies, curves, acc_curves, models = [], [], [], {}
     for mode in MODES:  # loads a finished checkpoint, or trains here (workers == 1)
         models[mode], curve, acc_curve = _train_mode(config, mode, checkpoints, progress=config.workers == 1)
