@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from circuits.reachability.analysis import acceptance_inner, answer_accuracy, example_frame, label_order_baseline, probe_tables, run_thoughts
+from circuits.reachability.analysis import acceptance_inner, answer_accuracy, chain_validity, example_frame, label_order_baseline, probe_tables, run_thoughts, thought_top_nodes
 from circuits.reachability.construction import ConstructionConfig, construction_model, reachable_set_vectors
 from circuits.reachability.figures import accuracy_curve_figure, accuracy_figure, example_graph_figure, grouped_by_step, loss_figure, probe_auc_figure
 from circuits.reachability.graphs import GraphConfig, Problem, make_problems, split_by_graph
@@ -177,6 +177,12 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
         metrics[f"frontier_minus_optimal_gap_share_step{c}"] = share
         metrics[f"frontier_minus_optimal_z_step{c}"] = z
         metrics[f"frontier_minus_optimal_n_graphs_step{c}"] = n_graphs
+
+    # edge following, chance-matched: does thought c's top node lie in the frontier; is the discrete chain a path
+    for c, (share, chance, n_c) in thought_top_nodes(models["continuous"], eval_problems, layout).items():
+        metrics[f"thought_top_in_frontier_step{c}"], metrics[f"thought_top_in_frontier_chance_step{c}"] = share, chance
+    metrics["discrete_first_hop_valid"], metrics["discrete_chain_valid_to_answer"] = chain_validity(models["discrete_cot"], eval_problems, layout)
+    metrics["discrete_first_hop_valid_chance"] = sum(sum(a == p.root for a, _ in p.edges) / (len(p.nodes) - 1) for p in eval_problems) / n
 
     example = _example(eval_problems, layout)
     example_nodes = pd.concat([example_frame(m, example, layout, label, fixed=label == "construction") for label, m in (("continuous", models["continuous"]), ("construction", constructed))], ignore_index=True)

@@ -131,3 +131,47 @@ def example_frame(model: HookedTransformer, problem: Problem, layout: SequenceLa
         [(label, c + 1, v, problem.distance.get(v, -1), products[c, v].item(), weights[c, j].item()) for c in range(problem.n_hops) for j, v in enumerate(nodes)],
         columns=["model", "step", "node", "distance", "inner_product", "weight"],
     )
+
+
+@torch.no_grad()
+def thought_top_nodes(model: HookedTransformer, problems: list[Problem], layout: SequenceLayout) -> dict[int, tuple[float, float, int]]:
+    """Per step c: (share of thoughts whose highest-logit graph node is in the frontier F_c, the same share for a
+    node drawn at random from the graph, n). Chance-matched diagnostic of edge following."""
+    run = run_thoughts(model, problems, layout)
+    logits = run.thoughts @ model.W_U[:, : layout.n_node_ids] + model.b_U[: layout.n_node_ids]
+    out = {}
+    for c in range(1, layout.n_chain + 1):
+        hits, chance, n = 0, 0.0, 0
+        for b, p in enumerate(problems):
+            if c > p.n_hops:
+                continue
+            nodes = list(p.nodes)
+            top = nodes[int(logits[b, c - 1, nodes].argmax())]
+            hits += top in p.frontier(c)
+            chance += len(p.frontier(c)) / len(nodes)
+            n += 1
+        out[c] = (hits / n if n else float("nan"), chance / n if n else float("nan"), n)
+    return out
+
+
+@torch.no_grad()
+def chain_validity(model: HookedTransformer, problems: list[Problem], layout: SequenceLayout) -> tuple[float, float]:
+    """Discrete CoT: (share of greedy chains whose first hop is an edge out of the root, share whose every hop up to
+    [A] is an edge of the graph starting at the root and ending at the answer)."""
+    from circuits.reachability.model import greedy_chain
+
+    tokens, _ = eval_tokens("discrete_cot", problems, layout)
+    generated = greedy_chain(model, tokens, layout.chain.start, layout.seq_len - layout.chain.start, torch.arange(layout.d_vocab))
+    return chains_valid(generated, problems, layout)
+
+
+def chains_valid(generated, problems: list[Problem], layout: SequenceLayout) -> tuple[float, float]:
+    """chain_validity's shares for given generated sequences (the prompt then the generated chain)."""
+    marker = layout.special("[A]")
+    first_ok = full_ok = 0
+    for b, p in enumerate(problems):
+        chain = generated[b, layout.chain.start - 1 :].tolist()  # root, then the generated tokens
+        hops = chain[: chain.index(marker)] if marker in chain else chain
+        first_ok += len(hops) > 1 and (hops[0], hops[1]) in p.edges
+        full_ok += len(hops) > 1 and all(e in p.edges for e in zip(hops, hops[1:])) and hops[-1] == p.answer
+    return first_ok / len(problems), full_ok / len(problems)

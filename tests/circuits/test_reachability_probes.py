@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from circuits.reachability.analysis import acceptance_inner, run_thoughts
+from circuits.reachability.analysis import acceptance_inner, chain_validity, chains_valid, run_thoughts, thought_top_nodes
 from circuits.reachability.construction import construction_model
 from circuits.reachability.graphs import GraphConfig, make_problems
 from circuits.reachability.model import ModelConfig, build_model
@@ -153,3 +153,33 @@ def test_group_auc_equals_pairwise_auc():
         neg = scores[:, row.step - 1][masks[:, row.step - 1, :, 4]].numpy()
         values, labels = np.concatenate([pos, neg]), np.concatenate([np.ones(len(pos), bool), np.zeros(len(neg), bool)])
         assert row.auc == pytest.approx(pairwise_auc(values, labels))
+
+
+def test_edge_following_diagnostics_on_the_construction_and_a_slow_loop(one_thread):
+    """The construction's thought c puts its top logit on a node of V_c (its answer head is separate, so check
+    against a loop over the thoughts); the chain check against hand-made chains."""
+    layout = SequenceLayout(GRAPH, 3)
+    problems = make_problems(GRAPH, 60, seed=26)
+    model = build_model(layout, ModelConfig(d_model=32, n_heads=4, d_mlp=64), seed=5).eval()
+    result = thought_top_nodes(model, problems, layout)
+    run = run_thoughts(model, problems, layout)
+    logits = run.thoughts @ model.W_U + model.b_U
+    for c, (share, chance, n) in result.items():
+        picked = [p for p in problems if p.n_hops >= c]
+        hits = [max(p.nodes, key=lambda v: logits[problems.index(p), c - 1, v].item()) in p.frontier(c) for p in picked]
+        assert n == len(picked) and share == pytest.approx(np.mean(hits))
+        assert chance == pytest.approx(np.mean([len(p.frontier(c)) / len(p.nodes) for p in picked]))
+    first, full = chain_validity(model, problems, layout)
+    assert 0 <= full <= first <= 1
+    # hand-made chains: the true path; a wrong first hop; a valid first hop then a non-edge
+    p = max(problems, key=lambda q: q.n_hops)
+    marker = layout.special("[A]")
+    def chain(hops):
+        tokens = layout.padded(layout.head_tokens(p) + hops + [marker, p.answer])
+        return torch.tensor([tokens])
+    good = chain(list(p.path[1:]))
+    stranger = next(v for v in p.nodes if (p.root, v) not in p.edges)
+    bad_first = chain([stranger] + list(p.path[2:]))
+    bad_later = chain([p.path[1], p.root] + list(p.path[3:]))
+    generated = torch.cat([good, bad_first, bad_later])
+    assert chains_valid(generated, [p, p, p], layout) == (pytest.approx(2 / 3), pytest.approx(1 / 3))
