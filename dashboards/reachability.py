@@ -31,6 +31,12 @@ def reachability_sections(run: ResultsDir) -> list[Section]:
     branching = "How often the frontier (nodes at distance exactly c) holds more than one node on the held-out graphs: " + ", ".join(
         f"step {c}: {_fmt(m.get(f'frontier_gt1_fraction_step{c}'), '.2f')}" for c in steps
     ) + "."
+    following = (
+        "Edge following, against chance: thought c's highest-logit graph node lies in the frontier F_c in "
+        + ", ".join(f"{_fmt(m.get(f'thought_top_in_frontier_step{c}'), '.2f')} (chance {_fmt(m.get(f'thought_top_in_frontier_chance_step{c}'), '.2f')}) at step {c}" for c in steps)
+        + f"; discrete CoT's first generated hop is an edge out of the root in {_fmt(m.get('discrete_first_hop_valid'), '.2f')} (chance {_fmt(m.get('discrete_first_hop_valid_chance'), '.2f')}), "
+        f"its whole chain a root -> answer path in {_fmt(m.get('discrete_chain_valid_to_answer'), '.2f')}."
+    )
     curve_text = "Held-out accuracy on a separate curve set against training steps; the budget is read off these. " + "; ".join(
         f"{mode}: {_fmt(m.get(f'curve_acc_{mode}'), '.3f')} at the end, {_fmt(m.get(f'curve_gain_last_20pct_{mode}'), '+.3f')} over the last 20% of steps"
         for mode in ("continuous", "discrete_cot", "no_cot")
@@ -47,7 +53,7 @@ def reachability_sections(run: ResultsDir) -> list[Section]:
     ) + "."
     return [
         Section("Accuracy", text=acc_text + " " + branching, table=accuracy, figures=["accuracy"]),
-        Section("Accuracy against training steps", text=curve_text, figures=["accuracy_curves", "loss"]),
+        Section("Accuracy against training steps", text=curve_text + " " + following, figures=["accuracy_curves", "loss"]),
         Section("Thoughts and node embeddings", text=inner_text, figures=["inner_products_continuous", "inner_products_construction"]),
         Section("Layer-2 attention on edges", text="Attention mass per edge (its three tokens, summed over heads) from the position producing thought c, edges grouped by their source at step c - 1.",
                 figures=["edge_attention_continuous", "edge_attention_construction"]),
