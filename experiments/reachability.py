@@ -28,7 +28,6 @@ from circuits.reachability.construction import ConstructionConfig, construction_
 from circuits.reachability.figures import accuracy_curve_figure, accuracy_figure, example_graph_figure, grouped_by_step, loss_figure, probe_auc_figure
 from circuits.reachability.graphs import GraphConfig, Problem, make_problems, split_by_graph
 from circuits.reachability.model import ModelConfig
-from circuits.reachability.probes import SEPARATE_GROUPS
 from circuits.reachability.tokens import SequenceLayout
 from circuits.reachability.train import MODES, TrainConfig, accuracy, train
 from dashboards import build_dashboard

@@ -1,7 +1,6 @@
 """Graph generator, split and sequence layout, checked against independent computations."""
 
 
-import itertools
 from dataclasses import replace
 
 import pytest
