@@ -27,16 +27,33 @@ def probe_auc_figure(auc: pd.DataFrame) -> go.Figure:
 
 
 def _depths(nodes: list[int], edges: pd.DataFrame) -> dict[int, int]:
+    """Longest-path depth of each node in the DAG (ids need not be in topological order)."""
     depth = {v: 0 for v in nodes}
-    for source, target in sorted(zip(edges["source"], edges["target"])):  # a < b, so ascending order is topological
-        depth[target] = max(depth[target], depth[source] + 1)
+    pairs = list(zip(edges["source"], edges["target"]))
+    for _ in range(len(nodes)):  # relax until stable: at most one pass per node in a DAG
+        changed = False
+        for source, target in pairs:
+            if depth[target] < depth[source] + 1:
+                depth[target], changed = depth[source] + 1, True
+        if not changed:
+            break
     return depth
 
 
-def example_graph_figure(nodes: pd.DataFrame, edges: pd.DataFrame, model: str) -> go.Figure:
-    """The example graph once per step, each node coloured by <thought_c, u_v>.
+def accuracy_curve_figure(curves: pd.DataFrame) -> go.Figure:
+    """curves: (method, step, accuracy, n): held-out accuracy against training steps, one line per format."""
+    fig = go.Figure()
+    for method, rows in curves.groupby("method"):
+        sem = (rows["accuracy"] * (1 - rows["accuracy"]) / rows["n"]).pow(0.5)
+        fig.add_trace(go.Scatter(x=rows["step"], y=rows["accuracy"], error_y=dict(type="data", array=sem), mode="lines+markers", name=method))
+    fig.update_layout(title=dict(text="Held-out accuracy against training steps (curve set)"), xaxis=dict(title=dict(text="step")), yaxis=dict(title=dict(text="accuracy"), range=[0, 1.02]))
+    return fig
 
-    nodes: (model, step, node, distance, inner_product); edges: (source, target[, root, answer, decoy]).
+
+def example_graph_figure(nodes: pd.DataFrame, edges: pd.DataFrame, model: str) -> go.Figure:
+    """The example graph once per step, each node coloured by the thought's weight on it (softmax over the graph's nodes).
+
+    nodes: (model, step, node, distance, inner_product[, weight]); edges: (source, target[, root, answer, decoy]).
     """
     rows = nodes[nodes["model"] == model]
     steps = sorted(rows["step"].unique())
@@ -48,7 +65,8 @@ def example_graph_figure(nodes: pd.DataFrame, edges: pd.DataFrame, model: str) -
         xy[v] = (depth[v], column.get(depth[v], 0))
         column[depth[v]] = column.get(depth[v], 0) + 1
     fig = make_subplots(rows=1, cols=len(steps), subplot_titles=[f"thought {c}" for c in steps])
-    lo, hi = rows["inner_product"].min(), rows["inner_product"].max()
+    value = "weight" if "weight" in rows else "inner_product"
+    lo, hi = (0.0, 1.0) if value == "weight" else (rows["inner_product"].min(), rows["inner_product"].max())
     roles = {int(edges[role].iloc[0]): role for role in ("root", "answer", "decoy") if role in edges}
     names = [f"{v} {roles[v]}" if v in roles else str(v) for v in ids]
     for col, c in enumerate(steps, start=1):
@@ -57,11 +75,11 @@ def example_graph_figure(nodes: pd.DataFrame, edges: pd.DataFrame, model: str) -
         step_rows = rows[rows["step"] == c].set_index("node").loc[ids]
         labels = [f"{v} (d={d})" if d >= 0 else f"{v} (unreachable)" for v, d in zip(ids, step_rows["distance"])]
         fig.add_trace(go.Scatter(
-            x=[xy[v][0] for v in ids], y=[xy[v][1] for v in ids], mode="markers+text", text=names, textposition="top center",
-            hovertext=[f"{lab}: {ip:.3g}" for lab, ip in zip(labels, step_rows["inner_product"])], hoverinfo="text", showlegend=False,
-            marker=dict(size=16, color=step_rows["inner_product"], colorscale="Viridis", cmin=lo, cmax=hi, showscale=col == len(steps), line=dict(width=1, color="black")),
+            x=[xy[v][0] for v in ids], y=[xy[v][1] for v in ids], mode="markers+text", text=[f"{n}<br>{w:.2f}" for n, w in zip(names, step_rows[value])], textposition="top center",
+            hovertext=[f"{lab}: inner product {ip:.3g}, {value} {w:.3g}" for lab, ip, w in zip(labels, step_rows["inner_product"], step_rows[value])], hoverinfo="text", showlegend=False,
+            marker=dict(size=16, color=step_rows[value], colorscale="Viridis", cmin=lo, cmax=hi, showscale=col == len(steps), line=dict(width=1, color="black")),
         ), 1, col)
-    fig.update_layout(title=dict(text=f"Example graph: node colour = <thought c, u_v> ({model}); x = depth in the DAG"))
+    fig.update_layout(title=dict(text=f"Held-out example graph ({model}): node colour and label = thought c's {value} on the node; x = depth in the DAG"))
     return fig
 
 

@@ -4,13 +4,16 @@ Each graph has two components with the same level structure: the root's componen
 reachable) and a decoy component B whose source is not the root (no edge leads from A into B). The
 reachable candidate is an A node at distance >= `min_distance`, the unreachable one a B node on the
 same level, so local statistics (level, label range, in-degree) do not give the answer away.
-Node labels are drawn from `n_node_ids` and assigned in level order, so every edge goes a -> b with a < b.
+Node labels are drawn from `n_node_ids`. With `shuffle_ids` (the default) they are assigned at random,
+so a label says nothing about a node's level (no label-order shortcut); without it they are assigned in
+level order, so every edge goes a -> b with a < b (ProsQA's convention).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 
 from interp.errors import InterpError
 
@@ -19,10 +22,11 @@ from interp.errors import InterpError
 class GraphConfig:
     n_node_ids: int = 24  # node vocabulary; a graph uses a random subset
     n_levels: int = 3  # depth D: the reachable candidate is at most D steps from the root
-    min_width: int = 1  # nodes per level per component
+    min_width: int = 2  # nodes per level per component; >= 2 makes the frontier branch (issue 14)
     max_width: int = 2
     n_edges: int = 16  # every graph has exactly this many edges, so every sequence has one length
     min_distance: int = 2  # shortest root -> reachable-candidate distance
+    shuffle_ids: bool = True  # random labels per graph; False: labels in level order (a < b on every edge)
 
     def __post_init__(self):
         most_nodes = 2 + 2 * self.n_levels * self.max_width
@@ -64,6 +68,27 @@ class Problem:
         """The nodes at distance exactly `steps` from the root."""
         return frozenset(v for v, d in self.distance.items() if d == steps)
 
+    @property
+    def n_hops(self) -> int:
+        """The answer's distance from the root (the number of thoughts at the final curriculum stage)."""
+        return len(self.path) - 1
+
+    def on_shortest_paths(self, steps: int) -> frozenset[int]:
+        """The nodes at distance `steps` that lie on some shortest root -> answer path (the authors' neighbor_k)."""
+        return frozenset(v for v in self.frontier(steps) if v in self._path_nodes)
+
+    @cached_property
+    def _path_nodes(self) -> frozenset[int]:
+        # v lies on a shortest root -> answer path iff it can reach the answer in exactly d(answer) - d(v) steps
+        children: dict[int, list[int]] = {}
+        for a, b in self.edges:
+            children.setdefault(a, []).append(b)
+        on, frontier = {self.answer}, {self.answer}
+        for d in range(self.distance[self.answer] - 1, -1, -1):
+            frontier = {v for v, dv in self.distance.items() if dv == d and any(c in frontier for c in children.get(v, ()))}
+            on |= frontier
+        return frozenset(on)
+
 
 def bfs_distances(edges, root: int) -> dict[int, int]:
     children: dict[int, list[int]] = {}
@@ -102,7 +127,9 @@ def _draw_problem(config: GraphConfig, rng: random.Random) -> Problem | None:
     # (component, level) slots; component 0 holds the root, 1 the decoy source
     slots = [(0, 0), (1, 0)] + [(comp, lvl) for lvl in levels for comp in (0, 1) for _ in range(rng.randint(config.min_width, config.max_width))]
     order = sorted(range(len(slots)), key=lambda i: (slots[i][1], rng.random()))
-    labels = sorted(rng.sample(range(config.n_node_ids), len(slots)))
+    labels = rng.sample(range(config.n_node_ids), len(slots))
+    if not config.shuffle_ids:
+        labels.sort()
     node_of = {slot_index: labels[rank] for rank, slot_index in enumerate(order)}
     by = {}
     for i, key in enumerate(slots):
@@ -112,7 +139,7 @@ def _draw_problem(config: GraphConfig, rng: random.Random) -> Problem | None:
 
     edges = {(rng.choice(by[(comp, lvl - 1)]), v) for comp in (0, 1) for lvl in levels for v in by[(comp, lvl)]}
     nodes = sorted(level_of)
-    # extra edges: any a -> b with level(a) < level(b), except A -> B (that would make B reachable)
+    # extra edges: any a -> b with level(a) < level(b) (level order, not label order), except A -> B (that would make B reachable)
     allowed = [(a, b) for a in nodes for b in nodes if level_of[a] < level_of[b] and not (comp_of[a] == 0 and comp_of[b] == 1) and (a, b) not in edges]
     edges |= set(rng.sample(allowed, config.n_edges - len(edges)))
 

@@ -84,25 +84,37 @@ def _embed_vectors(model: HookedTransformer, vectors: Float[Tensor, "batch 1 d_m
 
 
 def continuous_forward(
-    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], first_latent: int, n_latent: int
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], first_latent: int, n_latent: int | Int[Tensor, " batch"]
 ) -> ThoughtRun:
-    """Forward with tokens[:, first_latent : first_latent + n_latent] replaced by continuous thoughts."""
+    """Forward with tokens[:, first_latent : first_latent + n_latent] replaced by continuous thoughts.
+
+    n_latent is one count for the batch or one per sample (the authors' curriculum: as many thoughts as
+    the sample's path is long). With per-sample counts, thoughts[:, c] of a sample with fewer than c + 1
+    latents is the hidden state at an ordinary token position: callers mask it out.
+    """
     _check_gpt2_style(model)
     if tokens.ndim != 2:
         raise ShapeMismatchError(f"tokens: expected shape [batch, pos], got {tuple(tokens.shape)}.")
     batch, seq_len = tokens.shape
-    if not (1 <= first_latent and 0 <= n_latent and first_latent + n_latent <= seq_len):
-        raise InterpError(f"first_latent={first_latent}, n_latent={n_latent}: the latents must start after position 0 and end by seq_len={seq_len}.")
+    per_sample = torch.as_tensor(n_latent).long().expand(batch) if not isinstance(n_latent, int) else torch.full((batch,), n_latent)
+    if per_sample.shape != (batch,):
+        raise ShapeMismatchError(f"n_latent: expected an int or shape [{batch}], got {tuple(torch.as_tensor(n_latent).shape)}.")
+    most = int(per_sample.max()) if batch else 0
+    if not (1 <= first_latent and int(per_sample.min()) >= 0 and first_latent + most <= seq_len):
+        raise InterpError(f"first_latent={first_latent}, n_latent={n_latent if isinstance(n_latent, int) else most}: the latents must start after position 0 and end by seq_len={seq_len}.")
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
     inputs = [_embed_tokens(model, tokens[:, :first_latent], 0)]
     hidden, logits = _step(model, inputs[0], cache)
     all_logits, thoughts = [logits], []
-    for pos in range(first_latent, first_latent + n_latent):
+    for j, pos in enumerate(range(first_latent, first_latent + most)):
         thoughts.append(hidden[:, -1])
-        inputs.append(_embed_vectors(model, hidden[:, -1:], tokens[:, pos : pos + 1], pos))
+        fed = hidden[:, -1:]
+        if int(per_sample.min()) <= j:  # some samples read an ordinary token here
+            fed = torch.where((per_sample > j)[:, None, None], fed, model.embed(tokens[:, pos : pos + 1]))
+        inputs.append(_embed_vectors(model, fed, tokens[:, pos : pos + 1], pos))
         hidden, logits = _step(model, inputs[-1], cache)
         all_logits.append(logits)
-    rest = first_latent + n_latent
+    rest = first_latent + most
     if rest < seq_len:
         inputs.append(_embed_tokens(model, tokens[:, rest:], rest))
         all_logits.append(_step(model, inputs[-1], cache)[1])

@@ -5,6 +5,10 @@
 The chain slots hold, per training format: the shortest path after the root (padded by repeating
 the answer, so every sequence has one length), `<latent>` for each continuous thought, or nothing
 (no-CoT). Every sequence of one format has the same length, so batches need no padding.
+
+The training formats of train.py (the authors' curriculum) use `variable_tokens`: the chain holds as
+many slots as the sample needs and `<pad>` fills the tail after the supervised token; a causal model
+never reads the pads before its target.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from torch import Tensor
 from circuits.reachability.graphs import GraphConfig, Problem
 from interp.errors import InterpError
 
-SPECIALS = ("BOS", "|", "[Q]", "[R]", "[A]", "<latent>")
+SPECIALS = ("BOS", "|", "[Q]", "[R]", "[A]", "<latent>", "<pad>")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,20 @@ class SequenceLayout:
         if len(problems) == 0:
             raise InterpError("problems is empty: pass at least one Problem.")
         return torch.tensor([self.encode(p, n_latent) for p in problems], dtype=torch.long)
+
+    def head_tokens(self, problem: Problem, edges=None, candidates=None) -> list[int]:
+        """BOS, the edges (in `edges` order, default the problem's), [Q] c1 c2 [R] root."""
+        edges = problem.edges if edges is None else edges
+        candidates = problem.candidates if candidates is None else candidates
+        if len(edges) != self.graph.n_edges:
+            raise InterpError(f"problem has {len(edges)} edges but the layout expects n_edges={self.graph.n_edges}; generate problems with the same GraphConfig.")
+        return [self.special("BOS"), *(tok for a, b in edges for tok in (a, b, self.special("|"))), self.special("[Q]"), *candidates, self.special("[R]"), problem.root]
+
+    def padded(self, tokens: list[int]) -> list[int]:
+        """tokens padded with <pad> to seq_len."""
+        if len(tokens) > self.seq_len:
+            raise InterpError(f"{len(tokens)} tokens do not fit seq_len={self.seq_len}.")
+        return tokens + [self.special("<pad>")] * (self.seq_len - len(tokens))
 
     def decode(self, tokens: Sequence[int]) -> str:
         return " ".join(str(t) if t < self.n_node_ids else SPECIALS[t - self.n_node_ids] for t in (int(t) for t in tokens))

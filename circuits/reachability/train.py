@@ -1,15 +1,32 @@
-"""Training with the same budget for three formats, and held-out accuracy.
+"""Training of the three formats with one budget, the authors' curriculum, held-out accuracy, checkpoints.
 
-continuous:   Coconut's multi-stage curriculum; stage k replaces the first k chain steps by k
-              continuous thoughts (a batch samples an earlier stage with `earlier_stage_prob`).
-discrete_cot: the shortest path is generated token by token before the answer.
-no_cot:       the answer follows the question directly.
+The formats and the curriculum port the semantics of Zhu et al.'s code (github.com/Ber666/reasoning-by-superposition,
+dataset.py / run.py, built on facebookresearch/coconut); every sample is built afresh per batch:
+
+continuous:   stage s (0..D) gives a sample with path length d (= its answer's distance) k = min(s, d)
+              continuous thoughts; with probability `uniform_prob` k is redrawn uniformly from 0..min(s, d)
+              (the authors' uniform_prob = 0.1). For k < d the model is supervised on one node drawn from the
+              nodes at distance k + 1 that lie on some shortest root -> answer path, read right after the k-th
+              thought (no [A]); for k = d it reads [A] after d thoughts and is supervised on the answer. Stages
+              0..D-1 share the first (1 - final_fraction) of the steps equally; the rest is stage D, where every
+              sample has its final number of thoughts (authors: 25 epochs per stage, 4 stages, 300 epochs, so
+              2/3 of training at the final stage).
+discrete_cot: a shortest path drawn at random among the shortest paths (the authors pick a random next node on
+              a shortest path at each hop), then [A] and the answer; every token after the root is supervised.
+no_cot:       [A] and the answer right after the question; both supervised.
+
+Every format reshuffles the edge order and the candidate order per sample (the authors reshuffle per epoch).
+Deviations from the authors are listed in FINDINGS.md (steps not epochs, fresh samples from a generator instead
+of a fixed 14k-graph file, AdamW lr / warmup / cosine decay sized to a CPU budget, no dropout, no <eos>).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
@@ -26,6 +43,7 @@ from interp.errors import InterpError
 
 Mode = Literal["continuous", "discrete_cot", "no_cot"]
 MODES: tuple[Mode, ...] = ("continuous", "discrete_cot", "no_cot")
+IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -35,8 +53,22 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
-    earlier_stage_prob: float = 0.3
+    uniform_prob: float = 0.1  # the authors' uniform_prob: a sample's stage redrawn from 0..stage
+    final_fraction: float = 2 / 3  # share of the steps at the final stage (authors: 200 of 300 epochs)
+    stage_steps: int | None = None  # steps per pre-final stage; None: (1 - final_fraction) * steps / D. Set, the run can be extended or cut (constant lr)
     seed: int = 0
+    eval_every: int = 0  # steps between held-out accuracy evaluations (0: only at the end, when eval problems are given)
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end, when a checkpoint path is given)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise InterpError(f"TrainConfig: steps={self.steps} and batch_size={self.batch_size} must be >= 1.")
+        if not 0.5 <= self.final_fraction < 1:
+            raise InterpError(f"TrainConfig: final_fraction={self.final_fraction} must be in [0.5, 1) (at least half the steps at the final stage).")
+        if self.stage_steps is not None and self.stage_steps < 1:
+            raise InterpError(f"TrainConfig: stage_steps={self.stage_steps} must be >= 1 (or None).")
+        if not 0 <= self.uniform_prob <= 1:
+            raise InterpError(f"TrainConfig: uniform_prob={self.uniform_prob} must be in [0, 1].")
 
 
 def layout_for(mode: Mode, layout: SequenceLayout) -> SequenceLayout:
@@ -45,20 +77,78 @@ def layout_for(mode: Mode, layout: SequenceLayout) -> SequenceLayout:
     return SequenceLayout(layout.graph, 0) if mode == "no_cot" else layout
 
 
-def stage_at(step: int, config: TrainConfig, n_stages: int, generator: torch.Generator) -> int:
-    """Curriculum stage (number of latents) of a training step: equal-length stages 0..n_stages-1."""
-    stage = min(n_stages - 1, step * n_stages // config.steps)
-    if stage > 0 and torch.rand((), generator=generator).item() < config.earlier_stage_prob:
-        stage = int(torch.randint(0, stage, (), generator=generator))
-    return stage
+def scheduled_stage(step: int, config: TrainConfig, max_stage: int) -> int:
+    """The curriculum stage of a training step: 0..max_stage-1 for `stage_steps` each (default: sharing the first
+    (1 - final_fraction) of the steps), then max_stage."""
+    if max_stage == 0:
+        return 0
+    per_stage = config.stage_steps or max(1, int(round((1 - config.final_fraction) * config.steps / max_stage)))
+    return min(max_stage, step // per_stage)
 
 
-def sequence_loss(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], layout: SequenceLayout, n_latent: int) -> Tensor:
-    """Cross-entropy on the chain steps after the latents and on the answer."""
-    targets = [*layout.chain[n_latent:], layout.answer_marker + 1]
-    logits = continuous_forward(model, tokens, layout.chain.start, n_latent).logits if n_latent else model(tokens)
-    predicted = logits[:, [p - 1 for p in targets]]
-    return torch.nn.functional.cross_entropy(predicted.flatten(0, 1), tokens[:, targets].flatten())
+def sample_stage(stage: int, n_hops: int, uniform_prob: float, rng: random.Random) -> int:
+    """The number of thoughts of one sample at a scheduled stage: min(stage, n_hops), redrawn from 0..that with uniform_prob."""
+    k = min(stage, n_hops)
+    if rng.random() < uniform_prob:
+        k = rng.randint(0, k)
+    return k
+
+
+def random_shortest_path(problem: Problem, rng: random.Random) -> list[int]:
+    """A shortest root -> answer path drawn hop by hop among the nodes on shortest paths (the authors' CoT sampling)."""
+    children: dict[int, set[int]] = {}
+    for a, b in problem.edges:
+        children.setdefault(a, set()).add(b)
+    path = [problem.root]
+    for hop in range(1, problem.n_hops + 1):
+        path.append(rng.choice(sorted(children[path[-1]] & problem.on_shortest_paths(hop))))
+    return path
+
+
+def _shuffled_head(problem: Problem, layout: SequenceLayout, rng: random.Random, shuffle: bool) -> list[int]:
+    if not shuffle:
+        return layout.head_tokens(problem)
+    edges = list(problem.edges)
+    rng.shuffle(edges)
+    candidates = problem.candidates if rng.random() < 0.5 else problem.candidates[::-1]
+    return layout.head_tokens(problem, edges, candidates)
+
+
+def training_sample(mode: Mode, problem: Problem, layout: SequenceLayout, stage: int, config: TrainConfig, rng: random.Random, shuffle: bool = True) -> tuple[list[int], list[int], int]:
+    """(tokens padded to seq_len, labels (IGNORE where unsupervised), number of thoughts) of one sample."""
+    layout = layout_for(mode, layout)
+    head = _shuffled_head(problem, layout, rng, shuffle)
+    latent, answer_marker = layout.special("<latent>"), layout.special("[A]")
+    n_latent = 0
+    if mode == "continuous":
+        n_latent = sample_stage(stage, problem.n_hops, config.uniform_prob, rng)
+        if n_latent < problem.n_hops:
+            tail, supervised = [rng.choice(sorted(problem.on_shortest_paths(n_latent + 1)))], [0]
+        else:
+            tail, supervised = [answer_marker, problem.answer], [1]
+        tail = [latent] * n_latent + tail
+        supervised = [n_latent + i for i in supervised]
+    elif mode == "discrete_cot":
+        tail = random_shortest_path(problem, rng)[1:] + [answer_marker, problem.answer]
+        supervised = list(range(len(tail)))
+    else:
+        tail, supervised = [answer_marker, problem.answer], [0, 1]
+    tokens = layout.padded(head + tail)
+    labels = [IGNORE] * layout.seq_len
+    for i in supervised:
+        labels[len(head) + i] = tokens[len(head) + i]
+    return tokens, labels, n_latent
+
+
+def training_batch(mode: Mode, problems: list[Problem], layout: SequenceLayout, stage: int, config: TrainConfig, rng: random.Random) -> tuple[Tensor, Tensor, Tensor]:
+    rows = [training_sample(mode, p, layout, stage, config, rng) for p in problems]
+    return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows])
+
+
+def sequence_loss(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], labels: Int[Tensor, "batch pos"], layout: SequenceLayout, n_latent: Int[Tensor, " batch"]) -> Tensor:
+    """Mean cross-entropy over the supervised tokens (labels != IGNORE), each predicted from the position before it."""
+    logits = continuous_forward(model, tokens, layout.chain.start, n_latent).logits if int(n_latent.max()) > 0 else model(tokens)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
 def trainable_parameters(model: HookedTransformer) -> list[torch.nn.Parameter]:
@@ -66,52 +156,141 @@ def trainable_parameters(model: HookedTransformer) -> list[torch.nn.Parameter]:
     return [p for name, p in model.named_parameters() if not name.endswith("parametrizations.W_U.original")]
 
 
-def train(mode: Mode, problems: list[Problem], layout: SequenceLayout, model_config: ModelConfig, config: TrainConfig, progress: bool = True) -> tuple[HookedTransformer, pd.DataFrame]:
-    """Train one model; returns it (in eval mode) and the loss curve (step, stage, loss)."""
+def train(
+    mode: Mode, problems: list[Problem], layout: SequenceLayout, model_config: ModelConfig, config: TrainConfig,
+    progress: bool = True, eval_problems: list[Problem] | None = None, checkpoint: Path | None = None,
+) -> tuple[HookedTransformer, pd.DataFrame, pd.DataFrame]:
+    """Train one model; returns it (in eval mode), the loss curve (step, stage, loss) and the held-out
+    accuracy curve (step, accuracy, n) on `eval_problems` (empty without them).
+
+    With `checkpoint`, the state (model, optimizer, schedule, random generators, curves) is saved there every
+    `checkpoint_every` steps and at the end, and a rerun resumes from it (a finished checkpoint trains nothing).
+    """
     if not problems:
         raise InterpError("problems is empty: pass the training problems.")
+    full_layout = layout
     layout = layout_for(mode, layout)
     model = build_model(layout, model_config, config.seed)
-    n_stages = layout.n_chain + 1 if mode == "continuous" else 1
-    encoded = [layout.encode_batch(problems, n_latent=k) for k in range(n_stages)]
+    max_stage = layout.n_chain if mode == "continuous" else 0
     parameters = trainable_parameters(model)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / config.steps)))
-    generator = torch.Generator().manual_seed(config.seed)
-    rows = []
-    for step in tqdm(range(config.steps), desc=f"train {mode}", disable=not progress):
-        stage = stage_at(step, config, n_stages, generator)
-        batch = torch.randint(0, len(problems), (config.batch_size,), generator=generator)
-        loss = sequence_loss(model, encoded[stage][batch], layout, stage)
+    # the authors keep the learning rate constant; a linear warmup is added for the larger CPU-budget rate
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
+    rng = random.Random(config.seed)
+    rows, acc_rows, start, seconds = [], [], 0, 0.0
+    # what the checkpoint must agree on; steps / eval_every / checkpoint_every may change between runs (constant lr)
+    fingerprint = repr((mode, layout.graph, model_config, replace(config, steps=1, eval_every=0, checkpoint_every=0) if config.stage_steps else config))
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise InterpError(f"checkpoint {checkpoint} was written by another setup ({state['fingerprint']}); this run is {fingerprint}. Delete it or use another out dir.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.setstate(state["rng"])
+        rows, acc_rows, start, seconds = state["rows"], state["acc_rows"], state["step"], state["seconds"]
+    began = time.perf_counter()
+
+    def save(step: int) -> None:
+        if checkpoint is None:
+            return
+        state = dict(fingerprint=fingerprint, seconds=seconds + time.perf_counter() - began, step=step, model=model.state_dict(), optimizer=optimizer.state_dict(), schedule=schedule.state_dict(), rng=rng.getstate(), rows=rows, acc_rows=acc_rows)
+        partial = Path(checkpoint).with_suffix(".partial")
+        torch.save(state, partial)
+        os.replace(partial, checkpoint)
+
+    def evaluate(step: int) -> None:
+        if eval_problems:
+            model.eval()
+            acc_rows.append((step, accuracy(model, mode, eval_problems, full_layout), len(eval_problems)))
+            model.train()
+            if checkpoint is not None:  # a log line per evaluation for the long parallel runs
+                print(f"[{mode}] step {step}/{config.steps} held-out acc {acc_rows[-1][1]:.3f} ({time.perf_counter() - began + seconds:.0f} s)", flush=True)
+
+    end = max(start, config.steps)  # a checkpoint past `steps` (a run cut short and rerun with fewer steps) is kept as it is
+    model.train()
+    for step in tqdm(range(start, end), desc=f"train {mode}", disable=not progress, initial=start, total=end):
+        if config.eval_every and step % config.eval_every == 0 and not (acc_rows and acc_rows[-1][0] == step):
+            evaluate(step)
+        stage = scheduled_stage(step, config, max_stage)
+        batch = [problems[rng.randrange(len(problems))] for _ in range(config.batch_size)]
+        tokens, labels, n_latent = training_batch(mode, batch, layout, stage, config, rng)
+        loss = sequence_loss(model, tokens, labels, layout, n_latent)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
         rows.append((step, stage, loss.item()))
-    return model.eval(), pd.DataFrame(rows, columns=["step", "stage", "loss"])
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < end:
+            save(step + 1)
+    if not (acc_rows and acc_rows[-1][0] == end):
+        evaluate(end)
+    if start < end:
+        save(end)
+    loss_curve = pd.DataFrame(rows, columns=["step", "stage", "loss"])
+    loss_curve.attrs["train_seconds"] = seconds + time.perf_counter() - began
+    loss_curve.attrs["steps_trained"] = end
+    return model.eval(), loss_curve, pd.DataFrame(acc_rows, columns=["step", "accuracy", "n"])
+
+
+def eval_tokens(mode: Mode, problems: list[Problem], layout: SequenceLayout) -> tuple[Tensor, Tensor]:
+    """The evaluation prompts (prompt order as stored) and each sample's number of thoughts.
+
+    continuous: d thoughts (d = the answer's distance, the authors' final stage) then [A]; discrete_cot: the
+    question only (the chain is generated); no_cot: the question then [A].
+    """
+    layout = layout_for(mode, layout)
+    latent, answer_marker = layout.special("<latent>"), layout.special("[A]")
+    rows, counts = [], []
+    for p in problems:
+        head = layout.head_tokens(p)
+        if mode == "continuous":
+            rows.append(layout.padded(head + [latent] * p.n_hops + [answer_marker]))
+            counts.append(p.n_hops)
+        elif mode == "discrete_cot":
+            rows.append(layout.padded(head))
+            counts.append(0)
+        else:
+            rows.append(layout.padded(head + [answer_marker]))
+            counts.append(0)
+    return torch.tensor(rows), torch.tensor(counts)
 
 
 @torch.no_grad()
-def predict_answers(model: HookedTransformer, mode: Mode, problems: list[Problem], layout: SequenceLayout, batch_size: int = 512) -> Int[Tensor, " n"]:
-    """The token each model emits after [A] (argmax over the whole vocabulary)."""
+def predict_answers(model: HookedTransformer, mode: Mode, problems: list[Problem], layout: SequenceLayout, batch_size: int = 500) -> Int[Tensor, " n"]:
+    """The token each model emits after [A] (argmax over the whole vocabulary; -1: a discrete chain that never emitted [A])."""
     layout = layout_for(mode, layout)
-    nodes = torch.arange(layout.n_node_ids)
+    if not problems:
+        raise InterpError("problems is empty: pass at least one Problem.")
     answers = []
+    everything = torch.arange(layout.d_vocab)
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
+        tokens, counts = eval_tokens(mode, chunk, layout)
+        rows = torch.arange(len(chunk))
         if mode == "continuous":
-            tokens = layout.encode_batch(chunk, n_latent=layout.n_chain)
-            logits = continuous_forward(model, tokens, layout.chain.start, layout.n_chain).logits
+            logits = continuous_forward(model, tokens, layout.chain.start, counts).logits
+            answers.append(logits[rows, layout.chain.start + counts].argmax(-1))
         elif mode == "discrete_cot":
-            tokens = greedy_chain(model, layout.encode_batch(chunk), layout.chain.start, layout.n_chain, nodes)
-            logits = model(tokens)
+            generated = greedy_chain(model, tokens, layout.chain.start, layout.seq_len - layout.chain.start, everything)
+            answers.append(chain_answer(generated, layout))
         else:
-            logits = model(layout.encode_batch(chunk))
-        answers.append(logits[:, layout.answer_marker].argmax(-1))
+            answers.append(model(tokens)[:, layout.answer_marker].argmax(-1))
     return torch.cat(answers)
 
 
+def chain_answer(generated: Int[Tensor, "batch pos"], layout: SequenceLayout) -> Int[Tensor, " batch"]:
+    """The token after the first generated [A] (-1 where no [A] was generated before the last position)."""
+    chain = generated[:, layout.chain.start : -1]
+    is_marker = chain == layout.special("[A]")
+    found = is_marker.any(-1)
+    first = is_marker.int().argmax(-1) + layout.chain.start
+    answer = generated[torch.arange(len(generated)), first + 1]
+    return torch.where(found, answer, torch.full_like(answer, -1))
+
+
 def accuracy(model: HookedTransformer, mode: Mode, problems: list[Problem], layout: SequenceLayout) -> float:
+    layout_for(mode, layout)
     predicted = predict_answers(model, mode, problems, layout)
     return (predicted == torch.tensor([p.answer for p in problems])).float().mean().item()

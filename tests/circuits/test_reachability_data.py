@@ -1,6 +1,8 @@
 """Graph generator, split and sequence layout, checked against independent computations."""
 
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from circuits.reachability.graphs import GraphConfig, make_problems, split_by_gr
 from circuits.reachability.tokens import SequenceLayout
 from interp.errors import InterpError
 
-CONFIG = GraphConfig(n_node_ids=16, n_levels=3, max_width=2, n_edges=12)
+CONFIG = GraphConfig(n_node_ids=16, n_levels=3, min_width=1, max_width=2, n_edges=15)  # widths 1-2 and 3+ extra edges: several shortest paths
 
 
 def closure_distances(problem, n_ids):
@@ -26,6 +28,34 @@ def closure_distances(problem, n_ids):
     return distance
 
 
+def is_acyclic(edges) -> bool:
+    """Kahn's algorithm: every node can be removed once its in-degree is zero."""
+    nodes = {v for e in edges for v in e}
+    indegree = {v: sum(b == v for _, b in edges) for v in nodes}
+    ready, removed = [v for v in nodes if indegree[v] == 0], 0
+    while ready:
+        v = ready.pop()
+        removed += 1
+        for a, b in edges:
+            if a == v:
+                indegree[b] -= 1
+                if indegree[b] == 0:
+                    ready.append(b)
+    return removed == len(nodes)
+
+
+def brute_force_path_nodes(problem, hop):
+    """Nodes at position `hop` of any root -> answer walk of the answer's length (enumerating every walk)."""
+    children = {}
+    for a, b in problem.edges:
+        children.setdefault(a, []).append(b)
+    length = problem.distance[problem.answer]
+    walks = [[problem.root]]
+    for _ in range(length):
+        walks = [w + [b] for w in walks for b in children.get(w[-1], [])]
+    return {w[hop] for w in walks if w[-1] == problem.answer}
+
+
 @pytest.fixture(scope="module")
 def problems():
     return make_problems(CONFIG, 300, seed=0)
@@ -34,7 +64,7 @@ def problems():
 def test_graphs_are_dags_with_the_promised_candidates(problems):
     for p in problems:
         assert len(p.edges) == CONFIG.n_edges and len(set(p.edges)) == CONFIG.n_edges
-        assert all(a < b for a, b in p.edges)
+        assert is_acyclic(p.edges)
         assert all(a in p.nodes and b in p.nodes for a, b in p.edges)
         distance = closure_distances(p, CONFIG.n_node_ids)
         assert distance == p.distance
@@ -46,6 +76,29 @@ def test_graphs_are_dags_with_the_promised_candidates(problems):
         for c in range(CONFIG.n_levels + 1):
             assert p.reachable_within(c) == {v for v, d in distance.items() if d <= c}
             assert p.frontier(c) == {v for v, d in distance.items() if d == c}
+
+
+def test_node_ids_are_shuffled_unless_asked_for_level_order(problems):
+    # shuffled ids: about half the edges go from a larger to a smaller id, so ids carry no level order
+    share = sum(a < b for p in problems for a, b in p.edges) / sum(len(p.edges) for p in problems)
+    assert 0.35 < share < 0.65
+    ordered = make_problems(replace(CONFIG, shuffle_ids=False), 100, seed=0)
+    assert all(a < b for p in ordered for a, b in p.edges)
+
+
+def test_default_graphs_branch(problems):
+    default = make_problems(GraphConfig(), 400, seed=5)
+    for c in (1, 2):  # the issue's bar: the frontier holds more than one node in >= 60% of problems at steps 1 and 2
+        assert sum(len(p.frontier(c)) > 1 for p in default) / len(default) >= 0.6
+    assert min(len(p.frontier(1)) for p in default) >= 2  # two nodes per level per component: the root always branches
+
+
+def test_on_shortest_paths_equals_walk_enumeration(problems):
+    assert sum(len(p.on_shortest_paths(1)) > 1 for p in problems) > 20  # the check below sees branching paths
+    for p in problems[:80]:
+        for hop in range(p.n_hops + 1):
+            assert p.on_shortest_paths(hop) == brute_force_path_nodes(p, hop)
+        assert p.n_hops == len(p.path) - 1 and set(p.path[1:2]) <= p.on_shortest_paths(1)
 
 
 def test_generation_is_seeded_and_covers_every_distance(problems):
@@ -83,6 +136,11 @@ def test_layout_places_every_token(problems):
     assert [layout.encode(short)[q] for q in layout.chain] == list(short.path[1:]) + [short.answer] * (layout.n_chain + 1 - len(short.path))
     assert SequenceLayout(CONFIG, 0).encode(p)[-3:] == [p.root, layout.special("[A]"), p.answer]
     assert layout.decode(layout.encode(p))[:4] == "BOS "
+    assert layout.head_tokens(p) == layout.encode(p)[: layout.chain.start]
+    swapped = layout.head_tokens(p, edges=p.edges[::-1], candidates=p.candidates[::-1])
+    assert swapped[1:4] == [p.edges[-1][0], p.edges[-1][1], layout.special("|")] and swapped[layout.candidate_positions[0]] == p.candidates[1]
+    padded = layout.padded(layout.head_tokens(p))
+    assert len(padded) == layout.seq_len and set(padded[layout.chain.start :]) == {layout.special("<pad>")}
 
 
 def test_bad_input_is_named():
