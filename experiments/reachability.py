@@ -199,11 +199,7 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
         figures[f"edge_attention_{label}"] = grouped_by_step(tables["edge_attention_separate"], label, "Layer-2 attention mass per edge (sum over heads)")
         figures[f"example_graph_{label}"] = example_graph_figure(example_nodes, example_edges, label)
     metrics["seconds"] = time.perf_counter() - started
-    try:
-        results.save_figures(figures, png=config.png)
-    except InterpError as error:  # no browser for PNG export: keep the interactive figures
-        results.save_figures(figures, png=False)
-        metrics["png_skipped"] = str(error).split(".")[0]
+    results.save_figures(figures, png=config.png)  # without a browser: JSON and HTML only, PNGs listed in figures/PNG_SKIPPED.txt
     results.write_metrics(metrics)
     build_dashboard(results)  # the page's sections come from dashboards/reachability.py
     return results.path
