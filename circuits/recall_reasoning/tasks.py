@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
@@ -64,6 +65,9 @@ _OPPOSITES = (
     ("strong", "weak"), ("full", "empty"), ("thick", "thin"), ("loud", "quiet"), ("high", "low"), ("right", "wrong"),
 )
 _NONCE_WORDS = ("blick", "dax", "wug", "fep", "tove", "zorp", "glim", "mip")
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December")
+_NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen",
+            "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
 
 FAMILIES: dict[str, Family] = {
     "capital": Family(
@@ -96,7 +100,22 @@ FAMILIES: dict[str, Family] = {
         ("The word {bridge} means {entity}. The opposite of {entity} is {answer}. So the opposite of {bridge} is",
          "In a new language, {bridge} means {entity}, and the opposite of {entity} is {answer}. The opposite of {bridge} is"),
     ),
+    # Reasoning families whose answer is NOT in the prompt: the in-context fact must be composed with a known
+    # successor relation, so no in-context copy head can produce the answer (construct validity; NO_COPY_FAMILIES).
+    "next_month": Family(
+        "next_month", tuple((m, _PEOPLE[i % len(_PEOPLE)], _MONTHS[(i + 1) % 12]) for i, m in enumerate(_MONTHS)),
+        ("The month after {entity} is", "The month that comes after {entity} is", "After {entity} comes the month of"),
+        ("{bridge} was born in {entity}. Her brother was born one month after {bridge}. So her brother was born in",
+         "{bridge} started work in {entity}, and Tom started one month later than {bridge}. So Tom started in"),
+    ),
+    "next_number": Family(
+        "next_number", tuple((n, _PEOPLE[i % len(_PEOPLE)], _NUMBERS[i + 1]) for i, n in enumerate(_NUMBERS[:-1])),
+        ("The number after {entity} is", "Counting up, the number that comes after {entity} is", "{entity} plus one is"),
+        ("{bridge} has {entity} apples. Tom has one apple more than {bridge}. So Tom has",
+         "{bridge} is {entity} years old. Her brother is one year older than {bridge}. So her brother is"),
+    ),
 }
+NO_COPY_FAMILIES = ("next_month", "next_number")
 
 
 def families(names: Sequence[str] | None = None) -> list[Family]:
@@ -229,3 +248,88 @@ def keep_correct(model: HookedTransformer, prompts: PromptSet) -> tuple[PromptSe
     if not keep:
         raise InterpError(f"keep_correct: the model answers none of the {len(prompts)} {prompts.task} prompts correctly; nothing is left to analyse.")
     return prompts.subset(keep), scores.assign(kept=scores["correct_distractor"])
+
+
+# --- the held-out split ------------------------------------------------------------------------
+
+
+def concat(task: str, parts: Sequence[PromptSet]) -> PromptSet:
+    """One PromptSet of several (their items relabelled `task`)."""
+    items = pd.concat([p.items for p in parts], ignore_index=True).assign(task=task)
+    return PromptSet(task, items, [t for p in parts for t in p.tokens], [t for p in parts for t in p.corrupted],
+                     torch.cat([p.answer_ids for p in parts]), torch.cat([p.wrong_ids for p in parts]), torch.cat([p.candidate_ids for p in parts]))
+
+
+def split_by_entity(prompts: dict[str, PromptSet], seed: int = 0) -> tuple[dict[str, PromptSet], dict[str, PromptSet]]:
+    """Split both tasks' items by entity into a localisation half and an evaluation half (seeded, the same entity in the same half for both tasks).
+
+    Every localisation item's corrupted partner must not be an evaluated prompt: a partner that is one is
+    replaced by another localisation item of the same family, template and token length with a different
+    answer token (the first such), and the item is dropped when there is none. So the sets are chosen
+    without running any evaluated prompt.
+    """
+    entities = sorted({e for p in prompts.values() for e in p.items["entity"]})
+    if len(entities) < 2:
+        raise InterpError(f"split_by_entity: the items hold {len(entities)} entity; at least two are needed to split them.")
+    order = torch.randperm(len(entities), generator=torch.Generator().manual_seed(seed)).tolist()
+    localise_entities = {entities[i] for i in order[: len(entities) // 2]}
+    localisation, evaluation = {}, {}
+    for task, p in prompts.items():
+        in_half = p.items["entity"].isin(localise_entities).to_numpy()
+        localisation[task] = p.subset(np.flatnonzero(in_half))
+        evaluation[task] = p.subset(np.flatnonzero(~in_half))
+    evaluated = {prompt for p in evaluation.values() for prompt in p.items["prompt"]}
+    for task, p in localisation.items():
+        localisation[task] = _repair(p, evaluated)
+    return localisation, evaluation
+
+
+def _repair(prompts: PromptSet, forbidden: set[str]) -> PromptSet:
+    items = prompts.items
+    keep, corrupted, wrong, corrupted_prompt, corrupted_answer = [], [], [], [], []
+    for i, row in items.iterrows():
+        if row["corrupted_prompt"] not in forbidden:
+            keep.append(i)
+            corrupted.append(prompts.corrupted[i]), wrong.append(int(prompts.wrong_ids[i]))
+            corrupted_prompt.append(row["corrupted_prompt"]), corrupted_answer.append(row["corrupted_answer"])
+            continue
+        partner = next((j for j, other in items.iterrows() if j != i and other["family"] == row["family"] and other["template"] == row["template"]
+                        and len(prompts.tokens[j]) == len(prompts.tokens[i]) and int(prompts.answer_ids[j]) != int(prompts.answer_ids[i])), None)
+        if partner is None:
+            continue
+        keep.append(i)
+        corrupted.append(prompts.tokens[partner]), wrong.append(int(prompts.answer_ids[partner]))
+        corrupted_prompt.append(items.at[partner, "prompt"]), corrupted_answer.append(items.at[partner, "answer"])
+    kept = prompts.subset(keep)
+    kept.items = kept.items.assign(corrupted_prompt=corrupted_prompt, corrupted_answer=corrupted_answer)
+    kept.corrupted = corrupted
+    kept.wrong_ids = torch.tensor(wrong, dtype=prompts.wrong_ids.dtype)
+    return kept
+
+
+def references(localisation: PromptSet, evaluated: set[str]) -> dict[int, Tensor]:
+    """Per token length, the reference prompts of mean / resample ablation: the localisation half's clean and corrupted prompts, never an evaluated one."""
+    rows: dict[int, dict[str, Tensor]] = {}
+    for i, row in localisation.items.iterrows():
+        for text, tokens in ((row["prompt"], localisation.tokens[i]), (row["corrupted_prompt"], localisation.corrupted[i])):
+            if text not in evaluated:
+                rows.setdefault(len(tokens), {})[text] = tokens
+    return {length: torch.stack(list(by_text.values())) for length, by_text in rows.items()}
+
+
+def shuffle_labels(prompts: dict[str, PromptSet], seed: int) -> dict[str, PromptSet]:
+    """The negative control: both tasks' items pooled and dealt back to 'recall' and 'reasoning' at random (the same counts)."""
+    pooled = concat("pooled", [prompts[task] for task in TASKS])
+    order = torch.randperm(len(pooled), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_recall = len(prompts["recall"])
+    out = {}
+    for task, indices in (("recall", sorted(order[:n_recall])), ("reasoning", sorted(order[n_recall:]))):
+        part = pooled.subset(indices)
+        part.task, part.items = task, part.items.assign(true_task=part.items["task"], task=task)
+        out[task] = part
+    return out
+
+
+def answer_in_prompt(prompts: PromptSet) -> np.ndarray:
+    """Per item: the answer string appears verbatim in the prompt (so an in-context copy can produce it)."""
+    return np.array([answer in prompt for answer, prompt in zip(prompts.items["answer"], prompts.items["prompt"])], dtype=bool)
