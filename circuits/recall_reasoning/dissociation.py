@@ -223,7 +223,8 @@ def layer_band(sites: Sequence[Site], pool: Sequence[Site], n_layers: int, min_f
 
 def matched_random_sets(pool: Sequence[Site], chosen: Sequence[Site], n_sets: int, seed: int, n_layers: int, min_factor: int = 2) -> tuple[list[list[Site]], tuple[int, int]]:
     """n_sets random sets with the chosen set's composition (as many heads, MLP layers and neurons), each unit drawn
-    without replacement from the pool's units of that kind inside the layer band (layer_band) and outside the chosen set.
+    without replacement from the pool's units of that kind inside the layer band (layer_band) and outside the chosen set
+    (when the whole model has fewer such units than the set holds, from all units of the kind, the chosen ones included).
 
     Returns the sets and the band. Sets may repeat when the band holds few combinations.
     """
@@ -233,8 +234,10 @@ def matched_random_sets(pool: Sequence[Site], chosen: Sequence[Site], n_sets: in
     counts, excluded = composition(chosen), set(chosen)
     candidates = {kind: [u for u in pool if KINDS[u.component] == kind and lo <= u.layer <= hi and u not in excluded] for kind in counts}
     for kind, k in counts.items():
+        if k > len(candidates[kind]):  # too few others in the whole model (a tiny model): draw from every unit of the kind, the chosen ones included
+            candidates[kind] = [u for u in pool if KINDS[u.component] == kind and lo <= u.layer <= hi]
         if k > len(candidates[kind]):
-            raise InterpError(f"matched_random_sets: the set holds {k} {kind} unit(s) but the pool has only {len(candidates[kind])} other {kind} unit(s) in the whole model.")
+            raise InterpError(f"matched_random_sets: the set holds {k} {kind} unit(s) but the pool has only {len(candidates[kind])} in layers {lo}..{hi}.")
     generator = torch.Generator().manual_seed(seed)
     sets = []
     for _ in range(n_sets):
