@@ -319,13 +319,18 @@ def references(localisation: PromptSet, evaluated: set[str]) -> dict[int, Tensor
 
 def shuffle_labels(prompts: dict[str, PromptSet], seed: int) -> dict[str, PromptSet]:
     """The negative control: both tasks' items pooled and dealt back to 'recall' and 'reasoning' at random (the same counts)."""
-    pooled = concat("pooled", [prompts[task] for task in TASKS])
+    parts = []
+    for task in TASKS:
+        part = prompts[task].subset(range(len(prompts[task])))
+        part.items = part.items.assign(true_task=task)
+        parts.append(part)
+    pooled = concat("pooled", parts)
     order = torch.randperm(len(pooled), generator=torch.Generator().manual_seed(seed)).tolist()
     n_recall = len(prompts["recall"])
     out = {}
     for task, indices in (("recall", sorted(order[:n_recall])), ("reasoning", sorted(order[n_recall:]))):
         part = pooled.subset(indices)
-        part.task, part.items = task, part.items.assign(true_task=part.items["task"], task=task)
+        part.task, part.items = task, part.items.assign(task=task)
         out[task] = part
     return out
 
