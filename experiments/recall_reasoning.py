@@ -41,18 +41,18 @@ class RecallReasoningConfig:
     families: tuple[str, ...] = tuple(FAMILIES)
     max_entities: int | None = None  # per family; None: all
     # Sized for the shared 2-core machine at one thread: every condition is an exact forward of all evaluated items, and there are
-    # 3 + 2 x n_random conditions per method. AtP picks 16 candidates per task for exact patching; 24 items per task and half.
+    # 3 + 2 x n_random conditions per method (1,206 forwards for three methods). AtP picks 16 candidates per task for exact patching;
+    # 16 items per task and half; neuron sets and layer x position patching are left to the quick run (neuron_set_size=0).
     analysis_settings: AnalysisSettings = field(default_factory=lambda: AnalysisSettings(
-        exact_candidates=16, max_items=24, n_random=200, position_layers=tuple(range(0, 30, 6)), neuron_set_size=20, neuron_candidates=32,
-        neuron_methods=("mean",)))
+        exact_candidates=16, max_items=16, n_random=200, position_layers=(), neuron_set_size=0, neuron_methods=("mean",)))
     synthetic: bool = True
     kb: KnowledgeBase = field(default_factory=KnowledgeBase)
-    training: SyntheticTraining = field(default_factory=SyntheticTraining)
+    training: SyntheticTraining = field(default_factory=lambda: SyntheticTraining(steps=1000))
     synthetic_reasoning_items: int = 128
     synthetic_max_recall: int | None = None
     synthetic_settings: AnalysisSettings = field(default_factory=lambda: AnalysisSettings(set_size=2, neuron_set_size=10, screen=True, control_length=False))
     controls: bool = True  # the planted-circuit (positive) and shuffled-label (negative) controls
-    planted: PlantedSettings = field(default_factory=PlantedSettings)
+    planted: PlantedSettings = field(default_factory=lambda: PlantedSettings(n_reasoning_items=64))
     control_seeds: int = 20
     threads: int = 1  # torch threads; more than the free cores makes every small op wait on the others
     png: bool = True
@@ -61,11 +61,11 @@ class RecallReasoningConfig:
     def quick(cls) -> RecallReasoningConfig:
         return cls(
             max_entities=10,
-            analysis_settings=AnalysisSettings(position_layers=(0, 8, 16, 24, 29), single_length=True, max_items=8, exact_candidates=8, n_random=40,
+            analysis_settings=AnalysisSettings(position_layers=(0, 8, 16, 24, 29), single_length=True, max_items=8, exact_candidates=8, n_random=20,
                                               methods=("zero", "mean", "resample"), neuron_set_size=10, neuron_candidates=16, neuron_methods=("mean",)),
             training=SyntheticTraining(steps=1000),
             synthetic_reasoning_items=64, synthetic_max_recall=64,
-            synthetic_settings=AnalysisSettings(set_size=2, neuron_set_size=10, control_length=False, position_layers=(), max_items=24, n_random=100),
+            synthetic_settings=AnalysisSettings(set_size=2, neuron_set_size=10, control_length=False, position_layers=(), max_items=24, n_random=50),
             planted=replace(PlantedSettings(), n_reasoning_items=64, analysis=replace(PlantedSettings().analysis, n_random=100)),
             control_seeds=2,
         )
@@ -144,6 +144,17 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
         metrics.update(n_recall_unpaired=unpaired["recall"], n_reasoning_unpaired=unpaired["reasoning"], seconds_model=time.perf_counter() - start)
         figures = run_figures(tables, "", name)
         del model
+        for table_name, frame in tables.items():
+            results.save_table(table_name, frame)
+        results.write_metrics(dict(metrics, partial="the model's analysis only; controls and synthetic model still running"), merge=False)
+        if config.controls:
+            control_tables, control = _controls(config, results.path)
+            tables.update(control_tables)
+            metrics["controls"] = control
+            metrics.update(planted_detection_rate=control["planted_detection_rate"], shuffled_detection_rate=control["shuffled_detection_rate"],
+                           control_seeds=config.control_seeds)
+            figures["controls"] = control_bars(control_tables["controls"])
+            results.write_metrics(dict(metrics, partial="model and controls; synthetic model still running"), merge=False)
         if config.synthetic:
             start = time.perf_counter()
             synthetic_model, curve = train(config.kb, config.training, progress=True)
@@ -159,13 +170,6 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
             tables.update({f"synthetic_{k}": v for k, v in synthetic_tables.items()})
             figures.update(run_figures(synthetic_tables, "synthetic_", "synthetic model"))
             figures["synthetic_training"] = training_curve(curve)
-        if config.controls:
-            control_tables, control = _controls(config, results.path)
-            tables.update(control_tables)
-            metrics["controls"] = control
-            metrics.update(planted_detection_rate=control["planted_detection_rate"], shuffled_detection_rate=control["shuffled_detection_rate"],
-                           control_seeds=config.control_seeds)
-            figures["controls"] = control_bars(control_tables["controls"])
         metrics["seconds_total"] = time.perf_counter() - run_start
         for table_name, frame in tables.items():
             results.save_table(table_name, frame)
