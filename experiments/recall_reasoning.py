@@ -41,10 +41,10 @@ class RecallReasoningConfig:
     families: tuple[str, ...] = tuple(FAMILIES)
     max_entities: int | None = None  # per family; None: all
     # Sized for the shared 2-core machine at one thread: every condition is an exact forward of all evaluated items, and there are
-    # 3 + 2 x n_random conditions per method (1,206 forwards for three methods). AtP picks 16 candidates per task for exact patching;
-    # 16 items per task and half; neuron sets and layer x position patching are left to the quick run (neuron_set_size=0).
+    # 3 + 2 x n_random conditions per method (1,209 forwards for three methods). AtP picks 16 candidates per task for exact patching;
+    # 12 items per task and half; neuron sets and layer x position patching are left to the quick run (neuron_set_size=0).
     analysis_settings: AnalysisSettings = field(default_factory=lambda: AnalysisSettings(
-        exact_candidates=16, max_items=16, n_random=200, position_layers=(), neuron_set_size=0, neuron_methods=("mean",)))
+        exact_candidates=16, max_items=12, n_random=200, position_layers=(), neuron_set_size=0, neuron_methods=("mean",)))
     synthetic: bool = True
     kb: KnowledgeBase = field(default_factory=KnowledgeBase)
     training: SyntheticTraining = field(default_factory=lambda: SyntheticTraining(steps=1000))

@@ -35,7 +35,7 @@ from interp.errors import InterpError
 
 @dataclass(frozen=True)
 class PlantedSettings:
-    training: SyntheticTraining = field(default_factory=lambda: SyntheticTraining(n_layers=3, d_model=64, n_heads=8, d_mlp=256, steps=800))
+    training: SyntheticTraining = field(default_factory=lambda: SyntheticTraining(n_layers=3, d_model=64, n_heads=8, d_mlp=48, steps=800))  # d_mlp >= n_entities: one fact neuron each
     fact_layer: int = -1  # the MLP layer that holds the facts (zero during training)
     n_entities: int = 32
     n_values: int = 8

@@ -107,7 +107,7 @@ def random_distributions(dissociation: pd.DataFrame, method: str, title: str) ->
             fig.add_trace(go.Histogram(x=random_values, nbinsx=30, name=f"{len(random_values)} matched random sets", marker_color="#9aa5b1",
                                        showlegend=row == 1 and col == 1), row=row, col=col)
             fig.add_vline(x=observed, line_color="#c0392b", line_width=3, row=row, col=col,
-                          annotation_text=f"chosen {observed:.2f}", annotation_position="top")
+                          annotation_text=f"chosen {observed:.2f}", annotation_position="bottom right")
     fig.update_layout(title=dict(text=title), bargap=0.05)
     return fig
 
