@@ -23,8 +23,8 @@ def _subset_text(m: dict) -> str:
              f"({m.get('reasoning_answer_in_prompt_fraction_all', float('nan')):.2f} of all built ones) have their answer verbatim in the prompt, so an "
              "in-context copy head could answer them."]
     if "no_copy" in m:
-        parts.append(f"On the {m.get('n_reasoning_no_copy_evaluation', 0)} evaluated reasoning items whose answer is not in the prompt (families next_month, "
-                     f"next_number): {m['no_copy']['verdict']}")
+        parts.append(f"On the {m.get('n_reasoning_no_copy_evaluation', 0)} evaluated reasoning items whose answer is not in the prompt (the *_no_copy "
+                     f"families: an in-context binding, then a recalled fact): {m['no_copy']['verdict']}")
     if "copy" in m:
         parts.append(f"On the reasoning items whose answer is in the prompt: {m['copy']['verdict']}")
     return " ".join(parts)

@@ -41,10 +41,11 @@ class RecallReasoningConfig:
     families: tuple[str, ...] = tuple(FAMILIES)
     max_entities: int | None = None  # per family; None: all
     # Sized for the shared 2-core machine at one thread: every condition is an exact forward of all evaluated items, and there are
-    # 3 + 2 x n_random conditions per method (1,209 forwards for three methods). AtP picks 16 candidates per task for exact patching;
-    # 12 items per task and half; neuron sets and layer x position patching are left to the quick run (neuron_set_size=0).
+    # 3 + 2 x n_random conditions per method. AtP picks 16 candidates per task for exact patching; 12 items per task, half and stratum
+    # (reasoning: answer in the prompt or not); mean and resample (zero is in the quick run); neuron sets and layer x position patching
+    # are left to the quick run (neuron_set_size=0).
     analysis_settings: AnalysisSettings = field(default_factory=lambda: AnalysisSettings(
-        exact_candidates=16, max_items=12, n_random=200, position_layers=(), neuron_set_size=0, neuron_methods=("mean",)))
+        exact_candidates=16, max_items=12, n_random=200, methods=("mean", "resample"), position_layers=(), neuron_set_size=0, neuron_methods=("mean",)))
     synthetic: bool = True
     kb: KnowledgeBase = field(default_factory=KnowledgeBase)
     training: SyntheticTraining = field(default_factory=lambda: SyntheticTraining(steps=1000))
@@ -52,7 +53,7 @@ class RecallReasoningConfig:
     synthetic_max_recall: int | None = None
     synthetic_settings: AnalysisSettings = field(default_factory=lambda: AnalysisSettings(set_size=2, neuron_set_size=10, screen=True, control_length=False))
     controls: bool = True  # the planted-circuit (positive) and shuffled-label (negative) controls
-    planted: PlantedSettings = field(default_factory=lambda: PlantedSettings(n_reasoning_items=64))
+    planted: PlantedSettings = field(default_factory=PlantedSettings)
     control_seeds: int = 20
     threads: int = 1  # torch threads; more than the free cores makes every small op wait on the others
     png: bool = True

@@ -43,7 +43,7 @@ class PlantedSettings:
     embed_scale: float = 4.0  # entity embeddings' norm, in units of the residual stream's typical norm at the fact layer
     out_scale: float = 8.0  # the fact neuron's write, in the same units
     margin: float = 3.0  # fact neurons' pre-activation: +margin on their entity, -margin elsewhere
-    n_reasoning_items: int = 128
+    n_reasoning_items: int = 64
     analysis: AnalysisSettings = field(default_factory=lambda: AnalysisSettings(
         set_size=3, neuron_set_size=0, methods=("mean",), screen=False, position_layers=(), n_random=200, n_bootstrap=1000))
 

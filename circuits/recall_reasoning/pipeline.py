@@ -53,7 +53,8 @@ class AnalysisSettings:
     min_d: float = 0.8
     exact_candidates: int | None = None  # None: patch every unit exactly; else AtP first, then this many per task exactly
     single_length: bool = False  # keep only each task's most common token length: one batch per forward (quick runs)
-    max_items: int | None = None  # per task and half, a seeded sample of the kept items (quick runs)
+    max_items: int | None = None  # per task, half and stratum (reasoning: answer in the prompt or not), a seeded sample of the kept items
+    min_subset_items: int = 8  # the verdict on a subset of the reasoning items (no-copy families, the others) needs this many evaluated items
     shuffle_labels: bool = False  # the negative control: pool both tasks' items and deal the labels at random
     memory_budget: int = 1 << 29  # bytes of transient activations per batch of ablated forwards
     seed: int = 0
@@ -79,11 +80,24 @@ def _sample(prompts: PromptSet, n: int | None, seed: int) -> PromptSet:
     return prompts.subset(sorted(torch.randperm(len(prompts), generator=generator)[:n].tolist()))
 
 
+def _stratified(prompts: PromptSet, n: int | None, seed: int) -> PromptSet:
+    """max_items per stratum: reasoning items whose answer is in the prompt and those whose answer is not (no-copy families) are sampled separately."""
+    if n is None:
+        return prompts
+    no_copy = prompts.items["family"].isin(NO_COPY_FAMILIES).to_numpy()
+    parts = [np.flatnonzero(mask) for mask in (~no_copy, no_copy) if mask.any()]
+    keep = []
+    for offset, part in enumerate(parts):
+        chosen = part if len(part) <= n else part[torch.randperm(len(part), generator=torch.Generator().manual_seed(seed + 101 * offset))[:n].numpy()]
+        keep += chosen.tolist()
+    return prompts.subset(sorted(keep))
+
+
 def held_out_halves(kept: dict[str, PromptSet], settings: AnalysisSettings) -> tuple[dict[str, PromptSet], dict[str, PromptSet], dict[str, dict], dict[str, int]]:
     """Split, sample, and pair each evaluation half with its reference prompts; evaluation items without a same-length reference are dropped (counted)."""
     localisation, evaluation = split_by_entity(kept, settings.seed)
-    localisation = {t: _sample(p, settings.max_items, settings.seed) for t, p in localisation.items()}
-    evaluation = {t: _sample(p, settings.max_items, settings.seed + 1) for t, p in evaluation.items()}
+    localisation = {t: _stratified(p, settings.max_items, settings.seed) for t, p in localisation.items()}
+    evaluation = {t: _stratified(p, settings.max_items, settings.seed + 1) for t, p in evaluation.items()}
     evaluated = {prompt for p in evaluation.values() for prompt in p.items["prompt"]}
     refs, dropped = {}, {}
     for task in TASKS:
@@ -134,8 +148,18 @@ def analyse(model: HookedTransformer, prompts: dict[str, PromptSet], settings: A
                    reasoning_answer_in_prompt_fraction_all=float(answer_in_prompt(prompts["reasoning"]).mean()),
                    reasoning_answer_in_prompt_fraction=float(answer_in_prompt(evaluation["reasoning"]).mean()),
                    n_reasoning_no_copy_evaluation=int((~answer_in_prompt(evaluation["reasoning"])).sum()),
+                   **_family_accuracy(tables["items"]),
                    shuffled_labels=settings.shuffle_labels)
     return tables, metrics
+
+
+def _family_accuracy(items: pd.DataFrame) -> dict:
+    """Unablated accuracy (vs distractors) of all built reasoning items whose answer is / is not in the prompt."""
+    reasoning = items[items["task"] == "reasoning"]
+    no_copy = reasoning["family"].isin(NO_COPY_FAMILIES)
+    return dict(reasoning_acc_all_items_no_copy=float(reasoning[no_copy]["correct_distractor"].mean()) if no_copy.any() else float("nan"),
+                reasoning_acc_all_items_copy=float(reasoning[~no_copy]["correct_distractor"].mean()) if (~no_copy).any() else float("nan"),
+                n_reasoning_no_copy_items=int(no_copy.sum()))
 
 
 def _conditions(model: HookedTransformer, pool: list, recall_set: list, reasoning_set: list, settings: AnalysisSettings) -> tuple[list, pd.DataFrame, dict]:
@@ -154,15 +178,15 @@ def _conditions(model: HookedTransformer, pool: list, recall_set: list, reasonin
     return [c[2] for c in conditions], names, dict(bands=bands, n_random=n_random)
 
 
-def _subset_masks(evaluation: dict[str, PromptSet]) -> dict[str, dict[str, np.ndarray]]:
+def _subset_masks(evaluation: dict[str, PromptSet], min_items: int) -> dict[str, dict[str, np.ndarray]]:
     reasoning = evaluation["reasoning"].items
     no_copy = reasoning["family"].isin(NO_COPY_FAMILIES).to_numpy() & ~answer_in_prompt(evaluation["reasoning"])
     every = {task: np.ones(len(evaluation[task]), dtype=bool) for task in TASKS}
     masks = {"all": every}
-    if no_copy.any():
+    if no_copy.sum() >= min_items:
         masks["no_copy"] = {"recall": every["recall"], "reasoning": no_copy}
-    if (~no_copy).any() and no_copy.any():
-        masks["copy"] = {"recall": every["recall"], "reasoning": ~no_copy}
+        if (~no_copy).sum() >= min_items:
+            masks["copy"] = {"recall": every["recall"], "reasoning": ~no_copy}
     return masks
 
 
@@ -174,7 +198,7 @@ def _localise_and_ablate(model: HookedTransformer, localisation: dict[str, Promp
     recall_set, reasoning_set = chosen_sites(choice, "recall"), chosen_sites(choice, "reasoning")
     conditions, names, info = _conditions(model, pool, recall_set, reasoning_set, settings)
     rows, item_rows, verdict_rows = [], [], []
-    masks = _subset_masks(evaluation)
+    masks = _subset_masks(evaluation, settings.min_subset_items)
     for method in settings.methods:
         scores = {task: evaluate_conditions(model, evaluation[task], refs[task], conditions, method, seed=settings.seed, memory_budget=settings.memory_budget,
                                             progress=progress) for task in TASKS}

@@ -65,9 +65,6 @@ _OPPOSITES = (
     ("strong", "weak"), ("full", "empty"), ("thick", "thin"), ("loud", "quiet"), ("high", "low"), ("right", "wrong"),
 )
 _NONCE_WORDS = ("blick", "dax", "wug", "fep", "tove", "zorp", "glim", "mip")
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December")
-_NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen",
-            "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
 
 FAMILIES: dict[str, Family] = {
     "capital": Family(
@@ -100,22 +97,34 @@ FAMILIES: dict[str, Family] = {
         ("The word {bridge} means {entity}. The opposite of {entity} is {answer}. So the opposite of {bridge} is",
          "In a new language, {bridge} means {entity}, and the opposite of {entity} is {answer}. The opposite of {bridge} is"),
     ),
-    # Reasoning families whose answer is NOT in the prompt: the in-context fact must be composed with a known
-    # successor relation, so no in-context copy head can produce the answer (construct validity; NO_COPY_FAMILIES).
-    "next_month": Family(
-        "next_month", tuple((m, _PEOPLE[i % len(_PEOPLE)], _MONTHS[(i + 1) % 12]) for i, m in enumerate(_MONTHS)),
-        ("The month after {entity} is", "The month that comes after {entity} is", "After {entity} comes the month of"),
-        ("{bridge} was born in {entity}. Her brother was born one month after {bridge}. So her brother was born in",
-         "{bridge} started work in {entity}, and Tom started one month later than {bridge}. So Tom started in"),
+    # Reasoning families whose answer is NOT in the prompt (construct validity): the in-context fact binds a fresh
+    # bridge to the entity and the answer must then be recalled, so no in-context copy head can produce it.
+    # Reasoning templates only (recall is the base family's). Successor families ("Tom is one month older than Anna,
+    # born in May. Tom was born in") were tried first: SmolLM2-135M answers them at chance (2/24 and 2/38).
+    "capital_no_copy": Family(
+        "capital_no_copy", tuple((c, _PEOPLE[i % len(_PEOPLE)], cap) for i, (c, cap, _, _) in enumerate(_COUNTRIES)), (),
+        ("{bridge} lives in {entity}. The capital of the country where {bridge} lives is",
+         "{bridge} was born in {entity}. {bridge} was born in the country whose capital is"),
     ),
-    "next_number": Family(
-        "next_number", tuple((n, _PEOPLE[i % len(_PEOPLE)], _NUMBERS[i + 1]) for i, n in enumerate(_NUMBERS[:-1])),
-        ("The number after {entity} is", "Counting up, the number that comes after {entity} is", "{entity} plus one is"),
-        ("{bridge} has {entity} apples. Tom has one apple more than {bridge}. So Tom has",
-         "{bridge} is {entity} years old. Her brother is one year older than {bridge}. So her brother is"),
+    "continent_no_copy": Family(
+        "continent_no_copy", tuple((c, _PEOPLE[i % len(_PEOPLE)], cont) for i, (c, _, cont, _) in enumerate(_COUNTRIES)), (),
+        ("{bridge} lives in {entity}. So {bridge} lives in the continent of", "{bridge} was born in {entity}, a country in"),
+    ),
+    "language_no_copy": Family(
+        "language_no_copy", tuple((c, _PEOPLE[i % len(_PEOPLE)], lang) for i, (c, _, _, lang) in enumerate(_COUNTRIES)), (),
+        ("{bridge} lives in {entity}. So {bridge} speaks", "{bridge} grew up in {entity}. The language {bridge} grew up with is"),
+    ),
+    "element_no_copy": Family(
+        "element_no_copy", tuple((e, _OBJECTS[i % len(_OBJECTS)], sym) for i, (e, sym) in enumerate(_ELEMENTS)), (),
+        ("The {bridge} is made of {entity}. So the chemical symbol of the {bridge}'s material is",
+         "A {bridge} made of {entity}: the {bridge}'s element has the chemical symbol"),
+    ),
+    "opposite_no_copy": Family(
+        "opposite_no_copy", tuple((w, _NONCE_WORDS[i % len(_NONCE_WORDS)], opp) for i, (w, opp) in enumerate(_OPPOSITES)), (),
+        ("The word {bridge} means {entity}. So the opposite of {bridge} is", "In another language, {bridge} means {entity}. The opposite of {bridge} is"),
     ),
 }
-NO_COPY_FAMILIES = ("next_month", "next_number")
+NO_COPY_FAMILIES = tuple(name for name in FAMILIES if name.endswith("_no_copy"))
 
 
 def families(names: Sequence[str] | None = None) -> list[Family]:
@@ -185,7 +194,7 @@ def build_prompts(model: HookedTransformer, task: str, family_names: Sequence[st
         family_candidates = torch.zeros(model.cfg.d_vocab, dtype=torch.bool)
         family_candidates[list(set(answer_ids.values()))] = True
         templates = family.recall_templates if task == "recall" else family.reasoning_templates
-        for template in templates:
+        for template in templates:  # a reasoning-only family (no recall templates) adds no recall items
             prompts = [_prompt(family, task, template, fact) for fact in facts]
             rows_t = [model.to_tokens(p, prepend_bos=prepend)[0] for p in prompts]
             for i, fact in enumerate(facts):
@@ -336,5 +345,7 @@ def shuffle_labels(prompts: dict[str, PromptSet], seed: int) -> dict[str, Prompt
 
 
 def answer_in_prompt(prompts: PromptSet) -> np.ndarray:
-    """Per item: the answer string appears verbatim in the prompt (so an in-context copy can produce it)."""
-    return np.array([answer in prompt for answer, prompt in zip(prompts.items["answer"], prompts.items["prompt"])], dtype=bool)
+    """Per item: the answer appears verbatim in the prompt as a whole word (so an in-context copy can produce it; "German" in "Germany" does not count)."""
+    import re
+
+    return np.array([re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", prompt) is not None for answer, prompt in zip(prompts.items["answer"], prompts.items["prompt"])], dtype=bool)

@@ -307,6 +307,9 @@ def test_quick_run_writes_the_metrics_the_issue_lists(tmp_path):
         assert all(key in scope for key in keys)
         assert scope["recall_acc_base"] == 1.0 and scope["reasoning_acc_base"] == 1.0  # only correct items are kept
         assert isinstance(scope["double_dissociation"], bool)
+        assert 0 <= scope["p_resolution"] <= 1 / 21 + 1e-9 and len(scope["interaction_ci95"]) == 2  # quick: at least 20 random sets per chosen set
+        assert set(scope["by_method"]) == {"zero", "mean", "resample"}
+    assert 0 <= metrics["planted_detection_rate"] <= 1 and 0 <= metrics["shuffled_detection_rate"] <= 1 and metrics["control_seeds"] == 2
     assert (tmp_path / "run" / "dashboard.html").is_file()
 
 
