@@ -155,6 +155,8 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
             metrics.update(planted_detection_rate=control["planted_detection_rate"], shuffled_detection_rate=control["shuffled_detection_rate"],
                            control_seeds=config.control_seeds)
             figures["controls"] = control_bars(control_tables["controls"])
+            for table_name, frame in control_tables.items():
+                results.save_table(table_name, frame)
             results.write_metrics(dict(metrics, partial="model and controls; synthetic model still running"), merge=False)
         if config.synthetic:
             start = time.perf_counter()

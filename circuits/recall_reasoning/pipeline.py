@@ -56,6 +56,7 @@ class AnalysisSettings:
     max_items: int | None = None  # per task, half and stratum (reasoning: answer in the prompt or not), a seeded sample of the kept items
     min_subset_items: int = 8  # the verdict on a subset of the reasoning items (no-copy families, the others) needs this many evaluated items
     shuffle_labels: bool = False  # the negative control: pool both tasks' items and deal the labels at random
+    shared_reference: bool = True  # mean / resample take both tasks' held-out prompts of a token length as reference where both have that length
     memory_budget: int = 1 << 29  # bytes of transient activations per batch of ablated forwards
     seed: int = 0
 
@@ -100,8 +101,11 @@ def held_out_halves(kept: dict[str, PromptSet], settings: AnalysisSettings) -> t
     evaluation = {t: _stratified(p, settings.max_items, settings.seed + 1) for t, p in evaluation.items()}
     evaluated = {prompt for p in evaluation.values() for prompt in p.items["prompt"]}
     refs, dropped = {}, {}
+    own = {task: references(localisation[task], evaluated) for task in TASKS}
     for task in TASKS:
-        refs[task] = references(localisation[task], evaluated)
+        refs[task] = own[task]
+        if settings.shared_reference:  # lengths both tasks have: one reference of both tasks' prompts, so the replacement values do not depend on the task label
+            refs[task] = {length: torch.cat([own[t][length] for t in TASKS if length in own[t]]) for length in own[task]}
         has_reference = [i for i, row in enumerate(evaluation[task].tokens) if len(row) in refs[task]]
         dropped[task] = len(evaluation[task]) - len(has_reference)
         evaluation[task] = evaluation[task].subset(has_reference)
