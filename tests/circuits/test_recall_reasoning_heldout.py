@@ -239,3 +239,16 @@ def test_the_experiment_runs_on_a_tiny_random_model(tmp_path):
         assert key in metrics and key in metrics["by_method"]["zero"] if key != "reasoning_answer_in_prompt_fraction" else key in metrics
     assert metrics["p_resolution"] == pytest.approx(1 / 31)
     assert (tmp_path / "tiny" / "dashboard.html").is_file()
+
+
+def test_both_tasks_share_one_reference_where_their_lengths_agree(small_prompts):
+    from circuits.recall_reasoning.pipeline import AnalysisSettings, held_out_halves
+
+    localisation, evaluation, refs, _ = held_out_halves(small_prompts, AnalysisSettings(seed=1))
+    assert torch.equal(refs["recall"][10], refs["reasoning"][10])  # every prompt has 10 tokens: the replacement values ignore the task label
+    evaluated = {tuple(t.tolist()) for p in evaluation.values() for t in p.tokens}
+    assert not {tuple(row.tolist()) for row in refs["recall"][10]} & evaluated
+    own = held_out_halves(small_prompts, AnalysisSettings(seed=1, shared_reference=False))[2]
+    assert len(own["recall"][10]) + len(own["reasoning"][10]) == len(refs["recall"][10])
+    recall_rows = {tuple(row.tolist()) for row in own["recall"][10]}
+    assert recall_rows == {tuple(t.tolist()) for t in localisation["recall"].tokens} | {tuple(t.tolist()) for t in localisation["recall"].corrupted}
