@@ -278,9 +278,14 @@ def evaluate_conditions(model: HookedTransformer, prompts: PromptSet, references
     if method not in METHODS:
         raise InterpError(f"evaluate_conditions(method={method!r}) is not an ablation method; choose from {', '.join(METHODS)}.")
     out = np.zeros((len(conditions), len(prompts), 3), dtype=np.float32)
-    for length, indices in prompts.length_groups().items():
+    by_template = any(isinstance(key, tuple) for key in references)  # keys (template, length): each item's reference is its own template's
+    groups: dict = {}
+    for i, row in enumerate(prompts.tokens):
+        groups.setdefault((prompts.items["template"].iloc[i], len(row)) if by_template else len(row), []).append(i)
+    for key, indices in groups.items():
+        length = key[1] if by_template else key
         tokens = torch.stack([prompts.tokens[i] for i in indices])
-        reference = references.get(length)
+        reference = references.get(key)
         if method != "zero" and (reference is None or len(reference) == 0):
             raise InterpError(f"evaluate_conditions: no reference prompts of {length} tokens for {prompts.task}; pass references[{length}] (held-out prompts of that length).")
         reduce = _score_chunk(prompts.answer_ids[indices], prompts.candidate_ids[indices])

@@ -57,6 +57,7 @@ class AnalysisSettings:
     min_subset_items: int = 8  # the verdict on a subset of the reasoning items (no-copy families, the others) needs this many evaluated items
     shuffle_labels: bool = False  # the negative control: pool both tasks' items and deal the labels at random
     shared_reference: bool = True  # mean / resample take both tasks' held-out prompts of a token length as reference where both have that length
+    template_reference: bool = False  # instead: each item's reference is the held-out prompts of its own template and length (label-blind, on-distribution)
     memory_budget: int = 1 << 29  # bytes of transient activations per batch of ablated forwards
     seed: int = 0
 
@@ -94,6 +95,16 @@ def _stratified(prompts: PromptSet, n: int | None, seed: int) -> PromptSet:
     return prompts.subset(sorted(keep))
 
 
+def _template_references(localisation: dict[str, PromptSet], evaluated: set[str]) -> dict[tuple[str, int], torch.Tensor]:
+    """(template, token length) -> the localisation half's clean prompts of that template and length (both tasks: templates belong to one task)."""
+    rows: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    for p in localisation.values():
+        for i, row in p.items.iterrows():
+            if row["prompt"] not in evaluated:
+                rows.setdefault((row["template"], len(p.tokens[i])), {})[row["prompt"]] = p.tokens[i]
+    return {key: torch.stack(list(by_text.values())) for key, by_text in rows.items() if len(by_text) >= 2}
+
+
 def held_out_halves(kept: dict[str, PromptSet], settings: AnalysisSettings) -> tuple[dict[str, PromptSet], dict[str, PromptSet], dict[str, dict], dict[str, int]]:
     """Split, sample, and pair each evaluation half with its reference prompts; evaluation items without a same-length reference are dropped (counted)."""
     localisation, evaluation = split_by_entity(kept, settings.seed)
@@ -106,7 +117,12 @@ def held_out_halves(kept: dict[str, PromptSet], settings: AnalysisSettings) -> t
         refs[task] = own[task]
         if settings.shared_reference:  # lengths both tasks have: one reference of both tasks' prompts, so the replacement values do not depend on the task label
             refs[task] = {length: torch.cat([own[t][length] for t in TASKS if length in own[t]]) for length in own[task]}
-        has_reference = [i for i, row in enumerate(evaluation[task].tokens) if len(row) in refs[task]]
+        if settings.template_reference:
+            refs[task] = _template_references(localisation, evaluated)
+            key = lambda i, row: (evaluation[task].items["template"].iloc[i], len(row))  # noqa: E731
+        else:
+            key = lambda i, row: len(row)  # noqa: E731
+        has_reference = [i for i, row in enumerate(evaluation[task].tokens) if key(i, row) in refs[task]]
         dropped[task] = len(evaluation[task]) - len(has_reference)
         evaluation[task] = evaluation[task].subset(has_reference)
         for name, half in (("localisation", localisation), ("evaluation", evaluation)):

@@ -254,3 +254,19 @@ def test_both_tasks_share_one_reference_where_their_lengths_agree(small_prompts)
     assert len(own["recall"][10]) + len(own["reasoning"][10]) == len(refs["recall"][10])
     recall_rows = {tuple(row.tolist()) for row in own["recall"][10]}
     assert recall_rows == {tuple(t.tolist()) for t in localisation["recall"].tokens} | {tuple(t.tolist()) for t in localisation["recall"].corrupted}
+
+
+def test_template_references_take_each_items_own_template(small_model, small_prompts):
+    from circuits.recall_reasoning.pipeline import AnalysisSettings, held_out_halves
+
+    localisation, evaluation, refs, _ = held_out_halves(small_prompts, AnalysisSettings(seed=1, template_reference=True))
+    assert set(refs["recall"]) == set(refs["reasoning"]) and all(isinstance(key, tuple) for key in refs["recall"])
+    for (template, length), tokens in refs["recall"].items():
+        expected = {tuple(t.tolist()) for p in localisation.values() for t, tpl in zip(p.tokens, p.items["template"]) if tpl == template}
+        assert {tuple(row.tolist()) for row in tokens} == expected and tokens.shape[1] == length
+    prompts = evaluation["recall"]
+    conditions = [[Site(1, "mlp_out")]]
+    scores = evaluate_conditions(small_model, prompts, refs["recall"], conditions, "mean")
+    for i, template in enumerate(prompts.items["template"]):  # one item at a time, its own template's mean
+        expected = run_ablated(small_model, prompts.tokens[i][None], Ablation((Site(1, "mlp_out"),), "mean", reference=refs["recall"][(template, 10)]))[0, -1]
+        assert scores[0, i, 2] == pytest.approx(float(expected.log_softmax(-1)[prompts.answer_ids[i]]), abs=1e-4)
