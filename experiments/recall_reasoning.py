@@ -4,23 +4,31 @@
     run(RecallReasoningConfig.quick(), Path("results/recall-reasoning-quick"))
 
 The chosen model (any spec `interp.load_model` takes; None = the bundled SmolLM2-135M) and a small
-synthetic model trained here get the same pipeline; metrics.json holds the chosen model's
-headline numbers at the top level and the synthetic model's under "synthetic".
+synthetic model trained here get the same held-out pipeline (circuits/recall_reasoning/pipeline.py);
+metrics.json holds the chosen model's headline numbers at the top level, the synthetic model's under
+"synthetic", and the planted-circuit / shuffled-label controls (circuits/recall_reasoning/controls.py)
+under "controls" (planted_detection_rate and shuffled_detection_rate also at the top level).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
+import torch
 
-from circuits.recall_reasoning.figures import run_figures, training_curve
+from circuits.recall_reasoning.controls import PlantedSettings, control_metrics, run_control, train_reasoner
+from circuits.recall_reasoning.figures import control_bars, run_figures, training_curve
 from circuits.recall_reasoning.pipeline import AnalysisSettings, analyse
 from circuits.recall_reasoning.synthetic import KnowledgeBase, SyntheticTraining, evaluate, prompt_sets, train
 from circuits.recall_reasoning.tasks import FAMILIES, TASKS, build_prompts
-from interp.models import load_model
+from interp.errors import InterpError
+from interp.models import bundled_tokenizer, cache_root, load_model
 from dashboards import build_dashboard
 from interp.results import ResultsDir
 from interp.threads import torch_threads
@@ -32,16 +40,21 @@ class RecallReasoningConfig:
     model: str | dict | None = None  # anything interp.load_model takes; None: the bundled SmolLM2-135M-Instruct
     families: tuple[str, ...] = tuple(FAMILIES)
     max_entities: int | None = None  # per family; None: all
-    # Exact patching of all 300 units on every item ran at ~15 s per unit on the shared 2-core machine (over 2 h): AtP picks 24 candidates per task,
-    # 48 items per task, every other layer for layer x position, neuron sets at the verdict's method only.
+    # Sized for the shared 2-core machine at one thread: every condition is an exact forward of all evaluated items, and there are
+    # 3 + 2 x n_random conditions per method. AtP picks 16 candidates per task for exact patching; 12 items per task, half and stratum
+    # (reasoning: answer in the prompt or not); mean and resample (zero is in the quick run); neuron sets and layer x position patching
+    # are left to the quick run (neuron_set_size=0).
     analysis_settings: AnalysisSettings = field(default_factory=lambda: AnalysisSettings(
-        exact_candidates=24, max_items=48, position_layers=tuple(range(0, 30, 2)), neuron_methods=("mean",)))
+        exact_candidates=16, max_items=12, n_random=200, methods=("mean", "resample"), position_layers=(), neuron_set_size=0, neuron_methods=("mean",)))
     synthetic: bool = True
     kb: KnowledgeBase = field(default_factory=KnowledgeBase)
-    training: SyntheticTraining = field(default_factory=SyntheticTraining)
+    training: SyntheticTraining = field(default_factory=lambda: SyntheticTraining(steps=1000))
     synthetic_reasoning_items: int = 128
     synthetic_max_recall: int | None = None
     synthetic_settings: AnalysisSettings = field(default_factory=lambda: AnalysisSettings(set_size=2, neuron_set_size=10, screen=True, control_length=False))
+    controls: bool = True  # the planted-circuit (positive) and shuffled-label (negative) controls
+    planted: PlantedSettings = field(default_factory=PlantedSettings)
+    control_seeds: int = 20
     threads: int = 1  # torch threads; more than the free cores makes every small op wait on the others
     png: bool = True
 
@@ -49,11 +62,13 @@ class RecallReasoningConfig:
     def quick(cls) -> RecallReasoningConfig:
         return cls(
             max_entities=10,
-            analysis_settings=AnalysisSettings(position_layers=(0, 4, 8, 12, 16, 20, 24, 29), single_length=True, max_items=12,
-                                              exact_candidates=12, n_random=20, neuron_set_size=10, neuron_candidates=24, neuron_methods=("mean",)),
+            analysis_settings=AnalysisSettings(position_layers=(0, 8, 16, 24, 29), single_length=True, max_items=8, exact_candidates=8, n_random=20,
+                                              methods=("zero", "mean", "resample"), neuron_set_size=10, neuron_candidates=16, neuron_methods=("mean",)),
             training=SyntheticTraining(steps=1000),
             synthetic_reasoning_items=64, synthetic_max_recall=64,
-            synthetic_settings=AnalysisSettings(set_size=2, neuron_set_size=10, control_length=False, position_layers=(), max_items=48),
+            synthetic_settings=AnalysisSettings(set_size=2, neuron_set_size=10, control_length=False, position_layers=(), max_items=24, n_random=50),
+            planted=replace(PlantedSettings(), n_reasoning_items=64, analysis=replace(PlantedSettings().analysis, n_random=100)),
+            control_seeds=2,
         )
 
 
@@ -61,12 +76,67 @@ def _model_name(spec) -> str:
     return "SmolLM2-135M-Instruct" if spec is None else str(spec.get("model_name", "config model") if isinstance(spec, dict) else spec)
 
 
+def _load(spec) -> object:
+    """load_model(spec); a model without a tokenizer (a random config) gets the bundled one, so the same prompts can be built."""
+    model = load_model(spec)
+    if model.tokenizer is None:
+        tokenizer = bundled_tokenizer()
+        if model.cfg.d_vocab < len(tokenizer):
+            raise InterpError(f"RecallReasoningConfig(model=...): the model has no tokenizer and d_vocab={model.cfg.d_vocab} is below the bundled tokenizer's "
+                              f"{len(tokenizer)} tokens; give it d_vocab >= {len(tokenizer)} or a tokenizer.")
+        model.set_tokenizer(tokenizer, default_padding_side="left")
+    return model
+
+
+def _reasoner(planted: PlantedSettings, results_path: Path):
+    """The controls' reasoner, trained once per training setting and cached (it is the slow part); returns it and its curve."""
+    key = hashlib.sha256(json.dumps(asdict(planted.training), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_root() / "recall-reasoning" / f"planted-reasoner-{key}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=False)
+        from circuits.recall_reasoning.synthetic import build_model
+
+        model = build_model(planted.kb(0), planted.training)
+        model.load_state_dict(saved["state"])
+        return model.eval(), pd.DataFrame(saved["curve"])
+    model, curve = train_reasoner(planted, progress=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(dict(state=model.state_dict(), curve=curve.to_dict("list")), tmp)
+    tmp.replace(path)
+    return model, curve
+
+
+def _controls(config: RecallReasoningConfig, results_path: Path) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Both controls over config.control_seeds seeds; each seed's row is checkpointed in the results dir, so a rerun resumes."""
+    start = time.perf_counter()
+    reasoner, curve = _reasoner(config.planted, results_path)
+    checkpoint = results_path / "controls_checkpoint.csv"
+    done = pd.read_csv(checkpoint) if checkpoint.exists() else pd.DataFrame()
+    frames = {}
+    for shuffled in (False, True):
+        have = done[done["shuffled"] == shuffled] if len(done) else done
+        todo = [s for s in range(config.control_seeds) if not len(have) or s not in set(have["seed"])]
+        for seed in todo:
+            row = run_control(reasoner, config.planted, [seed], shuffled=shuffled)
+            done = pd.concat([done, row], ignore_index=True)
+            done.to_csv(checkpoint, index=False)
+        rows = done[(done["shuffled"] == shuffled) & done["seed"].isin(range(config.control_seeds))].sort_values("seed").reset_index(drop=True)
+        frames["shuffled" if shuffled else "planted"] = rows
+    metrics = control_metrics(frames["planted"], frames["shuffled"])
+    metrics.update(n_seeds=config.control_seeds, reasoner_final_reasoning_acc=float(curve["reasoning_acc"].iloc[-1]),
+                   reasoner_final_lookup_acc=float(curve["lookup_acc"].iloc[-1]), seconds=time.perf_counter() - start)
+    table = pd.concat([frames["planted"], frames["shuffled"]], ignore_index=True)
+    table["double_dissociation"] = table["double_dissociation"].astype(bool)
+    return {"controls": table, "controls_training": curve}, metrics
+
+
 def run(config: RecallReasoningConfig, out: Path) -> Path:
-    """Run the analysis on the chosen model and (config.synthetic) on the synthetic model; write the results dir at `out`."""
+    """Run the analysis on the chosen model, (config.synthetic) on the synthetic model and (config.controls) the controls; write the results dir at `out`."""
     with torch_threads(config.threads):
         results = ResultsDir.create(out, config, analysis=config.analysis, title="Recall vs reasoning circuits", exist_ok=True)
-        start = time.perf_counter()
-        model = load_model(config.model)
+        start = run_start = time.perf_counter()
+        model = _load(config.model)
         name = _model_name(config.model)
         prompts, unpaired = {}, {}
         for task in TASKS:
@@ -75,6 +145,19 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
         metrics.update(n_recall_unpaired=unpaired["recall"], n_reasoning_unpaired=unpaired["reasoning"], seconds_model=time.perf_counter() - start)
         figures = run_figures(tables, "", name)
         del model
+        for table_name, frame in tables.items():
+            results.save_table(table_name, frame)
+        results.write_metrics(dict(metrics, partial="the model's analysis only; controls and synthetic model still running"), merge=False)
+        if config.controls:
+            control_tables, control = _controls(config, results.path)
+            tables.update(control_tables)
+            metrics["controls"] = control
+            metrics.update(planted_detection_rate=control["planted_detection_rate"], shuffled_detection_rate=control["shuffled_detection_rate"],
+                           control_seeds=config.control_seeds)
+            figures["controls"] = control_bars(control_tables["controls"])
+            for table_name, frame in control_tables.items():
+                results.save_table(table_name, frame)
+            results.write_metrics(dict(metrics, partial="model and controls; synthetic model still running"), merge=False)
         if config.synthetic:
             start = time.perf_counter()
             synthetic_model, curve = train(config.kb, config.training, progress=True)
@@ -90,6 +173,7 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
             tables.update({f"synthetic_{k}": v for k, v in synthetic_tables.items()})
             figures.update(run_figures(synthetic_tables, "synthetic_", "synthetic model"))
             figures["synthetic_training"] = training_curve(curve)
+        metrics["seconds_total"] = time.perf_counter() - run_start
         for table_name, frame in tables.items():
             results.save_table(table_name, frame)
         results.write_metrics(metrics, merge=False)
@@ -98,19 +182,22 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
         return results.path
 
 
-
-
 def main() -> None:  # pragma: no cover
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/recall-reasoning"))
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--model", default=None, help="anything interp.load_model takes: a .gguf, a local HF dir, a TL name, or a JSON config dict (random weights)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--control-seeds", type=int, default=None, help="seeds of each control (default 20; quick: 2)")
+    parser.add_argument("--no-synthetic", action="store_true")
+    parser.add_argument("--no-controls", action="store_true")
     args = parser.parse_args()
     config = RecallReasoningConfig.quick() if args.quick else RecallReasoningConfig()
     if args.model is not None:
-        from dataclasses import replace
-
-        config = replace(config, model=args.model)
+        spec = json.loads(args.model) if args.model.lstrip().startswith("{") else args.model
+        config = replace(config, model=spec)
+    if args.control_seeds is not None:
+        config = replace(config, control_seeds=args.control_seeds)
+    config = replace(config, synthetic=config.synthetic and not args.no_synthetic, controls=config.controls and not args.no_controls)
     print(run(config, args.out))
 
 

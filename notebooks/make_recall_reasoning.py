@@ -7,7 +7,9 @@ import nbformat as nbf
 cells = [
     ("md", "# 02 · Recall vs reasoning circuits\n"
            "After arXiv 2510.03366: does a model recall a memorised fact with other components than it uses to compose facts given in context? "
-           "We localise each task's components by activation patching, ablate them, and compare against random sets of the same size.\n\n"
+           "We localise each task's components by activation patching on half of the entities, ablate them on the other half, "
+           "and compare against random sets of the same composition (heads, MLP layers) from the same layers; the verdict needs each set's own drop and "
+           "selectivity (own minus cross drop) to beat those random sets and the interaction's bootstrap CI to exclude 0.\n\n"
            "First a controlled setting, a small transformer trained here, where what is memorised is known by construction; then the bundled SmolLM2-135M. "
            "With `INTERP_NOTEBOOK_QUICK=1` (the test suite) the analyses are smaller: fewer items, one ablation method; the synthetic model is trained as in the quick run either way."),
     ("code", "import os\nfrom dataclasses import replace\n\nimport torch\n\n"
@@ -42,11 +44,11 @@ cells = [
     ("code", "set_grid(tables['sets'], 'synthetic model: recall (+1) and reasoning (-1) sets')"),
     ("md", "## The bundled SmolLM2-135M\nOne relation family, a few entities: items the model gets wrong before any intervention are dropped and counted."),
     ("code", "model = load_model()\n"
-             "real = {task: build_prompts(model, task, ['capital', 'opposite'], max_entities=8)[0] for task in ('recall', 'reasoning')}\n"
-             "real_settings = AnalysisSettings(methods=methods, verdict_method='mean', n_random=20, exact_candidates=8, neuron_set_size=10, neuron_candidates=16,\n"
-             "                                 single_length=True, max_items=8, position_layers=(), screen=False)\n"
+             "real = {task: build_prompts(model, task, ['capital', 'opposite'], max_entities=12)[0] for task in ('recall', 'reasoning')}\n"
+             "real_settings = AnalysisSettings(methods=methods, verdict_method='mean', n_random=20, exact_candidates=8, neuron_set_size=10, neuron_candidates=16,  # quick: 20 random sets\n"
+             "                                 single_length=True, max_items=8, position_layers=(), screen=False, n_bootstrap=500)\n"
              "real_tables, real_metrics = analyse(model, real, real_settings, model_name='SmolLM2-135M-Instruct')\n"
-             "print({k: real_metrics[k] for k in ('n_recall_items', 'n_reasoning_items', 'n_recall_dropped', 'n_reasoning_dropped')})\n"
+             "print({k: real_metrics[k] for k in ('n_recall_localisation', 'n_reasoning_localisation', 'n_recall_items', 'n_reasoning_items', 'n_recall_dropped', 'n_reasoning_dropped')})\n"
              "print(real_metrics['verdict'])"),
     ("code", "unit_heatmap(real_tables['unit_patching'], 'recall', 'SmolLM2: recall, AtP restoration per unit', value='restoration_atp')"),
     ("code", "real_tables['sets'].query('chosen_for != \"\"')[['unit', 'restoration_recall', 'restoration_reasoning', 'chosen_for']]"),

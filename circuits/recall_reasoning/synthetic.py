@@ -170,9 +170,17 @@ def warmup_stable_decay(step: int, steps: int) -> float:
     return 1.0 - 0.9 * (step - decay_from) / max(1, steps - decay_from)
 
 
-def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = False) -> tuple[HookedTransformer, pd.DataFrame]:
-    """Train on memorised facts and fresh problems (loss on every answer); returns the model and its training curve (batch accuracies)."""
+def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = False, recall: bool = True, mlp_off: tuple[int, ...] = ()) -> tuple[HookedTransformer, pd.DataFrame]:
+    """Train on memorised facts and fresh problems (loss on every answer); returns the model and its training curve (batch accuracies).
+
+    recall=False trains on the in-context problems only (the planted control's reasoner, controls.py);
+    mlp_off: MLP layers whose output is held at zero throughout training (so nothing learns to read them).
+    """
     model = build_model(kb, settings)
+    for layer in mlp_off:
+        if not -settings.n_layers <= layer < settings.n_layers:
+            raise InterpError(f"train(mlp_off={mlp_off}): the model has layers 0..{settings.n_layers - 1}.")
+        model.add_hook(f"blocks.{layer % settings.n_layers}.hook_mlp_out", lambda act, hook: torch.zeros_like(act))
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_stable_decay(step, settings.steps))
@@ -194,7 +202,10 @@ def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = Fa
             problem_logits = model(problem_tokens)[:, ANSWER_POSITIONS]
             recall_losses = torch.nn.functional.cross_entropy(recall_logits, recall_answers, reduction="none")
             problem_losses = torch.nn.functional.cross_entropy(problem_logits.flatten(0, 1), problem_answers.flatten(), reduction="none").view_as(problem_answers)
-            loss = (recall_losses.sum() + problem_losses.sum()) / (n_recall_answers + n_problem_answers)
+            if recall:
+                loss = (recall_losses.sum() + problem_losses.sum()) / (n_recall_answers + n_problem_answers)
+            else:
+                loss = problem_losses.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -206,6 +217,7 @@ def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = Fa
                                   recall_acc=float((recall_logits.argmax(-1) == recall_answers).float().mean()),
                                   reasoning_acc=float(problem_correct[two_hop].float().mean()), lookup_acc=float(problem_correct[~two_hop].float().mean())))
     model.eval()
+    model.reset_hooks()
     return model, pd.DataFrame(curve)
 
 
@@ -224,7 +236,9 @@ def _prompt_set(task: str, kb: KnowledgeBase, tokens: Tensor, answers: Tensor, c
     candidates = torch.zeros(len(tokens), kb.d_vocab, dtype=torch.bool)
     candidates[:, kb.value0 : kb.value0 + kb.n_values] = True
     text = lambda row: " ".join(str(int(t)) for t in row)  # noqa: E731
-    items = pd.DataFrame(dict(task=task, family="kb" if task == "recall" else "two_hop", template=task, entity=entities,
+    templates = [f"recall r{e.split('r')[1]}" if "r" in e else task for e in entities] if task == "recall" else task
+    entities = [e.split("r")[0] for e in entities] if task == "recall" else entities  # split by entity: every relation of an entity in one half
+    items = pd.DataFrame(dict(task=task, family="kb" if task == "recall" else "two_hop", template=templates, entity=entities,
                               prompt=[text(r) for r in tokens], answer=[str(int(a)) for a in answers],
                               corrupted_prompt=[text(r) for r in corrupted], corrupted_answer=[str(int(a)) for a in wrong], n_tokens=SEQ_LEN))
     return PromptSet(task, items, list(tokens), list(corrupted), answers, wrong, candidates)

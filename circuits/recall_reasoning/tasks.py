@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
@@ -96,7 +97,34 @@ FAMILIES: dict[str, Family] = {
         ("The word {bridge} means {entity}. The opposite of {entity} is {answer}. So the opposite of {bridge} is",
          "In a new language, {bridge} means {entity}, and the opposite of {entity} is {answer}. The opposite of {bridge} is"),
     ),
+    # Reasoning families whose answer is NOT in the prompt (construct validity): the in-context fact binds a fresh
+    # bridge to the entity and the answer must then be recalled, so no in-context copy head can produce it.
+    # Reasoning templates only (recall is the base family's). Successor families ("Tom is one month older than Anna,
+    # born in May. Tom was born in") were tried first: SmolLM2-135M answers them at chance (2/24 and 2/38).
+    "capital_no_copy": Family(
+        "capital_no_copy", tuple((c, _PEOPLE[i % len(_PEOPLE)], cap) for i, (c, cap, _, _) in enumerate(_COUNTRIES)), (),
+        ("{bridge} lives in {entity}. The capital of the country where {bridge} lives is",
+         "{bridge} was born in {entity}. {bridge} was born in the country whose capital is"),
+    ),
+    "continent_no_copy": Family(
+        "continent_no_copy", tuple((c, _PEOPLE[i % len(_PEOPLE)], cont) for i, (c, _, cont, _) in enumerate(_COUNTRIES)), (),
+        ("{bridge} lives in {entity}. So {bridge} lives in the continent of", "{bridge} was born in {entity}, a country in"),
+    ),
+    "language_no_copy": Family(
+        "language_no_copy", tuple((c, _PEOPLE[i % len(_PEOPLE)], lang) for i, (c, _, _, lang) in enumerate(_COUNTRIES)), (),
+        ("{bridge} lives in {entity}. So {bridge} speaks", "{bridge} grew up in {entity}. The language {bridge} grew up with is"),
+    ),
+    "element_no_copy": Family(
+        "element_no_copy", tuple((e, _OBJECTS[i % len(_OBJECTS)], sym) for i, (e, sym) in enumerate(_ELEMENTS)), (),
+        ("The {bridge} is made of {entity}. So the chemical symbol of the {bridge}'s material is",
+         "A {bridge} made of {entity}: the {bridge}'s element has the chemical symbol"),
+    ),
+    "opposite_no_copy": Family(
+        "opposite_no_copy", tuple((w, _NONCE_WORDS[i % len(_NONCE_WORDS)], opp) for i, (w, opp) in enumerate(_OPPOSITES)), (),
+        ("The word {bridge} means {entity}. So the opposite of {bridge} is", "In another language, {bridge} means {entity}. The opposite of {bridge} is"),
+    ),
 }
+NO_COPY_FAMILIES = tuple(name for name in FAMILIES if name.endswith("_no_copy"))
 
 
 def families(names: Sequence[str] | None = None) -> list[Family]:
@@ -166,7 +194,7 @@ def build_prompts(model: HookedTransformer, task: str, family_names: Sequence[st
         family_candidates = torch.zeros(model.cfg.d_vocab, dtype=torch.bool)
         family_candidates[list(set(answer_ids.values()))] = True
         templates = family.recall_templates if task == "recall" else family.reasoning_templates
-        for template in templates:
+        for template in templates:  # a reasoning-only family (no recall templates) adds no recall items
             prompts = [_prompt(family, task, template, fact) for fact in facts]
             rows_t = [model.to_tokens(p, prepend_bos=prepend)[0] for p in prompts]
             for i, fact in enumerate(facts):
@@ -229,3 +257,95 @@ def keep_correct(model: HookedTransformer, prompts: PromptSet) -> tuple[PromptSe
     if not keep:
         raise InterpError(f"keep_correct: the model answers none of the {len(prompts)} {prompts.task} prompts correctly; nothing is left to analyse.")
     return prompts.subset(keep), scores.assign(kept=scores["correct_distractor"])
+
+
+# --- the held-out split ------------------------------------------------------------------------
+
+
+def concat(task: str, parts: Sequence[PromptSet]) -> PromptSet:
+    """One PromptSet of several (their items relabelled `task`)."""
+    items = pd.concat([p.items for p in parts], ignore_index=True).assign(task=task)
+    return PromptSet(task, items, [t for p in parts for t in p.tokens], [t for p in parts for t in p.corrupted],
+                     torch.cat([p.answer_ids for p in parts]), torch.cat([p.wrong_ids for p in parts]), torch.cat([p.candidate_ids for p in parts]))
+
+
+def split_by_entity(prompts: dict[str, PromptSet], seed: int = 0) -> tuple[dict[str, PromptSet], dict[str, PromptSet]]:
+    """Split both tasks' items by entity into a localisation half and an evaluation half (seeded, the same entity in the same half for both tasks).
+
+    Every localisation item's corrupted partner must not be an evaluated prompt: a partner that is one is
+    replaced by another localisation item of the same family, template and token length with a different
+    answer token (the first such), and the item is dropped when there is none. So the sets are chosen
+    without running any evaluated prompt.
+    """
+    entities = sorted({e for p in prompts.values() for e in p.items["entity"]})
+    if len(entities) < 2:
+        raise InterpError(f"split_by_entity: the items hold {len(entities)} entity; at least two are needed to split them.")
+    order = torch.randperm(len(entities), generator=torch.Generator().manual_seed(seed)).tolist()
+    localise_entities = {entities[i] for i in order[: len(entities) // 2]}
+    localisation, evaluation = {}, {}
+    for task, p in prompts.items():
+        in_half = p.items["entity"].isin(localise_entities).to_numpy()
+        localisation[task] = p.subset(np.flatnonzero(in_half))
+        evaluation[task] = p.subset(np.flatnonzero(~in_half))
+    evaluated = {prompt for p in evaluation.values() for prompt in p.items["prompt"]}
+    for task, p in localisation.items():
+        localisation[task] = _repair(p, evaluated)
+    return localisation, evaluation
+
+
+def _repair(prompts: PromptSet, forbidden: set[str]) -> PromptSet:
+    items = prompts.items
+    keep, corrupted, wrong, corrupted_prompt, corrupted_answer = [], [], [], [], []
+    for i, row in items.iterrows():
+        if row["corrupted_prompt"] not in forbidden:
+            keep.append(i)
+            corrupted.append(prompts.corrupted[i]), wrong.append(int(prompts.wrong_ids[i]))
+            corrupted_prompt.append(row["corrupted_prompt"]), corrupted_answer.append(row["corrupted_answer"])
+            continue
+        partner = next((j for j, other in items.iterrows() if j != i and other["family"] == row["family"] and other["template"] == row["template"]
+                        and len(prompts.tokens[j]) == len(prompts.tokens[i]) and int(prompts.answer_ids[j]) != int(prompts.answer_ids[i])), None)
+        if partner is None:
+            continue
+        keep.append(i)
+        corrupted.append(prompts.tokens[partner]), wrong.append(int(prompts.answer_ids[partner]))
+        corrupted_prompt.append(items.at[partner, "prompt"]), corrupted_answer.append(items.at[partner, "answer"])
+    kept = prompts.subset(keep)
+    kept.items = kept.items.assign(corrupted_prompt=corrupted_prompt, corrupted_answer=corrupted_answer)
+    kept.corrupted = corrupted
+    kept.wrong_ids = torch.tensor(wrong, dtype=prompts.wrong_ids.dtype)
+    return kept
+
+
+def references(localisation: PromptSet, evaluated: set[str]) -> dict[int, Tensor]:
+    """Per token length, the reference prompts of mean / resample ablation: the localisation half's clean and corrupted prompts, never an evaluated one."""
+    rows: dict[int, dict[str, Tensor]] = {}
+    for i, row in localisation.items.iterrows():
+        for text, tokens in ((row["prompt"], localisation.tokens[i]), (row["corrupted_prompt"], localisation.corrupted[i])):
+            if text not in evaluated:
+                rows.setdefault(len(tokens), {})[text] = tokens
+    return {length: torch.stack(list(by_text.values())) for length, by_text in rows.items()}
+
+
+def shuffle_labels(prompts: dict[str, PromptSet], seed: int) -> dict[str, PromptSet]:
+    """The negative control: both tasks' items pooled and dealt back to 'recall' and 'reasoning' at random (the same counts)."""
+    parts = []
+    for task in TASKS:
+        part = prompts[task].subset(range(len(prompts[task])))
+        part.items = part.items.assign(true_task=task)
+        parts.append(part)
+    pooled = concat("pooled", parts)
+    order = torch.randperm(len(pooled), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_recall = len(prompts["recall"])
+    out = {}
+    for task, indices in (("recall", sorted(order[:n_recall])), ("reasoning", sorted(order[n_recall:]))):
+        part = pooled.subset(indices)
+        part.task, part.items = task, part.items.assign(task=task)
+        out[task] = part
+    return out
+
+
+def answer_in_prompt(prompts: PromptSet) -> np.ndarray:
+    """Per item: the answer appears verbatim in the prompt as a whole word (so an in-context copy can produce it; "German" in "Germany" does not count)."""
+    import re
+
+    return np.array([re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", prompt) is not None for answer, prompt in zip(prompts.items["answer"], prompts.items["prompt"])], dtype=bool)

@@ -307,6 +307,9 @@ def test_quick_run_writes_the_metrics_the_issue_lists(tmp_path):
         assert all(key in scope for key in keys)
         assert scope["recall_acc_base"] == 1.0 and scope["reasoning_acc_base"] == 1.0  # only correct items are kept
         assert isinstance(scope["double_dissociation"], bool)
+        assert 0 <= scope["p_resolution"] <= 1 / 21 + 1e-9 and len(scope["interaction_ci95"]) == 2  # quick: at least 20 random sets per chosen set
+        assert set(scope["by_method"]) == {"zero", "mean", "resample"}
+    assert 0 <= metrics["planted_detection_rate"] <= 1 and 0 <= metrics["shuffled_detection_rate"] <= 1 and metrics["control_seeds"] == 2
     assert (tmp_path / "run" / "dashboard.html").is_file()
 
 
@@ -332,7 +335,11 @@ def test_analyse_runs_the_whole_pipeline_on_a_small_model():
     settings = AnalysisSettings(set_size=1, min_restoration=-1.0, n_random=20, control_length=False, position_layers=(0, 1), neuron_set_size=0)
     tables, metrics = analyse(synthetic_model, synthetic_prompts, settings, model_name="tiny")
     items = tables["items"]
-    assert metrics["n_recall_items"] == int(items[items["task"] == "recall"]["correct_distractor"].sum())
+    assert metrics["n_recall_correct"] == int(items[items["task"] == "recall"]["correct_distractor"].sum())
+    split = tables["split"]  # held out: the evaluated items are n_recall_items, none of their entities chose the sets
+    assert metrics["n_recall_items"] == metrics["n_recall_evaluation"] == int(((split["half"] == "evaluation") & (split["task"] == "recall")).sum())
+    assert metrics["n_recall_localisation"] + metrics["n_recall_evaluation"] + metrics["n_recall_no_reference"] <= metrics["n_recall_correct"]
+    assert not set(split[split["half"] == "evaluation"]["entity"]) & set(split[split["half"] == "localisation"]["entity"])
     assert metrics["recall_acc_base"] == 1.0 and metrics["reasoning_acc_base"] == 1.0
     assert set(metrics["by_method"]) == {"zero", "mean", "resample"} and isinstance(metrics["double_dissociation"], bool)
     assert metrics["random_recall_drop_ci95"][0] <= metrics["random_recall_drop_mean"] <= metrics["random_recall_drop_ci95"][1]
