@@ -46,6 +46,12 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     keep_checkpoints: int = 2
+    # until_converged: `steps` is the cap; the lr stays constant after warm-up (no decay) and training stops at the first checkpoint
+    # (at least min_steps in) where the FVU changed by less than converge_tol (relative) over the last converge_window of the steps so far
+    until_converged: bool = False
+    converge_tol: float = 0.01
+    converge_window: float = 0.2
+    min_steps: int = 0
 
     def __post_init__(self):
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
@@ -53,6 +59,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise OutOfRangeError(f"TrainConfig({name}={getattr(self, name)}): must be a positive integer.")
+        if not 0 < self.converge_window < 1 or self.converge_tol <= 0:
+            raise OutOfRangeError(f"TrainConfig(converge_window={self.converge_window}, converge_tol={self.converge_tol}): the window must be a fraction in (0, 1), the tolerance positive.")
 
 
 class TrainResult(NamedTuple):
@@ -75,11 +83,25 @@ def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float 
 
 
 def lr_at(step: int, cfg: TrainConfig, base_lr: float) -> float:
-    """Linear warm-up, constant, then linear decay to zero over the last `decay_fraction` of steps."""
+    """Linear warm-up, constant, then linear decay to zero over the last `decay_fraction` of steps (no decay when training until converged)."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.until_converged:
+        return base_lr * warm
     decay_start = cfg.steps * (1 - cfg.decay_fraction)
     decay = 1.0 if step < decay_start else max(0.0, (cfg.steps - step) / (cfg.steps - decay_start))
     return base_lr * warm * decay
+
+
+def fvu_change(fvu_by_step: list[float] | Tensor, window: float = 0.2, span: float = 0.05) -> float:
+    """Relative change of the training FVU over the last `window` of the steps: (end - start) / start, each the mean batch FVU over
+    `span` of the steps (at least one step), start just before the window opens and end at the last steps. NaN with fewer than 10 steps."""
+    fvus = torch.as_tensor(fvu_by_step, dtype=torch.float64)
+    n = len(fvus)
+    if n < 10:
+        return float("nan")
+    width, opens = max(1, round(span * n)), round((1 - window) * n)
+    start, end = fvus[max(0, opens - width) : opens].mean(), fvus[n - width :].mean()
+    return float((end - start) / start)
 
 
 def _dist() -> tuple[int, int]:
@@ -156,6 +178,7 @@ def train_sae(
     optimiser = torch.optim.Adam(sae.parameters(), lr=base_lr, betas=cfg.adam_betas, fused=True)  # fused: ~8x faster on CPU than foreach
     silent_tokens = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
     curve: list[dict] = []
+    fvu_by_step: list[float] = []
     start, input_scale = 0, 1.0
 
     state = _load_latest(out_dir) if out_dir else None
@@ -165,7 +188,10 @@ def train_sae(
         sae.load_state_dict(state["sae"])
         optimiser.load_state_dict(state["optimiser"])
         silent_tokens, curve, start, input_scale = state["silent_tokens"], state["curve"], state["step"], state["input_scale"]
+        fvu_by_step = state.get("fvu_by_step", [])
 
+    if cfg.until_converged and state is not None and start >= cfg.min_steps and abs(fvu_change(fvu_by_step, cfg.converge_window)) < cfg.converge_tol:
+        start = cfg.steps  # killed after the converged checkpoint was written and before the SAE was saved: nothing left to train
     data = itertools.islice(iter(batches), start, None)  # resume: the source replays, we skip what was trained on
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress or rank != 0, desc=f"{sae_cfg.architecture} SAE")
     for step in bar:
@@ -208,11 +234,18 @@ def train_sae(
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             curve.append(row)
             bar.set_postfix(L0=f"{row['l0']:.1f}", FVU=f"{row['fvu']:.3f}", dead=f"{row['dead_fraction']:.2f}")
-        if on_step is not None:
+        fvu_by_step.append(row["fvu"])
+        at_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
+        done = cfg.until_converged and at_checkpoint and step + 1 >= cfg.min_steps and abs(fvu_change(fvu_by_step, cfg.converge_window)) < cfg.converge_tol
+        if done and step % cfg.log_every:
+            curve.append(row)
+        if out_dir is not None and rank == 0 and at_checkpoint:
+            _save_checkpoint(out_dir, dict(step=step + 1, sae=sae.state_dict(), optimiser=optimiser.state_dict(), silent_tokens=silent_tokens, curve=curve,
+                                           fvu_by_step=fvu_by_step, input_scale=input_scale, sae_config=sae_cfg.to_dict(), train_config=asdict(cfg)), cfg.keep_checkpoints)
+        if on_step is not None:  # after the checkpoint: a callback that stops the run (a time budget) loses no finished step
             on_step(step, row)
-        if out_dir is not None and rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            _save_checkpoint(out_dir, dict(step=step + 1, sae=sae.state_dict(), optimiser=optimiser.state_dict(), silent_tokens=silent_tokens,
-                                           curve=curve, input_scale=input_scale, sae_config=sae_cfg.to_dict(), train_config=asdict(cfg)), cfg.keep_checkpoints)
+        if done:
+            break
     bar.close()
 
     sae.fold_input_scale_(input_scale)
@@ -220,9 +253,16 @@ def train_sae(
     if out_dir is not None and rank == 0:
         from sae.io import save_sae
 
-        save_sae(sae, out_dir / "sae", hook_name=hook_name, model_name=model_name, extra={"input_scale": input_scale, "train_config": asdict(cfg)})
+        save_sae(sae, out_dir / "sae", hook_name=hook_name, model_name=model_name,
+                 extra={"input_scale": input_scale, "train_config": asdict(cfg), **training_summary(fvu_by_step, cfg)})
         frame.to_parquet(out_dir / "training_curve.parquet")
     return TrainResult(sae.eval(), frame, out_dir)
+
+
+def training_summary(fvu_by_step: list[float], cfg: TrainConfig) -> dict:
+    """Steps trained, the relative FVU change over the last converge_window of them, and whether that is within converge_tol."""
+    change = fvu_change(fvu_by_step, cfg.converge_window)
+    return dict(steps_trained=len(fvu_by_step), fvu_change_last_window=change, converged=bool(abs(change) < cfg.converge_tol))
 
 
 @torch.no_grad()
