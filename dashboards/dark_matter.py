@@ -28,7 +28,7 @@ def _grid_section(run: ResultsDir, m: dict) -> Section | None:
 
 
 def _ce_section(m: dict) -> Section | None:
-    if not m.get("ce_share_nonlinear_ci"):
+    if not any(ci is not None for ci in m.get("ce_share_nonlinear_ci") or []):
         return None
     rows = [dict(width=w, ce_increase_sae=m["ce_increase_sae"][i], ce_share_nonlinear=m["ce_share_nonlinear"][i],
                  ce_share_nonlinear_ci=ci, ce_share_linear=m["ce_share_linear"][i], ce_share_linear_ci=m["ce_share_linear_ci"][i])
