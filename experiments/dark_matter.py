@@ -60,7 +60,8 @@ class DarkMatterConfig:
     skip_positions: int = 1  # the first position of each packed sequence is an attention sink (~7x the norm): left out, like the paper's BOS
     # the family's SAEs (and the grid's "converged" cells): constant lr after warm-up until the training FVU changes by < 1% over the last
     # 20% of the steps (checked every checkpoint), at most `steps`
-    training: TrainConfig = field(default_factory=lambda: TrainConfig(steps=6000, batch_size=4096, lr=2e-3, warmup_steps=30, dead_after_tokens=400_000,
+    # (2,048-row batches: half the cost per step of the short schedule's 4,096; at most ~40 epochs of the fit tokens)
+    training: TrainConfig = field(default_factory=lambda: TrainConfig(steps=8000, batch_size=2048, lr=2e-3, warmup_steps=30, dead_after_tokens=400_000,
                                                                       checkpoint_every=100, until_converged=True, min_steps=500))
     # the previous runs' schedule, the grid's "300 steps" cells: ~1.6 epochs of 780k fit tokens, lr above the width-scaled default because the run is short
     short_training: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4096, lr=2e-3, warmup_steps=30, dead_after_tokens=400_000,
@@ -71,7 +72,7 @@ class DarkMatterConfig:
     grid_ks: tuple[int, ...] = (32, 64)
     grid_fit_tokens: int = 131_072  # fit tokens of each grid cell's norm probe, the same for every positions_dropped (the paper: 150k)
     bootstrap: int = 1000  # replicates of every bootstrap CI
-    budget_minutes: float | None = None  # stop starting/continuing work after this long, write what is done (rerun to resume); None: no limit
+    budget_minutes: float | None = 110.0  # stop starting/continuing work after this long, write what is done (rerun to resume); None: no limit
     linear_fit_tokens: int = 262_144  # fit tokens (a fixed subset) the linear maps are fit on: bounds the float64 working set
     focus_width: int | None = None  # width for the error-SAE analysis and the per-token tables; None: the smallest
     pursuit_tokens: int = 16_384  # per width, half fit, half held out
@@ -298,18 +299,20 @@ def _grid_cells(config: DarkMatterConfig) -> list[tuple[str, int, int]]:
     return [(training, w, k) for training in ("short", "converged") for k in ks for w in sorted(config.grid_widths)]
 
 
-def norm_r2_grid(config: DarkMatterConfig, cache: Path, fit: dict, held: dict, budget: Budget = UNLIMITED) -> pd.DataFrame:
+def norm_r2_grid(config: DarkMatterConfig, cache: Path, fit: dict, held: dict, budget: Budget = UNLIMITED,
+                 cells: list[tuple[str, int, int]] | None = None) -> pd.DataFrame:
     """Held-out norm R^2 (||e||^2 ~ x A, no intercept) with a bootstrap 95% CI over held-out sequences, for every grid cell.
 
     Each positions_dropped p fits its probe on the first grid_fit_tokens fit rows at positions >= p and is judged on every held-out
     row at positions >= p (the SAE itself is trained on all positions >= skip_positions, as the paper's SAEs are on all positions).
     A cell whose SAE is not trained within the budget gets a row per p with norm_r2 None and status saying how far its training got.
+    cells: (training, width, k) to measure, default every cell of the grid.
     """
     what = f"resid_L{config.layer}"
     fit_rows = {p: (fit["pos"] >= p).nonzero()[:, 0][: config.grid_fit_tokens] for p in sorted(config.grid_positions_dropped)}
     last = max(int(rows[-1]) for rows in fit_rows.values()) + 1
     rows = []
-    for training_name, width, k in _grid_cells(config):
+    for training_name, width, k in cells or _grid_cells(config):
         training = config.training if training_name == "converged" else config.short_training
         base = dict(width=width, k=k, training=training_name)
         try:
@@ -488,14 +491,26 @@ def run(config: DarkMatterConfig, out: Path) -> Path:
         cache = _cache(config)
         fit, held, tokens, held_seqs = _load_split(model, config, cache)
         seconds = dict(store=time.perf_counter() - start)
-        grid = norm_r2_grid(config, cache, fit, held, budget)
+        # the grid's short cells and its converged cells at the family's k (the family's SAEs at those widths), then the CE shares there,
+        # then the other converged cells: the order in which a budget-limited invocation gets furthest on both questions
+        cells = _grid_cells(config)
+        first = [c for c in cells if c[0] == "short" or c[2] == config.k]
+        grid = norm_r2_grid(config, cache, fit, held, budget, first)
         seconds["grid"] = time.perf_counter() - start - sum(seconds.values())
         ce: dict[int, dict] = {}
+        stopped = None
         try:
             if (grid.status != "done").any():
                 raise OutOfBudget("the norm R^2 grid")
             ce = _ce_stage(model, config, cache, fit, held, tokens, held_seqs, budget)
             seconds["ce_shares"] = time.perf_counter() - start - sum(seconds.values())
+        except OutOfBudget as stop:
+            stopped = str(stop)
+        grid = pd.concat([grid, norm_r2_grid(config, cache, fit, held, budget, [c for c in cells if c not in first])], ignore_index=True)
+        seconds["grid_rest"] = time.perf_counter() - start - sum(seconds.values())
+        try:
+            if stopped or (grid.status != "done").any():
+                raise OutOfBudget(stopped or "the norm R^2 grid")
             saes = {w: _trained_sae(cache / "saes", fit["x"], w, config, f"resid_L{config.layer}", budget=budget) for w in sorted(config.widths)}
         except OutOfBudget as stop:
             return _write_partial(results, config, grid, ce, str(stop), seconds)
@@ -573,9 +588,11 @@ def main() -> None:  # pragma: no cover
     parser.add_argument("--model", default=None)
     parser.add_argument("--layer", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--budget-minutes", dest="budget_minutes", type=float, default=None,
+                        help="stop after this long, writing what is done (rerun to resume); default: the config's (full run: 110)")
     args = parser.parse_args()
     config = DarkMatterConfig.quick() if args.quick else DarkMatterConfig()
-    for name in ("model", "layer", "threads"):
+    for name in ("model", "layer", "threads", "budget_minutes"):
         if getattr(args, name) is not None:
             config = replace(config, **{name: getattr(args, name)})
     print(run(config, args.out))
