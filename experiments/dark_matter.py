@@ -59,13 +59,15 @@ class DarkMatterConfig:
     k: int = 32  # TopK: every width at the same L0
     skip_positions: int = 1  # the first position of each packed sequence is an attention sink (~7x the norm): left out, like the paper's BOS
     # the family's SAEs (and the grid's "converged" cells): constant lr after warm-up until the training FVU changes by < 1% over the last
-    # 20% of the steps (checked every checkpoint), at most `steps`
-    # (2,048-row batches: half the cost per step of the short schedule's 4,096; at most ~40 epochs of the fit tokens)
+    # 20% of the steps (checked every checkpoint, from 1,000 steps = 5 epochs on; at most `steps`), then annealed to 0 over 20% more steps.
+    # 2,048-row batches: half the cost per step of the short schedule's 4,096.
     training: TrainConfig = field(default_factory=lambda: TrainConfig(steps=8000, batch_size=2048, lr=2e-3, warmup_steps=30, dead_after_tokens=400_000,
-                                                                      checkpoint_every=100, until_converged=True, min_steps=500))
+                                                                      checkpoint_every=100, until_converged=True, min_steps=1000))
     # the previous runs' schedule, the grid's "300 steps" cells: ~1.6 epochs of 780k fit tokens, lr above the width-scaled default because the run is short
     short_training: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4096, lr=2e-3, warmup_steps=30, dead_after_tokens=400_000,
                                                                             checkpoint_every=50))
+    # the grid's "converged" cells; None: `training` (the family's, so the grid's converged cells at k are the family's SAEs)
+    grid_training: TrainConfig | None = None
     # the norm R^2 grid: widths x first positions dropped x training (short, converged) x k; each cell with a bootstrap CI over held-out sequences
     grid_widths: tuple[int, ...] = (576, 2304)
     grid_positions_dropped: tuple[int, ...] = (1, 16, 64)
@@ -73,6 +75,7 @@ class DarkMatterConfig:
     grid_fit_tokens: int = 131_072  # fit tokens of each grid cell's norm probe, the same for every positions_dropped (the paper: 150k)
     bootstrap: int = 1000  # replicates of every bootstrap CI
     budget_minutes: float | None = 110.0  # stop starting/continuing work after this long, write what is done (rerun to resume); None: no limit
+    ce_minutes_per_width: float = 20.0  # a CE width (not interruptible) starts only with this much budget left; ~20 min for 512 sequences at 1 busy thread
     linear_fit_tokens: int = 262_144  # fit tokens (a fixed subset) the linear maps are fit on: bounds the float64 working set
     focus_width: int | None = None  # width for the error-SAE analysis and the per-token tables; None: the smallest
     pursuit_tokens: int = 16_384  # per width, half fit, half held out
@@ -108,10 +111,12 @@ class DarkMatterConfig:
     def quick(cls) -> DarkMatterConfig:
         return cls(
             n_tokens=32_768, store_dtype="float32", fit_fraction=2 / 3, widths=(1152, 2304, 4608),
-            training=TrainConfig(steps=1000, batch_size=1024, lr=2e-3, warmup_steps=20, dead_after_tokens=100_000, checkpoint_every=50, until_converged=True,
-                                 min_steps=200),
+            # the family on the short schedule (minutes), which the grid's short cells share; the grid's converged cells on 512-row batches
+            training=TrainConfig(steps=200, batch_size=1024, lr=2e-3, warmup_steps=20, dead_after_tokens=100_000, checkpoint_every=100),
             short_training=TrainConfig(steps=200, batch_size=1024, lr=2e-3, warmup_steps=20, dead_after_tokens=100_000, checkpoint_every=100),
-            grid_widths=(1152, 2304), grid_fit_tokens=8192, bootstrap=500,
+            grid_training=TrainConfig(steps=300, batch_size=512, lr=2e-3, warmup_steps=20, dead_after_tokens=100_000, checkpoint_every=50, until_converged=True,
+                                      min_steps=150),
+            grid_widths=(1152,), grid_fit_tokens=8192, bootstrap=500, budget_minutes=None,  # one grid width: the quick run stays ~5 min
             pursuit_tokens=4096, downstream_seqs=16, synthetic=SyntheticSpec(n_tokens=8000),
         )
 
@@ -141,9 +146,10 @@ class Budget:
     def left(self) -> bool:
         return self.deadline is None or time.perf_counter() < self.deadline
 
-    def check(self, what: str) -> None:
-        if not self.left():
-            raise OutOfBudget(what)
+    def check(self, what: str, need_minutes: float = 0.0) -> None:
+        """Raise OutOfBudget unless `need_minutes` are left (a step that cannot stop part-way)."""
+        if self.deadline is not None and time.perf_counter() + 60 * need_minutes > self.deadline:
+            raise OutOfBudget(f"{what}: fewer than {need_minutes:g} minutes left" if need_minutes else what)
 
 
 UNLIMITED = Budget(None)
@@ -183,11 +189,12 @@ def _training_record(folder: Path, acts: torch.Tensor, width: int, config: DarkM
     if (out / "sae").is_dir():
         saved = read_sae_config(out / "sae").get("interp_toolkit", {})
         if "steps_trained" in saved:
-            return dict(steps=saved["steps_trained"], fvu_change_last_20pct=saved["fvu_change_last_window"], converged=saved["converged"])
+            return dict(steps=saved["steps_trained"], fvu_change_last_20pct=saved["fvu_change_last_window"], converged=saved["converged"],
+                        plateau_step=saved.get("plateau_step"), fvu_change_at_plateau=saved.get("fvu_change_at_plateau"), anneal_fvu_change=saved.get("anneal_fvu_change"))
     checkpoints = sorted((out / "checkpoints").glob("step_*.pt"))
     if checkpoints:
         state = torch.load(checkpoints[-1], weights_only=False)
-        summary = training_summary(state.get("fvu_by_step", []), training)
+        summary = training_summary(state.get("fvu_by_step", []), training, state.get("plateau"))
         return dict(steps=summary["steps_trained"], fvu_change_last_20pct=summary["fvu_change_last_window"], converged=False)
     return dict(steps=0, fvu_change_last_20pct=None, converged=False)
 
@@ -313,7 +320,7 @@ def norm_r2_grid(config: DarkMatterConfig, cache: Path, fit: dict, held: dict, b
     last = max(int(rows[-1]) for rows in fit_rows.values()) + 1
     rows = []
     for training_name, width, k in cells or _grid_cells(config):
-        training = config.training if training_name == "converged" else config.short_training
+        training = (config.grid_training or config.training) if training_name == "converged" else config.short_training
         base = dict(width=width, k=k, training=training_name)
         try:
             sae = _trained_sae(cache / "saes", fit["x"], width, config, what, k=k, training=training, budget=budget)
@@ -343,7 +350,7 @@ def _ce_stage(model, config, cache, fit, held, tokens, held_seqs, budget: Budget
     """CE shares with CIs at the _ce_widths, from the family SAE there (trained by the grid stage, which it shares with the grid's converged cells)."""
     out, n = {}, config.linear_fit_tokens
     for width in _ce_widths(config):
-        budget.check(f"CE shares at width {width}")
+        budget.check(f"CE shares at width {width}", config.ce_minutes_per_width)
         sae = _trained_sae(cache / "saes", fit["x"], width, config, f"resid_L{config.layer}", budget=budget)
         out_fit, out_eval = _reconstruct(sae, fit["x"][:n])[0], _reconstruct(sae, held["x"])[0]
         decomposition = decompose_error(fit["x"][:n], out_fit, held["x"], out_eval)._replace(parts=None)
@@ -448,7 +455,9 @@ def _ci_lists(widths: list[int], ce: dict[int, dict]) -> dict[str, list]:
 
 
 def _grid_metrics(grid: pd.DataFrame) -> dict:
-    columns = ["width", "positions_dropped", "steps", "k", "norm_r2", "ci_low", "ci_high", "training", "converged", "fvu_change_last_20pct", "status"]
+    columns = ["width", "positions_dropped", "steps", "k", "norm_r2", "ci_low", "ci_high", "training", "converged", "fvu_change_last_20pct", "plateau_step",
+               "fvu_change_at_plateau", "anneal_fvu_change", "fvu", "status"]
+    columns = [c for c in columns if c in grid]
     return dict(norm_r2_grid=[{c: (None if pd.isna(v) else v) if not isinstance(v, (list, dict)) else v for c, v in row.items()}
                               for row in grid[columns].to_dict("records")],
                 norm_r2_grid_missing=int((grid.status != "done").sum()))

@@ -36,34 +36,39 @@ def test_fvu_change_is_the_relative_change_over_the_last_fifth():
     assert np.isnan(fvu_change([1.0] * 5))
 
 
-def test_lr_is_constant_after_warm_up_when_training_until_converged():
-    cfg = TrainConfig(steps=100, warmup_steps=10, until_converged=True)
-    assert lr_at(0, cfg, 1.0) == pytest.approx(0.1) and lr_at(99, cfg, 1.0) == 1.0
+def test_lr_is_constant_until_the_plateau_then_anneals_to_zero():
+    cfg = TrainConfig(steps=100, warmup_steps=10, until_converged=True, decay_fraction=0.2)
+    assert lr_at(0, cfg, 1.0) == pytest.approx(0.1) and lr_at(99, cfg, 1.0) == 1.0 and lr_at(5000, cfg, 1.0) == 1.0  # no plateau yet: constant
+    assert lr_at(399, cfg, 1.0, plateau=400) == 1.0 and lr_at(440, cfg, 1.0, plateau=400) == pytest.approx(0.5) and lr_at(479, cfg, 1.0, plateau=400) == pytest.approx(1 / 80)
     with pytest.raises(OutOfRangeError, match="converge_window"):
         TrainConfig(converge_window=1.5)
 
 
-def test_training_stops_once_converged_and_records_it(tmp_path):
+def test_training_plateaus_then_anneals_and_records_it(tmp_path):
     data = _data()
-    cfg = TrainConfig(steps=3000, batch_size=256, lr=4e-3, warmup_steps=10, checkpoint_every=50, until_converged=True, min_steps=200)
+    cfg = TrainConfig(steps=3000, batch_size=256, lr=4e-3, warmup_steps=10, checkpoint_every=50, until_converged=True, min_steps=200, decay_fraction=0.2)
     result = train_sae(TopKConfig(24, 96, k=4), TensorBatches(data, 256), cfg, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())["interp_toolkit"]
-    steps = saved["steps_trained"]
-    assert 200 <= steps < 3000 and steps % 50 == 0, steps  # stopped early, at a checkpoint
+    plateau, steps = saved["plateau_step"], saved["steps_trained"]
+    assert 200 <= plateau < 3000 and plateau % 50 == 0 and steps == plateau + round(0.2 * plateau), saved  # stopped early, at a checkpoint, then annealed
     state = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
     fvus = state["fvu_by_step"]
-    assert len(fvus) == steps and abs(_by_hand(fvus)) < 0.01 and saved["converged"]
+    assert len(fvus) == steps and abs(_by_hand(fvus[:plateau])) < 0.01 and saved["converged"]
+    assert saved["fvu_change_at_plateau"] == pytest.approx(_by_hand(fvus[:plateau]), abs=1e-12)
     # the rule did not hold at the checkpoint before (or it would have stopped there), unless that was before min_steps
-    if steps - 50 >= 200:
-        assert abs(_by_hand(fvus[: steps - 50])) >= 0.01
-    assert result.curve.step.iloc[-1] == steps - 1
+    if plateau - 50 >= 200:
+        assert abs(_by_hand(fvus[: plateau - 50])) >= 0.01
+    w = round(0.05 * plateau)
+    assert saved["anneal_fvu_change"] == pytest.approx(np.mean(fvus[-w:]) / np.mean(fvus[plateau - w : plateau]) - 1, abs=1e-12)
+    assert saved["anneal_fvu_change"] < 0  # annealing the lr lowers the FVU below the plateau
+    assert result.curve.step.iloc[-1] == steps - 1 and result.curve.lr.iloc[-1] < 4e-3 * 0.05
 
 
 def test_a_tolerance_never_met_runs_to_the_cap_and_says_not_converged(tmp_path):
     cfg = TrainConfig(steps=120, batch_size=256, lr=4e-3, warmup_steps=10, checkpoint_every=40, until_converged=True, converge_tol=1e-12)
     train_sae(TopKConfig(24, 96, k=4), TensorBatches(_data(), 256), cfg, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())["interp_toolkit"]
-    assert saved["steps_trained"] == 120 and not saved["converged"]
+    assert saved["steps_trained"] == 120 and not saved["converged"] and saved["plateau_step"] is None
 
 
 class Stop(Exception):
@@ -72,17 +77,20 @@ class Stop(Exception):
 
 def test_stopped_at_a_checkpoint_and_resumed_equals_uninterrupted(tmp_path):
     """What the experiment's time budget does: an on_step callback raises after a checkpoint; rerunning resumes to the same weights."""
-    data, sae_cfg = _data(), TopKConfig(24, 96, k=4, seed=2)
-    cfg = TrainConfig(steps=1000, batch_size=256, lr=4e-3, warmup_steps=10, checkpoint_every=50, until_converged=True, min_steps=100)
+    data, sae_cfg = _data(), TopKConfig(24, 96, k=4, seed=0)
+    cfg = TrainConfig(steps=1000, batch_size=256, lr=4e-3, warmup_steps=10, checkpoint_every=10, until_converged=True, min_steps=100)
     whole = train_sae(sae_cfg, TensorBatches(data, 256), cfg, tmp_path / "whole", progress=False)
+    whole_plateau = json.loads((tmp_path / "whole" / "sae" / "cfg.json").read_text())["interp_toolkit"]["plateau_step"]
+    assert whole_plateau is not None
 
     def stop(step, row):
-        if step + 1 == 100:
+        if step + 1 == 100 or step + 1 == whole_plateau + 20:  # once before the plateau, once during the anneal
             raise Stop
 
-    with pytest.raises(Stop):
-        train_sae(sae_cfg, TensorBatches(data, 256), cfg, tmp_path / "split", progress=False, on_step=stop)
-    assert not (tmp_path / "split" / "sae").exists()
+    for _ in range(2):
+        with pytest.raises(Stop):
+            train_sae(sae_cfg, TensorBatches(data, 256), cfg, tmp_path / "split", progress=False, on_step=stop)
+        assert not (tmp_path / "split" / "sae").exists()
     resumed = train_sae(sae_cfg, TensorBatches(data, 256), cfg, tmp_path / "split", progress=False)
     for name, value in whole.sae.state_dict().items():
         torch.testing.assert_close(resumed.sae.state_dict()[name], value, rtol=0, atol=0)
