@@ -11,10 +11,10 @@ PER_WIDTH_COLUMNS = ["width", "l0", "ce_share_linear", "ce_share_nonlinear", "pu
                      "attn_mlp_nonlinear_fvu_change", "larger_sae_share_nonlinear", "larger_sae_energy_share_nonlinear", "larger_sae_not_yet_learned_ratio_nonlinear"]
 
 
-def _grid_section(run: ResultsDir, m: dict) -> Section | None:
+def _grid_sections(run: ResultsDir, m: dict) -> list[Section]:
     """The norm R^2 grid: one row per cell (width, positions dropped, training, k) with its bootstrap 95% CI; cells not yet run say so."""
     if not (run.path / "norm_r2_grid.parquet").exists():
-        return None
+        return []
     grid = run.load_table("norm_r2_grid")
     columns = [c for c in ("width", "positions_dropped", "training", "steps", "converged", "k", "norm_r2", "ci_low", "ci_high", "fvu", "fit_tokens", "eval_tokens", "status")
                if c in grid.columns]
@@ -24,7 +24,12 @@ def _grid_section(run: ResultsDir, m: dict) -> Section | None:
             "CI: percentile bootstrap over held-out sequences (the fitted probe held fixed). The paper reports > 0.9.")
     if missing:
         text += f" {missing} rows are not measured yet (status says why); rerunning the same command resumes from the cached store and SAEs."
-    return Section("Norm R^2 grid: what moves it", text=text, figures=["norm_r2_grid"] if "norm_r2_grid" in run.figure_names() else [], table=grid[columns])
+    sections = [Section("Norm R^2 grid: what moves it", text=text, figures=["norm_r2_grid"] if "norm_r2_grid" in run.figure_names() else [], table=grid[columns])]
+    if (run.path / "norm_r2_grid_effects.parquet").exists():
+        sections.append(Section("Norm R^2 grid: effect of each factor", text=(
+            "Change in norm R^2 when one factor moves from its first level to another, over the pairs of measured cells that agree on every other factor."),
+            table=run.load_table("norm_r2_grid_effects")))
+    return sections
 
 
 def _ce_section(m: dict) -> Section | None:
@@ -49,7 +54,7 @@ def _focus(m: dict, key: str) -> float:
 @register_sections("dark_matter")
 def dark_matter_sections(run: ResultsDir) -> list[Section]:
     m = run.metrics()
-    head = [s for s in (_grid_section(run, m), _ce_section(m)) if s is not None]
+    head = [*_grid_sections(run, m), *([_ce_section(m)] if _ce_section(m) else [])]
     if m.get("partial"):
         note = Section("Partial run", text=(f"This invocation stopped at its time budget ({m.get('stopped_at')}). Missing: " + "; ".join(m.get("missing", []))
                                             + ". Rerun the same command to resume from the cached store and SAEs."))

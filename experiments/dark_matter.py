@@ -341,6 +341,27 @@ def norm_r2_grid(config: DarkMatterConfig, cache: Path, fit: dict, held: dict, b
     return pd.DataFrame(rows)
 
 
+GRID_FACTORS = ("width", "positions_dropped", "training", "k")
+
+
+def grid_effects(grid: pd.DataFrame) -> pd.DataFrame:
+    """What each factor of the grid does to norm R^2: for each factor and each pair of its levels (from the first level to each other one),
+    the change in norm R^2 over the cells that agree on every other factor and have both levels measured (mean, min, max, how many pairs)."""
+    done = grid[grid.status == "done"] if "status" in grid else grid
+    rows = []
+    for factor in GRID_FACTORS:
+        others = [f for f in GRID_FACTORS if f != factor]
+        levels = sorted(done[factor].unique(), key=lambda v: (v != "short", v) if factor == "training" else v)
+        for level in levels[1:]:
+            pairs = done[done[factor] == levels[0]].merge(done[done[factor] == level], on=others, suffixes=("_from", "_to"))
+            if pairs.empty:
+                continue
+            change = pairs.norm_r2_to - pairs.norm_r2_from
+            rows.append(dict(factor=factor, level_from=str(levels[0]), level_to=str(level), mean_change=float(change.mean()), min_change=float(change.min()),
+                             max_change=float(change.max()), pairs=len(pairs)))
+    return pd.DataFrame(rows, columns=["factor", "level_from", "level_to", "mean_change", "min_change", "max_change", "pairs"])
+
+
 def _ce_widths(config: DarkMatterConfig) -> list[int]:
     """Widths whose CE shares are measured before the rest of the family is trained: the grid widths that are family widths."""
     return sorted(w for w in config.grid_widths if w in config.widths)
@@ -476,6 +497,7 @@ def _write_partial(results: ResultsDir, config: DarkMatterConfig, grid: pd.DataF
                    ce_widths=sorted(ce), **{f"{k}": [ce[w][k] if w in ce else None for w in widths] for k in ("ce_share_nonlinear", "ce_share_linear", "ce_increase_sae")},
                    **_ci_lists(widths, ce), seconds=seconds)
     results.save_table("norm_r2_grid", grid)
+    results.save_table("norm_r2_grid_effects", grid_effects(grid))
     if len(ce_table):
         results.save_table("ce_shares", ce_table)
     results.write_metrics(metrics)
@@ -574,7 +596,7 @@ def run(config: DarkMatterConfig, out: Path) -> Path:
         per_token = per_token.assign(nonlinear_norm=norms[width]["nonlinear"][1].numpy(), token=held["tokens"].numpy(),
                                      error_sq_norm=per_token[f"error_norm_W{width}"] ** 2,
                                      predicted_error_sq_norm=focus["norm_map"].predict(held["x"])[:, 0].numpy())
-        tables = dict(norm_r2_grid=grid, by_width=by_width, power_law=laws, cross_width=cross, norm_baselines=baselines, norm_probes=norm_probes, downstream=focus["losses"],
+        tables = dict(norm_r2_grid=grid, norm_r2_grid_effects=grid_effects(grid), by_width=by_width, power_law=laws, cross_width=cross, norm_baselines=baselines, norm_probes=norm_probes, downstream=focus["losses"],
                       synthetic_corr=synthetic.reset_index(names="estimate"), claims=claims, per_token=per_token)
         for name, frame in tables.items():
             results.save_table(name, frame)

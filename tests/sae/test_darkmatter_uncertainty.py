@@ -93,3 +93,20 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ShapeMismatchError, match="missing columns"):
         ce_shares_with_ci(pd.DataFrame(dict(seq=[0, 1], ce_clean=[1.0, 2.0])))
     assert describe_interval(0.1, -0.05, 0.2) == "0.10 [-0.05, 0.20] (CI includes 0)"
+
+
+def test_grid_effects_recover_a_planted_additive_grid():
+    """Positive control: width adds 0.1 and dropping 64 positions 0.05; negative control: k does nothing."""
+    from experiments.dark_matter import grid_effects
+
+    rows = [dict(width=w, positions_dropped=p, training=t, k=k, status="done",
+                 norm_r2=0.6 + 0.1 * (w == 2304) + {1: 0.0, 16: 0.02, 64: 0.05}[p] + 0.03 * (t == "converged"))
+            for w in (576, 2304) for p in (1, 16, 64) for t in ("short", "converged") for k in (32, 64)]
+    rows.append(dict(width=576, positions_dropped=1, training="short", k=128, status="missing", norm_r2=None))  # not measured: left out
+    effects = grid_effects(pd.DataFrame(rows)).set_index(["factor", "level_to"])
+    assert effects.loc[("width", "2304"), "mean_change"] == pytest.approx(0.1) and effects.loc[("width", "2304"), "pairs"] == 12
+    assert effects.loc[("positions_dropped", "64"), "mean_change"] == pytest.approx(0.05)
+    assert effects.loc[("positions_dropped", "16"), "mean_change"] == pytest.approx(0.02)
+    assert effects.loc[("training", "converged"), "mean_change"] == pytest.approx(0.03)
+    assert effects.loc[("k", "64"), ["mean_change", "min_change", "max_change"]].tolist() == pytest.approx([0, 0, 0])
+    assert ("k", "128") not in effects.index
