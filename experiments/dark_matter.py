@@ -7,8 +7,13 @@ The activation store and every SAE live under `cache_dir` (default: the toolkit 
 determines them, so a second run with the same settings reuses them and a killed run resumes (the store
 and each SAE's training restart from their last shard / checkpoint). SAEs train on the fit tokens only;
 every number is measured on the held-out tokens. Activations stay in the store's dtype in memory (float16
-for the full run: 1M tokens x 4 sites is 4.7 GB) and are cast to float32/float64 a chunk at a time.
-"""
+for the full run: 512k tokens x 4 sites is 2.4 GB) and are cast to float32/float64 a chunk at a time.
+
+Stages, in order: the store; the norm R^2 grid (widths x first positions dropped x training x k, each with
+a bootstrap CI over held-out sequences); the CE shares (with CIs) at the grid widths; the family of SAEs
+trained to convergence and every per-width analysis. `budget_minutes` bounds one invocation: past it the
+run writes what it has (the grid's missing cells and the missing stages are listed) and a rerun resumes.
+""""""
 
 from __future__ import annotations
 
