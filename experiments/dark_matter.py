@@ -122,7 +122,7 @@ class DarkMatterConfig:
             grid_training=TrainConfig(steps=300, batch_size=512, lr=2e-3, warmup_steps=20, dead_after_tokens=100_000, checkpoint_every=50, until_converged=True,
                                       min_steps=150),
             grid_widths=(1152,), grid_fit_tokens=8192, bootstrap=500, budget_minutes=None,  # one grid width: the quick run stays ~5 min
-            pursuit_tokens=4096, downstream_seqs=16, synthetic=SyntheticSpec(n_tokens=8000),
+            pursuit_tokens=4096, downstream_seqs=8, synthetic=SyntheticSpec(n_tokens=8000),
         )
 
 
