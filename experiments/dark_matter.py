@@ -13,7 +13,7 @@ Stages, in order: the store; the norm R^2 grid (widths x first positions dropped
 a bootstrap CI over held-out sequences); the CE shares (with CIs) at the grid widths; the family of SAEs
 trained to convergence and every per-width analysis. `budget_minutes` bounds one invocation: past it the
 run writes what it has (the grid's missing cells and the missing stages are listed) and a rerun resumes.
-""""""
+"""
 
 from __future__ import annotations
 

@@ -110,3 +110,18 @@ def test_grid_effects_recover_a_planted_additive_grid():
     assert effects.loc[("training", "converged"), "mean_change"] == pytest.approx(0.03)
     assert effects.loc[("k", "64"), ["mean_change", "min_change", "max_change"]].tolist() == pytest.approx([0, 0, 0])
     assert ("k", "128") not in effects.index
+
+
+def test_the_paper_regime_claim_is_judged_on_the_ci_and_says_which_cell():
+    from sae.darkmatter.claims import _paper_regime_row
+
+    def cell(k, value, low, high, width=2304, p=64, training="converged"):
+        return dict(width=width, k=k, training=training, positions_dropped=p, norm_r2=value, ci_low=low, ci_high=high)
+
+    base = [cell(32, 0.5, 0.4, 0.6, width=576), cell(32, 0.5, 0.4, 0.6, p=1)]
+    assert _paper_regime_row(base + [cell(64, 0.95, 0.93, 0.97)])["verdict"] == "holds"
+    assert _paper_regime_row(base + [cell(64, 0.80, 0.79, 0.81)])["verdict"] == "does not hold"
+    assert _paper_regime_row(base + [cell(64, 0.90, 0.89, 0.91)])["verdict"].startswith("undetermined")
+    fallback = _paper_regime_row(base + [cell(64, None, None, None), cell(32, 0.7, 0.69, 0.71)])
+    assert fallback["verdict"] == "does not hold" and "judged at k=32" in fallback["claim"]
+    assert _paper_regime_row(base + [cell(64, None, None, None)])["verdict"] == "not measured"
