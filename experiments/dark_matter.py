@@ -270,11 +270,16 @@ def _nonlinear_norms(decomposition, x: torch.Tensor, sae_out: torch.Tensor) -> t
                       for xc, oc in zip(x.split(ROWS_PER_CHUNK), sae_out.split(ROWS_PER_CHUNK))])
 
 
+def _downstream_path(config, cache, held_seqs, sae, error_map) -> Path:
+    seqs = held_seqs[: config.downstream_seqs]
+    digest = hashlib.sha256(sae.W_dec.detach().numpy().tobytes() + error_map.weight.numpy().tobytes() + seqs.numpy().tobytes()).hexdigest()[:10]
+    return cache / "downstream" / f"W{sae.cfg.d_sae}-{len(seqs)}seqs-from{config.skip_positions}-{digest}.parquet"
+
+
 def _downstream_losses(model, config, cache, tokens, held_seqs, sae, error_map) -> pd.DataFrame:
     """Per-token CE of each spliced variant on the first `downstream_seqs` held-out sequences, cached by SAE, map and sequences (minutes per width)."""
     seqs = held_seqs[: config.downstream_seqs]
-    digest = hashlib.sha256(sae.W_dec.detach().numpy().tobytes() + error_map.weight.numpy().tobytes() + seqs.numpy().tobytes()).hexdigest()[:10]
-    path = cache / "downstream" / f"W{sae.cfg.d_sae}-{len(seqs)}seqs-from{config.skip_positions}-{digest}.parquet"
+    path = _downstream_path(config, cache, held_seqs, sae, error_map)
     if path.exists():
         return pd.read_parquet(path)
     p = config.seq_len
@@ -376,11 +381,13 @@ def _ce_stage(model, config, cache, fit, held, tokens, held_seqs, budget: Budget
     """CE shares with CIs at the _ce_widths, from the family SAE there (trained by the grid stage, which it shares with the grid's converged cells)."""
     out, n = {}, config.linear_fit_tokens
     for width in _ce_widths(config):
-        budget.check(f"CE shares at width {width}", config.ce_minutes_per_width)
+        budget.check(f"CE shares at width {width}")
         sae = _trained_sae(cache / "saes", fit["x"], width, config, f"resid_L{config.layer}", budget=budget)
         out_fit, out_eval = _reconstruct(sae, fit["x"][:n])[0], _reconstruct(sae, held["x"])[0]
         decomposition = decompose_error(fit["x"][:n], out_fit, held["x"], out_eval)._replace(parts=None)
         del out_fit, out_eval
+        if not _downstream_path(config, cache, held_seqs, sae, decomposition.fit.error_map).exists():  # cached losses need no reserve
+            budget.check(f"CE shares at width {width}", config.ce_minutes_per_width)
         shares, _, _ = _downstream(model, config, cache, tokens, held_seqs, held["x"], sae, decomposition)
         out[width] = dict(shares, fvu_sae=decomposition.metrics["fvu_sae"], fvu_sae_plus_linear=decomposition.metrics["fvu_sae_plus_linear"])
     return out
