@@ -2,11 +2,48 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from dashboards.sections import Section, default_sections, register_sections
 from interp.results import ResultsDir
 
 PER_WIDTH_COLUMNS = ["width", "l0", "ce_share_linear", "ce_share_nonlinear", "pursuit_nonlinear_fvu_change", "earlier_layer_nonlinear_fvu_change",
                      "attn_mlp_nonlinear_fvu_change", "larger_sae_share_nonlinear", "larger_sae_energy_share_nonlinear", "larger_sae_not_yet_learned_ratio_nonlinear"]
+
+
+def _grid_sections(run: ResultsDir, m: dict) -> list[Section]:
+    """The norm R^2 grid: one row per cell (width, positions dropped, training, k) with its bootstrap 95% CI; cells not yet run say so."""
+    if not (run.path / "norm_r2_grid.parquet").exists():
+        return []
+    grid = run.load_table("norm_r2_grid")
+    columns = [c for c in ("width", "positions_dropped", "training", "steps", "converged", "k", "norm_r2", "ci_low", "ci_high", "fvu", "fit_tokens", "eval_tokens", "status")
+               if c in grid.columns]
+    missing = int((grid.status != "done").sum())
+    text = ("Held-out R^2 of ||e||^2 predicted linearly from x (no intercept), by SAE width, first positions of each sequence dropped (probe fit and judged "
+            "on later positions only), training (the previous runs' 300 steps, or until the FVU changes by < 1% over the last 20% of steps) and k. "
+            "CI: percentile bootstrap over held-out sequences (the fitted probe held fixed). The paper reports > 0.9.")
+    if missing:
+        text += f" {missing} rows are not measured yet (status says why); rerunning the same command resumes from the cached store and SAEs."
+    sections = [Section("Norm R^2 grid: what moves it", text=text, figures=["norm_r2_grid"] if "norm_r2_grid" in run.figure_names() else [], table=grid[columns])]
+    if (run.path / "norm_r2_grid_effects.parquet").exists():
+        sections.append(Section("Norm R^2 grid: effect of each factor", text=(
+            "Change in norm R^2 when one factor moves from its first level to another, over the pairs of measured cells that agree on every other factor."),
+            table=run.load_table("norm_r2_grid_effects")))
+    return sections
+
+
+def _ce_section(m: dict) -> Section | None:
+    if not any(ci is not None for ci in m.get("ce_share_nonlinear_ci") or []):
+        return None
+    rows = [dict(width=w, ce_increase_sae=m["ce_increase_sae"][i], ce_share_nonlinear=m["ce_share_nonlinear"][i],
+                 ce_share_nonlinear_ci=ci, ce_share_linear=m["ce_share_linear"][i], ce_share_linear_ci=m["ce_share_linear_ci"][i])
+            for i, (w, ci) in enumerate(zip(m["widths"], m["ce_share_nonlinear_ci"])) if ci is not None]
+    table = pd.DataFrame(rows)
+    for part in ("nonlinear", "linear"):
+        table[f"ce_share_{part}_ci"] = [f"[{a:.2f}, {b:.2f}]" + (" includes 0" if a <= 0 <= b else "") for a, b in table[f"ce_share_{part}_ci"]]
+    return Section("CE shares with bootstrap CIs", text=(
+        f"Share of the SAE's CE increase that each error part, left in place, still causes, on {m.get('downstream_seqs', '?')} held-out sequences "
+        "(percentile bootstrap 95% CI over sequences). A share whose CI includes 0 is not distinguishable from no effect."), table=table)
 
 
 def _focus(m: dict, key: str) -> float:
@@ -17,14 +54,23 @@ def _focus(m: dict, key: str) -> float:
 @register_sections("dark_matter")
 def dark_matter_sections(run: ResultsDir) -> list[Section]:
     m = run.metrics()
+    head = [*_grid_sections(run, m), *([_ce_section(m)] if _ce_section(m) else [])]
+    if m.get("partial"):
+        note = Section("Partial run", text=(f"This invocation stopped at its time budget ({m.get('stopped_at')}). Missing: " + "; ".join(m.get("missing", []))
+                                            + ". Rerun the same command to resume from the cached store and SAEs."))
+        return [note, *head, *default_sections(run)]
     claims = run.load_table("claims")
-    claims = claims.assign(verdict=claims["holds"].map({True: "holds", False: "does not hold"})).drop(columns="holds")
+    if "verdict" not in claims:  # runs from before CI-judged claims
+        claims = claims.assign(verdict=claims["holds"].map({True: "holds", False: "does not hold"}))
+    claims = claims.drop(columns="holds")
     laws = m["power_law"]
     by_width = run.load_table("by_width")
     sections = [
         Section("Claims of the paper", text=(
             f"{int((claims.verdict == 'holds').sum())} of {len(claims)} claims hold on widths {m['widths']} (TopK, matched L0), "
-            f"{m['fit_tokens']} fit and {m['eval_tokens']} held-out tokens. Each row: our number, the criterion, the verdict."), table=claims),
+            f"{m['fit_tokens']} fit and {m['eval_tokens']} held-out tokens. Each row: our number, the criterion, the verdict (claims with CIs: "
+            "'undetermined' when a CI straddles the criterion). The 'best reading' row was chosen after looking at every reading."), table=claims),
+        *head,
         Section("Scaling with width", text=(
             f"Sae(x): FVU = {laws['fvu_sae']['c']:.3g} + {laws['fvu_sae']['a']:.3g} W^{laws['fvu_sae']['m']:.3g}; "
             f"Sae(x) + LinearError: {laws['fvu_sae_plus_linear']['c']:.3g} + {laws['fvu_sae_plus_linear']['a']:.3g} W^{laws['fvu_sae_plus_linear']['m']:.3g}."),

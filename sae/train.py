@@ -48,6 +48,13 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     keep_checkpoints: int = 2
+    # until_converged: the lr stays constant after warm-up until the first checkpoint (at least min_steps in) where the training FVU changed
+    # by less than converge_tol (relative) over the last converge_window of the steps so far (the plateau; `steps` caps this phase); then
+    # it decays linearly to 0 over decay_fraction x the plateau's steps more, and training ends
+    until_converged: bool = False
+    converge_tol: float = 0.01
+    converge_window: float = 0.2
+    min_steps: int = 0
 
     def __post_init__(self):
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
@@ -64,6 +71,8 @@ class TrainConfig:
             raise OutOfRangeError(f"TrainConfig(decay_fraction={self.decay_fraction!r}): must lie in [0, 1].")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise OutOfRangeError(f"TrainConfig(adam_betas={self.adam_betas!r}): two numbers in [0, 1).")
+        if not 0 < self.converge_window < 1 or self.converge_tol <= 0:
+            raise OutOfRangeError(f"TrainConfig(converge_window={self.converge_window}, converge_tol={self.converge_tol}): the window must be a fraction in (0, 1), the tolerance positive.")
 
 
 class TrainResult(NamedTuple):
@@ -85,12 +94,36 @@ def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float 
     return guess.float()
 
 
-def lr_at(step: int, cfg: TrainConfig, base_lr: float) -> float:
-    """Linear warm-up, constant, then linear decay to zero over the last `decay_fraction` of steps."""
+def anneal_steps(plateau: int, cfg: TrainConfig) -> int:
+    return max(1, round(cfg.decay_fraction * plateau))
+
+
+def lr_at(step: int, cfg: TrainConfig, base_lr: float, plateau: int | None = None) -> float:
+    """Linear warm-up, constant, then linear decay to zero over the last `decay_fraction` of steps.
+
+    Training until converged: constant until the plateau step (None: not reached yet), then linear decay to zero over anneal_steps(plateau).
+    """
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.until_converged:
+        if plateau is None or step < plateau:
+            return base_lr * warm
+        end = plateau + anneal_steps(plateau, cfg)
+        return base_lr * warm * max(0.0, (end - step) / (end - plateau))
     decay_start = cfg.steps * (1 - cfg.decay_fraction)
     decay = 1.0 if step < decay_start else max(0.0, (cfg.steps - step) / (cfg.steps - decay_start))
     return base_lr * warm * decay
+
+
+def fvu_change(fvu_by_step: list[float] | Tensor, window: float = 0.2, span: float = 0.05) -> float:
+    """Relative change of the training FVU over the last `window` of the steps: (end - start) / start, each the mean batch FVU over
+    `span` of the steps (at least one step), start just before the window opens and end at the last steps. NaN with fewer than 10 steps."""
+    fvus = torch.as_tensor(fvu_by_step, dtype=torch.float64)
+    n = len(fvus)
+    if n < 10:
+        return float("nan")
+    width, opens = max(1, round(span * n)), round((1 - window) * n)
+    start, end = fvus[max(0, opens - width) : opens].mean(), fvus[n - width :].mean()
+    return float((end - start) / start)
 
 
 def _dist() -> tuple[int, int]:
@@ -184,7 +217,8 @@ def train_sae(
     optimiser = torch.optim.Adam(sae.parameters(), lr=base_lr, betas=cfg.adam_betas, fused=True)  # fused: ~8x faster on CPU than foreach
     silent_tokens = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
     curve: list[dict] = []
-    start, input_scale = 0, 1.0
+    fvu_by_step: list[float] = []
+    start, input_scale, plateau = 0, 1.0, None
 
     state = _load_latest(out_dir) if out_dir else None
     if state is not None:
@@ -192,10 +226,13 @@ def train_sae(
         sae.load_state_dict(state["sae"])
         optimiser.load_state_dict(state["optimiser"])
         silent_tokens, curve, start, input_scale = state["silent_tokens"], state["curve"], state["step"], state["input_scale"]
+        fvu_by_step, plateau = state.get("fvu_by_step", []), state.get("plateau")
 
+    end = cfg.steps if plateau is None else plateau + anneal_steps(plateau, cfg)
     data = itertools.islice(iter(batches), start, None)  # resume: the source replays, we skip what was trained on
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress or rank != 0, desc=f"{sae_cfg.architecture} SAE")
-    for step in bar:
+    bar = tqdm(initial=start, total=end, disable=not progress or rank != 0, desc=f"{sae_cfg.architecture} SAE")
+    step = start
+    while step < end:
         x_global = next(data, None)
         if x_global is None:
             raise InterpError(f"batches ran out at step {step} of TrainConfig.steps={cfg.steps}; supply more data or fewer steps.")
@@ -208,7 +245,7 @@ def train_sae(
         scale = LossScale(cfg.batch_size, float((x_global - x_global.mean(0)).pow(2).sum()))
         x = x_global[local]
 
-        lr = lr_at(step, cfg, base_lr)
+        lr = lr_at(step, cfg, base_lr, plateau)
         for group in optimiser.param_groups:
             group["lr"] = lr
         out = sae.training_step(x, silent_tokens >= cfg.dead_after_tokens, scale, step)
@@ -235,18 +272,30 @@ def train_sae(
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             curve.append(row)
             bar.set_postfix(L0=f"{row['l0']:.1f}", FVU=f"{row['fvu']:.3f}", dead=f"{row['dead_fraction']:.2f}")
-        if on_step is not None:
+        fvu_by_step.append(row["fvu"])
+        at_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end
+        if (cfg.until_converged and plateau is None and at_checkpoint and step + 1 >= cfg.min_steps
+                and abs(fvu_change(fvu_by_step, cfg.converge_window)) < cfg.converge_tol):
+            plateau = step + 1  # the FVU has plateaued at this lr: anneal, then stop
+            end = plateau + anneal_steps(plateau, cfg)
+            bar.total = end
+        if step + 1 == end and step % cfg.log_every:
+            curve.append(row)
+        if out_dir is not None and rank == 0 and at_checkpoint:
+            _save_checkpoint(out_dir, dict(step=step + 1, sae=sae.state_dict(), optimiser=optimiser.state_dict(), silent_tokens=silent_tokens, curve=curve,
+                                           fvu_by_step=fvu_by_step, plateau=plateau, input_scale=input_scale, sae_config=sae_cfg.to_dict(),
+                                           train_config=asdict(cfg), hook_name=hook_name), cfg.keep_checkpoints)
+        if on_step is not None:  # after the checkpoint: a callback that stops the run (a time budget) loses no finished step
             on_step(step, row)
-        if out_dir is not None and rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            _save_checkpoint(out_dir, dict(step=step + 1, sae=sae.state_dict(), optimiser=optimiser.state_dict(), silent_tokens=silent_tokens,
-                                           curve=curve, input_scale=input_scale, sae_config=sae_cfg.to_dict(), train_config=asdict(cfg),
-                                           hook_name=hook_name), cfg.keep_checkpoints)
+        step += 1
+        bar.update(1)
     bar.close()
 
     sae.fold_input_scale_(input_scale)
     frame = pd.DataFrame(curve)
     if out_dir is not None and rank == 0:
-        _save_sae_atomic(sae, out_dir / "sae", hook_name=hook_name, model_name=model_name, extra={"input_scale": input_scale, "train_config": asdict(cfg)})
+        _save_sae_atomic(sae, out_dir / "sae", hook_name=hook_name, model_name=model_name,
+                         extra={"input_scale": input_scale, "train_config": asdict(cfg), **training_summary(fvu_by_step, cfg, plateau)})
         buffer = io.BytesIO()
         frame.to_parquet(buffer)
         atomic_write_bytes(out_dir / "training_curve.parquet", buffer.getvalue())
@@ -267,6 +316,23 @@ def _save_sae_atomic(sae: Sae, directory: Path, **kwargs) -> None:
         os.replace(directory, old)
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def training_summary(fvu_by_step: list[float], cfg: TrainConfig, plateau: int | None = None) -> dict:
+    """Steps trained; the relative FVU change over the last converge_window of them; for a run until converged, the plateau step, the change
+    over the last converge_window of the steps up to it, and the change the anneal made (mean FVU of its last 5% against the plateau's last 5%).
+
+    converged: the change over the last converge_window of the constant-lr steps (of all steps, for a fixed schedule) is within converge_tol.
+    """
+    change = fvu_change(fvu_by_step, cfg.converge_window)
+    out = dict(steps_trained=len(fvu_by_step), fvu_change_last_window=change, converged=bool(abs(change) < cfg.converge_tol))
+    if cfg.until_converged:
+        at_plateau = fvu_change(fvu_by_step[:plateau], cfg.converge_window) if plateau else float("nan")
+        fvus = torch.as_tensor(fvu_by_step, dtype=torch.float64)
+        width = max(1, round(0.05 * (plateau or 1)))
+        anneal = float(fvus[-width:].mean() / fvus[plateau - width : plateau].mean() - 1) if plateau and len(fvus) > plateau else float("nan")
+        out |= dict(plateau_step=plateau, fvu_change_at_plateau=at_plateau, anneal_fvu_change=anneal, converged=plateau is not None)
+    return out
 
 
 @torch.no_grad()

@@ -53,12 +53,20 @@ def spliced_losses(
     if site.head is not None or site.neuron is not None or site.position is not None or site.layout.pos_axis != 1:
         raise ShapeMismatchError(f"site={site}: splice at a whole per-token activation (no head, neuron or position), the one the SAE was trained on.")
     tokens = to_tokens(model, tokens, argument="tokens")
+    # A residual-stream site of a HookedTransformer: run the layers up to it once and each variant from there (the same numbers as
+    # hooking every variant's full forward pass, about a quarter less work at layer 6 of 30).
+    resume_at = site.layer + 1 if isinstance(model, HookedTransformer) and site.hook_name == f"blocks.{site.layer}.hook_resid_post" else None
     frames = []
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start : start + batch_size]
         losses = {}
+        resid = model(batch, stop_at_layer=resume_at) if resume_at is not None else None
         for variant in VARIANTS:
-            logits = model(batch) if variant == "clean" else run_with_hooks(model, batch, [(site, _hook(site, sae, error_map, variant, from_position))])
+            if resume_at is not None:
+                act = resid if variant == "clean" else _hook(site, sae, error_map, variant, from_position)(resid, None)
+                logits = model(act, start_at_layer=resume_at)
+            else:
+                logits = model(batch) if variant == "clean" else run_with_hooks(model, batch, [(site, _hook(site, sae, error_map, variant, from_position))])
             losses[f"ce_{variant}"] = -logits[:, :-1].log_softmax(-1).gather(-1, batch[:, 1:, None])[..., 0].double()
         b, p = batch[:, from_position + 1 :].shape
         frame = pd.DataFrame(dict(seq=torch.arange(start, start + b).repeat_interleave(p).numpy(), pos=torch.arange(from_position, from_position + p).repeat(b).numpy(),

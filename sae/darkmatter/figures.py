@@ -39,3 +39,19 @@ def norm_scatter_figure(per_token: pd.DataFrame, x: str, y: str, title: str) -> 
     fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(dash="dot"), name="y = x"))
     fig.update_layout(title=dict(text=title), xaxis=dict(title=dict(text=x)), yaxis=dict(title=dict(text=y)), showlegend=False)
     return fig
+
+
+def norm_r2_grid_figure(grid: pd.DataFrame) -> go.Figure:
+    """Norm R^2 with its bootstrap 95% CI against the first positions dropped: one line per width, k and training (cells not yet run left out)."""
+    fig = go.Figure()
+    done = grid.dropna(subset=["norm_r2"])
+    for (width, k, training), cell in done.groupby(["width", "k", "training"], sort=True):
+        cell = cell.sort_values("positions_dropped")
+        fig.add_trace(go.Scatter(
+            x=cell.positions_dropped, y=cell.norm_r2, mode="lines+markers", name=f"W{width} k{k} {training} ({int(cell.steps.iloc[0])} steps)",
+            line=dict(dash="solid" if training == "converged" else "dot"),
+            error_y=dict(type="data", symmetric=False, array=cell.ci_high - cell.norm_r2, arrayminus=cell.norm_r2 - cell.ci_low)))
+    fig.add_hline(y=0.9, line=dict(dash="dash", color="grey"), annotation_text="paper: > 0.9")
+    fig.update_layout(title=dict(text="Norm R^2 (||e||^2 from x, no intercept, held out) by first positions dropped"),
+                      xaxis=dict(title=dict(text="first positions of each sequence dropped"), type="log"), yaxis=dict(title=dict(text="norm R^2")))
+    return fig

@@ -24,9 +24,18 @@ REQUIRED = ["vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear", "widths", 
 def _tiny_config(cache: Path) -> DarkMatterConfig:
     return DarkMatterConfig(
         model=TINY_GQA, layer=1, n_tokens=32 * 96, seq_len=32, store_dtype="float32", fit_fraction=2 / 3, widths=(64, 128, 256), k=8,
-        training=TrainConfig(steps=30, batch_size=256, lr=3e-3, warmup_steps=3, checkpoint_every=30), pursuit_tokens=512, downstream_seqs=4,
-        synthetic=SyntheticSpec(n_tokens=2000), cache_dir=str(cache), png=False, threads=1,
+        training=TrainConfig(steps=60, batch_size=256, lr=3e-3, warmup_steps=3, checkpoint_every=20, until_converged=True, min_steps=20, converge_tol=0.05),
+        short_training=TrainConfig(steps=30, batch_size=256, lr=3e-3, warmup_steps=3, checkpoint_every=30),
+        grid_widths=(64, 128), grid_positions_dropped=(1, 4, 16), grid_ks=(8, 16), grid_fit_tokens=512, bootstrap=100,
+        pursuit_tokens=512, downstream_seqs=4, synthetic=SyntheticSpec(n_tokens=2000), cache_dir=str(cache), png=False, threads=1,
     )
+
+
+def _family_sae_dir(cache: Path, width: int) -> Path:
+    """The family's SAE at `width` (k=8, trained until converged) among the grid's other SAEs of that width."""
+    found = [d for d in cache.glob(f"*/saes/resid_L1-W{width}-k8-*") if json.loads((d / "sae" / "cfg.json").read_text())["interp_toolkit"]["train_config"]["until_converged"]]
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_tiny_run_writes_the_metrics_and_reuses_store_and_saes(tmp_path, tiny_model, monkeypatch):
@@ -40,7 +49,7 @@ def test_tiny_run_writes_the_metrics_and_reuses_store_and_saes(tmp_path, tiny_mo
     assert metrics["fit_tokens"] == 64 * 31 and metrics["eval_tokens"] == 32 * 31  # position 0 of each sequence left out
 
     # fvu_sae on held-out tokens, recomputed from a fresh TransformerLens forward of the same sequences.
-    sae = load_sae(next((tmp_path / "cache").glob("*/saes/resid_L1-W64-*")) / "sae")
+    sae = load_sae(_family_sae_dir(tmp_path / "cache", 64) / "sae")
     _, held_seqs = split_sequences(96, config.fit_fraction, config.seed)
     assert len(held_seqs) == 32
     held_out = torch.randint(0, 101, (96, 32), generator=torch.Generator().manual_seed(0))[held_seqs]
@@ -52,9 +61,57 @@ def test_tiny_run_writes_the_metrics_and_reuses_store_and_saes(tmp_path, tiny_mo
     def no_training(*args, **kwargs):
         raise AssertionError("a second run with the same settings must reuse the cached SAEs")
 
+    _check_grid(metrics, out, config, tmp_path / "cache")
     monkeypatch.setattr(dark_matter, "train_sae", no_training)
     again = json.loads((run(config, tmp_path / "run2") / "metrics.json").read_text())
     assert again["fvu_sae"] == metrics["fvu_sae"] and again["synthetic_corr"] == metrics["synthetic_corr"]
+
+
+def _check_grid(metrics, out, config, cache):
+    """The grid's rows, per-width CE CIs, and one cell recomputed independently with numpy."""
+    import numpy as np
+    import pandas as pd
+
+    grid = metrics["norm_r2_grid"]
+    assert len(grid) == 2 * 3 * 2 * 2 and metrics["norm_r2_grid_missing"] == 0
+    assert {(r["width"], r["positions_dropped"], r["training"], r["k"]) for r in grid} == {
+        (w, p, t, k) for w in (64, 128) for p in (1, 4, 16) for t in ("short", "converged") for k in (8, 16)}
+    assert all(r["ci_low"] <= r["norm_r2"] <= r["ci_high"] and r["status"] == "done" for r in grid)
+    assert all(r["steps"] == 30 for r in grid if r["training"] == "short") and all(r["steps"] <= 60 for r in grid if r["training"] == "converged")
+    for key in ("ce_share_nonlinear_ci", "ce_share_linear_ci"):
+        assert len(metrics[key]) == 3 and all(low <= high for low, high in metrics[key])
+        assert all(low <= v <= high for v, (low, high) in zip(metrics[key.removesuffix("_ci")], metrics[key]))
+    assert metrics["norm_baseline_r2"]["l0"] is None and "not applicable" in metrics["norm_baseline_l0"]
+    claims = pd.read_parquet(out / "claims.parquet")
+    assert claims.claim.str.contains("CHOSEN AFTER LOOKING").any() and claims.claim.str.contains("closest to the paper").any()
+    assert "Norm R^2 grid" in (out / "dashboard.html").read_text()
+
+    # W64 k8 short, first 4 positions dropped: numpy lstsq on the first grid_fit_tokens fit rows at positions >= 4, judged on held-out rows there
+    fit_seqs, held_seqs = split_sequences(96, config.fit_fraction, config.seed)
+    tokens = torch.randint(0, 101, (96, 32), generator=torch.Generator().manual_seed(0))
+    short = [d for d in cache.glob("*/saes/resid_L1-W64-k8-*") if json.loads((d / "sae" / "cfg.json").read_text())["interp_toolkit"]["steps_trained"] == 30]
+    assert len(short) == 1
+    sae = load_sae(short[0] / "sae")
+    with torch.no_grad():
+        model = dark_matter.load_model(TINY_GQA)
+        acts = {name: model.run_with_cache(tokens[seqs], names_filter=SITE)[1][SITE][:, 4:].reshape(-1, 64).double() for name, seqs in (("fit", fit_seqs), ("held", held_seqs))}
+        sq = {name: (x - sae(x.float()).double()).pow(2).sum(-1).numpy() for name, x in acts.items()}
+    x_fit, y_fit = acts["fit"].numpy()[:512], sq["fit"][:512]
+    solution = np.linalg.lstsq(x_fit, y_fit, rcond=None)[0]
+    residual = sq["held"] - acts["held"].numpy() @ solution
+    expected = 1 - (residual**2).sum() / ((sq["held"] - sq["held"].mean()) ** 2).sum()
+    row = next(r for r in grid if (r["width"], r["positions_dropped"], r["training"], r["k"]) == (64, 4, "short", 8))
+    assert row["norm_r2"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_run_out_of_budget_writes_the_grid_so_far_and_resumes(tmp_path, tiny_model):
+    config = replace(_tiny_config(tmp_path / "cache"), budget_minutes=0.0)
+    out = run(config, tmp_path / "partial")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["partial"] and metrics["norm_r2_grid_missing"] == 24 and all(r["norm_r2"] is None and r["status"].startswith("missing") for r in metrics["norm_r2_grid"])
+    assert any("family analyses" in m for m in metrics["missing"]) and "Partial run" in (out / "dashboard.html").read_text()
+    done = json.loads((run(replace(config, budget_minutes=None), tmp_path / "whole") / "metrics.json").read_text())
+    assert not done.get("partial") and done["norm_r2_grid_missing"] == 0
 
 
 def test_config_round_trips_through_the_results_dir(tmp_path):
@@ -64,7 +121,7 @@ def test_config_round_trips_through_the_results_dir(tmp_path):
     results = ResultsDir.create(tmp_path / "r", config, analysis=config.analysis)
     assert results.config(DarkMatterConfig) == config
     full = DarkMatterConfig()
-    assert len(full.widths) >= 5 and max(full.widths) / min(full.widths) >= 16 and full.n_tokens >= 1_000_000
+    assert len(full.widths) >= 5 and max(full.widths) / min(full.widths) >= 16 and full.n_tokens >= 500_000 and full.downstream_seqs >= 512
 
 
 @pytest.mark.slow  # the quick setting on the bundled model: minutes on 2 cores the first time (the store and SAEs are cached after)
@@ -92,5 +149,6 @@ def test_a_different_split_retrains_the_saes(tmp_path, tiny_model):
     run(config, tmp_path / "a")
     run(replace(config, seed=1), tmp_path / "b")  # same store, another split and SAE seed
     run(replace(config, fit_fraction=0.5), tmp_path / "c")  # same store, other fit rows
-    saes = sorted(p.name for p in (tmp_path / "cache").glob("*/saes/resid_L1-W64-*"))
+    saes = sorted(p.name for p in (tmp_path / "cache").glob("*/saes/resid_L1-W64-k8-*")
+                  if json.loads((p / "sae" / "cfg.json").read_text())["interp_toolkit"]["train_config"]["until_converged"])  # the family's, not the grid's
     assert len(saes) == 3, saes
