@@ -94,7 +94,8 @@ def _patching(run: ResultsDir) -> Summary:
         parts.append(f"residual stream at layer {top['layer']}, position {top.get('position', '?')} restores {num(top['restoration'])}")
     agreement = {k.removesuffix("_atp_agreement"): v for k, v in m.items() if k.endswith("_atp_agreement")}
     if agreement:
-        parts.append("AtP vs exact: " + "; ".join(f"{sweep} r = {num(a.get('pearson_r'))}, top-10 overlap {num(a.get('top10_overlap', next((v for k, v in a.items() if k.startswith('top')), None)))}" for sweep, a in agreement.items()))
+        overlap = lambda a: next((v for k, v in a.items() if k.endswith("_overlap")), None)  # noqa: E731 - top{k}_overlap, k = min(10, units)
+        parts.append("AtP vs exact: " + "; ".join(f"{sweep} r = {num(a.get('pearson_r'))}, top-10 overlap {num(overlap(a))}" for sweep, a in agreement.items()))
         good = all((a.get("pearson_r") or 0) >= 0.9 for a in agreement.values())
         verdict = f"AtP {'agrees with' if good else 'departs from'} exact patching (Pearson r {'>=' if good else '<'} 0.9 on every sweep)"
     else:

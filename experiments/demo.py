@@ -153,6 +153,7 @@ def run_demo(out: Path, quick: bool = True, *, workers: int | None = None, only:
 
     from dashboards import build_dashboards, summary_table
     from interp.errors import InterpError, did_you_mean
+    from interp.results import ResultsDir
 
     out = Path(out)
     names = list(PIPELINE) if only is None else list(only)
@@ -181,14 +182,17 @@ def run_demo(out: Path, quick: bool = True, *, workers: int | None = None, only:
             failed = _run_pool(todo, out, quick, workers, steps, state, tqdm)
         finally:
             for key, value in saved_env.items():
-                os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     run_dirs = [Path(steps[n]["dir"]) for n in sorted(names, key=DISPLAY_ORDER.index) if n in steps]
     if not run_dirs:
         raise InterpError("every demo step failed: " + "; ".join(f"{n}: {err} (log: {out / LOGS_DIR / f'{n}.log'})" for n, err in failed.items()))
     note = ("Quick settings (what `make demo` runs): smaller and shorter than the full runs, whose numbers are in FINDINGS.md."
             if quick else "Full settings.")
     index = build_dashboards(run_dirs, index_path=out / "index.html", note=note)[-1]
-    runs = [_open(d) for d in run_dirs]
+    runs = [ResultsDir.open(d) for d in run_dirs]
     _print_table(summary_table(runs))
     if skipped := sum(len(r.skipped_pngs()) for r in runs):
         print(f"[demo] {skipped} PNG figures were skipped (no Chrome/Chromium could be found; the HTML pages are complete). "
@@ -198,12 +202,6 @@ def run_demo(out: Path, quick: bool = True, *, workers: int | None = None, only:
         raise InterpError("demo steps failed: " + "; ".join(f"{n}: {err} (log: {out / LOGS_DIR / f'{n}.log'})" for n, err in failed.items())
                           + ". Rerun `make demo` to retry them; finished steps are kept.")
     return index
-
-
-def _open(path: Path):
-    from interp.results import ResultsDir
-
-    return ResultsDir.open(path)
 
 
 def _run_pool(todo: list[str], out: Path, quick: bool, workers: int, steps: dict, state: dict, tqdm) -> dict[str, str]:

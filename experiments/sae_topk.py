@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -97,8 +97,7 @@ def run(config: SaeRunConfig, out: Path) -> Path:
         else:
             result = train_sae(sae_cfg, StoreBatches(store, config.site, config.batch_size, seed=config.seed), train_cfg, cache / "train",
                                hook_name=config.site, model_name=getattr(model.cfg, "model_name", None))
-            sae, curve = result.sae.eval(), result.curve
-            curve.to_parquet(cache / "train" / "training_curve.parquet")
+            sae, curve = result.sae.eval(), result.curve  # train_sae wrote sae/ and training_curve.parquet (atomically)
         held_out = corpus_tokens(model, config.eval_seqs + config.context_seqs, config.seq_len, skip_seqs=n_train_seqs)
         evaluation = evaluate_sae(model, sae, config.site, held_out[: config.eval_seqs])
         latents = evaluation.latents
