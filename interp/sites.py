@@ -106,7 +106,7 @@ class Site:
             raise UnknownSiteError(f"{self}: per-head results are not computed by this model; call model.set_use_attn_result(True) first, "
                                    "or use the z site (the head's output before W_O).")
         if self.head is not None:
-            n = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) if self.layout.kv else cfg.n_heads
+            n = n_heads(cfg, self.component)
             if not -n <= self.head < n:
                 kind = "key/value heads (grouped-query attention: query head h reads kv head h // group)" if self.layout.kv else "query heads"
                 raise OutOfRangeError(f"{self}: head={self.head} is out of range; {name} has {n} {kind}, 0..{n - 1}.")
@@ -121,10 +121,21 @@ class Site:
         return f"Site({self.hook_name}{extras})"
 
 
+def n_heads(model, component: str = "z") -> int:
+    """How many heads `component` has: key/value heads for k and v (grouped-query attention), query heads otherwise.
+
+    `model` is a model with a `.cfg` or the cfg itself.
+    """
+    cfg = getattr(model, "cfg", model)
+    layout = COMPONENTS.get(component)
+    if layout is not None and layout.kv:
+        return getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    return cfg.n_heads
+
+
 def kv_head_of(model, head: int) -> int:
     """The key/value head a query head reads under grouped-query attention."""
-    n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
-    return head // (model.cfg.n_heads // n_kv)
+    return head // (model.cfg.n_heads // n_heads(model, "k"))
 
 
 def as_site(model, where: Site | str, **slices) -> Site:

@@ -176,7 +176,7 @@ def test_bad_input_gets_a_clear_error(tiny_model):
         attribute_sites(task, [Site(1, "pattern", head=0)])
     with pytest.raises(UnknownSiteError, match="attribute_neurons"):
         attribute_neurons(task, component="mlp_out")
-    with pytest.raises(InterpError, match="not an attribution sweep"):
+    with pytest.raises(InterpError, match="not a sweep. Did you mean: .heads."):
         attribution_sweep(task, ["headz"])
     with pytest.raises(InterpError, match="sites is empty"):
         attribute_sites(task, [])

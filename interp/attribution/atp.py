@@ -26,12 +26,11 @@ from interp.attribution.qk_fix import QK_COMPONENTS, qk_fixed_effects, qk_hooks
 from interp.errors import InterpError, UnknownSiteError, did_you_mean
 from interp.kernels.patching import attribution_scores
 from interp.patching.engine import normalised_site, results_frame
-from interp.patching.sweeps import LAYER_POSITION_COMPONENTS, NEURON_COMPONENTS, check_component, sweep_indices
+from interp.patching.sweeps import SWEEPS, head_sites, layer_position_sites, neuron_sites, sweep_sites  # noqa: F401  (head_sites & co. re-exported)
 from interp.patching.task import PatchingTask
 from interp.sites import COMPONENTS, Site
 
 METHODS = ("atp", "atp*")
-SWEEPS = ("heads", "heads_by_pos", "neurons", "neurons_by_pos", *LAYER_POSITION_COMPONENTS)
 DEFAULT_TOLERANCE = 0.05
 
 
@@ -117,59 +116,19 @@ def attribute_sites(task: PatchingTask, sites: Sequence[Site | str], *, method: 
     return estimates_frame(task, sites, *estimate_effects(task, sites, passes, method), method, tolerance)
 
 
-def head_sites(task: PatchingTask, *, by_position: bool = False, component: str = "z", layers=None, heads=None, positions=None) -> list[Site]:
-    """The Sites of `interp.patching.patch_heads`, in its row order."""
-    if COMPONENTS.get(component) is None or COMPONENTS[component].head_axis != 2:
-        check_component(component, tuple(n for n, lay in COMPONENTS.items() if lay.head_axis == 2), "attribute_heads")
-    if positions is not None and not by_position:
-        raise InterpError("positions selects positions of a by-position sweep: pass by_position=True too, or drop positions to patch every position at once.")
-    cfg = task.model.cfg
-    n_heads = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) if COMPONENTS[component].kv else cfg.n_heads
-    layers, heads = sweep_indices(layers, cfg.n_layers, "layers"), sweep_indices(heads, n_heads, "heads")
-    if by_position:
-        positions = sweep_indices(positions, task.seq_len, "positions")
-        return [Site(layer, component, head=h, position=p) for layer in layers for p in positions for h in heads]
-    return [Site(layer, component, head=h) for layer in layers for h in heads]
-
-
-def neuron_sites(task: PatchingTask, *, component: str = "mlp_post", layers=None, neurons=None, positions=None) -> list[Site]:
-    """The Sites of `interp.patching.patch_neurons`, in its row order."""
-    check_component(component, NEURON_COMPONENTS, "attribute_neurons")
-    layers, neurons = sweep_indices(layers, task.model.cfg.n_layers, "layers"), sweep_indices(neurons, task.model.cfg.d_mlp, "neurons")
-    if positions is None:
-        return [Site(layer, component, neuron=n) for layer in layers for n in neurons]
-    positions = sweep_indices(positions, task.seq_len, "positions")
-    return [Site(layer, component, neuron=n, position=p) for layer in layers for n in neurons for p in positions]
-
-
-def layer_position_sites(task: PatchingTask, component: str = "resid_pre", *, layers=None, positions=None) -> list[Site]:
-    """The Sites of `interp.patching.patch_layer_positions`, in its row order."""
-    check_component(component, LAYER_POSITION_COMPONENTS, "attribute_layer_positions")
-    layers, positions = sweep_indices(layers, task.model.cfg.n_layers, "layers"), sweep_indices(positions, task.seq_len, "positions")
-    return [Site(layer, component, position=p) for layer in layers for p in positions]
-
-
 def attribute_heads(task: PatchingTask, *, method: str = "atp", tolerance: float = DEFAULT_TOLERANCE, **selection) -> pd.DataFrame:
     """AtP twin of `patch_heads` (same keywords: by_position, component, layers, heads, positions)."""
-    return attribute_sites(task, head_sites(task, **selection), method=method, tolerance=tolerance)
+    return attribute_sites(task, head_sites(task, caller="attribute_heads", **selection), method=method, tolerance=tolerance)
 
 
 def attribute_neurons(task: PatchingTask, *, method: str = "atp", **selection) -> pd.DataFrame:
     """AtP twin of `patch_neurons` (same keywords: component, layers, neurons, positions)."""
-    return attribute_sites(task, neuron_sites(task, **selection), method=method)
+    return attribute_sites(task, neuron_sites(task, caller="attribute_neurons", **selection), method=method)
 
 
 def attribute_layer_positions(task: PatchingTask, component: str = "resid_pre", *, method: str = "atp", **selection) -> pd.DataFrame:
     """AtP twin of `patch_layer_positions` (same keywords: layers, positions)."""
-    return attribute_sites(task, layer_position_sites(task, component, **selection), method=method)
-
-
-def _sweep_sites(task: PatchingTask, sweep: str, layers) -> list[Site]:
-    if sweep in ("heads", "heads_by_pos"):
-        return head_sites(task, by_position=sweep == "heads_by_pos", layers=layers)
-    if sweep in ("neurons", "neurons_by_pos"):
-        return neuron_sites(task, layers=layers, positions=range(task.seq_len) if sweep == "neurons_by_pos" else None)
-    return layer_position_sites(task, sweep, layers=layers)
+    return attribute_sites(task, layer_position_sites(task, component, caller="attribute_layer_positions", **selection), method=method)
 
 
 def attribution_sweep(
@@ -178,11 +137,7 @@ def attribution_sweep(
     """Several sweeps from one set of passes: every head (summed and per position), every neuron, every
     layer x position. One table per sweep, each shaped like its exact twin's."""
     _check_method(method)
-    sweeps = list(sweeps)
-    for sweep in sweeps:
-        if sweep not in SWEEPS:
-            raise InterpError(f"sweeps: {sweep!r} is not an attribution sweep.{did_you_mean(sweep, SWEEPS)} Known: {', '.join(SWEEPS)}.")
-    site_lists = {sweep: [normalised_site(task.model, s, task.seq_len) for s in _sweep_sites(task, sweep, layers)] for sweep in sweeps}
+    site_lists = {sweep: [normalised_site(task.model, s, task.seq_len) for s in sweep_sites(task, sweep, layers=layers)] for sweep in sweeps}
     every_site = [s for sites in site_lists.values() for s in sites]
     passes = run_passes(task, *hooks_needed(task.model, every_site, method))
     return {sweep: estimates_frame(task, sites, *estimate_effects(task, sites, passes, method), method, tolerance) for sweep, sites in site_lists.items()}

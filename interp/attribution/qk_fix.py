@@ -14,6 +14,7 @@ from torch import Tensor
 from interp.attribution.gradients import AttributionPasses
 from interp.errors import InterpError
 from interp.patching.task import PatchingTask
+from interp.sites import n_heads
 
 QK_COMPONENTS = ("q", "k")
 
@@ -54,7 +55,7 @@ def _key_effects(task: PatchingTask, passes: AttributionPasses, layer: int) -> t
     ratio = 1.0 / (1.0 + pattern * torch.expm1(delta))  # old normaliser / new normaliser
     one_key = ratio * (row_dot - pattern * grad) + pattern * delta.exp() * ratio * grad - row_dot  # [batch, head, query, key]
     all_keys = ((torch.softmax(mixed, -1).nan_to_num(0.0) - pattern) * grad).sum((-1, -2))  # [batch, head]
-    n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
+    n_kv = n_heads(model, "k")
     group = model.cfg.n_heads // n_kv
     per_position = one_key.sum((0, 2)).T.reshape(task.seq_len, n_kv, group).sum(-1)  # query heads of a kv head share its key
     return per_position, all_keys.sum(0).reshape(n_kv, group).sum(-1)

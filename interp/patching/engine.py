@@ -26,7 +26,7 @@ from interp.errors import InterpError, UnknownSiteError
 from interp.hooks import transient_bytes_per_sequence
 from interp.metrics import restoration
 from interp.patching.task import PatchingTask, last_position_logits
-from interp.sites import Site, as_site
+from interp.sites import Site, as_site, n_heads
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of transient activations per variant batch
 RESULT_COLUMNS = ["component", "layer", "head", "neuron", "position", "hook_name", "metric", "restoration"]
@@ -36,12 +36,12 @@ def normalised_site(model: HookedTransformer, site: Site | str, seq_len: int) ->
     site = as_site(model, site).check(model, seq_len)
     if site.layer is None:
         raise UnknownSiteError(f"{site}: patching needs a site inside a block; patch Site(0, 'resid_pre') instead of {site.hook_name!r}.")
-    n_heads = (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads) if site.layout.kv else model.cfg.n_heads
+    heads = n_heads(model, site.component)
 
     def wrap(value: int | None, n: int) -> int | None:  # negative indices count from the end
         return None if value is None else value % n
 
-    return site.at(layer=site.layer % model.cfg.n_layers, head=wrap(site.head, n_heads), neuron=wrap(site.neuron, model.cfg.d_mlp), position=wrap(site.position, seq_len))
+    return site.at(layer=site.layer % model.cfg.n_layers, head=wrap(site.head, heads), neuron=wrap(site.neuron, model.cfg.d_mlp), position=wrap(site.position, seq_len))
 
 
 def _corrupted_cache(task: PatchingTask, layers: set[int]) -> tuple[dict[int, Tensor], TransformerLensKeyValueCache | None]:
