@@ -19,17 +19,24 @@ from interp.sites import Site, as_site
 HookFn = Callable[[Tensor, object], Tensor | None]
 
 
-def to_tokens(model: HookedTransformer, prompts: Sequence[str] | Tensor, *, argument: str = "prompts") -> Int[Tensor, "batch pos"]:
-    """Tokenise a list of prompts that must share one token length (no padding is added)."""
+def token_rows(model: HookedTransformer, prompts: Sequence[str] | Tensor, *, argument: str = "prompts") -> list[Int[Tensor, " pos"]]:
+    """Each prompt's token ids (BOS as the model prepends it), one row per prompt; rows may differ in length."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
     if isinstance(prompts, Tensor):
         if prompts.ndim != 2:
             raise ShapeMismatchError(f"{argument}: expected token ids of shape [batch, pos], got {tuple(prompts.shape)}.")
-        return prompts
-    if isinstance(prompts, str):
-        prompts = [prompts]
+        return list(prompts.to(model.cfg.device))
     if len(prompts) == 0:
         raise InterpError(f"{argument} is empty: pass at least one prompt.")
-    rows = [model.to_tokens(p, prepend_bos=model.cfg.default_prepend_bos)[0] for p in prompts]
+    return [model.to_tokens(p, prepend_bos=model.cfg.default_prepend_bos)[0] for p in prompts]
+
+
+def to_tokens(model: HookedTransformer, prompts: Sequence[str] | Tensor, *, argument: str = "prompts") -> Int[Tensor, "batch pos"]:
+    """Tokenise a list of prompts that must share one token length (no padding is added)."""
+    if isinstance(prompts, Tensor) and prompts.ndim == 2:
+        return prompts
+    rows = token_rows(model, prompts, argument=argument)
     lengths = {len(r) for r in rows}
     if len(lengths) > 1:
         by_len = {}
@@ -50,6 +57,31 @@ def run_with_hooks(model: HookedTransformer, tokens: Tensor, hooks: Sequence[tup
     """model.run_with_hooks, with Sites accepted and hook names validated (close matches on typos)."""
     fwd_hooks = [((as_site(model, where).hook_name if isinstance(where, str) else where.hook_name), fn) for where, fn in hooks]
     return model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, **kwargs)
+
+
+def capture_hook(store: dict, key: object = None, *, index: tuple | None = None, clone: bool = True) -> HookFn:
+    """A forward hook that keeps a detached copy of its activation (or of `act[index]`) in `store`.
+
+    The entry's key is `key`, or the hook's name when key is None. clone=False keeps a view (cheaper;
+    only safe when nothing writes to the activation afterwards). Every capture in the toolkit goes
+    through this hook, so what "captured" means (detached, copied, sliced) is written once.
+    """
+
+    def hook(act: Tensor, hook) -> None:
+        value = (act if index is None else act[index]).detach()
+        store[hook.name if key is None else key] = value.clone() if clone else value
+
+    return hook
+
+
+def capture(model: HookedTransformer, tokens: Tensor, hook_names: Iterable[str], **run_kwargs) -> dict[str, Tensor]:
+    """One forward keeping the named hooks' activations (detached copies), keyed by hook name.
+
+    run_kwargs go to `model.run_with_hooks` (attention_mask, stop_at_layer, past_kv_cache, return_type).
+    """
+    store: dict[str, Tensor] = {}
+    model.run_with_hooks(tokens, fwd_hooks=[(name, capture_hook(store)) for name in hook_names], **run_kwargs)
+    return store
 
 
 def transient_bytes_per_sequence(model: HookedTransformer, seq_len: int) -> int:

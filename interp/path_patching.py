@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError, UnknownSiteError
+from interp.hooks import capture, capture_hook
 from interp.kernels.patching import ALL, NONE, patched_batch
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET, normalised_site, variants_per_batch, results_frame
 from interp.patching.task import PatchingTask, last_position_logits
@@ -68,13 +69,7 @@ class _Paths:
             self.corrupted = self._cache(task.corrupted_tokens, task.corrupted_mask, set(self.frozen) | {s.hook_name for s in senders} | {f"blocks.{layer}.hook_resid_pre" for layer in starts})
 
     def _cache(self, tokens: Tensor, mask: Tensor | None, names: set[str]) -> dict[str, Tensor]:
-        cache: dict[str, Tensor] = {}
-
-        def save(act: Tensor, hook) -> None:
-            cache[hook.name] = act.detach().clone()
-
-        self.task.model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=[(n, save) for n in names], stop_at_layer=self.task.model.cfg.n_layers)
-        return cache
+        return capture(self.task.model, tokens, names, attention_mask=mask, stop_at_layer=self.task.model.cfg.n_layers)
 
     def _run(self, start: int, stop: int, n_variants: int, hooks: list) -> Tensor:
         task, model = self.task, self.task.model
@@ -120,12 +115,8 @@ class _Paths:
         if self.receivers == LOGITS:
             return self.task.score(last_position_logits(model, self._run(start, model.cfg.n_layers, n_variants, hooks)))
         receiver_acts: dict[str, Tensor] = {}
-
-        def save(act: Tensor, hook) -> None:
-            receiver_acts[hook.name] = act.detach().clone()
-
         receiver_names = {r.hook_name for r in self.receivers}
-        self._run(start, max(r.layer for r in self.receivers) + 1, n_variants, [(n, save) for n in receiver_names] + hooks)
+        self._run(start, max(r.layer for r in self.receivers) + 1, n_variants, [(n, capture_hook(receiver_acts)) for n in receiver_names] + hooks)
         by_name: dict[str, list[Site]] = defaultdict(list)
         for r in self.receivers:
             by_name[r.hook_name].append(r)

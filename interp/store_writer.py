@@ -26,7 +26,7 @@ from transformer_lens import HookedTransformer
 
 from interp.corpus import CorpusSource, corpus_provenance, token_batches
 from interp.errors import CorruptFileError, InterpError
-from interp.hooks import deepest_layer
+from interp.hooks import capture_hook, deepest_layer
 from interp.sites import Site, as_site
 from interp.store import (FORMAT_VERSION, MANIFEST, ActivationStore, file_sha256, model_fingerprint, shard_name, site_key,
                           write_json_atomic)
@@ -146,15 +146,8 @@ def _site_shapes(model: HookedTransformer, sites: list[Site], seq_len: int) -> d
 
 def _forward(model: HookedTransformer, tokens: Tensor, sites: list[Site], stop: int) -> dict[Site, Tensor]:
     acts: dict[Site, Tensor] = {}
-
-    def make_hook(site: Site):
-        def hook(act: Tensor, hook) -> None:
-            acts[site] = act[site.index()].detach()
-
-        return hook
-
     with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=[(s.hook_name, make_hook(s)) for s in sites], stop_at_layer=stop)
+        model.run_with_hooks(tokens, fwd_hooks=[(s.hook_name, capture_hook(acts, s, index=s.index(), clone=False)) for s in sites], stop_at_layer=stop)
     return acts
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from interp.errors import InterpError
+from interp.hooks import capture
 from interp.patching.task import PatchingTask, last_position_logits
 
 GRADIENT_FREE_METRICS = ("accuracy",)
@@ -40,13 +41,8 @@ def run_passes(task: PatchingTask, activation_hooks: Iterable[str], gradient_hoo
     activation_hooks, gradient_hooks = sorted(set(activation_hooks)), sorted(set(gradient_hooks))
     if not set(gradient_hooks) <= set(activation_hooks):
         raise InterpError(f"gradient_hooks must be cached too; missing from activation_hooks: {sorted(set(gradient_hooks) - set(activation_hooks))}.")
-    clean: dict[str, Tensor] = {}
-
-    def save_clean(act: Tensor, hook) -> None:
-        clean[hook.name] = act.detach().clone()
-
     with torch.no_grad():
-        model.run_with_hooks(task.clean_tokens, attention_mask=task.clean_mask, fwd_hooks=[(n, save_clean) for n in activation_hooks], stop_at_layer=model.cfg.n_layers)
+        clean = capture(model, task.clean_tokens, activation_hooks, attention_mask=task.clean_mask, stop_at_layer=model.cfg.n_layers)
     corrupted: dict[str, Tensor] = {}
 
     def save_corrupted(act: Tensor, hook) -> Tensor:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from interp.errors import InterpError
-from interp.hooks import cache_sites, to_tokens, transient_bytes_per_sequence
+from interp.hooks import cache_sites, capture, to_tokens, transient_bytes_per_sequence
 from interp.interventions import Ablation, _cached_reference, replacement_values
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET
 from interp.patching.task import last_position_logits
@@ -73,13 +73,9 @@ def ablated_last_logits(
     n_prompts = tokens.shape[0]
     kept: dict[int, Tensor] = {}
     with torch.no_grad():
-        resid_pre: dict[int, Tensor] = {}
-
-        def save(act: Tensor, hook) -> None:
-            resid_pre[int(hook.name.split(".")[1])] = act.detach().clone()
-
         needed = sorted(set(firsts))
-        model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", save) for layer in needed], stop_at_layer=max(needed) + 1)
+        acts = capture(model, tokens, [f"blocks.{layer}.hook_resid_pre" for layer in needed], stop_at_layer=max(needed) + 1)
+        resid_pre = {int(name.split(".")[1]): act for name, act in acts.items()}
         order = sorted(range(len(ablations)), key=lambda i: firsts[i])
         per_batch = ablations_per_batch(model, tokens, memory_budget)
         chunks = [order[i : i + per_batch] for i in range(0, len(order), per_batch)]

@@ -23,7 +23,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from interp.errors import InterpError, UnknownSiteError
-from interp.hooks import transient_bytes_per_sequence
+from interp.hooks import capture, transient_bytes_per_sequence
 from interp.metrics import restoration
 from interp.patching.task import PatchingTask, last_position_logits
 from interp.sites import Site, as_site, n_heads
@@ -46,28 +46,20 @@ def normalised_site(model: HookedTransformer, site: Site | str, seq_len: int) ->
 
 def _corrupted_cache(task: PatchingTask, layers: set[int]) -> tuple[dict[int, Tensor], TransformerLensKeyValueCache | None]:
     """The corrupted run's resid_pre at `layers` and, when unpadded, every layer's keys and values."""
-    model, resid_pre = task.model, {}
-
-    def save(act: Tensor, hook) -> None:
-        resid_pre[int(hook.name.split(".")[1])] = act.detach().clone()
-
-    hooks = [(f"blocks.{layer}.hook_resid_pre", save) for layer in layers]
+    model = task.model
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    kv = None
     if task.corrupted_mask is not None:  # padded prompts: no shared prefix, every variant starts at position 0
-        model.run_with_hooks(task.corrupted_tokens, attention_mask=task.corrupted_mask, fwd_hooks=hooks, stop_at_layer=max(layers) + 1)
-        return resid_pre, None
-    kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, task.n_prompts)
-    model.run_with_hooks(task.corrupted_tokens, attention_mask=torch.ones_like(task.corrupted_tokens), past_kv_cache=kv, fwd_hooks=hooks, return_type=None)
+        acts = capture(model, task.corrupted_tokens, names, attention_mask=task.corrupted_mask, stop_at_layer=max(layers) + 1)
+    else:
+        kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, task.n_prompts)
+        acts = capture(model, task.corrupted_tokens, names, attention_mask=torch.ones_like(task.corrupted_tokens), past_kv_cache=kv, return_type=None)
+    resid_pre = {int(name.split(".")[1]): act for name, act in acts.items()}
     return resid_pre, kv
 
 
 def _clean_cache(task: PatchingTask, hook_names: set[str], stop_at_layer: int) -> dict[str, Tensor]:
-    cache: dict[str, Tensor] = {}
-
-    def save(act: Tensor, hook) -> None:
-        cache[hook.name] = act.detach().clone()
-
-    task.model.run_with_hooks(task.clean_tokens, attention_mask=task.clean_mask, fwd_hooks=[(name, save) for name in hook_names], stop_at_layer=stop_at_layer)
-    return cache
+    return capture(task.model, task.clean_tokens, hook_names, attention_mask=task.clean_mask, stop_at_layer=stop_at_layer)
 
 
 def variants_per_batch(task: PatchingTask, memory_budget: int) -> int:

@@ -24,21 +24,10 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 
 from interp import metrics
 from interp.errors import InterpError, ShapeMismatchError, did_you_mean
+from interp.hooks import token_rows
 
 METRICS = ("logit_diff", "answer_prob", "accuracy", "kl_div")
 MetricFn = Callable[[Float[Tensor, "batch 1 d_vocab"]], Tensor]
-
-
-def _token_rows(model: HookedTransformer, prompts: Sequence[str] | Tensor, argument: str) -> list[Int[Tensor, " pos"]]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if isinstance(prompts, Tensor):
-        if prompts.ndim != 2:
-            raise ShapeMismatchError(f"{argument}: expected token ids of shape [batch, pos], got {tuple(prompts.shape)}.")
-        return list(prompts.to(model.cfg.device))
-    if len(prompts) == 0:
-        raise InterpError(f"{argument} is empty: pass at least one prompt.")
-    return [model.to_tokens(p, prepend_bos=model.cfg.default_prepend_bos)[0] for p in prompts]
 
 
 def _answer_ids(model: HookedTransformer, answers, n_prompts: int, argument: str) -> Int[Tensor, " batch"]:
@@ -91,8 +80,8 @@ class PatchingTask:
         align: bool = False,
     ):
         self.model = model
-        clean_rows = _token_rows(model, clean_prompts, "clean_prompts")
-        corrupted_rows = _token_rows(model, corrupted_prompts, "corrupted_prompts")
+        clean_rows = token_rows(model, clean_prompts, argument="clean_prompts")
+        corrupted_rows = token_rows(model, corrupted_prompts, argument="corrupted_prompts")
         if len(clean_rows) != len(corrupted_rows):
             raise ShapeMismatchError(f"clean_prompts has {len(clean_rows)} prompts but corrupted_prompts has {len(corrupted_rows)}; they are pairs, so pass the same number.")
         self.clean_tokens, self.corrupted_tokens, self.clean_mask, self.corrupted_mask = self._pair_tokens(clean_rows, corrupted_rows, align)
