@@ -118,7 +118,7 @@ def cache(
     _writable(out)
     from interp.models import load_model, require_hooked
     from interp.store import build_store
-    from interp.store_writer import check_store_dir
+    from interp.store import check_store_dir
 
     try:
         check_store_dir(out)  # a damaged manifest or a second writer: before loading the model
@@ -228,7 +228,7 @@ def sae_train(
     from interp.store import open_store
     from sae.activations import site_width
     from sae.models import make_config
-    from interp.store_writer import store_lock
+    from interp.store import store_lock
     from sae.train import TrainConfig, train_at_site
 
     try:

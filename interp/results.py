@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
 import io
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -42,6 +42,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from interp.errors import CorruptFileError, InterpError, did_you_mean
+from interp.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -51,30 +52,6 @@ PNG_SKIPPED_FILE = "PNG_SKIPPED.txt"
 FAILED_FILE = "FAILED.json"
 GENERIC_ANALYSIS = "generic"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # reading the umask means setting it; restored at once
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write data to path via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def check_writable_dir(path: str | Path, argument: str = "--out") -> Path:
@@ -145,17 +122,22 @@ def _check_name(name: str, argument: str) -> str:
     return name
 
 
-def _import_qualified(qualified: str) -> type:
+def _loaded_qualified(qualified: str) -> type:
+    """The class `module.Qualname` from a module already imported; this module never imports one itself
+    (interp/ imports nothing above it, and config.json must not be able to make it)."""
     module_name, _, qualname = qualified.rpartition(".")
     while module_name:
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-            return obj
-        except (ImportError, AttributeError):
-            module_name, _, head = module_name.rpartition(".")
-            qualname = f"{head}.{qualname}"
+        module = sys.modules.get(module_name)
+        if module is not None:
+            obj: Any = module
+            try:
+                for part in qualname.split("."):
+                    obj = getattr(obj, part)
+                return obj
+            except AttributeError:
+                pass
+        module_name, _, head = module_name.rpartition(".")
+        qualname = f"{head}.{qualname}"
     raise ImportError(qualified)
 
 
@@ -355,9 +337,10 @@ class ResultsDir:
         record = self.record()
         if cls is None:
             try:
-                cls = _import_qualified(record["config_type"])
+                cls = _loaded_qualified(record["config_type"])
             except (ImportError, KeyError):
-                raise InterpError(f"cannot import the config class {record.get('config_type')!r} recorded in {self.config_path}; pass cls= the dataclass to rebuild it with.") from None
+                raise InterpError(f"the config class {record.get('config_type')!r} recorded in {self.config_path} is not imported; "
+                                  "import its module first, or pass cls= the dataclass to rebuild it with.") from None
         return _from_json_fields(cls, record["config"])
 
     def write_metrics(self, metrics: Mapping[str, Any], *, merge: bool = True) -> Path:

@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.results import atomic_write_bytes, atomic_write_text
+from interp.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 from interp.errors import CorruptFileError, InterpError, NonFiniteError, OutOfRangeError, ShapeMismatchError
 from sae.models import Sae, SaeConfig, build_sae
 from sae.models.base import LossScale, default_lr, global_sum
@@ -158,9 +158,8 @@ def _save_checkpoint(out_dir: Path, state: dict, keep: int) -> None:
     folder = out_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{state['step']:08d}.pt"
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill mid-write leaves the previous checkpoint intact
+        torch.save(state, tmp)
     for old in _checkpoints(out_dir)[:-keep]:
         old.unlink()
 
@@ -377,6 +376,22 @@ def train_at_site(
 
         metrics.update(evaluate_saved(out_dir, model, eval_tokens).metrics)
     if _dist()[0] == 0:
-        atomic_write_text(out_dir / "config.json", json.dumps({"site": site, "sae": sae_cfg.to_dict(), "train": asdict(cfg), "source": "store" if store is not None else "model"}, indent=1))
-        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
+        from interp.results import ResultsDir
+
+        # written when training is done, through ResultsDir like every run (so `interp dashboard` reads it); a resumed
+        # run may have extended the steps, which _check_resume allowed, so the previous record is replaced, not compared
+        (out_dir / "config.json").unlink(missing_ok=True)
+        record = SaeTrainRun(site=site, sae=sae_cfg.to_dict(), train=asdict(cfg), source="store" if store is not None else "model")
+        ResultsDir.create(out_dir, record, title=f"SAE at {site}").write_metrics(metrics, merge=False)
     return result
+
+
+@dataclass(frozen=True)
+class SaeTrainRun:
+    """What `train_at_site` records in config.json: the site, the SAE's and the trainer's settings, where activations came from."""
+
+    site: str
+    sae: dict
+    train: dict
+    source: str  # "store" or "model"
+    analysis: str = "sae_train"

