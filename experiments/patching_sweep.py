@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -166,15 +165,7 @@ def _sweep_into(run_dir, config: PatchingSweepConfig, model, task) -> None:
     run_dir.write_metrics(headline, merge=False)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("results/patching"))
-    parser.add_argument("--sweeps", nargs="+", default=["resid_pre", "heads"])
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--overwrite", action="store_true", help="replace a run of another config in --out")
-    args = parser.parse_args()
-    print(run(PatchingSweepConfig(sweeps=tuple(args.sweeps), model=args.model), args.out, overwrite=args.overwrite) / "dashboard.html")
+if __name__ == "__main__":  # pragma: no cover  (the same command and options as `interp run patching`)
+    from experiments.cli import script_main
 
-
-if __name__ == "__main__":
-    main()
+    script_main("patching")

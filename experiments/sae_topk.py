@@ -11,7 +11,6 @@ on held-out corpus sequences that come after them.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
@@ -128,19 +127,7 @@ def run(config: SaeRunConfig, out: Path) -> Path:
     return results.path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("results/sae"))
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--d-sae", type=int)
-    parser.add_argument("--k", type=int)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--model", default=None)
-    args = parser.parse_args()
-    config = SaeRunConfig.quick() if args.quick else SaeRunConfig()
-    overrides = {k: v for k, v in dict(d_sae=args.d_sae, k=args.k, steps=args.steps, model=args.model).items() if v is not None}
-    print(run(replace(config, **overrides), args.out) / "dashboard.html")
+if __name__ == "__main__":  # pragma: no cover  (the same command and options as `interp run sae`)
+    from experiments.cli import script_main
 
-
-if __name__ == "__main__":
-    main()
+    script_main("sae")

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -230,13 +229,7 @@ def run(config: ScanSnapConfig, out: Path) -> Path:
 
 
 
-def main() -> None:  # pragma: no cover
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/scan-snap"))
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    print(run(ScanSnapConfig.quick() if args.quick else ScanSnapConfig(), args.out))
+if __name__ == "__main__":  # pragma: no cover  (the same command and options as `interp run scan-snap`)
+    from experiments.cli import script_main
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    script_main("scan-snap")

@@ -1,6 +1,6 @@
 """Run a command of the toolkit with every non-local socket connection and name lookup recorded and refused.
 
-    python tests/net_guard.py LOG -m interp.cli cache ...      (the CLI)
+    python tests/net_guard.py LOG -m experiments.cli cache ...      (the CLI)
     python tests/net_guard.py LOG -c "code"                     (a snippet)
 
 Each attempt appends one line "host port" to LOG. Loaded before anything else, so it also sees

@@ -4,7 +4,7 @@ import pytest
 
 from typer.testing import CliRunner
 
-from interp.cli import app
+from experiments.cli import app
 
 runner = CliRunner()
 

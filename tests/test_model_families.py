@@ -84,7 +84,7 @@ def test_commands_that_need_hooks_refuse_an_nnsight_model_in_one_line(family_dir
 
     from typer.testing import CliRunner
 
-    from interp.cli import app
+    from experiments.cli import app
 
     runner = CliRunner()
     granite = str(family_dirs["granite"])

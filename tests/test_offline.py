@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNIPPET = """
 import json, sys
 from typer.testing import CliRunner
-from interp.cli import app
+from experiments.cli import app
 from interp.errors import ModelLoadError
 from interp.models import load_model
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from experiments.patching_sweep import PatchingSweepConfig, check_task, read_pairs
-from interp.cli import app
+from experiments.cli import app
 from interp.errors import CorruptFileError, InterpError, NonFiniteError, OutOfRangeError, UnknownSiteError
 from interp.patching import PatchingTask
 from interp.results import FAILED_FILE, ResultsDir, scan_runs

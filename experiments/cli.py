@@ -1,4 +1,8 @@
-"""`interp ...`: thin commands that parse, call library functions, and print where output went."""
+"""`interp ...`: thin commands that parse, call library functions, and print where output went.
+
+The top floor: it may import every package. `interp run NAME` commands are generated from each
+experiment's frozen Config dataclass (experiments/config_cli.py), so a new config field is a new flag.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from experiments.config_cli import RunSpec, add_run_command
+from interp.patching.sweeps import SWEEPS
 
 app = typer.Typer(help="interp-toolkit: patching, ablation, SAEs and circuit analyses on real models.", no_args_is_help=True, add_completion=False)
 corpus_app = typer.Typer(help="The default offline corpus and user corpora.", no_args_is_help=True)
@@ -136,7 +143,7 @@ def cache(
 def patch(
     pairs: Path = typer.Argument(..., help="A .jsonl/.csv of prompt pairs with fields clean, corrupted, answer, wrong."),
     out: Path = typer.Option(..., help="Results directory (one run: rerunning the same settings redoes it; other settings are refused unless --overwrite)."),
-    sweep: list[str] = typer.Option(["resid_pre", "heads"], help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos, neurons."),
+    sweep: list[str] = typer.Option(["resid_pre", "heads"], help=f"One or more of: {', '.join(SWEEPS)}."),
     metric: str = typer.Option("logit_diff", help="logit_diff, answer_prob, accuracy, kl_div (or kl)."),
     align: bool = typer.Option(False, help="Left-pad pairs of different token lengths instead of refusing them."),
     method: str = typer.Option("exact", help="exact (batched patching), atp or atp* (attribution estimates: one forward/backward pair), exact+atp (both, with their agreement)."),
@@ -145,7 +152,8 @@ def patch(
 ) -> None:
     """Activation patching sweeps on your prompt pairs -> results dir and dashboard."""
     _writable(out)
-    from experiments.patching_sweep import PatchingSweepConfig, read_pairs, run
+    from experiments.patching_sweep import PatchingSweepConfig, run
+    from interp.patching.pairs import read_pairs
     from interp.errors import InterpError
 
     try:
@@ -189,15 +197,6 @@ def dashboard(
         _fail(exc)
     for page in pages:
         typer.echo(str(page))
-
-
-@run_app.command("scan-snap")
-def run_scan_snap(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="The small settings (about a minute)."),
-                  overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first).")) -> None:
-    """Scan and snap: 1-layer attention dynamics (ODE and batched SGD) and the paper's predictions checked."""
-    from experiments.scan_snap import ScanSnapConfig, run
-
-    _run_investigation(run, ScanSnapConfig.quick() if quick else ScanSnapConfig(), out, overwrite)
 
 
 @sae_app.command("train")
@@ -310,68 +309,6 @@ def sae_eval(
     typer.echo(f"eval: {Path(directory) / 'eval'}")
 
 
-@run_app.command("recall-reasoning")
-def run_recall_reasoning(
-    out: Path = typer.Option(..., help="Results directory."),
-    quick: bool = typer.Option(False, help="Few items per task, exact patching of the top attribution candidates (minutes)."),
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
-) -> None:
-    """Recall vs reasoning circuits: tasks, screen, patching, ablation dissociation (bundled and synthetic model)."""
-    from dataclasses import replace
-
-    from experiments.recall_reasoning import RecallReasoningConfig, run
-
-    config = RecallReasoningConfig.quick() if quick else RecallReasoningConfig()
-    _run_investigation(run, replace(config, model=model) if model else config, out, overwrite)
-
-
-@run_app.command("dark-matter")
-def run_dark_matter(
-    out: Path = typer.Option(..., help="Results directory."),
-    quick: bool = typer.Option(False, help="3 small SAEs on ~33k tokens (minutes)."),
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    layer: Optional[int] = typer.Option(None, help="Residual-stream layer (default 6)."),
-    overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
-) -> None:
-    """Dark matter of SAEs: linear and nonlinear SAE error on one layer, plus a synthetic check with known truth."""
-    from dataclasses import replace
-
-    from experiments.dark_matter import DarkMatterConfig, run
-
-    config = DarkMatterConfig.quick() if quick else DarkMatterConfig()
-    if model is not None:
-        config = replace(config, model=model)
-    if layer is not None:
-        config = replace(config, layer=layer)
-    _run_investigation(run, config, out, overwrite)
-
-
-@run_app.command("sae")
-def run_sae(
-    out: Path = typer.Option(..., help="Results directory."),
-    quick: bool = typer.Option(False, help="Width 2304 on 64k tokens, 300 steps (about 2 minutes)."),
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
-) -> None:
-    """A TopK SAE on the default corpus: train (resumable), evaluate (L0, FVU, CE recovered), top-activating contexts, dashboard."""
-    from dataclasses import replace
-
-    from experiments.sae_topk import SaeRunConfig, run
-
-    config = SaeRunConfig.quick() if quick else SaeRunConfig()
-    _run_investigation(run, replace(config, model=model) if model else config, out, overwrite)
-
-
-@run_app.command("reachability")
-def run_reachability(out: Path = typer.Option(..., help="Results directory."), quick: bool = typer.Option(False, help="Small graphs and short training (minutes)."),
-                     overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first).")) -> None:
-    """Continuous chain of thought on graph reachability: training, the hand-set construction, probes."""
-    from experiments.reachability import ReachabilityConfig, run
-
-    _run_investigation(run, ReachabilityConfig.quick() if quick else ReachabilityConfig(), out, overwrite)
-
-
 @app.command()
 def demo(
     out: Path = typer.Option(Path("results/demo"), help="Where the demo writes its results dirs."),
@@ -388,6 +325,37 @@ def demo(
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"dashboard: {index.resolve()}")
+
+
+# `interp run NAME`: one command per investigation, its options generated from the experiment's frozen Config dataclass
+RUNS: dict[str, RunSpec] = {
+    "recall-reasoning": RunSpec("experiments.recall_reasoning", "RecallReasoningConfig",
+                                "Recall vs reasoning circuits: tasks, screen, patching, ablation dissociation (bundled and synthetic model).",
+                                "few items per task, fewer random sets and control seeds (minutes)"),
+    "dark-matter": RunSpec("experiments.dark_matter", "DarkMatterConfig",
+                           "Dark matter of SAEs: linear and nonlinear SAE error on one layer, plus a synthetic check with known truth.",
+                           "3 small SAEs on ~33k tokens (minutes)"),
+    "sae": RunSpec("experiments.sae_topk", "SaeRunConfig",
+                   "A TopK SAE on the default corpus: train (resumable), evaluate (L0, FVU, CE recovered), top-activating contexts, dashboard.",
+                   "width 2304 on 64k tokens, 300 steps (about 2 minutes)"),
+    "reachability": RunSpec("experiments.reachability", "ReachabilityConfig",
+                            "Continuous chain of thought on graph reachability: training, the hand-set construction, probes.",
+                            "small graphs and short training (minutes; under-trained, and its metrics say so)"),
+    "scan-snap": RunSpec("experiments.scan_snap", "ScanSnapConfig",
+                         "Scan and snap: 1-layer attention dynamics (ODE and batched SGD) and the paper's predictions checked.",
+                         "the small settings (about a minute)"),
+    "patching": RunSpec("experiments.patching_sweep", "PatchingSweepConfig",
+                        "Activation patching sweeps on the built-in capital-city pairs (your own pairs: `interp patch`).", None),
+}
+for _name, _spec in RUNS.items():
+    add_run_command(run_app, _name, _spec, _run_investigation)
+
+
+def script_main(name: str) -> None:  # pragma: no cover
+    """`python -m experiments.X ...` = `interp run NAME ...` (the same options, generated from the config)."""
+    import sys
+
+    app(["run", name, *sys.argv[1:]], prog_name=f"python -m {RUNS[name].module}")
 
 
 def main() -> None:  # pragma: no cover
