@@ -4,7 +4,7 @@ All three train on the same cached activations of the bundled model for the same
 we report tokens per second, held-out FVU, and our step time over the floor (one dense matmul of the
 encoder's shape through torch). Prints a table and writes benchmarks/sae_train.json.
 
-    python benchmarks/sae_train.py                      # the issue's shape: d_sae 9216, k 32, batch 4096
+    python benchmarks/sae_train.py                      # the target shape: d_sae 9216, k 32, batch 4096
     python benchmarks/sae_train.py --batch 1024 --steps 10   # a quick run on a small CPU
 """
 

@@ -58,7 +58,7 @@ class ScanSnapConfig:
     transformer_classes: SequenceClasses = field(default_factory=lambda: SequenceClasses(n_queries=2, next_per_query=2))
     transformer: TransformerSettings = field(default_factory=TransformerSettings)
     transformer_variants: tuple[str, ...] = ("attn_only", "with_mlp")
-    # issue 16: the common-token prediction as the paper states it (small case, zero init, the authors' momentum)
+    # the common-token prediction as the paper states it (small case, zero init, the authors' momentum)
     mass_eta_y: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0)
     mass_eta_z: float = 1.0
     mass_seeds: tuple[int, ...] = tuple(range(10))  # the rules were chosen on seeds 100-109; these judge them

@@ -120,7 +120,7 @@ def verdicts(small: pd.DataFrame, sweep: pd.DataFrame, theorem3: pd.DataFrame, s
     return pd.DataFrame(rows, columns=["prediction", "measure", "value", "criterion", "holds"])
 
 
-# ---- the common-token prediction as the paper states it (issue 16) ----
+# ---- the common-token prediction as the paper states it ----
 
 MONOTONE_RISE_MAX = 1e-4  # largest one-step rise of the common mass allowed during the scan (float32 noise is ~1e-5)
 DRIFT_AFTER_SNAP_MAX = 0.05  # after the snap the mass moves by less than 5% of its total drop

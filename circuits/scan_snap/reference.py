@@ -17,7 +17,7 @@ Read from the repository at commit 625b5f7de69dc321f24376f5c6fe3446af3a364b:
 from __future__ import annotations
 
 FIGURE4_SETTINGS = dict(n_queries=2, next_per_query=1, seq_len=128, batch_size=128, init="zero", momentum=0.9, eta_y=1.0, eta_z=1.0)
-# the whole log (iterations 0, 2, ..., 98); the issue judges iterations 0-10
+# the whole log (iterations 0, 2, ..., 98); the replication is judged on iterations 0-10
 FIGURE4_LOG_LOSS: dict[int, float] = {
     0: 3.526359796524048, 2: 2.3679099082946777, 4: 0.733475387096405, 6: 0.16080491244792938, 8: 0.04442878067493439,
     10: 0.012952473945915699, 12: 0.004386259242892265, 14: 0.0018097831634804606, 16: 0.0006407027249224484, 18:

@@ -1,4 +1,4 @@
-"""The runs that hold our model to the authors' own numbers and to the paper's statements (issue 16).
+"""The runs that hold our model to the authors' own numbers and to the paper's statements.
 
 - `figure4_loss_curve`: the Figure 4 run (reference.FIGURE4_SETTINGS) over many seeds; the seed-mean loss per iteration.
 - `common_mass_runs`: the small case at several eta_Y, every step recorded; per run the scan/snap measures of

@@ -19,7 +19,7 @@ CAPITALS = {
     "France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin", "Japan": "Tokyo", "Russia": "Moscow",
     "Greece": "Athens", "England": "London", "China": "Beijing", "Canada": "Ottawa", "Austria": "Vienna",
     "Ireland": "Dublin", "Portugal": "Lisbon", "Norway": "Oslo", "Sweden": "Stockholm", "Kenya": "Nairobi",
-}  # each prompt is 5 tokens and SmolLM2-135M answers each correctly (checked in tests/test_patching_sweep.py)
+}  # each prompt is 5 tokens and SmolLM2-135M answers each correctly (checked in tests/test_pairs.py)
 
 
 def builtin_pairs(n: int = 16) -> tuple[dict, ...]:
