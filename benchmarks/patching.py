@@ -155,7 +155,7 @@ def memory(threads: int) -> list[dict]:
 
 # -- the race: AtP, nnsight batched invokes, and the floor, beside ours and TransformerLens ------
 def capital_task(model, pairs=None):
-    from experiments.patching_sweep import builtin_pairs
+    from interp.patching.pairs import builtin_pairs
     from interp.patching import PatchingTask
 
     pairs = pairs or builtin_pairs()

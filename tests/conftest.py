@@ -8,6 +8,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
+from jaxtyping import install_import_hook
+
+# The shapes the jaxtyping annotations state are checked at every call in the test suite (tests/shapecheck.py),
+# so an annotation that lies fails a test. Installed before the packages are first imported; INTERP_SHAPECHECK=0
+# turns it off.
+if os.environ.get("INTERP_SHAPECHECK", "1") != "0":
+    import tests.shapecheck  # noqa: F401  (the hook names it by its dotted path)
+
+    install_import_hook(["interp", "sae", "circuits"], "tests.shapecheck.check_shapes")
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -30,3 +39,13 @@ def model():
 def tiny_model():
     """A random 3-layer Llama-style model with grouped-query attention, for fast exact checks."""
     return load_model(TINY_GQA, seed=0)
+
+
+@pytest.fixture
+def unchecked_shapes():
+    """For a test that passes a wrong shape on purpose, to see the function's own error: no shape check."""
+    from tests import shapecheck
+
+    shapecheck.ENABLED[0] = False
+    yield
+    shapecheck.ENABLED[0] = True

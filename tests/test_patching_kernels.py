@@ -61,7 +61,7 @@ def test_attribution_scores_kernel_twin_and_loop_agree(shape):
     torch.testing.assert_close(attribution_scores(clean, corrupted, grad), expected, atol=1e-4, rtol=1e-5)
 
 
-def test_shape_errors_name_the_argument():
+def test_shape_errors_name_the_argument(unchecked_shapes):
     clean, corrupted, grad = random_pair((2, 3, 4, 5), 3)
     with pytest.raises(ShapeMismatchError, match="corrupted: expected the shape of clean"):
         patched_batch(clean, corrupted[:, :2], torch.tensor([0]), torch.tensor([0]))
