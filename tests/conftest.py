@@ -16,7 +16,7 @@ from jaxtyping import install_import_hook
 if os.environ.get("INTERP_SHAPECHECK", "1") != "0":
     import tests.shapecheck  # noqa: F401  (the hook names it by its dotted path)
 
-    install_import_hook(["interp", "sae", "circuits"], "tests.shapecheck.check_shapes")
+    install_import_hook(tests.shapecheck.checked_modules(), "tests.shapecheck.check_shapes")
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -44,8 +44,7 @@ def tiny_model():
 @pytest.fixture
 def unchecked_shapes():
     """For a test that passes a wrong shape on purpose, to see the function's own error: no shape check."""
-    from tests import shapecheck
+    from tests.shapecheck import shapes_unchecked
 
-    shapecheck.ENABLED[0] = False
-    yield
-    shapecheck.ENABLED[0] = True
+    with shapes_unchecked():
+        yield

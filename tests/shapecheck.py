@@ -1,7 +1,7 @@
 """The run-time check of the toolkit's jaxtyping annotations in the test suite.
 
-`conftest.py` installs `jaxtyping.install_import_hook(["interp", "sae", "circuits"], "tests.shapecheck.check_shapes")`:
-every function and dataclass of those packages is wrapped by `jaxtyping.jaxtyped`, which binds the named
+`conftest.py` installs `jaxtyping.install_import_hook(checked_modules(), "tests.shapecheck.check_shapes")`:
+every function and dataclass of interp, sae and circuits (less the Triton kernels) is wrapped by `jaxtyping.jaxtyped`, which binds the named
 dimensions across a call's arguments and return value, and hands the check to `check_shapes` below. It checks
 what the jaxtyping annotations state (dtype kind and shape, `Float[Tensor, "batch pos"]`, also inside
 `X | None` and fixed-length tuples) and nothing else: the other annotations document what a function
@@ -14,14 +14,41 @@ A test that hands a function a wrong shape on purpose, to see the function's own
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import types
 import typing
+from pathlib import Path
 
 from jaxtyping import AbstractArray
 
 ENABLED = [True]
+ROOT = Path(__file__).resolve().parents[1]
+UNCHECKED = ("interp.kernels",)  # Triton's @jit reads the kernel's source: a wrapped kernel no longer compiles
+
+
+def checked_modules() -> list[str]:
+    """Every module and subpackage of interp, sae and circuits, less UNCHECKED (the hook matches by prefix)."""
+    names = []
+    for package in ("interp", "sae", "circuits"):
+        for path in sorted((ROOT / package).iterdir()):
+            if path.name.startswith("_") or not (path.suffix == ".py" or (path / "__init__.py").is_file()):
+                continue
+            name = f"{package}.{path.stem}"
+            if name not in UNCHECKED:
+                names.append(name)
+    return names
+
+
+@contextlib.contextmanager
+def shapes_unchecked():
+    """Inside the block, no shape check: for a call that passes a wrong shape on purpose, to see the function's own error."""
+    before, ENABLED[0] = ENABLED[0], False
+    try:
+        yield
+    finally:
+        ENABLED[0] = before
 
 
 def _is_array_hint(hint) -> bool:

@@ -5,6 +5,7 @@ import torch
 
 from interp import metrics
 from interp.errors import ShapeMismatchError
+from tests.shapecheck import shapes_unchecked
 
 
 @pytest.fixture
@@ -42,8 +43,8 @@ def test_restoration_is_zero_at_corrupted_one_at_clean_and_nan_without_gap():
     assert torch.isnan(metrics.restoration(1.0, clean=2.0, corrupted=2.0))
 
 
-def test_bad_inputs_name_the_argument(logits):
-    with pytest.raises(ShapeMismatchError, match=r"answer_tokens: expected one token id per prompt, shape \[4\]"):
+def test_bad_inputs_name_the_argument(logits, unchecked_shapes):
+    with pytest.raises(ShapeMismatchError, match=r"answer_tokens: expected one token id per prompt, shape \[4\]"), shapes_unchecked():
         metrics.answer_prob(logits, torch.tensor([1, 2]))
     with pytest.raises(ShapeMismatchError, match=r"wrong_tokens: token ids must lie in 0\.\.10"):
         metrics.logit_diff(logits, torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 11]))

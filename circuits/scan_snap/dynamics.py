@@ -44,9 +44,12 @@ class PopulationProblem(NamedTuple):
 
 
 def limit_composition(
-    z: Float[Tensor, "*batch d_vocab"], probs: Float[Tensor, "*batch d_vocab"]
-) -> Float[Tensor, "*batch d_vocab"]:
-    """c_{l|n} = P(l|n) exp(z_l) / sum_l' P(l'|n) exp(z_l'): what X^T b tends to as T -> infinity."""
+    z: Float[Tensor, "*batch d_vocab"], probs: Float[Tensor, "*probs_batch d_vocab"]
+) -> Float[Tensor, "*out_batch d_vocab"]:
+    """c_{l|n} = P(l|n) exp(z_l) / sum_l' P(l'|n) exp(z_l'): what X^T b tends to as T -> infinity.
+
+    probs broadcasts against z (one distribution for every step of a trajectory, say); the result has the broadcast shape.
+    """
     logits = z.masked_fill(probs <= 0, float("-inf")) + probs.clamp_min(1e-30).log()
     empty = (probs <= 0).all(-1, keepdim=True)
     return torch.softmax(logits.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)

@@ -18,7 +18,7 @@ from interp.errors import InterpError
 
 
 def slot_composition(
-    class_logits: Float[Tensor, "*batch classes d_vocab"], probs: Float[Tensor, "*batch classes d_vocab"], layout: TokenLayout
+    class_logits: Float[Tensor, "*batch classes d_vocab"], probs: Float[Tensor, "*probs_batch classes d_vocab"], layout: TokenLayout
 ) -> Float[Tensor, "*batch classes slots"]:
     """c_n on each class's own slots (common tokens, then its distinct tokens by increasing P(l|n))."""
     c = limit_composition(class_logits, probs)

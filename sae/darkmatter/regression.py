@@ -38,7 +38,7 @@ def check_same_rows(x: Tensor, y: Tensor, x_name: str, y_name: str) -> None:
         raise ShapeMismatchError(f"{x_name} has {len(x)} rows but {y_name} has {len(y)}; they must hold the same tokens in the same order.")
 
 
-def fit_linear_map(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], *, intercept: bool = False) -> LinearMap:
+def fit_linear_map(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"] | Float[Tensor, " n"], *, intercept: bool = False) -> LinearMap:
     """Least squares y ~ x W (+ b), the minimum-norm solution when x is rank deficient.
 
     Solved from the normal equations accumulated in float64 chunk by chunk, so a million 576-wide rows
@@ -61,7 +61,7 @@ def fit_linear_map(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], *, i
     return LinearMap(solution[:-1], solution[-1]) if intercept else LinearMap(solution, None)
 
 
-def r2_per_dimension(y: Float[Tensor, "n d"], y_hat: Float[Tensor, "n d"]) -> Float[Tensor, " d"]:
+def r2_per_dimension(y: Float[Tensor, "n d"] | Float[Tensor, " n"], y_hat: Float[Tensor, "n d"] | Float[Tensor, " n"]) -> Float[Tensor, " d"]:
     """1 - SSE_d / SST_d for each column (NaN where a column is constant)."""
     y, y_hat = _as_matrix(y, "y"), _as_matrix(y_hat, "y_hat")
     if y.shape != y_hat.shape:
@@ -77,7 +77,7 @@ def vector_r2(y: Float[Tensor, "n d"], y_hat: Float[Tensor, "n d"]) -> float:
     return float(np.nanmean(r2_per_dimension(y, y_hat).numpy()))
 
 
-def r2(y: Float[Tensor, " n"], y_hat: Float[Tensor, " n"]) -> float:
+def r2(y: Float[Tensor, "*shape"], y_hat: Float[Tensor, "*shape"]) -> float:
     return float(r2_per_dimension(y.reshape(-1), y_hat.reshape(-1))[0])
 
 

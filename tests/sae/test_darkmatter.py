@@ -11,6 +11,7 @@ from sae.darkmatter import (
     LinearErrorFit, SyntheticSpec, cross_width_norms, decompose_error, fit_linear_map, fit_power_law, fvu, group_mean_r2, nonlinear_fvu_with_inputs,
     norm_baselines, synthetic_check, vector_r2,
 )
+from tests.shapecheck import shapes_unchecked
 
 
 def _data(n=600, d=12, seed=0):
@@ -148,9 +149,9 @@ def test_synthetic_check_separates_activation_noise_from_reconstruction_noise():
     assert 0 < metrics["fvu_sae_plus_linear"] < metrics["fvu_sae"]
 
 
-def test_bad_inputs_name_the_argument():
+def test_bad_inputs_name_the_argument(unchecked_shapes):
     x, _ = _data()
-    with pytest.raises(ShapeMismatchError, match="x has 600 rows but y has 10"):
+    with pytest.raises(ShapeMismatchError, match="x has 600 rows but y has 10"), shapes_unchecked():
         fit_linear_map(x, torch.zeros(10, 2))
     with pytest.raises(ShapeMismatchError, match="error has shape"):
         LinearErrorFit.fit(x, x[:, :3])

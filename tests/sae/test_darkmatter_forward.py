@@ -8,6 +8,7 @@ from interp.errors import ShapeMismatchError
 from interp.sites import Site
 from sae.darkmatter import LinearMap, ce_shares, fit_linear_map, gradient_pursuit, pursuit_reconstruction, spliced_losses
 from sae.models import TopKConfig, TopKSae
+from tests.shapecheck import shapes_unchecked
 
 
 def _slow_pursuit(decoder: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
@@ -48,7 +49,7 @@ def test_gradient_pursuit_recovers_a_sparse_code_on_an_orthonormal_dictionary():
     x = true @ sae.W_dec.detach()
     torch.testing.assert_close(gradient_pursuit(sae, x, torch.full((10,), 3)), true, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pursuit_reconstruction(sae, x, torch.full((10,), 3)), x, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ShapeMismatchError, match="k: expected one L0 per row"):
+    with pytest.raises(ShapeMismatchError, match="k: expected one L0 per row"), shapes_unchecked():
         gradient_pursuit(sae, x, torch.full((3,), 3))
 
 

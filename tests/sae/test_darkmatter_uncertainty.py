@@ -8,6 +8,7 @@ import torch
 from interp.errors import InterpError, ShapeMismatchError
 from sae.darkmatter import ce_shares, r2
 from sae.darkmatter.uncertainty import bootstrap_counts, ce_shares_with_ci, describe_interval, r2_with_ci
+from tests.shapecheck import shapes_unchecked
 
 
 def _draws(n_clusters, n_boot, seed):
@@ -88,7 +89,7 @@ def test_ce_share_ci_finds_a_planted_share_and_includes_zero_for_none():
 
 
 def test_bad_inputs_name_the_argument():
-    with pytest.raises(ShapeMismatchError, match="clusters"):
+    with pytest.raises(ShapeMismatchError, match="clusters"), shapes_unchecked():
         r2_with_ci(torch.zeros(10), torch.zeros(10), torch.zeros(9))
     with pytest.raises(ShapeMismatchError, match="missing columns"):
         ce_shares_with_ci(pd.DataFrame(dict(seq=[0, 1], ce_clean=[1.0, 2.0])))
