@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -38,19 +38,52 @@ class Section:
 
 
 SectionBuilder = Callable[[ResultsDir], list[Section]]
-SECTION_BUILDERS: dict[str, SectionBuilder] = {}
+# The one registry of what an analysis's page is made of: PAGES[analysis][kind] is its builder, kind "sections"
+# (the page's blocks, register_sections) or "summary" (its verdict in words, dashboards.summaries.register_summary).
+PAGES: dict[str, dict[str, Callable]] = {}
+
+
+class _Builders(MutableMapping):
+    """PAGES seen through one kind of builder: analysis -> builder."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __getitem__(self, analysis: str) -> Callable:
+        return PAGES.get(analysis, {})[self.kind]
+
+    def __setitem__(self, analysis: str, builder: Callable) -> None:
+        PAGES.setdefault(analysis, {})[self.kind] = builder
+
+    def __delitem__(self, analysis: str) -> None:
+        del PAGES.get(analysis, {})[self.kind]
+
+    def __iter__(self):
+        return iter([a for a, kinds in PAGES.items() if self.kind in kinds])
+
+    def __len__(self) -> int:
+        return sum(self.kind in kinds for kinds in PAGES.values())
+
+
+def register_builder(kind: str, analysis: str, function: str) -> Callable[[Callable], Callable]:
+    """Decorator registering a `kind` builder for pages of runs whose config.json says this analysis."""
+
+    def register(builder: Callable) -> Callable:
+        current = PAGES.get(analysis, {}).get(kind)
+        if current is not None and current is not builder:
+            raise InterpError(f"{function}({analysis!r}): {current.__qualname__} is already registered for this analysis; pick another name.")
+        PAGES.setdefault(analysis, {})[kind] = builder
+        return builder
+
+    return register
+
+
+SECTION_BUILDERS: MutableMapping[str, SectionBuilder] = _Builders("sections")
 
 
 def register_sections(analysis: str) -> Callable[[SectionBuilder], SectionBuilder]:
     """Decorator: use the decorated function to build pages of runs whose config.json says this analysis."""
-
-    def register(builder: SectionBuilder) -> SectionBuilder:
-        if analysis in SECTION_BUILDERS and SECTION_BUILDERS[analysis] is not builder:
-            raise InterpError(f"register_sections({analysis!r}): {SECTION_BUILDERS[analysis].__qualname__} is already registered for this analysis; pick another name.")
-        SECTION_BUILDERS[analysis] = builder
-        return builder
-
-    return register
+    return register_builder("sections", analysis, "register_sections")
 
 
 def sections_for(run: ResultsDir) -> list[Section]:

@@ -13,10 +13,10 @@ metrics.json (and its tables), so it works on any results dir, old or new; a mis
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
-from interp.errors import InterpError
+from dashboards.sections import _Builders, register_builder
 from interp.results import ResultsDir
 
 
@@ -30,17 +30,12 @@ class Summary:
 
 
 SummaryBuilder = Callable[[ResultsDir], Summary]
-SUMMARIES: dict[str, SummaryBuilder] = {}
+SUMMARIES: MutableMapping[str, SummaryBuilder] = _Builders("summary")  # a view of dashboards.sections.PAGES
 
 
 def register_summary(analysis: str) -> Callable[[SummaryBuilder], SummaryBuilder]:
-    def register(builder: SummaryBuilder) -> SummaryBuilder:
-        if analysis in SUMMARIES and SUMMARIES[analysis] is not builder:
-            raise InterpError(f"register_summary({analysis!r}): {SUMMARIES[analysis].__qualname__} is already registered; pick another name.")
-        SUMMARIES[analysis] = builder
-        return builder
-
-    return register
+    """Decorator: the decorated function summarises runs whose config.json says this analysis."""
+    return register_builder("summary", analysis, "register_summary")
 
 
 def get(metrics: dict, *path: str, default=None):
