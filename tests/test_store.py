@@ -19,6 +19,10 @@ from interp.store import ActivationStore, build_store, open_store
 from tests.conftest import TINY_GQA
 
 TINY_SITES = [Site(1, "resid_post"), Site(0, "z", head=1), Site(2, "mlp_post", neuron=5), Site(1, "k")]
+HAND_SLICES = {  # each site's slice of its hook's batch-first tensor, written out (the store itself uses Site.index())
+    Site(1, "resid_post"): lambda act: act, Site(0, "z", head=1): lambda act: act[:, :, 1], Site(2, "mlp_post", neuron=5): lambda act: act[:, :, 5],
+    Site(1, "k"): lambda act: act, Site(0, "mlp_post"): lambda act: act, Site(2, "mlp_out"): lambda act: act,
+}
 SEQ_LEN, BATCH = 16, 4
 
 
@@ -41,7 +45,7 @@ def _reference(model, tokens, sites: list[Site], batch_size: int) -> dict[Site, 
     for batch in tokens.split(batch_size):
         _, cache = model.run_with_cache(batch, names_filter=lambda n: n in names, stop_at_layer=max(s.layer for s in sites) + 1)
         for s in sites:
-            act = cache[s.hook_name][s.index()]
+            act = HAND_SLICES[s](cache[s.hook_name])
             rows[s].append(act.reshape(-1, *act.shape[2:]))
     return {s: torch.cat(r) for s, r in rows.items()}
 
