@@ -25,8 +25,9 @@ def test_run_writes_the_results_dir(tmp_path):
     out = run(tiny_config(), tmp_path / "run")
     results = ResultsDir.open(out)
     metrics = results.metrics()
-    for key in ("acc_continuous", "acc_discrete_cot", "acc_no_cot", "construction_acc"):
-        assert 0.0 <= metrics[key] <= 1.0
+    for key in ("acc_continuous", "acc_discrete_cot", "acc_no_cot"):  # shares of the n_eval held-out problems: whole counts over n_eval
+        correct = metrics[key] * metrics["n_eval"]
+        assert metrics["n_eval"] == 50 and correct == pytest.approx(round(correct), abs=1e-6) and 0 <= round(correct) <= 50, key
     assert metrics["construction_acc"] == 1.0 and metrics["construction_max_error"] < metrics["construction_tolerance"]
     for step in (1, 2, 3):
         for group in ("frontier", "reachable", "not_reachable", "optimal", "optimal_path", "frontier_minus_optimal", "visited", "reachable_minus_frontier", "never_reachable"):
