@@ -63,7 +63,7 @@ def test_layer_position_sweeps_in_batches_of_2_or_3_match_transformer_lens(task3
 
 
 def neuron_setter(corrupted_activation, index, clean_activation):
-    layer, pos, neuron = index
+    _, pos, neuron = index
     corrupted_activation[:, pos, neuron] = clean_activation[:, pos, neuron]
     return corrupted_activation
 
