@@ -67,9 +67,21 @@ def test_tables_have_the_exact_sweeps_shape_and_order(tiny_model):
     for by_position in (False, True):
         exact, approx = patch_heads(task, by_position=by_position), attribute_heads(task, by_position=by_position)
         pd.testing.assert_frame_equal(approx[RESULT_COLUMNS[:6]], exact[RESULT_COLUMNS[:6]])
-    per_position = attribute_heads(task, by_position=True)
-    summed = per_position.groupby(["layer", "head"]).restoration.sum().to_numpy()
-    np.testing.assert_allclose(summed, attribute_heads(task).restoration, rtol=1e-5, atol=1e-7)  # first order is additive
+    # each head at every position against a hand-written estimate: (clean z - corrupted z) . d metric / d z, summed over positions
+    _, clean = tiny_model.run_with_cache(task.clean_tokens)
+    saved = {}
+
+    def keep(act, hook):
+        act.retain_grad()
+        saved[hook.name] = act
+
+    logits = tiny_model.run_with_hooks(task.corrupted_tokens, fwd_hooks=[(lambda name: name.endswith("attn.hook_z"), keep)])
+    metrics.logit_diff(logits, task.answer_tokens, task.wrong_tokens).mean().backward()
+    tiny_model.zero_grad(set_to_none=True)
+    hand = [float(((clean[f"blocks.{layer}.attn.hook_z"][:, :, head] - saved[f"blocks.{layer}.attn.hook_z"][:, :, head]) * saved[f"blocks.{layer}.attn.hook_z"].grad[:, :, head]).sum())
+            for layer in range(3) for head in range(4)]
+    np.testing.assert_allclose(attribute_heads(task).metric - task.corrupted_metric, hand, rtol=1e-4, atol=1e-6)
+    assert max(abs(h) for h in hand) > 1e-3
 
 
 def test_one_sweep_equals_the_separate_calls(tiny_model):

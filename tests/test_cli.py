@@ -80,7 +80,7 @@ def test_sae_train_then_eval(model, tmp_path):
     per_token = pd.read_parquet(out / "eval" / "per_token.parquet")
     assert len(per_token) == 512
     bad = runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "bad"), "--d-sae", "8", "--k", "8"])
-    assert bad.exit_code == 2 and "k" in bad.output
+    assert bad.exit_code == 2 and "k must be an integer with 0 < k < d_sae=8" in bad.output, bad.output
 
 
 def test_patch_with_attribution_estimates(model, tmp_path):

@@ -15,6 +15,7 @@ def execute(name: str, timeout: int = 600) -> nbformat.NotebookNode:
     return nb
 
 
+@pytest.mark.slow  # executes a notebook in a kernel (loads the model): tens of seconds on the shared machine
 def test_quickstart_runs():
     nb = execute("01_quickstart.ipynb")
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
@@ -22,6 +23,7 @@ def test_quickstart_runs():
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 2
 
 
+@pytest.mark.slow  # trains and evaluates an SAE inside a kernel: minutes
 def test_sae_notebook_runs():
     """03_sae: trains a TopK SAE on the default corpus, evaluates it, loads it in SAELens (same latents), lists top contexts."""
     nb = execute("03_sae.ipynb")

@@ -93,7 +93,12 @@ def test_layer_position_heatmap_cells_ticks_and_scale(tables):
     assert fig.layout.xaxis.title.text == "position" and fig.layout.yaxis.title.text == "layer"
     m = df["restoration"].abs().max()
     assert (heatmap.zmin, heatmap.zmax) == (-m, m)
-    assert heatmap.colorscale == fig.data[0].colorscale and fig.layout.title.text
+    # RdBu (TransformerLens's convention): red for negative, white at 0 (the middle of the symmetric range), blue for positive
+    from plotly.colors import get_colorscale
+
+    assert [colour for _, colour in heatmap.colorscale] == [colour for _, colour in get_colorscale("RdBu")]
+    assert heatmap.colorscale[0][1] == "rgb(103,0,31)" and heatmap.colorscale[5] == (0.5, "rgb(247,247,247)") and heatmap.colorscale[-1][1] == "rgb(5,48,97)"
+    assert fig.layout.title.text
 
 
 def test_layer_position_heatmap_rejects_bad_input(tables):

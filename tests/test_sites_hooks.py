@@ -9,13 +9,21 @@ PROMPTS = ["The capital of France is", "The capital of Spain is", "The capital o
 
 
 def test_cache_sites_equals_run_with_cache(model):
-    sites = [Site(3, "resid_post"), Site(2, "z", head=4, position=-1), Site(5, "mlp_post", neuron=17), Site(1, "k", head=2), Site(4, "pattern", head=8, position=2)]
-    got = cache_sites(model, PROMPTS, sites + ["blocks.6.hook_attn_out"])
     _, cache = model.run_with_cache(model.to_tokens(PROMPTS))
+    # the reference slices written out by hand (not with Site.index(), which cache_sites itself uses)
+    expected = {
+        Site(3, "resid_post"): cache["blocks.3.hook_resid_post"],
+        Site(2, "z", head=4, position=-1): cache["blocks.2.attn.hook_z"][:, -1, 4],  # [batch, pos, head, d_head]
+        Site(5, "mlp_post", neuron=17): cache["blocks.5.mlp.hook_post"][:, :, 17],  # [batch, pos, d_mlp]
+        Site(1, "k", head=2): cache["blocks.1.attn.hook_k"][:, :, 2],  # [batch, pos, kv_head, d_head]
+        Site(4, "pattern", head=8, position=2): cache["blocks.4.attn.hook_pattern"][:, 8, 2],  # [batch, head, query, key]
+    }
+    got = cache_sites(model, PROMPTS, list(expected) + ["blocks.6.hook_attn_out"])
+    expected[as_site(model, "blocks.6.hook_attn_out")] = cache["blocks.6.hook_attn_out"]
+    assert set(got) == set(expected)
     for site, tensor in got.items():
-        expected = cache[site.hook_name][site.index()]
-        assert tensor.shape == expected.shape, site
-        torch.testing.assert_close(tensor, expected, atol=5e-5, rtol=1e-4)
+        assert tensor.shape == expected[site].shape, site
+        torch.testing.assert_close(tensor, expected[site], atol=5e-5, rtol=1e-4)
 
 
 def test_cache_sites_keeps_only_the_slices_asked_for(model):

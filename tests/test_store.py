@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,10 @@ from interp.store import ActivationStore, build_store, open_store
 from tests.conftest import TINY_GQA
 
 TINY_SITES = [Site(1, "resid_post"), Site(0, "z", head=1), Site(2, "mlp_post", neuron=5), Site(1, "k")]
+HAND_SLICES = {  # each site's slice of its hook's batch-first tensor, written out (the store itself uses Site.index())
+    Site(1, "resid_post"): lambda act: act, Site(0, "z", head=1): lambda act: act[:, :, 1], Site(2, "mlp_post", neuron=5): lambda act: act[:, :, 5],
+    Site(1, "k"): lambda act: act, Site(0, "mlp_post"): lambda act: act, Site(2, "mlp_out"): lambda act: act,
+}
 SEQ_LEN, BATCH = 16, 4
 
 
@@ -42,7 +45,7 @@ def _reference(model, tokens, sites: list[Site], batch_size: int) -> dict[Site, 
     for batch in tokens.split(batch_size):
         _, cache = model.run_with_cache(batch, names_filter=lambda n: n in names, stop_at_layer=max(s.layer for s in sites) + 1)
         for s in sites:
-            act = cache[s.hook_name][s.index()]
+            act = HAND_SLICES[s](cache[s.hook_name])
             rows[s].append(act.reshape(-1, *act.shape[2:]))
     return {s: torch.cat(r) for s, r in rows.items()}
 
@@ -72,9 +75,22 @@ def test_round_trip_bundled_model_on_default_corpus(model, tmp_path):
 
 
 KILLED_RUN = """
-import sys
+import os, signal, sys
+import interp.store_writer as writer
 from interp.models import load_model
 from interp.store import build_store
+
+write_manifest = writer.write_json_atomic
+
+
+def write_or_die(path, manifest):
+    # a deterministic kill point: the 4th shard is on disk, SIGKILL before the manifest lists it
+    if path.name == "manifest.json" and len(manifest["shards"]) == 4 and not manifest["complete"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_manifest(path, manifest)
+
+
+writer.write_json_atomic = write_or_die
 build_store(load_model(), ["blocks.0.hook_resid_post"], None, sys.argv[1], n_tokens=2048, seq_len=32, batch_size=4, shard_tokens=128, progress=False)
 """
 
@@ -82,17 +98,11 @@ build_store(load_model(), ["blocks.0.hook_resid_post"], None, sys.argv[1], n_tok
 def test_resume_after_sigkill_gives_identical_shards(model, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(killed)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
-    deadline = time.time() + 300
-    manifest_path = killed / "manifest.json"
-    while time.time() < deadline and proc.poll() is None:
-        if manifest_path.exists() and len(json.loads(manifest_path.read_text())["shards"]) >= 3:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    at_kill = json.loads(manifest_path.read_text())
-    assert not at_kill["complete"] and 3 <= len(at_kill["shards"]) < 16, "the run was not killed mid-way"
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(killed)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    at_kill = json.loads((killed / "manifest.json").read_text())
+    assert not at_kill["complete"] and len(at_kill["shards"]) == 3
+    assert (killed / "shard_00003.safetensors").exists()  # written, renamed, never listed: the resumed run must not trust it
     with pytest.raises(InterpError, match="incomplete"):
         open_store(killed)
     assert open_store(killed, allow_incomplete=True).n_tokens == 128 * len(at_kill["shards"])

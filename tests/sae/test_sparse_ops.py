@@ -48,3 +48,36 @@ def test_rows_primitives_match_loops(distinct):
     torch.testing.assert_close(rows_sum_torch(values, indices, rows), want_sum)
     torch.testing.assert_close(rows_dot_torch(dense, indices, rows), want_dot)
     torch.testing.assert_close(rows_grad_torch(values, indices, dense, m), want_grad)
+
+
+@pytest.mark.parametrize("shift", [-1.5, -2.0])
+def test_sparse_topk_backward_masks_nonpositive_top_k_values(shift):
+    """b_enc shifted down so some of the k selected pre-activations are <= 0 (relu clips them): the
+    sparse backward must drop their gradient as the dense relu(topk) does (issue 22)."""
+    from sae.sparse_ops import topk_encode
+
+    d_in, d_sae, k, n = 16, 64, 8, 40
+    gen = torch.Generator().manual_seed(7)
+    x, encoder = torch.randn(n, d_in, generator=gen), torch.randn(d_sae, d_in, generator=gen) / 4
+    b_enc = torch.randn(d_sae, generator=gen) * 0.5 + shift
+    pre = x @ encoder.T + b_enc
+    top = pre.topk(k, dim=-1)
+    assert 0.1 < (top.values <= 0).float().mean() < 0.9  # the mask is exercised: many top-k values are clipped, many are not
+    weight = torch.randn(n, d_sae, generator=gen)  # an upstream gradient per latent (slot order may differ between the paths)
+    grads = []
+    for sparse in (True, False):
+        xs, es, bs = (t.clone().requires_grad_(True) for t in (x, encoder, b_enc))
+        if sparse:
+            values, indices = topk_encode(xs, es, bs, k)
+        else:  # the dense reference: torch.topk of the full pre-activations, then relu
+            values, indices = (xs @ es.T + bs).topk(k, dim=-1, sorted=False)
+            values = values.relu()
+        (values * weight.gather(-1, indices)).sum().backward()
+        grads.append((indices.sort(-1).values, xs.grad, es.grad, bs.grad))
+    (sel_s, *sparse_grads), (sel_d, *dense_grads) = grads
+    assert torch.equal(sel_s, sel_d)  # the same latents selected
+    for name, s, d in zip(("x", "encoder", "b_enc"), sparse_grads, dense_grads):
+        torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-4, msg=name)
+    # independent of both paths: b_enc's gradient is the upstream weight summed over the rows where the latent is selected with a value > 0
+    active = torch.zeros(n, d_sae).scatter(-1, top.indices, (top.values > 0).float())
+    torch.testing.assert_close(sparse_grads[2], (weight * active).sum(0), atol=1e-5, rtol=1e-5)
