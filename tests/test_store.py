@@ -76,7 +76,7 @@ def test_round_trip_bundled_model_on_default_corpus(model, tmp_path):
 
 KILLED_RUN = """
 import os, signal, sys
-import interp.store_writer as writer
+import interp.store.writer as writer
 from interp.models import load_model
 from interp.store import build_store
 
