@@ -104,3 +104,22 @@ def test_lookup_is_learned_on_small_graphs():
     train_problems, test_problems = split_by_graph(make_problems(small, 4000, seed=0), 0.1, seed=0)
     curve = train_lookup(train_problems, test_problems[:300], layout, ModelConfig(d_model=64, n_heads=4, d_mlp=256), steps=300, eval_every=300)
     assert curve["lookup_acc"].iloc[-1] > 0.7 > 2 * curve["chance"].iloc[-1]
+
+
+def test_recall_control_asks_for_the_value_after_the_queried_key():
+    from circuits.reachability.diagnostics import recall_accuracy, recall_sample
+
+    rng = random.Random(2)
+    for _ in range(50):
+        tokens, key, (value,) = recall_sample(LAYOUT, rng)
+        sources, targets = tokens[1 : 3 * GRAPH.n_edges : 3], tokens[2 : 3 * GRAPH.n_edges : 3]
+        assert len(set(sources)) == GRAPH.n_edges and tokens[LAYOUT.root] == key and targets[sources.index(key)] == value
+    model = build_model(LAYOUT, ModelConfig(d_model=16, n_heads=2, d_mlp=32), seed=0).eval()
+    acc, chance = recall_accuracy(model, 40, LAYOUT, seed=3)
+    rng = random.Random(3)
+    rows = [recall_sample(LAYOUT, rng) for _ in range(40)]
+    with torch.no_grad():
+        guesses = model(torch.tensor([r[0] for r in rows]))[:, LAYOUT.root].argmax(-1).tolist()
+    assert acc == pytest.approx(sum(g == r[2][0] for g, r in zip(guesses, rows)) / 40) and chance == 1 / 16
+    with pytest.raises(InterpError, match="task"):
+        train_lookup([1], [1], LAYOUT, ModelConfig(d_model=16, n_heads=2, d_mlp=32), steps=1, task="nope")
