@@ -96,14 +96,15 @@ def test_teacher_forced_hops_equal_a_slow_loop(model):
 
 @pytest.mark.slow
 def test_lookup_is_learned_on_small_graphs():
-    """Positive control for the diagnostic: on one-level graphs (6 edges) the lookup is learned within 300 steps
-    (measured 0.87 at 200 steps, d_model 64), far above the chance rate computed for the same problems."""
+    """Positive control for the diagnostic: on one-level graphs (6 edges) the lookup is learned within 600 steps
+    (discrete CoT's first hop there: 0.92 / 0.97 at 400 / 600 steps, d_model 64), well above its chance rate (~0.51:
+    a uniform pick among the 6 nodes hits one of the queried node's children half the time)."""
     torch.set_num_threads(1)
     small = GraphConfig(n_node_ids=24, n_levels=1, min_width=2, max_width=2, n_edges=6, min_distance=1)
     layout = SequenceLayout(small, 1)
     train_problems, test_problems = split_by_graph(make_problems(small, 4000, seed=0), 0.1, seed=0)
-    curve = train_lookup(train_problems, test_problems[:300], layout, ModelConfig(d_model=64, n_heads=4, d_mlp=256), steps=300, eval_every=300)
-    assert curve["lookup_acc"].iloc[-1] > 0.7 > 2 * curve["chance"].iloc[-1]
+    curve = train_lookup(train_problems, test_problems[:300], layout, ModelConfig(d_model=64, n_heads=4, d_mlp=256), steps=600, eval_every=600)
+    assert curve["lookup_acc"].iloc[-1] > curve["chance"].iloc[-1] + 0.3
 
 
 def test_recall_control_asks_for_the_value_after_the_queried_key():
