@@ -93,7 +93,7 @@ def recall_accuracy(model: HookedTransformer, n: int, layout: SequenceLayout, se
 def train_lookup(
     problems: list[Problem], eval_problems: list[Problem], layout: SequenceLayout, model_config: ModelConfig,
     steps: int, batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 100, eval_every: int = 200, seed: int = 0,
-    task: str = "lookup", init_std: float | None = None,
+    task: str = "lookup", init_std: float | None = None, verbose: bool = False,
 ) -> pd.DataFrame:
     """Train a fresh model on the single-step lookup alone (AdamW, weight decay 0.01, grad clip 1.0, the experiment's
     optimiser) and return its curve: step, train loss (mean since the last row), held-out accuracy, chance, seconds.
@@ -130,6 +130,8 @@ def train_lookup(
             acc, chance = lookup_accuracy(model, eval_problems, layout) if task == "lookup" else recall_accuracy(model, len(eval_problems), layout)
             model.train()
             rows.append((step, sum(losses) / len(losses), acc, chance, time.perf_counter() - began))
+            if verbose:  # a log line per evaluation, for long runs
+                print(*(f"{x:.4g}" for x in rows[-1]), flush=True)
             losses = []
     return pd.DataFrame(rows, columns=["step", "loss", "lookup_acc", "chance", "seconds"])
 
@@ -189,11 +191,12 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--init-std", type=float, default=None)
+    parser.add_argument("--eval-every", type=int, default=200)
     args = parser.parse_args()
     graph = GraphConfig(n_levels=args.levels, n_edges=args.edges, min_distance=min(2, args.levels))
     with torch_threads(1):
         train_set, test_set = split_by_graph(make_problems(graph, 20000, seed=0), 0.1, seed=0)
         curve = train_lookup(train_set, test_set[:500], SequenceLayout(graph, graph.n_levels), ModelConfig(d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model),
-                             args.steps, lr=args.lr, task=args.task, init_std=args.init_std)
+                             args.steps, lr=args.lr, task=args.task, init_std=args.init_std, eval_every=args.eval_every, verbose=True)
     curve.to_csv(args.out, index=False)
     print(curve.to_string(index=False))
