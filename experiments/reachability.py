@@ -26,6 +26,7 @@ import torch
 from circuits.reachability.analysis import acceptance_inner, answer_accuracy, chain_validity, example_frame, label_order_baseline, probe_tables, run_thoughts, thought_top_nodes
 from circuits.reachability.construction import ConstructionConfig, construction_model, reachable_set_vectors
 from circuits.reachability.figures import accuracy_curve_figure, accuracy_figure, example_graph_figure, grouped_by_step, loss_figure, probe_auc_figure
+from circuits.reachability.diagnostics import teacher_forced_hops
 from circuits.reachability.graphs import GraphConfig, Problem, make_problems, split_by_graph
 from circuits.reachability.model import ModelConfig
 from circuits.reachability.tokens import SequenceLayout
@@ -182,6 +183,10 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
         metrics[f"thought_top_in_frontier_step{c}"], metrics[f"thought_top_in_frontier_chance_step{c}"] = share, chance
     metrics["discrete_first_hop_valid"], metrics["discrete_chain_valid_to_answer"] = chain_validity(models["discrete_cot"], eval_problems, layout)
     metrics["discrete_first_hop_valid_chance"] = sum(sum(a == p.root for a, _ in p.edges) / (len(p.nodes) - 1) for p in eval_problems) / n
+    # the skill every format needs first (the single-step edge lookup), teacher-forced on a gold shortest path
+    for c, row in teacher_forced_hops(models["discrete_cot"], eval_problems, layout).items():
+        for key in ("child", "child_chance", "on_shortest_path", "on_shortest_path_chance"):
+            metrics[f"discrete_teacher_forced_hop{c}_{key}"] = row[key]
 
     example = _example(eval_problems, layout)
     example_nodes = pd.concat([example_frame(m, example, layout, label, fixed=label == "construction") for label, m in (("continuous", models["continuous"]), ("construction", constructed))], ignore_index=True)
