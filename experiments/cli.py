@@ -6,7 +6,6 @@ experiment's frozen Config dataclass (experiments/config_cli.py), so a new confi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -340,7 +339,8 @@ RUNS: dict[str, RunSpec] = {
                    "width 2304 on 64k tokens, 300 steps (about 2 minutes)"),
     "reachability": RunSpec("experiments.reachability", "ReachabilityConfig",
                             "Continuous chain of thought on graph reachability: training, the hand-set construction, probes.",
-                            "small graphs and short training (minutes; under-trained, and its metrics say so)"),
+                            "small graphs and short training (minutes; under-trained, and its metrics say so)",
+                            aliases=(("steps", "train-steps"),)),
     "scan-snap": RunSpec("experiments.scan_snap", "ScanSnapConfig",
                          "Scan and snap: 1-layer attention dynamics (ODE and batched SGD) and the paper's predictions checked.",
                          "the small settings (about a minute)"),

@@ -34,6 +34,7 @@ class RunSpec(NamedTuple):
     config: str  # the dataclass's name in that module
     help: str
     quick_help: str | None  # None: the config has no quick() settings
+    aliases: tuple[tuple[str, str], ...] = ()  # (old flag, field flag): flags the script took before, kept working
 
 
 class FieldOption(NamedTuple):
@@ -181,6 +182,9 @@ def add_run_command(run_app: typer.Typer, name: str, spec: RunSpec, runner: Call
     default = cls()
     quick = cls.quick() if spec.quick_help is not None else None
     options = config_options(cls)
+    aliases: dict[str, list[str]] = {}
+    for old, new in spec.aliases:
+        aliases.setdefault(new, []).append(f"--{old}")
     params = [
         inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
                           default=typer.Option(Path(f"results/{name}"), help="Results directory (one run: rerunning the same settings resumes it).")),
@@ -198,8 +202,8 @@ def add_run_command(run_app: typer.Typer, name: str, spec: RunSpec, runner: Call
             flag = typer.Option(None, f"--{opt.flag}/--no-{opt.flag}", help=help_text, show_default=False)
             params.append(inspect.Parameter(opt.flag.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[bool], default=flag))
         else:
-            metavar = "TEXT" if not typing.get_origin(_unwrap_optional(opt.kind)[0]) is tuple else "A,B,..."
-            flag = typer.Option(None, f"--{opt.flag}", help=help_text, show_default=False, metavar=metavar)
+            metavar = "TEXT" if typing.get_origin(_unwrap_optional(opt.kind)[0]) is not tuple else "A,B,..."
+            flag = typer.Option(None, f"--{opt.flag}", *aliases.get(opt.flag, []), help=help_text, show_default=False, metavar=metavar)
             params.append(inspect.Parameter(opt.flag.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=flag))
 
     def command(**values: Any) -> None:

@@ -229,15 +229,7 @@ def _example(problems: list[Problem], layout: SequenceLayout) -> Problem:
     return max(problems, key=lambda p: p.n_hops)
 
 
-if __name__ == "__main__":
-    import argparse
+if __name__ == "__main__":  # pragma: no cover  (the same command and options as `interp run reachability`)
+    from experiments.cli import script_main
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny, under-trained budget (a smoke test; metrics say under_trained)")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, help="training steps per format (resuming: a run cut short is finished at its last checkpoint with a smaller value)")
-    args = parser.parse_args()
-    config = ReachabilityConfig.quick() if args.quick else ReachabilityConfig()
-    if args.steps is not None:
-        config = replace(config, train=replace(config.train, steps=args.steps))
-    print(run(config, args.out))
+    script_main("reachability")
