@@ -170,6 +170,9 @@ def _check_differentiable(task: PatchingTask) -> None:
 def receiver_gradients(task: PatchingTask, graph: ComputationGraph, alphas: Sequence[float]) -> Float[Tensor, "receivers batch pos d_model"]:
     """d metric / d(input of each receiver), averaged over runs whose embeddings are clean + alpha (corrupted - clean)."""
     _check_differentiable(task)
+    if task.metric_name == "kl_div" and 0.0 in [float(a) for a in alphas]:
+        raise InterpError("metric='kl_div' is KL(clean || patched): zero with zero gradient at the clean run, where EAP takes its gradient, "
+                          "so EAP cannot rank edges. Use metric='logit_diff' or 'answer_prob', or method='exact'.")
     model = task.model
     with torch.no_grad():
         embed = {name: capture(model, tokens, ["blocks.0.hook_resid_pre"], attention_mask=mask, stop_at_layer=1)["blocks.0.hook_resid_pre"]
@@ -221,12 +224,13 @@ def attribute_edges(
     delta, _ = _deltas(task, graph)
     alphas = [0.0] if method == "eap" else [k / steps for k in range(steps)]
     grads = receiver_gradients(task, graph, alphas)
-    if not bool(grads.abs().max() > 0):
-        raise InterpError(f"metric {task.metric_name!r} has zero gradient at every receiver at the clean run (constant there, e.g. kl_div against the clean logits); "
-                          "EAP cannot rank edges. Use metric='logit_diff' or 'answer_prob', or method='exact'.")
     up = torch.as_tensor(graph.edges["upstream_index"].to_numpy()[ids])
     down = torch.as_tensor(graph.edges["downstream_index"].to_numpy()[ids])
     matrix = torch.einsum("ubpd,vbpd->uv", delta.double(), grads.double())
+    gap = abs(task.clean_metric - task.corrupted_metric)
+    if not float(matrix.abs().max()) > 1e-6 * max(gap, 1e-6):
+        raise InterpError(f"metric {task.metric_name!r}: its gradient is zero at every receiver (the metric is flat there; the clean - corrupted gap is {gap:.3g}), "
+                          "so EAP cannot rank edges. Use metric='logit_diff' or 'answer_prob', or method='exact'.")
     frame = scores_frame(task, graph, ids, matrix[up, down].numpy(), method)
     if method == "eap-ig":
         frame.attrs.update(steps=steps)
