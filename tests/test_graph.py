@@ -243,3 +243,34 @@ def test_score_edges_reports_agreement_with_exact_on_its_top_edges(task, graph):
     np.testing.assert_allclose(frame.loc[top, "exact_effect"], exact["effect"], atol=1e-6)
     assert frame.attrs["agreement"] == agreement(frame.loc[top], exact)
     assert set(frame.attrs["agreement"]) >= {"spearman", "recall_at_20"}
+
+
+# ------------------------------------------------------------------ planted circuit (ground truth)
+
+
+def test_roc_auc_by_hand():
+    from interp.graph.planted import roc_auc
+
+    # positives 3, 1; negatives 2, 0, 1: pairs won 3>2,3>0,3>1, 1>0, tie 1=1 (half): 4.5 of 6
+    assert roc_auc([3, 1, 2, 0, 1], [True, True, False, False, False]) == pytest.approx(4.5 / 6)
+    with pytest.raises(InterpError, match="both classes"):
+        roc_auc([1, 2], [True, True])
+
+
+def test_planted_circuit_is_recovered_and_shuffled_labels_are_not():
+    from interp.graph.planted import planted_labels, planted_model, planted_task, roc_auc
+
+    task = planted_task(planted_model(leak=0.0))
+    graph = ComputationGraph(task.model)
+    exact = patch_edges(task, graph)
+    labels = planted_labels(exact)
+    assert labels.sum() == 6
+    # by construction every unplanted edge has no effect, and every planted one has some
+    np.testing.assert_allclose(exact.loc[~labels, "effect"], 0, atol=1e-6)
+    assert (exact.loc[labels, "effect"].abs() > 1e-3).all()
+    assert roc_auc(exact["effect"].abs(), labels) >= 0.95
+    for method in ("eap", "eap-ig"):
+        estimate = attribute_edges(task, graph, method=method, steps=5)
+        assert roc_auc(estimate["effect"].abs(), labels) >= 0.95, method
+    shuffled = [roc_auc(exact["effect"].abs(), np.random.default_rng(s).permutation(labels)) for s in range(20)]
+    assert 0.3 < np.mean(shuffled) < 0.7  # negative control: labels that mean nothing are not recovered
