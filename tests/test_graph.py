@@ -274,3 +274,30 @@ def test_planted_circuit_is_recovered_and_shuffled_labels_are_not():
         assert roc_auc(estimate["effect"].abs(), labels) >= 0.95, method
     shuffled = [roc_auc(exact["effect"].abs(), np.random.default_rng(s).permutation(labels)) for s in range(20)]
     assert 0.3 < np.mean(shuffled) < 0.7  # negative control: labels that mean nothing are not recovered
+
+
+# ------------------------------------------------------------------ circuits: many edges at once
+
+
+def test_circuit_metric_closed_forms_and_single_edges(task, graph):
+    from interp.graph import circuit_metric
+
+    every = list(range(len(graph)))
+    exact = patch_edges(task, graph)
+    singles = [60, 150, 7, 189]
+    values = circuit_metric(task, graph, [every, [], *[[i for i in every if i != s] for s in singles]], memory_budget=1 << 18)
+    assert values[0] == pytest.approx(task.clean_metric, abs=1e-5)  # the whole graph: the clean run
+    assert values[1] == pytest.approx(task.corrupted_metric, abs=1e-5)  # no edge kept: the corrupted run
+    # all but one edge kept: that edge's exact patch
+    np.testing.assert_allclose(values[2:], exact.loc[singles, "metric"], atol=1e-5)
+    with pytest.raises(InterpError, match=r"circuits\[0\]: edge ids \[999\]"):
+        circuit_metric(task, graph, [[999]])
+
+
+def test_faithfulness_curve_ends_at_clean_and_corrupted(task, graph):
+    from interp.graph import faithfulness_curve
+
+    curve = faithfulness_curve(task, attribute_edges(task, graph), [0, 10, len(graph)], graph)
+    assert list(curve["n_edges"]) == [0, 10, len(graph)]
+    np.testing.assert_allclose(curve["recovered"].iloc[[0, -1]], [0, 1], atol=1e-4)
+    assert (curve["method"] == "eap").all()

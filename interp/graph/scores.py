@@ -291,3 +291,116 @@ def score_edges(
     frame.attrs["agreement"] = agreement(top, exact, k)
     frame.attrs["verified"] = len(exact)
     return frame
+
+
+# ---------------------------------------------------------------- circuits: many edges patched at once
+
+
+def _sender_slices(graph: ComputationGraph) -> dict[str, tuple[int, int]]:
+    """Per sender hook, the range of sender indices it produces (embedding, a layer's heads, a layer's MLP)."""
+    slices, i = {"blocks.0.hook_resid_pre": (0, 1)}, 1
+    for layer in range(graph.n_layers):
+        slices[f"blocks.{layer}.attn.hook_z"] = (i, i + graph.n_heads)
+        slices[f"blocks.{layer}.hook_mlp_out"] = (i + graph.n_heads, i + graph.n_heads + 1)
+        i += graph.n_heads + 1
+    return slices
+
+
+def _circuit_metrics(task: PatchingTask, graph: ComputationGraph, ablated: Tensor, corrupted: Tensor) -> Tensor:
+    """Metric per variant when, in variant c, every edge (u, v) with ablated[c, v, u] carries corrupted_u instead
+    of u's output in that run (all the variant's ablations at once; everything recomputes)."""
+    model, n_variants, n_prompts = task.model, ablated.shape[0], task.n_prompts
+    current = torch.zeros((len(graph.senders), n_variants * n_prompts, *corrupted.shape[2:]), dtype=corrupted.dtype)
+    corrupted_rep = corrupted.repeat(1, n_variants, 1, 1)
+    weight = ablated.to(corrupted.dtype)
+    slices = _sender_slices(graph)
+
+    def record(act: Tensor, hook) -> None:
+        start, stop = slices[hook.name]
+        if hook.name.endswith("hook_z"):
+            layer = int(hook.name.split(".")[1])
+            current[start:stop] = torch.einsum("bphk,hkd->hbpd", act, model.blocks[layer].attn.W_O)
+        else:
+            current[start] = act
+
+    def patch(receivers: list[int]):
+        def hook(act: Tensor, hook) -> Tensor:
+            n_up = graph.receivers[receivers[0]].n_upstream
+            diff = (corrupted_rep[:n_up] - current[:n_up]).view(n_up, n_variants, n_prompts, *act.shape[1:2], -1)
+            added = torch.einsum("cvu,ucbpd->cbvpd", weight[:, receivers, :n_up], diff).flatten(0, 1)  # [variants*batch, receivers, pos, d]
+            if graph.receivers[receivers[0]].head is None:
+                return act + added[:, 0]
+            return act + added.transpose(1, 2)
+
+        return hook
+
+    by_hook: dict[str, list[int]] = defaultdict(list)
+    for j, r in enumerate(graph.receivers):
+        by_hook[r.hook_name].append(j)
+    hooks = [(name, record) for name in slices] + [(name, patch(js)) for name, js in by_hook.items()]
+    tokens = task.clean_tokens.repeat(n_variants, 1)
+    mask = None if task.clean_mask is None else task.clean_mask.repeat(n_variants, 1)
+    # the logits' input is the last block's output: its hook comes after that block's MLP output was recorded
+    with split_inputs(model):
+        resid = model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=hooks, stop_at_layer=graph.n_layers)
+    return task.score(last_position_logits(model, resid))
+
+
+def circuit_metric(
+    task: PatchingTask,
+    graph: ComputationGraph | None = None,
+    circuits: Sequence = (),
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> np.ndarray:
+    """The metric of each circuit: its edges stay clean, every other edge carries the sender's corrupted output.
+
+    circuits: a list of edge selections (rows of graph.edges, (upstream, downstream) pairs, or edge ids as a
+    list of ints; an empty selection ablates every edge). Returns one metric per circuit: the whole graph gives
+    the clean metric, the empty circuit the corrupted one.
+    """
+    if memory_budget <= 0:
+        raise InterpError(f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET}).")
+    graph = _graph(task, graph)
+    if len(circuits) == 0:
+        raise InterpError("circuits is empty: pass at least one circuit (a selection of edges to keep clean).")
+    up, down = graph.edges["upstream_index"].to_numpy(), graph.edges["downstream_index"].to_numpy()
+    kept = []
+    for c, circuit in enumerate(circuits):
+        if isinstance(circuit, (list, tuple, np.ndarray)) and all(isinstance(x, (int, np.integer)) for x in circuit):
+            ids = [int(x) for x in circuit]
+            bad = [x for x in ids if not 0 <= x < len(graph)]
+            if bad:
+                raise InterpError(f"circuits[{c}]: edge ids {bad[:5]} are out of range; the graph has edges 0..{len(graph) - 1}.")
+        else:
+            ids = graph.edge_ids(circuit) if len(circuit) else []
+        kept.append(ids)
+    delta, clean = _deltas(task, graph)
+    corrupted = delta + stack_senders(graph, clean)
+    per_batch = max(1, variants_per_batch(task, memory_budget) // 4)  # every sender's output is held per variant
+    values = np.empty(len(kept))
+    with torch.no_grad():
+        for s in range(0, len(kept), per_batch):
+            chunk = kept[s : s + per_batch]
+            ablated = torch.ones((len(chunk), len(graph.receivers), len(graph.senders)), dtype=torch.bool)
+            for c, ids in enumerate(chunk):
+                ablated[c, down[ids], up[ids]] = False
+            values[s : s + len(chunk)] = _circuit_metrics(task, graph, ablated, corrupted).double().cpu().numpy()
+    return values
+
+
+def faithfulness_curve(task: PatchingTask, scores: pd.DataFrame, sizes: Sequence[int], graph: ComputationGraph | None = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> pd.DataFrame:
+    """Metric recovered by the top-n edges of `scores` (by |effect|), the rest patched to corrupted, for each n in `sizes`.
+
+    Rows: n_edges, metric, recovered ((metric - corrupted) / (clean - corrupted): 1 is the whole model's behaviour), method.
+    """
+    graph = _graph(task, graph)
+    sizes = [int(n) for n in sizes]
+    if not sizes or min(sizes) < 0:
+        raise InterpError(f"sizes={sizes}: give circuit sizes (numbers of edges) >= 0.")
+    order = scores["effect"].abs().sort_values(ascending=False, kind="stable").index
+    ids = graph.edge_ids(scores.loc[order])
+    metric = circuit_metric(task, graph, [ids[:n] for n in sizes], memory_budget=memory_budget)
+    gap = task.clean_metric - task.corrupted_metric
+    return pd.DataFrame({"n_edges": sizes, "metric": metric, "recovered": (metric - task.corrupted_metric) / gap if gap else np.nan,
+                         "method": scores.attrs.get("method", scores["method"].iloc[0] if "method" in scores else "")})
