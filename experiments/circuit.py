@@ -3,8 +3,9 @@ its top edges, plus the planted-circuit ground truth (ROC AUC per method): confi
 
     python -m experiments.circuit --out results/circuit [--quick] [--pairs pairs.jsonl]
 
-Results: edges.parquet (one row per edge and method, `exact_effect` where verified), planted_edges.parquet
-(every edge of the planted model, every method), metrics.json with `agreement` per approximate method
+Results: edges.parquet (one row per edge and method, `exact_effect` where verified), faithfulness.parquet (metric
+recovered by each method's top-n edges, every other edge patched to corrupted), planted_edges.parquet and
+planted_faithfulness.parquet (the planted model, every method), metrics.json with `agreement` per approximate method
 (`spearman`, `recall_at_20` against exact on the top `verify_top` edges it names), `planted_auc` per method
 (leak 0: the structural ground truth), `planted` per leak (with the shuffled-label control), and timings.
 """
@@ -38,6 +39,8 @@ class CircuitConfig:
     planted: bool = True  # also score the planted-circuit model (ground truth)
     planted_leaks: tuple[float, ...] = (0.0, 0.1)  # strength of the unplanted nodes (0: they carry nothing)
     shuffles: int = 200  # label permutations for the planted negative control
+    curve_sizes: tuple[int, ...] = (0, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # circuit sizes (top-n edges) on the faithfulness curves
+    planted_curve_sizes: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 20, 50, 190)
     seed: int = 0
     analysis: str = "generic"
 
@@ -51,6 +54,8 @@ class CircuitConfig:
                 raise InterpError(f"methods: {method!r} is not an edge attribution method.{did_you_mean(str(method), APPROXIMATE)} Known: {', '.join(APPROXIMATE)} (exact patching verifies each).")
         if self.steps < 1:
             raise InterpError(f"steps={self.steps}: EAP-IG needs at least 1 gradient point.")
+        if not self.curve_sizes or min(self.curve_sizes) < 0 or not self.planted_curve_sizes or min(self.planted_curve_sizes) < 0:
+            raise InterpError(f"curve_sizes={self.curve_sizes}, planted_curve_sizes={self.planted_curve_sizes}: circuit sizes are numbers of edges >= 0.")
         if self.verify_top < 2 or self.k < 1:
             raise InterpError(f"verify_top={self.verify_top}, k={self.k}: need verify_top >= 2 and k >= 1.")
         if not self.pairs:
@@ -64,7 +69,7 @@ class CircuitConfig:
     @classmethod
     def quick(cls) -> CircuitConfig:
         """About a minute at 1 thread: 4 capital pairs, EAP-IG with 3 steps, the top 60 edges verified."""
-        return cls(pairs=builtin_pairs(4), steps=3, verify_top=60, shuffles=100)
+        return cls(pairs=builtin_pairs(4), steps=3, verify_top=60, shuffles=100, curve_sizes=(0, 20, 100, 500, 2000))
 
 
 def _reference_seconds(task) -> float:
@@ -91,11 +96,11 @@ def _top(frame: pd.DataFrame, n: int = 10) -> list[dict]:
             for u, v, e, x in zip(rows["upstream"], rows["downstream"], rows["effect"], rows.get("exact_effect", pd.Series(np.nan, index=rows.index)))]
 
 
-def planted_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame]:
-    from interp.graph import ComputationGraph, agreement, attribute_edges, patch_edges
+def planted_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    from interp.graph import ComputationGraph, agreement, attribute_edges, faithfulness_curve, patch_edges
     from interp.graph.planted import planted_labels, planted_model, planted_task, roc_auc
 
-    results, tables = {}, []
+    results, tables, curves = {}, [], []
     rng = np.random.default_rng(config.seed)
     for leak in config.planted_leaks:
         task = planted_task(planted_model(leak, seed=config.seed), seed=config.seed)
@@ -114,9 +119,13 @@ def planted_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame]:
             "clean_metric": task.clean_metric,
             "corrupted_metric": task.corrupted_metric,
         }
+        sizes = [n for n in config.planted_curve_sizes if n <= len(graph)]
+        leak_curves = pd.concat([faithfulness_curve(task, f, sizes, graph) for f in frames.values()], ignore_index=True).assign(leak=leak)
+        results[f"leak={leak:g}"]["faithfulness"] = {m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in leak_curves.groupby("method")}
+        curves.append(leak_curves)
         for f in frames.values():
             tables.append(f.assign(leak=leak, planted=labels))
-    return results, pd.concat(tables, ignore_index=True)
+    return results, pd.concat(tables, ignore_index=True), pd.concat(curves, ignore_index=True)
 
 
 def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
@@ -156,10 +165,19 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
             metrics["seconds"][method] = time.perf_counter() - start
             metrics["seconds"][f"{method}_over_reference"] = metrics["seconds"][method] / reference
         run_dir.save_table("edges", pd.concat(frames))
+        from interp.graph import faithfulness_curve
+
+        start = time.perf_counter()
+        sizes = [n for n in config.curve_sizes if n <= len(graph)]
+        curves = pd.concat([faithfulness_curve(task, f, sizes, graph) for f in frames], ignore_index=True)
+        metrics["seconds"]["faithfulness"] = time.perf_counter() - start
+        metrics["faithfulness"] = {m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in curves.groupby("method")}
+        run_dir.save_table("faithfulness", curves)
         if config.planted:
-            metrics["planted"], planted_table = planted_results(config)
+            metrics["planted"], planted_table, planted_curves = planted_results(config)
             metrics["planted_auc"] = metrics["planted"][f"leak={config.planted_leaks[0]:g}"]["auc"]
             run_dir.save_table("planted_edges", planted_table)
+            run_dir.save_table("planted_faithfulness", planted_curves)
         run_dir.write_metrics(metrics, merge=False)
     return run_dir.path
 

@@ -377,7 +377,7 @@ def circuit_metric(
         kept.append(ids)
     delta, clean = _deltas(task, graph)
     corrupted = delta + stack_senders(graph, clean)
-    per_batch = max(1, variants_per_batch(task, memory_budget) // 4)  # every sender's output is held per variant
+    per_batch = max(1, memory_budget // (3 * corrupted[:, 0].numel() * corrupted.element_size() * task.n_prompts))  # every sender's output, thrice, per variant
     values = np.empty(len(kept))
     with torch.no_grad():
         for s in range(0, len(kept), per_batch):
