@@ -41,6 +41,7 @@ class CircuitConfig:
     shuffles: int = 200  # label permutations for the planted negative control
     curve_sizes: tuple[int, ...] = (0, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # circuit sizes (top-n edges) on the faithfulness curves
     planted_curve_sizes: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 20, 50, 190)
+    loop_edges: int = 20  # edges timed through a plain per-edge loop of hooks (the speed baseline), among the verified ones
     seed: int = 0
     analysis: str = "generic"
 
@@ -165,6 +166,20 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
             metrics["seconds"][method] = time.perf_counter() - start
             metrics["seconds"][f"{method}_over_reference"] = metrics["seconds"][method] / reference
         run_dir.save_table("edges", pd.concat(frames))
+        if config.loop_edges > 0:  # the speed baseline: the same exact numbers through one full forward per edge
+            from interp.graph import patch_edges, patch_edges_loop
+
+            verified = frames[0][frames[0]["exact_effect"].notna()]
+            some = verified.iloc[: config.loop_edges]
+            start = time.perf_counter()
+            looped = patch_edges_loop(task, graph, some)
+            loop_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            batched = patch_edges(task, graph, verified)
+            batched_seconds = time.perf_counter() - start
+            metrics["seconds"]["exact_loop_per_edge"] = loop_seconds / len(some)
+            metrics["seconds"]["exact_batched_per_edge"] = batched_seconds / len(verified)
+            metrics["exact_loop_max_abs_difference"] = float((looped["effect"] - batched.loc[some.index, "effect"]).abs().max())
         from interp.graph import faithfulness_curve
 
         start = time.perf_counter()

@@ -320,3 +320,10 @@ def test_bundled_model_exact_edges_match_the_slow_loop(model):
     corrupted, _ = sender_outputs_by_hand(model, task.corrupted_tokens)
     expected = [slow_edge_metric(model, task, clean_cache, corrupted[u] - clean[u], v) for u, v in chosen]
     np.testing.assert_allclose(frame["metric"].to_numpy(), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_the_per_edge_loop_gives_the_batched_numbers(task, graph):
+    from interp.graph import patch_edges_loop
+
+    some = graph.edges.iloc[[0, 13, 40, 77, 120, 185]]
+    np.testing.assert_allclose(patch_edges_loop(task, graph, some)["metric"], patch_edges(task, graph, some)["metric"], atol=1e-5)

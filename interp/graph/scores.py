@@ -158,6 +158,25 @@ def patch_edges(
     return scores_frame(task, graph, ids, values - task.clean_metric, "exact")
 
 
+def patch_edges_loop(task: PatchingTask, graph: ComputationGraph | None = None, edges=None) -> pd.DataFrame:
+    """The same numbers as `patch_edges` from the plain way: one whole forward of the model per edge, with
+    one TransformerLens hook adding the edge's corrupted - clean output to its receiver's input. The
+    benchmarks' baseline (what a per-edge loop costs); use `patch_edges`."""
+    graph = _graph(task, graph)
+    ids = _ids(graph, edges)
+    delta, _ = _deltas(task, graph)
+    values = np.empty(len(ids))
+    model = task.model
+    with torch.no_grad(), split_inputs(model):
+        for k, e in enumerate(ids):
+            i, j = int(graph.edges["upstream_index"].iat[e]), int(graph.edges["downstream_index"].iat[e])
+            r = graph.receivers[j]
+            hook = _add_deltas([(0, r.head, i)], 1, task.n_prompts, delta)
+            logits = model.run_with_hooks(task.clean_tokens, attention_mask=task.clean_mask, fwd_hooks=[(r.hook_name, hook)])
+            values[k] = float(task.score(logits[:, -1:])[0])
+    return scores_frame(task, graph, ids, values - task.clean_metric, "exact-loop")
+
+
 # ---------------------------------------------------------------- gradients
 
 
