@@ -108,8 +108,8 @@ def test_graph_counts_and_gqa_sharing(tiny_model, graph):
     L, H, G = cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads
     assert len(graph.senders) == 1 + L * (H + 1)
     assert len(graph.receivers) == L * (H + 2 * G + 1) + 1
-    # closed form: attention inputs of layer l read 1 + l(H+1) senders, the MLP of layer l 1 + l(H+1) + H, logits all
-    expected = sum((H + 2 * G) * (1 + l * (H + 1)) + (1 + l * (H + 1) + H) for l in range(L)) + 1 + L * (H + 1)
+    # closed form: attention inputs of layer n read 1 + n(H+1) senders, the MLP of layer n 1 + n(H+1) + H, logits all
+    expected = sum((H + 2 * G) * (1 + n * (H + 1)) + (1 + n * (H + 1) + H) for n in range(L)) + 1 + L * (H + 1)
     assert len(graph.edges) == expected == 190
     kv = graph.edges[graph.edges["component"].isin(["k", "v"])]
     assert set(kv["query_heads"]) == {"0,1", "2,3"}  # 4 query heads read 2 kv heads

@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from interp.errors import InterpError, OutOfRangeError, UnknownSiteError, did_you_mean
+from interp.errors import InterpError, UnknownSiteError, did_you_mean
 from interp.hooks import capture
 from interp.sites import n_heads
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from interp.attribution.gradients import GRADIENT_FREE_METRICS
 from interp.errors import InterpError, did_you_mean
-from interp.graph.graph import LOGITS, ComputationGraph, check_task_model, sender_hooks, sender_outputs, split_inputs, stack_senders
+from interp.graph.graph import ComputationGraph, check_task_model, sender_hooks, sender_outputs, split_inputs, stack_senders
 from interp.hooks import capture
 from interp.metrics import restoration
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET, variants_per_batch
