@@ -59,11 +59,12 @@ def sender_outputs_by_hand(model, tokens):
     return out, cache
 
 
-def slow_edge_metric(model, task, clean_cache, delta, receiver, scale=1.0):
+def slow_edge_metric(model, task, clean_cache, delta, receiver, scale=1.0, embed=None):
     """The metric with `scale * delta` added to one receiver's input, by a plain hook that recomputes
-    that input's projection (q, k, v of one head, or the MLP's normalised input) by hand."""
+    that input's projection (q, k, v of one head, or the MLP's normalised input) by hand.
+    embed: replaces the embeddings (then clean_cache must come from a run with the same embeddings)."""
     d = scale * delta
-    hooks = []
+    hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed)]
     if receiver == "logits":
         hooks.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", lambda act, hook: act + d))
     elif receiver.startswith("m"):
@@ -187,6 +188,30 @@ def test_eap_is_the_derivative_of_the_exact_patch(task, graph, slow):
     for u, v, effect in zip(top["upstream"], top["downstream"], top["effect"]):
         derivative = (slow(u, v, eps) - slow(u, v, -eps)) / (2 * eps)
         assert effect == pytest.approx(derivative, rel=2e-2, abs=2e-4), (u, v)
+
+
+def test_eap_ig_is_the_average_derivative_along_the_embedding_path(tiny_model, task, graph, slow):
+    """EAP-IG (3 steps) = the mean over alpha in {0, 1/3, 2/3} of d/ds metric(s * delta_u into v), in runs whose
+    embeddings are clean + alpha (corrupted - clean): central differences of the slow loop at each alpha."""
+    ig = attribute_edges(task, graph, method="eap-ig", steps=3)
+    clean, _ = sender_outputs_by_hand(tiny_model, task.clean_tokens)
+    corrupted, _ = sender_outputs_by_hand(tiny_model, task.corrupted_tokens)
+    top = ig.reindex(ig["effect"].abs().sort_values(ascending=False).index).groupby("component").head(1)
+    eps = 1e-2
+    for u, v, effect in zip(top["upstream"], top["downstream"], top["effect"]):
+        derivatives = []
+        for alpha in (0, 1 / 3, 2 / 3):
+            embed = clean["embed"] + alpha * (corrupted["embed"] - clean["embed"])
+            with torch.no_grad():
+                cache = {}
+                tiny_model.run_with_hooks(task.clean_tokens, fwd_hooks=[("hook_embed", lambda act, hook: embed)]
+                                          + [(f"blocks.{n}.{h}", lambda act, hook: cache.__setitem__(hook.name, act.clone()))
+                                             for n in range(tiny_model.cfg.n_layers) for h in ("hook_resid_pre", "hook_resid_mid")])
+            delta = corrupted[u] - clean[u]
+            plus = slow_edge_metric(tiny_model, task, cache, delta, v, eps, embed)
+            minus = slow_edge_metric(tiny_model, task, cache, delta, v, -eps, embed)
+            derivatives.append((plus - minus) / (2 * eps))
+        assert effect == pytest.approx(np.mean(derivatives), rel=2e-2, abs=2e-4), (u, v)
 
 
 def test_eap_ig_with_one_step_is_eap(task, graph):
