@@ -197,26 +197,7 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
     return run_dir.path
 
 
-def main(argv: list[str] | None = None) -> None:  # pragma: no cover  (the lead registers `interp run circuit`)
-    import argparse
-    import dataclasses
+if __name__ == "__main__":  # pragma: no cover  (the same command and options as `interp run circuit`)
+    from experiments.cli import script_main
 
-    from interp.patching.pairs import read_pairs
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--pairs", type=Path, default=None, help="pairs.jsonl / .csv (default: the built-in capital pairs)")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--methods", nargs="+", default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--verify-top", type=int, default=None)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    config = CircuitConfig.quick() if args.quick else CircuitConfig()
-    changes = {k: v for k, v in (("methods", tuple(args.methods) if args.methods else None), ("steps", args.steps), ("verify_top", args.verify_top),
-                                 ("pairs", read_pairs(args.pairs) if args.pairs else None)) if v is not None}
-    print(run(dataclasses.replace(config, **changes), args.out, overwrite=args.overwrite))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    script_main("circuit")

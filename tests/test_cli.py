@@ -145,3 +145,12 @@ def test_patch_reruns_resume_and_overwrite_replaces(model, tmp_path):
     replaced = runner.invoke(app, ["patch", str(pairs), "--out", str(run), "--sweep", "attn_out", "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
     assert not (run / "resid_pre.parquet").exists() and (run / "attn_out.parquet").exists()
+
+
+def test_circuit_command_refuses_bad_input_before_any_work(tmp_path):
+    runner = CliRunner()
+    bad = runner.invoke(app, ["circuit", "--out", str(tmp_path / "a"), "--method", "eapp"])
+    assert bad.exit_code == 2 and "'eapp' is not an edge attribution method" in bad.output and "Did you mean: 'eap'" in bad.output
+    missing = runner.invoke(app, ["circuit", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "b")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
