@@ -55,10 +55,12 @@ def _focus(m: dict, key: str) -> float:
 def dark_matter_sections(run: ResultsDir) -> list[Section]:
     m = run.metrics()
     head = [*_grid_sections(run, m), *([_ce_section(m)] if _ce_section(m) else [])]
+    note = []
     if m.get("partial"):
-        note = Section("Partial run", text=(f"This invocation stopped at its time budget ({m.get('stopped_at')}). Missing: " + "; ".join(m.get("missing", []))
-                                            + ". Rerun the same command to resume from the cached store and SAEs."))
-        return [note, *head, *default_sections(run)]
+        note = [Section("Partial run", text=(f"This invocation stopped at its time budget ({m.get('stopped_at')}). Missing: " + "; ".join(m.get("missing", []))
+                                             + ". Rerun the same command to resume from the cached store and SAEs."))]
+        if not (run.path / "claims.parquet").exists():  # stopped before the family analyses
+            return [*note, *head, *default_sections(run)]
     claims = run.load_table("claims")
     if "verdict" not in claims:  # runs from before CI-judged claims
         claims = claims.assign(verdict=claims["holds"].map({True: "holds", False: "does not hold"}))
@@ -66,6 +68,7 @@ def dark_matter_sections(run: ResultsDir) -> list[Section]:
     laws = m["power_law"]
     by_width = run.load_table("by_width")
     sections = [
+        *note,
         Section("Claims of the paper", text=(
             f"{int((claims.verdict == 'holds').sum())} of {len(claims)} claims hold on widths {m['widths']} (TopK, matched L0), "
             f"{m['fit_tokens']} fit and {m['eval_tokens']} held-out tokens. Each row: our number, the criterion, the verdict (claims with CIs: "
@@ -78,7 +81,8 @@ def dark_matter_sections(run: ResultsDir) -> list[Section]:
                                                                                    "fvu_sae_plus_nonlinear", "linear_error_share")]]),
         Section("Error decomposition", text=(
             f"At width {m['focus_width']}: the nonlinear error is {m['focus_nonlinear_fvu_share']:.2f} of the SAE's FVU and leaves "
-            f"{_focus(m, 'ce_share_nonlinear'):.2f} of its CE increase (the linear error leaves {_focus(m, 'ce_share_linear'):.2f}). The table gives each width."),
+            f"{_focus(m, 'ce_share_nonlinear') or float('nan'):.2f} of its CE increase (the linear error leaves {_focus(m, 'ce_share_linear') or float('nan'):.2f}). "
+            "The table gives each width."),
             figures=["decomposition"], table=by_width[[c for c in PER_WIDTH_COLUMNS if c in by_width.columns]]),
     ]
     if "linear_error_sae_not_yet_learned_fraction" in m:

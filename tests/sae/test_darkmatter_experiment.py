@@ -5,11 +5,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 import torch
 from nbclient import NotebookClient
 
 import experiments.dark_matter as dark_matter
+import sae.darkmatter.saes as darkmatter_saes
 from experiments.dark_matter import DarkMatterConfig, run, split_sequences
 from sae.darkmatter import SyntheticSpec
 from sae.io import load_sae
@@ -62,7 +64,7 @@ def test_tiny_run_writes_the_metrics_and_reuses_store_and_saes(tmp_path, tiny_mo
         raise AssertionError("a second run with the same settings must reuse the cached SAEs")
 
     _check_grid(metrics, out, config, tmp_path / "cache")
-    monkeypatch.setattr(dark_matter, "train_sae", no_training)
+    monkeypatch.setattr(darkmatter_saes, "train_sae", no_training)
     again = json.loads((run(config, tmp_path / "run2") / "metrics.json").read_text())
     assert again["fvu_sae"] == metrics["fvu_sae"] and again["synthetic_corr"] == metrics["synthetic_corr"]
 
@@ -152,3 +154,20 @@ def test_a_different_split_retrains_the_saes(tmp_path, tiny_model):
     saes = sorted(p.name for p in (tmp_path / "cache").glob("*/saes/resid_L1-W64-k8-*")
                   if json.loads((p / "sae" / "cfg.json").read_text())["interp_toolkit"]["train_config"]["until_converged"])  # the family's, not the grid's
     assert len(saes) == 3, saes
+
+
+def test_a_family_stage_out_of_budget_leaves_the_ce_width_missing_and_says_so(tmp_path, tiny_model):
+    """Spliced losses not cached start only with ce_minutes_per_width left: that width's CE shares are None and listed, the rest is complete."""
+    config = _tiny_config(tmp_path / "cache")
+    whole = json.loads((run(config, tmp_path / "whole") / "metrics.json").read_text())
+    [cached] = (tmp_path / "cache").glob("*/downstream/W256-*.parquet")  # the widest width: not a grid width, so measured in the family stage
+    cached.unlink()
+    out = run(replace(config, budget_minutes=60.0, ce_minutes_per_width=61.0), tmp_path / "partial")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["partial"] and metrics["missing"] == [m for m in metrics["missing"] if m.startswith("CE shares at width 256")] and len(metrics["missing"]) == 1
+    assert metrics["ce_share_nonlinear"][2] is None and metrics["ce_share_nonlinear_ci"][2] is None
+    assert metrics["ce_share_nonlinear"][:2] == whole["ce_share_nonlinear"][:2] and metrics["fvu_sae"] == whole["fvu_sae"]
+    claims = pd.read_parquet(out / "claims.parquet").set_index("claim")
+    assert claims.filter(like="proportional share", axis=0).criterion.str.contains("not measured at widths \\[256\\]").all()
+    page = (out / "dashboard.html").read_text()
+    assert "Partial run" in page and "Claims of the paper" in page
