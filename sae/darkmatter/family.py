@@ -19,7 +19,7 @@ from sae.darkmatter.downstream import ce_shares, spliced_losses
 from sae.darkmatter.features import improvement_shares, learned_feature_fraction
 from sae.darkmatter.pursuit import pursuit_reconstruction
 from sae.darkmatter.regression import LinearMap, fvu, regression_r2
-from sae.darkmatter.saes import ROWS_PER_CHUNK, UNLIMITED, Budget, OutOfBudget, SaeSpec, reconstruct, trained_sae
+from sae.darkmatter.saes import ROWS_PER_CHUNK, UNLIMITED, Budget, OutOfBudget, SaeSpec, is_trained, reconstruct, trained_sae
 from sae.darkmatter.uncertainty import ce_shares_with_ci, r2_with_ci
 from sae.models import Sae
 
@@ -203,9 +203,15 @@ def _split_ci(shares: dict) -> dict:
         f"{k}_{side}": v[i] for k, v in shares.items() if isinstance(v, list) for i, side in enumerate(("low", "high"))}
 
 
-def width_analyses(ctx: Context, saes: dict[int, Sae], width: int, largest_eval: Float[Tensor, "m d"], *, ce: bool = True) -> WidthAnalysis:
+def earlier_layer_cached(ctx: Context, width: int) -> bool:
+    return is_trained(ctx.cache / "saes", ctx.data.fit.x_prev, ctx.family_spec(width, ctx.config.layer - 1))
+
+
+def width_analyses(ctx: Context, saes: dict[int, Sae], width: int, largest_eval: Float[Tensor, "m d"], *, ce: bool = True,
+                   earlier: bool = True) -> WidthAnalysis:
     """Everything measured per width: the decomposition, norms (norm R^2 with its CI), norm-probe variants, what the largest SAE adds, CE shares,
-    pursuit, earlier layers; the error SAEs at the focus width. ce=False: CE shares only when their spliced losses are cached (the rest later)."""
+    pursuit, earlier layers; the error SAEs at the focus width. ce=False / earlier=False: the CE shares / the earlier-layer analysis only when
+    their spliced losses / previous-layer SAE are cached (the caller runs the rest later, within the budget)."""
     config = ctx.config
     n = config.linear_fit_tokens
     x_fit, x_eval = linear_rows(ctx)
@@ -240,8 +246,15 @@ def width_analyses(ctx: Context, saes: dict[int, Sae], width: int, largest_eval:
         focus = focus and focus._replace(losses=found.losses)
     row["seconds_downstream"] = lap()
     row |= dict(**pursuit(ctx, saes[width]), seconds_pursuit=lap())
-    try:
-        row |= dict(**earlier_layer(ctx, width, out_fit, out_eval), seconds_earlier_layer=lap())
-    except OutOfBudget as stop:
-        missing.append(f"the earlier-layer analysis at width {width} ({stop})")
+    if earlier or earlier_layer_cached(ctx, width):
+        try:
+            row |= dict(**earlier_layer(ctx, width, out_fit, out_eval), seconds_earlier_layer=lap())
+        except OutOfBudget as stop:
+            missing.append(f"the earlier-layer analysis at width {width} ({stop})")
     return WidthAnalysis(row, probes, norms, focus, missing)
+
+
+def earlier_layer_at(ctx: Context, sae: Sae, width: int) -> dict[str, float]:
+    """earlier_layer for a width analysed before (Sae(x) recomputed); raises OutOfBudget when the previous layer's SAE is not trained in time."""
+    x_fit, x_eval = linear_rows(ctx)
+    return earlier_layer(ctx, width, reconstruct(sae, x_fit).out, reconstruct(sae, x_eval).out)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from sae.darkmatter.claims import claims_table
 from sae.darkmatter.decomposition import cross_width_norms, fit_power_law, norm_baselines
-from sae.darkmatter.family import Context, _split_ci, ce_at, ce_stage, ce_widths, width_analyses
+from sae.darkmatter.family import Context, _split_ci, ce_at, ce_stage, ce_widths, earlier_layer_at, width_analyses
 from sae.darkmatter.figures import decomposition_figure, norm_r2_grid_figure, norm_scatter_figure, scaling_figure
 from sae.darkmatter.grid import grid_cells, grid_effects, grid_metrics, norm_r2_grid
 from sae.darkmatter.saes import OutOfBudget, reconstruct, training_record
@@ -100,7 +100,8 @@ def grid_and_ce(ctx: Context, seconds: dict) -> tuple[pd.DataFrame, dict[int, di
 
 def dark_matter_report(ctx: Context) -> Report:
     """Every stage, each cached: the store (already in ctx), the norm R^2 grid, the CE shares at the grid widths, the family of SAEs and every
-    per-width analysis (CE shares whose spliced losses are not cached last, each only with ce_minutes_per_width of budget left)."""
+    per-width analysis (CE shares whose spliced losses are not cached, each only with ce_minutes_per_width of budget left, and then the
+    previous-layer SAEs not trained yet, last)."""
     config, data = ctx.config, ctx.data
     start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -116,7 +117,8 @@ def dark_matter_report(ctx: Context) -> Report:
     largest_eval = reconstruct(saes[max(saes)], data.held.x).out
     rows, norms, probes, focus, missing = [], {}, [], None, []
     for w in tqdm(sorted(config.widths), desc="analyses by width", unit="width"):  # minutes per width on a CPU: show where the run is
-        found = width_analyses(ctx, saes, w, largest_eval, ce=w == width)  # the focus width's spliced losses are a table of the run
+        # the focus width's spliced losses are a table of the run; other widths' CE and previous-layer SAEs not cached yet come after every width
+        found = width_analyses(ctx, saes, w, largest_eval, ce=w == width, earlier=False)
         rows.append(found.row)
         norms[w], focus = found.norms, found.focus or focus
         probes.append(found.probes)
@@ -129,6 +131,12 @@ def dark_matter_report(ctx: Context) -> Report:
                 row |= _split_ci(found.shares) | dict(model_loss_r2=found.model_loss_r2)
             except OutOfBudget as stop:
                 missing.append(f"CE shares at width {row['width']} ({stop})")
+    for row in rows:  # the previous layer's SAEs not trained yet (trained within the budget, resumed from their checkpoints by a rerun)
+        if "earlier_layer_nonlinear_fvu_change" not in row:
+            try:
+                row |= earlier_layer_at(ctx, saes[row["width"]], row["width"])
+            except OutOfBudget as stop:
+                missing.append(f"the earlier-layer analysis at width {row['width']} ({stop})")
     seconds["by_width"] = time.perf_counter() - start - sum(seconds.values())
     by_width = pd.DataFrame(rows)
     laws = pd.DataFrame([dict(series=s, **fit_power_law(by_width.width, by_width[s])._asdict()) for s in ("fvu_sae", "fvu_sae_plus_linear")])

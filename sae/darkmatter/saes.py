@@ -81,6 +81,11 @@ def sae_dir(folder: Path, acts: Float[Tensor, "n d"], spec: SaeSpec) -> tuple[Pa
     return folder / f"{spec.what}-W{spec.width}-k{spec.k}-{digest.hexdigest()[:10]}", sae_cfg
 
 
+def is_trained(folder: Path, acts: Float[Tensor, "n d"], spec: SaeSpec) -> bool:
+    """Whether the SAE of `spec` on `acts` is in the cache (trained to its end, not only checkpointed)."""
+    return (sae_dir(folder, acts, spec)[0] / "sae").is_dir()
+
+
 def trained_sae(folder: Path, acts: Float[Tensor, "n d"], spec: SaeSpec, budget: Budget = UNLIMITED) -> Sae:
     """A TopK SAE on `acts`, from `folder` when an identical one was trained before (or resumed from its checkpoints).
 
