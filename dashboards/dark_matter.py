@@ -29,6 +29,11 @@ def _grid_sections(run: ResultsDir, m: dict) -> list[Section]:
         sections.append(Section("Norm R^2 grid: effect of each factor", text=(
             "Change in norm R^2 when one factor moves from its first level to another, over the pairs of measured cells that agree on every other factor."),
             table=run.load_table("norm_r2_grid_effects")))
+    if (run.path / "norm_r2_grid_more_tokens.parquet").exists():
+        sections.append(Section("Norm R^2 grid: cells with a CI wider than the target, on more tokens", text=(
+            "Each such cell judged again on the fit rows its probe was not fit on (fit_unused: held out for the probe, but seen by the SAE in training) "
+            "and on those pooled with the held-out rows (pooled), each with a bootstrap 95% CI over sequences; held_out repeats the grid's number."),
+            table=run.load_table("norm_r2_grid_more_tokens")))
     return sections
 
 

@@ -69,6 +69,8 @@ class DarkMatterConfig:
     grid_ks: tuple[int, ...] = (32, 64)
     grid_fit_tokens: int = 131_072  # fit tokens of each grid cell's norm probe, the same for every positions_dropped (the paper: 150k)
     bootstrap: int = 1000  # replicates of every bootstrap CI
+    # a grid cell whose CI half-width exceeds this is judged also on the fit rows its probe did not see (the SAE did: reported apart and pooled)
+    grid_ci_target: float | None = 0.01
     budget_minutes: float | None = 110.0  # stop starting/continuing work after this long, write what is done (rerun to resume); None: no limit
     ce_minutes_per_width: float = 20.0  # a CE width (not interruptible) starts only with this much budget left; ~20 min for 512 sequences at 1 busy thread
     linear_fit_tokens: int = 262_144  # fit tokens (a fixed subset) the linear maps are fit on: bounds the float64 working set
@@ -153,9 +155,11 @@ def main() -> None:  # pragma: no cover
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--budget-minutes", dest="budget_minutes", type=float, default=None,
                         help="stop after this long, writing what is done (rerun to resume); default: the config's (full run: 110)")
+    parser.add_argument("--widths", type=lambda text: tuple(int(w) for w in text.split(",")), default=None,
+                        help="comma-separated family widths, e.g. 576,1152,2304,4608 (default: the config's)")
     args = parser.parse_args()
     config = DarkMatterConfig.quick() if args.quick else DarkMatterConfig()
-    for name in ("model", "layer", "threads", "budget_minutes"):
+    for name in ("model", "layer", "threads", "budget_minutes", "widths"):
         if getattr(args, name) is not None:
             config = replace(config, **{name: getattr(args, name)})
     print(run(config, args.out))

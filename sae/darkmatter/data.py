@@ -36,6 +36,7 @@ class DarkMatterSettings(Protocol):
     grid_positions_dropped: tuple[int, ...]
     grid_ks: tuple[int, ...]
     grid_fit_tokens: int
+    grid_ci_target: float | None
     bootstrap: int
     ce_minutes_per_width: float
     linear_fit_tokens: int

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+import torch
 
 from sae.darkmatter.data import DarkMatterSettings, Split
 from sae.darkmatter.regression import fit_linear_map, total_variance
@@ -93,3 +94,29 @@ def grid_metrics(grid: pd.DataFrame) -> dict:
     return dict(norm_r2_grid=[{c: (None if pd.isna(v) else v) if not isinstance(v, (list, dict)) else v for c, v in row.items()}
                               for row in grid[columns].to_dict("records")],
                 norm_r2_grid_missing=int((grid.status != "done").sum()))
+
+
+def norm_r2_on_more_tokens(config: DarkMatterSettings, cache: Path, data: Split, cell: GridCell, positions_dropped: int) -> dict:
+    """One grid cell's norm R^2 judged also on the fit rows its probe was not fit on (a sensitivity check for a CI wider than wanted).
+
+    Those rows are held out for the probe but were seen by the SAE in training, so they are reported apart ("fit_unused") and pooled with the
+    held-out rows ("pooled"); each with a bootstrap 95% CI over sequences. The probe and SAE are the grid's (cached: not retrained).
+    """
+    fit, held = data.fit, data.held
+    spec = SaeSpec(f"resid_L{config.layer}", cell.width, cell.k, cell_training(config, cell.training), config.seed)
+    sae = trained_sae(cache / "saes", fit.x, spec)
+    at_p = (fit.pos >= positions_dropped).nonzero()[:, 0]
+    probe_rows, unused = at_p[: config.grid_fit_tokens], at_p[config.grid_fit_tokens :]
+    probe = fit_linear_map(fit.x[probe_rows], sq_error_norms(sae, fit.x[probe_rows]))
+    per_seq = config.seq_len - config.skip_positions
+    ev = held.pos >= positions_dropped
+    sides = dict(held_out=(held.x[ev], held.seq[ev]), fit_unused=(fit.x[unused], unused // per_seq))
+    sq = {name: sq_error_norms(sae, x) for name, (x, _) in sides.items()}
+    pred = {name: probe.predict(x)[:, 0] for name, (x, _) in sides.items()}
+    out = dict(width=cell.width, k=cell.k, training=cell.training, positions_dropped=positions_dropped)
+    for name in sides:
+        value, low, high = r2_with_ci(sq[name], pred[name], sides[name][1], n_boot=config.bootstrap, seed=config.seed)
+        out |= {name: value, f"{name}_ci": [low, high], f"{name}_tokens": len(sq[name])}
+    clusters = torch.cat([sides["held_out"][1], sides["fit_unused"][1] + int(held.seq.max()) + 1])  # distinct ids: held-out and fit sequences
+    value, low, high = r2_with_ci(torch.cat(list(sq.values())), torch.cat(list(pred.values())), clusters, n_boot=config.bootstrap, seed=config.seed)
+    return out | dict(pooled=value, pooled_ci=[low, high], pooled_tokens=out["held_out_tokens"] + out["fit_unused_tokens"])

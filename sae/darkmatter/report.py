@@ -13,7 +13,7 @@ from sae.darkmatter.claims import claims_table
 from sae.darkmatter.decomposition import cross_width_norms, fit_power_law, norm_baselines
 from sae.darkmatter.family import Context, _split_ci, ce_at, ce_stage, ce_widths, earlier_layer_at, width_analyses
 from sae.darkmatter.figures import decomposition_figure, norm_r2_grid_figure, norm_scatter_figure, scaling_figure
-from sae.darkmatter.grid import grid_cells, grid_effects, grid_metrics, norm_r2_grid
+from sae.darkmatter.grid import GridCell, grid_cells, grid_effects, grid_metrics, norm_r2_grid, norm_r2_on_more_tokens
 from sae.darkmatter.saes import OutOfBudget, reconstruct, training_record
 from sae.darkmatter.synthetic import synthetic_check
 
@@ -113,6 +113,9 @@ def dark_matter_report(ctx: Context) -> Report:
     except OutOfBudget as stop:
         return partial_report(ctx, grid, ce, str(stop), seconds)
     seconds["saes"] = time.perf_counter() - start - sum(seconds.values())
+    wide = grid[(grid.status == "done") & ((grid.ci_high - grid.ci_low) / 2 > config.grid_ci_target)] if config.grid_ci_target else grid.iloc[:0]
+    more_tokens = pd.DataFrame([norm_r2_on_more_tokens(config, ctx.cache, data, GridCell(r.training, r.width, r.k), r.positions_dropped) for r in wide.itertuples()])
+    seconds["grid_more_tokens"] = time.perf_counter() - start - sum(seconds.values())
     width = config.focus_width or min(config.widths)
     largest_eval = reconstruct(saes[max(saes)], data.held.x).out
     rows, norms, probes, focus, missing = [], {}, [], None, []
@@ -162,6 +165,7 @@ def dark_matter_report(ctx: Context) -> Report:
         norm_baseline_r2={k: None if pd.isna(v) else float(v) for k, v in baselines.set_index("predictor").r2.items()},
         norm_baseline_l0="not applicable (TopK: L0 = k on every token)" if topk else "measured",
         **grid_metrics(grid), **_by_width_lists(by_width, list(CE_CI_KEYS)),
+        norm_r2_grid_more_tokens=more_tokens.to_dict("records"),
         **{f"{k}_includes_zero": [None if pd.isna(v) else bool(v) for v in by_width[f"{k}_includes_zero"]]
            for k in ("ce_share_nonlinear_ci", "ce_share_linear_ci") if f"{k}_includes_zero" in by_width},
         downstream_seqs=int(measured_ce.downstream_seqs.iloc[0]) if len(measured_ce) else 0,
@@ -185,6 +189,8 @@ def dark_matter_report(ctx: Context) -> Report:
                                  error_sq_norm=per_token[f"error_norm_W{width}"] ** 2, predicted_error_sq_norm=focus.norm_map.predict(x_eval)[:, 0].numpy())
     tables = dict(norm_r2_grid=grid, norm_r2_grid_effects=grid_effects(grid), by_width=by_width, power_law=laws, cross_width=cross, norm_baselines=baselines,
                   norm_probes=norm_probes, synthetic_corr=synthetic.reset_index(names="estimate"), claims=claims, per_token=per_token)
+    if len(more_tokens):
+        tables["norm_r2_grid_more_tokens"] = more_tokens.assign(**{c: more_tokens[c].map(str) for c in more_tokens if c.endswith("_ci")})
     if focus.losses is not None:
         tables["downstream"] = focus.losses
     sample = per_token.sample(min(len(per_token), 3000), random_state=config.seed)

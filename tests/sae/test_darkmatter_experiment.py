@@ -87,6 +87,8 @@ def _check_grid(metrics, out, config, cache):
     claims = pd.read_parquet(out / "claims.parquet")
     assert claims.claim.str.contains("CHOSEN AFTER LOOKING").any() and claims.claim.str.contains("closest to the paper").any()
     assert "Norm R^2 grid" in (out / "dashboard.html").read_text()
+    wide = [r for r in grid if (r["ci_high"] - r["ci_low"]) / 2 > config.grid_ci_target]
+    assert len(metrics["norm_r2_grid_more_tokens"]) == len(wide) > 0 and "on more tokens" in (out / "dashboard.html").read_text()
 
     # W64 k8 short, first 4 positions dropped: numpy lstsq on the first grid_fit_tokens fit rows at positions >= 4, judged on held-out rows there
     fit_seqs, held_seqs = split_sequences(96, config.fit_fraction, config.seed)
@@ -104,6 +106,21 @@ def _check_grid(metrics, out, config, cache):
     expected = 1 - (residual**2).sum() / ((sq["held"] - sq["held"].mean()) ** 2).sum()
     row = next(r for r in grid if (r["width"], r["positions_dropped"], r["training"], r["k"]) == (64, 4, "short", 8))
     assert row["norm_r2"] == pytest.approx(expected, abs=1e-4)
+
+    # the same cell judged also on the fit rows its probe did not see (rows 512.. at positions >= 4), alone and pooled with the held-out rows
+    from sae.darkmatter.data import cache_folder, load_split
+    from sae.darkmatter.grid import GridCell, norm_r2_on_more_tokens
+
+    more = norm_r2_on_more_tokens(config, cache_folder(config), load_split(model, config, cache_folder(config)), GridCell("short", 64, 8), 4)
+
+    def r2_of(y, x):
+        return 1 - ((y - x @ solution) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+
+    y_unused, x_unused = sq["fit"][512:], acts["fit"].numpy()[512:]
+    assert more["held_out"] == pytest.approx(expected, abs=1e-4) and more["fit_unused_tokens"] == len(y_unused)
+    assert more["fit_unused"] == pytest.approx(r2_of(y_unused, x_unused), abs=1e-4)
+    assert more["pooled"] == pytest.approx(r2_of(np.concatenate([sq["held"], y_unused]), np.concatenate([acts["held"].numpy(), x_unused])), abs=1e-4)
+    assert all(more[f"{k}_ci"][0] <= more[k] <= more[f"{k}_ci"][1] for k in ("held_out", "fit_unused", "pooled"))
 
 
 def test_a_run_out_of_budget_writes_the_grid_so_far_and_resumes(tmp_path, tiny_model):
