@@ -40,7 +40,6 @@ from sae.darkmatter.saes import Budget
 from sae.train import TrainConfig
 
 
-
 @dataclass(frozen=True)
 class DarkMatterConfig:
     analysis: str = "dark_matter"

@@ -1,9 +1,11 @@
 """The family headline at the converged widths (sae.darkmatter library calls on the cached store and SAEs only: nothing is trained) and the
 grid cells whose held-out CI half-width exceeds 0.01 judged on more tokens. Writes the JSON behind findings/dark-matter-issue15-family-metrics.json
 (a cheap subset of `python -m experiments.dark_matter --widths 576,1152,2304,4608`, whose full invocation did not fit the shared CPU this session)."""
-import json, sys, time
+import json
+import sys
+import time
 from pathlib import Path
-import torch
+
 from experiments.dark_matter import DarkMatterConfig
 from interp.models import load_model
 from interp.threads import torch_threads

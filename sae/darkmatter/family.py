@@ -13,13 +13,27 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sae.darkmatter.data import DarkMatterSettings, Rows, Split
-from sae.darkmatter.decomposition import Decomposition, decompose_error, nonlinear_fvu_with_inputs, norm_probe_variants
+from sae.darkmatter.data import DarkMatterSettings, Split
+from sae.darkmatter.decomposition import (
+    Decomposition,
+    decompose_error,
+    nonlinear_fvu_with_inputs,
+    norm_probe_variants,
+)
 from sae.darkmatter.downstream import ce_shares, spliced_losses
 from sae.darkmatter.features import improvement_shares, learned_feature_fraction
 from sae.darkmatter.pursuit import pursuit_reconstruction
 from sae.darkmatter.regression import LinearMap, fvu, regression_r2
-from sae.darkmatter.saes import ROWS_PER_CHUNK, UNLIMITED, Budget, OutOfBudget, SaeSpec, is_trained, reconstruct, trained_sae
+from sae.darkmatter.saes import (
+    ROWS_PER_CHUNK,
+    UNLIMITED,
+    Budget,
+    OutOfBudget,
+    SaeSpec,
+    is_trained,
+    reconstruct,
+    trained_sae,
+)
 from sae.darkmatter.uncertainty import ce_shares_with_ci, r2_with_ci
 from sae.models import Sae
 

@@ -11,7 +11,15 @@ import torch
 
 from sae.darkmatter.data import DarkMatterSettings, Split
 from sae.darkmatter.regression import fit_linear_map, total_variance
-from sae.darkmatter.saes import UNLIMITED, Budget, OutOfBudget, SaeSpec, sq_error_norms, trained_sae, training_record
+from sae.darkmatter.saes import (
+    UNLIMITED,
+    Budget,
+    OutOfBudget,
+    SaeSpec,
+    sq_error_norms,
+    trained_sae,
+    training_record,
+)
 from sae.darkmatter.uncertainty import r2_with_ci
 from sae.train import TrainConfig
 

@@ -10,10 +10,34 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sae.darkmatter.claims import claims_table
-from sae.darkmatter.decomposition import cross_width_norms, fit_power_law, norm_baselines
-from sae.darkmatter.family import Context, _split_ci, ce_at, ce_stage, ce_widths, earlier_layer_at, width_analyses
-from sae.darkmatter.figures import decomposition_figure, norm_r2_grid_figure, norm_scatter_figure, scaling_figure
-from sae.darkmatter.grid import GridCell, grid_cells, grid_effects, grid_metrics, norm_r2_grid, norm_r2_on_more_tokens
+from sae.darkmatter.decomposition import (
+    cross_width_norms,
+    fit_power_law,
+    norm_baselines,
+)
+from sae.darkmatter.family import (
+    Context,
+    _split_ci,
+    ce_at,
+    ce_stage,
+    ce_widths,
+    earlier_layer_at,
+    width_analyses,
+)
+from sae.darkmatter.figures import (
+    decomposition_figure,
+    norm_r2_grid_figure,
+    norm_scatter_figure,
+    scaling_figure,
+)
+from sae.darkmatter.grid import (
+    GridCell,
+    grid_cells,
+    grid_effects,
+    grid_metrics,
+    norm_r2_grid,
+    norm_r2_on_more_tokens,
+)
 from sae.darkmatter.saes import OutOfBudget, reconstruct, training_record
 from sae.darkmatter.synthetic import synthetic_check
 

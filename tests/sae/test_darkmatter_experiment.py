@@ -11,9 +11,9 @@ import torch
 from nbclient import NotebookClient
 
 import experiments.dark_matter as dark_matter
-import sae.darkmatter.saes as darkmatter_saes
 from experiments.dark_matter import DarkMatterConfig, run, split_sequences
 from sae.darkmatter import SyntheticSpec
+from sae.darkmatter import saes as darkmatter_saes
 from sae.io import load_sae
 from sae.train import TrainConfig
 from tests.conftest import TINY_GQA
