@@ -82,7 +82,7 @@ def dark_matter_sections(run: ResultsDir) -> list[Section]:
         Section("Scaling with width", text=(
             f"Sae(x): FVU = {laws['fvu_sae']['c']:.3g} + {laws['fvu_sae']['a']:.3g} W^{laws['fvu_sae']['m']:.3g}; "
             f"Sae(x) + LinearError: {laws['fvu_sae_plus_linear']['c']:.3g} + {laws['fvu_sae_plus_linear']['a']:.3g} W^{laws['fvu_sae_plus_linear']['m']:.3g}."),
-            figures=["scaling"], table=by_width[[c for c in by_width.columns if c in ("width", "l0", "vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear",
+            figures=["scaling"], table=by_width[[c for c in by_width.columns if c in ("width", "l0", "vector_r2", "norm_r2", "norm_r2_ci_low", "norm_r2_ci_high", "fvu_sae", "fvu_sae_plus_linear",
                                                                                    "fvu_sae_plus_nonlinear", "linear_error_share")]]),
         Section("Error decomposition", text=(
             f"At width {m['focus_width']}: the nonlinear error is {m['focus_nonlinear_fvu_share']:.2f} of the SAE's FVU and leaves "
