@@ -16,9 +16,11 @@ from sae.darkmatter.saes import is_trained, training_record
 from sae.darkmatter.uncertainty import r2_with_ci
 
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "headline.json")
+WIDTHS = tuple(int(w) for w in sys.argv[2].split(",")) if len(sys.argv) > 2 else (576, 1152, 2304, 4608)
+CELLS = len(sys.argv) <= 3 or sys.argv[3] != "--no-cells"
 config = DarkMatterConfig()
 t0 = time.perf_counter()
-result = dict(command="OMP_NUM_THREADS=1 PYTHONPATH=. python findings/dark-matter-issue15-family-headline.py OUT.json", widths={}, family_training=[], grid_more_tokens=[])
+result = dict(command="OMP_NUM_THREADS=1 PYTHONPATH=. python findings/dark-matter-issue15-family-headline.py OUT.json [WIDTHS [--no-cells]]", widths={}, family_training=[], grid_more_tokens=[])
 with torch_threads(1):
     model = load_model(config.model)
     cache = cache_folder(config)
@@ -28,7 +30,7 @@ with torch_threads(1):
         for w in config.widths:
             result["family_training"].append(dict(layer=layer, width=w, **training_record(cache / "saes", rows, ctx.family_spec(w, layer))._asdict()))
     OUT.write_text(json.dumps(result, indent=1))
-    for w in (576, 1152, 2304, 4608):
+    for w in WIDTHS:
         t = time.perf_counter()
         assert is_trained(cache / "saes", ctx.data.fit.x, ctx.family_spec(w)), w
         sae = ctx.family_sae(w)
@@ -46,7 +48,7 @@ with torch_threads(1):
         OUT.write_text(json.dumps(result, indent=1))
         print("width", w, row["seconds"], flush=True)
     grid = json.loads(Path(__file__).with_name("dark-matter-issue15-grid-metrics.json").read_text())["norm_r2_grid"]
-    wide = [r for r in grid if r["norm_r2"] is not None and (r["ci_high"] - r["ci_low"]) / 2 > 0.01]
+    wide = [r for r in grid if r["norm_r2"] is not None and (r["ci_high"] - r["ci_low"]) / 2 > 0.01] if CELLS else []
     for r in wide:
         t = time.perf_counter()
         found = norm_r2_on_more_tokens(config, cache, ctx.data, GridCell(r["training"], r["width"], r["k"]), r["positions_dropped"])
