@@ -29,6 +29,11 @@ def _grid_sections(run: ResultsDir, m: dict) -> list[Section]:
         sections.append(Section("Norm R^2 grid: effect of each factor", text=(
             "Change in norm R^2 when one factor moves from its first level to another, over the pairs of measured cells that agree on every other factor."),
             table=run.load_table("norm_r2_grid_effects")))
+    if (run.path / "norm_r2_grid_more_tokens.parquet").exists():
+        sections.append(Section("Norm R^2 grid: cells with a CI wider than the target, on more tokens", text=(
+            "Each such cell judged again on the fit rows its probe was not fit on (fit_unused: held out for the probe, but seen by the SAE in training) "
+            "and on those pooled with the held-out rows (pooled), each with a bootstrap 95% CI over sequences; held_out repeats the grid's number."),
+            table=run.load_table("norm_r2_grid_more_tokens")))
     return sections
 
 
@@ -55,10 +60,12 @@ def _focus(m: dict, key: str) -> float:
 def dark_matter_sections(run: ResultsDir) -> list[Section]:
     m = run.metrics()
     head = [*_grid_sections(run, m), *([_ce_section(m)] if _ce_section(m) else [])]
+    note = []
     if m.get("partial"):
-        note = Section("Partial run", text=(f"This invocation stopped at its time budget ({m.get('stopped_at')}). Missing: " + "; ".join(m.get("missing", []))
-                                            + ". Rerun the same command to resume from the cached store and SAEs."))
-        return [note, *head, *default_sections(run)]
+        note = [Section("Partial run", text=(f"This invocation stopped at its time budget ({m.get('stopped_at')}). Missing: " + "; ".join(m.get("missing", []))
+                                             + ". Rerun the same command to resume from the cached store and SAEs."))]
+        if not (run.path / "claims.parquet").exists():  # stopped before the family analyses
+            return [*note, *head, *default_sections(run)]
     claims = run.load_table("claims")
     if "verdict" not in claims:  # runs from before CI-judged claims
         claims = claims.assign(verdict=claims["holds"].map({True: "holds", False: "does not hold"}))
@@ -66,6 +73,7 @@ def dark_matter_sections(run: ResultsDir) -> list[Section]:
     laws = m["power_law"]
     by_width = run.load_table("by_width")
     sections = [
+        *note,
         Section("Claims of the paper", text=(
             f"{int((claims.verdict == 'holds').sum())} of {len(claims)} claims hold on widths {m['widths']} (TopK, matched L0), "
             f"{m['fit_tokens']} fit and {m['eval_tokens']} held-out tokens. Each row: our number, the criterion, the verdict (claims with CIs: "
@@ -74,11 +82,12 @@ def dark_matter_sections(run: ResultsDir) -> list[Section]:
         Section("Scaling with width", text=(
             f"Sae(x): FVU = {laws['fvu_sae']['c']:.3g} + {laws['fvu_sae']['a']:.3g} W^{laws['fvu_sae']['m']:.3g}; "
             f"Sae(x) + LinearError: {laws['fvu_sae_plus_linear']['c']:.3g} + {laws['fvu_sae_plus_linear']['a']:.3g} W^{laws['fvu_sae_plus_linear']['m']:.3g}."),
-            figures=["scaling"], table=by_width[[c for c in by_width.columns if c in ("width", "l0", "vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear",
+            figures=["scaling"], table=by_width[[c for c in by_width.columns if c in ("width", "l0", "vector_r2", "norm_r2", "norm_r2_ci_low", "norm_r2_ci_high", "fvu_sae", "fvu_sae_plus_linear",
                                                                                    "fvu_sae_plus_nonlinear", "linear_error_share")]]),
         Section("Error decomposition", text=(
             f"At width {m['focus_width']}: the nonlinear error is {m['focus_nonlinear_fvu_share']:.2f} of the SAE's FVU and leaves "
-            f"{_focus(m, 'ce_share_nonlinear'):.2f} of its CE increase (the linear error leaves {_focus(m, 'ce_share_linear'):.2f}). The table gives each width."),
+            f"{_focus(m, 'ce_share_nonlinear') or float('nan'):.2f} of its CE increase (the linear error leaves {_focus(m, 'ce_share_linear') or float('nan'):.2f}). "
+            "The table gives each width."),
             figures=["decomposition"], table=by_width[[c for c in PER_WIDTH_COLUMNS if c in by_width.columns]]),
     ]
     if "linear_error_sae_not_yet_learned_fraction" in m:

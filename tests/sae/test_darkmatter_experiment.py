@@ -5,6 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 import torch
 from nbclient import NotebookClient
@@ -12,6 +13,7 @@ from nbclient import NotebookClient
 import experiments.dark_matter as dark_matter
 from experiments.dark_matter import DarkMatterConfig, run, split_sequences
 from sae.darkmatter import SyntheticSpec
+from sae.darkmatter import saes as darkmatter_saes
 from sae.io import load_sae
 from sae.train import TrainConfig
 from tests.conftest import TINY_GQA
@@ -46,6 +48,7 @@ def test_tiny_run_writes_the_metrics_and_reuses_store_and_saes(tmp_path, tiny_mo
     assert metrics["widths"] == [64, 128, 256] and all(len(metrics[k]) == 3 for k in ("vector_r2", "norm_r2", "fvu_sae", "fvu_sae_plus_linear"))
     assert set(metrics["synthetic_corr"]) == {"activation_noise", "reconstruction_noise"}
     assert all(l0 <= 8 for l0 in metrics["l0"]) and "Claims of the paper" in (out / "dashboard.html").read_text()
+    assert all(low <= value <= high for value, (low, high) in zip(metrics["norm_r2"], metrics["norm_r2_ci"]))
     assert metrics["fit_tokens"] == 64 * 31 and metrics["eval_tokens"] == 32 * 31  # position 0 of each sequence left out
 
     # fvu_sae on held-out tokens, recomputed from a fresh TransformerLens forward of the same sequences.
@@ -62,7 +65,7 @@ def test_tiny_run_writes_the_metrics_and_reuses_store_and_saes(tmp_path, tiny_mo
         raise AssertionError("a second run with the same settings must reuse the cached SAEs")
 
     _check_grid(metrics, out, config, tmp_path / "cache")
-    monkeypatch.setattr(dark_matter, "train_sae", no_training)
+    monkeypatch.setattr(darkmatter_saes, "train_sae", no_training)
     again = json.loads((run(config, tmp_path / "run2") / "metrics.json").read_text())
     assert again["fvu_sae"] == metrics["fvu_sae"] and again["synthetic_corr"] == metrics["synthetic_corr"]
 
@@ -85,6 +88,8 @@ def _check_grid(metrics, out, config, cache):
     claims = pd.read_parquet(out / "claims.parquet")
     assert claims.claim.str.contains("CHOSEN AFTER LOOKING").any() and claims.claim.str.contains("closest to the paper").any()
     assert "Norm R^2 grid" in (out / "dashboard.html").read_text()
+    wide = [r for r in grid if (r["ci_high"] - r["ci_low"]) / 2 > config.grid_ci_target]
+    assert len(metrics["norm_r2_grid_more_tokens"]) == len(wide) > 0 and "on more tokens" in (out / "dashboard.html").read_text()
 
     # W64 k8 short, first 4 positions dropped: numpy lstsq on the first grid_fit_tokens fit rows at positions >= 4, judged on held-out rows there
     fit_seqs, held_seqs = split_sequences(96, config.fit_fraction, config.seed)
@@ -102,6 +107,21 @@ def _check_grid(metrics, out, config, cache):
     expected = 1 - (residual**2).sum() / ((sq["held"] - sq["held"].mean()) ** 2).sum()
     row = next(r for r in grid if (r["width"], r["positions_dropped"], r["training"], r["k"]) == (64, 4, "short", 8))
     assert row["norm_r2"] == pytest.approx(expected, abs=1e-4)
+
+    # the same cell judged also on the fit rows its probe did not see (rows 512.. at positions >= 4), alone and pooled with the held-out rows
+    from sae.darkmatter.data import cache_folder, load_split
+    from sae.darkmatter.grid import GridCell, norm_r2_on_more_tokens
+
+    more = norm_r2_on_more_tokens(config, cache_folder(config), load_split(model, config, cache_folder(config)), GridCell("short", 64, 8), 4)
+
+    def r2_of(y, x):
+        return 1 - ((y - x @ solution) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+
+    y_unused, x_unused = sq["fit"][512:], acts["fit"].numpy()[512:]
+    assert more["held_out"] == pytest.approx(expected, abs=1e-4) and more["fit_unused_tokens"] == len(y_unused)
+    assert more["fit_unused"] == pytest.approx(r2_of(y_unused, x_unused), abs=1e-4)
+    assert more["pooled"] == pytest.approx(r2_of(np.concatenate([sq["held"], y_unused]), np.concatenate([acts["held"].numpy(), x_unused])), abs=1e-4)
+    assert all(more[f"{k}_ci"][0] <= more[k] <= more[f"{k}_ci"][1] for k in ("held_out", "fit_unused", "pooled"))
 
 
 def test_a_run_out_of_budget_writes_the_grid_so_far_and_resumes(tmp_path, tiny_model):
@@ -152,3 +172,20 @@ def test_a_different_split_retrains_the_saes(tmp_path, tiny_model):
     saes = sorted(p.name for p in (tmp_path / "cache").glob("*/saes/resid_L1-W64-k8-*")
                   if json.loads((p / "sae" / "cfg.json").read_text())["interp_toolkit"]["train_config"]["until_converged"])  # the family's, not the grid's
     assert len(saes) == 3, saes
+
+
+def test_a_family_stage_out_of_budget_leaves_the_ce_width_missing_and_says_so(tmp_path, tiny_model):
+    """Spliced losses not cached start only with ce_minutes_per_width left: that width's CE shares are None and listed, the rest is complete."""
+    config = _tiny_config(tmp_path / "cache")
+    whole = json.loads((run(config, tmp_path / "whole") / "metrics.json").read_text())
+    [cached] = (tmp_path / "cache").glob("*/downstream/W256-*.parquet")  # the widest width: not a grid width, so measured in the family stage
+    cached.unlink()
+    out = run(replace(config, budget_minutes=60.0, ce_minutes_per_width=61.0), tmp_path / "partial")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["partial"] and metrics["missing"] == [m for m in metrics["missing"] if m.startswith("CE shares at width 256")] and len(metrics["missing"]) == 1
+    assert metrics["ce_share_nonlinear"][2] is None and metrics["ce_share_nonlinear_ci"][2] is None
+    assert metrics["ce_share_nonlinear"][:2] == whole["ce_share_nonlinear"][:2] and metrics["fvu_sae"] == whole["fvu_sae"]
+    claims = pd.read_parquet(out / "claims.parquet").set_index("claim")
+    assert claims.filter(like="proportional share", axis=0).criterion.str.contains("not measured at widths \\[256\\]").all()
+    page = (out / "dashboard.html").read_text()
+    assert "Partial run" in page and "Claims of the paper" in page

@@ -1,0 +1,120 @@
+"""The dark-matter pipeline's settings (what it reads of a config) and its data: the activation store split into fit and held-out rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.models import cache_root
+from interp.store import build_store
+from sae.darkmatter.synthetic import SyntheticSpec
+from sae.train import TrainConfig
+
+
+class DarkMatterSettings(Protocol):
+    """The fields of experiments.dark_matter.DarkMatterConfig the pipeline reads (documented there)."""
+
+    model: str | dict | None
+    layer: int
+    n_tokens: int
+    seq_len: int
+    store_dtype: str
+    fit_fraction: float
+    widths: tuple[int, ...]
+    k: int
+    skip_positions: int
+    training: TrainConfig
+    short_training: TrainConfig
+    grid_training: TrainConfig | None
+    grid_widths: tuple[int, ...]
+    grid_positions_dropped: tuple[int, ...]
+    grid_ks: tuple[int, ...]
+    grid_fit_tokens: int
+    grid_ci_target: float | None
+    bootstrap: int
+    ce_minutes_per_width: float
+    linear_fit_tokens: int
+    focus_width: int | None
+    pursuit_tokens: int
+    downstream_seqs: int
+    feature_threshold: float
+    synthetic: SyntheticSpec
+    cache_dir: str | None
+    seed: int
+
+
+class Rows(NamedTuple):
+    """One side of the split, rows in sequence order (positions skip_positions.. of each sequence)."""
+
+    tokens: Int[Tensor, " n"]
+    pos: Int[Tensor, " n"]  # each row's position in its sequence
+    x: Float[Tensor, "n d"]  # the SAE's site, blocks.{layer}.hook_resid_post
+    x_prev: Float[Tensor, "n d"]  # blocks.{layer - 1}.hook_resid_post
+    attn: Float[Tensor, "m d"]  # blocks.{layer}.hook_attn_out: fit side only on the linear-fit rows (m = linear_fit_tokens)
+    mlp: Float[Tensor, "m d"]
+    seq: Int[Tensor, " n"] | None  # held-out side: which held-out sequence (0..) a row is in, the bootstrap's clusters
+
+
+class Split(NamedTuple):
+    fit: Rows
+    held: Rows
+    tokens: Int[Tensor, " n_tokens"]  # the whole store's tokens in stream order
+    held_seqs: Int[Tensor, " n_held_seqs"]  # ids of the held-out sequences
+
+
+def model_tag(spec: str | dict | None) -> str:
+    if spec is None:
+        return "smollm2-135m-instruct"
+    text = json.dumps(spec, sort_keys=True, default=str) if isinstance(spec, dict) else str(spec)
+    return f"{Path(text).name[:40] if not isinstance(spec, dict) else 'config'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def cache_folder(config: DarkMatterSettings) -> Path:
+    """Where the store, SAEs and spliced losses of this model, layer and store size live."""
+    root = Path(config.cache_dir).expanduser() if config.cache_dir else cache_root() / "dark_matter"
+    return root / f"{model_tag(config.model)}-L{config.layer}-{config.n_tokens}tok-seq{config.seq_len}-{config.store_dtype}"
+
+
+def split_sequences(n_seqs: int, fit_fraction: float, seed: int) -> tuple[Int[Tensor, " fit"], Int[Tensor, " held"]]:
+    """Disjoint fit and held-out sequence ids, a seeded random split: in stream order the held-out part would be other documents."""
+    order = torch.randperm(n_seqs, generator=torch.Generator().manual_seed(seed))
+    cut = int(n_seqs * fit_fraction)
+    return order[:cut].sort().values, order[cut:].sort().values
+
+
+def _corpus_tokens(model, config: DarkMatterSettings) -> Int[Tensor, "seqs pos"] | None:
+    """The corpus for the store: the default text (None), or seeded random ids for a config model without a tokenizer."""
+    if model.tokenizer is not None:
+        return None
+    n_seqs = -(-config.n_tokens // config.seq_len)
+    return torch.randint(0, model.cfg.d_vocab, (n_seqs, config.seq_len), generator=torch.Generator().manual_seed(0))  # fixed: the corpus, not the run's seed
+
+
+def load_split(model, config: DarkMatterSettings, cache: Path) -> Split:
+    """Fit and held-out rows of each stored site (the store built on first use), one site in memory at a time; attn/mlp only on the linear-fit rows."""
+    names = dict(x=f"blocks.{config.layer}.hook_resid_post", x_prev=f"blocks.{config.layer - 1}.hook_resid_post",
+                 attn=f"blocks.{config.layer}.hook_attn_out", mlp=f"blocks.{config.layer}.hook_mlp_out")
+    store = build_store(model, list(names.values()), _corpus_tokens(model, config), cache / "store", config.n_tokens, seq_len=config.seq_len,
+                        dtype=getattr(torch, config.store_dtype))
+    tokens = store.tokens().long()
+    fit_seqs, held_seqs = split_sequences(len(tokens) // config.seq_len, config.fit_fraction, config.seed)
+    positions = torch.arange(config.skip_positions, config.seq_len)
+    fit_rows, held_rows = ((seqs[:, None] * config.seq_len + positions).reshape(-1) for seqs in (fit_seqs, held_seqs))
+    linear_rows = fit_rows[: config.linear_fit_tokens]
+    fit, held = {}, {}
+    for key, name in names.items():
+        acts = store.activations(name)
+        fit[key] = acts[linear_rows if key in ("attn", "mlp") else fit_rows]
+        held[key] = acts[held_rows]
+        del acts
+    return Split(
+        Rows(tokens[fit_rows], positions.repeat(len(fit_seqs)), seq=None, **fit),
+        Rows(tokens[held_rows], positions.repeat(len(held_seqs)), seq=torch.arange(len(held_seqs)).repeat_interleave(len(positions)), **held),
+        tokens, held_seqs,
+    )
