@@ -25,6 +25,8 @@ from typing import Any, NamedTuple, Optional
 
 import typer
 
+from interp.errors import InterpError
+
 SIMPLE = (int, float, str, bool)
 SKIPPED_FIELDS = ("analysis",)  # names the kind of run (the dashboard it gets): not a setting
 
@@ -209,7 +211,11 @@ def add_run_command(run_app: typer.Typer, name: str, spec: RunSpec, runner: Call
     def command(**values: Any) -> None:
         out, overwrite, print_config = values.pop("out"), values.pop("overwrite"), values.pop("print_config")
         config = quick if values.pop("quick", False) else default
-        config = with_overrides(config, options, values)
+        try:
+            config = with_overrides(config, options, values)
+        except InterpError as exc:  # the config's own checks (__post_init__): one line, exit 2, before any work
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
         if print_config:
             from interp.results import to_jsonable
 

@@ -19,9 +19,8 @@ the config and wires it to a results dir.
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -145,24 +144,7 @@ def run(config: DarkMatterConfig, out: Path) -> Path:
         return results.path
 
 
-def main() -> None:  # pragma: no cover
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/dark-matter"))
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--layer", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--budget-minutes", dest="budget_minutes", type=float, default=None,
-                        help="stop after this long, writing what is done (rerun to resume); default: the config's (full run: 110)")
-    parser.add_argument("--widths", type=lambda text: tuple(int(w) for w in text.split(",")), default=None,
-                        help="comma-separated family widths, e.g. 576,1152,2304,4608 (default: the config's)")
-    args = parser.parse_args()
-    config = DarkMatterConfig.quick() if args.quick else DarkMatterConfig()
-    for name in ("model", "layer", "threads", "budget_minutes", "widths"):
-        if getattr(args, name) is not None:
-            config = replace(config, **{name: getattr(args, name)})
-    print(run(config, args.out))
+if __name__ == "__main__":  # pragma: no cover  (the same command and options as `interp run dark-matter`)
+    from experiments.cli import script_main
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    script_main("dark-matter")
