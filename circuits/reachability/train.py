@@ -22,7 +22,6 @@ of a fixed 14k-graph file, AdamW lr / warmup / cosine decay sized to a CPU budge
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ from circuits.reachability.graphs import Problem
 from circuits.reachability.model import ModelConfig, build_model, continuous_forward, greedy_chain
 from circuits.reachability.tokens import SequenceLayout
 from interp.errors import InterpError
+from interp.fileio import atomic_path
 
 Mode = Literal["continuous", "discrete_cot", "no_cot"]
 MODES: tuple[Mode, ...] = ("continuous", "discrete_cot", "no_cot")
@@ -195,9 +195,8 @@ def train(
         if checkpoint is None:
             return
         state = dict(fingerprint=fingerprint, seconds=seconds + time.perf_counter() - began, step=step, model=model.state_dict(), optimizer=optimizer.state_dict(), schedule=schedule.state_dict(), rng=rng.getstate(), rows=rows, acc_rows=acc_rows)
-        partial = Path(checkpoint).with_suffix(".partial")
-        torch.save(state, partial)
-        os.replace(partial, checkpoint)
+        with atomic_path(checkpoint) as partial:  # a kill mid-write leaves the previous checkpoint whole
+            torch.save(state, partial)
 
     def evaluate(step: int) -> None:
         if eval_problems:

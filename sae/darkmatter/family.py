@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.fileio import atomic_path
 from sae.darkmatter.data import DarkMatterSettings, Split
 from sae.darkmatter.decomposition import (
     Decomposition,
@@ -120,9 +121,8 @@ def _downstream_losses(ctx: Context, sae: Sae, error_map: LinearMap) -> pd.DataF
     seqs = ctx.data.held_seqs[: config.downstream_seqs]
     losses = spliced_losses(ctx.model, ctx.data.tokens.reshape(-1, config.seq_len)[seqs], sae, f"blocks.{config.layer}.hook_resid_post", error_map,
                             from_position=config.skip_positions)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    losses.to_parquet(path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    with atomic_path(path) as tmp:
+        losses.to_parquet(tmp)
     return losses
 
 
