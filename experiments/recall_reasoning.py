@@ -40,7 +40,7 @@ class RecallReasoningConfig:
     model: str | dict | None = None  # anything interp.load_model takes; None: the bundled SmolLM2-135M-Instruct
     families: tuple[str, ...] = tuple(FAMILIES)
     max_entities: int | None = None  # per family; None: all
-    reference_pool: bool = True  # template references also draw on every fill of each template (other bridges) with non-evaluated entities
+    reference_pool: bool = True  # template references also draw on every fill of each template (every entity, every fresh bridge); evaluated entities are kept out
     # Sized for the shared 2-core machine at one thread: every condition is an exact forward of all evaluated items, and there are
     # 3 + 2 x n_random conditions per method. AtP picks 16 candidates per task for exact patching; 12 items per task, half and stratum
     # (reasoning: answer in the prompt or not); mean and resample (zero is in the quick run); neuron sets and layer x position patching
@@ -142,7 +142,7 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
         prompts, unpaired = {}, {}
         for task in TASKS:
             prompts[task], unpaired[task] = build_prompts(model, task, config.families, max_entities=config.max_entities)
-        pool = reference_pool(model, config.families, max_entities=config.max_entities) if config.reference_pool else None
+        pool = reference_pool(model, config.families) if config.reference_pool else None  # all entities: those past max_entities are never evaluated
         tables, metrics = analyse(model, prompts, config.analysis_settings, model_name=name, progress=True, reference_pool=pool)
         metrics.update(n_recall_unpaired=unpaired["recall"], n_reasoning_unpaired=unpaired["reasoning"], seconds_model=time.perf_counter() - start)
         figures = run_figures(tables, "", name)

@@ -1,19 +1,6 @@
 """The analysis every model gets: keep correct items, split them by entity, localise on one half, test on the other.
 
-1. Items the unablated model gets wrong are dropped. The rest are split by entity (the same entity in the
-   same half for both tasks) into a localisation half and an evaluation half (tasks.split_by_entity).
-2. Units are patched on the localisation half only and the sets chosen there (localisation.choose_sets).
-3. Every accuracy, drop and verdict is computed on the evaluation half. Mean / resample ablation take each
-   item's values from prompts of its own template and token length (label-blind, on-distribution) whose
-   entity is not in the evaluation half: the localisation side's items and, where a reference pool is given
-   (tasks.reference_pool), every other fill of the template with those entities (other bridges, items the
-   model gets wrong, items not sampled). Never an evaluated prompt.
-4. Each chosen set gets n_random random sets of the same composition (as many heads, MLP layers and neurons)
-   from the same layer band (dissociation.matched_random_sets); all sets are ablated exactly, in batches.
-5. The verdict per ablation method (dissociation.held_out_verdict): selectivity = own-task drop - cross-task
-   drop; a double dissociation needs, for both sets, empirical p < p_threshold for the own-task drop and for
-   the selectivity, and the item-bootstrap 95% CI of the interaction (the sum of both selectivities) above 0.
-   settings.verdict_method (mean) is the headline.
+The steps are DESIGN below (the dashboard shows the same text).
 """
 
 from __future__ import annotations
@@ -31,6 +18,23 @@ from circuits.recall_reasoning.screen import screen, screen_summary
 from circuits.recall_reasoning.tasks import (NO_COPY_FAMILIES, TASKS, PromptSet, ReferencePool, answer_in_prompt, keep_correct, references, shuffle_labels,
                                              split_by_entity)
 from interp.errors import InterpError
+
+DESIGN = """\
+1. Items the unablated model gets wrong are dropped. The rest are split by entity (the same entity in the
+   same half for both tasks) into a localisation half and an evaluation half (tasks.split_by_entity).
+2. Units are patched on the localisation half only and the sets chosen there (localisation.choose_sets).
+3. Every accuracy, drop and verdict is computed on the evaluation half. Mean / resample ablation take each
+   item's values from prompts of its own template and token length (label-blind, on-distribution) whose
+   entity is not in the evaluation half: the localisation side's items and, where a reference pool is given
+   (tasks.reference_pool), every other fill of the template with those entities (other bridges, items the
+   model gets wrong, items not sampled). Never an evaluated prompt.
+4. Each chosen set gets n_random random sets of the same composition (as many heads, MLP layers and neurons)
+   from the same layer band (dissociation.matched_random_sets); all sets are ablated exactly, in batches.
+5. The verdict per ablation method (dissociation.held_out_verdict): selectivity = own-task drop - cross-task
+   drop; a double dissociation needs, for both sets, empirical p < p_threshold for the own-task drop and for
+   the selectivity, and the item-bootstrap 95% CI of the interaction (the sum of both selectivities) above 0.
+   settings.verdict_method (mean) is the headline.
+"""  # plain text: the module documentation and the dashboard both show it
 
 SUBSETS = ("all", "no_copy", "copy")  # evaluated reasoning items: all; families whose answer is not in the prompt; the others
 
@@ -73,7 +77,7 @@ class AnalysisSettings:
             if self.verdict_method not in methods:
                 raise InterpError(f"AnalysisSettings(verdict_method={self.verdict_method!r}) is not among {name}={methods}; add it there or pick one of them.")
         if self.n_random < 1:
-            raise InterpError(f"AnalysisSettings(n_random={self.n_random}): at least one random set is needed (the issue asks for >= 200).")
+            raise InterpError(f"AnalysisSettings(n_random={self.n_random}): at least one random set is needed (the held-out test uses 200 or more).")
         if not 0 < self.p_threshold < 1:
             raise InterpError(f"AnalysisSettings(p_threshold={self.p_threshold}) must lie in (0, 1).")
         if self.min_reference_prompts < 1 or (self.max_reference_prompts is not None and self.max_reference_prompts < self.min_reference_prompts):

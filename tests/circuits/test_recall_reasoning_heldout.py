@@ -214,9 +214,7 @@ def test_planted_circuit_is_detected_and_shuffled_labels_are_not():
     metrics = control_metrics(planted, shuffled)
     assert metrics["shuffled_detections"] <= 1, shuffled
     assert (planted["recall_set"] == "L2MLP").all()  # the planted MLP is what localisation finds for recall
-    assert metrics["planted_detections"] >= 17, planted
-    if metrics["planted_detections"] < 19:  # the bar; the full run got 18/20 (FINDINGS.md: mean ablation's shared reference injects the fact MLP's mean write into reasoning)
-        pytest.xfail(f"planted control {metrics['planted_detections']}/20 < 19/20: open, see FINDINGS.md")
+    assert metrics["planted_detections"] >= 19, planted  # the bar: >= 19 of 20 seeds (template references; the shared reference gave 18/20)
 
 
 def test_template_reference_cells_respect_the_minimum_and_the_cap(small_prompts):
