@@ -63,8 +63,10 @@ class RecallReasoningConfig:
     def quick(cls) -> RecallReasoningConfig:
         return cls(
             max_entities=10,
+            # reference cells of exactly 8 prompts (the full run: 8-32) and no half-cell check: reference forwards were most of the quick run
             analysis_settings=AnalysisSettings(position_layers=(0, 8, 16, 24, 29), single_length=True, max_items=8, exact_candidates=8, n_random=20,
-                                              methods=("zero", "mean", "resample"), neuron_set_size=10, neuron_candidates=16, neuron_methods=("mean",)),
+                                              methods=("zero", "mean", "resample"), neuron_set_size=10, neuron_candidates=16, neuron_methods=("mean",),
+                                              max_reference_prompts=8, reference_check=False),
             training=SyntheticTraining(steps=1000),
             synthetic_reasoning_items=64, synthetic_max_recall=64,
             synthetic_settings=AnalysisSettings(set_size=2, neuron_set_size=10, control_length=False, position_layers=(), max_items=24, n_random=50),
@@ -125,7 +127,7 @@ def _controls(config: RecallReasoningConfig, results_path: Path) -> tuple[dict[s
         rows = done[(done["shuffled"] == shuffled) & done["seed"].isin(range(config.control_seeds))].sort_values("seed").reset_index(drop=True)
         frames["shuffled" if shuffled else "planted"] = rows
     metrics = control_metrics(frames["planted"], frames["shuffled"])
-    metrics.update(n_seeds=config.control_seeds, reasoner_final_reasoning_acc=float(curve["reasoning_acc"].iloc[-1]),
+    metrics.update(n_seeds=config.control_seeds, n_random=config.planted.analysis.n_random, reasoner_final_reasoning_acc=float(curve["reasoning_acc"].iloc[-1]),
                    reasoner_final_lookup_acc=float(curve["lookup_acc"].iloc[-1]), seconds=time.perf_counter() - start)
     table = pd.concat([frames["planted"], frames["shuffled"]], ignore_index=True)
     table["double_dissociation"] = table["double_dissociation"].astype(bool)
