@@ -5,12 +5,11 @@ interp.interventions, hand loops over items and sets) on small seeded models.
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from circuits.recall_reasoning.controls import PlantedSettings, control_metrics, plant_facts, run_control, train_reasoner
-from circuits.recall_reasoning.dissociation import ablated_scores, composition, empirical_p, evaluate_conditions, held_out_verdict, layer_band, matched_random_sets
+from circuits.recall_reasoning.dissociation import composition, empirical_p, evaluate_conditions, held_out_verdict, layer_band, matched_random_sets
 from circuits.recall_reasoning.localisation import units
 from circuits.recall_reasoning.synthetic import KnowledgeBase, SyntheticTraining, build_model, prompt_sets, reasoning_batch, recall_batch
 from circuits.recall_reasoning.tasks import FAMILIES, NO_COPY_FAMILIES, answer_in_prompt, build_prompts, references, shuffle_labels, split_by_entity
