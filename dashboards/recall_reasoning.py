@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from circuits.recall_reasoning.localisation import __doc__ as SET_RULE
-from circuits.recall_reasoning.pipeline import __doc__ as DESIGN
+from circuits.recall_reasoning.localisation import SET_RULE
+from circuits.recall_reasoning.pipeline import DESIGN
 from dashboards.sections import Section, default_sections, register_sections
 from interp.results import ResultsDir
 
-_RULE = SET_RULE.split("The rule choosing the sets (documented here and in the dashboard):")[1].strip()
-_DESIGN = DESIGN.split("\n", 2)[2].strip()
+_RULE = SET_RULE.strip()
+_DESIGN = DESIGN.strip()
 _LIST_COLUMNS = ["random_recall_drop_ci95", "random_reasoning_drop_ci95"]
 
 
@@ -30,6 +30,19 @@ def _subset_text(m: dict) -> str:
     return " ".join(parts)
 
 
+def _reference_text(m: dict) -> str:
+    """Where mean / resample took their values from, and how much the chosen sets' drops depend on which prompts the reference cells hold."""
+    if m.get("reference") != "template":
+        return f"References: {m['reference'].replace('_', ' ')} (one reference per token length)." if "reference" in m else ""
+    text = (f"References: each evaluated item's own template and token length, prompts about non-evaluated entities only ({m['reference_cells']} cells, "
+            f"{m['reference_cell_min']}-{m['reference_cell_max']} prompts each, median {m['reference_cell_median']:.0f}; cells below "
+            f"{m['min_reference_prompts']} dropped {m.get('n_recall_no_reference', 0)} recall and {m.get('n_reasoning_no_reference', 0)} reasoning items).")
+    if "reference_half_max_abs_drop_change" in m:
+        text += (f" With either random half of every cell instead of the whole cell, the chosen sets' drops move by at most "
+                 f"{m['reference_half_max_abs_drop_change']:.3f} (mean {m['reference_half_mean_abs_drop_change']:.3f}).")
+    return text
+
+
 def _model_sections(run: ResultsDir, m: dict, prefix: str, label: str) -> list[Section]:
     figures = set(run.figure_names())
     named = lambda *names: [f"{prefix}{n}" for n in names if f"{prefix}{n}" in figures]  # noqa: E731
@@ -38,7 +51,7 @@ def _model_sections(run: ResultsDir, m: dict, prefix: str, label: str) -> list[S
               f"({m['n_recall_dropped']} and {m['n_reasoning_dropped']} dropped). Base accuracy against same-type distractors: recall {m['recall_acc_base']:.3f}, "
               f"reasoning {m['reasoning_acc_base']:.3f}; by first token (top-1): {m['recall_acc_first_token_base']:.3f} and {m['reasoning_acc_first_token_base']:.3f}.")
     held_out = (f"Held-out design: {m.get('n_recall_localisation', '?')} recall / {m.get('n_reasoning_localisation', '?')} reasoning items chose the sets, "
-                f"{m.get('n_recall_evaluation', '?')} / {m.get('n_reasoning_evaluation', '?')} other items (other entities) judged them. {_DESIGN}")
+                f"{m.get('n_recall_evaluation', '?')} / {m.get('n_reasoning_evaluation', '?')} other items (other entities) judged them. {_reference_text(m)} {_DESIGN}")
     sections = [
         Section(f"{label}: verdict", text=f"{m['verdict']} {counts}", table=_display(verdicts)),
         Section(f"{label}: dissociation matrix", text="Accuracy drop on the held-out items of each task (columns) after ablating each chosen set (rows), "

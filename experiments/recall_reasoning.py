@@ -26,7 +26,7 @@ from circuits.recall_reasoning.controls import PlantedSettings, control_metrics,
 from circuits.recall_reasoning.figures import control_bars, run_figures, training_curve
 from circuits.recall_reasoning.pipeline import AnalysisSettings, analyse
 from circuits.recall_reasoning.synthetic import KnowledgeBase, SyntheticTraining, evaluate, prompt_sets, train
-from circuits.recall_reasoning.tasks import FAMILIES, TASKS, build_prompts
+from circuits.recall_reasoning.tasks import FAMILIES, TASKS, build_prompts, reference_pool
 from interp.errors import InterpError
 from interp.models import bundled_tokenizer, cache_root, load_model
 from dashboards import build_dashboard
@@ -40,6 +40,7 @@ class RecallReasoningConfig:
     model: str | dict | None = None  # anything interp.load_model takes; None: the bundled SmolLM2-135M-Instruct
     families: tuple[str, ...] = tuple(FAMILIES)
     max_entities: int | None = None  # per family; None: all
+    reference_pool: bool = True  # template references also draw on every fill of each template (every entity, every fresh bridge); evaluated entities are kept out
     # Sized for the shared 2-core machine at one thread: every condition is an exact forward of all evaluated items, and there are
     # 3 + 2 x n_random conditions per method. AtP picks 16 candidates per task for exact patching; 12 items per task, half and stratum
     # (reasoning: answer in the prompt or not); mean and resample (zero is in the quick run); neuron sets and layer x position patching
@@ -62,8 +63,10 @@ class RecallReasoningConfig:
     def quick(cls) -> RecallReasoningConfig:
         return cls(
             max_entities=10,
+            # reference cells of exactly 8 prompts (the full run: 8-32) and no half-cell check: reference forwards were most of the quick run
             analysis_settings=AnalysisSettings(position_layers=(0, 8, 16, 24, 29), single_length=True, max_items=8, exact_candidates=8, n_random=20,
-                                              methods=("zero", "mean", "resample"), neuron_set_size=10, neuron_candidates=16, neuron_methods=("mean",)),
+                                              methods=("zero", "mean", "resample"), neuron_set_size=10, neuron_candidates=16, neuron_methods=("mean",),
+                                              max_reference_prompts=8, reference_check=False),
             training=SyntheticTraining(steps=1000),
             synthetic_reasoning_items=64, synthetic_max_recall=64,
             synthetic_settings=AnalysisSettings(set_size=2, neuron_set_size=10, control_length=False, position_layers=(), max_items=24, n_random=50),
@@ -124,7 +127,7 @@ def _controls(config: RecallReasoningConfig, results_path: Path) -> tuple[dict[s
         rows = done[(done["shuffled"] == shuffled) & done["seed"].isin(range(config.control_seeds))].sort_values("seed").reset_index(drop=True)
         frames["shuffled" if shuffled else "planted"] = rows
     metrics = control_metrics(frames["planted"], frames["shuffled"])
-    metrics.update(n_seeds=config.control_seeds, reasoner_final_reasoning_acc=float(curve["reasoning_acc"].iloc[-1]),
+    metrics.update(n_seeds=config.control_seeds, n_random=config.planted.analysis.n_random, reasoner_final_reasoning_acc=float(curve["reasoning_acc"].iloc[-1]),
                    reasoner_final_lookup_acc=float(curve["lookup_acc"].iloc[-1]), seconds=time.perf_counter() - start)
     table = pd.concat([frames["planted"], frames["shuffled"]], ignore_index=True)
     table["double_dissociation"] = table["double_dissociation"].astype(bool)
@@ -141,7 +144,8 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
         prompts, unpaired = {}, {}
         for task in TASKS:
             prompts[task], unpaired[task] = build_prompts(model, task, config.families, max_entities=config.max_entities)
-        tables, metrics = analyse(model, prompts, config.analysis_settings, model_name=name, progress=True)
+        pool = reference_pool(model, config.families) if config.reference_pool else None  # all entities: those past max_entities are never evaluated
+        tables, metrics = analyse(model, prompts, config.analysis_settings, model_name=name, progress=True, reference_pool=pool)
         metrics.update(n_recall_unpaired=unpaired["recall"], n_reasoning_unpaired=unpaired["reasoning"], seconds_model=time.perf_counter() - start)
         figures = run_figures(tables, "", name)
         del model

@@ -92,7 +92,7 @@ def dissociation(
         if method not in METHODS:
             raise InterpError(f"dissociation(methods=...): {method!r} is not an ablation method; choose from {', '.join(METHODS)}.")
     if n_random < 1:
-        raise InterpError(f"dissociation(n_random={n_random}): at least one random set is needed for the baseline (the issue asks for >= 20).")
+        raise InterpError(f"dissociation(n_random={n_random}): at least one random set is needed for the baseline (20 or more make it usable).")
     sizes = sorted({len(recall_set), len(reasoning_set)} - {0})
     randoms = {size: random_sets(pool, size, n_random, seed + size) for size in sizes}
     conditions = [("recall_set", -1, list(recall_set)), ("reasoning_set", -1, list(reasoning_set))]
@@ -229,7 +229,7 @@ def matched_random_sets(pool: Sequence[Site], chosen: Sequence[Site], n_sets: in
     Returns the sets and the band. Sets may repeat when the band holds few combinations.
     """
     if n_sets < 1:
-        raise InterpError(f"matched_random_sets(n_sets={n_sets}): at least one random set is needed (the issue asks for >= 200).")
+        raise InterpError(f"matched_random_sets(n_sets={n_sets}): at least one random set is needed (the held-out test uses 200 or more).")
     lo, hi = layer_band(chosen, pool, n_layers, min_factor)
     counts, excluded = composition(chosen), set(chosen)
     candidates = {kind: [u for u in pool if KINDS[u.component] == kind and lo <= u.layer <= hi and u not in excluded] for kind in counts}
@@ -336,7 +336,7 @@ def bootstrap_interaction(correct: dict[str, np.ndarray], n_boot: int, seed: int
 
 def held_out_verdict(correct: dict[str, np.ndarray], n_random: dict[str, int], *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
                      masks: dict[str, np.ndarray] | None = None) -> dict:
-    """The issue's statistic on one method's evaluation: correct[task] is [n_conditions, n_items] correctness with conditions
+    """The held-out statistic on one method's evaluation: correct[task] is [n_conditions, n_items] correctness with conditions
     ordered none, recall set, reasoning set, n_random["recall_set"] random sets matched to the recall set, then
     n_random["reasoning_set"] matched to the reasoning set. masks[task] restricts the items (e.g. one family).
 

@@ -6,18 +6,7 @@ Its effect on a task is the restoration of the logit difference (answer minus th
 partner's answer) when only that unit is patched. Heads and MLP layers form one pool; neurons form
 their own pool with their own sets (too many to patch each exactly: always AtP first, see below).
 
-The rule choosing the sets (documented here and in the dashboard):
-    specificity_recall(u)    = restoration_recall(u) - restoration_reasoning(u)
-    recall set    = the `set_size` units with the largest specificity_recall among units with
-                    restoration_recall(u) >= min_restoration and specificity_recall(u) > 0
-    reasoning set = the same with the tasks swapped.
-The sets are disjoint (a unit cannot be more specific to both) and may be smaller than set_size
-when too few units pass; the random baseline sets then take the chosen set's size.
-With `exact_candidates` (quick runs, and always for neurons), every unit is first estimated by
-attribution patching (AtP), the top candidates of each task by |AtP restoration| are patched exactly
-on both tasks, and the rule runs on the exact effects of those candidates only.
-Neuron sets follow the same rule over the neuron pool, with their own size and threshold
-(AnalysisSettings.neuron_set_size, neuron_min_restoration: one neuron restores far less than a head).
+The rule choosing the sets is SET_RULE below (the dashboard shows the same text).
 """
 
 from __future__ import annotations
@@ -33,6 +22,20 @@ from interp.attribution import attribute_sites
 from interp.errors import InterpError
 from interp.patching import PatchingTask, patch_layer_positions, patch_sites
 from interp.sites import Site
+
+SET_RULE = """\
+specificity_recall(u)    = restoration_recall(u) - restoration_reasoning(u)
+recall set    = the `set_size` units with the largest specificity_recall among units with
+                restoration_recall(u) >= min_restoration and specificity_recall(u) > 0
+reasoning set = the same with the tasks swapped.
+The sets are disjoint (a unit cannot be more specific to both) and may be smaller than set_size
+when too few units pass; the random baseline sets then take the chosen set's size.
+With `exact_candidates` (quick runs, and always for neurons), every unit is first estimated by
+attribution patching (AtP), the top candidates of each task by |AtP restoration| are patched exactly
+on both tasks, and the rule runs on the exact effects of those candidates only.
+Neuron sets follow the same rule over the neuron pool, with their own size and threshold
+(AnalysisSettings.neuron_set_size, neuron_min_restoration: one neuron restores far less than a head).
+"""  # plain text: the module documentation and the dashboard both show it
 
 UNIT_KINDS = ("head", "mlp", "neuron")
 _KIND_OF_COMPONENT = {"z": "head", "mlp_out": "mlp", "mlp_post": "neuron"}

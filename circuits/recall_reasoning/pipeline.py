@@ -1,16 +1,6 @@
 """The analysis every model gets: keep correct items, split them by entity, localise on one half, test on the other.
 
-1. Items the unablated model gets wrong are dropped. The rest are split by entity (the same entity in the
-   same half for both tasks) into a localisation half and an evaluation half (tasks.split_by_entity).
-2. Units are patched on the localisation half only and the sets chosen there (localisation.choose_sets).
-3. Every accuracy, drop and verdict is computed on the evaluation half; mean / resample ablation take their
-   values from the localisation half's prompts (never an evaluated prompt).
-4. Each chosen set gets n_random random sets of the same composition (as many heads, MLP layers and neurons)
-   from the same layer band (dissociation.matched_random_sets); all sets are ablated exactly, in batches.
-5. The verdict per ablation method (dissociation.held_out_verdict): selectivity = own-task drop - cross-task
-   drop; a double dissociation needs, for both sets, empirical p < p_threshold for the own-task drop and for
-   the selectivity, and the item-bootstrap 95% CI of the interaction (the sum of both selectivities) above 0.
-   settings.verdict_method (mean) is the headline.
+The steps are DESIGN below (the dashboard shows the same text).
 """
 
 from __future__ import annotations
@@ -25,8 +15,26 @@ from transformer_lens import HookedTransformer
 from circuits.recall_reasoning.dissociation import composition, evaluate_conditions, held_out_verdict, matched_random_sets, mean_ci95
 from circuits.recall_reasoning.localisation import chosen_sites, choose_sets, localise, patch_positions, unit_name, units
 from circuits.recall_reasoning.screen import screen, screen_summary
-from circuits.recall_reasoning.tasks import NO_COPY_FAMILIES, TASKS, PromptSet, answer_in_prompt, keep_correct, references, shuffle_labels, split_by_entity
+from circuits.recall_reasoning.tasks import (NO_COPY_FAMILIES, TASKS, PromptSet, ReferencePool, answer_in_prompt, keep_correct, references, shuffle_labels,
+                                             split_by_entity)
 from interp.errors import InterpError
+
+DESIGN = """\
+1. Items the unablated model gets wrong are dropped. The rest are split by entity (the same entity in the
+   same half for both tasks) into a localisation half and an evaluation half (tasks.split_by_entity).
+2. Units are patched on the localisation half only and the sets chosen there (localisation.choose_sets).
+3. Every accuracy, drop and verdict is computed on the evaluation half. Mean / resample ablation take each
+   item's values from prompts of its own template and token length (label-blind, on-distribution) whose
+   entity is not in the evaluation half: the localisation side's items and, where a reference pool is given
+   (tasks.reference_pool), every other fill of the template with those entities (other bridges, items the
+   model gets wrong, items not sampled). Never an evaluated prompt.
+4. Each chosen set gets n_random random sets of the same composition (as many heads, MLP layers and neurons)
+   from the same layer band (dissociation.matched_random_sets); all sets are ablated exactly, in batches.
+5. The verdict per ablation method (dissociation.held_out_verdict): selectivity = own-task drop - cross-task
+   drop; a double dissociation needs, for both sets, empirical p < p_threshold for the own-task drop and for
+   the selectivity, and the item-bootstrap 95% CI of the interaction (the sum of both selectivities) above 0.
+   settings.verdict_method (mean) is the headline.
+"""  # plain text: the module documentation and the dashboard both show it
 
 SUBSETS = ("all", "no_copy", "copy")  # evaluated reasoning items: all; families whose answer is not in the prompt; the others
 
@@ -56,8 +64,11 @@ class AnalysisSettings:
     max_items: int | None = None  # per task, half and stratum (reasoning: answer in the prompt or not), a seeded sample of the kept items
     min_subset_items: int = 8  # the verdict on a subset of the reasoning items (no-copy families, the others) needs this many evaluated items
     shuffle_labels: bool = False  # the negative control: pool both tasks' items and deal the labels at random
-    shared_reference: bool = True  # mean / resample take both tasks' held-out prompts of a token length as reference where both have that length
-    template_reference: bool = False  # instead: each item's reference is the held-out prompts of its own template and length (label-blind, on-distribution)
+    template_reference: bool = True  # each item's reference: non-evaluated prompts of its own template and length (label-blind, on-distribution)
+    min_reference_prompts: int = 8  # template references: an evaluated item whose (template, length) cell holds fewer is dropped (counted)
+    max_reference_prompts: int | None = 32  # template references: a larger cell is a seeded sample of this many (each prompt is a forward per method)
+    reference_check: bool = True  # template references: re-evaluate the chosen sets with each half of every cell (the pool's sampling error, reported)
+    shared_reference: bool = True  # without template references: both tasks' held-out prompts of a token length where both have that length
     memory_budget: int = 1 << 29  # bytes of transient activations per batch of ablated forwards
     seed: int = 0
 
@@ -66,9 +77,12 @@ class AnalysisSettings:
             if self.verdict_method not in methods:
                 raise InterpError(f"AnalysisSettings(verdict_method={self.verdict_method!r}) is not among {name}={methods}; add it there or pick one of them.")
         if self.n_random < 1:
-            raise InterpError(f"AnalysisSettings(n_random={self.n_random}): at least one random set is needed (the issue asks for >= 200).")
+            raise InterpError(f"AnalysisSettings(n_random={self.n_random}): at least one random set is needed (the held-out test uses 200 or more).")
         if not 0 < self.p_threshold < 1:
             raise InterpError(f"AnalysisSettings(p_threshold={self.p_threshold}) must lie in (0, 1).")
+        if self.min_reference_prompts < 1 or (self.max_reference_prompts is not None and self.max_reference_prompts < self.min_reference_prompts):
+            raise InterpError(f"AnalysisSettings(min_reference_prompts={self.min_reference_prompts}, max_reference_prompts={self.max_reference_prompts}): "
+                              "need 1 <= min_reference_prompts <= max_reference_prompts.")
 
 
 def _single_length(prompts: PromptSet) -> PromptSet:
@@ -95,30 +109,64 @@ def _stratified(prompts: PromptSet, n: int | None, seed: int) -> PromptSet:
     return prompts.subset(sorted(keep))
 
 
-def _template_references(localisation: dict[str, PromptSet], evaluated: set[str]) -> dict[tuple[str, int], torch.Tensor]:
-    """(template, token length) -> the localisation half's clean prompts of that template and length (both tasks: templates belong to one task)."""
+def _template_references(sources: list[tuple[pd.DataFrame, list[torch.Tensor]]], excluded_entities: set[str], evaluated: set[str],
+                         settings: AnalysisSettings) -> dict[tuple[str, int], torch.Tensor]:
+    """(template, token length) -> clean prompts of that template and length whose entity is not excluded and which are not evaluated
+    (both tasks: a template belongs to one task, so the key is blind to the task label); cells below settings.min_reference_prompts
+    are left out, larger ones than settings.max_reference_prompts are a seeded sample (in text order, so it does not depend on the sources' order)."""
     rows: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-    for p in localisation.values():
-        for i, row in p.items.iterrows():
-            if row["prompt"] not in evaluated:
-                rows.setdefault((row["template"], len(p.tokens[i])), {})[row["prompt"]] = p.tokens[i]
-    return {key: torch.stack(list(by_text.values())) for key, by_text in rows.items() if len(by_text) >= 2}
+    for items, tokens in sources:
+        for i, (template, entity, prompt) in enumerate(zip(items["template"], items["entity"], items["prompt"])):
+            if entity not in excluded_entities and prompt not in evaluated:
+                rows.setdefault((template, len(tokens[i])), {})[prompt] = tokens[i]
+    out = {}
+    for n_cell, (key, by_text) in enumerate(sorted(rows.items())):
+        if len(by_text) < settings.min_reference_prompts:
+            continue
+        texts = sorted(by_text)
+        if settings.max_reference_prompts is not None and len(texts) > settings.max_reference_prompts:
+            order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(settings.seed + 31 * n_cell))[: settings.max_reference_prompts]
+            texts = [texts[i] for i in sorted(order.tolist())]
+        out[key] = torch.stack([by_text[t] for t in texts])
+    return out
 
 
-def held_out_halves(kept: dict[str, PromptSet], settings: AnalysisSettings) -> tuple[dict[str, PromptSet], dict[str, PromptSet], dict[str, dict], dict[str, int]]:
-    """Split, sample, and pair each evaluation half with its reference prompts; evaluation items without a same-length reference are dropped (counted)."""
-    localisation, evaluation = split_by_entity(kept, settings.seed)
-    localisation = {t: _stratified(p, settings.max_items, settings.seed) for t, p in localisation.items()}
-    evaluation = {t: _stratified(p, settings.max_items, settings.seed + 1) for t, p in evaluation.items()}
+def reference_halves(refs: dict, seed: int) -> tuple[dict, dict]:
+    """Each reference cell split at random into two halves (seeded): evaluating with either half shows how much the ablation's
+    outcome depends on which prompts the cell holds (a half's mean lies as far from the whole cell's, in expectation, as the whole
+    cell's from its template's population mean: var(1/(n/2) - 1/n) = var/n)."""
+    first, second = {}, {}
+    for n_cell, (key, tokens) in enumerate(sorted(refs.items(), key=lambda kv: str(kv[0]))):
+        order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed + 17 * n_cell))
+        half = len(tokens) // 2
+        first[key], second[key] = tokens[order[:half]], tokens[order[half:]]
+    return first, second
+
+
+def held_out_halves(kept: dict[str, PromptSet], settings: AnalysisSettings, pool: ReferencePool | None = None
+                    ) -> tuple[dict[str, PromptSet], dict[str, PromptSet], dict[str, dict], dict[str, int]]:
+    """Split, sample, and pair each evaluation half with its reference prompts; evaluation items without a reference are dropped (counted).
+
+    Template references (the default) draw on every kept item whose entity is not in the evaluation half (both tasks; the
+    localisation half before max_items sampling) and on `pool` (tasks.reference_pool: every fill of every template), with the
+    same entity rule; so no evaluated prompt, nor any prompt about an evaluated entity, is a reference.
+    """
+    split_localisation, split_evaluation = split_by_entity(kept, settings.seed)
+    localisation = {t: _stratified(p, settings.max_items, settings.seed) for t, p in split_localisation.items()}
+    evaluation = {t: _stratified(p, settings.max_items, settings.seed + 1) for t, p in split_evaluation.items()}
     evaluated = {prompt for p in evaluation.values() for prompt in p.items["prompt"]}
     refs, dropped = {}, {}
     own = {task: references(localisation[task], evaluated) for task in TASKS}
+    if settings.template_reference:
+        evaluation_entities = {e for p in split_evaluation.values() for e in p.items["entity"]}
+        sources = [(p.items, p.tokens) for p in kept.values()] + ([(pool.items, pool.tokens)] if pool is not None else [])
+        template_refs = _template_references(sources, evaluation_entities, evaluated, settings)
     for task in TASKS:
         refs[task] = own[task]
         if settings.shared_reference:  # lengths both tasks have: one reference of both tasks' prompts, so the replacement values do not depend on the task label
             refs[task] = {length: torch.cat([own[t][length] for t in TASKS if length in own[t]]) for length in own[task]}
         if settings.template_reference:
-            refs[task] = _template_references(localisation, evaluated)
+            refs[task] = template_refs
             key = lambda i, row: (evaluation[task].items["template"].iloc[i], len(row))  # noqa: E731
         else:
             key = lambda i, row: len(row)  # noqa: E731
@@ -127,12 +175,18 @@ def held_out_halves(kept: dict[str, PromptSet], settings: AnalysisSettings) -> t
         evaluation[task] = evaluation[task].subset(has_reference)
         for name, half in (("localisation", localisation), ("evaluation", evaluation)):
             if len(half[task]) == 0:
-                raise InterpError(f"analyse: the {name} half has no {task} items; use more entities (max_entities) or families.")
+                hint = f" or lower AnalysisSettings.min_reference_prompts ({settings.min_reference_prompts}: {dropped[task]} evaluated items lacked a reference cell that large)" \
+                    if settings.template_reference and name == "evaluation" and dropped[task] else ""
+                raise InterpError(f"analyse: the {name} half has no {task} items; use more entities (max_entities) or families{hint}.")
     return localisation, evaluation, refs, dropped
 
 
-def analyse(model: HookedTransformer, prompts: dict[str, PromptSet], settings: AnalysisSettings, *, model_name: str, progress: bool = False) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Run the whole pipeline on prompt sets of both tasks; returns tidy tables and the headline metrics."""
+def analyse(model: HookedTransformer, prompts: dict[str, PromptSet], settings: AnalysisSettings, *, model_name: str, progress: bool = False,
+            reference_pool: ReferencePool | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Run the whole pipeline on prompt sets of both tasks; returns tidy tables and the headline metrics.
+
+    reference_pool: extra never-scored prompts for template references (tasks.reference_pool); the evaluation half's entities are kept out.
+    """
     tables: dict[str, pd.DataFrame] = {}
     kept, item_scores = {}, []
     for task in TASKS:
@@ -142,7 +196,7 @@ def analyse(model: HookedTransformer, prompts: dict[str, PromptSet], settings: A
     tables["items"] = pd.concat(item_scores, ignore_index=True)
     if settings.shuffle_labels:
         kept = shuffle_labels(kept, settings.seed)
-    localisation, evaluation, refs, dropped = held_out_halves(kept, settings)
+    localisation, evaluation, refs, dropped = held_out_halves(kept, settings, reference_pool)
     tables["split"] = pd.concat([p.items.assign(half=half) for half, halves in (("localisation", localisation), ("evaluation", evaluation)) for p in halves.values()],
                                 ignore_index=True)
     tables.update(_localise_and_ablate(model, localisation, evaluation, refs, units(model, settings.unit_kinds), settings.set_size, settings.min_restoration,
@@ -164,13 +218,28 @@ def analyse(model: HookedTransformer, prompts: dict[str, PromptSet], settings: A
     metrics = headline_metrics(tables, kept, evaluation, settings, model_name)
     metrics.update(n_recall_localisation=len(localisation["recall"]), n_reasoning_localisation=len(localisation["reasoning"]),
                    n_recall_evaluation=len(evaluation["recall"]), n_reasoning_evaluation=len(evaluation["reasoning"]),
-                   n_recall_no_reference=dropped["recall"], n_reasoning_no_reference=dropped["reasoning"],
+                   n_recall_no_reference=dropped["recall"], n_reasoning_no_reference=dropped["reasoning"], **_reference_stats(refs, evaluation, settings),
                    reasoning_answer_in_prompt_fraction_all=float(answer_in_prompt(prompts["reasoning"]).mean()),
                    reasoning_answer_in_prompt_fraction=float(answer_in_prompt(evaluation["reasoning"]).mean()),
                    n_reasoning_no_copy_evaluation=int((~answer_in_prompt(evaluation["reasoning"])).sum()),
                    **_family_accuracy(tables["items"]),
                    shuffled_labels=settings.shuffle_labels)
     return tables, metrics
+
+
+def _reference_stats(refs: dict[str, dict], evaluation: dict[str, PromptSet], settings: AnalysisSettings) -> dict:
+    """Which reference rule ran and, for template references, how many prompts each evaluated item's cell holds."""
+    out = dict(reference="template" if settings.template_reference else "shared_length" if settings.shared_reference else "task_length")
+    if not settings.template_reference:
+        return out
+    sizes = {task: [len(refs[task][(template, len(row))]) for template, row in zip(evaluation[task].items["template"], evaluation[task].tokens)] for task in TASKS}
+    every = sizes["recall"] + sizes["reasoning"]
+    used = {key for task in TASKS for key in zip(evaluation[task].items["template"], map(len, evaluation[task].tokens))}
+    out.update(reference_cell_min=int(min(every)), reference_cell_median=float(np.median(every)), reference_cell_max=int(max(every)),
+               reference_cells=len(used), n_reference_prompts=int(sum(len(refs["recall"][key]) for key in used)),
+               reference_cell_sizes={task: sorted(int(n) for n in sizes[task]) for task in TASKS},
+               min_reference_prompts=settings.min_reference_prompts, max_reference_prompts=settings.max_reference_prompts)
+    return out
 
 
 def _family_accuracy(items: pd.DataFrame) -> dict:
@@ -240,10 +309,29 @@ def _localise_and_ablate(model: HookedTransformer, localisation: dict[str, Promp
                                      recall_set_band=info["bands"]["recall_set"], reasoning_set_band=info["bands"]["reasoning_set"], **verdict))
     table = pd.concat(rows, ignore_index=True)
     verdicts = pd.DataFrame(verdict_rows)
+    out = {}
+    if (settings.template_reference and settings.reference_check and settings.verdict_method != "zero" and settings.verdict_method in settings.methods
+            and min(map(len, refs["recall"].values())) >= 2):
+        out[f"{prefix}reference_check"] = _reference_check(model, evaluation, refs, conditions[:3], table, settings)
     for column in ("recall_set_composition", "reasoning_set_composition", "recall_set_band", "reasoning_set_band", "interaction_ci95"):
         verdicts[column] = verdicts[column].map(lambda v: None if v is None else (list(v) if not isinstance(v, dict) else [f"{k}={n}" for k, n in v.items()]))
     return {f"{prefix}unit_patching": effects, f"{prefix}sets": choice, f"{prefix}dissociation": table, f"{prefix}verdicts": verdicts,
-            f"{prefix}item_ablation": pd.concat(item_rows, ignore_index=True)}
+            f"{prefix}item_ablation": pd.concat(item_rows, ignore_index=True), **out}
+
+
+def _reference_check(model: HookedTransformer, evaluation: dict[str, PromptSet], refs: dict[str, dict], conditions: list, table: pd.DataFrame,
+                     settings: AnalysisSettings) -> pd.DataFrame:
+    """The chosen sets' drops (verdict method) with each random half of every reference cell instead of the whole cell; one row per half, set and task."""
+    method, rows = settings.verdict_method, []
+    for half, half_refs in enumerate(reference_halves(refs["recall"], settings.seed)):
+        for task in TASKS:
+            correct = evaluate_conditions(model, evaluation[task], half_refs, conditions, method, seed=settings.seed, memory_budget=settings.memory_budget)[:, :, 0]
+            acc = correct.mean(1)
+            for c, ablated in ((1, "recall_set"), (2, "reasoning_set")):
+                full = float(table[(table["method"] == method) & (table["ablated"] == ablated) & (table["task"] == task)]["drop"].iloc[0])
+                rows.append(dict(method=method, half=half, ablated=ablated, task=task, drop_half=float(acc[0] - acc[c]), drop_full=full,
+                                 change=float(acc[0] - acc[c]) - full))
+    return pd.DataFrame(rows)
 
 
 def _accuracy(table: pd.DataFrame, method: str, ablated: str, task: str, column: str = "accuracy") -> float:
@@ -343,6 +431,9 @@ def headline_metrics(tables: dict[str, pd.DataFrame], kept: dict[str, PromptSet]
         metrics["neurons"] = dict(recall_set=_names(tables["neuron_sets"], "recall"), reasoning_set=_names(tables["neuron_sets"], "reasoning"),
                                   **at(settings.verdict_method, "neuron_"), by_method={method: at(method, "neuron_") for method in neuron_methods},
                                   **subsets("neuron_", neuron_methods))
+    if "reference_check" in tables:
+        check = tables["reference_check"]
+        metrics.update(reference_half_max_abs_drop_change=float(check["change"].abs().max()), reference_half_mean_abs_drop_change=float(check["change"].abs().mean()))
     if "screen_summary" in tables:
         summary = tables["screen_summary"]
         metrics["screen_specialised"] = {f"{r.comparison}.{r.feature}": int(r.specialised) for r in summary.itertuples()}

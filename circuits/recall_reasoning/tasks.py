@@ -215,6 +215,44 @@ def build_prompts(model: HookedTransformer, task: str, family_names: Sequence[st
     return PromptSet(task, pd.DataFrame(rows), tokens, corrupted, torch.tensor(answers), torch.tensor(wrongs), torch.stack(candidates)), unpaired
 
 
+@dataclass
+class ReferencePool:
+    """Prompts that mean / resample ablation may take their values from, never scored: one row per prompt (template, entity, prompt) and its tokens."""
+
+    items: pd.DataFrame
+    tokens: list[Int[Tensor, " pos"]]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def free_bridges(family: Family) -> tuple[str, ...]:
+    """The family's bridges when they are fresh names shared by several facts (people, objects, nonce words); () when each fact has its own (a capital)."""
+    bridges = tuple(dict.fromkeys(fact[1] for fact in family.facts))
+    return bridges if len(bridges) < len(family.facts) else ()
+
+
+def reference_pool(model: HookedTransformer, family_names: Sequence[str] | None = None, *, max_entities: int | None = None) -> ReferencePool:
+    """Every template of both tasks filled with every entity (the first max_entities of each family) and, where the family's bridges
+    are fresh names, with every bridge: the prompts a template-matched reference may draw from (the caller keeps the
+    evaluation half's entities out). A fresh name carries no fact, so each bridge variant is as much an item of the template
+    as the built one, and the reasoning templates' cells grow by the number of bridges (8) over the items alone.
+    """
+    prepend = model.cfg.default_prepend_bos
+    rows = []
+    for family in families(family_names):
+        facts = family.facts[:max_entities]
+        bridges = free_bridges(family)
+        for task, templates in (("recall", family.recall_templates), ("reasoning", family.reasoning_templates)):
+            for template in templates:
+                for entity, bridge, answer in facts:
+                    for b in (bridges or (bridge,)) if task == "reasoning" else (bridge,):
+                        text = _prompt(family, task, template, (entity, b, answer))
+                        rows.append(dict(task=task, family=family.name, template=template, entity=entity, prompt=text))
+    items = pd.DataFrame(rows).drop_duplicates("prompt").reset_index(drop=True)
+    return ReferencePool(items, [model.to_tokens(text, prepend_bos=prepend)[0] for text in items["prompt"]])
+
+
 def correct_by_first_token(logits: Float[Tensor, "batch d_vocab"], answer_ids: Int[Tensor, " batch"]) -> Bool[Tensor, " batch"]:
     """The answer's first token is the top-1 prediction over the whole vocabulary."""
     return logits.argmax(-1) == answer_ids.to(logits.device)

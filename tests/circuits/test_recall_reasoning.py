@@ -292,7 +292,7 @@ def test_localise_with_candidates_patches_the_top_atp_units_exactly(synthetic_mo
 
 
 @pytest.mark.slow
-def test_quick_run_writes_the_metrics_the_issue_lists(tmp_path):
+def test_quick_run_writes_the_headline_metrics(tmp_path):
     from dataclasses import replace
 
     from experiments.recall_reasoning import RecallReasoningConfig, run
@@ -336,7 +336,8 @@ def test_analyse_runs_the_whole_pipeline_on_a_small_model():
     kb = KnowledgeBase(n_entities=32, n_relations=2, n_values=6, n_fresh=12, seed=3)  # an untrained model gets about one in six right; the screen needs two per task
     synthetic_model = build_model(kb, SyntheticTraining(n_layers=2, d_model=32, n_heads=2, d_mlp=64, seed=1)).eval()
     synthetic_prompts = prompt_sets(kb, 60, seed=7)
-    settings = AnalysisSettings(set_size=1, min_restoration=-1.0, n_random=20, control_length=False, position_layers=(0, 1), neuron_set_size=0)
+    settings = AnalysisSettings(set_size=1, min_restoration=-1.0, n_random=20, control_length=False, position_layers=(0, 1), neuron_set_size=0,
+                                min_reference_prompts=2)  # an untrained model keeps few items: small reference cells
     tables, metrics = analyse(synthetic_model, synthetic_prompts, settings, model_name="tiny")
     items = tables["items"]
     assert metrics["n_recall_correct"] == int(items[items["task"] == "recall"]["correct_distractor"].sum())

@@ -5,12 +5,11 @@ interp.interventions, hand loops over items and sets) on small seeded models.
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from circuits.recall_reasoning.controls import PlantedSettings, control_metrics, plant_facts, run_control, train_reasoner
-from circuits.recall_reasoning.dissociation import ablated_scores, composition, empirical_p, evaluate_conditions, held_out_verdict, layer_band, matched_random_sets
+from circuits.recall_reasoning.dissociation import composition, empirical_p, evaluate_conditions, held_out_verdict, layer_band, matched_random_sets
 from circuits.recall_reasoning.localisation import units
 from circuits.recall_reasoning.synthetic import KnowledgeBase, SyntheticTraining, build_model, prompt_sets, reasoning_batch, recall_batch
 from circuits.recall_reasoning.tasks import FAMILIES, NO_COPY_FAMILIES, answer_in_prompt, build_prompts, references, shuffle_labels, split_by_entity
@@ -219,9 +218,57 @@ def test_planted_circuit_is_detected_and_shuffled_labels_are_not():
     metrics = control_metrics(planted, shuffled)
     assert metrics["shuffled_detections"] <= 1, shuffled
     assert (planted["recall_set"] == "L2MLP").all()  # the planted MLP is what localisation finds for recall
-    assert metrics["planted_detections"] >= 17, planted
-    if metrics["planted_detections"] < 19:  # the issue's bar; the full run got 18/20 (FINDINGS.md: mean ablation's shared reference injects the fact MLP's mean write into reasoning)
-        pytest.xfail(f"planted control {metrics['planted_detections']}/20 < 19/20: open, see FINDINGS.md")
+    assert metrics["planted_detections"] >= 19, planted  # the bar: >= 19 of 20 seeds (template references; the shared reference gave 18/20)
+
+
+def test_template_reference_cells_respect_the_minimum_and_the_cap(small_prompts):
+    from circuits.recall_reasoning.pipeline import AnalysisSettings, held_out_halves, reference_halves
+
+    full = held_out_halves(small_prompts, AnalysisSettings(seed=1, min_reference_prompts=2, max_reference_prompts=None))[2]["recall"]
+    capped_evaluation, capped = (lambda h: (h[1], h[2]["recall"]))(held_out_halves(small_prompts, AnalysisSettings(seed=1, min_reference_prompts=2, max_reference_prompts=4)))
+    for key, tokens in full.items():
+        rows = {tuple(r.tolist()) for r in capped[key]}
+        assert len(rows) == min(4, len(tokens)) and rows <= {tuple(r.tolist()) for r in tokens}  # a sample of the cell
+    sizes = {key: len(tokens) for key, tokens in full.items()}
+    strict = held_out_halves(small_prompts, AnalysisSettings(seed=1, min_reference_prompts=7))
+    assert set(strict[2]["recall"]) == {key for key, n in sizes.items() if n >= 7}
+    for task, p in strict[1].items():  # every evaluated item keeps a cell of >= 7 prompts
+        assert all((tpl, len(t)) in strict[2][task] for tpl, t in zip(p.items["template"], p.tokens))
+    first, second = reference_halves(full, seed=0)
+    for key, tokens in full.items():  # two disjoint halves that together are the cell
+        a, b = ({tuple(r.tolist()) for r in half[key]} for half in (first, second))
+        assert not a & b and a | b == {tuple(r.tolist()) for r in tokens} and abs(len(a) - len(b)) <= 1
+    with pytest.raises(InterpError, match="min_reference_prompts"):
+        AnalysisSettings(min_reference_prompts=8, max_reference_prompts=4)
+
+
+def test_reference_pool_fills_every_bridge_and_keeps_evaluated_entities_out(model):
+    from circuits.recall_reasoning.pipeline import AnalysisSettings, held_out_halves
+    from circuits.recall_reasoning.tasks import free_bridges, keep_correct, reference_pool
+
+    families = ["capital", "continent"]
+    pool = reference_pool(model, families, max_entities=8)
+    capital = FAMILIES["capital"]
+    for template in capital.reasoning_templates:  # people are fresh names: every entity with every person
+        rows = pool.items[pool.items["template"] == template]
+        assert len(rows) == 8 * len(free_bridges(capital)) == 8 * 8
+        expected = {template.format(entity=e, bridge=b, answer=a) for e, _, a in capital.facts[:8] for b in free_bridges(capital)}
+        assert set(rows["prompt"]) == expected
+    assert free_bridges(FAMILIES["continent"]) == ()  # a capital is its country's own bridge
+    assert (pool.items[pool.items["template"] == FAMILIES["continent"].reasoning_templates[0]]["entity"].value_counts() == 1).all()
+    assert all(torch.equal(t, model.to_tokens(text)[0]) for t, text in zip(pool.tokens[:20], pool.items["prompt"][:20]))
+    prompts = {task: build_prompts(model, task, families, max_entities=8)[0] for task in ("recall", "reasoning")}
+    kept = {task: keep_correct(model, p)[0] for task, p in prompts.items()}
+    settings = AnalysisSettings(seed=2, min_reference_prompts=2)
+    _, evaluation, refs, _ = held_out_halves(kept, settings, pool)
+    without = held_out_halves(kept, settings)[2]["recall"]
+    evaluation_entities = {e for p in split_by_entity(kept, 2)[1].values() for e in p.items["entity"]}
+    allowed = {tuple(t.tolist()) for t, e in zip(pool.tokens, pool.items["entity"]) if e not in evaluation_entities}
+    allowed |= {tuple(t.tolist()) for p in kept.values() for t, e in zip(p.tokens, p.items["entity"]) if e not in evaluation_entities}
+    evaluated = {tuple(t.tolist()) for p in evaluation.values() for t in p.tokens}
+    used = {tuple(r.tolist()) for tokens in refs["recall"].values() for r in tokens}
+    assert used <= allowed and not used & evaluated  # no evaluated prompt, no prompt about an evaluated entity
+    assert sum(map(len, refs["recall"].values())) > sum(map(len, without.values()))  # the pool enlarges the cells
 
 
 # --- any model ------------------------------------------------------------------------------------
@@ -251,11 +298,11 @@ def test_the_experiment_runs_on_a_tiny_random_model(tmp_path):
 def test_both_tasks_share_one_reference_where_their_lengths_agree(small_prompts):
     from circuits.recall_reasoning.pipeline import AnalysisSettings, held_out_halves
 
-    localisation, evaluation, refs, _ = held_out_halves(small_prompts, AnalysisSettings(seed=1))
+    localisation, evaluation, refs, _ = held_out_halves(small_prompts, AnalysisSettings(seed=1, template_reference=False))
     assert torch.equal(refs["recall"][10], refs["reasoning"][10])  # every prompt has 10 tokens: the replacement values ignore the task label
     evaluated = {tuple(t.tolist()) for p in evaluation.values() for t in p.tokens}
     assert not {tuple(row.tolist()) for row in refs["recall"][10]} & evaluated
-    own = held_out_halves(small_prompts, AnalysisSettings(seed=1, shared_reference=False))[2]
+    own = held_out_halves(small_prompts, AnalysisSettings(seed=1, template_reference=False, shared_reference=False))[2]
     assert len(own["recall"][10]) + len(own["reasoning"][10]) == len(refs["recall"][10])
     recall_rows = {tuple(row.tolist()) for row in own["recall"][10]}
     assert recall_rows == {tuple(t.tolist()) for t in localisation["recall"].tokens} | {tuple(t.tolist()) for t in localisation["recall"].corrupted}
@@ -264,10 +311,12 @@ def test_both_tasks_share_one_reference_where_their_lengths_agree(small_prompts)
 def test_template_references_take_each_items_own_template(small_model, small_prompts):
     from circuits.recall_reasoning.pipeline import AnalysisSettings, held_out_halves
 
-    localisation, evaluation, refs, _ = held_out_halves(small_prompts, AnalysisSettings(seed=1, template_reference=True))
+    localisation, evaluation, refs, _ = held_out_halves(small_prompts, AnalysisSettings(seed=1, min_reference_prompts=2))  # template references: the default
     assert set(refs["recall"]) == set(refs["reasoning"]) and all(isinstance(key, tuple) for key in refs["recall"])
-    for (template, length), tokens in refs["recall"].items():
-        expected = {tuple(t.tolist()) for p in localisation.values() for t, tpl in zip(p.tokens, p.items["template"]) if tpl == template}
+    evaluation_entities = {e for p in split_by_entity(small_prompts, 1)[1].values() for e in p.items["entity"]}
+    for (template, length), tokens in refs["recall"].items():  # every kept item of the template about a non-evaluated entity (the localisation side before sampling)
+        expected = {tuple(t.tolist()) for p in small_prompts.values() for t, tpl, e in zip(p.tokens, p.items["template"], p.items["entity"])
+                    if tpl == template and e not in evaluation_entities}
         assert {tuple(row.tolist()) for row in tokens} == expected and tokens.shape[1] == length
     prompts = evaluation["recall"]
     conditions = [[Site(1, "mlp_out")]]

@@ -94,7 +94,7 @@ def test_the_pipeline_reports_neuron_sets_beside_the_unit_sets(small_model):
 
     prompts = prompt_sets(KB, 60, seed=7)
     settings = AnalysisSettings(set_size=1, min_restoration=-1.0, neuron_set_size=2, neuron_candidates=4, neuron_min_restoration=-1.0, n_random=20,
-                                methods=("zero", "mean"), neuron_methods=("mean",), screen=False, position_layers=())
+                                methods=("zero", "mean"), neuron_methods=("mean",), screen=False, position_layers=(), template_reference=False)  # few kept items: one reference per length
     tables, metrics = analyse(small_model, prompts, settings, model_name="tiny")
     assert {"neuron_unit_patching", "neuron_sets", "neuron_dissociation", "neuron_verdicts"} <= set(tables)
     neurons = metrics["neurons"]
