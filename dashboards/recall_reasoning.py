@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from circuits.recall_reasoning.localisation import SET_RULE
-from circuits.recall_reasoning.pipeline import DESIGN
 from dashboards.sections import Section, default_sections, register_sections
 from interp.results import ResultsDir
 
-_RULE = SET_RULE.strip()
-_DESIGN = DESIGN.strip()
+_NOT_RECORDED = "(not recorded in this run's metrics.json: a run from before the method text was saved)"
+
+
+def _method_text(m: dict, key: str) -> str:
+    """The set rule / design text the run recorded (circuits.recall_reasoning's SET_RULE and DESIGN when it ran)."""
+    return m.get("method_text", {}).get(key, _NOT_RECORDED)
 _LIST_COLUMNS = ["random_recall_drop_ci95", "random_reasoning_drop_ci95"]
 
 
@@ -51,7 +53,7 @@ def _model_sections(run: ResultsDir, m: dict, prefix: str, label: str) -> list[S
               f"({m['n_recall_dropped']} and {m['n_reasoning_dropped']} dropped). Base accuracy against same-type distractors: recall {m['recall_acc_base']:.3f}, "
               f"reasoning {m['reasoning_acc_base']:.3f}; by first token (top-1): {m['recall_acc_first_token_base']:.3f} and {m['reasoning_acc_first_token_base']:.3f}.")
     held_out = (f"Held-out design: {m.get('n_recall_localisation', '?')} recall / {m.get('n_reasoning_localisation', '?')} reasoning items chose the sets, "
-                f"{m.get('n_recall_evaluation', '?')} / {m.get('n_reasoning_evaluation', '?')} other items (other entities) judged them. {_reference_text(m)} {_DESIGN}")
+                f"{m.get('n_recall_evaluation', '?')} / {m.get('n_reasoning_evaluation', '?')} other items (other entities) judged them. {_reference_text(m)} {_method_text(m, 'design')}")
     sections = [
         Section(f"{label}: verdict", text=f"{m['verdict']} {counts}", table=_display(verdicts)),
         Section(f"{label}: dissociation matrix", text="Accuracy drop on the held-out items of each task (columns) after ablating each chosen set (rows), "
@@ -64,7 +66,7 @@ def _model_sections(run: ResultsDir, m: dict, prefix: str, label: str) -> list[S
                 "error bars spanning 95% of the sets.", figures=named("accuracy")),
         Section(f"{label}: patching per task", text="Restoration of the logit difference when one unit (a head's z at every position, or a whole MLP layer) is patched clean -> corrupted.",
                 figures=named("units_recall", "units_reasoning", "positions_recall", "positions_reasoning")),
-        Section(f"{label}: the recall and reasoning sets", text=f"Recall set: {', '.join(m['recall_set']) or 'empty'}. Reasoning set: {', '.join(m['reasoning_set']) or 'empty'}. Rule: {_RULE}",
+        Section(f"{label}: the recall and reasoning sets", text=f"Recall set: {', '.join(m['recall_set']) or 'empty'}. Reasoning set: {', '.join(m['reasoning_set']) or 'empty'}. Rule: {_method_text(m, 'set_rule')}",
                 figures=named("sets")),
     ]
     if "neurons" in m:

@@ -12,7 +12,6 @@ under "controls" (planted_detection_rate and shuffled_detection_rate also at the
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -24,10 +23,12 @@ import torch
 
 from circuits.recall_reasoning.controls import PlantedSettings, control_metrics, run_control, train_reasoner
 from circuits.recall_reasoning.figures import control_bars, run_figures, training_curve
-from circuits.recall_reasoning.pipeline import AnalysisSettings, analyse
+from circuits.recall_reasoning.localisation import SET_RULE
+from circuits.recall_reasoning.pipeline import DESIGN, AnalysisSettings, analyse
 from circuits.recall_reasoning.synthetic import KnowledgeBase, SyntheticTraining, evaluate, prompt_sets, train
 from circuits.recall_reasoning.tasks import FAMILIES, TASKS, build_prompts, reference_pool
 from interp.errors import InterpError
+from interp.fileio import atomic_path
 from interp.models import bundled_tokenizer, cache_root, load_model
 from dashboards import build_dashboard
 from interp.results import ResultsDir
@@ -104,9 +105,8 @@ def _reasoner(planted: PlantedSettings, results_path: Path):
         return model.eval(), pd.DataFrame(saved["curve"])
     model, curve = train_reasoner(planted, progress=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(dict(state=model.state_dict(), curve=curve.to_dict("list")), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(dict(state=model.state_dict(), curve=curve.to_dict("list")), tmp)
     return model, curve
 
 
@@ -146,7 +146,8 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
             prompts[task], unpaired[task] = build_prompts(model, task, config.families, max_entities=config.max_entities)
         pool = reference_pool(model, config.families) if config.reference_pool else None  # all entities: those past max_entities are never evaluated
         tables, metrics = analyse(model, prompts, config.analysis_settings, model_name=name, progress=True, reference_pool=pool)
-        metrics.update(n_recall_unpaired=unpaired["recall"], n_reasoning_unpaired=unpaired["reasoning"], seconds_model=time.perf_counter() - start)
+        metrics.update(n_recall_unpaired=unpaired["recall"], n_reasoning_unpaired=unpaired["reasoning"], seconds_model=time.perf_counter() - start,
+                       method_text={"set_rule": SET_RULE.strip(), "design": DESIGN.strip()})  # the page states the method it ran (dashboards read results only)
         figures = run_figures(tables, "", name)
         del model
         for table_name, frame in tables.items():
@@ -173,7 +174,7 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
             synthetic_metrics.update(final_train_recall_acc=float(curve["recall_acc"].iloc[-1]), final_train_reasoning_acc=float(curve["reasoning_acc"].iloc[-1]),
                                      **{f"held_out_{name}": value for name, value in held_out.items()}, seconds_training=seconds_training,
                                      seconds=time.perf_counter() - start)
-            metrics["synthetic"] = synthetic_metrics
+            metrics["synthetic"] = dict(synthetic_metrics, method_text=metrics["method_text"])
             tables.update({f"synthetic_{k}": v for k, v in synthetic_tables.items()})
             figures.update(run_figures(synthetic_tables, "synthetic_", "synthetic model"))
             figures["synthetic_training"] = training_curve(curve)
@@ -186,24 +187,7 @@ def run(config: RecallReasoningConfig, out: Path) -> Path:
         return results.path
 
 
-def main() -> None:  # pragma: no cover
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/recall-reasoning"))
-    parser.add_argument("--model", default=None, help="anything interp.load_model takes: a .gguf, a local HF dir, a TL name, or a JSON config dict (random weights)")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--control-seeds", type=int, default=None, help="seeds of each control (default 20; quick: 2)")
-    parser.add_argument("--no-synthetic", action="store_true")
-    parser.add_argument("--no-controls", action="store_true")
-    args = parser.parse_args()
-    config = RecallReasoningConfig.quick() if args.quick else RecallReasoningConfig()
-    if args.model is not None:
-        spec = json.loads(args.model) if args.model.lstrip().startswith("{") else args.model
-        config = replace(config, model=spec)
-    if args.control_seeds is not None:
-        config = replace(config, control_seeds=args.control_seeds)
-    config = replace(config, synthetic=config.synthetic and not args.no_synthetic, controls=config.controls and not args.no_controls)
-    print(run(config, args.out))
+if __name__ == "__main__":  # pragma: no cover  (the same command and options as `interp run recall-reasoning`)
+    from experiments.cli import script_main
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    script_main("recall-reasoning")
