@@ -25,14 +25,35 @@ ROOT = Path(__file__).resolve().parents[1]
 # module (or package) -> the fast tests that exercise it
 MODULES: dict[str, list[str]] = {
     "sae/sparse_ops.py": ["tests/sae/test_sparse_ops.py"],
-    "sae/darkmatter/regression.py": ["tests/sae/test_darkmatter.py", "tests/sae/test_darkmatter_equivalence.py", "tests/test_chunked.py"],
-    "circuits/recall_reasoning/dissociation.py": ["tests/circuits/test_dissociation_clauses.py", "tests/circuits/test_recall_reasoning_heldout.py"],
-    "circuits/scan_snap/predictions.py": ["tests/circuits/test_scan_snap_bounds.py", "tests/circuits/test_scan_snap.py"],
+    "sae/darkmatter/regression.py": [
+        "tests/sae/test_darkmatter.py",
+        "tests/sae/test_darkmatter_equivalence.py",
+        "tests/test_chunked.py",
+    ],
+    "circuits/recall_reasoning/dissociation.py": [
+        "tests/circuits/test_dissociation_clauses.py",
+        "tests/circuits/test_recall_reasoning_heldout.py",
+    ],
+    "circuits/scan_snap/predictions.py": [
+        "tests/circuits/test_scan_snap_bounds.py",
+        "tests/circuits/test_scan_snap.py",
+    ],
     "interp/store": ["tests/test_store.py", "tests/test_chunked.py"],
     "interp/attribution": ["tests/test_attribution.py", "tests/test_attribution_qk_summed.py"],
     "interp/patching": ["tests/test_patching.py", "tests/test_engine_batches.py"],
 }
-STATUS = {0: "survived", 1: "killed", 3: "killed", 24: "timeout", 36: "timeout", 152: "timeout", 255: "timeout", 33: "no_tests", 34: "skipped", 35: "suspicious"}
+STATUS = {
+    0: "survived",
+    1: "killed",
+    3: "killed",
+    24: "timeout",
+    36: "timeout",
+    152: "timeout",
+    255: "timeout",
+    33: "no_tests",
+    34: "skipped",
+    35: "suspicious",
+}
 
 
 def tracked_copy(dest: Path) -> None:
@@ -47,7 +68,11 @@ def tracked_copy(dest: Path) -> None:
 
 def configure(copy: Path, module: str, tests: list[str]) -> None:
     text = (copy / "pyproject.toml").read_text()
-    also = [p for p in ("interp", "circuits", "sae", "dashboards", "experiments", "tests", "benchmarks") if (copy / p).exists()]
+    also = [
+        p
+        for p in ("interp", "circuits", "sae", "dashboards", "experiments", "tests", "benchmarks")
+        if (copy / p).exists()
+    ]
     text += (
         "\n[tool.mutmut]\n"
         f"source_paths = [{json.dumps(module)}]\n"
@@ -68,21 +93,35 @@ def results_of(copy: Path) -> dict:
             if status == "survived":
                 survived.append(name)
     judged = counts.get("killed", 0) + counts.get("survived", 0) + counts.get("timeout", 0)
-    return {**counts, "total": sum(counts.values()), "kill_rate": round((counts.get("killed", 0) + counts.get("timeout", 0)) / judged, 4) if judged else None,
-            "survivors": sorted(survived)}
+    return {
+        **counts,
+        "total": sum(counts.values()),
+        "kill_rate": round((counts.get("killed", 0) + counts.get("timeout", 0)) / judged, 4) if judged else None,
+        "survivors": sorted(survived),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="modules to run (keys of MODULES)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/interp-mutation"))
-    parser.add_argument("--minutes", type=float, default=45.0, help="per module, then its run is stopped and counted as far as it got")
+    parser.add_argument(
+        "--minutes", type=float, default=45.0, help="per module, then its run is stopped and counted as far as it got"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
     args = parser.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "INTERP_SHAPECHECK": "0"}  # mutmut's trampolines sit where jaxtyping's hook would
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "INTERP_SHAPECHECK": "0",
+    }  # mutmut's trampolines sit where jaxtyping's hook would
     mutmut = Path(sys.executable).with_name("mutmut")
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    report.update(machine=platform.platform(), cpus=os.cpu_count(), command="python benchmarks/mutation.py " + " ".join(sys.argv[1:]))
+    report.update(
+        machine=platform.platform(),
+        cpus=os.cpu_count(),
+        command="python benchmarks/mutation.py " + " ".join(sys.argv[1:]),
+    )
     for module in args.only or list(MODULES):
         copy = args.work / module.replace("/", "_")
         shutil.rmtree(copy, ignore_errors=True)
@@ -91,14 +130,29 @@ def main() -> None:
         configure(copy, module, MODULES[module])
         start = time.time()
         try:
-            subprocess.run([str(mutmut), "run"], cwd=copy, env=env, timeout=args.minutes * 60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [str(mutmut), "run"],
+                cwd=copy,
+                env=env,
+                timeout=args.minutes * 60,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             finished = True
         except subprocess.TimeoutExpired:
             finished = False
-        result = {**results_of(copy), "seconds": round(time.time() - start, 1), "finished": finished, "tests": MODULES[module]}
+        result = {
+            **results_of(copy),
+            "seconds": round(time.time() - start, 1),
+            "finished": finished,
+            "tests": MODULES[module],
+        }
         report.setdefault("modules", {})[module] = result
-        print(f"{module}: killed {result.get('killed', 0)}, survived {result.get('survived', 0)}, timeout {result.get('timeout', 0)}, "
-              f"kill rate {result['kill_rate']}, {result['seconds']:.0f} s{'' if finished else ' (stopped: time box)'}", flush=True)
+        print(
+            f"{module}: killed {result.get('killed', 0)}, survived {result.get('survived', 0)}, timeout {result.get('timeout', 0)}, "
+            f"kill rate {result['kill_rate']}, {result['seconds']:.0f} s{'' if finished else ' (stopped: time box)'}",
+            flush=True,
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 

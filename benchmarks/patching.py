@@ -74,17 +74,19 @@ def speed(model, layers: list[int], repeats: int) -> list[dict]:
     from interp.patching import PatchingTask, patch_heads, patch_layer_positions
 
     task = PatchingTask(model, *prompt_pairs())
-    print(f"16 pairs of {task.seq_len} tokens; clean top-1 accuracy {check_prompts(model, task):.2f}; logit diff clean {task.clean_metric:.3f}, corrupted {task.corrupted_metric:.3f}")
+    print(
+        f"16 pairs of {task.seq_len} tokens; clean top-1 accuracy {check_prompts(model, task):.2f}; logit diff clean {task.clean_metric:.3f}, corrupted {task.corrupted_metric:.3f}"
+    )
     metric = lambda logits: metrics.logit_diff(logits, task.answer_tokens, task.wrong_tokens).mean()  # noqa: E731
     positions = range(task.seq_len)
     sweeps = {
         "heads (attn.hook_z, all positions)": (
             lambda: patch_heads(task, layers=layers),
-            tl_patching.layer_head_vector_patch_setter, "z", pd.DataFrame([(l, h) for l in layers for h in range(model.cfg.n_heads)], columns=["layer", "head"]),
+            tl_patching.layer_head_vector_patch_setter, "z", pd.DataFrame([(layer, h) for layer in layers for h in range(model.cfg.n_heads)], columns=["layer", "head"]),
         ),
         "layer x position (hook_resid_pre)": (
             lambda: patch_layer_positions(task, "resid_pre", layers=layers),
-            tl_patching.layer_pos_patch_setter, "resid_pre", pd.DataFrame([(l, p) for l in layers for p in positions], columns=["layer", "pos"]),
+            tl_patching.layer_pos_patch_setter, "resid_pre", pd.DataFrame([(layer, p) for layer in layers for p in positions], columns=["layer", "pos"]),
         ),
     }  # fmt: skip
     results = []
@@ -94,7 +96,15 @@ def speed(model, layers: list[int], repeats: int) -> list[dict]:
             with torch.no_grad():
                 _, clean_cache = model.run_with_cache(task.clean_tokens)
                 tl_seconds, tl_values = time_call(
-                    lambda: tl_patching.generic_activation_patch(model, task.corrupted_tokens, clean_cache, metric, setter, activation, index_df=index_df)
+                    lambda cache=clean_cache: tl_patching.generic_activation_patch(
+                        model,
+                        task.corrupted_tokens,
+                        cache,
+                        metric,
+                        setter,
+                        activation,
+                        index_df=index_df,
+                    )
                 )
             del clean_cache
             ours_seconds, ours = time_call(ours_fn)
@@ -106,7 +116,10 @@ def speed(model, layers: list[int], repeats: int) -> list[dict]:
             ours_median_s=statistics.median(ours_times), transformer_lens_median_s=statistics.median(tl_times), max_abs_diff=max(diffs),
         )  # fmt: skip
         row["speedup"] = row["transformer_lens_median_s"] / row["ours_median_s"]
-        print(f"  {name}: ours {row['ours_median_s']:.1f}s  TL {row['transformer_lens_median_s']:.1f}s  ratio {row['speedup']:.2f}x  max diff {row['max_abs_diff']:.2e}", flush=True)
+        print(
+            f"  {name}: ours {row['ours_median_s']:.1f}s  TL {row['transformer_lens_median_s']:.1f}s  ratio {row['speedup']:.2f}x  max diff {row['max_abs_diff']:.2e}",
+            flush=True,
+        )
         results.append(row)
     return results
 
@@ -132,7 +145,9 @@ def memory_probe(hook_name: str, method: str) -> dict:
             out = cache_sites(model, tokens, [hook_name])
             tensor = next(iter(out.values()))
         else:  # TransformerLens's own way: one forward with a names filter
-            _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=int(hook_name.split(".")[1]) + 1)
+            _, cache = model.run_with_cache(
+                tokens, names_filter=hook_name, stop_at_layer=int(hook_name.split(".")[1]) + 1
+            )
             tensor = cache[hook_name]
     peak_delta = (peak_rss_kib() - base) * 1024
     tensor_bytes = tensor.numel() * tensor.element_size()
@@ -147,8 +162,13 @@ def memory(threads: int) -> list[dict]:
     for hook_name in MEMORY_SITES:
         for method in ("interp.hooks.cache_sites", "transformer_lens run_with_cache"):
             cmd = [sys.executable, __file__, "--memory-probe", hook_name, method, "--threads", str(threads)]
-            row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-            print(f"  {method:32s} {hook_name:28s} tensor {row['tensor_mb']:.1f} MB  peak above model {row['peak_above_model_mb']:.1f} MB ({row['peak_over_tensor']:.2f}x)", flush=True)
+            row = json.loads(
+                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            )
+            print(
+                f"  {method:32s} {hook_name:28s} tensor {row['tensor_mb']:.1f} MB  peak above model {row['peak_above_model_mb']:.1f} MB ({row['peak_over_tensor']:.2f}x)",
+                flush=True,
+            )
             results.append(row)
     return results
 
@@ -178,7 +198,10 @@ def agreement(model) -> dict:
         recall_at_20=len(top["exact"] & top["atp"]) / 20, max_abs_restoration_diff=float((exact.restoration - atp.restoration).abs().max()),
         top_exact=exact.loc[exact.restoration.abs().nlargest(5).index, ["layer", "head", "restoration"]].assign(atp=atp.restoration).to_dict("records"),
     )  # fmt: skip
-    print(f"  all {row['heads']} heads: Spearman {row['spearman']:.3f}, recall@20 {row['recall_at_20']:.2f}, exact {exact_s:.1f}s, AtP {atp_s:.2f}s", flush=True)
+    print(
+        f"  all {row['heads']} heads: Spearman {row['spearman']:.3f}, recall@20 {row['recall_at_20']:.2f}, exact {exact_s:.1f}s, AtP {atp_s:.2f}s",
+        flush=True,
+    )
     return row
 
 
@@ -205,7 +228,14 @@ def nnsight_sweep(nn_model, task, sites) -> list[float]:
     from interp.sites import Site
 
     lm, cfg = nn_model.nn, nn_model.cfg
-    clean = dict(zip(sorted({(s.layer, s.component) for s in sites}), nn_model.cache(task.clean_tokens, [Site(*k) for k in sorted({(s.layer, s.component) for s in sites})]).values()))
+    clean = dict(
+        zip(
+            sorted({(s.layer, s.component) for s in sites}),
+            nn_model.cache(
+                task.clean_tokens, [Site(*k) for k in sorted({(s.layer, s.component) for s in sites})]
+            ).values(),
+        )
+    )
     outs = []
     with torch.no_grad(), lm.trace() as tracer:
         for site in sites:
@@ -213,7 +243,9 @@ def nnsight_sweep(nn_model, task, sites) -> list[float]:
                 if site.component == "z":
                     module = lm.model.layers[site.layer].self_attn.o_proj
                     x = module.input.clone()
-                    x.view(*x.shape[:-1], cfg.n_heads, cfg.d_head)[:, :, site.head] = clean[(site.layer, "z")][:, :, site.head]
+                    x.view(*x.shape[:-1], cfg.n_heads, cfg.d_head)[:, :, site.head] = clean[(site.layer, "z")][
+                        :, :, site.head
+                    ]
                 else:
                     module = lm.model.layers[site.layer].mlp.down_proj
                     x = module.input.clone()
@@ -246,14 +278,14 @@ def race(model, layers: list[int], neurons: int, speed_rows: list[dict]) -> list
     tl_metric = lambda logits: metrics.logit_diff(logits, task.answer_tokens, task.wrong_tokens).mean()  # noqa: E731
     sweeps = {
         "heads (attn.hook_z, all positions)": (
-            [Site(l, "z", head=h) for l in layers for h in range(model.cfg.n_heads)], lambda: patch_heads(task, layers=layers), lambda: attribute_heads(task, layers=layers),
-            tl_patching.layer_head_vector_patch_setter, "z", pd.DataFrame([(l, h) for l in layers for h in range(model.cfg.n_heads)], columns=["layer", "head"]),
+            [Site(layer, "z", head=h) for layer in layers for h in range(model.cfg.n_heads)], lambda: patch_heads(task, layers=layers), lambda: attribute_heads(task, layers=layers),
+            tl_patching.layer_head_vector_patch_setter, "z", pd.DataFrame([(layer, h) for layer in layers for h in range(model.cfg.n_heads)], columns=["layer", "head"]),
         ),
         f"neurons (mlp.hook_post, first {neurons} per layer)": (
-            [Site(l, "mlp_post", neuron=n) for l in layers for n in range(neurons)], lambda: patch_neurons(task, layers=layers, neurons=range(neurons)),
+            [Site(layer, "mlp_post", neuron=n) for layer in layers for n in range(neurons)], lambda: patch_neurons(task, layers=layers, neurons=range(neurons)),
             lambda: attribute_neurons(task, layers=layers, neurons=range(neurons)),
             neuron_patch_setter, "mlp_post",
-            pd.DataFrame([(l, n) for l in layers for n in range(neurons)], columns=["layer", "neuron"]),
+            pd.DataFrame([(layer, n) for layer in layers for n in range(neurons)], columns=["layer", "neuron"]),
         ),
     }  # fmt: skip
     rows = []
@@ -263,7 +295,11 @@ def race(model, layers: list[int], neurons: int, speed_rows: list[dict]) -> list
         if from_speed is None:
             with torch.no_grad():
                 _, clean_cache = model.run_with_cache(task.clean_tokens)
-                tl_s, tl_values = time_call(lambda: tl_patching.generic_activation_patch(model, task.corrupted_tokens, clean_cache, tl_metric, setter, activation, index_df=index_df))
+                tl_s, tl_values = time_call(
+                    lambda: tl_patching.generic_activation_patch(
+                        model, task.corrupted_tokens, clean_cache, tl_metric, setter, activation, index_df=index_df
+                    )
+                )
             tl_diff = float(abs(ours.metric.to_numpy() - tl_values.numpy()).max())
         else:  # the speed section timed TransformerLens on these layers and prompts already
             tl_s, tl_diff = from_speed["transformer_lens_median_s"], from_speed["max_abs_diff"]
@@ -313,7 +349,10 @@ def neuron_memory_probe(layer: int, budget_mb: int) -> dict:
 def neuron_memory(threads: int, layer: int, budget_mb: int) -> dict:
     cmd = [sys.executable, __file__, "--neuron-memory-probe", str(layer), str(budget_mb), "--threads", str(threads)]
     row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    print(f"  all {row['neurons']} neurons of layer {layer}, budget {budget_mb} MB: {row['seconds']:.1f}s, peak RSS above start {row['peak_above_start_mb']:.0f} MB; AtP Spearman {row['atp_spearman']:.3f}, recall@20 {row['atp_recall_at_20']:.2f}", flush=True)
+    print(
+        f"  all {row['neurons']} neurons of layer {layer}, budget {budget_mb} MB: {row['seconds']:.1f}s, peak RSS above start {row['peak_above_start_mb']:.0f} MB; AtP Spearman {row['atp_spearman']:.3f}, recall@20 {row['atp_recall_at_20']:.2f}",
+        flush=True,
+    )
     return row
 
 
@@ -322,17 +361,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/patching.json"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layers", default="4,11,18,25", help="comma-separated layers, or 'all'")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: timings on a shared machine stay stable)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: timings on a shared machine stay stable)"
+    )
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-agreement", action="store_true")
     parser.add_argument("--skip-race", action="store_true")
     parser.add_argument("--skip-neuron-memory", action="store_true")
-    parser.add_argument("--race-neurons", type=int, default=8, help="neurons per layer in the race's neuron sweep (TransformerLens runs one forward each)")
-    parser.add_argument("--neuron-layer", type=int, default=29, help="layer of the bounded-memory sweep over all its neurons")
+    parser.add_argument(
+        "--race-neurons",
+        type=int,
+        default=8,
+        help="neurons per layer in the race's neuron sweep (TransformerLens runs one forward each)",
+    )
+    parser.add_argument(
+        "--neuron-layer", type=int, default=29, help="layer of the bounded-memory sweep over all its neurons"
+    )
     parser.add_argument("--neuron-budget-mb", type=int, default=256)
     parser.add_argument("--memory-probe", nargs=2, metavar=("HOOK", "METHOD"), help=argparse.SUPPRESS)
-    parser.add_argument("--neuron-memory-probe", nargs=2, type=int, metavar=("LAYER", "BUDGET_MB"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--neuron-memory-probe", nargs=2, type=int, metavar=("LAYER", "BUDGET_MB"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_probe:
@@ -349,7 +399,9 @@ def main() -> None:
         command=" ".join([Path(sys.executable).name, *sys.argv]), machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
         torch=torch.__version__, threads=args.threads, load_average=os.getloadavg(), layers=layers, repeats=args.repeats,
     )  # fmt: skip
-    print(f"{model.cfg.model_name}: layers {layers}, {args.repeats} repeats, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{model.cfg.model_name}: layers {layers}, {args.repeats} repeats, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}"
+    )
     if not args.skip_speed:
         report["speed"] = speed(model, layers, args.repeats)
     if not args.skip_memory:

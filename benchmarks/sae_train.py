@@ -54,25 +54,51 @@ def fvu(encode_decode, x: torch.Tensor) -> float:
 
 def run_ours(train, held_out, args, sparse: bool) -> dict:
     cfg = TopKConfig(d_in=train.shape[1], d_sae=args.d_sae, k=args.k, sparse_backward=sparse)
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, args.steps // 10), decay_fraction=0.2, log_every=args.steps)
+    tcfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch,
+        lr=args.lr,
+        warmup_steps=max(1, args.steps // 10),
+        decay_fraction=0.2,
+        log_every=args.steps,
+    )
     start = time.perf_counter()
     result = train_sae(cfg, TensorBatches(train, args.batch), tcfg, progress=False)
     seconds = time.perf_counter() - start
-    return {"tokens_per_s": args.steps * args.batch / seconds, "step_s": seconds / args.steps, "fvu": fvu(result.sae, held_out)}
+    return {
+        "tokens_per_s": args.steps * args.batch / seconds,
+        "step_s": seconds / args.steps,
+        "fvu": fvu(result.sae, held_out),
+    }
 
 
 def run_saelens(train, held_out, args) -> dict:
     from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
 
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=train.shape[1], d_sae=args.d_sae, k=args.k, normalize_activations="expected_average_only_in"))
-    cfg = SAETrainerConfig(total_training_samples=args.steps * args.batch, train_batch_size_samples=args.batch, lr=args.lr,
-                           lr_warm_up_steps=max(1, args.steps // 10), lr_decay_steps=max(1, args.steps // 5), lr_end=0.0, n_batches_for_norm_estimate=1)
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(
+            d_in=train.shape[1], d_sae=args.d_sae, k=args.k, normalize_activations="expected_average_only_in"
+        )
+    )
+    cfg = SAETrainerConfig(
+        total_training_samples=args.steps * args.batch,
+        train_batch_size_samples=args.batch,
+        lr=args.lr,
+        lr_warm_up_steps=max(1, args.steps // 10),
+        lr_decay_steps=max(1, args.steps // 5),
+        lr_end=0.0,
+        n_batches_for_norm_estimate=1,
+    )
     batches = iter(TensorBatches(train, args.batch))
     start = time.perf_counter()
     trained = SAETrainer(cfg=cfg, sae=sae, data_provider=batches).fit()
     seconds = time.perf_counter() - start
-    return {"tokens_per_s": args.steps * args.batch / seconds, "step_s": seconds / args.steps, "fvu": fvu(lambda x: trained.decode(trained.encode(x)), held_out)}
+    return {
+        "tokens_per_s": args.steps * args.batch / seconds,
+        "step_s": seconds / args.steps,
+        "fvu": fvu(lambda x: trained.decode(trained.encode(x)), held_out),
+    }
 
 
 def matmul_floor(args, d_in: int) -> float:
@@ -98,17 +124,42 @@ def main() -> None:
     acts = cached_activations(args.site, args.steps * args.batch + 4096)
     train, held_out = acts[: args.steps * args.batch], acts[args.steps * args.batch :]
     load_before = os.getloadavg()[0]
-    rows = {"ours_sparse": run_ours(train, held_out, args, sparse=True), "ours_dense": run_ours(train, held_out, args, sparse=False), "saelens": run_saelens(train, held_out, args)}
+    rows = {
+        "ours_sparse": run_ours(train, held_out, args, sparse=True),
+        "ours_dense": run_ours(train, held_out, args, sparse=False),
+        "saelens": run_saelens(train, held_out, args),
+    }
     floor = matmul_floor(args, acts.shape[1])
     print(f"{'trainer':<13} {'tokens/s':>10} {'step s':>8} {'x floor':>8} {'FVU':>7}")
     for name, row in rows.items():
         row["step_over_matmul_floor"] = row["step_s"] / floor
-        print(f"{name:<13} {row['tokens_per_s']:>10.0f} {row['step_s']:>8.3f} {row['step_over_matmul_floor']:>8.1f} {row['fvu']:>7.3f}")
+        print(
+            f"{name:<13} {row['tokens_per_s']:>10.0f} {row['step_s']:>8.3f} {row['step_over_matmul_floor']:>8.1f} {row['fvu']:>7.3f}"
+        )
     speedup = rows["ours_sparse"]["tokens_per_s"] / rows["saelens"]["tokens_per_s"]
-    print(f"ours / SAELens throughput: {speedup:.2f}x; floor (one [{args.batch}x{acts.shape[1]}] @ [{acts.shape[1]}x{args.d_sae}] matmul): {floor:.3f} s")
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-               "load_average_before": load_before, "load_average_after": os.getloadavg()[0]}
-    Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "matmul_floor_s": floor, "speedup_vs_saelens": speedup, "results": rows}, indent=1))
+    print(
+        f"ours / SAELens throughput: {speedup:.2f}x; floor (one [{args.batch}x{acts.shape[1]}] @ [{acts.shape[1]}x{args.d_sae}] matmul): {floor:.3f} s"
+    )
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "machine": machine,
+                "matmul_floor_s": floor,
+                "speedup_vs_saelens": speedup,
+                "results": rows,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {args.out}")
 
 

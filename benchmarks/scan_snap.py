@@ -24,7 +24,10 @@ from circuits.scan_snap.model import RunSpec, TrainSettings, train_runs
 def sweep_runs(seeds: int) -> list[RunSpec]:
     return [
         RunSpec(SequenceClasses(n_queries=q, next_per_query=2), seed, eta_z * ratio, eta_z)
-        for q in (1, 3, 5, 10) for eta_z in (0.5, 1.0, 2.0, 3.0) for ratio in (1.0, 2.0, 5.0, 10.0) for seed in range(seeds)
+        for q in (1, 3, 5, 10)
+        for eta_z in (0.5, 1.0, 2.0, 3.0)
+        for ratio in (1.0, 2.0, 5.0, 10.0)
+        for seed in range(seeds)
     ]
 
 
@@ -49,9 +52,18 @@ def main() -> None:
     # the loop trains each run in its compact vocabulary; compare losses, which do not depend on the layout
     max_loss_gap = max(float((batched.loss[:, r] - alone.loss[:, 0]).abs().max()) for r, alone in enumerate(looped))
     result = dict(
-        runs=len(runs), steps=args.steps, batch_size=settings.batch_size, seq_len=settings.seq_len, threads=args.threads,
-        batched_wall_s=batched_wall, loop_wall_s=loop_wall, batched_cpu_s=batched_cpu, loop_cpu_s=loop_cpu,
-        wall_ratio=loop_wall / batched_wall, cpu_ratio=loop_cpu / batched_cpu, max_loss_gap=max_loss_gap,
+        runs=len(runs),
+        steps=args.steps,
+        batch_size=settings.batch_size,
+        seq_len=settings.seq_len,
+        threads=args.threads,
+        batched_wall_s=batched_wall,
+        loop_wall_s=loop_wall,
+        batched_cpu_s=batched_cpu,
+        loop_cpu_s=loop_cpu,
+        wall_ratio=loop_wall / batched_wall,
+        cpu_ratio=loop_cpu / batched_cpu,
+        max_loss_gap=max_loss_gap,
         machine=f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
     )
     print(f"{'':<22}{'wall s':>10}{'cpu s':>10}")

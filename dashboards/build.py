@@ -41,9 +41,9 @@ FOLD_CHARS = 160  # table cells longer than this are folded (<details>), e.g. th
 
 def _page(title: str, subtitle: str, body: str, head_script: str = "") -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n{head_script}</head>\n<body>\n"
-        f"<header><h1>{html.escape(title)}</h1><p class=\"subtitle\">{html.escape(subtitle)}</p></header>\n{body}\n</body>\n</html>\n"
+        f'<header><h1>{html.escape(title)}</h1><p class="subtitle">{html.escape(subtitle)}</p></header>\n{body}\n</body>\n</html>\n'
     )
 
 
@@ -57,17 +57,17 @@ def _cell_html(value: object) -> str:
 def _table_html(df: pd.DataFrame, *, raw_html: bool = False) -> str:
     """A table that scrolls inside its box rather than running off the page; long cells folded. raw_html: cells are HTML already."""
     body = df if raw_html else df.map(_cell_html)
-    return f"<div class=\"table-box\">{body.to_html(index=False, border=0, escape=False, na_rep='NaN')}</div>"
+    return f'<div class="table-box">{body.to_html(index=False, border=0, escape=False, na_rep="NaN")}</div>'
 
 
 def summary_html(summary: Summary) -> str:
     """The block that opens a page: what the analysis shows, then its verdict and headline numbers."""
     parts = [f"<p>{html.escape(summary.about)}</p>"] if summary.about else []
-    parts.append(f"<p class=\"verdict\">Verdict: {html.escape(summary.verdict)}</p>")
+    parts.append(f'<p class="verdict">Verdict: {html.escape(summary.verdict)}</p>')
     parts.append(f"<p>{html.escape(summary.headline)}</p>")
     if summary.caveat:
-        parts.append(f"<p class=\"caveat\">{html.escape(summary.caveat)}</p>")
-    return "<section class=\"summary\"><h2>What this shows</h2>\n" + "\n".join(parts) + "\n</section>"
+        parts.append(f'<p class="caveat">{html.escape(summary.caveat)}</p>')
+    return '<section class="summary"><h2>What this shows</h2>\n' + "\n".join(parts) + "\n</section>"
 
 
 def _figure_html(run: ResultsDir, figure: str | go.Figure, number: int) -> str:
@@ -76,14 +76,24 @@ def _figure_html(run: ResultsDir, figure: str | go.Figure, number: int) -> str:
         name, figure = figure, run.figure(figure)
         png = run.figures_dir / f"{name}.png"
         targets = [f"{FIGURES_DIR}/{name}.json"] + ([f"{FIGURES_DIR}/{name}.png"] if png.exists() else [])
-        items = [f"<a href=\"{html.escape(t)}\">{html.escape(Path(t).name)}</a>" for t in targets]
+        items = [f'<a href="{html.escape(t)}">{html.escape(Path(t).name)}</a>' for t in targets]
         if not png.exists() and png.name in run.skipped_pngs():
-            items.append(f"PNG not rendered (no browser when the run saved it): it would be {html.escape(str(png))}; "
-                         f"run <code>make browser</code>, then <code>interp dashboard {html.escape(str(run.path))} --png</code>")
-        links = "<div class=\"links\">" + " &middot; ".join(items) + "</div>"
+            items.append(
+                f"PNG not rendered (no browser when the run saved it): it would be {html.escape(str(png))}; "
+                f"run <code>make browser</code>, then <code>interp dashboard {html.escape(str(run.path))} --png</code>"
+            )
+        links = '<div class="links">' + " &middot; ".join(items) + "</div>"
     height = figure.layout.height or 500
-    div = pio.to_html(figure, include_plotlyjs=False, full_html=False, div_id=f"figure-{number}", config=FIGURE_CONFIG, default_height=f"{height}px", validate=True)
-    return f"<div class=\"figure\">{div}{links}</div>"
+    div = pio.to_html(
+        figure,
+        include_plotlyjs=False,
+        full_html=False,
+        div_id=f"figure-{number}",
+        config=FIGURE_CONFIG,
+        default_height=f"{height}px",
+        validate=True,
+    )
+    return f'<div class="figure">{div}{links}</div>'
 
 
 def _anchor(number: int) -> str:
@@ -102,10 +112,10 @@ def render_page(run: ResultsDir, sections: Sequence[Section]) -> str:
         for figure in section.figures:
             parts.append(_figure_html(run, figure, figure_count))
             figure_count += 1
-        blocks.append(f"<section id=\"{_anchor(number)}\">\n" + "\n".join(parts) + "\n</section>")
-        toc.append(f"<a href=\"#{_anchor(number)}\">{html.escape(section.title)}</a>")
+        blocks.append(f'<section id="{_anchor(number)}">\n' + "\n".join(parts) + "\n</section>")
+        toc.append(f'<a href="#{_anchor(number)}">{html.escape(section.title)}</a>')
     body = f"<nav>{''.join(toc)}</nav>\n" + summary_html(summarise(run)) + "\n" + "\n".join(blocks)
-    plotly_js = f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n" if figure_count else ""
+    plotly_js = f'<script type="text/javascript">{get_plotlyjs()}</script>\n' if figure_count else ""
     return _page(run.title, f"{run.analysis} · {run.path}", body, head_script=plotly_js)
 
 
@@ -120,8 +130,19 @@ def summary_table(runs: Sequence[ResultsDir], relative_to: Path | None = None) -
     rows = []
     for run in runs:
         s = summarise(run)
-        page = Path(os.path.relpath(run.dashboard_path, relative_to)).as_posix() if relative_to is not None else str(run.dashboard_path)
-        rows.append({"investigation": s.investigation, "headline": s.headline + (f" [{s.caveat}]" if s.caveat else ""), "verdict": s.verdict, "page": page})
+        page = (
+            Path(os.path.relpath(run.dashboard_path, relative_to)).as_posix()
+            if relative_to is not None
+            else str(run.dashboard_path)
+        )
+        rows.append(
+            {
+                "investigation": s.investigation,
+                "headline": s.headline + (f" [{s.caveat}]" if s.caveat else ""),
+                "verdict": s.verdict,
+                "page": page,
+            }
+        )
     return pd.DataFrame(rows, columns=["investigation", "headline", "verdict", "page"])
 
 
@@ -130,22 +151,38 @@ def build_index(run_dirs: Sequence[str | Path | ResultsDir], out: str | Path, *,
     out = Path(out)
     runs = [r if isinstance(r, ResultsDir) else ResultsDir.open(r) for r in run_dirs]
     table = summary_table(runs, relative_to=out.parent)
-    findings = pd.DataFrame({
-        "investigation": [f"<a href=\"{html.escape(page)}\">{html.escape(name)}</a>" for name, page in zip(table.investigation, table.page)],
-        "headline": table.headline.map(html.escape), "verdict": table.verdict.map(lambda v: f"<span class=\"verdict\">{html.escape(v)}</span>"),
-    })
+    findings = pd.DataFrame(
+        {
+            "investigation": [
+                f'<a href="{html.escape(page)}">{html.escape(name)}</a>'
+                for name, page in zip(table.investigation, table.page)
+            ],
+            "headline": table.headline.map(html.escape),
+            "verdict": table.verdict.map(lambda v: f'<span class="verdict">{html.escape(v)}</span>'),
+        }
+    )
     rows = []
     for run in runs:
         href = Path(os.path.relpath(run.dashboard_path, out.parent)).as_posix()
-        rows.append({"run": f"<a href=\"{html.escape(href)}\">{html.escape(run.title)}</a>", "analysis": html.escape(run.analysis),
-                     "folder": html.escape(str(run.path)), "files": html.escape(", ".join(["metrics.json", *(f"{t}.parquet" for t in run.table_names())]))})
+        rows.append(
+            {
+                "run": f'<a href="{html.escape(href)}">{html.escape(run.title)}</a>',
+                "analysis": html.escape(run.analysis),
+                "folder": html.escape(str(run.path)),
+                "files": html.escape(", ".join(["metrics.json", *(f"{t}.parquet" for t in run.table_names())])),
+            }
+        )
     folders = pd.DataFrame(rows, columns=["run", "analysis", "folder", "files"])
-    body = (f"<section><h2>What each investigation found</h2>{f'<p>{html.escape(note)}</p>' if note else ''}{_table_html(findings, raw_html=True)}</section>\n"
-            f"<section><h2>Runs</h2>{_table_html(folders, raw_html=True)}</section>")
+    body = (
+        f"<section><h2>What each investigation found</h2>{f'<p>{html.escape(note)}</p>' if note else ''}{_table_html(findings, raw_html=True)}</section>\n"
+        f"<section><h2>Runs</h2>{_table_html(folders, raw_html=True)}</section>"
+    )
     return atomic_write_text(out, _page("Results", f"{len(runs)} run{'s' if len(runs) != 1 else ''}", body))
 
 
-def build_dashboards(run_dirs: Sequence[str | Path], index_path: str | Path | None = None, *, note: str = "") -> list[Path]:
+def build_dashboards(
+    run_dirs: Sequence[str | Path], index_path: str | Path | None = None, *, note: str = ""
+) -> list[Path]:
     """Build every run's page and one index; each DIR is a results dir or a folder holding results dirs.
 
     Returns the run pages, then the index (by default index.html in the runs' common parent folder).
@@ -158,7 +195,9 @@ def build_dashboards(run_dirs: Sequence[str | Path], index_path: str | Path | No
     for folder in run_dirs:
         found = list_runs(folder)
         if not found:
-            raise InterpError(f"run_dirs: {str(folder)!r} holds no results directory (no config.json at or below it); pass folders written by ResultsDir.create.")
+            raise InterpError(
+                f"run_dirs: {str(folder)!r} holds no results directory (no config.json at or below it); pass folders written by ResultsDir.create."
+            )
         runs += [r for r in found if r not in runs]
     pages = [build_dashboard(run) for run in runs]
     if index_path is None:

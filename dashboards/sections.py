@@ -71,7 +71,9 @@ def register_builder(kind: str, analysis: str, function: str) -> Callable[[Calla
     def register(builder: Callable) -> Callable:
         current = PAGES.get(analysis, {}).get(kind)
         if current is not None and current is not builder:
-            raise InterpError(f"{function}({analysis!r}): {current.__qualname__} is already registered for this analysis; pick another name.")
+            raise InterpError(
+                f"{function}({analysis!r}): {current.__qualname__} is already registered for this analysis; pick another name."
+            )
         PAGES.setdefault(analysis, {})[kind] = builder
         return builder
 
@@ -92,7 +94,9 @@ def sections_for(run: ResultsDir) -> list[Section]:
     builder = SECTION_BUILDERS.get(run.analysis, default_sections)
     sections = builder(run)
     if not isinstance(sections, list) or not all(isinstance(s, Section) for s in sections):
-        raise InterpError(f"the section builder for analysis {run.analysis!r} returned {type(sections).__name__}; it must return a list of dashboards.Section.")
+        raise InterpError(
+            f"the section builder for analysis {run.analysis!r} returned {type(sections).__name__}; it must return a list of dashboards.Section."
+        )
     return sections
 
 
@@ -121,8 +125,11 @@ def _cell(value: object) -> str:
 
 def config_section(run: ResultsDir) -> Section:
     record = run.record()
-    return Section("Config", text=f"analysis: {record['analysis']}; config class: {record.get('config_type', 'unknown')}",
-                   table=key_value_table(record["config"], key="setting"))
+    return Section(
+        "Config",
+        text=f"analysis: {record['analysis']}; config class: {record.get('config_type', 'unknown')}",
+        table=key_value_table(record["config"], key="setting"),
+    )
 
 
 def metrics_section(run: ResultsDir) -> Section | None:
@@ -140,7 +147,13 @@ def table_sections(run: ResultsDir) -> list[Section]:
     for name in run.table_names():
         df = run.load_table(name)
         shown = min(len(df), TABLE_PREVIEW_ROWS)
-        sections.append(Section(f"Table: {name}", text=f"{len(df)} rows x {df.shape[1]} columns ({name}.parquet); first {shown} shown.", table=df.head(shown)))
+        sections.append(
+            Section(
+                f"Table: {name}",
+                text=f"{len(df)} rows x {df.shape[1]} columns ({name}.parquet); first {shown} shown.",
+                table=df.head(shown),
+            )
+        )
     return sections
 
 

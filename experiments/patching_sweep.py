@@ -1,14 +1,11 @@
 """Activation patching sweeps on prompt pairs: config in, results dir (tables, figures, dashboard) out.
 
-    python -m experiments.patching_sweep --out results/patching     (the built-in capital-city pairs)
-    interp patch pairs.jsonl --out results/mine                      (your pairs)
+python -m experiments.patching_sweep --out results/patching     (the built-in capital-city pairs)
+interp patch pairs.jsonl --out results/mine                      (your pairs)
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,25 +28,35 @@ class PatchingSweepConfig:
     metric: str = "logit_diff"
     align: bool = False
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct
-    method: str = "exact"  # or "atp" / "atp*": attribution estimates from one forward/backward pair; "exact+atp": both, compared
+    method: str = (
+        "exact"  # or "atp" / "atp*": attribution estimates from one forward/backward pair; "exact+atp": both, compared
+    )
     analysis: str = "activation_patching"
 
     def __post_init__(self):
         object.__setattr__(self, "metric", METRIC_ALIASES.get(self.metric, self.metric))
         if self.metric not in METRICS:
-            raise InterpError(f"metric: {self.metric!r} is not a metric.{did_you_mean(str(self.metric), METRICS)} Known: {', '.join(METRICS)} (kl is kl_div).")
+            raise InterpError(
+                f"metric: {self.metric!r} is not a metric.{did_you_mean(str(self.metric), METRICS)} Known: {', '.join(METRICS)} (kl is kl_div)."
+            )
         for sweep in self.sweeps:
             if sweep not in SWEEPS:
-                raise InterpError(f"sweeps: {sweep!r} is not a sweep.{did_you_mean(sweep, SWEEPS)} Known: {', '.join(SWEEPS)}.")
+                raise InterpError(
+                    f"sweeps: {sweep!r} is not a sweep.{did_you_mean(sweep, SWEEPS)} Known: {', '.join(SWEEPS)}."
+                )
         if self.method not in METHODS:
-            raise InterpError(f"method: {self.method!r} is not a patching method.{did_you_mean(self.method, METHODS)} Known: {', '.join(METHODS)}.")
+            raise InterpError(
+                f"method: {self.method!r} is not a patching method.{did_you_mean(self.method, METHODS)} Known: {', '.join(METHODS)}."
+            )
         if not self.pairs:
             raise InterpError("pairs is empty: give at least one clean/corrupted prompt pair.")
         for i, row in enumerate(self.pairs):
             check_pair(row, f"pairs[{i}]")
         if all(row["clean"] == row["corrupted"] for row in self.pairs):
-            raise InterpError("pairs: every pair has the same clean and corrupted prompt, so clean and corrupted give the same metric and restoration "
-                              "(patched - corrupted) / (clean - corrupted) is undefined. Give corrupted prompts that change the answer.")
+            raise InterpError(
+                "pairs: every pair has the same clean and corrupted prompt, so clean and corrupted give the same metric and restoration "
+                "(patched - corrupted) / (clean - corrupted) is undefined. Give corrupted prompts that change the answer."
+            )
 
 
 def sweep_tables(task, sweeps, method: str = "exact") -> dict[str, pd.DataFrame]:
@@ -69,13 +76,25 @@ def sweep_figures(tables: dict[str, pd.DataFrame], tokens, method: str = "exact"
     figures = {}
     for sweep, df in tables.items():
         if sweep == "heads":
-            figures[sweep] = plots.head_heatmap(df, value="restoration", title=f"Restoration from patching each head's z, all positions{label}")
+            figures[sweep] = plots.head_heatmap(
+                df, value="restoration", title=f"Restoration from patching each head's z, all positions{label}"
+            )
         elif sweep == "heads_by_pos":
-            figures[sweep] = plots.layer_position_heatmap(df, value="restoration", tokens=tokens, agg="max", title=f"Max restoration over heads, by layer and position{label}")
+            figures[sweep] = plots.layer_position_heatmap(
+                df,
+                value="restoration",
+                tokens=tokens,
+                agg="max",
+                title=f"Max restoration over heads, by layer and position{label}",
+            )
         elif sweep == "neurons":
-            figures[sweep] = plots.top_k_bars(df, value="restoration", label=["layer", "neuron"], k=30, title=f"Top neurons by restoration{label}")
+            figures[sweep] = plots.top_k_bars(
+                df, value="restoration", label=["layer", "neuron"], k=30, title=f"Top neurons by restoration{label}"
+            )
         else:
-            figures[sweep] = plots.layer_position_heatmap(df, value="restoration", tokens=tokens, title=f"Restoration from patching {sweep}{label}")
+            figures[sweep] = plots.layer_position_heatmap(
+                df, value="restoration", tokens=tokens, title=f"Restoration from patching {sweep}{label}"
+            )
     return figures
 
 
@@ -98,12 +117,29 @@ def agreement_figure(exact: pd.DataFrame, estimate: pd.DataFrame, sweep: str):
     import plotly.graph_objects as go
 
     both = _joined(exact, estimate)
-    label = [" ".join(f"{c[0].upper()}{int(v)}" for c, v in row.items() if c in ("layer", "head", "neuron", "position") and pd.notna(v)) for _, row in both.iterrows()]
-    lo, hi = float(both[["restoration_exact", "restoration_atp"]].min().min()), float(both[["restoration_exact", "restoration_atp"]].max().max())
-    fig = go.Figure([go.Scatter(x=both["restoration_exact"], y=both["restoration_atp"], mode="markers", text=label, name=sweep),
-                     go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="grey"), name="y = x")])
-    fig.update_layout(title=dict(text=f"{sweep}: AtP estimate against exact patching (one point per unit)"),
-                      xaxis=dict(title=dict(text="exact restoration")), yaxis=dict(title=dict(text="AtP restoration")))
+    label = [
+        " ".join(
+            f"{c[0].upper()}{int(v)}"
+            for c, v in row.items()
+            if c in ("layer", "head", "neuron", "position") and pd.notna(v)
+        )
+        for _, row in both.iterrows()
+    ]
+    lo, hi = (
+        float(both[["restoration_exact", "restoration_atp"]].min().min()),
+        float(both[["restoration_exact", "restoration_atp"]].max().max()),
+    )
+    fig = go.Figure(
+        [
+            go.Scatter(x=both["restoration_exact"], y=both["restoration_atp"], mode="markers", text=label, name=sweep),
+            go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="grey"), name="y = x"),
+        ]
+    )
+    fig.update_layout(
+        title=dict(text=f"{sweep}: AtP estimate against exact patching (one point per unit)"),
+        xaxis=dict(title=dict(text="exact restoration")),
+        yaxis=dict(title=dict(text="AtP restoration")),
+    )
     return fig
 
 
@@ -111,11 +147,15 @@ def check_task(task, metric: str) -> None:
     """Refuse a task whose clean and corrupted prompts give the same metric: every restoration would be 0/0."""
     clean, corrupted = task.clean_metric, task.corrupted_metric
     if not (math.isfinite(clean) and math.isfinite(corrupted)):
-        raise InterpError(f"pairs: the {metric} of the clean ({clean}) or corrupted ({corrupted}) prompts is not finite on this model; check the prompts and answers.")
+        raise InterpError(
+            f"pairs: the {metric} of the clean ({clean}) or corrupted ({corrupted}) prompts is not finite on this model; check the prompts and answers."
+        )
     if abs(clean - corrupted) <= 1e-6 * max(1.0, abs(clean), abs(corrupted)):
-        raise InterpError(f"pairs: clean and corrupted prompts give the same {metric} ({clean:.6g}) on this model, so restoration "
-                          "(patched - corrupted) / (clean - corrupted) is 0/0 for every patch and the sweep would be all NaN. "
-                          "Use corrupted prompts that change the model's answer, or another --metric.")
+        raise InterpError(
+            f"pairs: clean and corrupted prompts give the same {metric} ({clean:.6g}) on this model, so restoration "
+            "(patched - corrupted) / (clean - corrupted) is 0/0 for every patch and the sweep would be all NaN. "
+            "Use corrupted prompts that change the model's answer, or another --metric."
+        )
 
 
 def run(config: PatchingSweepConfig, out: Path, *, overwrite: bool = False) -> Path:
@@ -130,8 +170,13 @@ def run(config: PatchingSweepConfig, out: Path, *, overwrite: bool = False) -> P
     model = require_hooked(load_model(config.model), "interp patch")
     pairs = config.pairs
     task = PatchingTask(
-        model, [p["clean"] for p in pairs], [p["corrupted"] for p in pairs], [p["answer"] for p in pairs],
-        [p["wrong"] for p in pairs], metric=config.metric, align=config.align,
+        model,
+        [p["clean"] for p in pairs],
+        [p["corrupted"] for p in pairs],
+        [p["answer"] for p in pairs],
+        [p["wrong"] for p in pairs],
+        metric=config.metric,
+        align=config.align,
     )
     check_task(task, config.metric)
     run_dir = ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite)
@@ -146,19 +191,32 @@ def _sweep_into(run_dir, config: PatchingSweepConfig, model, task) -> None:
     tokens = model.to_str_tokens(task.clean_tokens[0])
     if config.method == "exact+atp":
         tables, estimates = sweep_tables(task, config.sweeps, "exact"), sweep_tables(task, config.sweeps, "atp")
-        figures = {**sweep_figures(tables, tokens, "exact"), **{f"{k}_atp": v for k, v in sweep_figures(estimates, tokens, "atp").items()},
-                   **{f"{k}_exact_vs_atp": agreement_figure(tables[k], estimates[k], k) for k in tables}}
+        figures = {
+            **sweep_figures(tables, tokens, "exact"),
+            **{f"{k}_atp": v for k, v in sweep_figures(estimates, tokens, "atp").items()},
+            **{f"{k}_exact_vs_atp": agreement_figure(tables[k], estimates[k], k) for k in tables},
+        }
     else:
         tables, estimates = sweep_tables(task, config.sweeps, config.method), {}
         figures = sweep_figures(tables, tokens, config.method)
     for name, df in tables.items():
         run_dir.save_table(name, df)
     run_dir.save_figures(figures)
-    headline = {"n_pairs": len(pairs), "metric": config.metric, "method": config.method, "clean_metric": task.clean_metric, "corrupted_metric": task.corrupted_metric}
+    headline = {
+        "n_pairs": len(pairs),
+        "metric": config.metric,
+        "method": config.method,
+        "clean_metric": task.clean_metric,
+        "corrupted_metric": task.corrupted_metric,
+    }
     for name, df in tables.items():
         if df["restoration"].notna().any():
             top = df.loc[df["restoration"].idxmax()]
-            headline[f"{name}_top"] = {k: (int(v) if k in ("layer", "head", "neuron", "position") and pd.notna(v) else v) for k, v in top.items() if k in ("layer", "head", "neuron", "position", "restoration") and pd.notna(v)}
+            headline[f"{name}_top"] = {
+                k: (int(v) if k in ("layer", "head", "neuron", "position") and pd.notna(v) else v)
+                for k, v in top.items()
+                if k in ("layer", "head", "neuron", "position", "restoration") and pd.notna(v)
+            }
     for name, df in estimates.items():
         run_dir.save_table(f"{name}_atp", df)
         headline[f"{name}_atp_agreement"] = agreement(tables[name], df)

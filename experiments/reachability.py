@@ -23,9 +23,25 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from circuits.reachability.analysis import acceptance_inner, answer_accuracy, chain_validity, example_frame, label_order_baseline, probe_tables, run_thoughts, thought_top_nodes
+from circuits.reachability.analysis import (
+    acceptance_inner,
+    answer_accuracy,
+    chain_validity,
+    example_frame,
+    label_order_baseline,
+    probe_tables,
+    run_thoughts,
+    thought_top_nodes,
+)
 from circuits.reachability.construction import ConstructionConfig, construction_model, reachable_set_vectors
-from circuits.reachability.figures import accuracy_curve_figure, accuracy_figure, example_graph_figure, grouped_by_step, loss_figure, probe_auc_figure
+from circuits.reachability.figures import (
+    accuracy_curve_figure,
+    accuracy_figure,
+    example_graph_figure,
+    grouped_by_step,
+    loss_figure,
+    probe_auc_figure,
+)
 from circuits.reachability.diagnostics import teacher_forced_hops
 from circuits.reachability.graphs import GraphConfig, Problem, make_problems, split_by_graph
 from circuits.reachability.model import ModelConfig
@@ -41,13 +57,19 @@ from interp.threads import torch_threads
 class ReachabilityConfig:
     analysis: str = "reachability"
     # branching graphs (issue 14): 2 nodes per level per component, 16 edges, node ids shuffled per graph
-    graph: GraphConfig = field(default_factory=lambda: GraphConfig(n_node_ids=24, n_levels=3, min_width=2, max_width=2, n_edges=16))
+    graph: GraphConfig = field(
+        default_factory=lambda: GraphConfig(n_node_ids=24, n_levels=3, min_width=2, max_width=2, n_edges=16)
+    )
     # d_model 64, not the issue's 128: measured, the three processes get ~0.1 core each on the shared machine
     # (load ~9 on 2 cores), so d_model 128 (~0.4 core-s per step) would reach ~1,500 steps in the time box (FINDINGS.md)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=64, n_heads=4, d_mlp=256))
     # 400 steps per pre-final stage, then the final stage; constant lr (as the authors), so `steps` can be cut or
     # extended on resume. Sized by measurement (FINDINGS.md): ~1 s/step per process with 3 processes on the shared 2 cores
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=8000, batch_size=64, lr=2e-3, warmup_steps=200, stage_steps=400, eval_every=250, checkpoint_every=250))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=8000, batch_size=64, lr=2e-3, warmup_steps=200, stage_steps=400, eval_every=250, checkpoint_every=250
+        )
+    )
     construction: ConstructionConfig = field(default_factory=ConstructionConfig)
     n_problems: int = 100000  # before the split by graph; a large pool keeps the models from memorising graphs
     test_fraction: float = 0.1
@@ -66,7 +88,13 @@ class ReachabilityConfig:
         return cls(
             train=TrainConfig(steps=120, batch_size=32, lr=2e-3, warmup_steps=20, eval_every=40),
             model=ModelConfig(d_model=64, n_heads=4, d_mlp=256),
-            n_problems=4000, n_eval=300, n_curve=100, n_construction=500, n_probe=150, workers=1, under_trained=True,
+            n_problems=4000,
+            n_eval=300,
+            n_curve=100,
+            n_construction=500,
+            n_probe=150,
+            workers=1,
+            under_trained=True,
         )
 
 
@@ -83,9 +111,13 @@ def two_proportion_z(p1: float, n1: int, p2: float, n2: int) -> float:
 
 def _data(config: ReachabilityConfig) -> tuple[list[Problem], list[Problem], list[Problem]]:
     """(train, eval, curve) problems; eval and curve are disjoint held-out graphs."""
-    train_problems, test_problems = split_by_graph(make_problems(config.graph, config.n_problems, config.seed), config.test_fraction, config.seed)
+    train_problems, test_problems = split_by_graph(
+        make_problems(config.graph, config.n_problems, config.seed), config.test_fraction, config.seed
+    )
     if len(test_problems) < config.n_eval + config.n_curve or len(train_problems) < config.n_probe:
-        raise InterpError(f"n_problems={config.n_problems} with test_fraction={config.test_fraction} gives {len(test_problems)} test problems; raise n_problems to cover n_eval + n_curve = {config.n_eval + config.n_curve}.")
+        raise InterpError(
+            f"n_problems={config.n_problems} with test_fraction={config.test_fraction} gives {len(test_problems)} test problems; raise n_problems to cover n_eval + n_curve = {config.n_eval + config.n_curve}."
+        )
     return train_problems, test_problems[: config.n_eval], test_problems[config.n_eval : config.n_eval + config.n_curve]
 
 
@@ -93,7 +125,16 @@ def _train_mode(config: ReachabilityConfig, mode: str, checkpoints: Path, progre
     with torch_threads(config.threads):
         train_problems, _, curve_problems = _data(config)
         layout = SequenceLayout(config.graph, config.graph.n_levels)
-        return train(mode, train_problems, layout, config.model, config.train, progress=progress, eval_problems=curve_problems, checkpoint=checkpoints / f"{mode}.pt")
+        return train(
+            mode,
+            train_problems,
+            layout,
+            config.model,
+            config.train,
+            progress=progress,
+            eval_problems=curve_problems,
+            checkpoint=checkpoints / f"{mode}.pt",
+        )
 
 
 def _train_worker(config: ReachabilityConfig, mode: str, checkpoints: Path) -> None:
@@ -103,7 +144,9 @@ def _train_worker(config: ReachabilityConfig, mode: str, checkpoints: Path) -> N
 def run(config: ReachabilityConfig, out: Path) -> Path:
     """Train the three formats, check the construction, probe both; write the results dir and its dashboard."""
     if config.n_eval < 1 or config.n_probe < 2 or config.n_construction < 1 or config.n_curve < 1:
-        raise InterpError(f"n_eval={config.n_eval}, n_curve={config.n_curve}, n_probe={config.n_probe}, n_construction={config.n_construction}: need n_eval, n_curve, n_construction >= 1 and n_probe >= 2.")
+        raise InterpError(
+            f"n_eval={config.n_eval}, n_curve={config.n_curve}, n_probe={config.n_probe}, n_construction={config.n_construction}: need n_eval, n_curve, n_construction >= 1 and n_probe >= 2."
+        )
     if config.workers < 1:
         raise InterpError(f"workers={config.workers} must be >= 1.")
     with torch_threads(config.threads):
@@ -116,12 +159,20 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
     layout = SequenceLayout(config.graph, config.graph.n_levels)
     checkpoints = results.path / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
-    if config.workers > 1:  # one process per format; each resumes from its checkpoint (this process holds no data meanwhile)
-        with ProcessPoolExecutor(max_workers=min(config.workers, len(MODES)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    if (
+        config.workers > 1
+    ):  # one process per format; each resumes from its checkpoint (this process holds no data meanwhile)
+        with ProcessPoolExecutor(
+            max_workers=min(config.workers, len(MODES)), mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             for future in [pool.submit(_train_worker, config, mode, checkpoints) for mode in MODES]:
                 future.result()
     train_problems, eval_problems, curve_problems = _data(config)
-    metrics: dict[str, float] = {"under_trained": config.under_trained, "n_eval": len(eval_problems), "n_curve": len(curve_problems)}
+    metrics: dict[str, float] = {
+        "under_trained": config.under_trained,
+        "n_eval": len(eval_problems),
+        "n_curve": len(curve_problems),
+    }
     accuracies, curves, acc_curves, models = [], [], [], {}
     for mode in MODES:  # loads a finished checkpoint, or trains here (workers == 1)
         models[mode], curve, acc_curve = _train_mode(config, mode, checkpoints, progress=config.workers == 1)
@@ -134,13 +185,17 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
         metrics |= _flatness(acc_curve, mode)
     n = len(eval_problems)
     metrics["continuous_minus_discrete"] = metrics["acc_continuous"] - metrics["acc_discrete_cot"]
-    metrics["continuous_minus_discrete_z"] = two_proportion_z(metrics["acc_continuous"], n, metrics["acc_discrete_cot"], n)
+    metrics["continuous_minus_discrete_z"] = two_proportion_z(
+        metrics["acc_continuous"], n, metrics["acc_discrete_cot"], n
+    )
     metrics["z"] = metrics["continuous_minus_discrete_z"]  # the issue's name for it
 
     # the graphs: how often the frontier branches, and the label-order shortcut as a baseline
     for c in range(1, layout.n_chain + 1):
         metrics[f"frontier_gt1_fraction_step{c}"] = sum(len(p.frontier(c)) > 1 for p in eval_problems) / n
-    metrics["frontier_gt1_fraction"] = min(metrics["frontier_gt1_fraction_step1"], metrics["frontier_gt1_fraction_step2"] if layout.n_chain > 1 else 1.0)
+    metrics["frontier_gt1_fraction"] = min(
+        metrics["frontier_gt1_fraction_step1"], metrics["frontier_gt1_fraction_step2"] if layout.n_chain > 1 else 1.0
+    )
     baseline = label_order_baseline(train_problems, eval_problems)
     metrics["label_order_shortcut_acc"], metrics["label_order_shortcut_rule"] = baseline
     ordered = make_problems(replace(config.graph, shuffle_ids=False), len(train_problems[: 4 * n]) + n, config.seed + 2)
@@ -151,7 +206,9 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
     construction_problems = make_problems(config.graph, config.n_construction, config.seed + 1)
     begin = time.perf_counter()
     thought_run = run_thoughts(constructed, construction_problems, layout, fixed=True)
-    errors = (thought_run.thoughts - reachable_set_vectors(constructed, construction_problems, layout.n_chain)).norm(dim=-1)  # [n, step]
+    errors = (thought_run.thoughts - reachable_set_vectors(constructed, construction_problems, layout.n_chain)).norm(
+        dim=-1
+    )  # [n, step]
     metrics["construction_seconds"] = time.perf_counter() - begin
     metrics["construction_acc"] = answer_accuracy(thought_run, construction_problems, layout)
     metrics["construction_max_error"] = errors.max().item()
@@ -159,16 +216,28 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
     metrics["construction_within_tolerance"] = (errors <= 1e-3).float().mean().item()
     metrics["n_construction_problems"] = config.n_construction
     accuracies.append(_accuracy_row("construction", metrics["construction_acc"], config.n_construction))
-    construction_errors = pd.DataFrame({"step": torch.arange(1, layout.n_chain + 1).repeat(len(errors)).numpy(), "error": errors.flatten().numpy()})
+    construction_errors = pd.DataFrame(
+        {"step": torch.arange(1, layout.n_chain + 1).repeat(len(errors)).numpy(), "error": errors.flatten().numpy()}
+    )
 
     probe_fit = random.Random(config.seed).sample(train_problems, config.n_probe)
-    tables = [probe_tables(m, probe_fit, eval_problems, layout, label, fixed=label == "construction") for label, m in (("continuous", models["continuous"]), ("construction", constructed))]
+    tables = [
+        probe_tables(m, probe_fit, eval_problems, layout, label, fixed=label == "construction")
+        for label, m in (("continuous", models["continuous"]), ("construction", constructed))
+    ]
     tables = {name: pd.concat([t[name] for t in tables], ignore_index=True) for name in tables[0]}
     for prefix, label in (("", "continuous"), ("construction_", "construction")):
-        for measure, table in (("inner", tables["inner_products"]), ("attention", tables["edge_attention"]), ("inner", tables["inner_products_separate"]), ("attention", tables["edge_attention_separate"])):
+        for measure, table in (
+            ("inner", tables["inner_products"]),
+            ("attention", tables["edge_attention"]),
+            ("inner", tables["inner_products_separate"]),
+            ("attention", tables["edge_attention_separate"]),
+        ):
             for row in table[table["model"] == label].itertuples():
                 metrics[f"{prefix}{measure}_{row.group}_step{row.step}"] = row.mean
-        for step, auc in tables["probe_auc"][tables["probe_auc"]["model"] == label].groupby("step")["auc"].mean().items():
+        for step, auc in (
+            tables["probe_auc"][tables["probe_auc"]["model"] == label].groupby("step")["auc"].mean().items()
+        ):
             metrics[f"{prefix}probe_auc_step{step}"] = auc
         for row in tables["probe_group_auc"][tables["probe_group_auc"]["model"] == label].itertuples():
             metrics[f"{prefix}probe_auc_{row.group}_step{row.step}"] = row.auc
@@ -181,30 +250,60 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
     # edge following, chance-matched: does thought c's top node lie in the frontier; is the discrete chain a path
     for c, (share, chance, n_c) in thought_top_nodes(models["continuous"], eval_problems, layout).items():
         metrics[f"thought_top_in_frontier_step{c}"], metrics[f"thought_top_in_frontier_chance_step{c}"] = share, chance
-    metrics["discrete_first_hop_valid"], metrics["discrete_chain_valid_to_answer"] = chain_validity(models["discrete_cot"], eval_problems, layout)
-    metrics["discrete_first_hop_valid_chance"] = sum(sum(a == p.root for a, _ in p.edges) / (len(p.nodes) - 1) for p in eval_problems) / n
+    metrics["discrete_first_hop_valid"], metrics["discrete_chain_valid_to_answer"] = chain_validity(
+        models["discrete_cot"], eval_problems, layout
+    )
+    metrics["discrete_first_hop_valid_chance"] = (
+        sum(sum(a == p.root for a, _ in p.edges) / (len(p.nodes) - 1) for p in eval_problems) / n
+    )
     # the skill every format needs first (the single-step edge lookup), teacher-forced on a gold shortest path
     for c, row in teacher_forced_hops(models["discrete_cot"], eval_problems, layout).items():
         for key in ("child", "child_chance", "on_shortest_path", "on_shortest_path_chance"):
             metrics[f"discrete_teacher_forced_hop{c}_{key}"] = row[key]
 
     example = _example(eval_problems, layout)
-    example_nodes = pd.concat([example_frame(m, example, layout, label, fixed=label == "construction") for label, m in (("continuous", models["continuous"]), ("construction", constructed))], ignore_index=True)
-    example_edges = pd.DataFrame(example.edges, columns=["source", "target"]).assign(root=example.root, answer=example.answer, decoy=[c for c in example.candidates if c != example.answer][0])
+    example_nodes = pd.concat(
+        [
+            example_frame(m, example, layout, label, fixed=label == "construction")
+            for label, m in (("continuous", models["continuous"]), ("construction", constructed))
+        ],
+        ignore_index=True,
+    )
+    example_edges = pd.DataFrame(example.edges, columns=["source", "target"]).assign(
+        root=example.root, answer=example.answer, decoy=[c for c in example.candidates if c != example.answer][0]
+    )
 
     accuracy_table = pd.DataFrame(accuracies, columns=["method", "accuracy", "sem", "n"])
     curves_table = pd.concat(curves, ignore_index=True)
     acc_curves_table = pd.concat(acc_curves, ignore_index=True)
-    for name, table in {"accuracy": accuracy_table, "loss_curves": curves_table, "accuracy_curves": acc_curves_table, "construction_errors": construction_errors,
-                        "example_nodes": example_nodes, "example_edges": example_edges, **tables}.items():
+    for name, table in {
+        "accuracy": accuracy_table,
+        "loss_curves": curves_table,
+        "accuracy_curves": acc_curves_table,
+        "construction_errors": construction_errors,
+        "example_nodes": example_nodes,
+        "example_edges": example_edges,
+        **tables,
+    }.items():
         results.save_table(name, table)
-    figures = {"accuracy": accuracy_figure(accuracy_table), "accuracy_curves": accuracy_curve_figure(acc_curves_table), "loss": loss_figure(curves_table), "probe_auc": probe_auc_figure(tables["probe_auc"])}
+    figures = {
+        "accuracy": accuracy_figure(accuracy_table),
+        "accuracy_curves": accuracy_curve_figure(acc_curves_table),
+        "loss": loss_figure(curves_table),
+        "probe_auc": probe_auc_figure(tables["probe_auc"]),
+    }
     for label in ("continuous", "construction"):
-        figures[f"inner_products_{label}"] = grouped_by_step(tables["inner_products_separate"], label, "<thought, node embedding>")
-        figures[f"edge_attention_{label}"] = grouped_by_step(tables["edge_attention_separate"], label, "Layer-2 attention mass per edge (sum over heads)")
+        figures[f"inner_products_{label}"] = grouped_by_step(
+            tables["inner_products_separate"], label, "<thought, node embedding>"
+        )
+        figures[f"edge_attention_{label}"] = grouped_by_step(
+            tables["edge_attention_separate"], label, "Layer-2 attention mass per edge (sum over heads)"
+        )
         figures[f"example_graph_{label}"] = example_graph_figure(example_nodes, example_edges, label)
     metrics["seconds"] = time.perf_counter() - started
-    results.save_figures(figures, png=config.png)  # without a browser: JSON and HTML only, PNGs listed in figures/PNG_SKIPPED.txt
+    results.save_figures(
+        figures, png=config.png
+    )  # without a browser: JSON and HTML only, PNGs listed in figures/PNG_SKIPPED.txt
     results.write_metrics(metrics)
     build_dashboard(results)  # the page's sections come from dashboards/reachability.py
     return results.path
@@ -217,8 +316,12 @@ def _flatness(curve: pd.DataFrame, mode: str) -> dict[str, float]:
     last = curve.iloc[-1]
     earlier = curve[curve["step"] <= last["step"] / 1.2]
     before = earlier.iloc[-1] if len(earlier) else curve.iloc[0]
-    return {f"curve_acc_{mode}": float(last["accuracy"]), f"curve_acc_{mode}_at_step_over_1.2": float(before["accuracy"]),
-            f"curve_gain_last_20pct_{mode}": float(last["accuracy"] - before["accuracy"]), f"curve_flat_{mode}": bool(abs(last["accuracy"] - before["accuracy"]) < 0.01)}
+    return {
+        f"curve_acc_{mode}": float(last["accuracy"]),
+        f"curve_acc_{mode}_at_step_over_1.2": float(before["accuracy"]),
+        f"curve_gain_last_20pct_{mode}": float(last["accuracy"] - before["accuracy"]),
+        f"curve_flat_{mode}": bool(abs(last["accuracy"] - before["accuracy"]) < 0.01),
+    }
 
 
 def _example(problems: list[Problem], layout: SequenceLayout) -> Problem:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -45,8 +45,14 @@ class SaeRunConfig:
     def __post_init__(self):
         problems = [
             (self.k >= self.d_sae, f"k={self.k}: must be below d_sae={self.d_sae}"),
-            (self.train_tokens < self.batch_size, f"train_tokens={self.train_tokens}: must be at least batch_size={self.batch_size}"),
-            (min(self.steps, self.batch_size, self.eval_seqs, self.context_seqs, self.seq_len) < 1, "steps, batch_size, eval_seqs, context_seqs and seq_len must be positive"),
+            (
+                self.train_tokens < self.batch_size,
+                f"train_tokens={self.train_tokens}: must be at least batch_size={self.batch_size}",
+            ),
+            (
+                min(self.steps, self.batch_size, self.eval_seqs, self.context_seqs, self.seq_len) < 1,
+                "steps, batch_size, eval_seqs, context_seqs and seq_len must be positive",
+            ),
         ]
         for bad, message in problems:
             if bad:
@@ -55,13 +61,26 @@ class SaeRunConfig:
     @classmethod
     def quick(cls) -> SaeRunConfig:
         """~2 minutes at 1 thread: 64k stored tokens, 300 steps of 1024 rows (~5 epochs), width 2304."""
-        return cls(d_sae=2304, train_tokens=65_536, steps=300, batch_size=1024, lr=2e-3, eval_seqs=16, context_seqs=32, latents_shown=6)
+        return cls(
+            d_sae=2304,
+            train_tokens=65_536,
+            steps=300,
+            batch_size=1024,
+            lr=2e-3,
+            eval_seqs=16,
+            context_seqs=32,
+            latents_shown=6,
+        )
 
 
 def _cache_dir(config: SaeRunConfig) -> Path:
     from interp.models import cache_root
 
-    settings = {k: v for k, v in asdict(config).items() if k not in ("png", "threads", "latents_shown", "context_seqs", "eval_seqs")}  # what the store and SAE depend on
+    settings = {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in ("png", "threads", "latents_shown", "context_seqs", "eval_seqs")
+    }  # what the store and SAE depend on
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return cache_root() / "sae_runs" / key
 
@@ -87,20 +106,46 @@ def run(config: SaeRunConfig, out: Path) -> Path:
         model = load_model(config.model)
         cache = _cache_dir(config)
         n_train_seqs = -(-config.train_tokens // config.seq_len)
-        store = build_store(model, [config.site], corpus_tokens(model, n_train_seqs, config.seq_len), cache / "store", n_train_seqs * config.seq_len, seq_len=config.seq_len)
+        store = build_store(
+            model,
+            [config.site],
+            corpus_tokens(model, n_train_seqs, config.seq_len),
+            cache / "store",
+            n_train_seqs * config.seq_len,
+            seq_len=config.seq_len,
+        )
         sae_cfg = TopKConfig(site_width(model, config.site), config.d_sae, k=config.k, seed=config.seed)
-        train_cfg = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, warmup_steps=max(1, config.steps // 10),
-                                dead_after_tokens=min(1_000_000, config.steps * config.batch_size // 4), checkpoint_every=max(1, config.steps // 6))
-        if (cache / "train" / "sae").is_dir() and (cache / "train" / "training_curve.parquet").is_file():  # finished before: reuse
-            sae, curve = load_sae(cache / "train" / "sae").eval(), pd.read_parquet(cache / "train" / "training_curve.parquet")
+        train_cfg = TrainConfig(
+            steps=config.steps,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            warmup_steps=max(1, config.steps // 10),
+            dead_after_tokens=min(1_000_000, config.steps * config.batch_size // 4),
+            checkpoint_every=max(1, config.steps // 6),
+        )
+        if (cache / "train" / "sae").is_dir() and (
+            cache / "train" / "training_curve.parquet"
+        ).is_file():  # finished before: reuse
+            sae, curve = (
+                load_sae(cache / "train" / "sae").eval(),
+                pd.read_parquet(cache / "train" / "training_curve.parquet"),
+            )
         else:
-            result = train_sae(sae_cfg, StoreBatches(store, config.site, config.batch_size, seed=config.seed), train_cfg, cache / "train",
-                               hook_name=config.site, model_name=getattr(model.cfg, "model_name", None))
+            result = train_sae(
+                sae_cfg,
+                StoreBatches(store, config.site, config.batch_size, seed=config.seed),
+                train_cfg,
+                cache / "train",
+                hook_name=config.site,
+                model_name=getattr(model.cfg, "model_name", None),
+            )
             sae, curve = result.sae.eval(), result.curve  # train_sae wrote sae/ and training_curve.parquet (atomically)
         held_out = corpus_tokens(model, config.eval_seqs + config.context_seqs, config.seq_len, skip_seqs=n_train_seqs)
         evaluation = evaluate_sae(model, sae, config.site, held_out[: config.eval_seqs])
         latents = evaluation.latents
-        shown = latents[latents.firing_count > 0].nlargest(config.latents_shown, "firing_count").latent.astype(int).tolist()
+        shown = (
+            latents[latents.firing_count > 0].nlargest(config.latents_shown, "firing_count").latent.astype(int).tolist()
+        )
         contexts = top_activating_contexts(model, sae, config.site, held_out[config.eval_seqs :], shown, top=5)
 
     results = ResultsDir.create(out, config, title="TopK sparse autoencoder", exist_ok=True)
@@ -112,16 +157,49 @@ def run(config: SaeRunConfig, out: Path) -> Path:
     finite = histogram[histogram.log10_density_low > float("-inf")]
 
     figures = {
-        "training_fvu": go.Figure(go.Scatter(x=curve["tokens"], y=curve["fvu"], mode="lines", name="FVU"))
-        .update_layout(title=dict(text="Training: fraction of variance unexplained (on training batches)"), xaxis=dict(title=dict(text="tokens")), yaxis=dict(title=dict(text="FVU"), type="log")),
-        "latent_density": go.Figure(go.Bar(x=(finite.log10_density_low + finite.log10_density_high) / 2, y=finite.latents))
-        .update_layout(title=dict(text=f"Latent firing density on held-out tokens ({int(histogram.latents.iloc[0])} dead latents not drawn)"),
-                       xaxis=dict(title=dict(text="log10 firing density")), yaxis=dict(title=dict(text="latents"))),
+        "training_fvu": go.Figure(
+            go.Scatter(x=curve["tokens"], y=curve["fvu"], mode="lines", name="FVU")
+        ).update_layout(
+            title=dict(text="Training: fraction of variance unexplained (on training batches)"),
+            xaxis=dict(title=dict(text="tokens")),
+            yaxis=dict(title=dict(text="FVU"), type="log"),
+        ),
+        "latent_density": go.Figure(
+            go.Bar(x=(finite.log10_density_low + finite.log10_density_high) / 2, y=finite.latents)
+        ).update_layout(
+            title=dict(
+                text=f"Latent firing density on held-out tokens ({int(histogram.latents.iloc[0])} dead latents not drawn)"
+            ),
+            xaxis=dict(title=dict(text="log10 firing density")),
+            yaxis=dict(title=dict(text="latents")),
+        ),
     }
     results.save_figures(figures, png=config.png)
-    metrics = {key: evaluation.metrics[key] for key in ("l0", "fvu", "explained_variance", "cosine", "ce_clean", "ce_sae", "ce_zero_ablation", "ce_loss_recovered", "kl_sae", "dead_fraction", "tokens")}
-    metrics.update(site=config.site, d_sae=config.d_sae, k=config.k, train_steps=config.steps, train_tokens_seen=config.steps * config.batch_size,
-                   latents_shown=shown, undertrained=config.steps * config.batch_size < 2_000_000)
+    metrics = {
+        key: evaluation.metrics[key]
+        for key in (
+            "l0",
+            "fvu",
+            "explained_variance",
+            "cosine",
+            "ce_clean",
+            "ce_sae",
+            "ce_zero_ablation",
+            "ce_loss_recovered",
+            "kl_sae",
+            "dead_fraction",
+            "tokens",
+        )
+    }
+    metrics.update(
+        site=config.site,
+        d_sae=config.d_sae,
+        k=config.k,
+        train_steps=config.steps,
+        train_tokens_seen=config.steps * config.batch_size,
+        latents_shown=shown,
+        undertrained=config.steps * config.batch_size < 2_000_000,
+    )
     results.write_metrics(metrics)
     build_dashboard(results)
     return results.path

@@ -9,4 +9,23 @@ from interp.models import load_model
 from interp.patching import PatchingTask, patch_heads, patch_layer_positions, patch_neurons, patch_sites
 from interp.sites import Site, as_site, kv_head_of
 
-__all__ = ["Ablation", "heads", "layers", "neurons", "run_ablated", "InterpError", "Site", "as_site", "cache_sites", "kv_head_of", "load_model", "PatchingTask", "patch_heads", "patch_layer_positions", "patch_neurons", "patch_sites", "run_with_hooks", "to_tokens"]
+__all__ = [
+    "Ablation",
+    "heads",
+    "layers",
+    "neurons",
+    "run_ablated",
+    "InterpError",
+    "Site",
+    "as_site",
+    "cache_sites",
+    "kv_head_of",
+    "load_model",
+    "PatchingTask",
+    "patch_heads",
+    "patch_layer_positions",
+    "patch_neurons",
+    "patch_sites",
+    "run_with_hooks",
+    "to_tokens",
+]

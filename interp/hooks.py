@@ -19,20 +19,26 @@ from interp.sites import Site, as_site
 HookFn = Callable[[Tensor, object], Tensor | None]
 
 
-def token_rows(model: HookedTransformer, prompts: Sequence[str] | Tensor, *, argument: str = "prompts") -> list[Int[Tensor, " pos"]]:
+def token_rows(
+    model: HookedTransformer, prompts: Sequence[str] | Tensor, *, argument: str = "prompts"
+) -> list[Int[Tensor, " pos"]]:
     """Each prompt's token ids (BOS as the model prepends it), one row per prompt; rows may differ in length."""
     if isinstance(prompts, str):
         prompts = [prompts]
     if isinstance(prompts, Tensor):
         if prompts.ndim != 2:
-            raise ShapeMismatchError(f"{argument}: expected token ids of shape [batch, pos], got {tuple(prompts.shape)}.")
+            raise ShapeMismatchError(
+                f"{argument}: expected token ids of shape [batch, pos], got {tuple(prompts.shape)}."
+            )
         return list(prompts.to(model.cfg.device))
     if len(prompts) == 0:
         raise InterpError(f"{argument} is empty: pass at least one prompt.")
     return [model.to_tokens(p, prepend_bos=model.cfg.default_prepend_bos)[0] for p in prompts]
 
 
-def to_tokens(model: HookedTransformer, prompts: Sequence[str] | Tensor, *, argument: str = "prompts") -> Int[Tensor, "batch pos"]:
+def to_tokens(
+    model: HookedTransformer, prompts: Sequence[str] | Tensor, *, argument: str = "prompts"
+) -> Int[Tensor, "batch pos"]:
     """Tokenise a list of prompts that must share one token length (no padding is added)."""
     if isinstance(prompts, Tensor) and prompts.ndim == 2:
         return prompts
@@ -43,7 +49,9 @@ def to_tokens(model: HookedTransformer, prompts: Sequence[str] | Tensor, *, argu
         for p, r in zip(prompts, rows):
             by_len.setdefault(len(r), p)
         examples = "; ".join(f"{n} tokens: {p!r}" for n, p in sorted(by_len.items())[:3])
-        raise ShapeMismatchError(f"{argument}: prompts have different token lengths ({examples}). Use prompts of one token length, or pass align=True where supported.")
+        raise ShapeMismatchError(
+            f"{argument}: prompts have different token lengths ({examples}). Use prompts of one token length, or pass align=True where supported."
+        )
     return torch.stack(rows).to(model.cfg.device)
 
 
@@ -55,7 +63,9 @@ def deepest_layer(sites: Iterable[Site]) -> int | None:
 
 def run_with_hooks(model: HookedTransformer, tokens: Tensor, hooks: Sequence[tuple[Site | str, HookFn]], **kwargs):
     """model.run_with_hooks, with Sites accepted and hook names validated (close matches on typos)."""
-    fwd_hooks = [((as_site(model, where).hook_name if isinstance(where, str) else where.hook_name), fn) for where, fn in hooks]
+    fwd_hooks = [
+        ((as_site(model, where).hook_name if isinstance(where, str) else where.hook_name), fn) for where, fn in hooks
+    ]
     return model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, **kwargs)
 
 
@@ -86,7 +96,9 @@ def capture(model: HookedTransformer, tokens: Tensor, hook_names: Iterable[str],
 
 def transient_bytes_per_sequence(model: HookedTransformer, seq_len: int) -> int:
     cfg = model.cfg
-    floats = seq_len * (4 * cfg.d_model + 3 * (cfg.d_mlp or 4 * cfg.d_model) + 3 * cfg.n_heads * cfg.d_head + 2 * cfg.n_heads * seq_len)
+    floats = seq_len * (
+        4 * cfg.d_model + 3 * (cfg.d_mlp or 4 * cfg.d_model) + 3 * cfg.n_heads * cfg.d_head + 2 * cfg.n_heads * seq_len
+    )
     return floats * torch.finfo(cfg.dtype).bits // 8
 
 
@@ -114,7 +126,9 @@ def cache_sites(
     def shapes_probe():
         # Shapes of each slice from one 1-sequence forward, so outputs can be preallocated.
         with torch.no_grad():
-            _, cache = model.run_with_cache(tokens[:1], names_filter=lambda n: n in {s.hook_name for s in sites}, stop_at_layer=stop or None)
+            _, cache = model.run_with_cache(
+                tokens[:1], names_filter=lambda n: n in {s.hook_name for s in sites}, stop_at_layer=stop or None
+            )
         return {s: cache[s.hook_name][s.index()].shape[1:] for s in sites}
 
     shapes = shapes_probe()
@@ -123,7 +137,9 @@ def cache_sites(
         outputs[s] = torch.empty((batch, *shapes[s]), dtype=dtype, device=tokens.device)
     if micro_batch is None:
         out_bytes_per_seq = sum(o[0].numel() for o in outputs.values()) * dtype.itemsize
-        micro_batch = max(1, int(transient_fraction * out_bytes_per_seq // transient_bytes_per_sequence(model, seq_len)))
+        micro_batch = max(
+            1, int(transient_fraction * out_bytes_per_seq // transient_bytes_per_sequence(model, seq_len))
+        )
     start = 0
 
     def make_hook(site: Site):
@@ -135,5 +151,10 @@ def cache_sites(
     fwd_hooks = [(s.hook_name, make_hook(s)) for s in sites]
     with torch.no_grad():
         for start in range(0, batch, micro_batch):
-            model.run_with_hooks(tokens[start : start + micro_batch], fwd_hooks=fwd_hooks, stop_at_layer=stop or None, return_type=None if not stop else "logits")
+            model.run_with_hooks(
+                tokens[start : start + micro_batch],
+                fwd_hooks=fwd_hooks,
+                stop_at_layer=stop or None,
+                return_type=None if not stop else "logits",
+            )
     return outputs

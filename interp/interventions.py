@@ -74,15 +74,21 @@ class Ablation:
         sites = [self.sites] if isinstance(self.sites, (Site, str)) else list(self.sites)
         sites = [Site.from_hook_name(s) if isinstance(s, str) else s for s in sites]
         if not sites:
-            raise InterpError("Ablation(sites=[]): name at least one Site to ablate, e.g. interventions.heads([(3, 1)]).")
+            raise InterpError(
+                "Ablation(sites=[]): name at least one Site to ablate, e.g. interventions.heads([(3, 1)])."
+            )
         bad = [s for s in sites if not isinstance(s, Site)]
         if bad:
             raise TypeError(f"Ablation(sites=...): expected Sites or hook names, got {type(bad[0]).__name__}.")
         object.__setattr__(self, "sites", tuple(dict.fromkeys(sites)))
         if self.method not in METHODS:
-            raise InterpError(f"Ablation(method={self.method!r}) is not a known method.{did_you_mean(self.method, METHODS)} Known: {', '.join(METHODS)}.")
+            raise InterpError(
+                f"Ablation(method={self.method!r}) is not a known method.{did_you_mean(self.method, METHODS)} Known: {', '.join(METHODS)}."
+            )
         if self.mean_over not in MEAN_OVER:
-            raise InterpError(f"Ablation(mean_over={self.mean_over!r}) is not a choice.{did_you_mean(self.mean_over, MEAN_OVER)} Choices: {', '.join(MEAN_OVER)}.")
+            raise InterpError(
+                f"Ablation(mean_over={self.mean_over!r}) is not a choice.{did_you_mean(self.mean_over, MEAN_OVER)} Choices: {', '.join(MEAN_OVER)}."
+            )
         reference = self.reference
         if isinstance(reference, str):
             reference = (reference,)
@@ -90,9 +96,13 @@ class Ablation:
             reference = tuple(reference)
         object.__setattr__(self, "reference", reference)
         if self.method != "zero" and (reference is None or len(reference) == 0):
-            raise InterpError(f"Ablation(method={self.method!r}) needs a non-empty reference set: pass reference=[prompts] (or a [batch, pos] token tensor) to take the {self.method} from.")
+            raise InterpError(
+                f"Ablation(method={self.method!r}) needs a non-empty reference set: pass reference=[prompts] (or a [batch, pos] token tensor) to take the {self.method} from."
+            )
         if self.method != "mean" and self.mean_over != "auto":
-            raise InterpError(f"Ablation(mean_over={self.mean_over!r}) applies to method='mean' only; leave it at 'auto' for {self.method!r}.")
+            raise InterpError(
+                f"Ablation(mean_over={self.mean_over!r}) applies to method='mean' only; leave it at 'auto' for {self.method!r}."
+            )
 
 
 def reference_sites(ablation: Ablation) -> list[Site]:
@@ -113,15 +123,21 @@ def resample_rows(reference: Tensor, tokens: Tensor, seed: int) -> Int[Tensor, "
     same_length = reference.shape[1] == tokens.shape[1]
     rows = []
     for i, row in enumerate(tokens):
-        identical = (reference == row).all(dim=1).cpu() if same_length else torch.zeros(len(reference), dtype=torch.bool)
+        identical = (
+            (reference == row).all(dim=1).cpu() if same_length else torch.zeros(len(reference), dtype=torch.bool)
+        )
         candidates = torch.nonzero(~identical).flatten()
         if len(candidates) == 0:
-            raise InterpError(f"Ablation(method='resample'): every reference prompt is identical to target prompt {i}, so there is nothing different to resample from. Add other prompts to reference.")
+            raise InterpError(
+                f"Ablation(method='resample'): every reference prompt is identical to target prompt {i}, so there is nothing different to resample from. Add other prompts to reference."
+            )
         rows.append(candidates[torch.randint(len(candidates), (1,), generator=generator)].item())
     return torch.tensor(rows)
 
 
-def replacement_values(ablation: Ablation, tokens: Int[Tensor, "batch pos"], tokenize: TokenizeFn, cache: CacheFn) -> dict[Site, Tensor]:
+def replacement_values(
+    ablation: Ablation, tokens: Int[Tensor, "batch pos"], tokenize: TokenizeFn, cache: CacheFn
+) -> dict[Site, Tensor]:
     """For each ablated site, the tensor that replaces act[site.index()] (broadcastable to it).
 
     tokenize(prompts) -> token ids and cache(tokens, sites) -> {site: [batch, *slice]} are the
@@ -131,12 +147,22 @@ def replacement_values(ablation: Ablation, tokens: Int[Tensor, "batch pos"], tok
         return {s: torch.zeros((), device=tokens.device) for s in ablation.sites}
     reference = tokenize(ablation.reference)
     seq_len, ref_len = tokens.shape[1], reference.shape[1]
-    per_position = ablation.method == "resample" or ablation.mean_over == "position" or (ablation.mean_over == "auto" and ref_len == seq_len)
+    per_position = (
+        ablation.method == "resample"
+        or ablation.mean_over == "position"
+        or (ablation.mean_over == "auto" and ref_len == seq_len)
+    )
     needs_same_length = per_position or any(s.component in _TWO_POSITION_AXES for s in ablation.sites)
     if needs_same_length and ref_len != seq_len:
-        why = "resample takes whole activations from reference prompts" if ablation.method == "resample" else "a per-position mean (or an attention pattern's mean) needs it"
+        why = (
+            "resample takes whole activations from reference prompts"
+            if ablation.method == "resample"
+            else "a per-position mean (or an attention pattern's mean) needs it"
+        )
         fix = "" if ablation.method == "resample" else " or mean_over='all' to average over every reference token"
-        raise ShapeMismatchError(f"Ablation.reference has {ref_len} tokens per prompt but the target prompts have {seq_len}; {why}. Use reference prompts of {seq_len} tokens{fix}.")
+        raise ShapeMismatchError(
+            f"Ablation.reference has {ref_len} tokens per prompt but the target prompts have {seq_len}; {why}. Use reference prompts of {seq_len} tokens{fix}."
+        )
     acts = cache(reference, reference_sites(ablation))
     rows = resample_rows(reference, tokens, ablation.seed) if ablation.method == "resample" else None
     values = {}
@@ -168,18 +194,26 @@ def _cached_reference(reference_cache: Mapping[str, Tensor]) -> CacheFn:
     def cache(ref_tokens: Tensor, sites: list[Site]) -> dict[Site, Tensor]:
         missing = sorted({s.hook_name for s in sites} - set(reference_cache.keys()))
         if missing:
-            raise InterpError(f"ablation_hooks(reference_cache=...) lacks hook(s) {missing}; cache them too, e.g. reference_activations(model, reference, {missing}).")
+            raise InterpError(
+                f"ablation_hooks(reference_cache=...) lacks hook(s) {missing}; cache them too, e.g. reference_activations(model, reference, {missing})."
+            )
         for name in {s.hook_name for s in sites}:
             if reference_cache[name].shape[:2] != ref_tokens.shape[:2]:
-                raise ShapeMismatchError(f"ablation_hooks(reference_cache=...)[{name!r}] has batch x pos {tuple(reference_cache[name].shape[:2])} but Ablation.reference "
-                                         f"has {tuple(ref_tokens.shape)}; cache the same reference prompts the Ablation names.")
+                raise ShapeMismatchError(
+                    f"ablation_hooks(reference_cache=...)[{name!r}] has batch x pos {tuple(reference_cache[name].shape[:2])} but Ablation.reference "
+                    f"has {tuple(ref_tokens.shape)}; cache the same reference prompts the Ablation names."
+                )
         return {s: reference_cache[s.hook_name][s.index()] for s in sites}
 
     return cache
 
 
 def ablation_hooks(
-    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], ablation: Ablation, *, reference_cache: Mapping[str, Tensor] | None = None
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    ablation: Ablation,
+    *,
+    reference_cache: Mapping[str, Tensor] | None = None,
 ) -> list[tuple[str, HookFn]]:
     """TransformerLens fwd_hooks applying `ablation` to `tokens`: one hook per hook name, all its sites at once.
 
@@ -190,7 +224,9 @@ def ablation_hooks(
     sites = [as_site(model, s).check(model, tokens.shape[1]) for s in ablation.sites]
     tokenize = lambda prompts: to_tokens(model, prompts, argument="Ablation.reference")  # noqa: E731
     run_reference = lambda ref_tokens, sites: cache_sites(model, ref_tokens, sites)  # noqa: E731
-    values = replacement_values(ablation, tokens, tokenize, run_reference if reference_cache is None else _cached_reference(reference_cache))
+    values = replacement_values(
+        ablation, tokens, tokenize, run_reference if reference_cache is None else _cached_reference(reference_cache)
+    )
     by_hook: dict[str, list[Site]] = {}
     for site in sites:
         by_hook.setdefault(site.hook_name, []).append(site)
@@ -217,4 +253,8 @@ def run_ablated(
     """Run `prompts` with every site of `ablation` ablated; return_type as in HookedTransformer.forward; reference_cache as in ablation_hooks."""
     tokens = to_tokens(model, prompts)
     with torch.no_grad():
-        return model.run_with_hooks(tokens, fwd_hooks=ablation_hooks(model, tokens, ablation, reference_cache=reference_cache), return_type=return_type)
+        return model.run_with_hooks(
+            tokens,
+            fwd_hooks=ablation_hooks(model, tokens, ablation, reference_cache=reference_cache),
+            return_type=return_type,
+        )

@@ -21,22 +21,32 @@ def last_position(logits: Logits, *, argument: str = "logits") -> Float[Tensor, 
         return logits[:, -1]
     if logits.ndim == 2:
         return logits
-    raise ShapeMismatchError(f"{argument}: expected logits of shape [batch, pos, d_vocab] or [batch, d_vocab], got {tuple(logits.shape)}.")
+    raise ShapeMismatchError(
+        f"{argument}: expected logits of shape [batch, pos, d_vocab] or [batch, d_vocab], got {tuple(logits.shape)}."
+    )
 
 
-def _check_tokens(tokens: Int[Tensor, "batch"], logits: Float[Tensor, "batch d_vocab"], argument: str) -> Int[Tensor, "batch"]:
+def _check_tokens(
+    tokens: Int[Tensor, "batch"], logits: Float[Tensor, "batch d_vocab"], argument: str
+) -> Int[Tensor, "batch"]:
     tokens = torch.as_tensor(tokens, device=logits.device)
     if tokens.ndim != 1 or tokens.shape[0] != logits.shape[0]:
-        raise ShapeMismatchError(f"{argument}: expected one token id per prompt, shape [{logits.shape[0]}], got {tuple(tokens.shape)}.")
+        raise ShapeMismatchError(
+            f"{argument}: expected one token id per prompt, shape [{logits.shape[0]}], got {tuple(tokens.shape)}."
+        )
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise ShapeMismatchError(f"{argument}: expected integer token ids, got dtype {tokens.dtype}.")
     d_vocab = logits.shape[-1]
     if len(tokens) and not (0 <= int(tokens.min()) and int(tokens.max()) < d_vocab):
-        raise ShapeMismatchError(f"{argument}: token ids must lie in 0..{d_vocab - 1} (the vocabulary), got {int(tokens.min())}..{int(tokens.max())}.")
+        raise ShapeMismatchError(
+            f"{argument}: token ids must lie in 0..{d_vocab - 1} (the vocabulary), got {int(tokens.min())}..{int(tokens.max())}."
+        )
     return tokens
 
 
-def logit_diff(logits: Logits, answer_tokens: Int[Tensor, "batch"], wrong_tokens: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
+def logit_diff(
+    logits: Logits, answer_tokens: Int[Tensor, "batch"], wrong_tokens: Int[Tensor, "batch"]
+) -> Float[Tensor, "batch"]:
     """logit(answer) - logit(wrong answer) at the last position, per prompt."""
     last = last_position(logits)
     answer = _check_tokens(answer_tokens, last, "answer_tokens")
@@ -63,7 +73,9 @@ def kl_div(logits: Logits, clean_logits: Logits) -> Float[Tensor, "batch"]:
     last = last_position(logits)
     clean = last_position(clean_logits, argument="clean_logits")
     if clean.shape != last.shape:
-        raise ShapeMismatchError(f"clean_logits: expected the shape of logits at the last position, {tuple(last.shape)}, got {tuple(clean.shape)}.")
+        raise ShapeMismatchError(
+            f"clean_logits: expected the shape of logits at the last position, {tuple(last.shape)}, got {tuple(clean.shape)}."
+        )
     clean_logprobs = clean.float().log_softmax(-1)
     return (clean_logprobs.exp() * (clean_logprobs - last.float().log_softmax(-1))).sum(-1).to(last.dtype)
 

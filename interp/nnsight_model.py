@@ -50,7 +50,11 @@ LLAMA_TAPS: dict[str, Tap] = {
     "mlp_out": Tap("model.layers.{L}.mlp", "output", 10),
     "resid_post": Tap("model.layers.{L}", "output", 11),
 }
-LLAMA_LAYOUT = ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj", "model.layers.0.post_attention_layernorm")
+LLAMA_LAYOUT = (
+    "model.layers.0.self_attn.o_proj",
+    "model.layers.0.mlp.down_proj",
+    "model.layers.0.post_attention_layernorm",
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class HFModelShape:
             n_key_value_heads=getattr(c, "num_key_value_heads", None) or n_heads,
             d_head=getattr(c, "head_dim", None) or c.hidden_size // n_heads,
             d_model=c.hidden_size,
-            d_mlp=getattr(c, "intermediate_size", None) or 4 * c.hidden_size,  # the latter only for unmapped architectures
+            d_mlp=getattr(c, "intermediate_size", None)
+            or 4 * c.hidden_size,  # the latter only for unmapped architectures
             default_prepend_bos=prepend_bos,
             device=next(hf_model.parameters()).device,
         )
@@ -116,7 +121,9 @@ class NNsightModel:
         """Load a local HF model directory or .gguf file (never from a hub); kwargs go to __init__."""
         source = Path(path).expanduser()
         if not source.exists():
-            raise ModelLoadError(f"NNsightModel.from_pretrained(path={str(path)!r}): no such file or directory. Pass a local Hugging Face model directory or a .gguf file.")
+            raise ModelLoadError(
+                f"NNsightModel.from_pretrained(path={str(path)!r}): no such file or directory. Pass a local Hugging Face model directory or a .gguf file."
+            )
         hf_model, tokenizer = load_hf_model(_dequantized_copy(source) if source.suffix == ".gguf" else source)
         return cls(hf_model, tokenizer, **kwargs)
 
@@ -158,7 +165,9 @@ class NNsightModel:
         for kind, group in (("read", reads), ("write", writes)):
             for site in group:
                 tap = self.tap(site)
-                groups.setdefault((-1 if site.layer is None else site.layer, tap.order, site.layer), []).append((kind, site))
+                groups.setdefault((-1 if site.layer is None else site.layer, tap.order, site.layer), []).append(
+                    (kind, site)
+                )
         ordered = sorted(groups.items())
         with torch.no_grad():
             with self.nn.trace(tokens) as tracer:
@@ -204,10 +213,14 @@ class NNsightModel:
         """Logits with every site of `ablation` ablated (zero / mean / resample as in interp.interventions)."""
         tokens = to_tokens(self, prompts)
         self._sites(ablation.sites, tokens.shape[1], "Ablation.sites")
-        values = replacement_values(ablation, tokens, lambda p: to_tokens(self, p, argument="Ablation.reference"), self.cache)
+        values = replacement_values(
+            ablation, tokens, lambda p: to_tokens(self, p, argument="Ablation.reference"), self.cache
+        )
         return self._trace(tokens, [], values, logits=True)["logits"]
 
-    def patch(self, clean: Prompts, corrupted: Prompts, site: Site | str | Sequence[Site | str]) -> Float[Tensor, "batch pos d_vocab"]:
+    def patch(
+        self, clean: Prompts, corrupted: Prompts, site: Site | str | Sequence[Site | str]
+    ) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits of `corrupted` with the activation at `site` (one or several) taken from `clean`."""
         clean_tokens = to_tokens(self, clean, argument="clean")
         corrupted_tokens = to_tokens(self, corrupted, argument="corrupted")

@@ -38,16 +38,22 @@ LOGITS = "logits"
 def _check(senders: list[Site], receivers: list[Site] | str) -> None:
     for s in senders:
         if s.component not in SENDER_COMPONENTS:
-            raise UnknownSiteError(f"senders: {s} is not a sender; a sender is a head's output (component 'z', head and position optional) or an MLP's ('mlp_out').")
+            raise UnknownSiteError(
+                f"senders: {s} is not a sender; a sender is a head's output (component 'z', head and position optional) or an MLP's ('mlp_out')."
+            )
     if receivers == LOGITS:
         return
     for r in receivers:
         if r.component not in RECEIVER_COMPONENTS:
-            raise UnknownSiteError(f"receivers: {r} is not a receiver; pass 'logits' or Sites of components {', '.join(RECEIVER_COMPONENTS)} (a head's query, key or value input).")
+            raise UnknownSiteError(
+                f"receivers: {r} is not a receiver; pass 'logits' or Sites of components {', '.join(RECEIVER_COMPONENTS)} (a head's query, key or value input)."
+            )
     first = min(r.layer for r in receivers)
     late = [s for s in senders if s.layer >= first]
     if late:
-        raise InterpError(f"senders: {late[0]} is at or after the earliest receiver's layer {first}, so no path runs from it to the receivers; every sender must sit in an earlier layer.")
+        raise InterpError(
+            f"senders: {late[0]} is at or after the earliest receiver's layer {first}, so no path runs from it to the receivers; every sender must sit in an earlier layer."
+        )
 
 
 def _grouped(act: Tensor) -> Tensor:
@@ -66,7 +72,13 @@ class _Paths:
         starts = {s.layer for s in senders} | (set() if receivers == LOGITS else {min(r.layer for r in receivers)})
         with torch.no_grad():
             self.clean = self._cache(task.clean_tokens, task.clean_mask, {s.hook_name for s in senders})
-            self.corrupted = self._cache(task.corrupted_tokens, task.corrupted_mask, set(self.frozen) | {s.hook_name for s in senders} | {f"blocks.{layer}.hook_resid_pre" for layer in starts})
+            self.corrupted = self._cache(
+                task.corrupted_tokens,
+                task.corrupted_mask,
+                set(self.frozen)
+                | {s.hook_name for s in senders}
+                | {f"blocks.{layer}.hook_resid_pre" for layer in starts},
+            )
 
     def _cache(self, tokens: Tensor, mask: Tensor | None, names: set[str]) -> dict[str, Tensor]:
         return capture(self.task.model, tokens, names, attention_mask=mask, stop_at_layer=self.task.model.cfg.n_layers)
@@ -116,7 +128,12 @@ class _Paths:
             return self.task.score(last_position_logits(model, self._run(start, model.cfg.n_layers, n_variants, hooks)))
         receiver_acts: dict[str, Tensor] = {}
         receiver_names = {r.hook_name for r in self.receivers}
-        self._run(start, max(r.layer for r in self.receivers) + 1, n_variants, [(n, capture_hook(receiver_acts)) for n in receiver_names] + hooks)
+        self._run(
+            start,
+            max(r.layer for r in self.receivers) + 1,
+            n_variants,
+            [(n, capture_hook(receiver_acts)) for n in receiver_names] + hooks,
+        )
         by_name: dict[str, list[Site]] = defaultdict(list)
         for r in self.receivers:
             by_name[r.hook_name].append(r)
@@ -153,7 +170,9 @@ def path_patch(
     Rows: one per sender, the columns of the exact sweep plus `receivers`.
     """
     if memory_budget <= 0:
-        raise InterpError(f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET}).")
+        raise InterpError(
+            f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET})."
+        )
     if len(senders) == 0:
         raise InterpError("senders is empty: pass at least one head ('z') or MLP ('mlp_out') Site.")
     if isinstance(receivers, str) and receivers != LOGITS:
@@ -170,7 +189,9 @@ def path_patch(
     with torch.no_grad():
         paths = _Paths(task, senders, receivers, through_mlps)
         batches = [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
-        for idx in tqdm(batches, desc="path patching", disable=not (progress if progress is not None else len(batches) > 8)):
+        for idx in tqdm(
+            batches, desc="path patching", disable=not (progress if progress is not None else len(batches) > 8)
+        ):
             values[idx] = paths.score([senders[i] for i in idx]).cpu().numpy()
     frame = results_frame(task, senders, values)
     frame["receivers"] = LOGITS if receivers == LOGITS else ",".join(str(r) for r in receivers)

@@ -23,7 +23,13 @@ from interp.errors import InterpError, did_you_mean
 
 DIVERGING = "RdBu"  # TransformerLens demos' convention: blue positive, red negative, white at 0
 SEQUENTIAL = "Viridis"
-BROWSER_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")  # looked up on PATH
+BROWSER_CANDIDATES = (
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+    "chrome",
+)  # looked up on PATH
 BROWSER_HINT = "Install Chromium with `make browser` (Debian: apt-get install chromium), or set BROWSER_PATH to a Chrome/Chromium binary."
 PNG_TIMEOUT_S = 60
 
@@ -57,7 +63,11 @@ def _grid(df: pd.DataFrame, rows: str, cols: str, value: str, agg: str | None, b
             f"{builder}: several rows share one ({rows}, {cols}) cell (other columns: {', '.join(map(str, extra)) or 'none'}). "
             f"Filter df to one measurement per cell, or pass agg='mean'."
         )
-    return df.pivot_table(index=rows, columns=cols, values=value, aggfunc=agg or "first", dropna=False).sort_index().sort_index(axis=1)
+    return (
+        df.pivot_table(index=rows, columns=cols, values=value, aggfunc=agg or "first", dropna=False)
+        .sort_index()
+        .sort_index(axis=1)
+    )
 
 
 def symmetric_range(values: np.ndarray) -> tuple[float, float]:
@@ -95,14 +105,25 @@ def layer_position_heatmap(
     if tokens is not None:
         tokens = list(tokens)
         if max(positions) >= len(tokens) or min(positions) < -len(tokens):
-            raise InterpError(f"{builder}(tokens=...): {len(tokens)} tokens given but df has positions up to {max(positions)}; pass one token per prompt position.")
+            raise InterpError(
+                f"{builder}(tokens=...): {len(tokens)} tokens given but df has positions up to {max(positions)}; pass one token per prompt position."
+            )
         # position index in the label keeps repeated tokens apart
         ticktext = [f"{tokens[p]!r} ({p})" for p in positions]
-    heatmap = _heatmap(grid, value, diverging, x=positions, y=[int(v) for v in grid.index],
-                       hovertemplate=f"{layer} %{{y}}<br>{position} %{{x}}<br>{value} %{{z:.4g}}<extra></extra>")
+    heatmap = _heatmap(
+        grid,
+        value,
+        diverging,
+        x=positions,
+        y=[int(v) for v in grid.index],
+        hovertemplate=f"{layer} %{{y}}<br>{position} %{{x}}<br>{value} %{{z:.4g}}<extra></extra>",
+    )
     fig = go.Figure(heatmap)
-    fig.update_layout(title=dict(text=title or f"{value} by layer and position"), xaxis=dict(title=dict(text=position), tickvals=positions, ticktext=ticktext),
-                      yaxis=dict(title=dict(text=layer), dtick=1))
+    fig.update_layout(
+        title=dict(text=title or f"{value} by layer and position"),
+        xaxis=dict(title=dict(text=position), tickvals=positions, ticktext=ticktext),
+        yaxis=dict(title=dict(text=layer), dtick=1),
+    )
     return fig
 
 
@@ -121,10 +142,20 @@ def head_heatmap(
     _require_columns(df, dict(value=value, layer=layer, head=head), builder)
     _numeric(df, value, "value", builder)
     grid = _grid(df, layer, head, value, agg, builder)
-    heatmap = _heatmap(grid, value, diverging, x=[int(h) for h in grid.columns], y=[int(v) for v in grid.index],
-                       hovertemplate=f"L%{{y}}H%{{x}}<br>{value} %{{z:.4g}}<extra></extra>")
+    heatmap = _heatmap(
+        grid,
+        value,
+        diverging,
+        x=[int(h) for h in grid.columns],
+        y=[int(v) for v in grid.index],
+        hovertemplate=f"L%{{y}}H%{{x}}<br>{value} %{{z:.4g}}<extra></extra>",
+    )
     fig = go.Figure(heatmap)
-    fig.update_layout(title=dict(text=title or f"{value} by layer and head"), xaxis=dict(title=dict(text=head), dtick=1), yaxis=dict(title=dict(text=layer), dtick=1))
+    fig.update_layout(
+        title=dict(text=title or f"{value} by layer and head"),
+        xaxis=dict(title=dict(text=head), dtick=1),
+        yaxis=dict(title=dict(text=layer), dtick=1),
+    )
     return fig
 
 
@@ -149,10 +180,19 @@ def top_k_bars(
     values = _numeric(df, value, "value", builder)
     key = np.abs(values) if by_magnitude else values
     top = df.iloc[np.argsort(-key, kind="stable")[:k]]
-    fig = go.Figure(go.Bar(x=top[value], y=_row_labels(top, label), orientation="h",
-                           marker=dict(color=top[value], colorscale=DIVERGING, cmid=0)))
-    fig.update_layout(title=dict(text=title or f"top {len(top)} by {'|' + value + '|' if by_magnitude else value}"),
-                      xaxis=dict(title=dict(text=value)), yaxis=dict(autorange="reversed", title=dict(text=", ".join(label))))
+    fig = go.Figure(
+        go.Bar(
+            x=top[value],
+            y=_row_labels(top, label),
+            orientation="h",
+            marker=dict(color=top[value], colorscale=DIVERGING, cmid=0),
+        )
+    )
+    fig.update_layout(
+        title=dict(text=title or f"top {len(top)} by {'|' + value + '|' if by_magnitude else value}"),
+        xaxis=dict(title=dict(text=value)),
+        yaxis=dict(autorange="reversed", title=dict(text=", ".join(label))),
+    )
     return fig
 
 
@@ -170,9 +210,21 @@ def neuron_scatter(
     _numeric(df, value, "value", builder)
     fig = go.Figure()
     for layer_value, rows in df.groupby(layer, sort=True):
-        fig.add_trace(go.Scattergl(x=rows[neuron], y=rows[value], mode="markers", name=f"{layer} {layer_value}", marker=dict(size=5),
-                                   hovertemplate=f"{layer} {layer_value} {neuron} %{{x}}<br>{value} %{{y:.4g}}<extra></extra>"))
-    fig.update_layout(title=dict(text=title or f"{value} per neuron"), xaxis=dict(title=dict(text=neuron)), yaxis=dict(title=dict(text=value)))
+        fig.add_trace(
+            go.Scattergl(
+                x=rows[neuron],
+                y=rows[value],
+                mode="markers",
+                name=f"{layer} {layer_value}",
+                marker=dict(size=5),
+                hovertemplate=f"{layer} {layer_value} {neuron} %{{x}}<br>{value} %{{y:.4g}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=dict(text=title or f"{value} per neuron"),
+        xaxis=dict(title=dict(text=neuron)),
+        yaxis=dict(title=dict(text=value)),
+    )
     return fig
 
 
@@ -190,14 +242,27 @@ def bars_with_errors(
     _require_columns(df, dict(x=x, y=y, err=err, color=color), builder)
     _numeric(df, y, "y", builder)
     if (_numeric(df, err, "err", builder) < 0).any():
-        raise InterpError(f"{builder}(err={err!r}): error bars must be non-negative; pass a standard error or deviation, not a signed value.")
+        raise InterpError(
+            f"{builder}(err={err!r}): error bars must be non-negative; pass a standard error or deviation, not a signed value."
+        )
     groups = df.groupby(color, sort=True) if color is not None else [(None, df)]
     fig = go.Figure()
     for group, rows in groups:
-        fig.add_trace(go.Bar(x=rows[x].astype(str) if color is not None else rows[x], y=rows[y], name=None if group is None else f"{color}={group}",
-                             error_y=dict(type="data", array=rows[err].to_numpy(dtype=float), visible=True)))
-    fig.update_layout(title=dict(text=title or f"{y} by {x}"), barmode="group", showlegend=color is not None,
-                      xaxis=dict(title=dict(text=x)), yaxis=dict(title=dict(text=y)))
+        fig.add_trace(
+            go.Bar(
+                x=rows[x].astype(str) if color is not None else rows[x],
+                y=rows[y],
+                name=None if group is None else f"{color}={group}",
+                error_y=dict(type="data", array=rows[err].to_numpy(dtype=float), visible=True),
+            )
+        )
+    fig.update_layout(
+        title=dict(text=title or f"{y} by {x}"),
+        barmode="group",
+        showlegend=color is not None,
+        xaxis=dict(title=dict(text=x)),
+        yaxis=dict(title=dict(text=y)),
+    )
     return fig
 
 
@@ -210,7 +275,9 @@ def find_browser() -> str:
     for name in BROWSER_CANDIDATES:
         if found := shutil.which(name):
             return found
-    raise NoBrowserError(f"PNG export needs a Chrome or Chromium browser and none was found (looked for {', '.join(BROWSER_CANDIDATES)}). {BROWSER_HINT}")
+    raise NoBrowserError(
+        f"PNG export needs a Chrome or Chromium browser and none was found (looked for {', '.join(BROWSER_CANDIDATES)}). {BROWSER_HINT}"
+    )
 
 
 class NoBrowserError(InterpError):
@@ -232,7 +299,9 @@ def png_switched_off() -> bool:
     return os.environ.get("INTERP_PNG", "1").strip().lower() in ("0", "false", "no", "off")
 
 
-def write_pngs(figures: Mapping[str | Path, go.Figure], *, width: int = 900, height: int = 600, scale: float = 1.0) -> list[Path]:
+def write_pngs(
+    figures: Mapping[str | Path, go.Figure], *, width: int = 900, height: int = 600, scale: float = 1.0
+) -> list[Path]:
     """Render each figure to its PNG path in one browser session; each file appears whole or not at all.
 
     Offline by construction: plotly.js comes from the installed plotly package and MathJax is off,
@@ -249,16 +318,26 @@ def write_pngs(figures: Mapping[str | Path, go.Figure], *, width: int = 900, hei
     for path in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging[path] = Path(tempfile.mkdtemp(prefix=".png-", dir=path.parent))
-    specs = [dict(fig=fig.to_dict() if isinstance(fig, go.Figure) else fig, path=staging[path] / path.name,
-                  opts=dict(format="png", width=width, height=height, scale=scale)) for path, fig in zip(targets, figures.values())]
+    specs = [
+        dict(
+            fig=fig.to_dict() if isinstance(fig, go.Figure) else fig,
+            path=staging[path] / path.name,
+            opts=dict(format="png", width=width, height=height, scale=scale),
+        )
+        for path, fig in zip(targets, figures.values())
+    ]
     try:
-        kaleido.write_fig_from_object_sync(specs, kopts=dict(path=browser, plotlyjs=str(plotly_js), mathjax=False, timeout=PNG_TIMEOUT_S))
+        kaleido.write_fig_from_object_sync(
+            specs, kopts=dict(path=browser, plotlyjs=str(plotly_js), mathjax=False, timeout=PNG_TIMEOUT_S)
+        )
         for path in targets:
             os.replace(staging[path] / path.name, path)
     except Exception as error:
         if isinstance(error, InterpError):
             raise
-        raise NoBrowserError(f"PNG export with {browser} failed: {type(error).__name__}: {error}. {BROWSER_HINT}") from error
+        raise NoBrowserError(
+            f"PNG export with {browser} failed: {type(error).__name__}: {error}. {BROWSER_HINT}"
+        ) from error
     finally:
         for folder in staging.values():
             shutil.rmtree(folder, ignore_errors=True)

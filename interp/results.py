@@ -62,18 +62,24 @@ def check_writable_dir(path: str | Path, argument: str = "--out") -> Path:
     """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise InterpError(f"{argument}={str(path)!r} is an existing file, not a folder. Pass a new or empty folder for the results.")
+        raise InterpError(
+            f"{argument}={str(path)!r} is an existing file, not a folder. Pass a new or empty folder for the results."
+        )
     probe_dir = path
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
-        raise InterpError(f"{argument}={str(path)!r}: {str(probe_dir)!r} is a file, so no folder can be made under it. Pass another path.")
+        raise InterpError(
+            f"{argument}={str(path)!r}: {str(probe_dir)!r} is a file, so no folder can be made under it. Pass another path."
+        )
     try:
         fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=probe_dir)
         os.close(fd)
         os.unlink(tmp)
     except OSError as error:
-        raise InterpError(f"{argument}={str(path)!r}: cannot write in {str(probe_dir)!r} ({error.strerror}). Pass a folder you can write to.") from None
+        raise InterpError(
+            f"{argument}={str(path)!r}: cannot write in {str(probe_dir)!r} ({error.strerror}). Pass a folder you can write to."
+        ) from None
     return path
 
 
@@ -113,12 +119,16 @@ def to_jsonable(value: Any, where: str) -> Any:
         if hasattr(value, "numel") and value.numel() == 1:
             return value.item()
         return str(value)  # torch.dtype, torch.device
-    raise InterpError(f"{where} = {value!r} ({type(value).__name__}) cannot be written as JSON; use numbers, strings, lists, dicts or nested dataclasses.")
+    raise InterpError(
+        f"{where} = {value!r} ({type(value).__name__}) cannot be written as JSON; use numbers, strings, lists, dicts or nested dataclasses."
+    )
 
 
 def _check_name(name: str, argument: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise InterpError(f"{argument}={name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit (it becomes a file name).")
+        raise InterpError(
+            f"{argument}={name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit (it becomes a file name)."
+        )
     return name
 
 
@@ -147,7 +157,9 @@ def _from_json_fields(cls: type, fields: Mapping[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(fields) - known
     if unknown:
-        raise InterpError(f"config.json has fields {sorted(unknown)} that {cls.__qualname__} does not define; it was written by another version of the config.")
+        raise InterpError(
+            f"config.json has fields {sorted(unknown)} that {cls.__qualname__} does not define; it was written by another version of the config."
+        )
     kwargs = {}
     for name, value in fields.items():
         hint = hints.get(name)
@@ -177,8 +189,16 @@ class ResultsDir:
         return hash(self.path.resolve())
 
     @classmethod
-    def create(cls, path: str | Path, config: Any, *, analysis: str | None = None, title: str | None = None, exist_ok: bool = False,
-               overwrite: bool = False) -> ResultsDir:
+    def create(
+        cls,
+        path: str | Path,
+        config: Any,
+        *,
+        analysis: str | None = None,
+        title: str | None = None,
+        exist_ok: bool = False,
+        overwrite: bool = False,
+    ) -> ResultsDir:
         """Make the folder and write config.json from a (frozen) dataclass config.
 
         analysis: which dashboard sections the run gets (default: the config's `analysis` attribute, else "generic").
@@ -199,8 +219,16 @@ class ResultsDir:
         return run
 
     @classmethod
-    def check_create(cls, path: str | Path, config: Any, *, analysis: str | None = None, title: str | None = None, exist_ok: bool = False,
-                     overwrite: bool = False) -> None:
+    def check_create(
+        cls,
+        path: str | Path,
+        config: Any,
+        *,
+        analysis: str | None = None,
+        title: str | None = None,
+        exist_ok: bool = False,
+        overwrite: bool = False,
+    ) -> None:
         """Every check `create` makes, writing nothing: call it before long work (loading a model, a sweep)."""
         cls._plan(path, config, analysis=analysis, title=title, exist_ok=exist_ok, overwrite=overwrite)
         if overwrite:
@@ -209,7 +237,9 @@ class ResultsDir:
     @classmethod
     def _plan(cls, path, config, *, analysis, title, exist_ok: bool, overwrite: bool) -> tuple[ResultsDir, dict]:
         if not dataclasses.is_dataclass(config) or isinstance(config, type):
-            raise InterpError(f"config: expected a dataclass instance (the run's frozen config), got {type(config).__name__}. Define a @dataclass(frozen=True) with the run's settings.")
+            raise InterpError(
+                f"config: expected a dataclass instance (the run's frozen config), got {type(config).__name__}. Define a @dataclass(frozen=True) with the run's settings."
+            )
         run = cls(path)
         check_writable_dir(run.path, "out")
         analysis = analysis or getattr(config, "analysis", None) or GENERIC_ANALYSIS
@@ -222,8 +252,10 @@ class ResultsDir:
         }
         if not overwrite and run.config_path.exists():
             if not exist_ok:
-                raise InterpError(f"path={str(run.path)!r} already holds a run (config.json exists). Choose a new folder, pass exist_ok=True to resume a run "
-                                  "of the same config, or overwrite=True to replace it.")
+                raise InterpError(
+                    f"path={str(run.path)!r} already holds a run (config.json exists). Choose a new folder, pass exist_ok=True to resume a run "
+                    "of the same config, or overwrite=True to replace it."
+                )
             run._check_same_run(record)
         return run, record
 
@@ -232,14 +264,18 @@ class ResultsDir:
         try:
             old = self.record()
         except (CorruptFileError, InterpError):
-            raise InterpError(f"out={str(self.path)!r} holds an unreadable config.json, so it cannot be resumed. "
-                              "Pass --overwrite (overwrite=True) to replace that run, or choose a new folder.") from None
+            raise InterpError(
+                f"out={str(self.path)!r} holds an unreadable config.json, so it cannot be resumed. "
+                "Pass --overwrite (overwrite=True) to replace that run, or choose a new folder."
+            ) from None
         differ = [k for k in ("analysis", "config_type") if old.get(k) != record[k]]
         differ += _config_differences(old.get("config"), record["config"])
         if differ:
             shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
-            raise InterpError(f"out={str(self.path)!r} holds a run with another config (differs in {shown}); a folder holds one run. "
-                              "Choose a new folder, or pass --overwrite (overwrite=True) to replace that run.")
+            raise InterpError(
+                f"out={str(self.path)!r} holds a run with another config (differs in {shown}); a folder holds one run. "
+                "Choose a new folder, or pass --overwrite (overwrite=True) to replace that run."
+            )
 
     def clear(self, *, dry_run: bool = False) -> None:
         """Delete this run's files (overwrite=True); refuses a non-empty folder that is not a results directory."""
@@ -247,8 +283,10 @@ class ResultsDir:
             return
         entries = list(self.path.iterdir())
         if entries and not (self.config_path.exists() or (self.path / FAILED_FILE).exists()):
-            raise InterpError(f"out={str(self.path)!r} is a non-empty folder but not a results directory (no config.json); "
-                              "--overwrite clears only results directories. Choose a new or empty folder.")
+            raise InterpError(
+                f"out={str(self.path)!r} is a non-empty folder but not a results directory (no config.json); "
+                "--overwrite clears only results directories. Choose a new or empty folder."
+            )
         if dry_run:
             return
         for entry in entries:
@@ -256,8 +294,12 @@ class ResultsDir:
 
     def mark_failed(self, error: BaseException) -> Path:
         """Leave FAILED.json saying why the run stopped; `interp dashboard` reports and skips such runs."""
-        note = {"error": type(error).__name__, "message": str(error) or type(error).__name__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "traceback": "".join(traceback.format_exception(error))[-4000:]}
+        note = {
+            "error": type(error).__name__,
+            "message": str(error) or type(error).__name__,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "traceback": "".join(traceback.format_exception(error))[-4000:],
+        }
         return atomic_write_text(self.path / FAILED_FILE, json.dumps(note, indent=1) + "\n")
 
     def failure(self) -> dict | None:
@@ -287,9 +329,13 @@ class ResultsDir:
     def open(cls, path: str | Path) -> ResultsDir:
         run = cls(path)
         if not run.path.is_dir():
-            raise InterpError(f"path={str(run.path)!r} is not a folder; pass a results directory written by ResultsDir.create.")
+            raise InterpError(
+                f"path={str(run.path)!r} is not a folder; pass a results directory written by ResultsDir.create."
+            )
         if not run.config_path.is_file():
-            raise InterpError(f"path={str(run.path)!r} has no config.json, so it is not a results directory; pass a folder written by ResultsDir.create.")
+            raise InterpError(
+                f"path={str(run.path)!r} has no config.json, so it is not a results directory; pass a folder written by ResultsDir.create."
+            )
         run.record()  # fail now on a corrupt config.json, not later inside a dashboard build
         return run
 
@@ -313,7 +359,9 @@ class ResultsDir:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as error:
-            raise CorruptFileError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); rerun the analysis to rewrite it.") from None
+            raise CorruptFileError(
+                f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); rerun the analysis to rewrite it."
+            ) from None
         except json.JSONDecodeError as error:
             raise CorruptFileError(f"{path} is not valid JSON ({error}); rerun the analysis to rewrite it.") from error
 
@@ -321,7 +369,9 @@ class ResultsDir:
         """The whole config.json: analysis, title, config_type and config."""
         record = self._read_json(self.config_path)
         if not isinstance(record, dict) or not {"analysis", "config"} <= set(record):
-            raise CorruptFileError(f"{self.config_path} lacks the 'analysis' and 'config' keys ResultsDir.create writes; rerun the analysis to rewrite it.")
+            raise CorruptFileError(
+                f"{self.config_path} lacks the 'analysis' and 'config' keys ResultsDir.create writes; rerun the analysis to rewrite it."
+            )
         return record
 
     @property
@@ -339,8 +389,10 @@ class ResultsDir:
             try:
                 cls = _loaded_qualified(record["config_type"])
             except (ImportError, KeyError):
-                raise InterpError(f"the config class {record.get('config_type')!r} recorded in {self.config_path} is not imported; "
-                                  "import its module first, or pass cls= the dataclass to rebuild it with.") from None
+                raise InterpError(
+                    f"the config class {record.get('config_type')!r} recorded in {self.config_path} is not imported; "
+                    "import its module first, or pass cls= the dataclass to rebuild it with."
+                ) from None
         return _from_json_fields(cls, record["config"])
 
     def write_metrics(self, metrics: Mapping[str, Any], *, merge: bool = True) -> Path:
@@ -355,7 +407,9 @@ class ResultsDir:
             return {}
         values = self._read_json(self.metrics_path)
         if not isinstance(values, dict):
-            raise CorruptFileError(f"{self.metrics_path} holds a JSON {type(values).__name__}, not an object of name -> value; rerun the analysis to rewrite it.")
+            raise CorruptFileError(
+                f"{self.metrics_path} holds a JSON {type(values).__name__}, not an object of name -> value; rerun the analysis to rewrite it."
+            )
         return values
 
     def save_table(self, name: str, df: pd.DataFrame) -> Path:
@@ -372,10 +426,14 @@ class ResultsDir:
     def load_table(self, name: str) -> pd.DataFrame:
         path = self.path / f"{name}.parquet"
         if not path.is_file():
-            raise InterpError(f"load_table(name={name!r}): no {path.name} in {self.path}.{did_you_mean(name, self.table_names())} Tables: {', '.join(self.table_names()) or 'none'}.")
+            raise InterpError(
+                f"load_table(name={name!r}): no {path.name} in {self.path}.{did_you_mean(name, self.table_names())} Tables: {', '.join(self.table_names()) or 'none'}."
+            )
         return pd.read_parquet(path)
 
-    def save_figures(self, figures: Mapping[str, go.Figure], *, png: bool | str = True, width: int = 900, height: int = 600) -> list[Path]:
+    def save_figures(
+        self, figures: Mapping[str, go.Figure], *, png: bool | str = True, width: int = 900, height: int = 600
+    ) -> list[Path]:
         """Save each figure's JSON (always) and PNG (one browser session for all). Returns the JSON paths.
 
         png=True: render PNGs when a Chrome/Chromium can be had; where none can, skip them with one
@@ -386,12 +444,18 @@ class ResultsDir:
         from interp import plots  # plots pulls in kaleido only when PNGs are asked for
 
         if png not in (True, False, "require"):
-            raise InterpError(f"save_figures(png={png!r}): use True (PNGs when a browser is available), 'require' (fail without one) or False.")
+            raise InterpError(
+                f"save_figures(png={png!r}): use True (PNGs when a browser is available), 'require' (fail without one) or False."
+            )
         for name, fig in figures.items():
             _check_name(name, "figure name")
             if not isinstance(fig, go.Figure):
-                raise InterpError(f"save_figures: figure {name!r} is a {type(fig).__name__}; expected a plotly.graph_objects.Figure.")
-        paths = [atomic_write_text(self.figures_dir / f"{name}.json", pio.to_json(fig)) for name, fig in figures.items()]
+                raise InterpError(
+                    f"save_figures: figure {name!r} is a {type(fig).__name__}; expected a plotly.graph_objects.Figure."
+                )
+        paths = [
+            atomic_write_text(self.figures_dir / f"{name}.json", pio.to_json(fig)) for name, fig in figures.items()
+        ]
         if png:
             targets = {self.figures_dir / f"{name}.png": fig for name, fig in figures.items()}
             try:
@@ -416,13 +480,19 @@ class ResultsDir:
         note = self.figures_dir / PNG_SKIPPED_FILE
         if not note.is_file():
             return set()
-        return {n for n in note.read_text(encoding="utf-8").splitlines()[1:] if n and not (self.figures_dir / n).is_file()}
+        return {
+            n for n in note.read_text(encoding="utf-8").splitlines()[1:] if n and not (self.figures_dir / n).is_file()
+        }
 
     def render_missing_pngs(self, *, width: int = 900, height: int = 600) -> list[Path]:
         """Render the PNG of every saved figure that has none (e.g. after `make browser`); raises without a browser."""
         from interp.plots import write_pngs
 
-        missing = {self.figures_dir / f"{name}.png": self.figure(name) for name in self.figure_names() if not (self.figures_dir / f"{name}.png").is_file()}
+        missing = {
+            self.figures_dir / f"{name}.png": self.figure(name)
+            for name in self.figure_names()
+            if not (self.figures_dir / f"{name}.png").is_file()
+        }
         written = write_pngs(missing, width=width, height=height)
         (self.figures_dir / PNG_SKIPPED_FILE).unlink(missing_ok=True)
         return written
@@ -436,11 +506,15 @@ class ResultsDir:
     def figure(self, name: str) -> go.Figure:
         path = self.figures_dir / f"{name}.json"
         if not path.is_file():
-            raise InterpError(f"figure(name={name!r}): no figures/{path.name} in {self.path}.{did_you_mean(name, self.figure_names())} Figures: {', '.join(self.figure_names()) or 'none'}.")
+            raise InterpError(
+                f"figure(name={name!r}): no figures/{path.name} in {self.path}.{did_you_mean(name, self.figure_names())} Figures: {', '.join(self.figure_names()) or 'none'}."
+            )
         try:
             return pio.from_json(path.read_text(encoding="utf-8"))
         except ValueError as error:
-            raise CorruptFileError(f"{path} is not a plotly figure ({error}); rerun the analysis to rewrite it.") from error
+            raise CorruptFileError(
+                f"{path} is not a plotly figure ({error}); rerun the analysis to rewrite it."
+            ) from error
 
 
 def list_runs(root: str | Path) -> list[ResultsDir]:
@@ -450,7 +524,11 @@ def list_runs(root: str | Path) -> list[ResultsDir]:
         raise InterpError(f"root={str(root)!r} is not a folder; pass a results directory or a folder of them.")
     if (root / CONFIG_FILE).is_file():
         return [ResultsDir.open(root)]
-    return [ResultsDir.open(p.parent) for p in sorted(root.rglob(CONFIG_FILE)) if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return [
+        ResultsDir.open(p.parent)
+        for p in sorted(root.rglob(CONFIG_FILE))
+        if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
 
 
 def scan_runs(root: str | Path) -> tuple[list[ResultsDir], list[tuple[Path, str]]]:

@@ -55,18 +55,28 @@ class Site:
 
     def __post_init__(self):
         if self.component not in COMPONENTS:
-            raise UnknownSiteError(f"Site(component={self.component!r}) is not a known component.{did_you_mean(self.component, COMPONENTS)} Known: {', '.join(COMPONENTS)}.")
+            raise UnknownSiteError(
+                f"Site(component={self.component!r}) is not a known component.{did_you_mean(self.component, COMPONENTS)} Known: {', '.join(COMPONENTS)}."
+            )
         layout = COMPONENTS[self.component]
         if (self.layer is None) != ("{L}" not in layout.hook):
             need = "needs a layer" if "{L}" in layout.hook else "takes no layer (pass layer=None)"
             raise UnknownSiteError(f"Site(component={self.component!r}) {need}.")
-        if self.layer is not None and (not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0):
-            raise UnknownSiteError(f"Site(layer={self.layer!r}, component={self.component!r}): layers are integers counting from 0 "
-                                   "(hook names have no negative layers); the last layer is model.cfg.n_layers - 1.")
+        if self.layer is not None and (
+            not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0
+        ):
+            raise UnknownSiteError(
+                f"Site(layer={self.layer!r}, component={self.component!r}): layers are integers counting from 0 "
+                "(hook names have no negative layers); the last layer is model.cfg.n_layers - 1."
+            )
         if self.head is not None and layout.head_axis is None:
-            raise UnknownSiteError(f"Site(component={self.component!r}) has no heads; per-head sites are z, q, k, v, result, pattern, attn_scores.")
+            raise UnknownSiteError(
+                f"Site(component={self.component!r}) has no heads; per-head sites are z, q, k, v, result, pattern, attn_scores."
+            )
         if self.neuron is not None and layout.neuron_axis is None:
-            raise UnknownSiteError(f"Site(component={self.component!r}) has no neurons; per-neuron sites are mlp_pre, mlp_pre_linear, mlp_post.")
+            raise UnknownSiteError(
+                f"Site(component={self.component!r}) has no neurons; per-neuron sites are mlp_pre, mlp_pre_linear, mlp_post."
+            )
 
     @property
     def layout(self) -> Layout:
@@ -90,8 +100,14 @@ class Site:
     def index(self, ndim: int | None = None) -> tuple:
         """Indexing tuple into the hook's batch-first tensor (batch axis kept)."""
         layout = self.layout
-        idx: list = [slice(None)] * (1 + max(a for a in (layout.pos_axis, layout.head_axis, layout.neuron_axis) if a is not None))
-        for axis, value in ((layout.pos_axis, self.position), (layout.head_axis, self.head), (layout.neuron_axis, self.neuron)):
+        idx: list = [slice(None)] * (
+            1 + max(a for a in (layout.pos_axis, layout.head_axis, layout.neuron_axis) if a is not None)
+        )
+        for axis, value in (
+            (layout.pos_axis, self.position),
+            (layout.head_axis, self.head),
+            (layout.neuron_axis, self.neuron),
+        ):
             if axis is not None and value is not None:
                 idx[axis] = value
         return tuple(idx)
@@ -101,23 +117,37 @@ class Site:
         cfg = model.cfg
         name = getattr(cfg, "model_name", "model")
         if self.layer is not None and not 0 <= self.layer < cfg.n_layers:
-            raise OutOfRangeError(f"{self}: layer={self.layer} is out of range; {name} has layers 0..{cfg.n_layers - 1}.")
+            raise OutOfRangeError(
+                f"{self}: layer={self.layer} is out of range; {name} has layers 0..{cfg.n_layers - 1}."
+            )
         if self.component == "result" and not getattr(cfg, "use_attn_result", False):
-            raise UnknownSiteError(f"{self}: per-head results are not computed by this model; call model.set_use_attn_result(True) first, "
-                                   "or use the z site (the head's output before W_O).")
+            raise UnknownSiteError(
+                f"{self}: per-head results are not computed by this model; call model.set_use_attn_result(True) first, "
+                "or use the z site (the head's output before W_O)."
+            )
         if self.head is not None:
             n = n_heads(cfg, self.component)
             if not -n <= self.head < n:
-                kind = "key/value heads (grouped-query attention: query head h reads kv head h // group)" if self.layout.kv else "query heads"
+                kind = (
+                    "key/value heads (grouped-query attention: query head h reads kv head h // group)"
+                    if self.layout.kv
+                    else "query heads"
+                )
                 raise OutOfRangeError(f"{self}: head={self.head} is out of range; {name} has {n} {kind}, 0..{n - 1}.")
         if self.neuron is not None and not -cfg.d_mlp <= self.neuron < cfg.d_mlp:
-            raise OutOfRangeError(f"{self}: neuron={self.neuron} is out of range; {name} has d_mlp={cfg.d_mlp} neurons, 0..{cfg.d_mlp - 1}.")
+            raise OutOfRangeError(
+                f"{self}: neuron={self.neuron} is out of range; {name} has d_mlp={cfg.d_mlp} neurons, 0..{cfg.d_mlp - 1}."
+            )
         if self.position is not None and seq_len is not None and not -seq_len <= self.position < seq_len:
             raise OutOfRangeError(f"{self}: position={self.position} is out of range for prompts of {seq_len} tokens.")
         return self
 
     def __str__(self) -> str:
-        extras = "".join(f", {k}={v}" for k, v in (("head", self.head), ("neuron", self.neuron), ("position", self.position)) if v is not None)
+        extras = "".join(
+            f", {k}={v}"
+            for k, v in (("head", self.head), ("neuron", self.neuron), ("position", self.position))
+            if v is not None
+        )
         return f"Site({self.hook_name}{extras})"
 
 
@@ -151,5 +181,7 @@ def as_site(model, where: Site | str, **slices) -> Site:
     site.check(model)
     if site.hook_name not in model.hook_dict:
         hint = " (set model.set_use_attn_result(True) for per-head results)" if site.component == "result" else ""
-        raise UnknownSiteError(f"{site.hook_name!r} is not a hook of this model{hint}.{did_you_mean(site.hook_name, model.hook_dict)}")
+        raise UnknownSiteError(
+            f"{site.hook_name!r} is not a hook of this model{hint}.{did_you_mean(site.hook_name, model.hook_dict)}"
+        )
     return site

@@ -39,9 +39,13 @@ class TensorBatches:
 
     def __init__(self, acts: Float[Tensor, "rows d_in"], batch_size: int, seed: int = 0):
         if acts.ndim != 2:
-            raise ShapeMismatchError(f"acts: expected [rows, d_in], got shape {tuple(acts.shape)}; flatten batch and position first.")
+            raise ShapeMismatchError(
+                f"acts: expected [rows, d_in], got shape {tuple(acts.shape)}; flatten batch and position first."
+            )
         if batch_size > len(acts):
-            raise InterpError(f"batch_size={batch_size} exceeds the {len(acts)} rows of acts; lower batch_size or supply more activations.")
+            raise InterpError(
+                f"batch_size={batch_size} exceeds the {len(acts)} rows of acts; lower batch_size or supply more activations."
+            )
         self.acts, self.batch_size, self.seed = acts, batch_size, seed
 
     def __iter__(self) -> Iterator[Tensor]:
@@ -60,7 +64,16 @@ class ModelBatches:
     remainder carried to the next chunk. Epochs repeat over the tokens with a new shuffle.
     """
 
-    def __init__(self, model: HookedTransformer, tokens: Int[Tensor, "seqs pos"], site: Site | str, batch_size: int, *, seqs_per_chunk: int = 64, seed: int = 0):
+    def __init__(
+        self,
+        model: HookedTransformer,
+        tokens: Int[Tensor, "seqs pos"],
+        site: Site | str,
+        batch_size: int,
+        *,
+        seqs_per_chunk: int = 64,
+        seed: int = 0,
+    ):
         self.model, self.site = model, as_site(model, site)
         if tokens.ndim != 2:
             raise ShapeMismatchError(f"tokens: expected [seqs, pos], got shape {tuple(tokens.shape)}.")
@@ -71,7 +84,9 @@ class ModelBatches:
         while True:
             for start in range(0, len(self.tokens), self.seqs_per_chunk):
                 chunk = self.tokens[start : start + self.seqs_per_chunk]
-                acts = cache_sites(self.model, chunk, [self.site], micro_batch=len(chunk))[self.site]  # the chunk size already bounds memory
+                acts = cache_sites(self.model, chunk, [self.site], micro_batch=len(chunk))[
+                    self.site
+                ]  # the chunk size already bounds memory
                 rows = flatten_site_activations(acts, self.site)
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + start)
                 rows = rows[torch.randperm(len(rows), generator=gen)]
@@ -90,13 +105,28 @@ class StoreBatches:
     """
 
     def __init__(self, store, site: Site | str, batch_size: int, *, seed: int = 0, shards_in_memory: int = 2):
-        self.store, self.site, self.batch_size, self.seed, self.shards_in_memory = store, site, batch_size, seed, shards_in_memory
+        self.store, self.site, self.batch_size, self.seed, self.shards_in_memory = (
+            store,
+            site,
+            batch_size,
+            seed,
+            shards_in_memory,
+        )
         if store.n_tokens < batch_size:
-            raise InterpError(f"batch_size={batch_size} exceeds the {store.n_tokens} tokens of the store at {store.path}; lower batch_size or build a bigger store.")
+            raise InterpError(
+                f"batch_size={batch_size} exceeds the {store.n_tokens} tokens of the store at {store.path}; lower batch_size or build a bigger store."
+            )
 
     def __iter__(self) -> Iterator[Tensor]:
         epoch = 0
         while True:
-            for batch in self.store.iter_batches(self.site, self.batch_size, shuffle=True, seed=self.seed + epoch, drop_last=True, shards_in_memory=self.shards_in_memory):
+            for batch in self.store.iter_batches(
+                self.site,
+                self.batch_size,
+                shuffle=True,
+                seed=self.seed + epoch,
+                drop_last=True,
+                shards_in_memory=self.shards_in_memory,
+            ):
                 yield batch.reshape(len(batch), -1)
             epoch += 1

@@ -34,7 +34,9 @@ class EvalResult(NamedTuple):
     latents: pd.DataFrame  # latent, firing_count, density (fraction of tokens it is active on)
 
 
-def splice_hook(sae: Sae, site: Site, *, keep_error: bool = False, edit: LatentEdit | None = None, record: dict | None = None):
+def splice_hook(
+    sae: Sae, site: Site, *, keep_error: bool = False, edit: LatentEdit | None = None, record: dict | None = None
+):
     """A hook that replaces the site's activation with the SAE's reconstruction (plus its error if keep_error).
 
     record, when given, receives x, sae_out and acts of the last call (rows = tokens).
@@ -46,7 +48,9 @@ def splice_hook(sae: Sae, site: Site, *, keep_error: bool = False, edit: LatentE
         lead = region.shape[:1] if site.position is not None else region.shape[:2]
         width = region.numel() // lead.numel()
         if width != sae.cfg.d_in:
-            raise ShapeMismatchError(f"{site}: the activation is {width} wide per token ({tuple(region.shape)}) but the SAE has d_in={sae.cfg.d_in}. Use an SAE trained at this site.")
+            raise ShapeMismatchError(
+                f"{site}: the activation is {width} wide per token ({tuple(region.shape)}) but the SAE has d_in={sae.cfg.d_in}. Use an SAE trained at this site."
+            )
         x = region.reshape(-1, width)
         acts = sae.encode(x)
         sae_out = sae.decode(acts)
@@ -71,7 +75,15 @@ def zero_hook(site: Site):
     return hook
 
 
-def run_with_sae(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], sae: Sae, site: Site | str, *, keep_error: bool = False, edit: LatentEdit | None = None) -> Float[Tensor, "batch pos vocab"]:
+def run_with_sae(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    sae: Sae,
+    site: Site | str,
+    *,
+    keep_error: bool = False,
+    edit: LatentEdit | None = None,
+) -> Float[Tensor, "batch pos vocab"]:
     """Logits with the SAE spliced in at `site`."""
     site = as_site(model, site)
     return run_with_hooks(model, tokens, [(site, splice_hook(sae, site, keep_error=keep_error, edit=edit))])
@@ -82,11 +94,25 @@ def _next_token_ce(logprobs: Tensor, tokens: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_sae(model: HookedTransformer, sae: Sae, site: Site | str, tokens: Int[Tensor, "seqs pos"], *, batch_size: int = 8) -> EvalResult:
+def evaluate_sae(
+    model: HookedTransformer, sae: Sae, site: Site | str, tokens: Int[Tensor, "seqs pos"], *, batch_size: int = 8
+) -> EvalResult:
     """Reconstruction and downstream metrics of `sae` at `site` over `tokens` (rows of equal length)."""
     site = as_site(model, site)
     tokens = to_tokens(model, tokens, argument="tokens")
-    sums = dict(sq_err=0.0, x_sq=0.0, x_sum=torch.zeros(sae.cfg.d_in, dtype=torch.float64), cos=0.0, l0=0.0, rows=0, ce_clean=0.0, ce_sae=0.0, ce_zero=0.0, kl=0.0, ce_tokens=0)
+    sums = dict(
+        sq_err=0.0,
+        x_sq=0.0,
+        x_sum=torch.zeros(sae.cfg.d_in, dtype=torch.float64),
+        cos=0.0,
+        l0=0.0,
+        rows=0,
+        ce_clean=0.0,
+        ce_sae=0.0,
+        ce_zero=0.0,
+        kl=0.0,
+        ce_tokens=0,
+    )
     firing = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     frames = []
     for start in range(0, len(tokens), batch_size):
@@ -116,22 +142,42 @@ def evaluate_sae(model: HookedTransformer, sae: Sae, site: Site | str, tokens: I
     total_variance = sums["x_sq"] - float(sums["x_sum"].pow(2).sum()) / n
     ce_clean, ce_sae, ce_zero = (sums[f"ce_{k}"] / n_ce for k in ("clean", "sae", "zero"))
     metrics = dict(
-        l0=sums["l0"] / n, fvu=sums["sq_err"] / total_variance, explained_variance=1 - sums["sq_err"] / total_variance,
-        mse=sums["sq_err"] / (n * sae.cfg.d_in), cosine=sums["cos"] / n, ce_clean=ce_clean, ce_sae=ce_sae, ce_zero_ablation=ce_zero,
-        ce_loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean), kl_sae=sums["kl"] / n_ce,
-        dead_fraction=float((firing == 0).float().mean()), tokens=n,
+        l0=sums["l0"] / n,
+        fvu=sums["sq_err"] / total_variance,
+        explained_variance=1 - sums["sq_err"] / total_variance,
+        mse=sums["sq_err"] / (n * sae.cfg.d_in),
+        cosine=sums["cos"] / n,
+        ce_clean=ce_clean,
+        ce_sae=ce_sae,
+        ce_zero_ablation=ce_zero,
+        ce_loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean),
+        kl_sae=sums["kl"] / n_ce,
+        dead_fraction=float((firing == 0).float().mean()),
+        tokens=n,
     )
-    latents = pd.DataFrame({"latent": np.arange(sae.cfg.d_sae), "firing_count": firing.numpy(), "density": firing.numpy() / n})
+    latents = pd.DataFrame(
+        {"latent": np.arange(sae.cfg.d_sae), "firing_count": firing.numpy(), "density": firing.numpy() / n}
+    )
     return EvalResult(metrics, pd.concat(frames, ignore_index=True), latents)
 
 
-def _per_token_frame(batch: Tensor, start: int, site: Site, err: Tensor, x_norm: Tensor, l0: Tensor, ce: dict, kl: Tensor) -> pd.DataFrame:
+def _per_token_frame(
+    batch: Tensor, start: int, site: Site, err: Tensor, x_norm: Tensor, l0: Tensor, ce: dict, kl: Tensor
+) -> pd.DataFrame:
     b, p = batch.shape
     positions = [site.position % p] if site.position is not None else list(range(p))
     seq = np.repeat(np.arange(start, start + b), len(positions))
     pos = np.tile(positions, b)
-    frame = pd.DataFrame({"seq": seq, "pos": pos, "token": batch[:, positions].reshape(-1).cpu().numpy(), "x_norm": x_norm.cpu().numpy(),
-                          "error_norm": err.cpu().numpy(), "l0": l0.cpu().numpy()})
+    frame = pd.DataFrame(
+        {
+            "seq": seq,
+            "pos": pos,
+            "token": batch[:, positions].reshape(-1).cpu().numpy(),
+            "x_norm": x_norm.cpu().numpy(),
+            "error_norm": err.cpu().numpy(),
+            "l0": l0.cpu().numpy(),
+        }
+    )
     for name in ("clean", "sae"):
         frame[f"ce_{name}"] = _pad_last(ce[name])[:, positions].reshape(-1).cpu().numpy()
     frame["kl"] = _pad_last(kl)[:, positions].reshape(-1).cpu().numpy()
@@ -146,13 +192,23 @@ def _pad_last(t: Tensor) -> Tensor:
 def density_histogram(latents: pd.DataFrame, bins: int = 40) -> pd.DataFrame:
     """Counts of latents per log10(density) bin; dead latents (density 0) in their own row with log10_density -inf."""
     alive = latents.loc[latents.density > 0, "density"]
-    counts, edges = np.histogram(np.log10(alive), bins=bins) if len(alive) else (np.array([], dtype=int), np.array([0.0]))
+    counts, edges = (
+        np.histogram(np.log10(alive), bins=bins) if len(alive) else (np.array([], dtype=int), np.array([0.0]))
+    )
     rows = pd.DataFrame({"log10_density_low": edges[:-1], "log10_density_high": edges[1:], "latents": counts})
-    dead = pd.DataFrame({"log10_density_low": [-np.inf], "log10_density_high": [-np.inf], "latents": [int((latents.density == 0).sum())]})
+    dead = pd.DataFrame(
+        {
+            "log10_density_low": [-np.inf],
+            "log10_density_high": [-np.inf],
+            "latents": [int((latents.density == 0).sum())],
+        }
+    )
     return pd.concat([dead, rows], ignore_index=True)
 
 
-def evaluate_saved(directory: str | os.PathLike, model: HookedTransformer, tokens: Int[Tensor, "seqs pos"], *, batch_size: int = 8) -> EvalResult:
+def evaluate_saved(
+    directory: str | os.PathLike, model: HookedTransformer, tokens: Int[Tensor, "seqs pos"], *, batch_size: int = 8
+) -> EvalResult:
     """`interp sae eval DIR`: load DIR/sae (or DIR), evaluate at its saved hook, write DIR/eval/{metrics.json, *.parquet}."""
     from sae.io import load_sae, read_sae_config
 
@@ -160,13 +216,21 @@ def evaluate_saved(directory: str | os.PathLike, model: HookedTransformer, token
     sae_dir = directory / "sae" if (directory / "sae").is_dir() else directory
     hook_name = read_sae_config(sae_dir).get("metadata", {}).get("hook_name")
     if hook_name is None:
-        raise ShapeMismatchError(f"{sae_dir}/cfg.json has no metadata.hook_name, so the site to evaluate at is unknown. Call evaluate_sae(model, sae, site, tokens) instead.")
+        raise ShapeMismatchError(
+            f"{sae_dir}/cfg.json has no metadata.hook_name, so the site to evaluate at is unknown. Call evaluate_sae(model, sae, site, tokens) instead."
+        )
     result = evaluate_sae(model, load_sae(sae_dir), hook_name, tokens, batch_size=batch_size)
     from interp.results import atomic_write_bytes, atomic_write_text
 
     out = directory / "eval"
-    atomic_write_text(out / "metrics.json", json.dumps(result.metrics, indent=1))  # each file whole or absent, never half-written
-    for name, frame in (("per_token", result.per_token), ("latents", result.latents), ("density_histogram", density_histogram(result.latents))):
+    atomic_write_text(
+        out / "metrics.json", json.dumps(result.metrics, indent=1)
+    )  # each file whole or absent, never half-written
+    for name, frame in (
+        ("per_token", result.per_token),
+        ("latents", result.latents),
+        ("density_histogram", density_histogram(result.latents)),
+    ):
         buffer = io.BytesIO()
         frame.to_parquet(buffer)
         atomic_write_bytes(out / f"{name}.parquet", buffer.getvalue())

@@ -40,14 +40,27 @@ def saelens_state_dict(sae: Sae) -> dict[str, Tensor]:
     return {k: v.detach().float().contiguous().cpu() for k, v in weights.items()}
 
 
-def save_sae(sae: Sae, directory: str | os.PathLike, *, hook_name: str | None = None, model_name: str | None = None, extra: dict | None = None) -> Path:
+def save_sae(
+    sae: Sae,
+    directory: str | os.PathLike,
+    *,
+    hook_name: str | None = None,
+    model_name: str | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write `directory`/cfg.json and sae_weights.safetensors; `sae_lens.SAE.load_from_disk(directory)` reads them."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arch = SAELENS_ARCHITECTURE[sae.cfg.architecture]
     cfg = {
-        "architecture": arch, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+        "architecture": arch,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
         "metadata": {"sae_lens_version": _saelens_version(), "hook_name": hook_name, "model_name": model_name},
         OUR_KEY: {"sae_config": sae.cfg.to_dict(), **(extra or {})},
     }
@@ -61,7 +74,9 @@ def save_sae(sae: Sae, directory: str | os.PathLike, *, hook_name: str | None = 
 def read_sae_config(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CFG_FILE
     if not path.exists():
-        raise ModelLoadError(f"load_sae({str(directory)!r}): no {CFG_FILE} there. Pass a directory written by save_sae or SAELens's save_model.")
+        raise ModelLoadError(
+            f"load_sae({str(directory)!r}): no {CFG_FILE} there. Pass a directory written by save_sae or SAELens's save_model."
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -95,7 +110,9 @@ def load_sae(directory: str | os.PathLike) -> Sae:
         elif sae_cfg.architecture == "batchtopk":
             values = weights["threshold"]
             if not torch.all(values == values[0]):
-                raise CorruptFileError(f"{weights_path}: a BatchTopK SAE has one threshold, but the saved thresholds differ across latents.")
+                raise CorruptFileError(
+                    f"{weights_path}: a BatchTopK SAE has one threshold, but the saved thresholds differ across latents."
+                )
             sae.threshold.fill_(float(values[0]))
     return sae.eval()
 
@@ -103,27 +120,42 @@ def load_sae(directory: str | os.PathLike) -> Sae:
 def _config_from_saelens(cfg: dict, directory: Path):
     arch, d_in, d_sae = cfg.get("architecture", "standard"), cfg["d_in"], cfg["d_sae"]
     if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise InterpError(f"{directory}: SAELens normalize_activations={cfg['normalize_activations']!r} is not supported; fold it into the weights first (SAELens: fold_activation_norm_scaling_factor).")
+        raise InterpError(
+            f"{directory}: SAELens normalize_activations={cfg['normalize_activations']!r} is not supported; fold it into the weights first (SAELens: fold_activation_norm_scaling_factor)."
+        )
     if cfg.get("reshape_activations", "none") not in ("none", None):
-        raise InterpError(f"{directory}: reshape_activations={cfg['reshape_activations']!r} is not supported; SAEs here take flat [..., d_in] activations.")
+        raise InterpError(
+            f"{directory}: reshape_activations={cfg['reshape_activations']!r} is not supported; SAEs here take flat [..., d_in] activations."
+        )
     if arch == "standard":
         return ReluConfig(d_in=d_in, d_sae=d_sae)
     if arch == "topk":
         if cfg.get("rescale_acts_by_decoder_norm"):
-            raise InterpError(f"{directory}: TopK with rescale_acts_by_decoder_norm=True is not supported; load it in SAELens and call fold_W_dec_norm() first.")
+            raise InterpError(
+                f"{directory}: TopK with rescale_acts_by_decoder_norm=True is not supported; load it in SAELens and call fold_W_dec_norm() first."
+            )
         return TopKConfig(d_in=d_in, d_sae=d_sae, k=int(cfg["k"]))
     if arch == "jumprelu":
         return JumpReluConfig(d_in=d_in, d_sae=d_sae)
-    raise InterpError(f"{directory}: SAELens architecture {arch!r} is not supported here; supported: standard, topk, jumprelu.")
+    raise InterpError(
+        f"{directory}: SAELens architecture {arch!r} is not supported here; supported: standard, topk, jumprelu."
+    )
 
 
 def _check_shapes(weights: dict[str, Tensor], d_in: int, d_sae: int, path: Path, cfg: dict) -> None:
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    if SAELENS_ARCHITECTURE.get(cfg.get(OUR_KEY, {}).get("sae_config", {}).get("architecture"), cfg.get("architecture")) == "jumprelu":
+    if (
+        SAELENS_ARCHITECTURE.get(
+            cfg.get(OUR_KEY, {}).get("sae_config", {}).get("architecture"), cfg.get("architecture")
+        )
+        == "jumprelu"
+    ):
         expected["threshold"] = (d_sae,)
     missing = [k for k in expected if k not in weights]
     if missing:
-        raise CorruptFileError(f"{path} lacks weights {missing}; its {CFG_FILE} (architecture {cfg.get('architecture')!r}) needs {sorted(expected)}.")
+        raise CorruptFileError(
+            f"{path} lacks weights {missing}; its {CFG_FILE} (architecture {cfg.get('architecture')!r}) needs {sorted(expected)}."
+        )
     for key, shape in expected.items():
         if tuple(weights[key].shape) != shape:
             raise CorruptFileError(

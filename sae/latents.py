@@ -16,7 +16,15 @@ from sae.models import Sae
 
 @torch.no_grad()
 def top_activating_contexts(
-    model: HookedTransformer, sae: Sae, site: Site | str, tokens: Int[Tensor, "seqs pos"], latents: list[int], *, top: int = 10, window: int = 8, batch_size: int = 16
+    model: HookedTransformer,
+    sae: Sae,
+    site: Site | str,
+    tokens: Int[Tensor, "seqs pos"],
+    latents: list[int],
+    *,
+    top: int = 10,
+    window: int = 8,
+    batch_size: int = 16,
 ) -> pd.DataFrame:
     """One row per (latent, rank): the `top` tokens of `tokens` where the latent is largest, with `window` tokens of context.
 
@@ -26,7 +34,9 @@ def top_activating_contexts(
     site = as_site(model, site)
     bad = [j for j in latents if not 0 <= j < sae.cfg.d_sae]
     if bad:
-        raise OutOfRangeError(f"latents {bad[:5]} are out of range; this SAE has d_sae={sae.cfg.d_sae} latents, 0..{sae.cfg.d_sae - 1}.")
+        raise OutOfRangeError(
+            f"latents {bad[:5]} are out of range; this SAE has d_sae={sae.cfg.d_sae} latents, 0..{sae.cfg.d_sae - 1}."
+        )
     index = torch.tensor(latents, dtype=torch.long)
     chunks = []
     for start in range(0, len(tokens), batch_size):
@@ -43,10 +53,33 @@ def top_activating_contexts(
             if value <= 0:
                 break
             s, q = divmod(int(flat[rank, column]), pos)
-            rows.append(dict(latent=latent, rank=rank, seq=s, pos=q, activation=value, token=int(tokens[s, q]),
-                             context_before=_text(model, tokens[s, max(0, q - window) : q]), token_text=_text(model, tokens[s, q : q + 1]),
-                             context_after=_text(model, tokens[s, q + 1 : q + 1 + window // 2])))
-    return pd.DataFrame(rows, columns=["latent", "rank", "seq", "pos", "activation", "token", "context_before", "token_text", "context_after"])
+            rows.append(
+                dict(
+                    latent=latent,
+                    rank=rank,
+                    seq=s,
+                    pos=q,
+                    activation=value,
+                    token=int(tokens[s, q]),
+                    context_before=_text(model, tokens[s, max(0, q - window) : q]),
+                    token_text=_text(model, tokens[s, q : q + 1]),
+                    context_after=_text(model, tokens[s, q + 1 : q + 1 + window // 2]),
+                )
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "latent",
+            "rank",
+            "seq",
+            "pos",
+            "activation",
+            "token",
+            "context_before",
+            "token_text",
+            "context_after",
+        ],
+    )
 
 
 def _text(model: HookedTransformer, ids: Tensor) -> str:

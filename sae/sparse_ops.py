@@ -54,9 +54,13 @@ class SparseDecode(torch.autograd.Function):
         return grad_values, None, grad_w_dec
 
 
-def topk_encode(x: Float[Tensor, "n d_in"], encoder: Float[Tensor, "d_sae d_in"], b_enc: Float[Tensor, " d_sae"], k: int) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+def topk_encode(
+    x: Float[Tensor, "n d_in"], encoder: Float[Tensor, "d_sae d_in"], b_enc: Float[Tensor, " d_sae"], k: int
+) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
     return TopKEncode.apply(x, encoder, b_enc, k)
 
 
-def sparse_decode(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], w_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "n d_in"]:
+def sparse_decode(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], w_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "n d_in"]:
     return SparseDecode.apply(values, indices, w_dec)

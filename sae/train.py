@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -24,14 +23,18 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.fileio import atomic_path, atomic_write_bytes, atomic_write_text
+from interp.fileio import atomic_path, atomic_write_bytes
 from interp.errors import CorruptFileError, InterpError, NonFiniteError, OutOfRangeError, ShapeMismatchError
 from sae.models import Sae, SaeConfig, build_sae
 from sae.models.base import LossScale, default_lr, global_sum
 
 
 # NonFiniteError (from interp.errors, re-exported here): NaN or Inf in activations or the loss; training stops, checkpoints kept.
-RESUME_IGNORES = ("checkpoint_every", "log_every", "keep_checkpoints")  # bookkeeping: may change between a run and its resume
+RESUME_IGNORES = (
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+)  # bookkeeping: may change between a run and its resume
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,17 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
-            raise InterpError(f"TrainConfig(b_dec_init={self.b_dec_init!r}): use 'geometric_median', 'mean' or 'zeros'.")
+            raise InterpError(
+                f"TrainConfig(b_dec_init={self.b_dec_init!r}): use 'geometric_median', 'mean' or 'zeros'."
+            )
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "dead_after_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise OutOfRangeError(f"TrainConfig({name}={value!r}): must be a positive integer.")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise OutOfRangeError(f"TrainConfig(lr={self.lr!r}): must be a positive finite number, or None for the default 2e-4 / sqrt(d_sae / 2^14).")
+            raise OutOfRangeError(
+                f"TrainConfig(lr={self.lr!r}): must be a positive finite number, or None for the default 2e-4 / sqrt(d_sae / 2^14)."
+            )
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise OutOfRangeError(f"TrainConfig(warmup_steps={self.warmup_steps!r}): must be an integer >= 0.")
         if not 0 <= self.decay_fraction <= 1:
@@ -72,7 +79,9 @@ class TrainConfig:
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise OutOfRangeError(f"TrainConfig(adam_betas={self.adam_betas!r}): two numbers in [0, 1).")
         if not 0 < self.converge_window < 1 or self.converge_tol <= 0:
-            raise OutOfRangeError(f"TrainConfig(converge_window={self.converge_window}, converge_tol={self.converge_tol}): the window must be a fraction in (0, 1), the tolerance positive.")
+            raise OutOfRangeError(
+                f"TrainConfig(converge_window={self.converge_window}, converge_tol={self.converge_tol}): the window must be a fraction in (0, 1), the tolerance positive."
+            )
 
 
 class TrainResult(NamedTuple):
@@ -134,9 +143,13 @@ def _dist() -> tuple[int, int]:
 
 def _check_batch(x: Tensor, step: int, d_in: int, batch_size: int, out_dir: Path | None) -> None:
     if x.ndim != 2 or x.shape[1] != d_in:
-        raise ShapeMismatchError(f"batches: step {step} gave shape {tuple(x.shape)}, expected [{batch_size}, d_in={d_in}]. The SAE's d_in must equal the site's width.")
+        raise ShapeMismatchError(
+            f"batches: step {step} gave shape {tuple(x.shape)}, expected [{batch_size}, d_in={d_in}]. The SAE's d_in must equal the site's width."
+        )
     if x.shape[0] != batch_size:
-        raise ShapeMismatchError(f"batches: step {step} gave {x.shape[0]} rows, expected TrainConfig.batch_size={batch_size}.")
+        raise ShapeMismatchError(
+            f"batches: step {step} gave {x.shape[0]} rows, expected TrainConfig.batch_size={batch_size}."
+        )
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).any(1).nonzero()[:, 0]
         raise NonFiniteError(
@@ -147,7 +160,11 @@ def _check_batch(x: Tensor, step: int, d_in: int, batch_size: int, out_dir: Path
 
 def _checkpoint_note(out_dir: Path | None) -> str:
     latest = _checkpoints(out_dir)[-1:] if out_dir else []
-    return f"the last checkpoint {latest[0]} is kept; rerun with the same out_dir to resume from it." if latest else "no checkpoint had been written yet."
+    return (
+        f"the last checkpoint {latest[0]} is kept; rerun with the same out_dir to resume from it."
+        if latest
+        else "no checkpoint had been written yet."
+    )
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
@@ -171,24 +188,34 @@ def _load_latest(out_dir: Path) -> dict | None:
     try:
         return torch.load(found[-1], weights_only=False)
     except Exception as exc:
-        raise CorruptFileError(f"Checkpoint {found[-1]} cannot be read ({exc}). Delete it to resume from the one before.") from exc
+        raise CorruptFileError(
+            f"Checkpoint {found[-1]} cannot be read ({exc}). Delete it to resume from the one before."
+        ) from exc
 
 
 def _check_resume(out_dir: Path, state: dict, sae_cfg: SaeConfig, cfg: TrainConfig, hook_name: str | None) -> None:
     """Refuse to continue checkpoints written with other settings, naming the fields that differ."""
     saved_sae, wanted_sae = state.get("sae_config", {}), sae_cfg.to_dict()
-    differ = [f"sae.{k} (saved {saved_sae.get(k)!r}, asked {wanted_sae.get(k)!r})" for k in sorted(set(saved_sae) | set(wanted_sae)) if saved_sae.get(k) != wanted_sae.get(k)]
+    differ = [
+        f"sae.{k} (saved {saved_sae.get(k)!r}, asked {wanted_sae.get(k)!r})"
+        for k in sorted(set(saved_sae) | set(wanted_sae))
+        if saved_sae.get(k) != wanted_sae.get(k)
+    ]
     saved_train, wanted_train = state.get("train_config"), asdict(cfg)
     if saved_train is not None:
         for k in sorted(set(saved_train) | set(wanted_train)):
             old, new = saved_train.get(k), wanted_train.get(k)
-            if k not in RESUME_IGNORES and (list(old) if isinstance(old, tuple) else old) != (list(new) if isinstance(new, tuple) else new):
+            if k not in RESUME_IGNORES and (list(old) if isinstance(old, tuple) else old) != (
+                list(new) if isinstance(new, tuple) else new
+            ):
                 differ.append(f"train.{k} (saved {old!r}, asked {new!r})")
     if hook_name is not None and state.get("hook_name") not in (None, hook_name):
         differ.append(f"site (saved {state['hook_name']!r}, asked {hook_name!r})")
     if differ:
-        raise InterpError(f"{out_dir} holds checkpoints of another run (a different SAE config or training settings): {'; '.join(differ)}. A run directory holds one run: "
-                          "use a new --out, the same settings to resume, or --overwrite to start again.")
+        raise InterpError(
+            f"{out_dir} holds checkpoints of another run (a different SAE config or training settings): {'; '.join(differ)}. A run directory holds one run: "
+            "use a new --out, the same settings to resume, or --overwrite to start again."
+        )
 
 
 def train_sae(
@@ -213,7 +240,9 @@ def train_sae(
     local = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
     sae = build_sae(sae_cfg)
     base_lr = cfg.lr or default_lr(sae_cfg.d_sae)
-    optimiser = torch.optim.Adam(sae.parameters(), lr=base_lr, betas=cfg.adam_betas, fused=True)  # fused: ~8x faster on CPU than foreach
+    optimiser = torch.optim.Adam(
+        sae.parameters(), lr=base_lr, betas=cfg.adam_betas, fused=True
+    )  # fused: ~8x faster on CPU than foreach
     silent_tokens = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
     curve: list[dict] = []
     fvu_by_step: list[float] = []
@@ -224,7 +253,12 @@ def train_sae(
         _check_resume(out_dir, state, sae_cfg, cfg, hook_name)
         sae.load_state_dict(state["sae"])
         optimiser.load_state_dict(state["optimiser"])
-        silent_tokens, curve, start, input_scale = state["silent_tokens"], state["curve"], state["step"], state["input_scale"]
+        silent_tokens, curve, start, input_scale = (
+            state["silent_tokens"],
+            state["curve"],
+            state["step"],
+            state["input_scale"],
+        )
         fvu_by_step, plateau = state.get("fvu_by_step", []), state.get("plateau")
 
     end = cfg.steps if plateau is None else plateau + anneal_steps(plateau, cfg)
@@ -234,7 +268,9 @@ def train_sae(
     while step < end:
         x_global = next(data, None)
         if x_global is None:
-            raise InterpError(f"batches ran out at step {step} of TrainConfig.steps={cfg.steps}; supply more data or fewer steps.")
+            raise InterpError(
+                f"batches ran out at step {step} of TrainConfig.steps={cfg.steps}; supply more data or fewer steps."
+            )
         _check_batch(x_global, step, sae_cfg.d_in, cfg.batch_size, out_dir)
         x_global = x_global.float()
         if step == 0:
@@ -249,7 +285,9 @@ def train_sae(
             group["lr"] = lr
         out = sae.training_step(x, silent_tokens >= cfg.dead_after_tokens, scale, step)
         if not torch.isfinite(out.loss):
-            raise NonFiniteError(f"The loss became {out.loss.item()} at step {step} (lr {lr:.2e}). Training stopped; {_checkpoint_note(out_dir)} Lower TrainConfig.lr.")
+            raise NonFiniteError(
+                f"The loss became {out.loss.item()} at step {step} (lr {lr:.2e}). Training stopped; {_checkpoint_note(out_dir)} Lower TrainConfig.lr."
+            )
         out.loss.backward()
         if world > 1:
             for p in sae.parameters():
@@ -265,26 +303,59 @@ def train_sae(
             fired = global_sum(out.fired.long()) > 0
             silent_tokens += cfg.batch_size
             silent_tokens[fired] = 0
-            stats = global_sum(torch.stack([(out.sae_out - x).pow(2).sum(), out.l0 * len(x), out.loss.detach(), out.aux_loss.detach() / world]))
-        row = dict(step=step, tokens=(step + 1) * cfg.batch_size, lr=lr, loss=float(stats[2]), fvu=float(stats[0]) / scale.total_variance,
-                   l0=float(stats[1]) / cfg.batch_size, dead_fraction=float((silent_tokens >= cfg.dead_after_tokens).float().mean()), aux_loss=float(stats[3]))
+            stats = global_sum(
+                torch.stack(
+                    [(out.sae_out - x).pow(2).sum(), out.l0 * len(x), out.loss.detach(), out.aux_loss.detach() / world]
+                )
+            )
+        row = dict(
+            step=step,
+            tokens=(step + 1) * cfg.batch_size,
+            lr=lr,
+            loss=float(stats[2]),
+            fvu=float(stats[0]) / scale.total_variance,
+            l0=float(stats[1]) / cfg.batch_size,
+            dead_fraction=float((silent_tokens >= cfg.dead_after_tokens).float().mean()),
+            aux_loss=float(stats[3]),
+        )
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             curve.append(row)
             bar.set_postfix(L0=f"{row['l0']:.1f}", FVU=f"{row['fvu']:.3f}", dead=f"{row['dead_fraction']:.2f}")
         fvu_by_step.append(row["fvu"])
         at_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end
-        if (cfg.until_converged and plateau is None and at_checkpoint and step + 1 >= cfg.min_steps
-                and abs(fvu_change(fvu_by_step, cfg.converge_window)) < cfg.converge_tol):
+        if (
+            cfg.until_converged
+            and plateau is None
+            and at_checkpoint
+            and step + 1 >= cfg.min_steps
+            and abs(fvu_change(fvu_by_step, cfg.converge_window)) < cfg.converge_tol
+        ):
             plateau = step + 1  # the FVU has plateaued at this lr: anneal, then stop
             end = plateau + anneal_steps(plateau, cfg)
             bar.total = end
         if step + 1 == end and step % cfg.log_every:
             curve.append(row)
         if out_dir is not None and rank == 0 and at_checkpoint:
-            _save_checkpoint(out_dir, dict(step=step + 1, sae=sae.state_dict(), optimiser=optimiser.state_dict(), silent_tokens=silent_tokens, curve=curve,
-                                           fvu_by_step=fvu_by_step, plateau=plateau, input_scale=input_scale, sae_config=sae_cfg.to_dict(),
-                                           train_config=asdict(cfg), hook_name=hook_name), cfg.keep_checkpoints)
-        if on_step is not None:  # after the checkpoint: a callback that stops the run (a time budget) loses no finished step
+            _save_checkpoint(
+                out_dir,
+                dict(
+                    step=step + 1,
+                    sae=sae.state_dict(),
+                    optimiser=optimiser.state_dict(),
+                    silent_tokens=silent_tokens,
+                    curve=curve,
+                    fvu_by_step=fvu_by_step,
+                    plateau=plateau,
+                    input_scale=input_scale,
+                    sae_config=sae_cfg.to_dict(),
+                    train_config=asdict(cfg),
+                    hook_name=hook_name,
+                ),
+                cfg.keep_checkpoints,
+            )
+        if (
+            on_step is not None
+        ):  # after the checkpoint: a callback that stops the run (a time budget) loses no finished step
             on_step(step, row)
         step += 1
         bar.update(1)
@@ -293,8 +364,17 @@ def train_sae(
     sae.fold_input_scale_(input_scale)
     frame = pd.DataFrame(curve)
     if out_dir is not None and rank == 0:
-        _save_sae_atomic(sae, out_dir / "sae", hook_name=hook_name, model_name=model_name,
-                         extra={"input_scale": input_scale, "train_config": asdict(cfg), **training_summary(fvu_by_step, cfg, plateau)})
+        _save_sae_atomic(
+            sae,
+            out_dir / "sae",
+            hook_name=hook_name,
+            model_name=model_name,
+            extra={
+                "input_scale": input_scale,
+                "train_config": asdict(cfg),
+                **training_summary(fvu_by_step, cfg, plateau),
+            },
+        )
         buffer = io.BytesIO()
         frame.to_parquet(buffer)
         atomic_write_bytes(out_dir / "training_curve.parquet", buffer.getvalue())
@@ -324,13 +404,24 @@ def training_summary(fvu_by_step: list[float], cfg: TrainConfig, plateau: int | 
     converged: the change over the last converge_window of the constant-lr steps (of all steps, for a fixed schedule) is within converge_tol.
     """
     change = fvu_change(fvu_by_step, cfg.converge_window)
-    out = dict(steps_trained=len(fvu_by_step), fvu_change_last_window=change, converged=bool(abs(change) < cfg.converge_tol))
+    out = dict(
+        steps_trained=len(fvu_by_step), fvu_change_last_window=change, converged=bool(abs(change) < cfg.converge_tol)
+    )
     if cfg.until_converged:
         at_plateau = fvu_change(fvu_by_step[:plateau], cfg.converge_window) if plateau else float("nan")
         fvus = torch.as_tensor(fvu_by_step, dtype=torch.float64)
         width = max(1, round(0.05 * (plateau or 1)))
-        anneal = float(fvus[-width:].mean() / fvus[plateau - width : plateau].mean() - 1) if plateau and len(fvus) > plateau else float("nan")
-        out |= dict(plateau_step=plateau, fvu_change_at_plateau=at_plateau, anneal_fvu_change=anneal, converged=plateau is not None)
+        anneal = (
+            float(fvus[-width:].mean() / fvus[plateau - width : plateau].mean() - 1)
+            if plateau and len(fvus) > plateau
+            else float("nan")
+        )
+        out |= dict(
+            plateau_step=plateau,
+            fvu_change_at_plateau=at_plateau,
+            anneal_fvu_change=anneal,
+            converged=plateau is not None,
+        )
     return out
 
 
@@ -364,11 +455,27 @@ def train_at_site(
     site = as_site(model, site).hook_name
     width = site_width(model, site)
     if width != sae_cfg.d_in:
-        raise ShapeMismatchError(f"{type(sae_cfg).__name__}(d_in={sae_cfg.d_in}) does not match {site}, whose activations are {width} wide. Use d_in={width}.")
+        raise ShapeMismatchError(
+            f"{type(sae_cfg).__name__}(d_in={sae_cfg.d_in}) does not match {site}, whose activations are {width} wide. Use d_in={width}."
+        )
     if (store is None) == (train_tokens is None):
-        raise InterpError("train_at_site: pass exactly one of store= (an interp.store.ActivationStore) or train_tokens= ([seqs, pos] token ids).")
-    batches = StoreBatches(store, site, cfg.batch_size, seed=sae_cfg.seed) if store is not None else ModelBatches(model, train_tokens, site, cfg.batch_size, seed=sae_cfg.seed)
-    result = train_sae(sae_cfg, batches, cfg, out_dir, progress=progress, hook_name=site, model_name=getattr(model.cfg, "model_name", None))
+        raise InterpError(
+            "train_at_site: pass exactly one of store= (an interp.store.ActivationStore) or train_tokens= ([seqs, pos] token ids)."
+        )
+    batches = (
+        StoreBatches(store, site, cfg.batch_size, seed=sae_cfg.seed)
+        if store is not None
+        else ModelBatches(model, train_tokens, site, cfg.batch_size, seed=sae_cfg.seed)
+    )
+    result = train_sae(
+        sae_cfg,
+        batches,
+        cfg,
+        out_dir,
+        progress=progress,
+        hook_name=site,
+        model_name=getattr(model.cfg, "model_name", None),
+    )
     out_dir = Path(out_dir)
     metrics = {"final_" + k: v for k, v in result.curve.iloc[-1].items()} if len(result.curve) else {}
     if eval_tokens is not None and _dist()[0] == 0:
@@ -381,7 +488,9 @@ def train_at_site(
         # written when training is done, through ResultsDir like every run (so `interp dashboard` reads it); a resumed
         # run may have extended the steps, which _check_resume allowed, so the previous record is replaced, not compared
         (out_dir / "config.json").unlink(missing_ok=True)
-        record = SaeTrainRun(site=site, sae=sae_cfg.to_dict(), train=asdict(cfg), source="store" if store is not None else "model")
+        record = SaeTrainRun(
+            site=site, sae=sae_cfg.to_dict(), train=asdict(cfg), source="store" if store is not None else "model"
+        )
         ResultsDir.create(out_dir, record, title=f"SAE at {site}").write_metrics(metrics, merge=False)
     return result
 

@@ -102,8 +102,10 @@ def check_shapes(fn):
             for name, value in bound.arguments.items():
                 if name in checked and _matches(value, checked[name]) is False:
                     shape = tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
-                    raise TypeError(f"{fn.__qualname__}: argument {name!r} is {getattr(value, 'dtype', '')} {shape}, "
-                                    f"which breaks its annotation {checked[name]}")
+                    raise TypeError(
+                        f"{fn.__qualname__}: argument {name!r} is {getattr(value, 'dtype', '')} {shape}, "
+                        f"which breaks its annotation {checked[name]}"
+                    )
         return fn(*args, **kwargs)
 
     return wrapper

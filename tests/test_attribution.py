@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from interp import metrics
-from interp.attribution import attribute_heads, attribute_layer_positions, attribute_neurons, attribute_sites, attribution_sweep, check_estimates, run_passes
+from interp.attribution import (
+    attribute_heads,
+    attribute_layer_positions,
+    attribute_neurons,
+    attribute_sites,
+    attribution_sweep,
+    check_estimates,
+    run_passes,
+)
 from interp.attribution.qk_fix import qk_fixed_effects, qk_hooks
 from interp.errors import InterpError, UnknownSiteError
 from interp.models import load_model
@@ -49,14 +57,26 @@ def slope(task, site: Site, eps=1e-4) -> float:
     return (metric_at(eps) - metric_at(-eps)) / (2 * eps)
 
 
-SITES = [Site(1, "z", head=2), Site(0, "z", head=3, position=4), Site(2, "mlp_post", neuron=5), Site(1, "mlp_post", neuron=77, position=5), Site(1, "resid_pre", position=3), Site(2, "q", head=1), Site(0, "k", head=1, position=2), Site(1, "v", head=0), Site(2, "attn_out", position=5)]
+SITES = [
+    Site(1, "z", head=2),
+    Site(0, "z", head=3, position=4),
+    Site(2, "mlp_post", neuron=5),
+    Site(1, "mlp_post", neuron=77, position=5),
+    Site(1, "resid_pre", position=3),
+    Site(2, "q", head=1),
+    Site(0, "k", head=1, position=2),
+    Site(1, "v", head=0),
+    Site(2, "attn_out", position=5),
+]
 
 
 @torch.no_grad()
 def test_estimates_equal_the_finite_difference_slope(task64):
     estimates = attribute_sites(task64, SITES)
     for site, effect in zip(SITES, estimates["metric"] - task64.corrupted_metric):
-        assert effect == pytest.approx(slope(task64, site), rel=1e-5, abs=1e-9), site  # central difference: O(eps^2) error
+        assert effect == pytest.approx(slope(task64, site), rel=1e-5, abs=1e-9), (
+            site
+        )  # central difference: O(eps^2) error
     gap = task64.clean_metric - task64.corrupted_metric
     np.testing.assert_allclose(estimates.restoration, (estimates.metric - task64.corrupted_metric) / gap)
     assert (estimates.method == "atp").all() and list(estimates.columns) == [*RESULT_COLUMNS, "method"]
@@ -75,11 +95,21 @@ def test_tables_have_the_exact_sweeps_shape_and_order(tiny_model):
         act.retain_grad()
         saved[hook.name] = act
 
-    logits = tiny_model.run_with_hooks(task.corrupted_tokens, fwd_hooks=[(lambda name: name.endswith("attn.hook_z"), keep)])
+    logits = tiny_model.run_with_hooks(
+        task.corrupted_tokens, fwd_hooks=[(lambda name: name.endswith("attn.hook_z"), keep)]
+    )
     metrics.logit_diff(logits, task.answer_tokens, task.wrong_tokens).mean().backward()
     tiny_model.zero_grad(set_to_none=True)
-    hand = [float(((clean[f"blocks.{layer}.attn.hook_z"][:, :, head] - saved[f"blocks.{layer}.attn.hook_z"][:, :, head]) * saved[f"blocks.{layer}.attn.hook_z"].grad[:, :, head]).sum())
-            for layer in range(3) for head in range(4)]
+    hand = [
+        float(
+            (
+                (clean[f"blocks.{layer}.attn.hook_z"][:, :, head] - saved[f"blocks.{layer}.attn.hook_z"][:, :, head])
+                * saved[f"blocks.{layer}.attn.hook_z"].grad[:, :, head]
+            ).sum()
+        )
+        for layer in range(3)
+        for head in range(4)
+    ]
     np.testing.assert_allclose(attribute_heads(task).metric - task.corrupted_metric, hand, rtol=1e-4, atol=1e-6)
     assert max(abs(h) for h in hand) > 1e-3
 
@@ -125,9 +155,16 @@ def patched_pattern(task, site: Site):
     return cache[f"blocks.{site.layer}.attn.hook_pattern"]
 
 
-@pytest.mark.parametrize("site", [Site(1, "q", head=2, position=4), Site(2, "q", head=0), Site(1, "k", head=1, position=2), Site(2, "k", head=0)])
+@pytest.mark.parametrize(
+    "site",
+    [Site(1, "q", head=2, position=4), Site(2, "q", head=0), Site(1, "k", head=1, position=2), Site(2, "k", head=0)],
+)
 def test_qk_fix_uses_the_exact_softmax(task64, site):
-    passes = run_passes(task64, [site.hook_name, *qk_hooks(task64.model, site.layer).values()], [qk_hooks(task64.model, site.layer)["pattern"]])
+    passes = run_passes(
+        task64,
+        [site.hook_name, *qk_hooks(task64.model, site.layer).values()],
+        [qk_hooks(task64.model, site.layer)["pattern"]],
+    )
     per_position, all_positions = qk_fixed_effects(task64, passes, site.layer, site.component)
     ours = (all_positions if site.position is None else per_position[site.position])[site.head].item()
     pattern, grad = pattern_gradient(task64, site.layer)
@@ -181,7 +218,9 @@ def test_check_estimates_verifies_the_top_sites_exactly(tiny_model):
 def test_bad_input_gets_a_clear_error(tiny_model):
     task = tiny_task_of(tiny_model)
     with pytest.raises(InterpError, match="piecewise constant"):
-        attribute_heads(PatchingTask(tiny_model, task.clean_tokens, task.corrupted_tokens, [3, 7, 11], metric="accuracy"))
+        attribute_heads(
+            PatchingTask(tiny_model, task.clean_tokens, task.corrupted_tokens, [3, 7, 11], metric="accuracy")
+        )
     with pytest.raises(InterpError, match="not an attribution method.*atp\\*"):
         attribute_heads(task, method="atp**")
     with pytest.raises(UnknownSiteError, match="'pattern' is not"):

@@ -56,14 +56,19 @@ def test_sums_over_many_chunks_where_the_constant_is_read(monkeypatch):
     err_eval = x_eval @ torch.randn(4, 4, generator=gen) + extra_eval[:, :1]
     got = nonlinear_fvu_with_inputs(x_fit, err_fit, extra_fit, x_eval, err_eval, extra_eval)
     variance = ((x_eval.double().numpy() - x_eval.double().numpy().mean(0)) ** 2).sum()
-    for key, fit_x, eval_x in (("nonlinear_fvu", x_fit, x_eval), ("nonlinear_fvu_with_inputs", torch.cat([x_fit, extra_fit], 1), torch.cat([x_eval, extra_eval], 1))):
+    for key, fit_x, eval_x in (
+        ("nonlinear_fvu", x_fit, x_eval),
+        ("nonlinear_fvu_with_inputs", torch.cat([x_fit, extra_fit], 1), torch.cat([x_eval, extra_eval], 1)),
+    ):
         weight = np.linalg.lstsq(fit_x.double().numpy(), err_fit.double().numpy(), rcond=None)[0]
         left = ((err_eval.double().numpy() - eval_x.double().numpy() @ weight) ** 2).sum() / variance
         assert got[key] == pytest.approx(left, rel=1e-8), key
 
 
 def test_file_sha256_reads_past_the_first_mebibyte(tmp_path):
-    data = bytearray(np.random.default_rng(0).integers(0, 256, size=(5 << 19) + 17, dtype=np.uint8).tobytes())  # 2.5 MiB + 17 bytes
+    data = bytearray(
+        np.random.default_rng(0).integers(0, 256, size=(5 << 19) + 17, dtype=np.uint8).tobytes()
+    )  # 2.5 MiB + 17 bytes
     path = tmp_path / "shard.bin"
     path.write_bytes(data)
     assert file_sha256(path) == hashlib.sha256(bytes(data)).hexdigest()

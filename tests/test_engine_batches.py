@@ -45,7 +45,9 @@ def max_diff(ours: pd.DataFrame, reference) -> float:
 @pytest.mark.parametrize("variants", [2, 3])
 def test_heads_by_position_in_batches_of_2_or_3_match_transformer_lens(task3, variants):
     _, clean_cache = task3.model.run_with_cache(task3.clean_tokens)
-    reference = tl_patching.get_act_patch_attn_head_out_by_pos(task3.model, task3.corrupted_tokens, clean_cache, tl_metric(task3))  # [layer, pos, head]
+    reference = tl_patching.get_act_patch_attn_head_out_by_pos(
+        task3.model, task3.corrupted_tokens, clean_cache, tl_metric(task3)
+    )  # [layer, pos, head]
     ours = patch_heads(task3, by_position=True, memory_budget=budget_for(task3, variants))
     assert max_diff(ours, reference) < 1e-4
     # the check has teeth: the patches move the metric by far more than the tolerance
@@ -55,8 +57,11 @@ def test_heads_by_position_in_batches_of_2_or_3_match_transformer_lens(task3, va
 @pytest.mark.parametrize("variants", [2, 3])
 def test_layer_position_sweeps_in_batches_of_2_or_3_match_transformer_lens(task3, variants):
     _, clean_cache = task3.model.run_with_cache(task3.clean_tokens)
-    for component, tl_function in (("resid_pre", tl_patching.get_act_patch_resid_pre), ("attn_out", tl_patching.get_act_patch_attn_out),
-                                   ("mlp_out", tl_patching.get_act_patch_mlp_out)):
+    for component, tl_function in (
+        ("resid_pre", tl_patching.get_act_patch_resid_pre),
+        ("attn_out", tl_patching.get_act_patch_attn_out),
+        ("mlp_out", tl_patching.get_act_patch_mlp_out),
+    ):
         reference = tl_function(task3.model, task3.corrupted_tokens, clean_cache, tl_metric(task3))  # [layer, pos]
         ours = patch_layer_positions(task3, component, memory_budget=budget_for(task3, variants))
         assert max_diff(ours, reference) < 1e-4, component
@@ -71,10 +76,16 @@ def neuron_setter(corrupted_activation, index, clean_activation):
 @pytest.mark.parametrize("variants", [2, 3])
 def test_neurons_by_position_in_batches_of_2_or_3_match_transformer_lens(task3, variants):
     layers, neurons, positions = [0, 2], [1, 64, 127], [0, 3, 6]
-    ours = patch_neurons(task3, layers=layers, neurons=neurons, positions=positions, memory_budget=budget_for(task3, variants))
+    ours = patch_neurons(
+        task3, layers=layers, neurons=neurons, positions=positions, memory_budget=budget_for(task3, variants)
+    )
     _, clean_cache = task3.model.run_with_cache(task3.clean_tokens)
-    rows = pd.DataFrame([(layer, p, n) for layer in layers for n in neurons for p in positions], columns=["layer", "pos", "neuron"])
-    reference = tl_patching.generic_activation_patch(task3.model, task3.corrupted_tokens, clean_cache, tl_metric(task3), neuron_setter, "post", index_df=rows)
+    rows = pd.DataFrame(
+        [(layer, p, n) for layer in layers for n in neurons for p in positions], columns=["layer", "pos", "neuron"]
+    )
+    reference = tl_patching.generic_activation_patch(
+        task3.model, task3.corrupted_tokens, clean_cache, tl_metric(task3), neuron_setter, "post", index_df=rows
+    )
     assert max_diff(ours, reference) < 1e-4
     # every position at once, too
     all_pos = patch_neurons(task3, layers=layers, neurons=neurons, memory_budget=budget_for(task3, variants))
@@ -84,14 +95,20 @@ def test_neurons_by_position_in_batches_of_2_or_3_match_transformer_lens(task3, 
         return corrupted_activation
 
     rows = pd.DataFrame([(layer, n) for layer in layers for n in neurons], columns=["layer", "neuron"])
-    reference = tl_patching.generic_activation_patch(task3.model, task3.corrupted_tokens, clean_cache, tl_metric(task3), setter, "post", index_df=rows)
+    reference = tl_patching.generic_activation_patch(
+        task3.model, task3.corrupted_tokens, clean_cache, tl_metric(task3), setter, "post", index_df=rows
+    )
     assert max_diff(all_pos, reference) < 1e-4
 
 
 # align=True: corrupted prompts of different lengths, several positions, 2-3 variants per batch
 
 ALIGN_CLEAN = ["The capital of France is", "The capital city of Spain is", "As everyone knows, the capital of Japan is"]
-ALIGN_CORRUPTED = ["The capital of Italy is", "The capital city of Japan is", "As everyone knows, the capital of Spain is"]
+ALIGN_CORRUPTED = [
+    "The capital of Italy is",
+    "The capital city of Japan is",
+    "As everyone knows, the capital of Spain is",
+]
 ALIGN_ANSWERS, ALIGN_WRONG = [" Paris", " Madrid", " Tokyo"], [" Rome", " Tokyo", " Madrid"]
 
 
@@ -106,7 +123,9 @@ def unpadded_reference(task: PatchingTask, patches: list[tuple[str, int, object]
     each pair run alone and unpadded with TransformerLens hooks. `position` counts in the padded
     sequence; where it falls on padding in a pair, that pair runs unpatched."""
     model, values = task.model, torch.zeros(len(patches), len(ALIGN_CLEAN))
-    for j, (clean, corrupted, answer, wrong) in enumerate(zip(ALIGN_CLEAN, ALIGN_CORRUPTED, task.answer_tokens, task.wrong_tokens)):
+    for j, (clean, corrupted, answer, wrong) in enumerate(
+        zip(ALIGN_CLEAN, ALIGN_CORRUPTED, task.answer_tokens, task.wrong_tokens)
+    ):
         clean_tokens = model.to_tokens(clean, prepend_bos=model.cfg.default_prepend_bos)
         corrupted_tokens = model.to_tokens(corrupted, prepend_bos=model.cfg.default_prepend_bos)
         assert clean_tokens.shape == corrupted_tokens.shape  # same length within a pair, different across pairs
@@ -132,10 +151,23 @@ def test_align_with_unequal_corrupted_lengths_in_batches_matches_unpadded_runs(a
     # positions: the last two (real in every prompt), and one that is padding in some prompts only
     positions = [aligned.seq_len - min(lengths) - 1, aligned.seq_len - 2, aligned.seq_len - 1]
     assert 0 < aligned.corrupted_mask[:, positions[0]].sum() < 3
-    resid = unpadded_reference(aligned, [(f"blocks.{layer}.hook_resid_pre", p, lambda act: act) for layer in (1, 6) for p in positions])
+    resid = unpadded_reference(
+        aligned, [(f"blocks.{layer}.hook_resid_pre", p, lambda act: act) for layer in (1, 6) for p in positions]
+    )
     heads = unpadded_reference(aligned, [("blocks.3.attn.hook_z", p, lambda act: act[:, :, 5]) for p in positions])
     assert max(abs(e - aligned.corrupted_metric) for e in resid) > 0.5  # patches that matter
     for variants in (2, 3):
         budget = budget_for(aligned, variants)
-        assert max_diff(patch_layer_positions(aligned, layers=[1, 6], positions=positions, memory_budget=budget), resid) < 1e-4, variants
-        assert max_diff(patch_heads(aligned, layers=[3], heads=[5], positions=positions, by_position=True, memory_budget=budget), heads) < 1e-4, variants
+        assert (
+            max_diff(patch_layer_positions(aligned, layers=[1, 6], positions=positions, memory_budget=budget), resid)
+            < 1e-4
+        ), variants
+        assert (
+            max_diff(
+                patch_heads(
+                    aligned, layers=[3], heads=[5], positions=positions, by_position=True, memory_budget=budget
+                ),
+                heads,
+            )
+            < 1e-4
+        ), variants

@@ -20,7 +20,9 @@ def make_task(model, seed=0, n=3, seq=8, position=2, metric="logit_diff"):
     corrupted = clean.clone()
     corrupted[:, position] = torch.randint(1, model.cfg.d_vocab, (n,), generator=g)
     answers = torch.randint(1, model.cfg.d_vocab, (n,), generator=g)
-    return PatchingTask(model, clean, corrupted, answers=answers, wrong_answers=(answers + 1) % model.cfg.d_vocab, metric=metric)
+    return PatchingTask(
+        model, clean, corrupted, answers=answers, wrong_answers=(answers + 1) % model.cfg.d_vocab, metric=metric
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,12 @@ def slow_edge_metric(model, task, clean_cache, delta, receiver, scale=1.0, embed
     elif receiver.startswith("m"):
         layer = int(receiver[1:])
         block = model.blocks[layer]
-        hooks.append((f"blocks.{layer}.ln2.hook_normalized", lambda act, hook: rms(block.ln2, clean_cache[f"blocks.{layer}.hook_resid_mid"] + d)))
+        hooks.append(
+            (
+                f"blocks.{layer}.ln2.hook_normalized",
+                lambda act, hook: rms(block.ln2, clean_cache[f"blocks.{layer}.hook_resid_mid"] + d),
+            )
+        )
     else:
         name, head, kind = receiver.split(".")
         layer, head = int(name[1:]), int(head.lstrip("hkv"))
@@ -116,7 +123,9 @@ def test_graph_counts_and_gqa_sharing(tiny_model, graph):
     assert set(kv["query_heads"]) == {"0,1", "2,3"}  # 4 query heads read 2 kv heads
     assert (kv.loc[kv["head"] == 1, "query_heads"] == "2,3").all()
     # every edge runs forward: the sender sits in an earlier layer, or is a head of the MLP's own layer
-    heads_into_mlp = graph.edges[(graph.edges["component"] == "mlp_in") & (graph.edges["upstream_layer"] == graph.edges["layer"])]
+    heads_into_mlp = graph.edges[
+        (graph.edges["component"] == "mlp_in") & (graph.edges["upstream_layer"] == graph.edges["layer"])
+    ]
     assert set(heads_into_mlp["upstream_component"]) == {"head"}
     attn = graph.edges[graph.edges["component"].isin(["q", "k", "v"]) & graph.edges["upstream_layer"].notna()]
     assert (attn["upstream_layer"] < attn["layer"]).all()
@@ -144,7 +153,9 @@ def test_bad_edges_name_the_argument(tiny_model, task, graph):
 def test_constant_metric_is_refused(tiny_model, graph):
     with pytest.raises(InterpError, match="piecewise constant"):
         attribute_edges(make_task(tiny_model, metric="accuracy"), graph)
-    with pytest.raises(InterpError, match="kl_div.*zero gradient"):  # KL(clean || clean) has its minimum at the clean run
+    with pytest.raises(
+        InterpError, match="kl_div.*zero gradient"
+    ):  # KL(clean || clean) has its minimum at the clean run
         attribute_edges(make_task(tiny_model, metric="kl_div"), graph)
 
 
@@ -204,9 +215,15 @@ def test_eap_ig_is_the_average_derivative_along_the_embedding_path(tiny_model, t
             embed = clean["embed"] + alpha * (corrupted["embed"] - clean["embed"])
             with torch.no_grad():
                 cache = {}
-                tiny_model.run_with_hooks(task.clean_tokens, fwd_hooks=[("hook_embed", lambda act, hook: embed)]
-                                          + [(f"blocks.{n}.{h}", lambda act, hook: cache.__setitem__(hook.name, act.clone()))
-                                             for n in range(tiny_model.cfg.n_layers) for h in ("hook_resid_pre", "hook_resid_mid")])
+                tiny_model.run_with_hooks(
+                    task.clean_tokens,
+                    fwd_hooks=[("hook_embed", lambda act, hook: embed)]
+                    + [
+                        (f"blocks.{n}.{h}", lambda act, hook: cache.__setitem__(hook.name, act.clone()))
+                        for n in range(tiny_model.cfg.n_layers)
+                        for h in ("hook_resid_pre", "hook_resid_mid")
+                    ],
+                )
             delta = corrupted[u] - clean[u]
             plus = slow_edge_metric(tiny_model, task, cache, delta, v, eps, embed)
             minus = slow_edge_metric(tiny_model, task, cache, delta, v, -eps, embed)
@@ -312,7 +329,9 @@ def test_circuit_metric_closed_forms_and_single_edges(task, graph):
     every = list(range(len(graph)))
     exact = patch_edges(task, graph)
     singles = [60, 150, 7, 189]
-    values = circuit_metric(task, graph, [every, [], *[[i for i in every if i != s] for s in singles]], memory_budget=1 << 18)
+    values = circuit_metric(
+        task, graph, [every, [], *[[i for i in every if i != s] for s in singles]], memory_budget=1 << 18
+    )
     assert values[0] == pytest.approx(task.clean_metric, abs=1e-5)  # the whole graph: the clean run
     assert values[1] == pytest.approx(task.corrupted_metric, abs=1e-5)  # no edge kept: the corrupted run
     # all but one edge kept: that edge's exact patch
@@ -336,10 +355,23 @@ def test_bundled_model_exact_edges_match_the_slow_loop(model):
     from interp.patching.pairs import builtin_pairs
 
     pairs = builtin_pairs(2)
-    task = PatchingTask(model, [p["clean"] for p in pairs], [p["corrupted"] for p in pairs], [p["answer"] for p in pairs], [p["wrong"] for p in pairs])
+    task = PatchingTask(
+        model,
+        [p["clean"] for p in pairs],
+        [p["corrupted"] for p in pairs],
+        [p["answer"] for p in pairs],
+        [p["wrong"] for p in pairs],
+    )
     graph = ComputationGraph(model)
     assert len(graph) == 70651 and graph.n_kv_heads == 3
-    chosen = [("embed", "m0"), ("m0", "a5.kv2.v"), ("a3.h8", "a7.kv0.k"), ("m10", "a12.h4.q"), ("a20.h1", "m20"), ("a23.h4", "logits")]
+    chosen = [
+        ("embed", "m0"),
+        ("m0", "a5.kv2.v"),
+        ("a3.h8", "a7.kv0.k"),
+        ("m10", "a12.h4.q"),
+        ("a20.h1", "m20"),
+        ("a23.h4", "logits"),
+    ]
     frame = patch_edges(task, graph, chosen)
     clean, clean_cache = sender_outputs_by_hand(model, task.clean_tokens)
     corrupted, _ = sender_outputs_by_hand(model, task.corrupted_tokens)
@@ -351,4 +383,6 @@ def test_the_per_edge_loop_gives_the_batched_numbers(task, graph):
     from interp.graph import patch_edges_loop
 
     some = graph.edges.iloc[[0, 13, 40, 77, 120, 185]]
-    np.testing.assert_allclose(patch_edges_loop(task, graph, some)["metric"], patch_edges(task, graph, some)["metric"], atol=1e-5)
+    np.testing.assert_allclose(
+        patch_edges_loop(task, graph, some)["metric"], patch_edges(task, graph, some)["metric"], atol=1e-5
+    )

@@ -8,7 +8,12 @@ from interp.interventions import Ablation, ablation_hooks, heads, layers, neuron
 from interp.sites import Site, kv_head_of
 
 PROMPTS = ["The capital of France is", "The capital of Spain is", "The capital of Italy is"]
-REFERENCE = ["The colour of grass is", "The price of bread is", "The name of my dog is", "The size of the sun is"]  # 5, 5, 6, 6 tokens
+REFERENCE = [
+    "The colour of grass is",
+    "The price of bread is",
+    "The name of my dog is",
+    "The size of the sun is",
+]  # 5, 5, 6, 6 tokens
 
 
 def tiny_tokens(batch: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -27,18 +32,24 @@ def test_zero_heads_and_neurons_together_match_hand_hooks(tiny_model):
     def zero_heads(*hs):
         def hook(z, hook):
             z[:, :, list(hs)] = 0
+
         return hook
 
     def zero_neurons(*ns):
         def hook(post, hook):
             post[:, :, list(ns)] = 0
+
         return hook
 
-    expected = logits_with(tiny_model, tokens, [
-        ("blocks.0.attn.hook_z", zero_heads(1, 3)),
-        ("blocks.2.attn.hook_z", zero_heads(0)),
-        ("blocks.1.mlp.hook_post", zero_neurons(5, 77)),
-    ])
+    expected = logits_with(
+        tiny_model,
+        tokens,
+        [
+            ("blocks.0.attn.hook_z", zero_heads(1, 3)),
+            ("blocks.2.attn.hook_z", zero_heads(0)),
+            ("blocks.1.mlp.hook_post", zero_neurons(5, 77)),
+        ],
+    )
     got = run_ablated(tiny_model, tokens, Ablation(sites))
     assert torch.equal(got, expected)
     assert not torch.allclose(got, logits_with(tiny_model, tokens, []))
@@ -68,7 +79,9 @@ def test_zero_at_one_position_and_hook_name_sites(tiny_model):
 def test_mean_per_position_on_bundled_model_matches_hand_hook(model):
     reference = REFERENCE[:2]
     with torch.no_grad():
-        _, ref_cache = model.run_with_cache(reference, names_filter=lambda n: n in ("blocks.5.attn.hook_z", "blocks.7.mlp.hook_post"))
+        _, ref_cache = model.run_with_cache(
+            reference, names_filter=lambda n: n in ("blocks.5.attn.hook_z", "blocks.7.mlp.hook_post")
+        )
     z_mean = ref_cache["blocks.5.attn.hook_z"][:, :, 4].mean(0)  # [pos, d_head]
     post_mean = ref_cache["blocks.7.mlp.hook_post"][:, 2, 100].mean(0)  # scalar at position 2
 
@@ -99,11 +112,15 @@ def test_mean_over_all_reference_tokens_when_lengths_differ(tiny_model):
     def z_hook(z, hook):
         z[:, :, 2] = z_mean
 
-    expected = logits_with(tiny_model, tokens, [("blocks.0.hook_resid_post", resid_hook), ("blocks.1.attn.hook_z", z_hook)])
+    expected = logits_with(
+        tiny_model, tokens, [("blocks.0.hook_resid_post", resid_hook), ("blocks.1.attn.hook_z", z_hook)]
+    )
     sites = layers([0], "resid_post", position=3) + heads([(1, 2)])
     got = run_ablated(tiny_model, tokens, Ablation(sites, method="mean", reference=reference))  # auto: lengths differ
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)  # float32 sums in another order
-    explicit = run_ablated(tiny_model, tokens, Ablation(sites, method="mean", reference=reference[:, :6], mean_over="all"))
+    explicit = run_ablated(
+        tiny_model, tokens, Ablation(sites, method="mean", reference=reference[:, :6], mean_over="all")
+    )
     assert not torch.allclose(explicit, got)  # a different reference set gives a different mean
 
 
@@ -129,12 +146,19 @@ def test_resample_takes_each_row_from_one_other_reference_prompt(tiny_model):
     got = run_ablated(tiny_model, tokens, Ablation(sites, method="resample", reference=reference, seed=0))
     donors = []
     for i in range(len(tokens)):
-        matches = [j for j in range(len(reference)) if torch.allclose(got[i : i + 1], logits_with(tiny_model, tokens[i : i + 1], donor_hooks(j)), atol=1e-6)]
+        matches = [
+            j
+            for j in range(len(reference))
+            if torch.allclose(got[i : i + 1], logits_with(tiny_model, tokens[i : i + 1], donor_hooks(j)), atol=1e-6)
+        ]
         assert len(matches) == 1 and matches[0] != i, f"row {i} matched donors {matches}"
         donors.append(matches[0])
     again = run_ablated(tiny_model, tokens, Ablation(sites, method="resample", reference=reference, seed=0))
     assert torch.equal(got, again)
-    others = [run_ablated(tiny_model, tokens, Ablation(sites, method="resample", reference=reference, seed=s)) for s in range(1, 6)]
+    others = [
+        run_ablated(tiny_model, tokens, Ablation(sites, method="resample", reference=reference, seed=s))
+        for s in range(1, 6)
+    ]
     assert any(not torch.equal(got, o) for o in others)
 
 
@@ -185,7 +209,9 @@ def test_empty_sites_is_refused():
 @pytest.mark.parametrize("method, mean_over", [("mean", "position"), ("resample", "auto")])
 def test_reference_of_wrong_length_is_refused(tiny_model, method, mean_over):
     ablation = Ablation(heads([(0, 0)]), method=method, reference=tiny_tokens(3, 4, seed=7), mean_over=mean_over)
-    with pytest.raises(ShapeMismatchError, match=r"reference has 4 tokens per prompt but the target prompts have 6.*of 6 tokens"):
+    with pytest.raises(
+        ShapeMismatchError, match=r"reference has 4 tokens per prompt but the target prompts have 6.*of 6 tokens"
+    ):
         run_ablated(tiny_model, tiny_tokens(2, 6, seed=8), ablation)
 
 
@@ -195,10 +221,15 @@ def test_resample_with_only_identical_references_is_refused(tiny_model):
         run_ablated(tiny_model, tokens, Ablation(heads([(0, 0)]), method="resample", reference=tokens[:1]))
 
 
-@pytest.mark.parametrize("site, field", [
-    (Site(1, "z", head=4), "head=4"), (Site(1, "mlp_post", neuron=128), "neuron=128"),
-    (Site(3, "attn_out"), "layer=3"), (Site(1, "z", head=0, position=6), "position=6"),
-])
+@pytest.mark.parametrize(
+    "site, field",
+    [
+        (Site(1, "z", head=4), "head=4"),
+        (Site(1, "mlp_post", neuron=128), "neuron=128"),
+        (Site(3, "attn_out"), "layer=3"),
+        (Site(1, "z", head=0, position=6), "position=6"),
+    ],
+)
 def test_out_of_range_sites_name_the_field(tiny_model, site, field):
     with pytest.raises(OutOfRangeError, match=field):
         run_ablated(tiny_model, tiny_tokens(1, 6, seed=10), Ablation([site]))
@@ -211,11 +242,19 @@ def test_precomputed_reference_cache_equals_caching_the_reference(tiny_model, me
     ablation = Ablation(sites, method=method, reference=reference, mean_over=mean_over, seed=2)
     _, tl_cache = tiny_model.run_with_cache(reference)  # TransformerLens's own cache works as the reference cache
     from_tl = run_ablated(tiny_model, tokens, ablation, reference_cache=tl_cache)
-    ours = reference_activations(tiny_model, reference, ["blocks.0.attn.hook_z", "blocks.2.attn.hook_z", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out"])
+    ours = reference_activations(
+        tiny_model,
+        reference,
+        ["blocks.0.attn.hook_z", "blocks.2.attn.hook_z", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out"],
+    )
     computed = run_ablated(tiny_model, tokens, ablation)
-    assert torch.allclose(run_ablated(tiny_model, tokens, ablation, reference_cache=ours), computed, atol=1e-5)  # slices vs whole tensors: summation order only
+    assert torch.allclose(
+        run_ablated(tiny_model, tokens, ablation, reference_cache=ours), computed, atol=1e-5
+    )  # slices vs whole tensors: summation order only
     assert torch.allclose(from_tl, computed, atol=1e-5)
-    assert not torch.allclose(computed, run_ablated(tiny_model, tokens, Ablation(sites)), atol=1e-3)  # the ablation did something
+    assert not torch.allclose(
+        computed, run_ablated(tiny_model, tokens, Ablation(sites)), atol=1e-3
+    )  # the ablation did something
 
 
 def test_precomputed_reference_cache_must_hold_the_hooks_and_the_reference(tiny_model):

@@ -51,5 +51,7 @@ def test_imports_point_down(package):
 
 def test_the_check_sees_an_upward_import_inside_a_function(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("import os\n\ndef f():\n    from experiments.cli import app\n    import sae.train\n    return app\n")
+    module.write_text(
+        "import os\n\ndef f():\n    from experiments.cli import app\n    import sae.train\n    return app\n"
+    )
     assert project_imports(module) == [(4, "experiments"), (5, "sae")]

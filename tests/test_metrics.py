@@ -32,7 +32,9 @@ def test_answer_prob_and_accuracy_match_softmax_and_argmax(logits):
 
 def test_kl_div_matches_torch_kl_div(logits):
     clean = torch.randn(4, 3, 11, generator=torch.Generator().manual_seed(1))
-    expected = torch.nn.functional.kl_div(logits[:, -1].log_softmax(-1), clean[:, -1].log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    expected = torch.nn.functional.kl_div(
+        logits[:, -1].log_softmax(-1), clean[:, -1].log_softmax(-1), log_target=True, reduction="none"
+    ).sum(-1)
     torch.testing.assert_close(metrics.kl_div(logits, clean), expected)
     assert metrics.kl_div(clean, clean).abs().max() < 1e-6
 
@@ -44,7 +46,10 @@ def test_restoration_is_zero_at_corrupted_one_at_clean_and_nan_without_gap():
 
 
 def test_bad_inputs_name_the_argument(logits, unchecked_shapes):
-    with pytest.raises(ShapeMismatchError, match=r"answer_tokens: expected one token id per prompt, shape \[4\]"), shapes_unchecked():
+    with (
+        pytest.raises(ShapeMismatchError, match=r"answer_tokens: expected one token id per prompt, shape \[4\]"),
+        shapes_unchecked(),
+    ):
         metrics.answer_prob(logits, torch.tensor([1, 2]))
     with pytest.raises(ShapeMismatchError, match=r"wrong_tokens: token ids must lie in 0\.\.10"):
         metrics.logit_diff(logits, torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 11]))

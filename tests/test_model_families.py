@@ -8,7 +8,9 @@ from interp.models import UnsupportedArchitectureError, load_model
 from interp.sites import Site
 from tests.tiny_families import FAMILIES, GGUF_FAMILIES, VOCAB, write_family, write_gguf
 
-TOKENS = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))  # 12 > the Gemma sliding window of 8
+TOKENS = torch.randint(
+    3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0)
+)  # 12 > the Gemma sliding window of 8
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,9 @@ def test_gguf_log_probs_equal_transformers(family, family_dirs, tmp_path):
     with torch.no_grad():
         ours = load_model(path, n_ctx=None)(TOKENS).log_softmax(-1)
     torch.testing.assert_close(ours, _hf_logprobs(path.parent, gguf_file=path.name), atol=1e-4, rtol=0)
-    if family in ("llama", "qwen2"):  # the round trip loses nothing here (transformers reads no query_pre_attn_scalar or layer types from a Gemma GGUF)
+    if (
+        family in ("llama", "qwen2")
+    ):  # the round trip loses nothing here (transformers reads no query_pre_attn_scalar or layer types from a Gemma GGUF)
         torch.testing.assert_close(ours, _hf_logprobs(family_dirs[family]), atol=1e-4, rtol=0)
 
 
@@ -65,7 +69,9 @@ def test_unconvertible_architecture_takes_the_nnsight_route(family_dirs, capsys)
     hf = AutoModelForCausalLM.from_pretrained(family_dirs["granite"], dtype=torch.float32).eval()
     with torch.no_grad():
         hidden = hf(TOKENS, output_hidden_states=True).hidden_states
-    torch.testing.assert_close(model.cache(TOKENS, [Site(0, "resid_post")])[Site(0, "resid_post")], hidden[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        model.cache(TOKENS, [Site(0, "resid_post")])[Site(0, "resid_post")], hidden[1], atol=1e-5, rtol=0
+    )
 
 
 def test_a_temporary_folder_named_llama_does_not_mislead_the_converter(family_dirs, tmp_path, monkeypatch):
@@ -90,8 +96,14 @@ def test_commands_that_need_hooks_refuse_an_nnsight_model_in_one_line(family_dir
     granite = str(family_dirs["granite"])
     pairs = tmp_path / "p.jsonl"
     pairs.write_text(json.dumps({"clean": "The capital", "corrupted": "A quick fox", "answer": "P", "wrong": "M"}))
-    for args in (["patch", str(pairs), "--out", str(tmp_path / "run"), "--model", granite],
-                 ["cache", "--out", str(tmp_path / "store"), "--site", "blocks.0.hook_resid_post", "--model", granite]):
+    for args in (
+        ["patch", str(pairs), "--out", str(tmp_path / "run"), "--model", granite],
+        ["cache", "--out", str(tmp_path / "store"), "--site", "blocks.0.hook_resid_post", "--model", granite],
+    ):
         result = runner.invoke(app, args)
         text = result.output.strip().splitlines()
-        assert result.exit_code == 2 and text[-1].startswith("error: ") and "GraniteForCausalLM was loaded through nnsight" in text[-1], result.output
+        assert (
+            result.exit_code == 2
+            and text[-1].startswith("error: ")
+            and "GraniteForCausalLM was loaded through nnsight" in text[-1]
+        ), result.output

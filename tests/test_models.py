@@ -4,7 +4,12 @@ import torch
 from interp.errors import CorruptFileError, ModelLoadError
 from interp.models import bundled_gguf_path, load_model
 
-PROMPTS = ["The capital of France is", "Water boils at a temperature of", "My favourite book is", "def add(a, b):\n    return"]
+PROMPTS = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "My favourite book is",
+    "def add(a, b):\n    return",
+]
 
 
 def test_bundled_model_knows_paris(model):

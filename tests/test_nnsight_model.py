@@ -14,10 +14,22 @@ CORRUPTED = ["The capital of Japan is", "The capital of Egypt is"]
 REFERENCE = ["The colour of grass is", "The price of bread is", "The speed of light is"]
 
 MAPPED_SITES = [
-    Site(None, "embed"), Site(3, "resid_pre"), Site(2, "q", head=4), Site(2, "k", head=1), Site(2, "v"),
-    Site(7, "z", head=5), Site(7, "z"), Site(4, "attn_out"), Site(9, "resid_mid"), Site(11, "mlp_pre"),
-    Site(11, "mlp_pre_linear", neuron=3), Site(29, "mlp_post"), Site(12, "mlp_out"),
-    Site(0, "resid_post"), Site(15, "resid_post", position=2), Site(29, "resid_post"),
+    Site(None, "embed"),
+    Site(3, "resid_pre"),
+    Site(2, "q", head=4),
+    Site(2, "k", head=1),
+    Site(2, "v"),
+    Site(7, "z", head=5),
+    Site(7, "z"),
+    Site(4, "attn_out"),
+    Site(9, "resid_mid"),
+    Site(11, "mlp_pre"),
+    Site(11, "mlp_pre_linear", neuron=3),
+    Site(29, "mlp_post"),
+    Site(12, "mlp_out"),
+    Site(0, "resid_post"),
+    Site(15, "resid_post", position=2),
+    Site(29, "resid_post"),
 ]
 
 
@@ -50,7 +62,9 @@ def test_cached_sites_equal_transformer_lens_hooks(nn_model, model):
 
 def test_ablations_give_the_transformer_lens_ablation_logits(nn_model, model):
     sites = heads([(5, 4), (5, 5)]) + neurons([(8, 10), (20, 700)], position=3) + layers([14], "mlp_out", position=4)
-    sites += layers([10], "attn_out", position=1) + layers([3], "resid_post", position=0)  # tuple outputs and layer outputs too
+    sites += layers([10], "attn_out", position=1) + layers(
+        [3], "resid_post", position=0
+    )  # tuple outputs and layer outputs too
     with torch.no_grad():
         clean = log_probs(model(model.to_tokens(PROMPTS, prepend_bos=False)))
     for ablation in (
@@ -73,7 +87,9 @@ def test_patch_matches_a_hand_written_transformer_lens_patch(nn_model, model):
         z[:, -1, 2] = clean_cache[site.hook_name][:, -1, 2]
 
     with torch.no_grad():
-        expected = model.run_with_hooks(model.to_tokens(CORRUPTED, prepend_bos=False), fwd_hooks=[(site.hook_name, patch_head)])
+        expected = model.run_with_hooks(
+            model.to_tokens(CORRUPTED, prepend_bos=False), fwd_hooks=[(site.hook_name, patch_head)]
+        )
     got = nn_model.patch(PROMPTS, CORRUPTED, site)
     torch.testing.assert_close(log_probs(got), log_probs(expected), atol=2e-4, rtol=0)
     by_name = nn_model.patch(PROMPTS, CORRUPTED, "blocks.9.attn.hook_z")  # whole layer by hook name
@@ -81,14 +97,19 @@ def test_patch_matches_a_hand_written_transformer_lens_patch(nn_model, model):
 
 
 def test_unmapped_component_names_the_mapped_ones(nn_model):
-    with pytest.raises(UnknownSiteError, match=r"component 'pattern' has no module value in LlamaForCausalLM.*Mapped components: embed, resid_pre"):
+    with pytest.raises(
+        UnknownSiteError,
+        match=r"component 'pattern' has no module value in LlamaForCausalLM.*Mapped components: embed, resid_pre",
+    ):
         nn_model.cache(PROMPTS, [Site(3, "pattern", head=0)])
 
 
 def test_architecture_without_a_mapping_is_refused(nn_model):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(nn_model.tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=16))
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(nn_model.tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=16)
+    )
     other = NNsightModel(gpt2, nn_model.tokenizer)
     with pytest.raises(UnknownSiteError, match=r"no Site mapping for GPT2LMHeadModel.*\.nn"):
         other.cache(PROMPTS, [Site(0, "resid_post")])

@@ -36,13 +36,39 @@ print("RESULT " + json.dumps(out))
 
 
 def test_hub_names_make_no_network_requests(tmp_path):
-    (tmp_path / "pairs.jsonl").write_text(json.dumps({"clean": "The capital of France is", "corrupted": "The capital of Spain is", "answer": " Paris", "wrong": " Madrid"}) + "\n")
+    (tmp_path / "pairs.jsonl").write_text(
+        json.dumps(
+            {
+                "clean": "The capital of France is",
+                "corrupted": "The capital of Spain is",
+                "answer": " Paris",
+                "wrong": " Madrid",
+            }
+        )
+        + "\n"
+    )
     log = tmp_path / "net.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
     env["PYTHONPATH"] = str(ROOT)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "net_guard.py"), str(log), "-c", SNIPPET.replace("sys.argv[1]", repr(str(tmp_path)))],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "net_guard.py"),
+            str(log),
+            "-c",
+            SNIPPET.replace("sys.argv[1]", repr(str(tmp_path))),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])

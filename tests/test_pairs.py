@@ -17,4 +17,6 @@ def test_builtin_pairs_are_five_tokens_and_answered_correctly(model):
     rows = torch.arange(16)
     # the right capital beats the corrupted prompt's capital, and is the model's top token, for every pair
     assert (logits[rows, answer] > logits[rows, wrong]).all()
-    assert (logits.argmax(-1) == answer).all(), [p["clean"] for p, ok in zip(pairs, logits.argmax(-1) == answer) if not ok]
+    assert (logits.argmax(-1) == answer).all(), [
+        p["clean"] for p, ok in zip(pairs, logits.argmax(-1) == answer) if not ok
+    ]

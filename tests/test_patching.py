@@ -31,7 +31,9 @@ def tl_reference(task, setter, activation, index_rows, columns, metric=None):
     metric = metric or (lambda logits: metrics.logit_diff(logits, task.answer_tokens, task.wrong_tokens).mean())
     _, clean_cache = task.model.run_with_cache(task.clean_tokens)
     index_df = pd.DataFrame(index_rows, columns=columns)
-    return tl_patching.generic_activation_patch(task.model, task.corrupted_tokens, clean_cache, metric, setter, activation, index_df=index_df).numpy()
+    return tl_patching.generic_activation_patch(
+        task.model, task.corrupted_tokens, clean_cache, metric, setter, activation, index_df=index_df
+    ).numpy()
 
 
 def max_diff(ours: pd.DataFrame, reference) -> float:
@@ -45,7 +47,10 @@ def test_resid_pre_layer_position_matches_transformer_lens(capitals):
     layers, positions = [0], range(capitals.seq_len)
     ours = patch_layer_positions(capitals, layers=layers)
     rows = [(layer, p) for layer in layers for p in positions]
-    assert max_diff(ours, tl_reference(capitals, tl_patching.layer_pos_patch_setter, "resid_pre", rows, ["layer", "pos"])) < 1e-4
+    assert (
+        max_diff(ours, tl_reference(capitals, tl_patching.layer_pos_patch_setter, "resid_pre", rows, ["layer", "pos"]))
+        < 1e-4
+    )
     assert list(zip(ours.layer, ours.position)) == rows
     # Patching the country token at layer 0 makes the corrupted run the clean one.
     subject = ours[(ours.layer == 0) & (ours.position == 3)].restoration.item()
@@ -55,7 +60,10 @@ def test_resid_pre_layer_position_matches_transformer_lens(capitals):
 def test_heads_all_positions_match_transformer_lens(capitals):
     ours = patch_heads(capitals, layers=[17], heads=[0, 4, 8])
     rows = [(17, h) for h in (0, 4, 8)]
-    assert max_diff(ours, tl_reference(capitals, tl_patching.layer_head_vector_patch_setter, "z", rows, ["layer", "head"])) < 1e-4
+    assert (
+        max_diff(ours, tl_reference(capitals, tl_patching.layer_head_vector_patch_setter, "z", rows, ["layer", "head"]))
+        < 1e-4
+    )
     assert (ours.component == "z").all() and list(ours["head"]) == [0, 4, 8]
 
 
@@ -63,7 +71,13 @@ def test_heads_by_position_match_transformer_lens_also_in_small_batches(capitals
     # A tiny memory budget makes one variant per batch, so late positions reuse the cached prefix.
     ours = patch_heads(capitals, layers=[10], heads=[8], positions=[1, 4], by_position=True, memory_budget=1)
     rows = [(10, p, 8) for p in (1, 4)]
-    assert max_diff(ours, tl_reference(capitals, tl_patching.layer_pos_head_vector_patch_setter, "z", rows, ["layer", "pos", "head"])) < 1e-4
+    assert (
+        max_diff(
+            ours,
+            tl_reference(capitals, tl_patching.layer_pos_head_vector_patch_setter, "z", rows, ["layer", "pos", "head"]),
+        )
+        < 1e-4
+    )
 
 
 # Against TransformerLens's full sweeps on the tiny GQA model
@@ -90,17 +104,25 @@ def test_layer_position_sweeps_match_transformer_lens(tiny_task, component, tl_f
 def test_head_sweeps_match_transformer_lens(tiny_task):
     _, clean_cache = tiny_task.model.run_with_cache(tiny_task.clean_tokens)
     metric = lambda logits: metrics.logit_diff(logits, tiny_task.answer_tokens, tiny_task.wrong_tokens).mean()  # noqa: E731
-    all_pos = tl_patching.get_act_patch_attn_head_out_all_pos(tiny_task.model, tiny_task.corrupted_tokens, clean_cache, metric)  # [layer, head]
-    by_pos = tl_patching.get_act_patch_attn_head_out_by_pos(tiny_task.model, tiny_task.corrupted_tokens, clean_cache, metric)  # [layer, pos, head]
+    all_pos = tl_patching.get_act_patch_attn_head_out_all_pos(
+        tiny_task.model, tiny_task.corrupted_tokens, clean_cache, metric
+    )  # [layer, head]
+    by_pos = tl_patching.get_act_patch_attn_head_out_by_pos(
+        tiny_task.model, tiny_task.corrupted_tokens, clean_cache, metric
+    )  # [layer, pos, head]
     assert all_pos.shape == (3, 4)  # z is per query head under GQA (4 query heads, 2 kv heads)
     assert max_diff(patch_heads(tiny_task), all_pos.flatten().numpy()) < 1e-4
     assert max_diff(patch_heads(tiny_task, by_position=True), by_pos.flatten().numpy()) < 1e-4
-    values = tl_patching.get_act_patch_attn_head_v_all_pos(tiny_task.model, tiny_task.corrupted_tokens, clean_cache, metric)  # kv heads
+    values = tl_patching.get_act_patch_attn_head_v_all_pos(
+        tiny_task.model, tiny_task.corrupted_tokens, clean_cache, metric
+    )  # kv heads
     assert max_diff(patch_heads(tiny_task, component="v"), values.flatten().numpy()) < 1e-4
 
 
 def test_kl_and_callable_metrics_match_transformer_lens(tiny_model, tiny_task):
-    kl_task = PatchingTask(tiny_model, tiny_task.clean_tokens, tiny_task.corrupted_tokens, answers=[3, 7], metric="kl_div")
+    kl_task = PatchingTask(
+        tiny_model, tiny_task.clean_tokens, tiny_task.corrupted_tokens, answers=[3, 7], metric="kl_div"
+    )
     _, clean_cache = tiny_model.run_with_cache(tiny_task.clean_tokens)
     kl = lambda logits: metrics.kl_div(logits, kl_task.clean_logits).mean()  # noqa: E731
     reference = tl_patching.get_act_patch_resid_pre(tiny_model, tiny_task.corrupted_tokens, clean_cache, kl)
@@ -109,8 +131,17 @@ def test_kl_and_callable_metrics_match_transformer_lens(tiny_model, tiny_task):
     assert kl_task.clean_metric == pytest.approx(0.0, abs=1e-6) and ours.attrs["metric"] == "kl_div"
     # A TransformerLens-style metric function reading logits[:, -1] gives the named metric's numbers.
     tl_style = lambda logits: (logits[:, -1, 3] - logits[:, -1, 9]).mean()  # noqa: E731
-    custom = PatchingTask(tiny_model, tiny_task.clean_tokens, tiny_task.corrupted_tokens, answers=[3, 3], wrong_answers=[9, 9], metric=tl_style)
-    named = PatchingTask(tiny_model, tiny_task.clean_tokens, tiny_task.corrupted_tokens, answers=[3, 3], wrong_answers=[9, 9])
+    custom = PatchingTask(
+        tiny_model,
+        tiny_task.clean_tokens,
+        tiny_task.corrupted_tokens,
+        answers=[3, 3],
+        wrong_answers=[9, 9],
+        metric=tl_style,
+    )
+    named = PatchingTask(
+        tiny_model, tiny_task.clean_tokens, tiny_task.corrupted_tokens, answers=[3, 3], wrong_answers=[9, 9]
+    )
     assert max_diff(patch_heads(custom), patch_heads(named)["metric"].to_numpy()) < 1e-5
 
 
@@ -124,11 +155,14 @@ def test_neuron_sweep_matches_a_slow_loop(tiny_model, tiny_task):
     expected = []
     for layer in layers:
         for n in neurons:
+
             def hook(act, hook, n=n, layer=layer):
                 act[:, :, n] = clean_cache[f"blocks.{layer}.mlp.hook_post"][:, :, n]
                 return act
 
-            logits = tiny_model.run_with_hooks(tiny_task.corrupted_tokens, fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", hook)])
+            logits = tiny_model.run_with_hooks(
+                tiny_task.corrupted_tokens, fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", hook)]
+            )
             expected.append(float((logits[[0, 1], -1, [3, 7]] - logits[[0, 1], -1, [9, 1]]).mean().detach()))
     assert max_diff(ours, torch.tensor(expected).numpy()) < 1e-4
     assert list(zip(ours.layer, ours.neuron)) == [(layer, n) for layer in layers for n in neurons]
@@ -163,7 +197,9 @@ def test_align_left_pads_and_matches_unpadded_runs(model):
 
 
 def test_different_token_lengths_error_unless_aligned(model):
-    with pytest.raises(ShapeMismatchError, match=r"Pair 1: the clean prompt has 6 tokens but the corrupted prompt has 5.*align=True"):
+    with pytest.raises(
+        ShapeMismatchError, match=r"Pair 1: the clean prompt has 6 tokens but the corrupted prompt has 5.*align=True"
+    ):
         PatchingTask(model, ["The capital of France is", "The capital city of Spain is"], CORRUPTED, ANSWERS, WRONG)
 
 
@@ -172,7 +208,9 @@ def test_bad_prompts_and_answers(model):
         PatchingTask(model, [], CORRUPTED, ANSWERS, WRONG)
     with pytest.raises(ShapeMismatchError, match="clean_prompts has 2 prompts but corrupted_prompts has 1"):
         PatchingTask(model, CLEAN, CORRUPTED[:1], ANSWERS, WRONG)
-    with pytest.raises(InterpError, match=r"answers: ' Washington DC' is 2 tokens .* each answer must be a single token"):
+    with pytest.raises(
+        InterpError, match=r"answers: ' Washington DC' is 2 tokens .* each answer must be a single token"
+    ):
         PatchingTask(model, CLEAN, CORRUPTED, [" Paris", " Washington DC"], WRONG)
     with pytest.raises(ShapeMismatchError, match=r"wrong_answers: expected one answer per prompt pair \(2\), got 1"):
         PatchingTask(model, CLEAN, CORRUPTED, ANSWERS, WRONG[:1])

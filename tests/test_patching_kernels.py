@@ -36,7 +36,9 @@ def patched_by_loop(clean, corrupted, positions, groups):
     for p, g in zip(positions.tolist(), groups.tolist()):
         copy = corrupted.clone()
         if g != NONE:
-            copy[:, slice(None) if p == ALL else p, slice(None) if g == ALL else g] = clean[:, slice(None) if p == ALL else p, slice(None) if g == ALL else g]
+            copy[:, slice(None) if p == ALL else p, slice(None) if g == ALL else g] = clean[
+                :, slice(None) if p == ALL else p, slice(None) if g == ALL else g
+            ]
         out.append(copy)
     return torch.cat(out)
 
@@ -55,7 +57,15 @@ def test_patched_batch_kernel_twin_and_loop_agree(shape):
 def test_attribution_scores_kernel_twin_and_loop_agree(shape):
     clean, corrupted, grad = random_pair(shape, 2)
     batch, n_pos, n_groups, _ = shape
-    expected = torch.tensor([[sum(float((clean[b, p, g] - corrupted[b, p, g]) @ grad[b, p, g]) for b in range(batch)) for g in range(n_groups)] for p in range(n_pos)])
+    expected = torch.tensor(
+        [
+            [
+                sum(float((clean[b, p, g] - corrupted[b, p, g]) @ grad[b, p, g]) for b in range(batch))
+                for g in range(n_groups)
+            ]
+            for p in range(n_pos)
+        ]
+    )
     torch.testing.assert_close(attribution_scores_torch(clean, corrupted, grad), expected, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(attribution_scores_triton(clean, corrupted, grad), expected, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(attribution_scores(clean, corrupted, grad), expected, atol=1e-4, rtol=1e-5)

@@ -40,7 +40,9 @@ def slow_path_patch(task, sender: Site, receivers, through_mlps: bool) -> float:
                 out[:, p] = corrupted[hook.name][:, p]
         return out
 
-    run1 = [(f"blocks.{layer}.attn.hook_z", freeze_z) for layer in range(cfg.n_layers)] + [(f"blocks.{layer}.hook_mlp_out", mlp_out) for layer in range(cfg.n_layers)]
+    run1 = [(f"blocks.{layer}.attn.hook_z", freeze_z) for layer in range(cfg.n_layers)] + [
+        (f"blocks.{layer}.hook_mlp_out", mlp_out) for layer in range(cfg.n_layers)
+    ]
 
     def score(logits):
         return float(metrics.logit_diff(logits, task.answer_tokens, task.wrong_tokens).mean())
@@ -56,10 +58,19 @@ def slow_path_patch(task, sender: Site, receivers, through_mlps: bool) -> float:
                 act[r.index()] = paths[hook.name][r.index()]
         return act
 
-    return score(model.run_with_hooks(task.corrupted_tokens, fwd_hooks=[(r.hook_name, set_receiver) for r in receivers]))
+    return score(
+        model.run_with_hooks(task.corrupted_tokens, fwd_hooks=[(r.hook_name, set_receiver) for r in receivers])
+    )
 
 
-SENDERS = [Site(0, "z", head=1), Site(0, "z", head=3, position=4), Site(1, "z", head=0), Site(1, "z"), Site(0, "mlp_out"), Site(1, "mlp_out", position=5)]
+SENDERS = [
+    Site(0, "z", head=1),
+    Site(0, "z", head=3, position=4),
+    Site(1, "z", head=0),
+    Site(1, "z"),
+    Site(0, "mlp_out"),
+    Site(1, "mlp_out", position=5),
+]
 RECEIVERS = [Site(2, "q", head=1), Site(2, "k", head=0), Site(2, "v", head=1, position=5)]
 
 
@@ -76,7 +87,9 @@ def test_paths_to_later_heads_match_the_slow_reference(tiny_task, through_mlps):
 def test_one_variant_per_batch_gives_the_same_numbers(tiny_task):
     batched = path_patch(tiny_task, SENDERS, RECEIVERS)
     one_by_one = path_patch(tiny_task, SENDERS, RECEIVERS, memory_budget=1)
-    torch.testing.assert_close(torch.tensor(one_by_one.metric.to_numpy()), torch.tensor(batched.metric.to_numpy()), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(one_by_one.metric.to_numpy()), torch.tensor(batched.metric.to_numpy()), atol=1e-5, rtol=0
+    )
 
 
 def test_direct_path_to_logits_matches_the_closed_form(tiny_task):

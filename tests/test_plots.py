@@ -41,17 +41,25 @@ def patching_tables(model) -> dict[str, pd.DataFrame]:
         for layer in range(model.cfg.n_layers):
             name = f"blocks.{layer}.hook_resid_pre"
             for position in range(SEQ_LEN):
+
                 def patch(act, hook, position=position, name=name):
                     act[:, position] = clean_cache[name][:, position]
                     return act
 
                 diff = logit_diff(run_with_hooks(model, corrupted, [(name, patch)]), answers)
-                rows.append({"layer": layer, "position": position, "component": "resid_pre",
-                             "restoration": (diff - corrupted_diff) / (clean_diff - corrupted_diff)})
+                rows.append(
+                    {
+                        "layer": layer,
+                        "position": position,
+                        "component": "resid_pre",
+                        "restoration": (diff - corrupted_diff) / (clean_diff - corrupted_diff),
+                    }
+                )
         restoration = pd.DataFrame(rows)
         rows = []
         for layer in range(model.cfg.n_layers):
             for head in range(model.cfg.n_heads):
+
                 def zero(act, hook, head=head):
                     act[:, :, head] = 0
                     return act
@@ -62,7 +70,10 @@ def patching_tables(model) -> dict[str, pd.DataFrame]:
         neuron_rows = [
             {"layer": layer, "neuron": n, "effect": float(v)}
             for layer in range(model.cfg.n_layers)
-            for n, v in enumerate(clean_cache[f"blocks.{layer}.mlp.hook_post"][0, -1] - corrupted_cache[f"blocks.{layer}.mlp.hook_post"][0, -1])
+            for n, v in enumerate(
+                clean_cache[f"blocks.{layer}.mlp.hook_post"][0, -1]
+                - corrupted_cache[f"blocks.{layer}.mlp.hook_post"][0, -1]
+            )
         ]
     tokens = [model.tokenizer.decode([t]) if model.tokenizer is not None else f"tok{t}" for t in clean[0].tolist()]
     return {"restoration": restoration, "heads": heads, "neurons": pd.DataFrame(neuron_rows), "tokens": tokens}
@@ -97,7 +108,11 @@ def test_layer_position_heatmap_cells_ticks_and_scale(tables):
     from plotly.colors import get_colorscale
 
     assert [colour for _, colour in heatmap.colorscale] == [colour for _, colour in get_colorscale("RdBu")]
-    assert heatmap.colorscale[0][1] == "rgb(103,0,31)" and heatmap.colorscale[5] == (0.5, "rgb(247,247,247)") and heatmap.colorscale[-1][1] == "rgb(5,48,97)"
+    assert (
+        heatmap.colorscale[0][1] == "rgb(103,0,31)"
+        and heatmap.colorscale[5] == (0.5, "rgb(247,247,247)")
+        and heatmap.colorscale[-1][1] == "rgb(5,48,97)"
+    )
     assert fig.layout.title.text
 
 
@@ -159,7 +174,9 @@ def test_bars_with_errors_mean_and_sem(tables):
         values = restoration.query("layer == @layer")["restoration"].to_numpy()
         assert fig.data[0].y[layer] == pytest.approx(values.mean())
         assert fig.data[0].error_y.array[layer] == pytest.approx(stats.sem(values))
-    grouped = plots.bars_with_errors(restoration.assign(err=0.1), x="position", y="restoration", err="err", color="layer")
+    grouped = plots.bars_with_errors(
+        restoration.assign(err=0.1), x="position", y="restoration", err="err", color="layer"
+    )
     assert [t.name for t in grouped.data] == ["layer=0", "layer=1", "layer=2"]
     with pytest.raises(InterpError, match=r"err='mean'.*non-negative"):
         plots.bars_with_errors(summary.assign(mean=-summary["mean"].abs() - 1), x="layer", y="sem", err="mean")
@@ -172,7 +189,9 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed; run `make browser` (apt-get install chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium not installed; run `make browser` (apt-get install chromium)"
+)
 def test_png_export_offline(tables, tmp_path):
     fig = plots.head_heatmap(tables["heads"])
     [path] = plots.write_pngs({tmp_path / "heads.png": fig}, width=400, height=300, scale=2)

@@ -25,7 +25,12 @@ from sae.train import TrainConfig, train_sae
 from tests.conftest import TINY_GQA
 
 runner = CliRunner()
-PAIR = {"clean": "The capital of France is", "corrupted": "The capital of Spain is", "answer": " Paris", "wrong": " Madrid"}
+PAIR = {
+    "clean": "The capital of France is",
+    "corrupted": "The capital of Spain is",
+    "answer": " Paris",
+    "wrong": " Madrid",
+}
 
 
 def one_line_error(result, *needles: str) -> str:
@@ -40,26 +45,34 @@ def one_line_error(result, *needles: str) -> str:
 
 # ---------------------------------------------------------------- the pairs reader
 
+
 def _write(tmp_path: Path, name: str, data: bytes | str) -> Path:
     path = tmp_path / name
     path.write_bytes(data if isinstance(data, bytes) else data.encode())
     return path
 
 
-@pytest.mark.parametrize("name, data, needle", [
-    ("p.jsonl", json.dumps(PAIR) + "\n\n\n{not json\n", "p.jsonl:4: not valid JSON"),  # the real line, blank lines counted
-    ("p.jsonl", json.dumps(PAIR).encode() + b"\n" + b'{"clean": "caf\xe9"}\n', "p.jsonl:2: byte"),
-    ("p.csv", 'clean,corrupted,answer,wrong\n"a,b, c, d\n', "not valid CSV"),
-    ("p.csv", "", "is empty"),
-    ("p.csv", "clean,corrupted\na,b\n", "lacks ['answer', 'wrong']"),
-    ("p.csv", "clean,corrupted,answer,wrong\na,b, c, d,e\n", "p.csv:2: 1 more fields"),
-    ("p.jsonl", json.dumps({**PAIR, "wrong": None}), "'wrong' is null"),
-    ("p.jsonl", json.dumps({**PAIR, "clean": ["The", "capital"]}), "'clean' is list"),
-    ("p.jsonl", json.dumps({**PAIR, "clean": ""}), "'clean' is empty"),
-    ("p.jsonl", "[1, 2]\n", "is a JSON list"),
-    ("p.jsonl", "\n \n", "holds no pairs"),
-    ("p.txt", "x", "neither .jsonl nor .csv"),
-])
+@pytest.mark.parametrize(
+    "name, data, needle",
+    [
+        (
+            "p.jsonl",
+            json.dumps(PAIR) + "\n\n\n{not json\n",
+            "p.jsonl:4: not valid JSON",
+        ),  # the real line, blank lines counted
+        ("p.jsonl", json.dumps(PAIR).encode() + b"\n" + b'{"clean": "caf\xe9"}\n', "p.jsonl:2: byte"),
+        ("p.csv", 'clean,corrupted,answer,wrong\n"a,b, c, d\n', "not valid CSV"),
+        ("p.csv", "", "is empty"),
+        ("p.csv", "clean,corrupted\na,b\n", "lacks ['answer', 'wrong']"),
+        ("p.csv", "clean,corrupted,answer,wrong\na,b, c, d,e\n", "p.csv:2: 1 more fields"),
+        ("p.jsonl", json.dumps({**PAIR, "wrong": None}), "'wrong' is null"),
+        ("p.jsonl", json.dumps({**PAIR, "clean": ["The", "capital"]}), "'clean' is list"),
+        ("p.jsonl", json.dumps({**PAIR, "clean": ""}), "'clean' is empty"),
+        ("p.jsonl", "[1, 2]\n", "is a JSON list"),
+        ("p.jsonl", "\n \n", "holds no pairs"),
+        ("p.txt", "x", "neither .jsonl nor .csv"),
+    ],
+)
 def test_bad_pairs_files_are_one_line_errors(tmp_path, name, data, needle):
     path = _write(tmp_path, name, data)
     with pytest.raises(InterpError, match=None) as info:
@@ -71,9 +84,19 @@ def test_bad_pairs_files_are_one_line_errors(tmp_path, name, data, needle):
 
 
 def test_good_pairs_files_read_the_same_from_csv_and_jsonl(tmp_path):
-    rows = [PAIR, {"clean": 'He said "hi", then', "corrupted": "She said no, then", "answer": " left", "wrong": " stayed"}]
+    rows = [
+        PAIR,
+        {"clean": 'He said "hi", then', "corrupted": "She said no, then", "answer": " left", "wrong": " stayed"},
+    ]
     jsonl = _write(tmp_path, "p.jsonl", "\ufeff" + "\n".join(json.dumps(r) for r in rows) + "\n")
-    csv_text = "clean,corrupted,answer,wrong\n" + "\n".join(",".join('"' + r[k].replace('"', '""') + '"' for k in ("clean", "corrupted", "answer", "wrong")) for r in rows) + "\n"
+    csv_text = (
+        "clean,corrupted,answer,wrong\n"
+        + "\n".join(
+            ",".join('"' + r[k].replace('"', '""') + '"' for k in ("clean", "corrupted", "answer", "wrong"))
+            for r in rows
+        )
+        + "\n"
+    )
     assert read_pairs(jsonl) == read_pairs(_write(tmp_path, "p.csv", csv_text)) == tuple(rows)
 
 
@@ -89,9 +112,17 @@ def test_pairs_reader_on_random_bytes_returns_pairs_or_an_interp_error(tmp_path,
     assert rows and all(set(r) >= {"clean", "corrupted", "answer", "wrong"} for r in rows)
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=12)
-PAIRISH = st.fixed_dictionaries({}, optional={k: JSON | st.text(alphabet=string.printable, max_size=6) for k in ("clean", "corrupted", "answer", "wrong")})
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+PAIRISH = st.fixed_dictionaries(
+    {},
+    optional={
+        k: JSON | st.text(alphabet=string.printable, max_size=6) for k in ("clean", "corrupted", "answer", "wrong")
+    },
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -128,25 +159,39 @@ def test_metric_kl_is_an_alias_and_help_lists_kl_div():
 
 # ---------------------------------------------------------------- CLI arguments, before any long work
 
+
 def test_bad_cli_arguments_are_one_line_errors_before_loading_a_model(tmp_path):
     a_file = _write(tmp_path, "a_file", "x")
     pairs = _write(tmp_path, "p.jsonl", json.dumps(PAIR))
     site = ["--site", "blocks.0.hook_resid_post"]
-    one_line_error(runner.invoke(app, ["cache", "--out", str(tmp_path / "s"), *site, "--n-tokens", "-5"]), "--n-tokens -5")
+    one_line_error(
+        runner.invoke(app, ["cache", "--out", str(tmp_path / "s"), *site, "--n-tokens", "-5"]), "--n-tokens -5"
+    )
     one_line_error(runner.invoke(app, ["cache", "--out", str(a_file), *site]), "is an existing file")
     one_line_error(runner.invoke(app, ["cache", "--out", str(a_file / "sub"), *site]), "is a file, so no folder")
     one_line_error(runner.invoke(app, ["patch", str(pairs), "--out", str(a_file)]), "is an existing file")
     one_line_error(runner.invoke(app, ["sae", "train", "--out", str(a_file)]), "is an existing file")
-    one_line_error(runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "sae"), "--batch-size", "0"]), "--batch-size 0")
-    one_line_error(runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "sae"), "--n-tokens", "-5"]), "--n-tokens -5")
-    one_line_error(runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "sae"), "--checkpoint-every", "0"]), "--checkpoint-every 0")
+    one_line_error(
+        runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "sae"), "--batch-size", "0"]), "--batch-size 0"
+    )
+    one_line_error(
+        runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "sae"), "--n-tokens", "-5"]), "--n-tokens -5"
+    )
+    one_line_error(
+        runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "sae"), "--checkpoint-every", "0"]),
+        "--checkpoint-every 0",
+    )
     one_line_error(runner.invoke(app, ["run", "scan-snap", "--out", str(a_file)]), "is an existing file")
     store = tmp_path / "store"
     store.mkdir()
     (store / "manifest.json").write_text("{not json")
-    one_line_error(runner.invoke(app, ["cache", "--out", str(store), *site]), "manifest.json is not a readable JSON manifest")
+    one_line_error(
+        runner.invoke(app, ["cache", "--out", str(store), *site]), "manifest.json is not a readable JSON manifest"
+    )
     (store / "manifest.json").write_bytes(b"\xff\xfe")
-    one_line_error(runner.invoke(app, ["cache", "--out", str(store), *site]), "manifest.json is not a readable JSON manifest")
+    one_line_error(
+        runner.invoke(app, ["cache", "--out", str(store), *site]), "manifest.json is not a readable JSON manifest"
+    )
 
 
 def test_sites_that_are_not_hooks_fail_at_check(tiny_model):
@@ -159,12 +204,20 @@ def test_sites_that_are_not_hooks_fail_at_check(tiny_model):
 
 
 def test_train_config_refuses_bad_numbers():
-    for field, value in (("lr", -1), ("lr", float("nan")), ("steps", 0), ("batch_size", -3), ("decay_fraction", 2.0), ("warmup_steps", -1)):
+    for field, value in (
+        ("lr", -1),
+        ("lr", float("nan")),
+        ("steps", 0),
+        ("batch_size", -3),
+        ("decay_fraction", 2.0),
+        ("warmup_steps", -1),
+    ):
         with pytest.raises(OutOfRangeError, match=f"TrainConfig\\({field}="):
             TrainConfig(**{field: value})
 
 
 # ---------------------------------------------------------------- one run per folder, failure markers, dashboards
+
 
 @dataclass(frozen=True)
 class Cfg:
@@ -216,7 +269,11 @@ def test_failed_and_corrupt_runs_are_reported_and_skipped_by_the_dashboard(tmp_p
     assert runs == [good]
     reasons = {p.name: r for p, r in skipped}
     assert set(reasons) == {"failed", "latin", "listy", "broken"}
-    assert "ZeroDivisionError" in reasons["failed"] and "not UTF-8" in reasons["latin"] and "not an object" in reasons["listy"]
+    assert (
+        "ZeroDivisionError" in reasons["failed"]
+        and "not UTF-8" in reasons["latin"]
+        and "not an object" in reasons["listy"]
+    )
     result = runner.invoke(app, ["dashboard", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "good" / "dashboard.html").exists() and not (tmp_path / "failed" / "dashboard.html").exists()
@@ -235,8 +292,17 @@ SEQ = 8
 @pytest.fixture
 def store(tiny_model, tmp_path):
     tokens = torch.randint(0, TINY_GQA["d_vocab"], (16, SEQ), generator=torch.Generator().manual_seed(1))
-    return build_store(tiny_model, ["blocks.0.hook_resid_post"], tokens, tmp_path / "store", n_tokens=16 * SEQ, seq_len=SEQ, batch_size=4,
-                       shard_tokens=4 * SEQ, progress=False)
+    return build_store(
+        tiny_model,
+        ["blocks.0.hook_resid_post"],
+        tokens,
+        tmp_path / "store",
+        n_tokens=16 * SEQ,
+        seq_len=SEQ,
+        batch_size=4,
+        shard_tokens=4 * SEQ,
+        progress=False,
+    )
 
 
 def _edit_manifest(store, change) -> None:
@@ -265,6 +331,7 @@ def test_an_edited_shard_token_count_is_caught(store, tiny_model, tmp_path):
     def edit(m):
         m["shards"][2]["n_tokens"] += SEQ
         m["shards"][2]["n_seq"] += 1
+
     _edit_manifest(store, edit)
     with pytest.raises(CorruptFileError, match=r"tensor 'tokens' has shape \[32\], the manifest says \[40\]"):
         ActivationStore(store.path)
@@ -274,7 +341,15 @@ def test_token_ids_out_of_range_are_refused(tiny_model, tmp_path):
     tokens = torch.zeros((4, SEQ), dtype=torch.long)
     tokens[1, 2] = -3
     with pytest.raises(InterpError, match=r"token ids must lie in 0..100"):
-        build_store(tiny_model, ["blocks.0.hook_resid_post"], tokens, tmp_path / "s", n_tokens=4 * SEQ, seq_len=SEQ, progress=False)
+        build_store(
+            tiny_model,
+            ["blocks.0.hook_resid_post"],
+            tokens,
+            tmp_path / "s",
+            n_tokens=4 * SEQ,
+            seq_len=SEQ,
+            progress=False,
+        )
     assert not (tmp_path / "s").exists()
 
 
@@ -284,13 +359,25 @@ def test_a_second_writer_is_refused_naming_the_first(tiny_model, tmp_path):
     tokens = torch.zeros((4, SEQ), dtype=torch.long)
     with store_lock(out):
         with pytest.raises(InterpError, match=r"another process is writing this store \(pid \d+\)"):
-            build_store(tiny_model, ["blocks.0.hook_resid_post"], tokens, out, n_tokens=4 * SEQ, seq_len=SEQ, progress=False)
-        one_line_error(runner.invoke(app, ["cache", "--out", str(out), "--site", "blocks.0.hook_resid_post"]), "another process is writing this store (pid")
+            build_store(
+                tiny_model, ["blocks.0.hook_resid_post"], tokens, out, n_tokens=4 * SEQ, seq_len=SEQ, progress=False
+            )
+        one_line_error(
+            runner.invoke(app, ["cache", "--out", str(out), "--site", "blocks.0.hook_resid_post"]),
+            "another process is writing this store (pid",
+        )
     sae_out = tmp_path / "sae"
     (sae_out / "checkpoints").mkdir(parents=True)
     with store_lock(sae_out):
-        one_line_error(runner.invoke(app, ["sae", "train", "--out", str(sae_out)]), "another process is writing this run (pid")
-    assert build_store(tiny_model, ["blocks.0.hook_resid_post"], tokens, out, n_tokens=4 * SEQ, seq_len=SEQ, progress=False).n_tokens == 4 * SEQ
+        one_line_error(
+            runner.invoke(app, ["sae", "train", "--out", str(sae_out)]), "another process is writing this run (pid"
+        )
+    assert (
+        build_store(
+            tiny_model, ["blocks.0.hook_resid_post"], tokens, out, n_tokens=4 * SEQ, seq_len=SEQ, progress=False
+        ).n_tokens
+        == 4 * SEQ
+    )
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -304,7 +391,9 @@ def test_manifest_reader_on_random_bytes_and_json_raises_an_interp_error(tmp_pat
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(key=st.sampled_from(["complete", "shards", "sites", "seq_len", "n_tokens_target", "model", "format"]), value=JSON)
+@given(
+    key=st.sampled_from(["complete", "shards", "sites", "seq_len", "n_tokens_target", "model", "format"]), value=JSON
+)
 def test_manifest_reader_on_a_randomly_edited_field_opens_or_raises_an_interp_error(store, key, value):
     path = store.path / "manifest.json"
     original = path.read_text()
@@ -331,10 +420,16 @@ def test_corpora_decode_strictly_with_an_encoding_override(tiny_model, tmp_path)
     lines.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(InterpError, match=rf"docs.jsonl: byte {lines.read_bytes().index(0xE9)} is not valid utf-8"):
         list(load_corpus(lines))
-    one_line_error(runner.invoke(app, ["cache", "--out", str(tmp_path / "s"), "--site", "blocks.0.hook_resid_post", "--corpus", str(text)]), "byte 7")
+    one_line_error(
+        runner.invoke(
+            app, ["cache", "--out", str(tmp_path / "s"), "--site", "blocks.0.hook_resid_post", "--corpus", str(text)]
+        ),
+        "byte 7",
+    )
 
 
 # ---------------------------------------------------------------- SAEs
+
 
 def test_sae_refuses_non_finite_input_unless_told_not_to():
     sae = build_sae(TopKConfig(d_in=8, d_sae=16, k=2))
@@ -355,23 +450,47 @@ def test_sae_resume_refuses_other_settings_naming_them(tmp_path):
     sae_cfg = TopKConfig(d_in=8, d_sae=16, k=2)
     train_sae(sae_cfg, batches, cfg, tmp_path / "run", progress=False)
     with pytest.raises(InterpError, match=r"train.steps \(saved 4, asked 6\)"):
-        train_sae(sae_cfg, batches, TrainConfig(steps=6, batch_size=64, checkpoint_every=2, warmup_steps=1), tmp_path / "run", progress=False)
-    with pytest.raises(InterpError, match=r"sae.seed \(saved 0, asked 3\).*sae.k \(saved 2, asked 3\)|sae.k \(saved 2, asked 3\).*sae.seed"):
+        train_sae(
+            sae_cfg,
+            batches,
+            TrainConfig(steps=6, batch_size=64, checkpoint_every=2, warmup_steps=1),
+            tmp_path / "run",
+            progress=False,
+        )
+    with pytest.raises(
+        InterpError,
+        match=r"sae.seed \(saved 0, asked 3\).*sae.k \(saved 2, asked 3\)|sae.k \(saved 2, asked 3\).*sae.seed",
+    ):
         train_sae(TopKConfig(d_in=8, d_sae=16, k=3, seed=3), batches, cfg, tmp_path / "run", progress=False)
     # bookkeeping fields may change: the finished run is found complete
-    again = train_sae(sae_cfg, batches, TrainConfig(steps=4, batch_size=64, checkpoint_every=3, warmup_steps=1), tmp_path / "run", progress=False)
+    again = train_sae(
+        sae_cfg,
+        batches,
+        TrainConfig(steps=4, batch_size=64, checkpoint_every=3, warmup_steps=1),
+        tmp_path / "run",
+        progress=False,
+    )
     assert len(again.curve) and not list((tmp_path / "run").glob(".sae.*"))
 
 
 def test_sae_train_cli_refuses_a_resume_with_other_settings_before_loading_the_model(tmp_path):
     out = tmp_path / "sae"
     data = torch.randn(128, 576, generator=torch.Generator().manual_seed(0))
-    train_sae(TopKConfig(d_in=576, d_sae=64, k=4), list(data.split(64)), TrainConfig(steps=2, batch_size=64, checkpoint_every=1), out,
-              progress=False, hook_name="blocks.6.hook_resid_post")
+    train_sae(
+        TopKConfig(d_in=576, d_sae=64, k=4),
+        list(data.split(64)),
+        TrainConfig(steps=2, batch_size=64, checkpoint_every=1),
+        out,
+        progress=False,
+        hook_name="blocks.6.hook_resid_post",
+    )
     common = ["sae", "train", "--out", str(out), "--d-sae", "64", "--k", "4", "--batch-size", "64"]
     one_line_error(runner.invoke(app, [*common, "--n-tokens", "192"]), "train.steps (saved 2, asked 3)")
     one_line_error(runner.invoke(app, [*common, "--n-tokens", "128", "--seed", "5"]), "sae.seed (saved 0, asked 5)")
-    one_line_error(runner.invoke(app, [*common, "--n-tokens", "128", "--site", "blocks.2.hook_resid_post"]), "site (saved 'blocks.6.hook_resid_post'")
+    one_line_error(
+        runner.invoke(app, [*common, "--n-tokens", "128", "--site", "blocks.2.hook_resid_post"]),
+        "site (saved 'blocks.6.hook_resid_post'",
+    )
 
 
 def test_run_commands_refuse_another_config_without_marking_the_existing_run(tmp_path):

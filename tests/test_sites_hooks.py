@@ -16,7 +16,9 @@ def test_cache_sites_equals_run_with_cache(model):
         Site(2, "z", head=4, position=-1): cache["blocks.2.attn.hook_z"][:, -1, 4],  # [batch, pos, head, d_head]
         Site(5, "mlp_post", neuron=17): cache["blocks.5.mlp.hook_post"][:, :, 17],  # [batch, pos, d_mlp]
         Site(1, "k", head=2): cache["blocks.1.attn.hook_k"][:, :, 2],  # [batch, pos, kv_head, d_head]
-        Site(4, "pattern", head=8, position=2): cache["blocks.4.attn.hook_pattern"][:, 8, 2],  # [batch, head, query, key]
+        Site(4, "pattern", head=8, position=2): cache["blocks.4.attn.hook_pattern"][
+            :, 8, 2
+        ],  # [batch, head, query, key]
     }
     got = cache_sites(model, PROMPTS, list(expected) + ["blocks.6.hook_attn_out"])
     expected[as_site(model, "blocks.6.hook_attn_out")] = cache["blocks.6.hook_attn_out"]
@@ -34,7 +36,7 @@ def test_cache_sites_keeps_only_the_slices_asked_for(model):
 
 def test_cache_sites_stops_at_the_deepest_layer_needed(model):
     ran = []
-    handle = model.blocks[6].hook_resid_post.add_hook(lambda act, hook: ran.append(hook.name))
+    model.blocks[6].hook_resid_post.add_hook(lambda act, hook: ran.append(hook.name))
     try:
         cache_sites(model, PROMPTS, [Site(5, "resid_post")])
     finally:
@@ -68,7 +70,12 @@ def test_unknown_component_lists_close_matches():
 
 @pytest.mark.parametrize(
     "site, field",
-    [(Site(30, "resid_post"), "layer=30"), (Site(2, "z", head=9), "head=9"), (Site(2, "v", head=3), "key/value heads"), (Site(2, "mlp_post", neuron=1536), "neuron=1536")],
+    [
+        (Site(30, "resid_post"), "layer=30"),
+        (Site(2, "z", head=9), "head=9"),
+        (Site(2, "v", head=3), "key/value heads"),
+        (Site(2, "mlp_post", neuron=1536), "neuron=1536"),
+    ],
 )
 def test_out_of_range_names_the_field_and_range(model, site, field):
     with pytest.raises(OutOfRangeError, match=field):

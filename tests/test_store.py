@@ -20,8 +20,12 @@ from tests.conftest import TINY_GQA
 
 TINY_SITES = [Site(1, "resid_post"), Site(0, "z", head=1), Site(2, "mlp_post", neuron=5), Site(1, "k")]
 HAND_SLICES = {  # each site's slice of its hook's batch-first tensor, written out (the store itself uses Site.index())
-    Site(1, "resid_post"): lambda act: act, Site(0, "z", head=1): lambda act: act[:, :, 1], Site(2, "mlp_post", neuron=5): lambda act: act[:, :, 5],
-    Site(1, "k"): lambda act: act, Site(0, "mlp_post"): lambda act: act, Site(2, "mlp_out"): lambda act: act,
+    Site(1, "resid_post"): lambda act: act,
+    Site(0, "z", head=1): lambda act: act[:, :, 1],
+    Site(2, "mlp_post", neuron=5): lambda act: act[:, :, 5],
+    Site(1, "k"): lambda act: act,
+    Site(0, "mlp_post"): lambda act: act,
+    Site(2, "mlp_out"): lambda act: act,
 }
 SEQ_LEN, BATCH = 16, 4
 
@@ -34,8 +38,17 @@ def tiny_tokens():
 @pytest.fixture
 def tiny_store(tiny_model, tiny_tokens, tmp_path):
     # 40 sequences, 2 batches (8 sequences, 128 tokens) per shard: 5 shards
-    return build_store(tiny_model, TINY_SITES, tiny_tokens, tmp_path / "store", n_tokens=40 * SEQ_LEN, seq_len=SEQ_LEN,
-                       batch_size=BATCH, shard_tokens=8 * SEQ_LEN, progress=False)
+    return build_store(
+        tiny_model,
+        TINY_SITES,
+        tiny_tokens,
+        tmp_path / "store",
+        n_tokens=40 * SEQ_LEN,
+        seq_len=SEQ_LEN,
+        batch_size=BATCH,
+        shard_tokens=8 * SEQ_LEN,
+        progress=False,
+    )
 
 
 def _reference(model, tokens, sites: list[Site], batch_size: int) -> dict[Site, torch.Tensor]:
@@ -43,7 +56,9 @@ def _reference(model, tokens, sites: list[Site], batch_size: int) -> dict[Site, 
     rows = {s: [] for s in sites}
     names = {s.hook_name for s in sites}
     for batch in tokens.split(batch_size):
-        _, cache = model.run_with_cache(batch, names_filter=lambda n: n in names, stop_at_layer=max(s.layer for s in sites) + 1)
+        _, cache = model.run_with_cache(
+            batch, names_filter=lambda n: n in names, stop_at_layer=max(s.layer for s in sites) + 1
+        )
         for s in sites:
             act = HAND_SLICES[s](cache[s.hook_name])
             rows[s].append(act.reshape(-1, *act.shape[2:]))
@@ -62,7 +77,9 @@ def test_round_trip_equals_run_with_cache(tiny_model, tiny_tokens, tiny_store):
 
 def test_round_trip_bundled_model_on_default_corpus(model, tmp_path):
     sites = ["blocks.1.hook_resid_post", Site(0, "mlp_post")]
-    store = build_store(model, sites, None, tmp_path / "s", n_tokens=256, seq_len=32, batch_size=4, shard_tokens=128, progress=False)
+    store = build_store(
+        model, sites, None, tmp_path / "s", n_tokens=256, seq_len=32, batch_size=4, shard_tokens=128, progress=False
+    )
     tokens = torch.cat(list(itertools.islice(token_batches(model, None, 32, 4), 2)))
     assert torch.equal(store.tokens(), tokens.reshape(-1).to(torch.int32))
     reference = _reference(model, tokens, [Site(1, "resid_post"), Site(0, "mlp_post")], 4)
@@ -98,11 +115,18 @@ build_store(load_model(), ["blocks.0.hook_resid_post"], None, sys.argv[1], n_tok
 def test_resume_after_sigkill_gives_identical_shards(model, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(killed)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(killed)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL
     at_kill = json.loads((killed / "manifest.json").read_text())
     assert not at_kill["complete"] and len(at_kill["shards"]) == 3
-    assert (killed / "shard_00003.safetensors").exists()  # written, renamed, never listed: the resumed run must not trust it
+    assert (
+        killed / "shard_00003.safetensors"
+    ).exists()  # written, renamed, never listed: the resumed run must not trust it
     with pytest.raises(InterpError, match="incomplete"):
         open_store(killed)
     assert open_store(killed, allow_incomplete=True).n_tokens == 128 * len(at_kill["shards"])
@@ -148,7 +172,10 @@ def test_shuffled_reader_yields_every_token_once(tiny_store):
 
 def test_readers_split_shards_across_ranks(tiny_store):
     site = Site(0, "z", head=1)
-    per_rank = [torch.cat([i for _, i in tiny_store.iter_batches(site, 32, seed=1, rank=r, world_size=3, with_index=True)]) for r in range(3)]
+    per_rank = [
+        torch.cat([i for _, i in tiny_store.iter_batches(site, 32, seed=1, rank=r, world_size=3, with_index=True)])
+        for r in range(3)
+    ]
     joined = torch.cat(per_rank)
     assert torch.equal(joined.sort().values, torch.arange(tiny_store.n_tokens))  # disjoint, and together complete
     assert all(len(idx) % 128 == 0 and len(idx) > 0 for idx in per_rank)  # whole shards per rank
@@ -162,12 +189,24 @@ def test_corrupt_shard_is_detected_and_repaired(tiny_model, tiny_tokens, tiny_st
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
     store = open_store(tiny_store.path)  # sizes agree: found when the shard is read
-    with pytest.raises(CorruptFileError, match=r"shard_00001.safetensors is corrupt: sha256 .* Fix: delete that file and call build_store"):
+    with pytest.raises(
+        CorruptFileError,
+        match=r"shard_00001.safetensors is corrupt: sha256 .* Fix: delete that file and call build_store",
+    ):
         list(store.iter_batches(site, 64, shuffle=False))
     with pytest.raises(CorruptFileError, match="shard_00001"):
         open_store(tiny_store.path).verify()
-    repaired = build_store(tiny_model, TINY_SITES, tiny_tokens, tiny_store.path, n_tokens=40 * SEQ_LEN, seq_len=SEQ_LEN,
-                           batch_size=BATCH, shard_tokens=8 * SEQ_LEN, progress=False)
+    repaired = build_store(
+        tiny_model,
+        TINY_SITES,
+        tiny_tokens,
+        tiny_store.path,
+        n_tokens=40 * SEQ_LEN,
+        seq_len=SEQ_LEN,
+        batch_size=BATCH,
+        shard_tokens=8 * SEQ_LEN,
+        progress=False,
+    )
     repaired.verify()
     assert torch.equal(repaired.activations(site), good)
 
@@ -184,13 +223,29 @@ def test_model_mismatch_is_detected(tiny_model, tiny_tokens, tiny_store):
     with pytest.raises(InterpError, match=r"not from this model .*fingerprint.*sum of embed.W_E"):
         open_store(tiny_store.path, model=other)
     with pytest.raises(InterpError, match=r"different model"):
-        build_store(other, TINY_SITES, tiny_tokens, tiny_store.path, n_tokens=40 * SEQ_LEN, seq_len=SEQ_LEN, batch_size=BATCH,
-                    shard_tokens=8 * SEQ_LEN, progress=False)
+        build_store(
+            other,
+            TINY_SITES,
+            tiny_tokens,
+            tiny_store.path,
+            n_tokens=40 * SEQ_LEN,
+            seq_len=SEQ_LEN,
+            batch_size=BATCH,
+            shard_tokens=8 * SEQ_LEN,
+            progress=False,
+        )
 
 
 def test_bad_arguments_are_explained(tiny_model, tiny_tokens, tiny_store, tmp_path):
     def build(**changes):
-        args = dict(sites=[Site(0, "resid_post")], corpus=tiny_tokens, out_dir=tmp_path / "x", n_tokens=64, seq_len=SEQ_LEN, progress=False)
+        args = dict(
+            sites=[Site(0, "resid_post")],
+            corpus=tiny_tokens,
+            out_dir=tmp_path / "x",
+            n_tokens=64,
+            seq_len=SEQ_LEN,
+            progress=False,
+        )
         args.update(changes)
         return build_store(tiny_model, **args)
 
@@ -218,7 +273,16 @@ def test_bad_arguments_are_explained(tiny_model, tiny_tokens, tiny_store, tmp_pa
 
 def test_storage_dtype(tiny_model, tiny_tokens, tmp_path):
     site = Site(2, "mlp_out")
-    store = build_store(tiny_model, [site], tiny_tokens[:8], tmp_path / "half", n_tokens=8 * SEQ_LEN, seq_len=SEQ_LEN, batch_size=BATCH,
-                        dtype=torch.float16, progress=False)
+    store = build_store(
+        tiny_model,
+        [site],
+        tiny_tokens[:8],
+        tmp_path / "half",
+        n_tokens=8 * SEQ_LEN,
+        seq_len=SEQ_LEN,
+        batch_size=BATCH,
+        dtype=torch.float16,
+        progress=False,
+    )
     assert store.manifest["dtype"] == "float16"
     assert torch.equal(store.activations(site), _reference(tiny_model, tiny_tokens[:8], [site], BATCH)[site].half())

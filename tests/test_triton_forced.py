@@ -30,8 +30,12 @@ def test_atp_sweep_with_forced_kernels_equals_the_torch_path(tiny_model, monkeyp
     tokens = torch.randint(0, tiny_model.cfg.d_vocab, (2, 2, 6), generator=torch.Generator().manual_seed(3))
     task = PatchingTask(tiny_model, tokens[0], tokens[1], answers=[3, 7], wrong_answers=[9, 1])
     calls = []
-    monkeypatch.setattr(kp, "attribution_scores_triton", lambda *a, _f=kp.attribution_scores_triton: calls.append(1) or _f(*a))
-    forced, default = forced_and_default(monkeypatch, lambda: attribution_sweep(task, ("heads", "neurons", "resid_pre"), layers=[0, 2]))
+    monkeypatch.setattr(
+        kp, "attribution_scores_triton", lambda *a, _f=kp.attribution_scores_triton: calls.append(1) or _f(*a)
+    )
+    forced, default = forced_and_default(
+        monkeypatch, lambda: attribution_sweep(task, ("heads", "neurons", "resid_pre"), layers=[0, 2])
+    )
     assert calls  # the kernel really ran
     for name in forced:
         pd.testing.assert_frame_equal(forced[name], default[name], check_exact=False, rtol=1e-4, atol=1e-5)
@@ -51,16 +55,27 @@ def test_sparse_topk_training_step_with_forced_kernels_equals_the_torch_path(mon
             sae.b_enc.sub_(0.3)  # some selected values <= 0: the ReLU mask matters
         out = sae.training_step(x.clone(), dead, LossScale(n, float((x - x.mean(0)).pow(2).sum())), 0)
         out.loss.backward()
-        return {"loss": out.loss.detach(), "out": out.sae_out.detach(), **{name: p.grad.clone() for name, p in sae.named_parameters()}}
+        return {
+            "loss": out.loss.detach(),
+            "out": out.sae_out.detach(),
+            **{name: p.grad.clone() for name, p in sae.named_parameters()},
+        }
 
     import interp.kernels.sparse_rows as sr
     import interp.kernels.topk as tk
 
     calls = []
-    for module, name in ((sr, "rows_sum_triton"), (sr, "rows_dot_triton"), (sr, "rows_grad_triton"), (tk, "row_topk_triton")):
+    for module, name in (
+        (sr, "rows_sum_triton"),
+        (sr, "rows_dot_triton"),
+        (sr, "rows_grad_triton"),
+        (tk, "row_topk_triton"),
+    ):
         monkeypatch.setattr(module, name, lambda *a, _f=getattr(module, name), _n=name: calls.append(_n) or _f(*a))
     forced, default = forced_and_default(monkeypatch, step)
-    assert {"rows_sum_triton", "rows_dot_triton", "rows_grad_triton", "row_topk_triton"} <= set(calls)  # every kernel really ran
+    assert {"rows_sum_triton", "rows_dot_triton", "rows_grad_triton", "row_topk_triton"} <= set(
+        calls
+    )  # every kernel really ran
     assert forced.keys() == default.keys()
     for name in forced:
         torch.testing.assert_close(forced[name], default[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -12,9 +12,20 @@ from pathlib import Path
 import torch
 
 VOCAB = 320
-TEXT = ["The capital of France is Paris. The capital of Spain is Madrid. " * 4, "A quick brown fox jumps over the lazy dog 0123456789."]
-COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
-              initializer_range=0.15, tie_word_embeddings=False)
+TEXT = [
+    "The capital of France is Paris. The capital of Spain is Madrid. " * 4,
+    "A quick brown fox jumps over the lazy dog 0123456789.",
+]
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    initializer_range=0.15,
+    tie_word_embeddings=False,
+)
 
 
 def _configs():
@@ -27,18 +38,67 @@ def _configs():
         "qwen2": (t.Qwen2Config, gqa),
         "qwen3": (t.Qwen3Config, dict(gqa, head_dim=16)),
         "gemma": (t.GemmaConfig, dict(gqa, head_dim=16, hidden_act="gelu_pytorch_tanh")),
-        "gemma2": (t.Gemma2Config, dict(gqa, tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=16, sliding_window=8, attn_logit_softcapping=50.0,
-                                        final_logit_softcapping=30.0)),
-        "gemma3": (t.Gemma3TextConfig, dict(gqa, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
-                                            layer_types=["sliding_attention", "sliding_attention", "full_attention"])),
+        "gemma2": (
+            t.Gemma2Config,
+            dict(
+                gqa,
+                tie_word_embeddings=True,
+                head_dim=16,
+                query_pre_attn_scalar=16,
+                sliding_window=8,
+                attn_logit_softcapping=50.0,
+                final_logit_softcapping=30.0,
+            ),
+        ),
+        "gemma3": (
+            t.Gemma3TextConfig,
+            dict(
+                gqa,
+                num_hidden_layers=3,
+                head_dim=16,
+                query_pre_attn_scalar=16,
+                sliding_window=8,
+                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            ),
+        ),
         "phi3": (t.Phi3Config, dict(COMMON, num_key_value_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
-        "gpt2": (t.GPT2Config, dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, initializer_range=0.15)),
+        "gpt2": (
+            t.GPT2Config,
+            dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, initializer_range=0.15),
+        ),
         "gpt_neox": (t.GPTNeoXConfig, dict(COMMON, rotary_pct=0.25, use_parallel_residual=True)),
-        "gpt_neo": (t.GPTNeoConfig, dict(vocab_size=VOCAB, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=128,
-                                          attention_types=[[["global", "local"], 1]], window_size=8, initializer_range=0.15)),
-        "opt": (t.OPTConfig, dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4, max_position_embeddings=128,
-                                  word_embed_proj_dim=64, init_std=0.15)),
-        "gptj": (t.GPTJConfig, dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, rotary_dim=8, initializer_range=0.15)),
+        "gpt_neo": (
+            t.GPTNeoConfig,
+            dict(
+                vocab_size=VOCAB,
+                hidden_size=64,
+                num_layers=2,
+                num_heads=4,
+                max_position_embeddings=128,
+                attention_types=[[["global", "local"], 1]],
+                window_size=8,
+                initializer_range=0.15,
+            ),
+        ),
+        "opt": (
+            t.OPTConfig,
+            dict(
+                vocab_size=VOCAB,
+                hidden_size=64,
+                num_hidden_layers=2,
+                ffn_dim=128,
+                num_attention_heads=4,
+                max_position_embeddings=128,
+                word_embed_proj_dim=64,
+                init_std=0.15,
+            ),
+        ),
+        "gptj": (
+            t.GPTJConfig,
+            dict(
+                vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, rotary_dim=8, initializer_range=0.15
+            ),
+        ),
         "bloom": (t.BloomConfig, dict(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4, initializer_range=0.15)),
         "phi": (t.PhiConfig, dict(COMMON, partial_rotary_factor=0.5)),
         "mixtral": (t.MixtralConfig, dict(gqa, num_local_experts=4, num_experts_per_tok=2)),
@@ -46,12 +106,34 @@ def _configs():
         "olmo2": (t.Olmo2Config, dict(COMMON)),
         "olmo3": (t.Olmo3Config, dict(gqa, sliding_window=8, layer_types=["sliding_attention", "full_attention"])),
         # Not converted by TransformerLens 3.9 (Llama layout with scaling multipliers): load_model takes the nnsight route.
-        "granite": (t.GraniteConfig, dict(gqa, embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
+        "granite": (
+            t.GraniteConfig,
+            dict(gqa, embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0),
+        ),
     }
 
 
-FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi", "phi3", "gpt2", "gpt_neox", "gpt_neo", "gptj",
-            "opt", "bloom", "olmo", "olmo2", "olmo3")
+FAMILIES = (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "gpt_neo",
+    "gptj",
+    "opt",
+    "bloom",
+    "olmo",
+    "olmo2",
+    "olmo3",
+)
 
 
 def write_tokenizer(folder: Path):
@@ -61,10 +143,16 @@ def write_tokenizer(folder: Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<|endoftext|>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(TEXT, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token=None, pad_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token=None, pad_token="<|endoftext|>"
+    )
     fast.save_pretrained(folder)
     return fast
 
@@ -93,7 +181,11 @@ GGUF_FAMILIES = ("llama", "qwen2", "gemma2", "gemma3")
 
 def _permute_qk(weights: torch.Tensor, n_head: int) -> torch.Tensor:
     """llama.cpp's rotary row order for Q/K (transformers undoes it when it reads a llama GGUF)."""
-    return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def write_gguf(name: str, hf_folder: Path, path: Path) -> Path:
@@ -109,7 +201,12 @@ def write_gguf(name: str, hf_folder: Path, path: Path) -> Path:
 
     config = json.loads((Path(hf_folder) / "config.json").read_text())
     tokenizer = json.loads((Path(hf_folder) / "tokenizer.json").read_text())
-    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "gemma2": gguf.MODEL_ARCH.GEMMA2, "gemma3": gguf.MODEL_ARCH.GEMMA3}[name]
+    arch = {
+        "llama": gguf.MODEL_ARCH.LLAMA,
+        "qwen2": gguf.MODEL_ARCH.QWEN2,
+        "gemma2": gguf.MODEL_ARCH.GEMMA2,
+        "gemma3": gguf.MODEL_ARCH.GEMMA3,
+    }[name]
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
     n_layers, n_head, n_kv = config["num_hidden_layers"], config["num_attention_heads"], config["num_key_value_heads"]
     writer = gguf.GGUFWriter(str(path), arch_name)

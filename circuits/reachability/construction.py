@@ -47,7 +47,16 @@ class LogicalAxes:
     """Named blocks of logical residual coordinates."""
 
     def __init__(self, n_nodes: int, n_edges: int):
-        sizes = {"content": n_nodes, "src": n_nodes, "new": n_nodes, "last": n_nodes, "cand": n_nodes, "answer": n_nodes, "src_slot": n_edges, "tgt_slot": n_edges}
+        sizes = {
+            "content": n_nodes,
+            "src": n_nodes,
+            "new": n_nodes,
+            "last": n_nodes,
+            "cand": n_nodes,
+            "answer": n_nodes,
+            "src_slot": n_edges,
+            "tgt_slot": n_edges,
+        }
         sizes |= {flag: 1 for flag in FLAGS}
         self.start, offset = {}, 0
         for name, size in sizes.items():
@@ -64,7 +73,9 @@ class LogicalAxes:
 
 def zero_mean_basis(d_model: int) -> Float[Tensor, "d_model d_logical"]:
     """Orthonormal columns spanning the vectors orthogonal to all-ones (d_logical = d_model - 1)."""
-    spanning = torch.cat([torch.ones(d_model, 1, dtype=torch.float64), torch.eye(d_model, dtype=torch.float64)[:, : d_model - 1]], 1)
+    spanning = torch.cat(
+        [torch.ones(d_model, 1, dtype=torch.float64), torch.eye(d_model, dtype=torch.float64)[:, : d_model - 1]], 1
+    )
     q, _ = torch.linalg.qr(spanning)
     return q[:, 1:]
 
@@ -77,18 +88,41 @@ def construction_model(layout: SequenceLayout, config: ConstructionConfig = Cons
     d_model, d_head = ax.size + 1, max(n, e) + 1
     sink = d_head - 1
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=d_model, n_heads=3, d_head=d_head, d_mlp=3 * n, d_vocab=layout.d_vocab, n_ctx=layout.seq_len,
-        act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard", default_prepend_bos=False,
-        model_name="reachability-construction", dtype=torch.float32,
+        n_layers=2,
+        d_model=d_model,
+        n_heads=3,
+        d_head=d_head,
+        d_mlp=3 * n,
+        d_vocab=layout.d_vocab,
+        n_ctx=layout.seq_len,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        default_prepend_bos=False,
+        model_name="reachability-construction",
+        dtype=torch.float32,
     )
     model = HookedTransformer(cfg, move_to_device=False)
     s, root_d = math.sqrt(d_model), math.sqrt(d_head)  # LN output scale; TL divides scores by sqrt(d_head)
-    lg = {name: torch.zeros(shape, dtype=torch.float64) for name, shape in {
-        "E": (layout.d_vocab, ax.size), "pos": (layout.seq_len, ax.size), "U": (ax.size, layout.d_vocab),
-        "Q0": (3, ax.size, d_head), "K0": (3, ax.size, d_head), "V0": (3, ax.size, d_head), "O0": (3, d_head, ax.size),
-        "Q1": (3, ax.size, d_head), "K1": (3, ax.size, d_head), "V1": (3, ax.size, d_head), "O1": (3, d_head, ax.size),
-        "in1": (ax.size, 3 * n), "b_in1": (3 * n,), "out1": (3 * n, ax.size),
-    }.items()}
+    lg = {
+        name: torch.zeros(shape, dtype=torch.float64)
+        for name, shape in {
+            "E": (layout.d_vocab, ax.size),
+            "pos": (layout.seq_len, ax.size),
+            "U": (ax.size, layout.d_vocab),
+            "Q0": (3, ax.size, d_head),
+            "K0": (3, ax.size, d_head),
+            "V0": (3, ax.size, d_head),
+            "O0": (3, d_head, ax.size),
+            "Q1": (3, ax.size, d_head),
+            "K1": (3, ax.size, d_head),
+            "V1": (3, ax.size, d_head),
+            "O1": (3, d_head, ax.size),
+            "in1": (ax.size, 3 * n),
+            "b_in1": (3 * n,),
+            "out1": (3 * n, ax.size),
+        }.items()
+    }
 
     # embeddings and position codes (unit coordinates; LN sees their norms, worked out below)
     for v in range(n):
@@ -162,13 +196,18 @@ def construction_model(layout: SequenceLayout, config: ConstructionConfig = Cons
     basis = zero_mean_basis(d_model)
     to_model = lambda m: (m @ basis.T).float()  # noqa: E731  (rows are logical vectors)
     from_model = lambda m: (basis @ m).float()  # noqa: E731  (columns read logical coordinates)
-    state = {name: (p if name.endswith(("IGNORE", "mask")) else torch.zeros_like(p)) for name, p in model.state_dict().items()}
+    state = {
+        name: (p if name.endswith(("IGNORE", "mask")) else torch.zeros_like(p))
+        for name, p in model.state_dict().items()
+    }
     state["embed.W_E"] = to_model(lg["E"])
     state["pos_embed.W_pos"] = to_model(lg["pos"])
     state["unembed.W_U"] = from_model(lg["U"])
     for layer in (0, 1):
         for part in "QKV":
-            state[f"blocks.{layer}.attn.W_{part}"] = torch.stack([from_model(lg[f"{part}{layer}"][h]) for h in range(3)])
+            state[f"blocks.{layer}.attn.W_{part}"] = torch.stack(
+                [from_model(lg[f"{part}{layer}"][h]) for h in range(3)]
+            )
         state[f"blocks.{layer}.attn.W_O"] = torch.stack([to_model(lg[f"O{layer}"][h]) for h in range(3)])
         state[f"blocks.{layer}.ln1.w"] = torch.ones(d_model)
         state[f"blocks.{layer}.ln2.w"] = torch.ones(d_model)
@@ -185,5 +224,12 @@ def reachable_set_vectors(model: HookedTransformer, problems, n_steps: int) -> F
     w_e = model.W_E.detach()
     rows = []
     for p in problems:
-        rows.append(torch.stack([w_e[sorted(p.reachable_within(c))].sum(0) / math.sqrt(len(p.reachable_within(c))) for c in range(1, n_steps + 1)]))
+        rows.append(
+            torch.stack(
+                [
+                    w_e[sorted(p.reachable_within(c))].sum(0) / math.sqrt(len(p.reachable_within(c)))
+                    for c in range(1, n_steps + 1)
+                ]
+            )
+        )
     return torch.stack(rows)

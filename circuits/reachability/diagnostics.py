@@ -63,13 +63,17 @@ def recall_sample(layout: SequenceLayout, rng: random.Random) -> tuple[list[int]
 def lookup_hits(logits: Float[Tensor, "batch d_vocab"], children: Sequence[Sequence[int]]) -> Tensor:
     """1.0 where the argmax token is one of that row's children, else 0.0."""
     if logits.ndim != 2 or len(children) != logits.shape[0]:
-        raise InterpError(f"logits: expected shape [batch, d_vocab] with batch = len(children) = {len(children)}, got {tuple(logits.shape)}.")
+        raise InterpError(
+            f"logits: expected shape [batch, d_vocab] with batch = len(children) = {len(children)}, got {tuple(logits.shape)}."
+        )
     predicted = logits.argmax(-1).tolist()
     return torch.tensor([float(p in set(c)) for p, c in zip(predicted, children)])
 
 
 @torch.no_grad()
-def lookup_accuracy(model: HookedTransformer, problems: list[Problem], layout: SequenceLayout, seed: int = 1) -> tuple[float, float]:
+def lookup_accuracy(
+    model: HookedTransformer, problems: list[Problem], layout: SequenceLayout, seed: int = 1
+) -> tuple[float, float]:
     """(share of problems whose emitted token is a child of the queried node, chance: mean |children(u)| / |nodes|)."""
     if not problems:
         raise InterpError("problems is empty: pass at least one Problem.")
@@ -91,9 +95,19 @@ def recall_accuracy(model: HookedTransformer, n: int, layout: SequenceLayout, se
 
 
 def train_lookup(
-    problems: list[Problem], eval_problems: list[Problem], layout: SequenceLayout, model_config: ModelConfig,
-    steps: int, batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 100, eval_every: int = 200, seed: int = 0,
-    task: str = "lookup", init_std: float | None = None, verbose: bool = False,
+    problems: list[Problem],
+    eval_problems: list[Problem],
+    layout: SequenceLayout,
+    model_config: ModelConfig,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    warmup_steps: int = 100,
+    eval_every: int = 200,
+    seed: int = 0,
+    task: str = "lookup",
+    init_std: float | None = None,
+    verbose: bool = False,
 ) -> pd.DataFrame:
     """Train a fresh model on the single-step lookup alone (AdamW, weight decay 0.01, grad clip 1.0, the experiment's
     optimiser) and return its curve: step, train loss (mean since the last row), held-out accuracy, chance, seconds.
@@ -116,7 +130,12 @@ def train_lookup(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
     rng, rows, losses, began = random.Random(seed), [], [], time.perf_counter()
     for step in range(1, steps + 1):
-        batch = [lookup_sample(problems[rng.randrange(len(problems))], layout, rng) if task == "lookup" else recall_sample(layout, rng) for _ in range(batch_size)]
+        batch = [
+            lookup_sample(problems[rng.randrange(len(problems))], layout, rng)
+            if task == "lookup"
+            else recall_sample(layout, rng)
+            for _ in range(batch_size)
+        ]
         targets = torch.tensor([rng.choice(children) for _, _, children in batch])
         loss = torch.nn.functional.cross_entropy(model(torch.tensor([b[0] for b in batch]))[:, layout.root], targets)
         optimizer.zero_grad(set_to_none=True)
@@ -127,7 +146,11 @@ def train_lookup(
         losses.append(loss.item())
         if step % eval_every == 0 or step == steps:
             model.eval()
-            acc, chance = lookup_accuracy(model, eval_problems, layout) if task == "lookup" else recall_accuracy(model, len(eval_problems), layout)
+            acc, chance = (
+                lookup_accuracy(model, eval_problems, layout)
+                if task == "lookup"
+                else recall_accuracy(model, len(eval_problems), layout)
+            )
             model.train()
             rows.append((step, sum(losses) / len(losses), acc, chance, time.perf_counter() - began))
             if verbose:  # a log line per evaluation, for long runs
@@ -136,7 +159,9 @@ def train_lookup(
     return pd.DataFrame(rows, columns=["step", "loss", "lookup_acc", "chance", "seconds"])
 
 
-def gold_chain_tokens(problems: list[Problem], layout: SequenceLayout, seed: int = 1) -> tuple[Int[Tensor, "batch pos"], list[list[int]]]:
+def gold_chain_tokens(
+    problems: list[Problem], layout: SequenceLayout, seed: int = 1
+) -> tuple[Int[Tensor, "batch pos"], list[list[int]]]:
     """Discrete-CoT prompts with a gold (random shortest) path, [A] and the answer filled in, and each path."""
     rng = random.Random(seed)
     rows, paths = [], []
@@ -148,7 +173,9 @@ def gold_chain_tokens(problems: list[Problem], layout: SequenceLayout, seed: int
 
 
 @torch.no_grad()
-def teacher_forced_hops(model: HookedTransformer, problems: list[Problem], layout: SequenceLayout, seed: int = 1) -> dict[int, dict[str, float]]:
+def teacher_forced_hops(
+    model: HookedTransformer, problems: list[Problem], layout: SequenceLayout, seed: int = 1
+) -> dict[int, dict[str, float]]:
     """Discrete CoT, teacher-forced on a gold shortest path: for hop c (1..n_chain), over the problems whose answer is
     >= c hops away, the share whose prediction after path node c - 1 is a child of it (`child`), lies on a shortest
     root -> answer path at distance c (`on_shortest_path`), and the chance of a uniform pick among the graph's nodes
@@ -171,7 +198,13 @@ def teacher_forced_hops(model: HookedTransformer, problems: list[Problem], layou
             child_chance += len(kids) / len(p.nodes)
             on_path_chance += len(p.on_shortest_paths(c)) / len(p.nodes)
         n = len(rows)
-        out[c] = dict(child=child / n, on_shortest_path=on_path / n, child_chance=child_chance / n, on_shortest_path_chance=on_path_chance / n, n=n)
+        out[c] = dict(
+            child=child / n,
+            on_shortest_path=on_path / n,
+            child_chance=child_chance / n,
+            on_shortest_path_chance=on_path_chance / n,
+            n=n,
+        )
     return out
 
 
@@ -182,7 +215,9 @@ if __name__ == "__main__":
     from circuits.reachability.graphs import GraphConfig, make_problems, split_by_graph
     from interp.threads import torch_threads
 
-    parser = argparse.ArgumentParser(description="Learning curve of the single-step edge lookup (or the recall control) alone.")
+    parser = argparse.ArgumentParser(
+        description="Learning curve of the single-step edge lookup (or the recall control) alone."
+    )
     parser.add_argument("--out", type=Path, required=True, help="CSV of the curve")
     parser.add_argument("--task", default="lookup", choices=("lookup", "recall"))
     parser.add_argument("--levels", type=int, default=3)
@@ -196,7 +231,17 @@ if __name__ == "__main__":
     graph = GraphConfig(n_levels=args.levels, n_edges=args.edges, min_distance=min(2, args.levels))
     with torch_threads(1):
         train_set, test_set = split_by_graph(make_problems(graph, 20000, seed=0), 0.1, seed=0)
-        curve = train_lookup(train_set, test_set[:500], SequenceLayout(graph, graph.n_levels), ModelConfig(d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model),
-                             args.steps, lr=args.lr, task=args.task, init_std=args.init_std, eval_every=args.eval_every, verbose=True)
+        curve = train_lookup(
+            train_set,
+            test_set[:500],
+            SequenceLayout(graph, graph.n_levels),
+            ModelConfig(d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model),
+            args.steps,
+            lr=args.lr,
+            task=args.task,
+            init_std=args.init_std,
+            eval_every=args.eval_every,
+            verbose=True,
+        )
     curve.to_csv(args.out, index=False)
     print(curve.to_string(index=False))

@@ -33,10 +33,22 @@ class GraphConfig:
         fewest_edges = 2 * self.n_levels * self.max_width
         checks = [
             (self.n_levels >= 1, f"n_levels={self.n_levels} must be >= 1"),
-            (1 <= self.min_width <= self.max_width, f"min_width={self.min_width}, max_width={self.max_width}: need 1 <= min_width <= max_width"),
-            (self.n_node_ids >= most_nodes, f"n_node_ids={self.n_node_ids} is smaller than the largest graph ({most_nodes} nodes); raise n_node_ids or lower max_width / n_levels"),
-            (self.n_edges >= fewest_edges, f"n_edges={self.n_edges} cannot hold the {fewest_edges} backbone edges of the widest graph; raise n_edges to at least {fewest_edges}"),
-            (1 <= self.min_distance <= self.n_levels, f"min_distance={self.min_distance} must be in 1..n_levels={self.n_levels}"),
+            (
+                1 <= self.min_width <= self.max_width,
+                f"min_width={self.min_width}, max_width={self.max_width}: need 1 <= min_width <= max_width",
+            ),
+            (
+                self.n_node_ids >= most_nodes,
+                f"n_node_ids={self.n_node_ids} is smaller than the largest graph ({most_nodes} nodes); raise n_node_ids or lower max_width / n_levels",
+            ),
+            (
+                self.n_edges >= fewest_edges,
+                f"n_edges={self.n_edges} cannot hold the {fewest_edges} backbone edges of the widest graph; raise n_edges to at least {fewest_edges}",
+            ),
+            (
+                1 <= self.min_distance <= self.n_levels,
+                f"min_distance={self.min_distance} must be in 1..n_levels={self.n_levels}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -85,7 +97,9 @@ class Problem:
             children.setdefault(a, []).append(b)
         on, frontier = {self.answer}, {self.answer}
         for d in range(self.distance[self.answer] - 1, -1, -1):
-            frontier = {v for v, dv in self.distance.items() if dv == d and any(c in frontier for c in children.get(v, ()))}
+            frontier = {
+                v for v, dv in self.distance.items() if dv == d and any(c in frontier for c in children.get(v, ()))
+            }
             on |= frontier
         return frozenset(on)
 
@@ -125,7 +139,9 @@ def make_problem(config: GraphConfig, rng: random.Random) -> Problem:
 def _draw_problem(config: GraphConfig, rng: random.Random) -> Problem | None:
     levels = range(1, config.n_levels + 1)
     # (component, level) slots; component 0 holds the root, 1 the decoy source
-    slots = [(0, 0), (1, 0)] + [(comp, lvl) for lvl in levels for comp in (0, 1) for _ in range(rng.randint(config.min_width, config.max_width))]
+    slots = [(0, 0), (1, 0)] + [
+        (comp, lvl) for lvl in levels for comp in (0, 1) for _ in range(rng.randint(config.min_width, config.max_width))
+    ]
     order = sorted(range(len(slots)), key=lambda i: (slots[i][1], rng.random()))
     labels = rng.sample(range(config.n_node_ids), len(slots))
     if not config.shuffle_ids:
@@ -140,7 +156,12 @@ def _draw_problem(config: GraphConfig, rng: random.Random) -> Problem | None:
     edges = {(rng.choice(by[(comp, lvl - 1)]), v) for comp in (0, 1) for lvl in levels for v in by[(comp, lvl)]}
     nodes = sorted(level_of)
     # extra edges: any a -> b with level(a) < level(b) (level order, not label order), except A -> B (that would make B reachable)
-    allowed = [(a, b) for a in nodes for b in nodes if level_of[a] < level_of[b] and not (comp_of[a] == 0 and comp_of[b] == 1) and (a, b) not in edges]
+    allowed = [
+        (a, b)
+        for a in nodes
+        for b in nodes
+        if level_of[a] < level_of[b] and not (comp_of[a] == 0 and comp_of[b] == 1) and (a, b) not in edges
+    ]
     edges |= set(rng.sample(allowed, config.n_edges - len(edges)))
 
     distance = bfs_distances(edges, by[(0, 0)][0])
@@ -153,7 +174,15 @@ def _draw_problem(config: GraphConfig, rng: random.Random) -> Problem | None:
     edge_list = sorted(edges)
     rng.shuffle(edge_list)
     candidates = (answer, decoy) if rng.random() < 0.5 else (decoy, answer)
-    return Problem(tuple(nodes), tuple(edge_list), by[(0, 0)][0], candidates, answer, shortest_path(edges, distance, answer, rng), distance)
+    return Problem(
+        tuple(nodes),
+        tuple(edge_list),
+        by[(0, 0)][0],
+        candidates,
+        answer,
+        shortest_path(edges, distance, answer, rng),
+        distance,
+    )
 
 
 def make_problems(config: GraphConfig, n: int, seed: int) -> list[Problem]:

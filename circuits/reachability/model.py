@@ -45,9 +45,18 @@ class _TransposedEmbedding(torch.nn.Module):
 def build_model(layout: SequenceLayout, config: ModelConfig, seed: int) -> HookedTransformer:
     """A GPT-2-style model (LayerNorm, learned absolute positions, GELU, tied embeddings by default) with random weights."""
     spec = dict(
-        n_layers=config.n_layers, d_model=config.d_model, n_heads=config.n_heads, d_head=config.d_model // config.n_heads,
-        d_mlp=config.d_mlp, d_vocab=layout.d_vocab, n_ctx=layout.seq_len, act_fn="gelu_new", normalization_type="LN",
-        positional_embedding_type="standard", default_prepend_bos=False, model_name="reachability-gpt2",
+        n_layers=config.n_layers,
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        d_head=config.d_model // config.n_heads,
+        d_mlp=config.d_mlp,
+        d_vocab=layout.d_vocab,
+        n_ctx=layout.seq_len,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        default_prepend_bos=False,
+        model_name="reachability-gpt2",
     )
     model = load_model(spec, seed=seed)
     if config.tied_embeddings:
@@ -64,7 +73,9 @@ class ThoughtRun(NamedTuple):
 
 def _check_gpt2_style(model: HookedTransformer) -> None:
     if model.cfg.positional_embedding_type != "standard":
-        raise InterpError(f"continuous thoughts need learned absolute positions; this model has positional_embedding_type={model.cfg.positional_embedding_type!r}.")
+        raise InterpError(
+            f"continuous thoughts need learned absolute positions; this model has positional_embedding_type={model.cfg.positional_embedding_type!r}."
+        )
 
 
 def _step(model: HookedTransformer, residual: Tensor, cache: TransformerLensKeyValueCache) -> tuple[Tensor, Tensor]:
@@ -79,7 +90,9 @@ def _embed_tokens(model: HookedTransformer, tokens: Tensor, offset: int) -> Tens
     return model.hook_embed(model.embed(tokens)) + model.hook_pos_embed(model.pos_embed(tokens, offset))
 
 
-def _embed_vectors(model: HookedTransformer, vectors: Float[Tensor, "batch 1 d_model"], tokens: Tensor, offset: int) -> Tensor:
+def _embed_vectors(
+    model: HookedTransformer, vectors: Float[Tensor, "batch 1 d_model"], tokens: Tensor, offset: int
+) -> Tensor:
     return model.hook_embed(vectors) + model.hook_pos_embed(model.pos_embed(tokens, offset))
 
 
@@ -96,12 +109,20 @@ def continuous_forward(
     if tokens.ndim != 2:
         raise ShapeMismatchError(f"tokens: expected shape [batch, pos], got {tuple(tokens.shape)}.")
     batch, seq_len = tokens.shape
-    per_sample = torch.as_tensor(n_latent).long().expand(batch) if not isinstance(n_latent, int) else torch.full((batch,), n_latent)
+    per_sample = (
+        torch.as_tensor(n_latent).long().expand(batch)
+        if not isinstance(n_latent, int)
+        else torch.full((batch,), n_latent)
+    )
     if per_sample.shape != (batch,):
-        raise ShapeMismatchError(f"n_latent: expected an int or shape [{batch}], got {tuple(torch.as_tensor(n_latent).shape)}.")
+        raise ShapeMismatchError(
+            f"n_latent: expected an int or shape [{batch}], got {tuple(torch.as_tensor(n_latent).shape)}."
+        )
     most = int(per_sample.max()) if batch else 0
     if not (1 <= first_latent and int(per_sample.min()) >= 0 and first_latent + most <= seq_len):
-        raise InterpError(f"first_latent={first_latent}, n_latent={n_latent if isinstance(n_latent, int) else most}: the latents must start after position 0 and end by seq_len={seq_len}.")
+        raise InterpError(
+            f"first_latent={first_latent}, n_latent={n_latent if isinstance(n_latent, int) else most}: the latents must start after position 0 and end by seq_len={seq_len}."
+        )
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
     inputs = [_embed_tokens(model, tokens[:, :first_latent], 0)]
     hidden, logits = _step(model, inputs[0], cache)
@@ -123,7 +144,13 @@ def continuous_forward(
 
 
 @torch.no_grad()
-def greedy_chain(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], first: int, n_steps: int, allowed: Int[Tensor, " n_allowed"]) -> Int[Tensor, "batch pos"]:
+def greedy_chain(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    first: int,
+    n_steps: int,
+    allowed: Int[Tensor, " n_allowed"],
+) -> Int[Tensor, "batch pos"]:
     """tokens with positions first..first+n_steps-1 filled greedily (choices restricted to `allowed` ids), one cached step each."""
     _check_gpt2_style(model)
     tokens = tokens.clone()

@@ -37,7 +37,9 @@ SEPARATE_GROUPS = ("optimal_path", "frontier_minus_optimal", "visited", "reachab
 
 def valid_steps(problems: list[Problem], n_steps: int) -> Bool[Tensor, "batch n_steps"]:
     """Thought c exists for a problem iff c <= its answer's distance."""
-    return torch.tensor([[c <= p.n_hops for c in range(1, n_steps + 1)] for p in problems], dtype=torch.bool).reshape(len(problems), n_steps)
+    return torch.tensor([[c <= p.n_hops for c in range(1, n_steps + 1)] for p in problems], dtype=torch.bool).reshape(
+        len(problems), n_steps
+    )
 
 
 def _separate_node_group(p: Problem, v: int, c: int) -> int:
@@ -49,7 +51,9 @@ def _separate_node_group(p: Problem, v: int, c: int) -> int:
     return 2 if dist < c else 3
 
 
-def separate_node_groups(problems: list[Problem], n_steps: int, n_node_ids: int) -> Bool[Tensor, "batch n_steps n_node_ids 5"]:
+def separate_node_groups(
+    problems: list[Problem], n_steps: int, n_node_ids: int
+) -> Bool[Tensor, "batch n_steps n_node_ids 5"]:
     """Membership of each node id in each SEPARATE_GROUPS group at each step (all False for ids not in the graph and steps past the answer)."""
     masks = torch.zeros(len(problems), n_steps, n_node_ids, len(SEPARATE_GROUPS), dtype=torch.bool)
     for b, p in enumerate(problems):
@@ -110,10 +114,17 @@ def edge_groups(problems: list[Problem], n_steps: int) -> Bool[Tensor, "batch n_
     return masks
 
 
-def group_means(values: Float[Tensor, "batch n_steps n_items"], masks: Bool[Tensor, "batch n_steps n_items n_groups"], measure: str, groups: tuple[str, ...] = GROUPS) -> pd.DataFrame:
+def group_means(
+    values: Float[Tensor, "batch n_steps n_items"],
+    masks: Bool[Tensor, "batch n_steps n_items n_groups"],
+    measure: str,
+    groups: tuple[str, ...] = GROUPS,
+) -> pd.DataFrame:
     """Tidy frame (step, group, measure, mean, sem, n): the mean over every (problem, item) in the group."""
     if values.shape != masks.shape[:3]:
-        raise ShapeMismatchError(f"values has shape {tuple(values.shape)} but masks has {tuple(masks.shape[:3])} (batch, step, item).")
+        raise ShapeMismatchError(
+            f"values has shape {tuple(values.shape)} but masks has {tuple(masks.shape[:3])} (batch, step, item)."
+        )
     if masks.shape[3] != len(groups):
         raise ShapeMismatchError(f"masks has {masks.shape[3]} groups but groups names {len(groups)}: {groups}.")
     rows = []
@@ -126,14 +137,20 @@ def group_means(values: Float[Tensor, "batch n_steps n_items"], masks: Bool[Tens
     return pd.DataFrame(rows, columns=["step", "group", "measure", "mean", "sem", "n"])
 
 
-def inner_products(model: HookedTransformer, thoughts: Float[Tensor, "batch n_steps d_model"], n_node_ids: int) -> Float[Tensor, "batch n_steps n_node_ids"]:
+def inner_products(
+    model: HookedTransformer, thoughts: Float[Tensor, "batch n_steps d_model"], n_node_ids: int
+) -> Float[Tensor, "batch n_steps n_node_ids"]:
     """<t_c, u_v> for every node id v, with u_v the token embedding W_E[v]."""
     return thoughts.detach() @ model.W_E[:n_node_ids].detach().T
 
 
 @torch.no_grad()
 def edge_attention(
-    model: HookedTransformer, residual: Float[Tensor, "batch pos d_model"], layout: SequenceLayout, n_steps: int, head: int | None = None
+    model: HookedTransformer,
+    residual: Float[Tensor, "batch pos d_model"],
+    layout: SequenceLayout,
+    n_steps: int,
+    head: int | None = None,
 ) -> Float[Tensor, "batch n_steps n_edges"]:
     """Layer-2 attention from the position producing thought c to each edge's three tokens, summed per edge
     (head None: summed over heads, as the authors' notebook does)."""
@@ -157,9 +174,13 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def probe_scores(
-    train_thoughts: Float[Tensor, "n_train n_steps d_model"], train_sets: Bool[Tensor, "n_train n_steps n_node_ids"],
-    test_thoughts: Float[Tensor, "n_test n_steps d_model"], train_valid: Bool[Tensor, "n_train n_steps"] | None = None,
-    steps: int = 300, weight_decay: float = 1e-3, seed: int = 0,
+    train_thoughts: Float[Tensor, "n_train n_steps d_model"],
+    train_sets: Bool[Tensor, "n_train n_steps n_node_ids"],
+    test_thoughts: Float[Tensor, "n_test n_steps d_model"],
+    train_valid: Bool[Tensor, "n_train n_steps"] | None = None,
+    steps: int = 300,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
 ) -> Float[Tensor, "n_test n_steps n_node_ids"]:
     """Per step, a logistic-regression read-out of 'v in V_c' for every node, fitted on the valid training thoughts; its test logits."""
     scores = []
@@ -167,7 +188,9 @@ def probe_scores(
         keep = train_valid[:, c] if train_valid is not None else torch.ones(len(train_thoughts), dtype=torch.bool)
         x, y = train_thoughts[keep, c].detach().float(), train_sets[keep, c].float()
         if len(x) < 2:
-            raise InterpError(f"step {c + 1}: {len(x)} training thoughts; the probe needs at least 2 problems whose answer is that far.")
+            raise InterpError(
+                f"step {c + 1}: {len(x)} training thoughts; the probe needs at least 2 problems whose answer is that far."
+            )
         mean, std = x.mean(0), x.std(0) + 1e-6
         torch.manual_seed(seed)
         probe = torch.nn.Linear(x.shape[1], y.shape[1])
@@ -175,7 +198,10 @@ def probe_scores(
 
         def closure():
             optimizer.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(probe((x - mean) / std), y) + weight_decay * probe.weight.square().sum()
+            loss = (
+                torch.nn.functional.binary_cross_entropy_with_logits(probe((x - mean) / std), y)
+                + weight_decay * probe.weight.square().sum()
+            )
             loss.backward()
             return loss
 
@@ -186,10 +212,15 @@ def probe_scores(
 
 
 def reachable_set_probe(
-    train_thoughts: Float[Tensor, "n_train n_steps d_model"], train_sets: Bool[Tensor, "n_train n_steps n_node_ids"],
-    test_thoughts: Float[Tensor, "n_test n_steps d_model"], test_sets: Bool[Tensor, "n_test n_steps n_node_ids"],
-    steps: int = 300, weight_decay: float = 1e-3, seed: int = 0,
-    train_valid: Bool[Tensor, "n_train n_steps"] | None = None, test_valid: Bool[Tensor, "n_test n_steps"] | None = None,
+    train_thoughts: Float[Tensor, "n_train n_steps d_model"],
+    train_sets: Bool[Tensor, "n_train n_steps n_node_ids"],
+    test_thoughts: Float[Tensor, "n_test n_steps d_model"],
+    test_sets: Bool[Tensor, "n_test n_steps n_node_ids"],
+    steps: int = 300,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+    train_valid: Bool[Tensor, "n_train n_steps"] | None = None,
+    test_valid: Bool[Tensor, "n_test n_steps"] | None = None,
 ) -> pd.DataFrame:
     """Per step, a logistic-regression read-out of 'v in V_c' for every node; per-node AUC on held-out graphs.
 
@@ -207,7 +238,12 @@ def reachable_set_probe(
     return pd.DataFrame(rows, columns=["step", "node", "auc"])
 
 
-def group_auc(scores: Float[Tensor, "n n_steps n_node_ids"], masks: Bool[Tensor, "n n_steps n_node_ids n_groups"], groups: tuple[str, ...] = SEPARATE_GROUPS, negative: str = "never_reachable") -> pd.DataFrame:
+def group_auc(
+    scores: Float[Tensor, "n n_steps n_node_ids"],
+    masks: Bool[Tensor, "n n_steps n_node_ids n_groups"],
+    groups: tuple[str, ...] = SEPARATE_GROUPS,
+    negative: str = "never_reachable",
+) -> pd.DataFrame:
     """Per step and group, the AUC of the probe's score separating that group's nodes from the `negative` group's (pooled over graphs)."""
     rows = []
     neg = groups.index(negative)

@@ -81,11 +81,20 @@ class SequenceLayout:
 
     def encode(self, problem: Problem, n_latent: int = 0) -> list[int]:
         if len(problem.edges) != self.graph.n_edges:
-            raise InterpError(f"problem has {len(problem.edges)} edges but the layout expects n_edges={self.graph.n_edges}; generate problems with the same GraphConfig.")
+            raise InterpError(
+                f"problem has {len(problem.edges)} edges but the layout expects n_edges={self.graph.n_edges}; generate problems with the same GraphConfig."
+            )
         if not 0 <= n_latent <= self.n_chain:
             raise InterpError(f"n_latent={n_latent} must be in 0..n_chain={self.n_chain}.")
         edges = [tok for a, b in problem.edges for tok in (a, b, self.special("|"))]
-        head = [self.special("BOS"), *edges, self.special("[Q]"), *problem.candidates, self.special("[R]"), problem.root]
+        head = [
+            self.special("BOS"),
+            *edges,
+            self.special("[Q]"),
+            *problem.candidates,
+            self.special("[R]"),
+            problem.root,
+        ]
         return head + self.chain_tokens(problem, n_latent) + [self.special("[A]"), problem.answer]
 
     def encode_batch(self, problems: Sequence[Problem], n_latent: int = 0) -> Int[Tensor, "batch pos"]:
@@ -98,8 +107,17 @@ class SequenceLayout:
         edges = problem.edges if edges is None else edges
         candidates = problem.candidates if candidates is None else candidates
         if len(edges) != self.graph.n_edges:
-            raise InterpError(f"problem has {len(edges)} edges but the layout expects n_edges={self.graph.n_edges}; generate problems with the same GraphConfig.")
-        return [self.special("BOS"), *(tok for a, b in edges for tok in (a, b, self.special("|"))), self.special("[Q]"), *candidates, self.special("[R]"), problem.root]
+            raise InterpError(
+                f"problem has {len(edges)} edges but the layout expects n_edges={self.graph.n_edges}; generate problems with the same GraphConfig."
+            )
+        return [
+            self.special("BOS"),
+            *(tok for a, b in edges for tok in (a, b, self.special("|"))),
+            self.special("[Q]"),
+            *candidates,
+            self.special("[R]"),
+            problem.root,
+        ]
 
     def padded(self, tokens: list[int]) -> list[int]:
         """tokens padded with <pad> to seq_len."""
@@ -108,4 +126,6 @@ class SequenceLayout:
         return tokens + [self.special("<pad>")] * (self.seq_len - len(tokens))
 
     def decode(self, tokens: Sequence[int]) -> str:
-        return " ".join(str(t) if t < self.n_node_ids else SPECIALS[t - self.n_node_ids] for t in (int(t) for t in tokens))
+        return " ".join(
+            str(t) if t < self.n_node_ids else SPECIALS[t - self.n_node_ids] for t in (int(t) for t in tokens)
+        )

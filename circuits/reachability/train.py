@@ -55,16 +55,22 @@ class TrainConfig:
     warmup_steps: int = 100
     uniform_prob: float = 0.1  # the authors' uniform_prob: a sample's stage redrawn from 0..stage
     final_fraction: float = 2 / 3  # share of the steps at the final stage (authors: 200 of 300 epochs)
-    stage_steps: int | None = None  # steps per pre-final stage; None: (1 - final_fraction) * steps / D. Set, the run can be extended or cut (constant lr)
+    stage_steps: int | None = (
+        None  # steps per pre-final stage; None: (1 - final_fraction) * steps / D. Set, the run can be extended or cut (constant lr)
+    )
     seed: int = 0
-    eval_every: int = 0  # steps between held-out accuracy evaluations (0: only at the end, when eval problems are given)
+    eval_every: int = (
+        0  # steps between held-out accuracy evaluations (0: only at the end, when eval problems are given)
+    )
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end, when a checkpoint path is given)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise InterpError(f"TrainConfig: steps={self.steps} and batch_size={self.batch_size} must be >= 1.")
         if not 0.5 <= self.final_fraction < 1:
-            raise InterpError(f"TrainConfig: final_fraction={self.final_fraction} must be in [0.5, 1) (at least half the steps at the final stage).")
+            raise InterpError(
+                f"TrainConfig: final_fraction={self.final_fraction} must be in [0.5, 1) (at least half the steps at the final stage)."
+            )
         if self.stage_steps is not None and self.stage_steps < 1:
             raise InterpError(f"TrainConfig: stage_steps={self.stage_steps} must be >= 1 (or None).")
         if not 0 <= self.uniform_prob <= 1:
@@ -114,7 +120,15 @@ def _shuffled_head(problem: Problem, layout: SequenceLayout, rng: random.Random,
     return layout.head_tokens(problem, edges, candidates)
 
 
-def training_sample(mode: Mode, problem: Problem, layout: SequenceLayout, stage: int, config: TrainConfig, rng: random.Random, shuffle: bool = True) -> tuple[list[int], list[int], int]:
+def training_sample(
+    mode: Mode,
+    problem: Problem,
+    layout: SequenceLayout,
+    stage: int,
+    config: TrainConfig,
+    rng: random.Random,
+    shuffle: bool = True,
+) -> tuple[list[int], list[int], int]:
     """(tokens padded to seq_len, labels (IGNORE where unsupervised), number of thoughts) of one sample."""
     layout = layout_for(mode, layout)
     head = _shuffled_head(problem, layout, rng, shuffle)
@@ -140,14 +154,26 @@ def training_sample(mode: Mode, problem: Problem, layout: SequenceLayout, stage:
     return tokens, labels, n_latent
 
 
-def training_batch(mode: Mode, problems: list[Problem], layout: SequenceLayout, stage: int, config: TrainConfig, rng: random.Random) -> tuple[Tensor, Tensor, Tensor]:
+def training_batch(
+    mode: Mode, problems: list[Problem], layout: SequenceLayout, stage: int, config: TrainConfig, rng: random.Random
+) -> tuple[Tensor, Tensor, Tensor]:
     rows = [training_sample(mode, p, layout, stage, config, rng) for p in problems]
     return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows])
 
 
-def sequence_loss(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], labels: Int[Tensor, "batch pos"], layout: SequenceLayout, n_latent: Int[Tensor, " batch"]) -> Tensor:
+def sequence_loss(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    labels: Int[Tensor, "batch pos"],
+    layout: SequenceLayout,
+    n_latent: Int[Tensor, " batch"],
+) -> Tensor:
     """Mean cross-entropy over the supervised tokens (labels != IGNORE), each predicted from the position before it."""
-    logits = continuous_forward(model, tokens, layout.chain.start, n_latent).logits if int(n_latent.max()) > 0 else model(tokens)
+    logits = (
+        continuous_forward(model, tokens, layout.chain.start, n_latent).logits
+        if int(n_latent.max()) > 0
+        else model(tokens)
+    )
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
@@ -157,8 +183,14 @@ def trainable_parameters(model: HookedTransformer) -> list[torch.nn.Parameter]:
 
 
 def train(
-    mode: Mode, problems: list[Problem], layout: SequenceLayout, model_config: ModelConfig, config: TrainConfig,
-    progress: bool = True, eval_problems: list[Problem] | None = None, checkpoint: Path | None = None,
+    mode: Mode,
+    problems: list[Problem],
+    layout: SequenceLayout,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    progress: bool = True,
+    eval_problems: list[Problem] | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[HookedTransformer, pd.DataFrame, pd.DataFrame]:
     """Train one model; returns it (in eval mode), the loss curve (step, stage, loss) and the held-out
     accuracy curve (step, accuracy, n) on `eval_problems` (empty without them).
@@ -179,11 +211,20 @@ def train(
     rng = random.Random(config.seed)
     rows, acc_rows, start, seconds = [], [], 0, 0.0
     # what the checkpoint must agree on; steps / eval_every / checkpoint_every may change between runs (constant lr)
-    fingerprint = repr((mode, layout.graph, model_config, replace(config, steps=1, eval_every=0, checkpoint_every=0) if config.stage_steps else config))
+    fingerprint = repr(
+        (
+            mode,
+            layout.graph,
+            model_config,
+            replace(config, steps=1, eval_every=0, checkpoint_every=0) if config.stage_steps else config,
+        )
+    )
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["fingerprint"] != fingerprint:
-            raise InterpError(f"checkpoint {checkpoint} was written by another setup ({state['fingerprint']}); this run is {fingerprint}. Delete it or use another out dir.")
+            raise InterpError(
+                f"checkpoint {checkpoint} was written by another setup ({state['fingerprint']}); this run is {fingerprint}. Delete it or use another out dir."
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -194,7 +235,17 @@ def train(
     def save(step: int) -> None:
         if checkpoint is None:
             return
-        state = dict(fingerprint=fingerprint, seconds=seconds + time.perf_counter() - began, step=step, model=model.state_dict(), optimizer=optimizer.state_dict(), schedule=schedule.state_dict(), rng=rng.getstate(), rows=rows, acc_rows=acc_rows)
+        state = dict(
+            fingerprint=fingerprint,
+            seconds=seconds + time.perf_counter() - began,
+            step=step,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            schedule=schedule.state_dict(),
+            rng=rng.getstate(),
+            rows=rows,
+            acc_rows=acc_rows,
+        )
         with atomic_path(checkpoint) as partial:  # a kill mid-write leaves the previous checkpoint whole
             torch.save(state, partial)
 
@@ -204,9 +255,14 @@ def train(
             acc_rows.append((step, accuracy(model, mode, eval_problems, full_layout), len(eval_problems)))
             model.train()
             if checkpoint is not None:  # a log line per evaluation for the long parallel runs
-                print(f"[{mode}] step {step}/{config.steps} held-out acc {acc_rows[-1][1]:.3f} ({time.perf_counter() - began + seconds:.0f} s)", flush=True)
+                print(
+                    f"[{mode}] step {step}/{config.steps} held-out acc {acc_rows[-1][1]:.3f} ({time.perf_counter() - began + seconds:.0f} s)",
+                    flush=True,
+                )
 
-    end = max(start, config.steps)  # a checkpoint past `steps` (a run cut short and rerun with fewer steps) is kept as it is
+    end = max(
+        start, config.steps
+    )  # a checkpoint past `steps` (a run cut short and rerun with fewer steps) is kept as it is
     model.train()
     for step in tqdm(range(start, end), desc=f"train {mode}", disable=not progress, initial=start, total=end):
         if config.eval_every and step % config.eval_every == 0 and not (acc_rows and acc_rows[-1][0] == step):
@@ -257,7 +313,9 @@ def eval_tokens(mode: Mode, problems: list[Problem], layout: SequenceLayout) -> 
 
 
 @torch.no_grad()
-def predict_answers(model: HookedTransformer, mode: Mode, problems: list[Problem], layout: SequenceLayout, batch_size: int = 500) -> Int[Tensor, " n"]:
+def predict_answers(
+    model: HookedTransformer, mode: Mode, problems: list[Problem], layout: SequenceLayout, batch_size: int = 500
+) -> Int[Tensor, " n"]:
     """The token each model emits after [A] (argmax over the whole vocabulary; -1: a discrete chain that never emitted [A])."""
     layout = layout_for(mode, layout)
     if not problems:

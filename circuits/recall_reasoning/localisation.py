@@ -50,7 +50,9 @@ def patching_task(model: HookedTransformer, prompts: PromptSet, indices: Sequenc
     clean = [prompts.tokens[i] for i in indices]
     answers, wrong = prompts.answer_ids[indices], prompts.wrong_ids[indices]
     if len({len(row) for row in clean}) == 1:
-        return PatchingTask(model, torch.stack(clean), torch.stack([prompts.corrupted[i] for i in indices]), answers, wrong)
+        return PatchingTask(
+            model, torch.stack(clean), torch.stack([prompts.corrupted[i] for i in indices]), answers, wrong
+        )
     rows = prompts.items.iloc[indices]
     return PatchingTask(model, rows["prompt"].tolist(), rows["corrupted_prompt"].tolist(), answers, wrong, align=True)
 
@@ -61,14 +63,26 @@ def units(model: HookedTransformer, kinds: Sequence[str] = ("head", "mlp")) -> l
         if kind not in UNIT_KINDS:
             raise InterpError(f"units(kinds=...): {kind!r} is not a unit kind; choose from {', '.join(UNIT_KINDS)}.")
     cfg = model.cfg
-    heads = [Site(layer, "z", head=h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)] if "head" in kinds else []
+    heads = (
+        [Site(layer, "z", head=h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+        if "head" in kinds
+        else []
+    )
     mlps = [Site(layer, "mlp_out") for layer in range(cfg.n_layers)] if "mlp" in kinds else []
-    neurons = [Site(layer, "mlp_post", neuron=n) for layer in range(cfg.n_layers) for n in range(cfg.d_mlp)] if "neuron" in kinds else []
+    neurons = (
+        [Site(layer, "mlp_post", neuron=n) for layer in range(cfg.n_layers) for n in range(cfg.d_mlp)]
+        if "neuron" in kinds
+        else []
+    )
     return heads + mlps + neurons
 
 
 def unit_name(site: Site) -> str:
-    return {"z": f"L{site.layer}H{site.head}", "mlp_out": f"L{site.layer}MLP", "mlp_post": f"L{site.layer}N{site.neuron}"}[site.component]
+    return {
+        "z": f"L{site.layer}H{site.head}",
+        "mlp_out": f"L{site.layer}MLP",
+        "mlp_post": f"L{site.layer}N{site.neuron}",
+    }[site.component]
 
 
 def patch_units(model: HookedTransformer, prompts: PromptSet, unit_sites: Sequence[Site]) -> pd.DataFrame:
@@ -78,11 +92,16 @@ def patch_units(model: HookedTransformer, prompts: PromptSet, unit_sites: Sequen
     return df.assign(task=prompts.task, unit=[unit_name(s) for s in unit_sites], kind=kind)
 
 
-def localise(model: HookedTransformer, prompts: dict[str, PromptSet], pool: Sequence[Site], exact_candidates: int | None = None) -> pd.DataFrame:
+def localise(
+    model: HookedTransformer, prompts: dict[str, PromptSet], pool: Sequence[Site], exact_candidates: int | None = None
+) -> pd.DataFrame:
     """Per (task, unit): exact restoration (NaN for units not patched exactly) and, with exact_candidates, the AtP estimate."""
     if exact_candidates is None:
         return pd.concat([patch_units(model, prompts[task], pool) for task in TASKS], ignore_index=True)
-    estimates = {task: attribute_sites(patching_task(model, prompts[task]), list(pool))["restoration"].to_numpy() for task in TASKS}
+    estimates = {
+        task: attribute_sites(patching_task(model, prompts[task]), list(pool))["restoration"].to_numpy()
+        for task in TASKS
+    }
     candidates: set[int] = set()
     for values in estimates.values():
         candidates |= set(pd.Series(values).abs().nlargest(exact_candidates).index)
@@ -90,19 +109,34 @@ def localise(model: HookedTransformer, prompts: dict[str, PromptSet], pool: Sequ
     frames = []
     for task in TASKS:
         exact = patch_units(model, prompts[task], chosen).set_index("unit")["restoration"]
-        frames.append(pd.DataFrame(dict(task=task, unit=[unit_name(s) for s in pool], kind=[_KIND_OF_COMPONENT[s.component] for s in pool],
-                                        layer=[s.layer for s in pool], head=pd.array([s.head for s in pool], dtype="Int64"),
-                                        neuron=pd.array([s.neuron for s in pool], dtype="Int64"), restoration_atp=estimates[task]))
-                      .assign(restoration=lambda d: d["unit"].map(exact)))
+        frames.append(
+            pd.DataFrame(
+                dict(
+                    task=task,
+                    unit=[unit_name(s) for s in pool],
+                    kind=[_KIND_OF_COMPONENT[s.component] for s in pool],
+                    layer=[s.layer for s in pool],
+                    head=pd.array([s.head for s in pool], dtype="Int64"),
+                    neuron=pd.array([s.neuron for s in pool], dtype="Int64"),
+                    restoration_atp=estimates[task],
+                )
+            ).assign(restoration=lambda d: d["unit"].map(exact))
+        )
     return pd.concat(frames, ignore_index=True)
 
 
-def patch_positions(model: HookedTransformer, prompts: PromptSet, component: str = "resid_pre", layers: Sequence[int] | None = None) -> tuple[pd.DataFrame, list[str]]:
+def patch_positions(
+    model: HookedTransformer, prompts: PromptSet, component: str = "resid_pre", layers: Sequence[int] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """Layer x position patching on the task's most common token length (so positions mean the same tokens); also that group's first prompt's tokens."""
     groups = prompts.length_groups()
     indices = max(groups.values(), key=len)
     df = patch_layer_positions(patching_task(model, prompts, indices), component, layers=layers)
-    tokens = [model.tokenizer.decode(t) for t in prompts.tokens[indices[0]]] if model.tokenizer is not None else [str(int(t)) for t in prompts.tokens[indices[0]]]
+    tokens = (
+        [model.tokenizer.decode(t) for t in prompts.tokens[indices[0]]]
+        if model.tokenizer is not None
+        else [str(int(t)) for t in prompts.tokens[indices[0]]]
+    )
     return df.assign(task=prompts.task, n_prompts=len(indices)), tokens
 
 
@@ -119,9 +153,15 @@ def choose_sets(effects: pd.DataFrame, set_size: int, min_restoration: float) ->
         raise InterpError(f"choose_sets: effects lack task(s) {sorted(missing)}; patch both tasks first.")
     effects = effects.dropna(subset=["restoration"])  # units estimated but not patched exactly take no part
     neuron = effects["neuron"] if "neuron" in effects else pd.Series(-1, index=effects.index)
-    keyed = effects.assign(head=effects["head"].fillna(-1).astype(int), neuron=neuron.fillna(-1).astype(int))  # NaN keys would be dropped
-    wide = keyed.pivot(index=["unit", "kind", "layer", "head", "neuron"], columns="task", values="restoration").reset_index()
-    wide = wide.rename(columns={"recall": "restoration_recall", "reasoning": "restoration_reasoning"}).fillna({"restoration_recall": 0.0, "restoration_reasoning": 0.0})
+    keyed = effects.assign(
+        head=effects["head"].fillna(-1).astype(int), neuron=neuron.fillna(-1).astype(int)
+    )  # NaN keys would be dropped
+    wide = keyed.pivot(
+        index=["unit", "kind", "layer", "head", "neuron"], columns="task", values="restoration"
+    ).reset_index()
+    wide = wide.rename(columns={"recall": "restoration_recall", "reasoning": "restoration_reasoning"}).fillna(
+        {"restoration_recall": 0.0, "restoration_reasoning": 0.0}
+    )
     wide["specificity_recall"] = wide["restoration_recall"] - wide["restoration_reasoning"]
     wide["specificity_reasoning"] = -wide["specificity_recall"]
     wide["chosen_for"] = ""

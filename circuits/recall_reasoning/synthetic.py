@@ -51,7 +51,9 @@ class KnowledgeBase:
 
     def __post_init__(self):
         if self.n_values < 2 or self.n_fresh < 4 or self.n_entities < 2 or self.n_relations < 1:
-            raise InterpError(f"KnowledgeBase: need n_values >= 2, n_fresh >= 4, n_entities >= 2, n_relations >= 1; got {self}.")
+            raise InterpError(
+                f"KnowledgeBase: need n_values >= 2, n_fresh >= 4, n_entities >= 2, n_relations >= 1; got {self}."
+            )
 
     @property
     def relation0(self) -> int:
@@ -79,7 +81,9 @@ class KnowledgeBase:
         return self.value0 + torch.randint(self.n_values, (self.n_entities, self.n_relations), generator=generator)
 
 
-def recall_batch(kb: KnowledgeBase, entity: Int[Tensor, " b"], relation: Int[Tensor, " b"]) -> tuple[Int[Tensor, "b seq"], Int[Tensor, " b"]]:
+def recall_batch(
+    kb: KnowledgeBase, entity: Int[Tensor, " b"], relation: Int[Tensor, " b"]
+) -> tuple[Int[Tensor, "b seq"], Int[Tensor, " b"]]:
     tokens = torch.full((len(entity), SEQ_LEN), FILLER)
     tokens[:, -3] = kb.relation0 + relation
     tokens[:, -2] = QUERY
@@ -87,13 +91,17 @@ def recall_batch(kb: KnowledgeBase, entity: Int[Tensor, " b"], relation: Int[Ten
     return tokens, kb.facts()[entity, relation]
 
 
-def problems(kb: KnowledgeBase, n: int, generator: torch.Generator) -> tuple[Int[Tensor, "n 8"], Int[Tensor, "n 6"], Int[Tensor, "n 6"], Int[Tensor, "n 6"]]:
+def problems(
+    kb: KnowledgeBase, n: int, generator: torch.Generator
+) -> tuple[Int[Tensor, "n 8"], Int[Tensor, "n 6"], Int[Tensor, "n 6"], Int[Tensor, "n 6"]]:
     """n fresh fact sets and their six queries: facts, query names, query tokens, answers.
 
     Facts: first-hop (x y), (w u) in slots 0-1 and second-hop (y v), (u v2) in slots 2-3, each pair in
     random order. Queries: x and w by QUERY (2-hop: v, v2), then every fact's head by LOOKUP (its tail).
     """
-    names = kb.fresh0 + torch.stack([torch.randperm(kb.n_fresh, generator=generator)[:4] for _ in range(n)])  # x, y, w, u
+    names = kb.fresh0 + torch.stack(
+        [torch.randperm(kb.n_fresh, generator=generator)[:4] for _ in range(n)]
+    )  # x, y, w, u
     values = kb.value0 + torch.stack([torch.randperm(kb.n_values, generator=generator)[:2] for _ in range(n)])  # v, v2
     x, y, w, u = names.unbind(1)
     first = torch.stack([torch.stack([x, y], 1), torch.stack([w, u], 1)], 1)  # [n, fact, (head, tail)]
@@ -109,7 +117,9 @@ def problems(kb: KnowledgeBase, n: int, generator: torch.Generator) -> tuple[Int
     return facts, query_names, query_tokens, answers
 
 
-def reasoning_batch(kb: KnowledgeBase, n: int, generator: torch.Generator, *, hops: int = 2) -> tuple[Int[Tensor, "n seq"], Int[Tensor, " n"]]:
+def reasoning_batch(
+    kb: KnowledgeBase, n: int, generator: torch.Generator, *, hops: int = 2
+) -> tuple[Int[Tensor, "n seq"], Int[Tensor, " n"]]:
     """n fresh problems, one query each: hops=2 asks x's second-hop value v (QUERY x); hops=1 looks up a random fact's head (LOOKUP h)."""
     facts, names, query_tokens, answers = problems(kb, n, generator)
     column = torch.zeros(n, dtype=torch.long) if hops == 2 else 2 + torch.randint(4, (n,), generator=generator)
@@ -118,7 +128,9 @@ def reasoning_batch(kb: KnowledgeBase, n: int, generator: torch.Generator, *, ho
     return tokens, answers[rows, column]
 
 
-def training_batch(kb: KnowledgeBase, n: int, generator: torch.Generator) -> tuple[Int[Tensor, "n seq"], Int[Tensor, "n 6"], Int[Tensor, "n 6"]]:
+def training_batch(
+    kb: KnowledgeBase, n: int, generator: torch.Generator
+) -> tuple[Int[Tensor, "n seq"], Int[Tensor, "n 6"], Int[Tensor, "n 6"]]:
     """n fact sets, each followed by its six queries in random order; returns tokens, answers and whether each query is 2-hop."""
     facts, names, query_tokens, answers = problems(kb, n, generator)
     order = torch.stack([torch.randperm(QUERIES_PER_PROBLEM, generator=generator) for _ in range(n)])
@@ -146,13 +158,26 @@ class SyntheticTraining:
         if self.steps < 1 or self.recall_batch < 1 or self.problem_batch < 1:
             raise InterpError(f"SyntheticTraining: steps, recall_batch and problem_batch must be >= 1; got {self}.")
         if self.d_model % self.n_heads:
-            raise InterpError(f"SyntheticTraining(d_model={self.d_model}, n_heads={self.n_heads}): d_model must be a multiple of n_heads.")
+            raise InterpError(
+                f"SyntheticTraining(d_model={self.d_model}, n_heads={self.n_heads}): d_model must be a multiple of n_heads."
+            )
 
 
 def build_model(kb: KnowledgeBase, settings: SyntheticTraining) -> HookedTransformer:
-    spec = dict(n_layers=settings.n_layers, d_model=settings.d_model, n_heads=settings.n_heads, d_head=settings.d_model // settings.n_heads,
-                d_mlp=settings.d_mlp, d_vocab=kb.d_vocab, n_ctx=N_FACT_TOKENS + 2 * QUERIES_PER_PROBLEM, act_fn="gelu_new", normalization_type="LN",
-                positional_embedding_type="standard", default_prepend_bos=False, model_name="recall-reasoning-synthetic")
+    spec = dict(
+        n_layers=settings.n_layers,
+        d_model=settings.d_model,
+        n_heads=settings.n_heads,
+        d_head=settings.d_model // settings.n_heads,
+        d_mlp=settings.d_mlp,
+        d_vocab=kb.d_vocab,
+        n_ctx=N_FACT_TOKENS + 2 * QUERIES_PER_PROBLEM,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        default_prepend_bos=False,
+        model_name="recall-reasoning-synthetic",
+    )
     return load_model(spec, seed=settings.seed)
 
 
@@ -170,7 +195,14 @@ def warmup_stable_decay(step: int, steps: int) -> float:
     return 1.0 - 0.9 * (step - decay_from) / max(1, steps - decay_from)
 
 
-def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = False, recall: bool = True, mlp_off: tuple[int, ...] = ()) -> tuple[HookedTransformer, pd.DataFrame]:
+def train(
+    kb: KnowledgeBase,
+    settings: SyntheticTraining,
+    *,
+    progress: bool = False,
+    recall: bool = True,
+    mlp_off: tuple[int, ...] = (),
+) -> tuple[HookedTransformer, pd.DataFrame]:
     """Train on memorised facts and fresh problems (loss on every answer); returns the model and its training curve (batch accuracies).
 
     recall=False trains on the in-context problems only (the planted control's reasoner, controls.py);
@@ -182,7 +214,9 @@ def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = Fa
             raise InterpError(f"train(mlp_off={mlp_off}): the model has layers 0..{settings.n_layers - 1}.")
         model.add_hook(f"blocks.{layer % settings.n_layers}.hook_mlp_out", lambda act, hook: torch.zeros_like(act))
     generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98)
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_stable_decay(step, settings.steps))
     n_recall_answers, n_problem_answers = settings.recall_batch, settings.problem_batch * QUERIES_PER_PROBLEM
     curve = []
@@ -201,7 +235,9 @@ def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = Fa
             recall_logits = model(recall_tokens)[:, -1]
             problem_logits = model(problem_tokens)[:, ANSWER_POSITIONS]
             recall_losses = torch.nn.functional.cross_entropy(recall_logits, recall_answers, reduction="none")
-            problem_losses = torch.nn.functional.cross_entropy(problem_logits.flatten(0, 1), problem_answers.flatten(), reduction="none").view_as(problem_answers)
+            problem_losses = torch.nn.functional.cross_entropy(
+                problem_logits.flatten(0, 1), problem_answers.flatten(), reduction="none"
+            ).view_as(problem_answers)
             if recall:
                 loss = (recall_losses.sum() + problem_losses.sum()) / (n_recall_answers + n_problem_answers)
             else:
@@ -212,39 +248,71 @@ def train(kb: KnowledgeBase, settings: SyntheticTraining, *, progress: bool = Fa
             schedule.step()
             if step % 50 == 0 or step == settings.steps - 1:
                 problem_correct = problem_logits.argmax(-1) == problem_answers
-                curve.append(dict(step=step, loss=float(loss.detach()), recall_loss=float(recall_losses.detach().mean()),
-                                  reasoning_loss=float(problem_losses.detach()[two_hop].mean()), lookup_loss=float(problem_losses.detach()[~two_hop].mean()),
-                                  recall_acc=float((recall_logits.argmax(-1) == recall_answers).float().mean()),
-                                  reasoning_acc=float(problem_correct[two_hop].float().mean()), lookup_acc=float(problem_correct[~two_hop].float().mean())))
+                curve.append(
+                    dict(
+                        step=step,
+                        loss=float(loss.detach()),
+                        recall_loss=float(recall_losses.detach().mean()),
+                        reasoning_loss=float(problem_losses.detach()[two_hop].mean()),
+                        lookup_loss=float(problem_losses.detach()[~two_hop].mean()),
+                        recall_acc=float((recall_logits.argmax(-1) == recall_answers).float().mean()),
+                        reasoning_acc=float(problem_correct[two_hop].float().mean()),
+                        lookup_acc=float(problem_correct[~two_hop].float().mean()),
+                    )
+                )
     model.eval()
     model.reset_hooks()
     return model, pd.DataFrame(curve)
 
 
-def evaluate(model: HookedTransformer, kb: KnowledgeBase, n_problems: int = 1024, seed: int = 12345) -> dict[str, float]:
+def evaluate(
+    model: HookedTransformer, kb: KnowledgeBase, n_problems: int = 1024, seed: int = 12345
+) -> dict[str, float]:
     """Held-out accuracy (top-1): every memorised fact; n_problems new 2-hop problems and as many 1-hop lookups (fresh names, never trained on as such)."""
     generator = torch.Generator().manual_seed(seed)
     entity = torch.arange(kb.n_entities).repeat_interleave(kb.n_relations)
     relation = torch.arange(kb.n_relations).repeat(kb.n_entities)
-    batches = dict(recall_acc=recall_batch(kb, entity, relation), reasoning_acc=reasoning_batch(kb, n_problems, generator),
-                   lookup_acc=reasoning_batch(kb, n_problems, generator, hops=1))
+    batches = dict(
+        recall_acc=recall_batch(kb, entity, relation),
+        reasoning_acc=reasoning_batch(kb, n_problems, generator),
+        lookup_acc=reasoning_batch(kb, n_problems, generator, hops=1),
+    )
     with torch.no_grad():
-        return {name: float((model(tokens)[:, -1].argmax(-1) == answers).float().mean()) for name, (tokens, answers) in batches.items()}
+        return {
+            name: float((model(tokens)[:, -1].argmax(-1) == answers).float().mean())
+            for name, (tokens, answers) in batches.items()
+        }
 
 
-def _prompt_set(task: str, kb: KnowledgeBase, tokens: Tensor, answers: Tensor, corrupted: Tensor, wrong: Tensor, entities: list[str]) -> PromptSet:
+def _prompt_set(
+    task: str, kb: KnowledgeBase, tokens: Tensor, answers: Tensor, corrupted: Tensor, wrong: Tensor, entities: list[str]
+) -> PromptSet:
     candidates = torch.zeros(len(tokens), kb.d_vocab, dtype=torch.bool)
     candidates[:, kb.value0 : kb.value0 + kb.n_values] = True
     text = lambda row: " ".join(str(int(t)) for t in row)  # noqa: E731
     templates = [f"recall r{e.split('r')[1]}" if "r" in e else task for e in entities] if task == "recall" else task
-    entities = [e.split("r")[0] for e in entities] if task == "recall" else entities  # split by entity: every relation of an entity in one half
-    items = pd.DataFrame(dict(task=task, family="kb" if task == "recall" else "two_hop", template=templates, entity=entities,
-                              prompt=[text(r) for r in tokens], answer=[str(int(a)) for a in answers],
-                              corrupted_prompt=[text(r) for r in corrupted], corrupted_answer=[str(int(a)) for a in wrong], n_tokens=SEQ_LEN))
+    entities = (
+        [e.split("r")[0] for e in entities] if task == "recall" else entities
+    )  # split by entity: every relation of an entity in one half
+    items = pd.DataFrame(
+        dict(
+            task=task,
+            family="kb" if task == "recall" else "two_hop",
+            template=templates,
+            entity=entities,
+            prompt=[text(r) for r in tokens],
+            answer=[str(int(a)) for a in answers],
+            corrupted_prompt=[text(r) for r in corrupted],
+            corrupted_answer=[str(int(a)) for a in wrong],
+            n_tokens=SEQ_LEN,
+        )
+    )
     return PromptSet(task, items, list(tokens), list(corrupted), answers, wrong, candidates)
 
 
-def prompt_sets(kb: KnowledgeBase, n_reasoning: int, *, max_recall: int | None = None, seed: int = 1) -> dict[str, PromptSet]:
+def prompt_sets(
+    kb: KnowledgeBase, n_reasoning: int, *, max_recall: int | None = None, seed: int = 1
+) -> dict[str, PromptSet]:
     """Every memorised fact (or the first max_recall) and n_reasoning fresh 2-hop problems, each with a corrupted partner.
 
     Recall's partner asks about another entity (same relation) with a different answer. Reasoning's
@@ -256,12 +324,25 @@ def prompt_sets(kb: KnowledgeBase, n_reasoning: int, *, max_recall: int | None =
     pairs = [(e, r) for e in range(kb.n_entities) for r in range(kb.n_relations)][:max_recall]
     entity, relation = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
     tokens, answers = recall_batch(kb, entity, relation)
-    partner = torch.tensor([next(e2 for k in range(1, kb.n_entities) if facts[(e2 := (e + k) % kb.n_entities), r] != facts[e, r]) for e, r in pairs])
+    partner = torch.tensor(
+        [
+            next(e2 for k in range(1, kb.n_entities) if facts[(e2 := (e + k) % kb.n_entities), r] != facts[e, r])
+            for e, r in pairs
+        ]
+    )
     corrupted, wrong = recall_batch(kb, partner, relation)
     fact_tokens, names, _, problem_answers = problems(kb, n_reasoning, torch.Generator().manual_seed(seed))
     query = torch.full((n_reasoning, 1), QUERY)
     r_tokens, c_tokens = (torch.cat([fact_tokens, query, names[:, chain, None]], 1) for chain in (0, 1))  # x, then w
     return {
         "recall": _prompt_set("recall", kb, tokens, answers, corrupted, wrong, [f"e{e}r{r}" for e, r in pairs]),
-        "reasoning": _prompt_set("reasoning", kb, r_tokens, problem_answers[:, 0], c_tokens, problem_answers[:, 1], [f"x{int(t)}" for t in r_tokens[:, -1]]),
+        "reasoning": _prompt_set(
+            "reasoning",
+            kb,
+            r_tokens,
+            problem_answers[:, 0],
+            c_tokens,
+            problem_answers[:, 1],
+            [f"x{int(t)}" for t in r_tokens[:, -1]],
+        ),
     }

@@ -38,90 +38,203 @@ class Family:
 
 
 _COUNTRIES = (  # (country, capital, continent, language); facts the model is then checked on, one by one
-    ("France", "Paris", "Europe", "French"), ("Germany", "Berlin", "Europe", "German"), ("Italy", "Rome", "Europe", "Italian"),
-    ("Spain", "Madrid", "Europe", "Spanish"), ("Japan", "Tokyo", "Asia", "Japanese"), ("China", "Beijing", "Asia", "Chinese"),
-    ("Russia", "Moscow", "Europe", "Russian"), ("Egypt", "Cairo", "Africa", "Arabic"), ("Kenya", "Nairobi", "Africa", "Swahili"),
-    ("Canada", "Ottawa", "North America", "English"), ("Mexico", "Mexico City", "North America", "Spanish"),
-    ("Argentina", "Buenos Aires", "South America", "Spanish"), ("Peru", "Lima", "South America", "Spanish"),
-    ("Greece", "Athens", "Europe", "Greek"), ("Portugal", "Lisbon", "Europe", "Portuguese"), ("Poland", "Warsaw", "Europe", "Polish"),
-    ("Sweden", "Stockholm", "Europe", "Swedish"), ("Norway", "Oslo", "Europe", "Norwegian"), ("Turkey", "Ankara", "Asia", "Turkish"),
-    ("Thailand", "Bangkok", "Asia", "Thai"), ("Vietnam", "Hanoi", "Asia", "Vietnamese"), ("Nigeria", "Abuja", "Africa", "English"),
-    ("Ghana", "Accra", "Africa", "English"), ("Australia", "Canberra", "Oceania", "English"), ("Chile", "Santiago", "South America", "Spanish"),
-    ("Cuba", "Havana", "North America", "Spanish"), ("Austria", "Vienna", "Europe", "German"), ("Hungary", "Budapest", "Europe", "Hungarian"),
-    ("Ireland", "Dublin", "Europe", "English"), ("Finland", "Helsinki", "Europe", "Finnish"), ("Denmark", "Copenhagen", "Europe", "Danish"),
-    ("Netherlands", "Amsterdam", "Europe", "Dutch"), ("Korea", "Seoul", "Asia", "Korean"), ("Morocco", "Rabat", "Africa", "Arabic"),
-    ("Colombia", "Bogota", "South America", "Spanish"), ("Iran", "Tehran", "Asia", "Persian"), ("India", "New Delhi", "Asia", "Hindi"),
+    ("France", "Paris", "Europe", "French"),
+    ("Germany", "Berlin", "Europe", "German"),
+    ("Italy", "Rome", "Europe", "Italian"),
+    ("Spain", "Madrid", "Europe", "Spanish"),
+    ("Japan", "Tokyo", "Asia", "Japanese"),
+    ("China", "Beijing", "Asia", "Chinese"),
+    ("Russia", "Moscow", "Europe", "Russian"),
+    ("Egypt", "Cairo", "Africa", "Arabic"),
+    ("Kenya", "Nairobi", "Africa", "Swahili"),
+    ("Canada", "Ottawa", "North America", "English"),
+    ("Mexico", "Mexico City", "North America", "Spanish"),
+    ("Argentina", "Buenos Aires", "South America", "Spanish"),
+    ("Peru", "Lima", "South America", "Spanish"),
+    ("Greece", "Athens", "Europe", "Greek"),
+    ("Portugal", "Lisbon", "Europe", "Portuguese"),
+    ("Poland", "Warsaw", "Europe", "Polish"),
+    ("Sweden", "Stockholm", "Europe", "Swedish"),
+    ("Norway", "Oslo", "Europe", "Norwegian"),
+    ("Turkey", "Ankara", "Asia", "Turkish"),
+    ("Thailand", "Bangkok", "Asia", "Thai"),
+    ("Vietnam", "Hanoi", "Asia", "Vietnamese"),
+    ("Nigeria", "Abuja", "Africa", "English"),
+    ("Ghana", "Accra", "Africa", "English"),
+    ("Australia", "Canberra", "Oceania", "English"),
+    ("Chile", "Santiago", "South America", "Spanish"),
+    ("Cuba", "Havana", "North America", "Spanish"),
+    ("Austria", "Vienna", "Europe", "German"),
+    ("Hungary", "Budapest", "Europe", "Hungarian"),
+    ("Ireland", "Dublin", "Europe", "English"),
+    ("Finland", "Helsinki", "Europe", "Finnish"),
+    ("Denmark", "Copenhagen", "Europe", "Danish"),
+    ("Netherlands", "Amsterdam", "Europe", "Dutch"),
+    ("Korea", "Seoul", "Asia", "Korean"),
+    ("Morocco", "Rabat", "Africa", "Arabic"),
+    ("Colombia", "Bogota", "South America", "Spanish"),
+    ("Iran", "Tehran", "Asia", "Persian"),
+    ("India", "New Delhi", "Asia", "Hindi"),
 )
-_PEOPLE = ("Anna", "Omar", "Lena", "Ravi", "Mia", "Tom", "Sara", "Ken")  # fresh bridges: each item takes one by its index
+_PEOPLE = (
+    "Anna",
+    "Omar",
+    "Lena",
+    "Ravi",
+    "Mia",
+    "Tom",
+    "Sara",
+    "Ken",
+)  # fresh bridges: each item takes one by its index
 _ELEMENTS = (
-    ("gold", "Au"), ("silver", "Ag"), ("iron", "Fe"), ("sodium", "Na"), ("potassium", "K"), ("oxygen", "O"), ("hydrogen", "H"),
-    ("carbon", "C"), ("nitrogen", "N"), ("copper", "Cu"), ("lead", "Pb"), ("helium", "He"), ("calcium", "Ca"), ("zinc", "Zn"),
-    ("tin", "Sn"), ("sulfur", "S"), ("mercury", "Hg"), ("neon", "Ne"), ("chlorine", "Cl"), ("magnesium", "Mg"),
+    ("gold", "Au"),
+    ("silver", "Ag"),
+    ("iron", "Fe"),
+    ("sodium", "Na"),
+    ("potassium", "K"),
+    ("oxygen", "O"),
+    ("hydrogen", "H"),
+    ("carbon", "C"),
+    ("nitrogen", "N"),
+    ("copper", "Cu"),
+    ("lead", "Pb"),
+    ("helium", "He"),
+    ("calcium", "Ca"),
+    ("zinc", "Zn"),
+    ("tin", "Sn"),
+    ("sulfur", "S"),
+    ("mercury", "Hg"),
+    ("neon", "Ne"),
+    ("chlorine", "Cl"),
+    ("magnesium", "Mg"),
 )
 _OBJECTS = ("ring", "coin", "wire", "rod", "bar", "cup", "plate", "key")
 _OPPOSITES = (
-    ("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("happy", "sad"), ("old", "new"), ("open", "closed"),
-    ("light", "dark"), ("good", "bad"), ("rich", "poor"), ("hard", "soft"), ("wet", "dry"), ("tall", "short"), ("early", "late"),
-    ("strong", "weak"), ("full", "empty"), ("thick", "thin"), ("loud", "quiet"), ("high", "low"), ("right", "wrong"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("old", "new"),
+    ("open", "closed"),
+    ("light", "dark"),
+    ("good", "bad"),
+    ("rich", "poor"),
+    ("hard", "soft"),
+    ("wet", "dry"),
+    ("tall", "short"),
+    ("early", "late"),
+    ("strong", "weak"),
+    ("full", "empty"),
+    ("thick", "thin"),
+    ("loud", "quiet"),
+    ("high", "low"),
+    ("right", "wrong"),
 )
 _NONCE_WORDS = ("blick", "dax", "wug", "fep", "tove", "zorp", "glim", "mip")
 
 FAMILIES: dict[str, Family] = {
     "capital": Family(
-        "capital", tuple((c, _PEOPLE[i % len(_PEOPLE)], cap) for i, (c, cap, _, _) in enumerate(_COUNTRIES)),
+        "capital",
+        tuple((c, _PEOPLE[i % len(_PEOPLE)], cap) for i, (c, cap, _, _) in enumerate(_COUNTRIES)),
         ("The capital of {entity} is", "The capital city of {entity} is", "{entity}'s capital is the city of"),
-        ("{bridge} lives in {entity}. The capital of {entity} is {answer}. So {bridge} lives in the country whose capital is",
-         "{bridge} was born in {entity}, and the capital of {entity} is {answer}. The capital of {bridge}'s country is"),
+        (
+            "{bridge} lives in {entity}. The capital of {entity} is {answer}. So {bridge} lives in the country whose capital is",
+            "{bridge} was born in {entity}, and the capital of {entity} is {answer}. The capital of {bridge}'s country is",
+        ),
     ),
     "continent": Family(
-        "continent", tuple((c, cap, cont) for c, cap, cont, _ in _COUNTRIES),
+        "continent",
+        tuple((c, cap, cont) for c, cap, cont, _ in _COUNTRIES),
         ("{entity} is a country in", "{entity} is located in the continent of", "The country of {entity} lies in"),
-        ("{bridge} is the capital of {entity}. {entity} is in {answer}. Therefore {bridge} is in",
-         "Suppose {bridge} is the capital of {entity}, and {entity} is located in {answer}. So {bridge} is located in"),
+        (
+            "{bridge} is the capital of {entity}. {entity} is in {answer}. Therefore {bridge} is in",
+            "Suppose {bridge} is the capital of {entity}, and {entity} is located in {answer}. So {bridge} is located in",
+        ),
     ),
     "language": Family(
-        "language", tuple((c, _PEOPLE[i % len(_PEOPLE)], lang) for i, (c, _, _, lang) in enumerate(_COUNTRIES)),
-        ("The official language of {entity} is", "In {entity}, most people speak", "The main language spoken in {entity} is"),
-        ("{bridge} lives in {entity}. People in {entity} speak {answer}. So {bridge} speaks",
-         "{bridge} grew up in {entity}, where the language is {answer}. The language {bridge} grew up with is"),
+        "language",
+        tuple((c, _PEOPLE[i % len(_PEOPLE)], lang) for i, (c, _, _, lang) in enumerate(_COUNTRIES)),
+        (
+            "The official language of {entity} is",
+            "In {entity}, most people speak",
+            "The main language spoken in {entity} is",
+        ),
+        (
+            "{bridge} lives in {entity}. People in {entity} speak {answer}. So {bridge} speaks",
+            "{bridge} grew up in {entity}, where the language is {answer}. The language {bridge} grew up with is",
+        ),
     ),
     "element": Family(
-        "element", tuple((e, _OBJECTS[i % len(_OBJECTS)], sym) for i, (e, sym) in enumerate(_ELEMENTS)),
-        ("The chemical symbol for {entity} is", "The symbol of the element {entity} is", "In chemistry, {entity} is written as"),
-        ("The {bridge} is made of {entity}. The chemical symbol for {entity} is {answer}. So the symbol for the {bridge}'s material is",
-         "A {bridge} made of {entity}: the symbol of {entity} is {answer}, so the {bridge}'s element has the symbol"),
+        "element",
+        tuple((e, _OBJECTS[i % len(_OBJECTS)], sym) for i, (e, sym) in enumerate(_ELEMENTS)),
+        (
+            "The chemical symbol for {entity} is",
+            "The symbol of the element {entity} is",
+            "In chemistry, {entity} is written as",
+        ),
+        (
+            "The {bridge} is made of {entity}. The chemical symbol for {entity} is {answer}. So the symbol for the {bridge}'s material is",
+            "A {bridge} made of {entity}: the symbol of {entity} is {answer}, so the {bridge}'s element has the symbol",
+        ),
     ),
     "opposite": Family(
-        "opposite", tuple((w, _NONCE_WORDS[i % len(_NONCE_WORDS)], opp) for i, (w, opp) in enumerate(_OPPOSITES)),
+        "opposite",
+        tuple((w, _NONCE_WORDS[i % len(_NONCE_WORDS)], opp) for i, (w, opp) in enumerate(_OPPOSITES)),
         ("The opposite of {entity} is", "The opposite of the word {entity} is", "{entity} is the opposite of"),
-        ("The word {bridge} means {entity}. The opposite of {entity} is {answer}. So the opposite of {bridge} is",
-         "In a new language, {bridge} means {entity}, and the opposite of {entity} is {answer}. The opposite of {bridge} is"),
+        (
+            "The word {bridge} means {entity}. The opposite of {entity} is {answer}. So the opposite of {bridge} is",
+            "In a new language, {bridge} means {entity}, and the opposite of {entity} is {answer}. The opposite of {bridge} is",
+        ),
     ),
     # Reasoning families whose answer is NOT in the prompt (construct validity): the in-context fact binds a fresh
     # bridge to the entity and the answer must then be recalled, so no in-context copy head can produce it.
     # Reasoning templates only (recall is the base family's). Successor families ("Tom is one month older than Anna,
     # born in May. Tom was born in") were tried first: SmolLM2-135M answers them at chance (2/24 and 2/38).
     "capital_no_copy": Family(
-        "capital_no_copy", tuple((c, _PEOPLE[i % len(_PEOPLE)], cap) for i, (c, cap, _, _) in enumerate(_COUNTRIES)), (),
-        ("{bridge} lives in {entity}. The capital of the country where {bridge} lives is",
-         "{bridge} was born in {entity}. {bridge} was born in the country whose capital is"),
+        "capital_no_copy",
+        tuple((c, _PEOPLE[i % len(_PEOPLE)], cap) for i, (c, cap, _, _) in enumerate(_COUNTRIES)),
+        (),
+        (
+            "{bridge} lives in {entity}. The capital of the country where {bridge} lives is",
+            "{bridge} was born in {entity}. {bridge} was born in the country whose capital is",
+        ),
     ),
     "continent_no_copy": Family(
-        "continent_no_copy", tuple((c, _PEOPLE[i % len(_PEOPLE)], cont) for i, (c, _, cont, _) in enumerate(_COUNTRIES)), (),
-        ("{bridge} lives in {entity}. So {bridge} lives in the continent of", "{bridge} was born in {entity}, a country in"),
+        "continent_no_copy",
+        tuple((c, _PEOPLE[i % len(_PEOPLE)], cont) for i, (c, _, cont, _) in enumerate(_COUNTRIES)),
+        (),
+        (
+            "{bridge} lives in {entity}. So {bridge} lives in the continent of",
+            "{bridge} was born in {entity}, a country in",
+        ),
     ),
     "language_no_copy": Family(
-        "language_no_copy", tuple((c, _PEOPLE[i % len(_PEOPLE)], lang) for i, (c, _, _, lang) in enumerate(_COUNTRIES)), (),
-        ("{bridge} lives in {entity}. So {bridge} speaks", "{bridge} grew up in {entity}. The language {bridge} grew up with is"),
+        "language_no_copy",
+        tuple((c, _PEOPLE[i % len(_PEOPLE)], lang) for i, (c, _, _, lang) in enumerate(_COUNTRIES)),
+        (),
+        (
+            "{bridge} lives in {entity}. So {bridge} speaks",
+            "{bridge} grew up in {entity}. The language {bridge} grew up with is",
+        ),
     ),
     "element_no_copy": Family(
-        "element_no_copy", tuple((e, _OBJECTS[i % len(_OBJECTS)], sym) for i, (e, sym) in enumerate(_ELEMENTS)), (),
-        ("The {bridge} is made of {entity}. So the chemical symbol of the {bridge}'s material is",
-         "A {bridge} made of {entity}: the {bridge}'s element has the chemical symbol"),
+        "element_no_copy",
+        tuple((e, _OBJECTS[i % len(_OBJECTS)], sym) for i, (e, sym) in enumerate(_ELEMENTS)),
+        (),
+        (
+            "The {bridge} is made of {entity}. So the chemical symbol of the {bridge}'s material is",
+            "A {bridge} made of {entity}: the {bridge}'s element has the chemical symbol",
+        ),
     ),
     "opposite_no_copy": Family(
-        "opposite_no_copy", tuple((w, _NONCE_WORDS[i % len(_NONCE_WORDS)], opp) for i, (w, opp) in enumerate(_OPPOSITES)), (),
-        ("The word {bridge} means {entity}. So the opposite of {bridge} is", "In another language, {bridge} means {entity}. The opposite of {bridge} is"),
+        "opposite_no_copy",
+        tuple((w, _NONCE_WORDS[i % len(_NONCE_WORDS)], opp) for i, (w, opp) in enumerate(_OPPOSITES)),
+        (),
+        (
+            "The word {bridge} means {entity}. So the opposite of {bridge} is",
+            "In another language, {bridge} means {entity}. The opposite of {bridge} is",
+        ),
     ),
 }
 NO_COPY_FAMILIES = tuple(name for name in FAMILIES if name.endswith("_no_copy"))
@@ -132,7 +245,9 @@ def families(names: Sequence[str] | None = None) -> list[Family]:
     names = list(FAMILIES) if names is None else list(names)
     for name in names:
         if name not in FAMILIES:
-            raise InterpError(f"families: {name!r} is not a relation family.{did_you_mean(name, FAMILIES)} Known: {', '.join(FAMILIES)}.")
+            raise InterpError(
+                f"families: {name!r} is not a relation family.{did_you_mean(name, FAMILIES)} Known: {', '.join(FAMILIES)}."
+            )
     return [FAMILIES[n] for n in names]
 
 
@@ -156,8 +271,15 @@ class PromptSet:
 
     def subset(self, keep: Sequence[int] | Tensor) -> PromptSet:
         keep = [int(i) for i in keep]
-        return PromptSet(self.task, self.items.iloc[keep].reset_index(drop=True), [self.tokens[i] for i in keep],
-                         [self.corrupted[i] for i in keep], self.answer_ids[keep], self.wrong_ids[keep], self.candidate_ids[keep])
+        return PromptSet(
+            self.task,
+            self.items.iloc[keep].reset_index(drop=True),
+            [self.tokens[i] for i in keep],
+            [self.corrupted[i] for i in keep],
+            self.answer_ids[keep],
+            self.wrong_ids[keep],
+            self.candidate_ids[keep],
+        )
 
     def length_groups(self) -> dict[int, list[int]]:
         """Item indices by token length: each group runs as one batch without padding."""
@@ -174,10 +296,16 @@ def first_token(model: HookedTransformer, answer: str) -> int:
 
 def _prompt(family: Family, task: str, template: str, fact: tuple[str, str, str]) -> str:
     entity, bridge, answer = fact
-    return template.format(entity=entity) if task == "recall" else template.format(entity=entity, bridge=bridge, answer=answer)
+    return (
+        template.format(entity=entity)
+        if task == "recall"
+        else template.format(entity=entity, bridge=bridge, answer=answer)
+    )
 
 
-def build_prompts(model: HookedTransformer, task: str, family_names: Sequence[str] | None = None, *, max_entities: int | None = None) -> tuple[PromptSet, int]:
+def build_prompts(
+    model: HookedTransformer, task: str, family_names: Sequence[str] | None = None, *, max_entities: int | None = None
+) -> tuple[PromptSet, int]:
     """Every (family, template, entity) prompt of `task` that has a corrupted partner; returns it and the count without one.
 
     max_entities: use the first n entities of each family (quick runs).
@@ -198,21 +326,49 @@ def build_prompts(model: HookedTransformer, task: str, family_names: Sequence[st
             prompts = [_prompt(family, task, template, fact) for fact in facts]
             rows_t = [model.to_tokens(p, prepend_bos=prepend)[0] for p in prompts]
             for i, fact in enumerate(facts):
-                partner = next((j for j, other in enumerate(facts) if answer_ids[other[2]] != answer_ids[fact[2]] and len(rows_t[j]) == len(rows_t[i])), None)
+                partner = next(
+                    (
+                        j
+                        for j, other in enumerate(facts)
+                        if answer_ids[other[2]] != answer_ids[fact[2]] and len(rows_t[j]) == len(rows_t[i])
+                    ),
+                    None,
+                )
                 if partner is None:
                     unpaired += 1
                     continue
                 other = facts[partner]
-                rows.append(dict(task=task, family=family.name, template=template, entity=fact[0], prompt=prompts[i], answer=fact[2],
-                                 corrupted_prompt=prompts[partner], corrupted_answer=other[2], n_tokens=len(rows_t[i])))
+                rows.append(
+                    dict(
+                        task=task,
+                        family=family.name,
+                        template=template,
+                        entity=fact[0],
+                        prompt=prompts[i],
+                        answer=fact[2],
+                        corrupted_prompt=prompts[partner],
+                        corrupted_answer=other[2],
+                        n_tokens=len(rows_t[i]),
+                    )
+                )
                 tokens.append(rows_t[i])
                 corrupted.append(rows_t[partner])
                 answers.append(answer_ids[fact[2]])
                 wrongs.append(answer_ids[other[2]])
                 candidates.append(family_candidates)
     if not rows:
-        raise InterpError(f"build_prompts: no {task} prompt has a same-length corrupted partner in families {family_names}; add entities to the families.")
-    return PromptSet(task, pd.DataFrame(rows), tokens, corrupted, torch.tensor(answers), torch.tensor(wrongs), torch.stack(candidates)), unpaired
+        raise InterpError(
+            f"build_prompts: no {task} prompt has a same-length corrupted partner in families {family_names}; add entities to the families."
+        )
+    return PromptSet(
+        task,
+        pd.DataFrame(rows),
+        tokens,
+        corrupted,
+        torch.tensor(answers),
+        torch.tensor(wrongs),
+        torch.stack(candidates),
+    ), unpaired
 
 
 @dataclass
@@ -232,7 +388,9 @@ def free_bridges(family: Family) -> tuple[str, ...]:
     return bridges if len(bridges) < len(family.facts) else ()
 
 
-def reference_pool(model: HookedTransformer, family_names: Sequence[str] | None = None, *, max_entities: int | None = None) -> ReferencePool:
+def reference_pool(
+    model: HookedTransformer, family_names: Sequence[str] | None = None, *, max_entities: int | None = None
+) -> ReferencePool:
     """Every template of both tasks filled with every entity (the first max_entities of each family) and, where the family's bridges
     are fresh names, with every bridge: the prompts a template-matched reference may draw from (the caller keeps the
     evaluation half's entities out). A fresh name carries no fact, so each bridge variant is as much an item of the template
@@ -253,12 +411,18 @@ def reference_pool(model: HookedTransformer, family_names: Sequence[str] | None 
     return ReferencePool(items, [model.to_tokens(text, prepend_bos=prepend)[0] for text in items["prompt"]])
 
 
-def correct_by_first_token(logits: Float[Tensor, "batch d_vocab"], answer_ids: Int[Tensor, " batch"]) -> Bool[Tensor, " batch"]:
+def correct_by_first_token(
+    logits: Float[Tensor, "batch d_vocab"], answer_ids: Int[Tensor, " batch"]
+) -> Bool[Tensor, " batch"]:
     """The answer's first token is the top-1 prediction over the whole vocabulary."""
     return logits.argmax(-1) == answer_ids.to(logits.device)
 
 
-def correct_by_distractors(logits: Float[Tensor, "batch d_vocab"], answer_ids: Int[Tensor, " batch"], candidate_ids: Bool[Tensor, "batch d_vocab"]) -> Bool[Tensor, " batch"]:
+def correct_by_distractors(
+    logits: Float[Tensor, "batch d_vocab"],
+    answer_ids: Int[Tensor, " batch"],
+    candidate_ids: Bool[Tensor, "batch d_vocab"],
+) -> Bool[Tensor, " batch"]:
     """The answer's log-prob beats every other same-family answer's (log-softmax is monotone, so logits compare the same)."""
     answer_logit = logits.gather(-1, answer_ids[:, None].to(logits.device))[:, 0]
     others = candidate_ids.to(logits.device).clone()
@@ -293,7 +457,9 @@ def keep_correct(model: HookedTransformer, prompts: PromptSet) -> tuple[PromptSe
     scores = score(last_logits(model, prompts), prompts)
     keep = scores.index[scores["correct_distractor"]].tolist()
     if not keep:
-        raise InterpError(f"keep_correct: the model answers none of the {len(prompts)} {prompts.task} prompts correctly; nothing is left to analyse.")
+        raise InterpError(
+            f"keep_correct: the model answers none of the {len(prompts)} {prompts.task} prompts correctly; nothing is left to analyse."
+        )
     return prompts.subset(keep), scores.assign(kept=scores["correct_distractor"])
 
 
@@ -303,8 +469,15 @@ def keep_correct(model: HookedTransformer, prompts: PromptSet) -> tuple[PromptSe
 def concat(task: str, parts: Sequence[PromptSet]) -> PromptSet:
     """One PromptSet of several (their items relabelled `task`)."""
     items = pd.concat([p.items for p in parts], ignore_index=True).assign(task=task)
-    return PromptSet(task, items, [t for p in parts for t in p.tokens], [t for p in parts for t in p.corrupted],
-                     torch.cat([p.answer_ids for p in parts]), torch.cat([p.wrong_ids for p in parts]), torch.cat([p.candidate_ids for p in parts]))
+    return PromptSet(
+        task,
+        items,
+        [t for p in parts for t in p.tokens],
+        [t for p in parts for t in p.corrupted],
+        torch.cat([p.answer_ids for p in parts]),
+        torch.cat([p.wrong_ids for p in parts]),
+        torch.cat([p.candidate_ids for p in parts]),
+    )
 
 
 def split_by_entity(prompts: dict[str, PromptSet], seed: int = 0) -> tuple[dict[str, PromptSet], dict[str, PromptSet]]:
@@ -317,7 +490,9 @@ def split_by_entity(prompts: dict[str, PromptSet], seed: int = 0) -> tuple[dict[
     """
     entities = sorted({e for p in prompts.values() for e in p.items["entity"]})
     if len(entities) < 2:
-        raise InterpError(f"split_by_entity: the items hold {len(entities)} entity; at least two are needed to split them.")
+        raise InterpError(
+            f"split_by_entity: the items hold {len(entities)} entity; at least two are needed to split them."
+        )
     order = torch.randperm(len(entities), generator=torch.Generator().manual_seed(seed)).tolist()
     localise_entities = {entities[i] for i in order[: len(entities) // 2]}
     localisation, evaluation = {}, {}
@@ -340,8 +515,18 @@ def _repair(prompts: PromptSet, forbidden: set[str]) -> PromptSet:
             corrupted.append(prompts.corrupted[i]), wrong.append(int(prompts.wrong_ids[i]))
             corrupted_prompt.append(row["corrupted_prompt"]), corrupted_answer.append(row["corrupted_answer"])
             continue
-        partner = next((j for j, other in items.iterrows() if j != i and other["family"] == row["family"] and other["template"] == row["template"]
-                        and len(prompts.tokens[j]) == len(prompts.tokens[i]) and int(prompts.answer_ids[j]) != int(prompts.answer_ids[i])), None)
+        partner = next(
+            (
+                j
+                for j, other in items.iterrows()
+                if j != i
+                and other["family"] == row["family"]
+                and other["template"] == row["template"]
+                and len(prompts.tokens[j]) == len(prompts.tokens[i])
+                and int(prompts.answer_ids[j]) != int(prompts.answer_ids[i])
+            ),
+            None,
+        )
         if partner is None:
             continue
         keep.append(i)
@@ -358,7 +543,10 @@ def references(localisation: PromptSet, evaluated: set[str]) -> dict[int, Tensor
     """Per token length, the reference prompts of mean / resample ablation: the localisation half's clean and corrupted prompts, never an evaluated one."""
     rows: dict[int, dict[str, Tensor]] = {}
     for i, row in localisation.items.iterrows():
-        for text, tokens in ((row["prompt"], localisation.tokens[i]), (row["corrupted_prompt"], localisation.corrupted[i])):
+        for text, tokens in (
+            (row["prompt"], localisation.tokens[i]),
+            (row["corrupted_prompt"], localisation.corrupted[i]),
+        ):
             if text not in evaluated:
                 rows.setdefault(len(tokens), {})[text] = tokens
     return {length: torch.stack(list(by_text.values())) for length, by_text in rows.items()}
@@ -386,4 +574,10 @@ def answer_in_prompt(prompts: PromptSet) -> np.ndarray:
     """Per item: the answer appears verbatim in the prompt as a whole word (so an in-context copy can produce it; "German" in "Germany" does not count)."""
     import re
 
-    return np.array([re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", prompt) is not None for answer, prompt in zip(prompts.items["answer"], prompts.items["prompt"])], dtype=bool)
+    return np.array(
+        [
+            re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", prompt) is not None
+            for answer, prompt in zip(prompts.items["answer"], prompts.items["prompt"])
+        ],
+        dtype=bool,
+    )

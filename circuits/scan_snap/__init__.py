@@ -6,7 +6,20 @@ from circuits.scan_snap.model import RunSpec, TrainSettings, TrainedRuns, scan_s
 from circuits.scan_snap.transformer import TransformerSettings, build_attention_transformer, train_transformer
 
 __all__ = [
-    "PopulationProblem", "RunSpec", "SequenceClasses", "TokenLayout", "TrainSettings", "TrainedRuns", "TransformerSettings",
-    "build_attention_transformer", "integrate_population", "layout_for", "population_rhs", "sample_batch", "scan_snap_logits",
-    "snap_dynamics", "train_runs", "train_transformer",
+    "PopulationProblem",
+    "RunSpec",
+    "SequenceClasses",
+    "TokenLayout",
+    "TrainSettings",
+    "TrainedRuns",
+    "TransformerSettings",
+    "build_attention_transformer",
+    "integrate_population",
+    "layout_for",
+    "population_rhs",
+    "sample_batch",
+    "scan_snap_logits",
+    "snap_dynamics",
+    "train_runs",
+    "train_transformer",
 ]

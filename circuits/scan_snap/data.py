@@ -19,6 +19,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 
+
 def run_generators(seeds: Int[Tensor, " runs"] | list[int]) -> list[torch.Generator]:
     """One generator per run: a run draws the same numbers alone or inside a batch of any size."""
     return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
@@ -138,7 +139,11 @@ def layout_for(specs: list[SequenceClasses]) -> TokenLayout:
     first = specs[0]
     for spec in specs[1:]:
         if (spec.n_common, spec.n_distinct, spec.next_per_query, spec.common_weight, spec.distinct_weight_range) != (
-            first.n_common, first.n_distinct, first.next_per_query, first.common_weight, first.distinct_weight_range
+            first.n_common,
+            first.n_distinct,
+            first.next_per_query,
+            first.common_weight,
+            first.distinct_weight_range,
         ):
             raise InterpError(
                 f"layout_for(specs=...): settings {first} and {spec} differ in more than n_queries; "
@@ -171,13 +176,19 @@ def sample_batch(
     shared per-class weight profile by inverse-CDF sampling.
     """
     if seq_len < 2:
-        raise InterpError(f"sample_batch(seq_len={seq_len}): needs at least one context token plus the query (seq_len >= 2).")
+        raise InterpError(
+            f"sample_batch(seq_len={seq_len}): needs at least one context token plus the query (seq_len >= 2)."
+        )
     if batch_size < 1:
         raise InterpError(f"sample_batch(batch_size={batch_size}): must be at least 1.")
     u_class = uniforms(generators, (batch_size,))
     classes = (u_class * n_classes.view(-1, 1)).long().clamp_max(n_classes.view(-1, 1) - 1)
     weights = spec.slot_weights()
     cdf = weights.cumsum(0) / weights.sum()
-    slots = torch.searchsorted(cdf.float(), uniforms(generators, (batch_size, seq_len - 1)), right=True).clamp_max(len(weights) - 1)
+    slots = torch.searchsorted(cdf.float(), uniforms(generators, (batch_size, seq_len - 1)), right=True).clamp_max(
+        len(weights) - 1
+    )
     context = layout.slot_to_token(slots, classes.unsqueeze(-1))
-    return Batch(context=context, query=layout.query_of_class(classes), label=layout.next_of_class(classes), classes=classes)
+    return Batch(
+        context=context, query=layout.query_of_class(classes), label=layout.next_of_class(classes), classes=classes
+    )

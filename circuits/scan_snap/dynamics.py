@@ -122,7 +122,9 @@ class SnapTrajectory(NamedTuple):
     snap_time: float  # the paper's t0 = K ln M / eta_Y
 
 
-def snap_rates(h: float, z: np.ndarray, p: np.ndarray, n_common: int, K: int, M: int, eta_y: float, eta_z: float) -> tuple[float, float, np.ndarray]:
+def snap_rates(
+    h: float, z: np.ndarray, p: np.ndarray, n_common: int, K: int, M: int, eta_y: float, eta_z: float
+) -> tuple[float, float, np.ndarray]:
     """(dh/dt, dB/dt, dz/dt) of the reduced dynamics (module docstring) at one state."""
     c = p * np.exp(z - z.max())
     f = c / np.linalg.norm(c)
@@ -143,9 +145,13 @@ def snap_dynamics(
     """Integrate the reduced dynamics for classes.n_classes symmetric classes and n_outputs output tokens."""
     K, M = classes.n_classes, n_outputs
     if K < 2 or M <= K:
-        raise InterpError(f"snap_dynamics(classes.n_classes={K}, n_outputs={M}): needs K >= 2 classes and M > K outputs.")
+        raise InterpError(
+            f"snap_dynamics(classes.n_classes={K}, n_outputs={M}): needs K >= 2 classes and M > K outputs."
+        )
     if eta_y <= 0 or eta_z <= 0 or t_max <= 1:
-        raise InterpError(f"snap_dynamics(eta_y={eta_y}, eta_z={eta_z}, t_max={t_max}): rates must be > 0 and t_max > 1.")
+        raise InterpError(
+            f"snap_dynamics(eta_y={eta_y}, eta_z={eta_z}, t_max={t_max}): rates must be > 0 and t_max > 1."
+        )
     weights = classes.slot_weights().numpy()
     p = weights / weights.sum()
 

@@ -18,7 +18,9 @@ from interp.errors import InterpError
 
 
 def slot_composition(
-    class_logits: Float[Tensor, "*batch classes d_vocab"], probs: Float[Tensor, "*probs_batch classes d_vocab"], layout: TokenLayout
+    class_logits: Float[Tensor, "*batch classes d_vocab"],
+    probs: Float[Tensor, "*probs_batch classes d_vocab"],
+    layout: TokenLayout,
 ) -> Float[Tensor, "*batch classes slots"]:
     """c_n on each class's own slots (common tokens, then its distinct tokens by increasing P(l|n))."""
     c = limit_composition(class_logits, probs)
@@ -27,7 +29,9 @@ def slot_composition(
     return c.gather(-1, tokens.expand(*c.shape[:-1], n_slots))
 
 
-def slot_logits(class_logits: Float[Tensor, "*batch classes d_vocab"], layout: TokenLayout) -> Float[Tensor, "*batch classes slots"]:
+def slot_logits(
+    class_logits: Float[Tensor, "*batch classes d_vocab"], layout: TokenLayout
+) -> Float[Tensor, "*batch classes slots"]:
     """z of each class's query on that class's own slots (common tokens, then its distinct tokens by increasing P(l|n))."""
     n_slots = layout.n_common + layout.n_distinct
     tokens = layout.slot_to_token(torch.arange(n_slots), torch.arange(layout.max_classes).unsqueeze(-1))
@@ -78,10 +82,20 @@ def snap_frame(trajectory: SnapTrajectory, eta_y: float, eta_z: float, n_common:
     exponent = np.full_like(t, np.nan)
     exponent[positive] = np.gradient(np.log(B[positive]), np.log(t[positive]))
     c = trajectory.f / trajectory.f.sum(-1, keepdims=True)
-    return pd.DataFrame(dict(
-        eta_y=eta_y, eta_z=eta_z, t=t, t_over_t0=t / trajectory.snap_time, B=B, growth_exponent=exponent,
-        h=trajectory.h, z_top=trajectory.z[:, -1], common_mass=c[:, :n_common].sum(-1), snap_time=trajectory.snap_time,
-    ))
+    return pd.DataFrame(
+        dict(
+            eta_y=eta_y,
+            eta_z=eta_z,
+            t=t,
+            t_over_t0=t / trajectory.snap_time,
+            B=B,
+            growth_exponent=exponent,
+            h=trajectory.h,
+            z_top=trajectory.z[:, -1],
+            common_mass=c[:, :n_common].sum(-1),
+            snap_time=trajectory.snap_time,
+        )
+    )
 
 
 def measured_snap_time(frame: pd.DataFrame, threshold: float = 1.0) -> float:
@@ -125,8 +139,13 @@ def scan_snap_measures(mass: np.ndarray) -> dict[str, float]:
     before = np.diff(mass[: step + 1])
     drop = mass[0] - mass[-1]
     return dict(
-        snap_step=float(step), settling_step=float(settling_step(mass)), mass_start=float(mass[0]), mass_at_snap=float(mass[step]),
-        mass_final=float(mass[-1]), drop=float(drop), max_rise_before_snap=float(before.max()) if len(before) else 0.0,
+        snap_step=float(step),
+        settling_step=float(settling_step(mass)),
+        mass_start=float(mass[0]),
+        mass_at_snap=float(mass[step]),
+        mass_final=float(mass[-1]),
+        drop=float(drop),
+        max_rise_before_snap=float(before.max()) if len(before) else 0.0,
         share_steps_falling_before_snap=float((before < 0).mean()) if len(before) else float("nan"),
         drift_after_snap=float(abs(mass[-1] - mass[step]) / drop) if drop > 0 else float("nan"),
         still_moving_at_end=float(step >= len(mass) - 1),
@@ -178,6 +197,10 @@ def theorem3_trajectory_frame(
     own_B = (dz / np.maximum(f2, 1e-300)).sum(0)
     frame["B_ratio_least_to_top"] = float(own_B[0] / own_B[-1]) if own_B[-1] != 0 else float("nan")
     frame["bound_violated"] = np.where(frame["holds"], "none", np.where(frame["r"] < frame["lower"], "lower", "upper"))
-    other = next(e for e in B_ESTIMATORS if e != estimator)  # the same check with the other reading of B, for sensitivity
-    frame[f"holds_B_{other}"] = theorem3_frame(f2_slots, estimate_B(z_d, f2_d, other), np.asarray(steps, dtype=np.float64), n_common)["holds"].to_numpy()
+    other = next(
+        e for e in B_ESTIMATORS if e != estimator
+    )  # the same check with the other reading of B, for sensitivity
+    frame[f"holds_B_{other}"] = theorem3_frame(
+        f2_slots, estimate_B(z_d, f2_d, other), np.asarray(steps, dtype=np.float64), n_common
+    )["holds"].to_numpy()
     return frame

@@ -98,7 +98,9 @@ def scan_snap_logits(
     return logits.view(runs, batch_size, d_vocab).masked_fill(~vocab_mask.unsqueeze(1), float("-inf"))
 
 
-def _initial_weights(generators: list[torch.Generator], rows: list[Tensor], owned: list[Tensor], shape: tuple[int, int], init: str) -> Tensor:
+def _initial_weights(
+    generators: list[torch.Generator], rows: list[Tensor], owned: list[Tensor], shape: tuple[int, int], init: str
+) -> Tensor:
     """Each stream's weights drawn in its own compact vocabulary, then placed at its tokens of the shared layout.
 
     init "uniform" is nn.Linear's default, uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in the run's
@@ -109,7 +111,9 @@ def _initial_weights(generators: list[torch.Generator], rows: list[Tensor], owne
         return weights
     for w, generator, row_ids, tokens in zip(weights, generators, rows, owned):
         bound = 1.0 / math.sqrt(len(tokens))
-        w[row_ids.view(-1, 1), tokens.view(1, -1)] = (torch.rand(len(row_ids), len(tokens), generator=generator) * 2 - 1) * bound
+        w[row_ids.view(-1, 1), tokens.view(1, -1)] = (
+            torch.rand(len(row_ids), len(tokens), generator=generator) * 2 - 1
+        ) * bound
     return weights
 
 
@@ -120,7 +124,9 @@ def data_streams(runs: list[RunSpec]) -> tuple[list[tuple[int, SequenceClasses]]
     return keys, torch.tensor([index[(r.seed, r.classes)] for r in runs])
 
 
-def train_runs(runs: list[RunSpec], settings: TrainSettings = TrainSettings(), *, progress: bool = False) -> TrainedRuns:
+def train_runs(
+    runs: list[RunSpec], settings: TrainSettings = TrainSettings(), *, progress: bool = False
+) -> TrainedRuns:
     """SGD on every run at once: separate learning rates for Y and Z, one autograd pass per step for all runs."""
     if not runs:
         raise InterpError("train_runs(runs=[]): give at least one RunSpec.")
@@ -131,8 +137,12 @@ def train_runs(runs: list[RunSpec], settings: TrainSettings = TrainSettings(), *
     vocab_mask = torch.stack([layout.vocab_mask(spec) for _, spec in streams])
     owned = [mask.nonzero().flatten() for mask in vocab_mask]
     queries = [torch.arange(spec.n_queries) for _, spec in streams]
-    Y = _initial_weights(generators, owned, owned, (layout.d_vocab, layout.d_vocab), settings.init)[stream_of_run].requires_grad_()
-    Z = _initial_weights(generators, queries, owned, (layout.max_queries, layout.d_vocab), settings.init)[stream_of_run].requires_grad_()
+    Y = _initial_weights(generators, owned, owned, (layout.d_vocab, layout.d_vocab), settings.init)[
+        stream_of_run
+    ].requires_grad_()
+    Z = _initial_weights(generators, queries, owned, (layout.max_queries, layout.d_vocab), settings.init)[
+        stream_of_run
+    ].requires_grad_()
     vocab_mask = vocab_mask[stream_of_run]
     eta_y = torch.tensor([r.eta_y for r in runs]).view(-1, 1, 1)
     eta_z = torch.tensor([r.eta_z for r in runs]).view(-1, 1, 1)
@@ -162,4 +172,6 @@ def train_runs(runs: list[RunSpec], settings: TrainSettings = TrainSettings(), *
             record_steps.append(step)
     probs = torch.stack([layout.conditional_probs(spec) for _, spec in streams]).float()[stream_of_run]
     n_classes = stream_classes[stream_of_run]
-    return TrainedRuns(Y.detach(), Z.detach(), torch.stack(losses), record_steps, torch.stack(records), layout, probs, n_classes)
+    return TrainedRuns(
+        Y.detach(), Z.detach(), torch.stack(losses), record_steps, torch.stack(records), layout, probs, n_classes
+    )

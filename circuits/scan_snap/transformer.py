@@ -44,15 +44,26 @@ class TransformerSettings:
             if getattr(self, name) < 1:
                 raise InterpError(f"TransformerSettings({name}={getattr(self, name)}): must be at least 1.")
         if self.seq_len < 2 or self.lr <= 0:
-            raise InterpError(f"TransformerSettings(seq_len={self.seq_len}, lr={self.lr}): need seq_len >= 2 and lr > 0.")
+            raise InterpError(
+                f"TransformerSettings(seq_len={self.seq_len}, lr={self.lr}): need seq_len >= 2 and lr > 0."
+            )
 
 
 def build_attention_transformer(d_vocab: int, n_ctx: int, settings: TransformerSettings) -> HookedTransformer:
     """A 1-layer, 1-head HookedTransformer with positional embeddings switched off (W_pos = 0, frozen)."""
     cfg = HookedTransformerConfig(
-        n_layers=1, n_heads=1, d_model=settings.d_model, d_head=settings.d_model, d_vocab=d_vocab, n_ctx=n_ctx,
-        attn_only=settings.attn_only, d_mlp=None if settings.attn_only else 4 * settings.d_model, act_fn="relu",
-        normalization_type="LN", positional_embedding_type="standard", seed=settings.seed,
+        n_layers=1,
+        n_heads=1,
+        d_model=settings.d_model,
+        d_head=settings.d_model,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        attn_only=settings.attn_only,
+        d_mlp=None if settings.attn_only else 4 * settings.d_model,
+        act_fn="relu",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        seed=settings.seed,
     )
     model = HookedTransformer(cfg)
     with torch.no_grad():
@@ -66,7 +77,9 @@ def sequences(batch: Batch) -> Float[Tensor, "batch pos"]:
     return torch.cat([batch.context[0], batch.query[0].unsqueeze(-1)], dim=-1)
 
 
-def attention_by_slot(pattern_last: Float[Tensor, "batch key"], batch: Batch, layout: TokenLayout) -> Float[Tensor, "batch slots_plus_query"]:
+def attention_by_slot(
+    pattern_last: Float[Tensor, "batch key"], batch: Batch, layout: TokenLayout
+) -> Float[Tensor, "batch slots_plus_query"]:
     """Attention of the last position summed per slot; the final column is the query's own position."""
     slots = layout.token_to_slot(batch.context[0])
     n_slots = layout.n_common + layout.n_distinct
@@ -79,7 +92,9 @@ class TransformerRun(NamedTuple):
     frame: pd.DataFrame  # step, slot, kind, distinct_rank, attention, attention_per_occurrence, loss
 
 
-def train_transformer(classes: SequenceClasses, settings: TransformerSettings = TransformerSettings()) -> TransformerRun:
+def train_transformer(
+    classes: SequenceClasses, settings: TransformerSettings = TransformerSettings()
+) -> TransformerRun:
     """Adam on the last-position next-token loss; records the last position's attention per slot on a held-out batch."""
     layout = layout_for([classes])
     model = build_attention_transformer(layout.d_vocab, settings.seq_len, settings)
@@ -100,11 +115,17 @@ def train_transformer(classes: SequenceClasses, settings: TransformerSettings = 
         for slot in range(len(mean)):
             is_query = slot == len(mean) - 1
             kind = "query" if is_query else ("common" if slot < layout.n_common else "distinct")
-            records.append(dict(
-                step=step, slot=slot, kind=kind, distinct_rank=slot - layout.n_common if kind == "distinct" else -1,
-                attention=float(mean[slot]), attention_per_occurrence=float("nan") if is_query else float(per_occurrence[slot]),
-                loss=loss,
-            ))
+            records.append(
+                dict(
+                    step=step,
+                    slot=slot,
+                    kind=kind,
+                    distinct_rank=slot - layout.n_common if kind == "distinct" else -1,
+                    attention=float(mean[slot]),
+                    attention_per_occurrence=float("nan") if is_query else float(per_occurrence[slot]),
+                    loss=loss,
+                )
+            )
 
     record(0, float("nan"))
     for step in range(1, settings.steps + 1):

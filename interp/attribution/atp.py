@@ -46,14 +46,18 @@ def _as_groups(act: torch.Tensor, component: str) -> torch.Tensor:
 
 def _check_method(method: str) -> None:
     if method not in METHODS:
-        raise InterpError(f"method={method!r} is not an attribution method.{did_you_mean(str(method), METHODS)} Known: {', '.join(METHODS)} (for exact patching use interp.patching).")
+        raise InterpError(
+            f"method={method!r} is not an attribution method.{did_you_mean(str(method), METHODS)} Known: {', '.join(METHODS)} (for exact patching use interp.patching)."
+        )
 
 
 def _check_sites(sites: Sequence[Site]) -> None:
     for site in sites:
         layout = site.layout
         if layout.head_axis not in (None, 2):
-            raise UnknownSiteError(f"{site}: attribution patching estimates activations laid out [batch, pos, ...]; {site.component!r} is not. Attribute 'q' and 'k' (method='atp*' for the exact softmax) instead.")
+            raise UnknownSiteError(
+                f"{site}: attribution patching estimates activations laid out [batch, pos, ...]; {site.component!r} is not. Attribute 'q' and 'k' (method='atp*' for the exact softmax) instead."
+            )
 
 
 def hooks_needed(model, sites: Sequence[Site], method: str) -> tuple[set[str], set[str]]:
@@ -69,7 +73,9 @@ def hooks_needed(model, sites: Sequence[Site], method: str) -> tuple[set[str], s
     return names, grads
 
 
-def estimate_effects(task: PatchingTask, sites: Sequence[Site], passes: AttributionPasses, method: str = "atp") -> tuple[np.ndarray, np.ndarray]:
+def estimate_effects(
+    task: PatchingTask, sites: Sequence[Site], passes: AttributionPasses, method: str = "atp"
+) -> tuple[np.ndarray, np.ndarray]:
     """Linear effects per site and, for method='atp*', the QK-fixed effects (NaN where no fix applies)."""
     linear, fixed = np.empty(len(sites)), np.full(len(sites), np.nan)
     by_hook: dict[str, list[int]] = defaultdict(list)
@@ -77,7 +83,12 @@ def estimate_effects(task: PatchingTask, sites: Sequence[Site], passes: Attribut
         by_hook[site.hook_name].append(i)
     for name, idx in by_hook.items():
         component, layer = sites[idx[0]].component, sites[idx[0]].layer
-        per_position = attribution_scores(*(_as_groups(t[name], component) for t in (passes.clean, passes.corrupted, passes.grad))).double().cpu().numpy()
+        per_position = (
+            attribution_scores(*(_as_groups(t[name], component) for t in (passes.clean, passes.corrupted, passes.grad)))
+            .double()
+            .cpu()
+            .numpy()
+        )
         all_positions = per_position.sum(0)
         fix = None
         if method == "atp*" and component in QK_COMPONENTS:
@@ -92,7 +103,9 @@ def estimate_effects(task: PatchingTask, sites: Sequence[Site], passes: Attribut
     return linear, fixed
 
 
-def estimates_frame(task: PatchingTask, sites: Sequence[Site], linear: np.ndarray, fixed: np.ndarray, method: str, tolerance: float) -> pd.DataFrame:
+def estimates_frame(
+    task: PatchingTask, sites: Sequence[Site], linear: np.ndarray, fixed: np.ndarray, method: str, tolerance: float
+) -> pd.DataFrame:
     """The exact sweep's table with the estimated metric, plus `method` (and `reliable` for atp*)."""
     effects = np.where(np.isnan(fixed), linear, fixed) if method == "atp*" else linear
     frame = results_frame(task, sites, task.corrupted_metric + effects)
@@ -100,12 +113,16 @@ def estimates_frame(task: PatchingTask, sites: Sequence[Site], linear: np.ndarra
     if method == "atp*":
         gap = abs(task.clean_metric - task.corrupted_metric) or 1.0
         disagreement = np.abs(fixed - linear) / gap
-        frame["reliable"] = pd.array([pd.NA if np.isnan(d) else bool(d <= tolerance) for d in disagreement], dtype="boolean")
+        frame["reliable"] = pd.array(
+            [pd.NA if np.isnan(d) else bool(d <= tolerance) for d in disagreement], dtype="boolean"
+        )
     frame.attrs.update(method=method, tolerance=tolerance)
     return frame
 
 
-def attribute_sites(task: PatchingTask, sites: Sequence[Site | str], *, method: str = "atp", tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
+def attribute_sites(
+    task: PatchingTask, sites: Sequence[Site | str], *, method: str = "atp", tolerance: float = DEFAULT_TOLERANCE
+) -> pd.DataFrame:
     """Estimate the patch of each Site from one clean forward, one corrupted forward and one backward."""
     _check_method(method)
     if len(sites) == 0:
@@ -116,9 +133,13 @@ def attribute_sites(task: PatchingTask, sites: Sequence[Site | str], *, method: 
     return estimates_frame(task, sites, *estimate_effects(task, sites, passes, method), method, tolerance)
 
 
-def attribute_heads(task: PatchingTask, *, method: str = "atp", tolerance: float = DEFAULT_TOLERANCE, **selection) -> pd.DataFrame:
+def attribute_heads(
+    task: PatchingTask, *, method: str = "atp", tolerance: float = DEFAULT_TOLERANCE, **selection
+) -> pd.DataFrame:
     """AtP twin of `patch_heads` (same keywords: by_position, component, layers, heads, positions)."""
-    return attribute_sites(task, head_sites(task, caller="attribute_heads", **selection), method=method, tolerance=tolerance)
+    return attribute_sites(
+        task, head_sites(task, caller="attribute_heads", **selection), method=method, tolerance=tolerance
+    )
 
 
 def attribute_neurons(task: PatchingTask, *, method: str = "atp", **selection) -> pd.DataFrame:
@@ -126,18 +147,33 @@ def attribute_neurons(task: PatchingTask, *, method: str = "atp", **selection) -
     return attribute_sites(task, neuron_sites(task, caller="attribute_neurons", **selection), method=method)
 
 
-def attribute_layer_positions(task: PatchingTask, component: str = "resid_pre", *, method: str = "atp", **selection) -> pd.DataFrame:
+def attribute_layer_positions(
+    task: PatchingTask, component: str = "resid_pre", *, method: str = "atp", **selection
+) -> pd.DataFrame:
     """AtP twin of `patch_layer_positions` (same keywords: layers, positions)."""
-    return attribute_sites(task, layer_position_sites(task, component, caller="attribute_layer_positions", **selection), method=method)
+    return attribute_sites(
+        task, layer_position_sites(task, component, caller="attribute_layer_positions", **selection), method=method
+    )
 
 
 def attribution_sweep(
-    task: PatchingTask, sweeps: Iterable[str] = ("heads", "heads_by_pos", "neurons", "resid_pre"), *, layers=None, method: str = "atp", tolerance: float = DEFAULT_TOLERANCE
+    task: PatchingTask,
+    sweeps: Iterable[str] = ("heads", "heads_by_pos", "neurons", "resid_pre"),
+    *,
+    layers=None,
+    method: str = "atp",
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, pd.DataFrame]:
     """Several sweeps from one set of passes: every head (summed and per position), every neuron, every
     layer x position. One table per sweep, each shaped like its exact twin's."""
     _check_method(method)
-    site_lists = {sweep: [normalised_site(task.model, s, task.seq_len) for s in sweep_sites(task, sweep, layers=layers)] for sweep in sweeps}
+    site_lists = {
+        sweep: [normalised_site(task.model, s, task.seq_len) for s in sweep_sites(task, sweep, layers=layers)]
+        for sweep in sweeps
+    }
     every_site = [s for sites in site_lists.values() for s in sites]
     passes = run_passes(task, *hooks_needed(task.model, every_site, method))
-    return {sweep: estimates_frame(task, sites, *estimate_effects(task, sites, passes, method), method, tolerance) for sweep, sites in site_lists.items()}
+    return {
+        sweep: estimates_frame(task, sites, *estimate_effects(task, sites, passes, method), method, tolerance)
+        for sweep, sites in site_lists.items()
+    }

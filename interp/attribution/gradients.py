@@ -40,9 +40,13 @@ def run_passes(task: PatchingTask, activation_hooks: Iterable[str], gradient_hoo
     model = task.model
     activation_hooks, gradient_hooks = sorted(set(activation_hooks)), sorted(set(gradient_hooks))
     if not set(gradient_hooks) <= set(activation_hooks):
-        raise InterpError(f"gradient_hooks must be cached too; missing from activation_hooks: {sorted(set(gradient_hooks) - set(activation_hooks))}.")
+        raise InterpError(
+            f"gradient_hooks must be cached too; missing from activation_hooks: {sorted(set(gradient_hooks) - set(activation_hooks))}."
+        )
     with torch.no_grad():
-        clean = capture(model, task.clean_tokens, activation_hooks, attention_mask=task.clean_mask, stop_at_layer=model.cfg.n_layers)
+        clean = capture(
+            model, task.clean_tokens, activation_hooks, attention_mask=task.clean_mask, stop_at_layer=model.cfg.n_layers
+        )
     corrupted: dict[str, Tensor] = {}
 
     def save_corrupted(act: Tensor, hook) -> Tensor:
@@ -53,11 +57,16 @@ def run_passes(task: PatchingTask, activation_hooks: Iterable[str], gradient_hoo
 
     with torch.enable_grad():
         resid = model.run_with_hooks(
-            task.corrupted_tokens, attention_mask=task.corrupted_mask, fwd_hooks=[(n, save_corrupted) for n in activation_hooks], stop_at_layer=model.cfg.n_layers
+            task.corrupted_tokens,
+            attention_mask=task.corrupted_mask,
+            fwd_hooks=[(n, save_corrupted) for n in activation_hooks],
+            stop_at_layer=model.cfg.n_layers,
         )
         score = task.score(last_position_logits(model, resid))[0]
         if not score.requires_grad:
-            raise InterpError(f"metric {task.metric_name!r} does not depend differentiably on the logits (no gradient); attribution patching needs a differentiable metric.")
+            raise InterpError(
+                f"metric {task.metric_name!r} does not depend differentiably on the logits (no gradient); attribution patching needs a differentiable metric."
+            )
         grads = torch.autograd.grad(score, [corrupted[n] for n in gradient_hooks], allow_unused=True)
     grad = {n: (torch.zeros_like(corrupted[n]) if g is None else g.detach()) for n, g in zip(gradient_hooks, grads)}
     return AttributionPasses(clean, {n: a.detach() for n, a in corrupted.items()}, grad)

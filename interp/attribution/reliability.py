@@ -23,10 +23,14 @@ def _site(row) -> Site:
     def value(name):
         return None if pd.isna(row[name]) else int(row[name])
 
-    return Site(int(row["layer"]), row["component"], head=value("head"), neuron=value("neuron"), position=value("position"))
+    return Site(
+        int(row["layer"]), row["component"], head=value("head"), neuron=value("neuron"), position=value("position")
+    )
 
 
-def check_estimates(task: PatchingTask, estimates: pd.DataFrame, *, top_k: int = 20, tolerance: float = 0.05, **engine_options) -> pd.DataFrame:
+def check_estimates(
+    task: PatchingTask, estimates: pd.DataFrame, *, top_k: int = 20, tolerance: float = 0.05, **engine_options
+) -> pd.DataFrame:
     """`estimates` with `exact_restoration` and `reliable` filled for its top_k rows by |restoration|.
 
     reliable: True where |estimated - exact restoration| <= tolerance; AND-ed with an existing
@@ -34,7 +38,9 @@ def check_estimates(task: PatchingTask, estimates: pd.DataFrame, *, top_k: int =
     """
     missing = {*SITE_COLUMNS, "restoration"} - set(estimates.columns)
     if missing:
-        raise InterpError(f"estimates lacks columns {sorted(missing)}: pass a table from interp.attribution (attribute_heads, attribute_sites, ...).")
+        raise InterpError(
+            f"estimates lacks columns {sorted(missing)}: pass a table from interp.attribution (attribute_heads, attribute_sites, ...)."
+        )
     if top_k < 1:
         raise InterpError(f"top_k={top_k}: must be at least 1 (how many of the largest estimates to verify exactly).")
     out = estimates.copy()
@@ -43,8 +49,13 @@ def check_estimates(task: PatchingTask, estimates: pd.DataFrame, *, top_k: int =
     out["exact_restoration"] = np.nan
     out.loc[top, "exact_restoration"] = exact["restoration"].to_numpy()
     verified = pd.array([pd.NA] * len(out), dtype="boolean")
-    verified[out.index.get_indexer(top)] = np.abs(out.loc[top, "restoration"].to_numpy() - exact["restoration"].to_numpy()) <= tolerance
+    verified[out.index.get_indexer(top)] = (
+        np.abs(out.loc[top, "restoration"].to_numpy() - exact["restoration"].to_numpy()) <= tolerance
+    )
     previous = out["reliable"].array if "reliable" in out else pd.array([pd.NA] * len(out), dtype="boolean")
-    out["reliable"] = pd.array([p if pd.isna(v) else (bool(v) if pd.isna(p) else bool(v) and bool(p)) for p, v in zip(previous, verified)], dtype="boolean")
+    out["reliable"] = pd.array(
+        [p if pd.isna(v) else (bool(v) if pd.isna(p) else bool(v) and bool(p)) for p, v in zip(previous, verified)],
+        dtype="boolean",
+    )
     out.attrs.update(estimates.attrs, verified=len(top), tolerance=tolerance)
     return out

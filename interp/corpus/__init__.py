@@ -17,5 +17,15 @@ from interp.corpus.source import (
     token_batches,
 )
 
-__all__ = ["TEXT_SUFFIXES", "CorpusSource", "check_corpus", "corpus_provenance", "corpus_tokens", "default_corpus_dir", "document_separator",
-           "fetch_default_corpus", "load_corpus", "token_batches"]
+__all__ = [
+    "TEXT_SUFFIXES",
+    "CorpusSource",
+    "check_corpus",
+    "corpus_provenance",
+    "corpus_tokens",
+    "default_corpus_dir",
+    "document_separator",
+    "fetch_default_corpus",
+    "load_corpus",
+    "token_batches",
+]

@@ -48,7 +48,14 @@ class DocSource:
         return _fetch_debian(self, workdir) if self.registry == "debian" else _fetch_pypi_sdist(self, workdir)
 
 
-PYTHON_DOCS = DocSource("python-3.11-docs", "debian", "python3.11-doc", None, "PSF-2.0", "usr/share/doc/python3.11/html/_sources/**/*.rst.txt")
+PYTHON_DOCS = DocSource(
+    "python-3.11-docs",
+    "debian",
+    "python3.11-doc",
+    None,
+    "PSF-2.0",
+    "usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
+)
 DJANGO_DOCS = DocSource("django-5.2-docs", "pypi", "django", "5.2.8", "BSD-3-Clause", "*/docs/**/*.txt")
 SQLALCHEMY_DOCS = DocSource("sqlalchemy-2.0-docs", "pypi", "sqlalchemy", "2.0.44", "MIT", "*/doc/build/**/*.rst")
 SYMPY_DOCS = DocSource("sympy-1.14-docs", "pypi", "sympy", "1.14.0", "BSD-3-Clause", "*/doc/src/**/*.rst")
@@ -59,7 +66,11 @@ ROUTES: dict[str, list[DocSource]] = {
 
 
 def _run(cmd: list[str], cwd: Path, what: str) -> str:
-    env = {**os.environ, "PIP_CONSTRAINT": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # a site-wide pip constraint must not veto a pinned sdist
+    env = {
+        **os.environ,
+        "PIP_CONSTRAINT": "",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }  # a site-wide pip constraint must not veto a pinned sdist
     try:
         done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     except FileNotFoundError as exc:
@@ -79,7 +90,14 @@ def _fetch_debian(source: DocSource, workdir: Path) -> tuple[Path, Path]:
         state = workdir / "apt-state"
         for sub in ("lists/partial", "cache/archives/partial"):
             (state / sub).mkdir(parents=True, exist_ok=True)
-        private = ["-o", f"Dir::State::Lists={state / 'lists'}", "-o", f"Dir::Cache={state / 'cache'}", "-o", "Debug::NoLocking=1"]
+        private = [
+            "-o",
+            f"Dir::State::Lists={state / 'lists'}",
+            "-o",
+            f"Dir::Cache={state / 'cache'}",
+            "-o",
+            "Debug::NoLocking=1",
+        ]
         _run(["apt-get", "-q", *private, "update"], workdir, "updating private apt package lists")
         _run(["apt-get", *private, "download", spec], workdir, what)
     archive = next(workdir.glob(f"{source.package}_*.deb"))
@@ -89,7 +107,20 @@ def _fetch_debian(source: DocSource, workdir: Path) -> tuple[Path, Path]:
 
 
 def _fetch_pypi_sdist(source: DocSource, workdir: Path) -> tuple[Path, Path]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation", "-q", "-d", str(workdir), f"{source.package}=={source.version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--no-build-isolation",
+        "-q",
+        "-d",
+        str(workdir),
+        f"{source.package}=={source.version}",
+    ]
     _run(cmd, workdir, f"downloading the {source.package} sdist from PyPI")
     archive = next(p for p in workdir.iterdir() if p.name.endswith((".tar.gz", ".zip")))
     root = workdir / "extracted"
@@ -126,19 +157,35 @@ def build_corpus(sources: list[DocSource], dest: Path, route: str) -> dict:
                     documents.append(doc)
                     n_docs += 1
             if n_docs == 0:
-                raise InterpError(f"{source.package}: no documentation files matched {source.doc_glob!r}; the package layout changed.")
+                raise InterpError(
+                    f"{source.package}: no documentation files matched {source.doc_glob!r}; the package layout changed."
+                )
             version = source.version or archive.name.split("_")[1]
-            provenance.append({**asdict(source), "version": version, "archive": archive.name, "archive_sha256": file_sha256(archive),
-                               "n_documents": n_docs, "files": [{"path": p, "sha256": h} for p, h in sorted(files.items())]})
+            provenance.append(
+                {
+                    **asdict(source),
+                    "version": version,
+                    "archive": archive.name,
+                    "archive_sha256": file_sha256(archive),
+                    "n_documents": n_docs,
+                    "files": [{"path": p, "sha256": h} for p, h in sorted(files.items())],
+                }
+            )
     random.Random(SHUFFLE_SEED).shuffle(documents)  # any prefix of the corpus is then a mix of all sources
     dest.mkdir(parents=True, exist_ok=True)
     with open(dest / "documents.jsonl", "w", encoding="utf-8") as f:
         for doc in documents:
             f.write(json.dumps(doc, ensure_ascii=False) + "\n")
     manifest = {
-        "name": "default", "route": route, "n_documents": len(documents), "n_chars": sum(len(d["text"]) for d in documents),
-        "n_tokens": _count_tokens(documents), "documents_sha256": file_sha256(dest / "documents.jsonl"), "shuffle_seed": SHUFFLE_SEED,
-        "min_words": MIN_WORDS, "sources": provenance,
+        "name": "default",
+        "route": route,
+        "n_documents": len(documents),
+        "n_chars": sum(len(d["text"]) for d in documents),
+        "n_tokens": _count_tokens(documents),
+        "documents_sha256": file_sha256(dest / "documents.jsonl"),
+        "shuffle_seed": SHUFFLE_SEED,
+        "min_words": MIN_WORDS,
+        "sources": provenance,
     }
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -155,7 +202,12 @@ def _count_tokens(documents: list[dict]) -> dict:
         return {}
     total = 0
     for start in range(0, len(documents), 256):
-        total += sum(len(ids) for ids in tokenizer([d["text"] for d in documents[start : start + 256]], add_special_tokens=False)["input_ids"])
+        total += sum(
+            len(ids)
+            for ids in tokenizer([d["text"] for d in documents[start : start + 256]], add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
     return {"smollm2": total}
 
 
@@ -174,5 +226,8 @@ def fetch_routes(dest: Path) -> dict:
         shutil.rmtree(dest, ignore_errors=True)
         partial.rename(dest)  # atomic: a killed fetch never leaves a half-written corpus in place
         return manifest
-    raise InterpError("Could not fetch the default corpus from any registry route:\n  " + "\n  ".join(failures)
-                      + "\nFix: check that apt-get or pip can reach their registries, or pass your own text to load_corpus().")
+    raise InterpError(
+        "Could not fetch the default corpus from any registry route:\n  "
+        + "\n  ".join(failures)
+        + "\nFix: check that apt-get or pip can reach their registries, or pass your own text to load_corpus()."
+    )

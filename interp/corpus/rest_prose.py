@@ -11,13 +11,58 @@ from dataclasses import dataclass
 
 # Directives whose indented body is prose worth keeping (the directive line itself is dropped).
 PROSE_DIRECTIVES = {
-    "note", "warning", "seealso", "versionadded", "versionchanged", "deprecated", "important", "tip",
-    "attention", "caution", "danger", "hint", "admonition", "impl-detail", "function", "method", "class",
-    "attribute", "data", "exception", "module", "describe", "decorator", "classmethod", "staticmethod",
-    "opcode", "cmdoption", "option", "envvar", "glossary", "topic", "sidebar", "rubric", "pdbcommand",
-    "abstractmethod", "coroutinefunction", "coroutinemethod", "decoratormethod", "awaitablefunction",
-    "c:function", "c:type", "c:member", "c:macro", "c:var", "c:struct", "c:enum", "c:enumerator",
-    "django-admin", "setting", "templatetag", "templatefilter", "fieldlookup",
+    "note",
+    "warning",
+    "seealso",
+    "versionadded",
+    "versionchanged",
+    "deprecated",
+    "important",
+    "tip",
+    "attention",
+    "caution",
+    "danger",
+    "hint",
+    "admonition",
+    "impl-detail",
+    "function",
+    "method",
+    "class",
+    "attribute",
+    "data",
+    "exception",
+    "module",
+    "describe",
+    "decorator",
+    "classmethod",
+    "staticmethod",
+    "opcode",
+    "cmdoption",
+    "option",
+    "envvar",
+    "glossary",
+    "topic",
+    "sidebar",
+    "rubric",
+    "pdbcommand",
+    "abstractmethod",
+    "coroutinefunction",
+    "coroutinemethod",
+    "decoratormethod",
+    "awaitablefunction",
+    "c:function",
+    "c:type",
+    "c:member",
+    "c:macro",
+    "c:var",
+    "c:struct",
+    "c:enum",
+    "c:enumerator",
+    "django-admin",
+    "setting",
+    "templatetag",
+    "templatefilter",
+    "fieldlookup",
 }
 _HEADING_RULE = re.compile(r"^([=\-~^\"'`#*+<>_:.])\1{2,}\s*$")
 _DIRECTIVE = re.compile(r"^\s*\.\.\s+([\w:-]+)::\s*(.*)$")
@@ -59,7 +104,9 @@ def rest_to_sections(source: str) -> list[Section]:
     lines = source.expandtabs(4).splitlines()
     sections: list[Section] = []
     title, paragraphs, current = "", [], []
-    skip_deeper_than: int | None = None  # inside a literal block, code directive or table: skip while indented past this
+    skip_deeper_than: int | None = (
+        None  # inside a literal block, code directive or table: skip while indented past this
+    )
 
     def end_paragraph():
         text = inline_to_text(" ".join(current)).strip()  # joined first: roles often wrap across lines
@@ -86,11 +133,21 @@ def rest_to_sections(source: str) -> list[Section]:
                 continue
             skip_deeper_than = None
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        if _HEADING_RULE.match(stripped) and i + 2 < len(lines) and _HEADING_RULE.match(lines[i + 2].strip()) and lines[i + 1].strip():
+        if (
+            _HEADING_RULE.match(stripped)
+            and i + 2 < len(lines)
+            and _HEADING_RULE.match(lines[i + 2].strip())
+            and lines[i + 1].strip()
+        ):
             end_section(inline_to_text(lines[i + 1].strip()))  # overlined heading
             i += 3
             continue
-        if stripped and _HEADING_RULE.match(nxt.strip()) and len(nxt.strip()) >= min(len(stripped), 3) and not _HEADING_RULE.match(stripped):
+        if (
+            stripped
+            and _HEADING_RULE.match(nxt.strip())
+            and len(nxt.strip()) >= min(len(stripped), 3)
+            and not _HEADING_RULE.match(stripped)
+        ):
             end_section(inline_to_text(stripped))
             i += 2
             continue

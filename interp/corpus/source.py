@@ -42,7 +42,10 @@ def fetch_default_corpus(dest: str | Path | None = None, *, force: bool = False)
         return dest
     manifest = fetch_routes(dest)
     tokens = manifest["n_tokens"].get("smollm2", "?")
-    print(f"interp corpus: {manifest['n_documents']} documents, {tokens} tokens, route {manifest['route']!r} -> {dest}", file=sys.stderr)
+    print(
+        f"interp corpus: {manifest['n_documents']} documents, {tokens} tokens, route {manifest['route']!r} -> {dest}",
+        file=sys.stderr,
+    )
     return dest
 
 
@@ -75,19 +78,29 @@ def load_corpus(source: CorpusSource = None, *, text_field: str = "text", encodi
     if not isinstance(source, (str, Path)):
         for i, doc in enumerate(source):
             if not isinstance(doc, str):
-                raise InterpError(f"load_corpus(source=...): item {i} is a {type(doc).__name__}, not a string. Pass an iterable of strings or a path.")
+                raise InterpError(
+                    f"load_corpus(source=...): item {i} is a {type(doc).__name__}, not a string. Pass an iterable of strings or a path."
+                )
             yield doc
         return
     path = Path(source).expanduser()
     if not path.exists():
-        raise InterpError(f"load_corpus(source={str(source)!r}): no such file or directory. Pass None for the default corpus, or a .txt, .jsonl or .parquet file, a directory of them, or a saved Hugging Face dataset.")
+        raise InterpError(
+            f"load_corpus(source={str(source)!r}): no such file or directory. Pass None for the default corpus, or a .txt, .jsonl or .parquet file, a directory of them, or a saved Hugging Face dataset."
+        )
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        if (
+            (path / "dataset_info.json").exists()
+            or (path / "dataset_dict.json").exists()
+            or (path / "state.json").exists()
+        ):
             yield from _read_hf_dataset(path, text_field)
             return
         files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
         if not files:
-            raise InterpError(f"load_corpus(source={str(path)!r}): the directory holds no {', '.join(TEXT_SUFFIXES)} files and is not a saved Hugging Face dataset.")
+            raise InterpError(
+                f"load_corpus(source={str(path)!r}): the directory holds no {', '.join(TEXT_SUFFIXES)} files and is not a saved Hugging Face dataset."
+            )
         for f in files:
             yield from _read_file(f, text_field, encoding)
         return
@@ -100,12 +113,16 @@ def _check_encoding(encoding: str) -> None:
     try:
         codecs.lookup(encoding)
     except (LookupError, TypeError):
-        raise InterpError(f"encoding={encoding!r} is not a text encoding Python knows; use e.g. utf-8, latin-1, cp1252.") from None
+        raise InterpError(
+            f"encoding={encoding!r} is not a text encoding Python knows; use e.g. utf-8, latin-1, cp1252."
+        ) from None
 
 
 def _decode_error(path: Path, offset: int, exc: UnicodeDecodeError, encoding: str) -> InterpError:
-    return InterpError(f"{path}: byte {offset} is not valid {encoding} ({exc.reason}). Convert the file to {encoding}, "
-                       "or pass the encoding it is in (--encoding / encoding=, e.g. latin-1).")
+    return InterpError(
+        f"{path}: byte {offset} is not valid {encoding} ({exc.reason}). Convert the file to {encoding}, "
+        "or pass the encoding it is in (--encoding / encoding=, e.g. latin-1)."
+    )
 
 
 def check_corpus(source: CorpusSource, *, text_field: str = "text", encoding: str = "utf-8") -> None:
@@ -128,7 +145,9 @@ def _read_file(path: Path, text_field: str, encoding: str = "utf-8") -> Iterator
     elif path.suffix == ".parquet":
         yield from _read_parquet(path, text_field)
     else:
-        raise InterpError(f"load_corpus(source={str(path)!r}): unsupported file type {path.suffix!r}. Supported: {', '.join(TEXT_SUFFIXES)}, a directory of them, or a saved Hugging Face dataset.")
+        raise InterpError(
+            f"load_corpus(source={str(path)!r}): unsupported file type {path.suffix!r}. Supported: {', '.join(TEXT_SUFFIXES)}, a directory of them, or a saved Hugging Face dataset."
+        )
 
 
 def _read_jsonl(path: Path, text_field: str, encoding: str = "utf-8") -> Iterator[str]:
@@ -145,12 +164,18 @@ def _read_jsonl(path: Path, text_field: str, encoding: str = "utf-8") -> Iterato
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InterpError(f"{path}:{line_no}: not valid JSON ({exc.msg}). Each line of a .jsonl corpus must be one JSON object.") from exc
+                raise InterpError(
+                    f"{path}:{line_no}: not valid JSON ({exc.msg}). Each line of a .jsonl corpus must be one JSON object."
+                ) from exc
             if not isinstance(record, dict) or text_field not in record:
                 keys = list(record) if isinstance(record, dict) else type(record).__name__
-                raise InterpError(f"{path}:{line_no}: no {text_field!r} field (found {keys}). Pass text_field= naming the field that holds the text.")
+                raise InterpError(
+                    f"{path}:{line_no}: no {text_field!r} field (found {keys}). Pass text_field= naming the field that holds the text."
+                )
             if not isinstance(record[text_field], str):
-                raise InterpError(f"{path}:{line_no}: the {text_field!r} field is {type(record[text_field]).__name__}, not a string of text.")
+                raise InterpError(
+                    f"{path}:{line_no}: the {text_field!r} field is {type(record[text_field]).__name__}, not a string of text."
+                )
             yield record[text_field]
 
 
@@ -160,7 +185,9 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     parquet = pq.ParquetFile(path)
     columns = parquet.schema_arrow.names
     if text_field not in columns:
-        raise InterpError(f"{path}: no column {text_field!r} (columns: {columns}). Pass text_field= naming the text column.")
+        raise InterpError(
+            f"{path}: no column {text_field!r} (columns: {columns}). Pass text_field= naming the text column."
+        )
     for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):  # row batches keep memory bounded
         yield from (str(t) for t in batch.column(0).to_pylist() if t is not None)
 
@@ -169,14 +196,20 @@ def _read_hf_dataset(path: Path, text_field: str) -> Iterator[str]:
     try:
         from datasets import DatasetDict, load_from_disk
     except ImportError as exc:
-        raise InterpError(f"{path} is a saved Hugging Face dataset but the `datasets` package is not installed. Fix: pip install datasets") from exc
+        raise InterpError(
+            f"{path} is a saved Hugging Face dataset but the `datasets` package is not installed. Fix: pip install datasets"
+        ) from exc
     dataset = load_from_disk(str(path))
     if isinstance(dataset, DatasetDict):
         if "train" not in dataset:
-            raise InterpError(f"{path}: a DatasetDict without a 'train' split (splits: {list(dataset)}). Pass the directory of one split.")
+            raise InterpError(
+                f"{path}: a DatasetDict without a 'train' split (splits: {list(dataset)}). Pass the directory of one split."
+            )
         dataset = dataset["train"]
     if text_field not in dataset.column_names:
-        raise InterpError(f"{path}: no column {text_field!r} (columns: {dataset.column_names}). Pass text_field= naming the text column.")
+        raise InterpError(
+            f"{path}: no column {text_field!r} (columns: {dataset.column_names}). Pass text_field= naming the text column."
+        )
     for row in dataset.select_columns([text_field]).iter(batch_size=1024):
         yield from (str(t) for t in row[text_field])
 
@@ -185,8 +218,12 @@ def corpus_provenance(source: CorpusSource) -> dict:
     """Where a corpus came from, for store manifests: the default corpus's sha256, or the file's."""
     if source is None or source == "default":
         manifest = json.loads((fetch_default_corpus() / "manifest.json").read_text())
-        return {"name": "default", "route": manifest["route"], "documents_sha256": manifest["documents_sha256"],
-                "sources": [{k: s[k] for k in ("package", "version", "registry", "licence")} for s in manifest["sources"]]}
+        return {
+            "name": "default",
+            "route": manifest["route"],
+            "documents_sha256": manifest["documents_sha256"],
+            "sources": [{k: s[k] for k in ("package", "version", "registry", "licence")} for s in manifest["sources"]],
+        }
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         return {"name": str(path), "sha256": file_sha256(path) if path.is_file() else None}
@@ -202,7 +239,9 @@ def document_separator(tokenizer) -> int:
     for token_id in (tokenizer.eos_token_id, tokenizer.bos_token_id):
         if token_id is not None:
             return token_id
-    raise InterpError("token_batches: the tokenizer has no <|endoftext|>, EOS or BOS token; pass separator= (a token id) explicitly.")
+    raise InterpError(
+        "token_batches: the tokenizer has no <|endoftext|>, EOS or BOS token; pass separator= (a token id) explicitly."
+    )
 
 
 def token_batches(
@@ -222,7 +261,9 @@ def token_batches(
     """
     tokenizer = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
     if tokenizer is None or not callable(tokenizer):
-        raise InterpError("token_batches(model_or_tokenizer=...): the model has no tokenizer. Pass a model loaded with one, or a Hugging Face tokenizer.")
+        raise InterpError(
+            "token_batches(model_or_tokenizer=...): the model has no tokenizer. Pass a model loaded with one, or a Hugging Face tokenizer."
+        )
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise InterpError(f"token_batches({name}={value!r}): must be a positive integer.")
@@ -254,9 +295,15 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def corpus_tokens(model_or_tokenizer, n_seqs: int, seq_len: int = 128, *, skip_seqs: int = 0, corpus: CorpusSource = None) -> Int[Tensor, "n_seqs seq_len"]:
+def corpus_tokens(
+    model_or_tokenizer, n_seqs: int, seq_len: int = 128, *, skip_seqs: int = 0, corpus: CorpusSource = None
+) -> Int[Tensor, "n_seqs seq_len"]:
     """Rows skip_seqs .. skip_seqs + n_seqs of the packed token stream (disjoint ranges give held-out sets)."""
-    rows = torch.cat(list(itertools.islice(token_batches(model_or_tokenizer, corpus, seq_len, 64), (skip_seqs + n_seqs + 63) // 64)))
+    rows = torch.cat(
+        list(itertools.islice(token_batches(model_or_tokenizer, corpus, seq_len, 64), (skip_seqs + n_seqs + 63) // 64))
+    )
     if len(rows) < skip_seqs + n_seqs:
-        raise InterpError(f"corpus_tokens(n_seqs={n_seqs}, skip_seqs={skip_seqs}): the corpus holds only {len(rows)} rows of {seq_len} tokens. Ask for fewer, or use a larger corpus.")
+        raise InterpError(
+            f"corpus_tokens(n_seqs={n_seqs}, skip_seqs={skip_seqs}): the corpus holds only {len(rows)} rows of {seq_len} tokens. Ask for fewer, or use a larger corpus."
+        )
     return rows[skip_seqs : skip_seqs + n_seqs]

@@ -2,7 +2,18 @@
 edges as a tidy table), exact edge patching, EAP / EAP-IG estimates, and their agreement with exact."""
 
 from interp.graph.graph import LOGITS, ComputationGraph, Receiver, Sender
-from interp.graph.scores import METHODS, agreement, attribute_edges, circuit_metric, faithfulness_curve, patch_edges, patch_edges_loop, receiver_gradients, score_edges, scores_frame
+from interp.graph.scores import (
+    METHODS,
+    agreement,
+    attribute_edges,
+    circuit_metric,
+    faithfulness_curve,
+    patch_edges,
+    patch_edges_loop,
+    receiver_gradients,
+    score_edges,
+    scores_frame,
+)
 
 __all__ = [
     "LOGITS",

@@ -33,7 +33,12 @@ from interp.hooks import capture
 from interp.sites import n_heads
 
 LOGITS = "logits"
-INPUT_HOOKS = {"q": "blocks.{L}.hook_q_input", "k": "blocks.{L}.hook_k_input", "v": "blocks.{L}.hook_v_input", "mlp_in": "blocks.{L}.hook_mlp_in"}
+INPUT_HOOKS = {
+    "q": "blocks.{L}.hook_q_input",
+    "k": "blocks.{L}.hook_k_input",
+    "v": "blocks.{L}.hook_v_input",
+    "mlp_in": "blocks.{L}.hook_mlp_in",
+}
 EDGE_COLUMNS = [
     "upstream", "downstream", "component", "layer", "head", "query_heads",
     "upstream_component", "upstream_layer", "upstream_head", "hook_name", "upstream_index", "downstream_index",
@@ -70,11 +75,17 @@ class ComputationGraph:
     def __init__(self, model: HookedTransformer):
         cfg = model.cfg
         if cfg.attn_only:
-            raise InterpError("model: attention-only models are not supported yet (the graph has an MLP node per layer).")
+            raise InterpError(
+                "model: attention-only models are not supported yet (the graph has an MLP node per layer)."
+            )
         if cfg.parallel_attn_mlp:
-            raise InterpError("model: parallel attention/MLP blocks are not supported yet (the graph assumes the MLP reads the attention's output).")
+            raise InterpError(
+                "model: parallel attention/MLP blocks are not supported yet (the graph assumes the MLP reads the attention's output)."
+            )
         if cfg.positional_embedding_type == "shortformer":
-            raise InterpError("model: shortformer positional embeddings are added to q and k outside the residual stream; not supported by the graph.")
+            raise InterpError(
+                "model: shortformer positional embeddings are added to q and k outside the residual stream; not supported by the graph."
+            )
         self.model = model
         self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
         self.n_kv_heads = cfg.n_heads if getattr(cfg, "ungroup_grouped_query_attention", False) else n_heads(cfg, "k")
@@ -84,14 +95,30 @@ class ComputationGraph:
         for layer in range(self.n_layers):
             upstream = len(senders)
             for h in range(self.n_heads):
-                receivers.append(Receiver(f"a{layer}.h{h}.q", "q", layer, h, (h,), INPUT_HOOKS["q"].format(L=layer), upstream))
+                receivers.append(
+                    Receiver(f"a{layer}.h{h}.q", "q", layer, h, (h,), INPUT_HOOKS["q"].format(L=layer), upstream)
+                )
             for kind in ("k", "v"):
                 for g in range(self.n_kv_heads):
-                    receivers.append(Receiver(f"a{layer}.kv{g}.{kind}", kind, layer, g, tuple(range(g * group, (g + 1) * group)), INPUT_HOOKS[kind].format(L=layer), upstream))
+                    receivers.append(
+                        Receiver(
+                            f"a{layer}.kv{g}.{kind}",
+                            kind,
+                            layer,
+                            g,
+                            tuple(range(g * group, (g + 1) * group)),
+                            INPUT_HOOKS[kind].format(L=layer),
+                            upstream,
+                        )
+                    )
             senders += [Sender(f"a{layer}.h{h}", "head", layer, h) for h in range(self.n_heads)]
-            receivers.append(Receiver(f"m{layer}", "mlp_in", layer, None, (), INPUT_HOOKS["mlp_in"].format(L=layer), len(senders)))
+            receivers.append(
+                Receiver(f"m{layer}", "mlp_in", layer, None, (), INPUT_HOOKS["mlp_in"].format(L=layer), len(senders))
+            )
             senders.append(Sender(f"m{layer}", "mlp", layer, None))
-        receivers.append(Receiver(LOGITS, LOGITS, None, None, (), f"blocks.{self.n_layers - 1}.hook_resid_post", len(senders)))
+        receivers.append(
+            Receiver(LOGITS, LOGITS, None, None, (), f"blocks.{self.n_layers - 1}.hook_resid_post", len(senders))
+        )
         self.senders, self.receivers = senders, receivers
         self._sender_index = {s.name: i for i, s in enumerate(senders)}
         self._receiver_index = {r.name: i for i, r in enumerate(receivers)}
@@ -99,7 +126,22 @@ class ComputationGraph:
         for j, r in enumerate(receivers):
             for i in range(r.n_upstream):
                 s = senders[i]
-                rows.append((s.name, r.name, r.component, r.layer, r.head, ",".join(map(str, r.query_heads)), s.component, s.layer, s.head, r.hook_name, i, j))
+                rows.append(
+                    (
+                        s.name,
+                        r.name,
+                        r.component,
+                        r.layer,
+                        r.head,
+                        ",".join(map(str, r.query_heads)),
+                        s.component,
+                        s.layer,
+                        s.head,
+                        r.hook_name,
+                        i,
+                        j,
+                    )
+                )
         edges = pd.DataFrame(rows, columns=EDGE_COLUMNS)
         for column in ("layer", "head", "upstream_layer", "upstream_head"):
             edges[column] = pd.array(edges[column], dtype="Int64")
@@ -109,27 +151,37 @@ class ComputationGraph:
         return len(self.edges)
 
     def __repr__(self) -> str:
-        return f"ComputationGraph({len(self.senders)} senders, {len(self.receivers)} receivers, {len(self.edges)} edges)"
+        return (
+            f"ComputationGraph({len(self.senders)} senders, {len(self.receivers)} receivers, {len(self.edges)} edges)"
+        )
 
     def sender_index(self, name: str) -> int:
         if name not in self._sender_index:
-            raise UnknownSiteError(f"upstream={name!r} is not a sender of this graph.{did_you_mean(name, self._sender_index)} {self._range_hint()}")
+            raise UnknownSiteError(
+                f"upstream={name!r} is not a sender of this graph.{did_you_mean(name, self._sender_index)} {self._range_hint()}"
+            )
         return self._sender_index[name]
 
     def receiver_index(self, name: str) -> int:
         if name not in self._receiver_index:
-            raise UnknownSiteError(f"downstream={name!r} is not a receiver of this graph.{did_you_mean(name, self._receiver_index)} {self._range_hint()}")
+            raise UnknownSiteError(
+                f"downstream={name!r} is not a receiver of this graph.{did_you_mean(name, self._receiver_index)} {self._range_hint()}"
+            )
         return self._receiver_index[name]
 
     def _range_hint(self) -> str:
-        return (f"Senders: 'embed', 'a{{L}}.h{{H}}', 'm{{L}}'; receivers: 'a{{L}}.h{{H}}.q', 'a{{L}}.kv{{G}}.k' / '.v', 'm{{L}}', 'logits'; "
-                f"layers 0..{self.n_layers - 1}, query heads 0..{self.n_heads - 1}, key/value heads 0..{self.n_kv_heads - 1}.")
+        return (
+            f"Senders: 'embed', 'a{{L}}.h{{H}}', 'm{{L}}'; receivers: 'a{{L}}.h{{H}}.q', 'a{{L}}.kv{{G}}.k' / '.v', 'm{{L}}', 'logits'; "
+            f"layers 0..{self.n_layers - 1}, query heads 0..{self.n_heads - 1}, key/value heads 0..{self.n_kv_heads - 1}."
+        )
 
     def edge_ids(self, edges) -> list[int]:
         """Row labels of `edges`: a subset of `self.edges` (any frame with upstream / downstream columns), or (upstream, downstream) name pairs."""
         if isinstance(edges, pd.DataFrame):
             if not {"upstream", "downstream"} <= set(edges.columns):
-                raise InterpError("edges: a DataFrame of edges needs the columns 'upstream' and 'downstream' (rows of graph.edges).")
+                raise InterpError(
+                    "edges: a DataFrame of edges needs the columns 'upstream' and 'downstream' (rows of graph.edges)."
+                )
             pairs = list(zip(edges["upstream"], edges["downstream"]))
         else:
             pairs = list(edges)
@@ -141,10 +193,14 @@ class ComputationGraph:
             if pair not in lookup:
                 u, v = pair
                 i, j = self.sender_index(u), self.receiver_index(v)  # unknown names raise here
-                raise InterpError(f"edges: ({u!r}, {v!r}) is no edge: {u!r} is not upstream of {v!r} (sender {i} of {len(self.senders)}, receiver reads the first {self.receivers[j].n_upstream}).")
+                raise InterpError(
+                    f"edges: ({u!r}, {v!r}) is no edge: {u!r} is not upstream of {v!r} (sender {i} of {len(self.senders)}, receiver reads the first {self.receivers[j].n_upstream})."
+                )
             ids.append(lookup[pair])
         if not ids:
-            raise InterpError("edges is empty: pass at least one edge (rows of graph.edges or (upstream, downstream) pairs).")
+            raise InterpError(
+                "edges is empty: pass at least one edge (rows of graph.edges or (upstream, downstream) pairs)."
+            )
         return ids
 
 
@@ -167,7 +223,9 @@ def split_inputs(model: HookedTransformer) -> Iterator[None]:
 
 
 def sender_hooks(graph: ComputationGraph) -> list[str]:
-    return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.{name}" for layer in range(graph.n_layers) for name in ("attn.hook_z", "hook_mlp_out")]
+    return ["blocks.0.hook_resid_pre"] + [
+        f"blocks.{layer}.{name}" for layer in range(graph.n_layers) for name in ("attn.hook_z", "hook_mlp_out")
+    ]
 
 
 def stack_senders(graph: ComputationGraph, acts: dict[str, Tensor]) -> Float[Tensor, "senders batch pos d_model"]:
@@ -180,6 +238,13 @@ def stack_senders(graph: ComputationGraph, acts: dict[str, Tensor]) -> Float[Ten
     return torch.cat(parts)
 
 
-def sender_outputs(graph: ComputationGraph, tokens: Tensor, attention_mask: Tensor | None = None) -> Float[Tensor, "senders batch pos d_model"]:
+def sender_outputs(
+    graph: ComputationGraph, tokens: Tensor, attention_mask: Tensor | None = None
+) -> Float[Tensor, "senders batch pos d_model"]:
     with torch.no_grad():
-        return stack_senders(graph, capture(graph.model, tokens, sender_hooks(graph), attention_mask=attention_mask, stop_at_layer=graph.n_layers))
+        return stack_senders(
+            graph,
+            capture(
+                graph.model, tokens, sender_hooks(graph), attention_mask=attention_mask, stop_at_layer=graph.n_layers
+            ),
+        )

@@ -23,8 +23,19 @@ from interp.errors import InterpError
 from interp.patching.task import PatchingTask
 
 PLANTED_SHAPE = dict(
-    n_layers=3, d_model=64, d_head=16, n_heads=4, n_key_value_heads=2, d_mlp=128, d_vocab=101, n_ctx=32,
-    act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=16, gated_mlp=True,
+    n_layers=3,
+    d_model=64,
+    d_head=16,
+    n_heads=4,
+    n_key_value_heads=2,
+    d_mlp=128,
+    d_vocab=101,
+    n_ctx=32,
+    act_fn="silu",
+    normalization_type="RMS",
+    positional_embedding_type="rotary",
+    rotary_dim=16,
+    gated_mlp=True,
 )
 PLANTED_EDGES = (
     ("embed", "m0"), ("embed", "a1.kv1.k"), ("embed", "a1.kv1.v"),
@@ -56,11 +67,15 @@ def planted_model(leak: float = 0.0, seed: int = 0):
 def planted_task(model, n_prompts: int = 8, seq_len: int = 10, position: int = 4, seed: int = 0) -> PatchingTask:
     """Random prompts whose token at `position` is swapped in the corrupted run; logit difference of two fixed tokens."""
     if not 0 < position < seq_len - 1:
-        raise InterpError(f"position={position}: the changed token must lie strictly inside the prompt (1..{seq_len - 2}), before the last position the metric reads.")
+        raise InterpError(
+            f"position={position}: the changed token must lie strictly inside the prompt (1..{seq_len - 2}), before the last position the metric reads."
+        )
     g = torch.Generator().manual_seed(seed)
     clean = torch.randint(1, model.cfg.d_vocab, (n_prompts, seq_len), generator=g)
     corrupted = clean.clone()
-    corrupted[:, position] = (clean[:, position] + torch.randint(1, model.cfg.d_vocab - 1, (n_prompts,), generator=g)) % model.cfg.d_vocab
+    corrupted[:, position] = (
+        clean[:, position] + torch.randint(1, model.cfg.d_vocab - 1, (n_prompts,), generator=g)
+    ) % model.cfg.d_vocab
     answer, wrong = torch.randint(1, model.cfg.d_vocab, (2,), generator=g).tolist()
     if answer == wrong:
         wrong = (wrong + 1) % model.cfg.d_vocab

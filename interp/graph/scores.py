@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 
 from interp.attribution.gradients import GRADIENT_FREE_METRICS
 from interp.errors import InterpError, did_you_mean
-from interp.graph.graph import ComputationGraph, check_task_model, sender_hooks, sender_outputs, split_inputs, stack_senders
+from interp.graph.graph import (
+    ComputationGraph,
+    check_task_model,
+    sender_hooks,
+    sender_outputs,
+    split_inputs,
+    stack_senders,
+)
 from interp.hooks import capture
 from interp.metrics import restoration
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET, variants_per_batch
@@ -56,7 +63,9 @@ def _ids(graph: ComputationGraph, edges) -> list[int]:
     return list(range(len(graph))) if edges is None else graph.edge_ids(edges)
 
 
-def scores_frame(task: PatchingTask, graph: ComputationGraph, ids: Sequence[int], effects: np.ndarray, method: str) -> pd.DataFrame:
+def scores_frame(
+    task: PatchingTask, graph: ComputationGraph, ids: Sequence[int], effects: np.ndarray, method: str
+) -> pd.DataFrame:
     """The edge table's rows `ids` (index kept: the edge's id in graph.edges) with metric, effect, restoration and method."""
     frame = graph.edges.iloc[list(ids)].copy()
     metric = task.clean_metric + np.asarray(effects, dtype=float)
@@ -64,14 +73,24 @@ def scores_frame(task: PatchingTask, graph: ComputationGraph, ids: Sequence[int]
     frame["effect"] = np.asarray(effects, dtype=float)
     frame["restoration"] = restoration(torch.as_tensor(metric), task.clean_metric, task.corrupted_metric).numpy()
     frame["method"] = method
-    frame.attrs.update(metric=task.metric_name, clean_metric=task.clean_metric, corrupted_metric=task.corrupted_metric, method=method)
+    frame.attrs.update(
+        metric=task.metric_name, clean_metric=task.clean_metric, corrupted_metric=task.corrupted_metric, method=method
+    )
     return frame
 
 
-def _deltas(task: PatchingTask, graph: ComputationGraph, extra_clean_hooks: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+def _deltas(
+    task: PatchingTask, graph: ComputationGraph, extra_clean_hooks: Sequence[str] = ()
+) -> tuple[Tensor, dict[str, Tensor]]:
     """corrupted - clean output of every sender, and the clean run's activations at `extra_clean_hooks`."""
     with torch.no_grad():
-        clean = capture(task.model, task.clean_tokens, set(sender_hooks(graph)) | set(extra_clean_hooks), attention_mask=task.clean_mask, stop_at_layer=graph.n_layers)
+        clean = capture(
+            task.model,
+            task.clean_tokens,
+            set(sender_hooks(graph)) | set(extra_clean_hooks),
+            attention_mask=task.clean_mask,
+            stop_at_layer=graph.n_layers,
+        )
         delta = sender_outputs(graph, task.corrupted_tokens, task.corrupted_mask) - stack_senders(graph, clean)
     return delta, clean
 
@@ -98,7 +117,14 @@ def _add_deltas(entries: list[tuple[int, int | None, int]], n_variants: int, n_p
     return hook
 
 
-def _run_layer(task: PatchingTask, graph: ComputationGraph, layer: int, variants: list[tuple[int, int]], resid_pre: Tensor, delta: Tensor) -> Tensor:
+def _run_layer(
+    task: PatchingTask,
+    graph: ComputationGraph,
+    layer: int,
+    variants: list[tuple[int, int]],
+    resid_pre: Tensor,
+    delta: Tensor,
+) -> Tensor:
     """Metric per variant (sender, receiver), every receiver at `layer`, as one batch from block `layer`."""
     model, n_variants, n_prompts = task.model, len(variants), task.n_prompts
     by_hook: dict[str, list[tuple[int, int | None, int]]] = defaultdict(list)
@@ -107,7 +133,12 @@ def _run_layer(task: PatchingTask, graph: ComputationGraph, layer: int, variants
         by_hook[r.hook_name].append((v, r.head, i))
     resid = resid_pre.repeat(n_variants, 1, 1)
     mask = None if task.clean_mask is None else task.clean_mask.repeat(n_variants, 1)
-    with split_inputs(model), model.hooks(fwd_hooks=[(name, _add_deltas(entries, n_variants, n_prompts, delta)) for name, entries in by_hook.items()]):
+    with (
+        split_inputs(model),
+        model.hooks(
+            fwd_hooks=[(name, _add_deltas(entries, n_variants, n_prompts, delta)) for name, entries in by_hook.items()]
+        ),
+    ):
         for block in model.blocks[layer:]:
             resid = block(resid, attention_mask=mask)
     return task.score(last_position_logits(model, resid))
@@ -133,7 +164,9 @@ def patch_edges(
     Rows come back in the order given, with the edge table's columns plus metric, effect, restoration, method.
     """
     if memory_budget <= 0:
-        raise InterpError(f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET}).")
+        raise InterpError(
+            f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET})."
+        )
     graph = _graph(task, graph)
     ids = _ids(graph, edges)
     up = graph.edges["upstream_index"].to_numpy()[ids]
@@ -145,10 +178,16 @@ def patch_edges(
     resid_hooks = {f"blocks.{layer}.hook_resid_pre" for layer in by_layer if layer is not None}
     delta, clean = _deltas(task, graph, resid_hooks | {final_hook})
     per_batch = variants_per_batch(task, memory_budget)
-    batches = [(layer, ks[s : s + per_batch]) for layer, ks in sorted(by_layer.items(), key=lambda x: -1 if x[0] is None else x[0]) for s in range(0, len(ks), per_batch)]
+    batches = [
+        (layer, ks[s : s + per_batch])
+        for layer, ks in sorted(by_layer.items(), key=lambda x: -1 if x[0] is None else x[0])
+        for s in range(0, len(ks), per_batch)
+    ]
     values = np.empty(len(ids))
     with torch.no_grad():
-        for layer, ks in tqdm(batches, desc="edge patching", disable=not (progress if progress is not None else len(batches) > 8)):
+        for layer, ks in tqdm(
+            batches, desc="edge patching", disable=not (progress if progress is not None else len(batches) > 8)
+        ):
             variants = [(int(up[k]), int(down[k])) for k in ks]
             if layer is None:
                 out = _run_logits(task, variants, clean[final_hook], delta)
@@ -172,7 +211,9 @@ def patch_edges_loop(task: PatchingTask, graph: ComputationGraph | None = None, 
             i, j = int(graph.edges["upstream_index"].iat[e]), int(graph.edges["downstream_index"].iat[e])
             r = graph.receivers[j]
             hook = _add_deltas([(0, r.head, i)], 1, task.n_prompts, delta)
-            logits = model.run_with_hooks(task.clean_tokens, attention_mask=task.clean_mask, fwd_hooks=[(r.hook_name, hook)])
+            logits = model.run_with_hooks(
+                task.clean_tokens, attention_mask=task.clean_mask, fwd_hooks=[(r.hook_name, hook)]
+            )
             values[k] = float(task.score(logits[:, -1:])[0])
     return scores_frame(task, graph, ids, values - task.clean_metric, "exact-loop")
 
@@ -182,20 +223,33 @@ def patch_edges_loop(task: PatchingTask, graph: ComputationGraph | None = None, 
 
 def _check_differentiable(task: PatchingTask) -> None:
     if task.metric_name in GRADIENT_FREE_METRICS:
-        raise InterpError(f"metric={task.metric_name!r} is piecewise constant, so its gradient is zero and EAP cannot estimate edges. "
-                          "Build the PatchingTask with metric='logit_diff' or 'answer_prob', or use method='exact'.")
+        raise InterpError(
+            f"metric={task.metric_name!r} is piecewise constant, so its gradient is zero and EAP cannot estimate edges. "
+            "Build the PatchingTask with metric='logit_diff' or 'answer_prob', or use method='exact'."
+        )
 
 
-def receiver_gradients(task: PatchingTask, graph: ComputationGraph, alphas: Sequence[float]) -> Float[Tensor, "receivers batch pos d_model"]:
+def receiver_gradients(
+    task: PatchingTask, graph: ComputationGraph, alphas: Sequence[float]
+) -> Float[Tensor, "receivers batch pos d_model"]:
     """d metric / d(input of each receiver), averaged over runs whose embeddings are clean + alpha (corrupted - clean)."""
     _check_differentiable(task)
     if task.metric_name == "kl_div" and 0.0 in [float(a) for a in alphas]:
-        raise InterpError("metric='kl_div' is KL(clean || patched): zero with zero gradient at the clean run, where EAP takes its gradient, "
-                          "so EAP cannot rank edges. Use metric='logit_diff' or 'answer_prob', or method='exact'.")
+        raise InterpError(
+            "metric='kl_div' is KL(clean || patched): zero with zero gradient at the clean run, where EAP takes its gradient, "
+            "so EAP cannot rank edges. Use metric='logit_diff' or 'answer_prob', or method='exact'."
+        )
     model = task.model
     with torch.no_grad():
-        embed = {name: capture(model, tokens, ["blocks.0.hook_resid_pre"], attention_mask=mask, stop_at_layer=1)["blocks.0.hook_resid_pre"]
-                 for name, tokens, mask in (("clean", task.clean_tokens, task.clean_mask), ("corrupted", task.corrupted_tokens, task.corrupted_mask))}
+        embed = {
+            name: capture(model, tokens, ["blocks.0.hook_resid_pre"], attention_mask=mask, stop_at_layer=1)[
+                "blocks.0.hook_resid_pre"
+            ]
+            for name, tokens, mask in (
+                ("clean", task.clean_tokens, task.clean_mask),
+                ("corrupted", task.corrupted_tokens, task.corrupted_mask),
+            )
+        }
     hook_names = sorted({r.hook_name for r in graph.receivers})
     total: dict[str, Tensor] = {}
     for alpha in alphas:
@@ -209,11 +263,17 @@ def receiver_gradients(task: PatchingTask, graph: ComputationGraph, alphas: Sequ
             return act
 
         with split_inputs(model), torch.enable_grad():
-            resid = model.run_with_hooks(task.clean_tokens, attention_mask=task.clean_mask, stop_at_layer=graph.n_layers,
-                                         fwd_hooks=[("blocks.0.hook_resid_pre", interpolate)] + [(name, keep) for name in hook_names])
+            resid = model.run_with_hooks(
+                task.clean_tokens,
+                attention_mask=task.clean_mask,
+                stop_at_layer=graph.n_layers,
+                fwd_hooks=[("blocks.0.hook_resid_pre", interpolate)] + [(name, keep) for name in hook_names],
+            )
             score = task.score(last_position_logits(model, resid))[0]
             if not score.requires_grad:
-                raise InterpError(f"metric {task.metric_name!r} does not depend differentiably on the logits; EAP needs a differentiable metric.")
+                raise InterpError(
+                    f"metric {task.metric_name!r} does not depend differentiably on the logits; EAP needs a differentiable metric."
+                )
             grads = torch.autograd.grad(score, [store[name] for name in hook_names], allow_unused=True)
         for name, g in zip(hook_names, grads):
             g = torch.zeros_like(store[name]) if g is None else g.detach()
@@ -235,7 +295,9 @@ def attribute_edges(
 ) -> pd.DataFrame:
     """EAP (method='eap') or EAP-IG (method='eap-ig', `steps` gradient points) estimates of every edge's effect."""
     if method not in ("eap", "eap-ig"):
-        raise InterpError(f"method={method!r} is not an edge attribution method.{did_you_mean(str(method), METHODS)} Known: 'eap', 'eap-ig' (exact: patch_edges).")
+        raise InterpError(
+            f"method={method!r} is not an edge attribution method.{did_you_mean(str(method), METHODS)} Known: 'eap', 'eap-ig' (exact: patch_edges)."
+        )
     if method == "eap-ig" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise InterpError(f"steps={steps!r}: EAP-IG needs a whole number of gradient points >= 1 (steps=1 is EAP).")
     graph = _graph(task, graph)
@@ -248,8 +310,10 @@ def attribute_edges(
     matrix = torch.einsum("ubpd,vbpd->uv", delta.double(), grads.double())
     gap = abs(task.clean_metric - task.corrupted_metric)
     if not float(matrix.abs().max()) > 1e-6 * max(gap, 1e-6):
-        raise InterpError(f"metric {task.metric_name!r}: its gradient is zero at every receiver (the metric is flat there; the clean - corrupted gap is {gap:.3g}), "
-                          "so EAP cannot rank edges. Use metric='logit_diff' or 'answer_prob', or method='exact'.")
+        raise InterpError(
+            f"metric {task.metric_name!r}: its gradient is zero at every receiver (the metric is flat there; the clean - corrupted gap is {gap:.3g}), "
+            "so EAP cannot rank edges. Use metric='logit_diff' or 'answer_prob', or method='exact'."
+        )
     frame = scores_frame(task, graph, ids, matrix[up, down].numpy(), method)
     if method == "eap-ig":
         frame.attrs.update(steps=steps)
@@ -271,15 +335,24 @@ def agreement(approximate: pd.DataFrame, exact: pd.DataFrame, k: int = DEFAULT_K
     for name, frame in (("approximate", approximate), ("exact", exact)):
         if not {"upstream", "downstream", "effect"} <= set(frame.columns):
             raise InterpError(f"{name}: needs columns upstream, downstream, effect (an edge-scores table).")
-    merged = approximate[["upstream", "downstream", "effect"]].merge(exact[["upstream", "downstream", "effect"]], on=["upstream", "downstream"], suffixes=("_approx", "_exact"))
+    merged = approximate[["upstream", "downstream", "effect"]].merge(
+        exact[["upstream", "downstream", "effect"]], on=["upstream", "downstream"], suffixes=("_approx", "_exact")
+    )
     if len(merged) < 2:
-        raise InterpError(f"approximate and exact share {len(merged)} edge(s); agreement needs at least 2 edges scored by both.")
+        raise InterpError(
+            f"approximate and exact share {len(merged)} edge(s); agreement needs at least 2 edges scored by both."
+        )
     a, e = merged["effect_approx"].to_numpy(), merged["effect_exact"].to_numpy()
     rho = float(spearmanr(a, e).statistic) if np.ptp(a) > 0 and np.ptp(e) > 0 else float("nan")
     n = min(k, len(merged))
     top_exact = set(np.argsort(-np.abs(e), kind="stable")[:n])
     top_approx = set(np.argsort(-np.abs(a), kind="stable")[:n])
-    return {"spearman": rho, f"recall_at_{k}": len(top_exact & top_approx) / n, "n_edges": int(len(merged)), "k": int(n)}
+    return {
+        "spearman": rho,
+        f"recall_at_{k}": len(top_exact & top_approx) / n,
+        "n_edges": int(len(merged)),
+        "k": int(n),
+    }
 
 
 def score_edges(
@@ -296,14 +369,22 @@ def score_edges(
     patched exactly: column `exact_effect` (NaN where not verified) and attrs['agreement'] (see `agreement`).
     verify_top=None verifies every edge."""
     if method not in METHODS:
-        raise InterpError(f"method={method!r} is not a circuit-discovery method.{did_you_mean(str(method), METHODS)} Known: {', '.join(METHODS)}.")
+        raise InterpError(
+            f"method={method!r} is not a circuit-discovery method.{did_you_mean(str(method), METHODS)} Known: {', '.join(METHODS)}."
+        )
     if verify_top is not None and (isinstance(verify_top, bool) or not isinstance(verify_top, int) or verify_top < 2):
-        raise InterpError(f"verify_top={verify_top!r}: the number of top edges to patch exactly must be a whole number >= 2 (None: every edge).")
+        raise InterpError(
+            f"verify_top={verify_top!r}: the number of top edges to patch exactly must be a whole number >= 2 (None: every edge)."
+        )
     graph = _graph(task, graph)
     if method == "exact":
         return patch_edges(task, graph, memory_budget=memory_budget)
     frame = attribute_edges(task, graph, method=method, steps=steps)
-    top = frame if verify_top is None else frame.loc[frame["effect"].abs().sort_values(ascending=False, kind="stable").index[:verify_top]]
+    top = (
+        frame
+        if verify_top is None
+        else frame.loc[frame["effect"].abs().sort_values(ascending=False, kind="stable").index[:verify_top]]
+    )
     exact = patch_edges(task, graph, top, memory_budget=memory_budget)
     frame["exact_effect"] = np.nan
     frame.loc[exact.index, "exact_effect"] = exact["effect"].to_numpy()
@@ -346,7 +427,9 @@ def _circuit_metrics(task: PatchingTask, graph: ComputationGraph, ablated: Tenso
         def hook(act: Tensor, hook) -> Tensor:
             n_up = graph.receivers[receivers[0]].n_upstream
             diff = (corrupted_rep[:n_up] - current[:n_up]).view(n_up, n_variants, n_prompts, *act.shape[1:2], -1)
-            added = torch.einsum("cvu,ucbpd->cbvpd", weight[:, receivers, :n_up], diff).flatten(0, 1)  # [variants*batch, receivers, pos, d]
+            added = torch.einsum("cvu,ucbpd->cbvpd", weight[:, receivers, :n_up], diff).flatten(
+                0, 1
+            )  # [variants*batch, receivers, pos, d]
             if graph.receivers[receivers[0]].head is None:
                 return act + added[:, 0]
             return act + added.transpose(1, 2)
@@ -379,7 +462,9 @@ def circuit_metric(
     the clean metric, the empty circuit the corrupted one.
     """
     if memory_budget <= 0:
-        raise InterpError(f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET}).")
+        raise InterpError(
+            f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET})."
+        )
     graph = _graph(task, graph)
     if len(circuits) == 0:
         raise InterpError("circuits is empty: pass at least one circuit (a selection of edges to keep clean).")
@@ -390,13 +475,17 @@ def circuit_metric(
             ids = [int(x) for x in circuit]
             bad = [x for x in ids if not 0 <= x < len(graph)]
             if bad:
-                raise InterpError(f"circuits[{c}]: edge ids {bad[:5]} are out of range; the graph has edges 0..{len(graph) - 1}.")
+                raise InterpError(
+                    f"circuits[{c}]: edge ids {bad[:5]} are out of range; the graph has edges 0..{len(graph) - 1}."
+                )
         else:
             ids = graph.edge_ids(circuit) if len(circuit) else []
         kept.append(ids)
     delta, clean = _deltas(task, graph)
     corrupted = delta + stack_senders(graph, clean)
-    per_batch = max(1, memory_budget // (3 * corrupted[:, 0].numel() * corrupted.element_size() * task.n_prompts))  # every sender's output, thrice, per variant
+    per_batch = max(
+        1, memory_budget // (3 * corrupted[:, 0].numel() * corrupted.element_size() * task.n_prompts)
+    )  # every sender's output, thrice, per variant
     values = np.empty(len(kept))
     with torch.no_grad():
         for s in range(0, len(kept), per_batch):
@@ -408,7 +497,14 @@ def circuit_metric(
     return values
 
 
-def faithfulness_curve(task: PatchingTask, scores: pd.DataFrame, sizes: Sequence[int], graph: ComputationGraph | None = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> pd.DataFrame:
+def faithfulness_curve(
+    task: PatchingTask,
+    scores: pd.DataFrame,
+    sizes: Sequence[int],
+    graph: ComputationGraph | None = None,
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> pd.DataFrame:
     """Metric recovered by the top-n edges of `scores` (by |effect|), the rest patched to corrupted, for each n in `sizes`.
 
     Rows: n_edges, metric, recovered ((metric - corrupted) / (clean - corrupted): 1 is the whole model's behaviour), method.
@@ -421,5 +517,11 @@ def faithfulness_curve(task: PatchingTask, scores: pd.DataFrame, sizes: Sequence
     ids = graph.edge_ids(scores.loc[order])
     metric = circuit_metric(task, graph, [ids[:n] for n in sizes], memory_budget=memory_budget)
     gap = task.clean_metric - task.corrupted_metric
-    return pd.DataFrame({"n_edges": sizes, "metric": metric, "recovered": (metric - task.corrupted_metric) / gap if gap else np.nan,
-                         "method": scores.attrs.get("method", scores["method"].iloc[0] if "method" in scores else "")})
+    return pd.DataFrame(
+        {
+            "n_edges": sizes,
+            "metric": metric,
+            "recovered": (metric - task.corrupted_metric) / gap if gap else np.nan,
+            "method": scores.attrs.get("method", scores["method"].iloc[0] if "method" in scores else ""),
+        }
+    )

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.kernels import triton_available, use_triton as _use_triton
+from interp.kernels import use_triton as _use_triton
 from interp.errors import ShapeMismatchError
 
 ALL = -1  # a variant's position or group selector: every position / group
@@ -28,12 +28,16 @@ NONE = -2  # a variant's group selector: patch nothing (the variant stays corrup
 
 def _check_pair(clean: Tensor, corrupted: Tensor, argument: str = "corrupted") -> None:
     if clean.ndim != 4 or clean.shape != corrupted.shape:
-        raise ShapeMismatchError(f"{argument}: expected the shape of clean, 4-d [batch, pos, group, width], got clean {tuple(clean.shape)} and {argument} {tuple(corrupted.shape)}.")
+        raise ShapeMismatchError(
+            f"{argument}: expected the shape of clean, 4-d [batch, pos, group, width], got clean {tuple(clean.shape)} and {argument} {tuple(corrupted.shape)}."
+        )
 
 
 def _check_selectors(positions: Tensor, groups: Tensor) -> None:
     if positions.ndim != 1 or positions.shape != groups.shape:
-        raise ShapeMismatchError(f"positions and groups: expected two 1-d tensors of one length (one entry per variant), got {tuple(positions.shape)} and {tuple(groups.shape)}.")
+        raise ShapeMismatchError(
+            f"positions and groups: expected two 1-d tensors of one length (one entry per variant), got {tuple(positions.shape)} and {tuple(groups.shape)}."
+        )
 
 
 # -- torch twins -----------------------------------------------------------------------------
@@ -46,9 +50,15 @@ def patched_batch_torch(
     _check_pair(clean, corrupted)
     _check_selectors(positions, groups)
     batch, n_pos, n_groups, width = clean.shape
-    pos_hit = (positions[:, None] == ALL) | (positions[:, None] == torch.arange(n_pos, device=positions.device))  # [V, pos]
-    group_hit = (groups[:, None] == ALL) | (groups[:, None] == torch.arange(n_groups, device=groups.device))  # [V, group]
-    selected = (pos_hit[:, :, None] & group_hit[:, None, :])[:, None, :, :, None]  # [V, 1, pos, group, 1], broadcast below
+    pos_hit = (positions[:, None] == ALL) | (
+        positions[:, None] == torch.arange(n_pos, device=positions.device)
+    )  # [V, pos]
+    group_hit = (groups[:, None] == ALL) | (
+        groups[:, None] == torch.arange(n_groups, device=groups.device)
+    )  # [V, group]
+    selected = (pos_hit[:, :, None] & group_hit[:, None, :])[
+        :, None, :, :, None
+    ]  # [V, 1, pos, group, 1], broadcast below
     return torch.where(selected, clean[None], corrupted[None]).reshape(-1, n_pos, n_groups, width)
 
 
@@ -68,7 +78,9 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def build_kernel(clean, corrupted, positions, groups, out, batch, per_sequence, n_groups, width, BLOCK: tl.constexpr):
+    def build_kernel(
+        clean, corrupted, positions, groups, out, batch, per_sequence, n_groups, width, BLOCK: tl.constexpr
+    ):
         row = tl.program_id(0)  # output sequence = variant * batch + prompt
         variant = row // batch
         prompt = row % batch
@@ -85,7 +97,9 @@ def _kernels():
         tl.store(out + row * per_sequence + offsets, tl.where(hit, from_clean, from_corrupted), mask=inside)
 
     @triton.jit
-    def scores_kernel(clean, corrupted, grad, out, batch, n_pos, n_groups, width, BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr):
+    def scores_kernel(
+        clean, corrupted, grad, out, batch, n_pos, n_groups, width, BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr
+    ):
         pos = tl.program_id(0)
         groups = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
         group_ok = groups < n_groups
@@ -96,7 +110,9 @@ def _kernels():
                 cols = start + tl.arange(0, BLOCK_W)
                 ok = group_ok[:, None] & (cols < width)[None, :]
                 at = base + groups[:, None] * width + cols[None, :]
-                delta = tl.load(clean + at, mask=ok, other=0.0).to(tl.float32) - tl.load(corrupted + at, mask=ok, other=0.0).to(tl.float32)
+                delta = tl.load(clean + at, mask=ok, other=0.0).to(tl.float32) - tl.load(
+                    corrupted + at, mask=ok, other=0.0
+                ).to(tl.float32)
                 acc += tl.sum(delta * tl.load(grad + at, mask=ok, other=0.0).to(tl.float32), axis=1)
         tl.store(out + pos * n_groups + groups, acc, mask=group_ok)
 
@@ -128,7 +144,18 @@ def patched_batch_triton(
     per_sequence = n_pos * n_groups * width
     out = torch.empty(len(positions) * batch, n_pos, n_groups, width, device=clean.device, dtype=clean.dtype)
     grid = (len(positions) * batch, -(-per_sequence // BLOCK))
-    _get_kernels()[0][grid](clean.contiguous(), corrupted.contiguous(), positions.contiguous(), groups.contiguous(), out, batch, per_sequence, n_groups, width, BLOCK=BLOCK)
+    _get_kernels()[0][grid](
+        clean.contiguous(),
+        corrupted.contiguous(),
+        positions.contiguous(),
+        groups.contiguous(),
+        out,
+        batch,
+        per_sequence,
+        n_groups,
+        width,
+        BLOCK=BLOCK,
+    )
     return out
 
 
@@ -143,7 +170,18 @@ def attribution_scores_triton(
     out = torch.empty(n_pos, n_groups, device=clean.device, dtype=torch.float32)
     block_g = 32
     block_w = min(128, max(1, 1 << (width - 1).bit_length()))
-    _get_kernels()[1][(n_pos, -(-n_groups // block_g))](clean.contiguous(), corrupted.contiguous(), grad.contiguous(), out, batch, n_pos, n_groups, width, BLOCK_G=block_g, BLOCK_W=block_w)
+    _get_kernels()[1][(n_pos, -(-n_groups // block_g))](
+        clean.contiguous(),
+        corrupted.contiguous(),
+        grad.contiguous(),
+        out,
+        batch,
+        n_pos,
+        n_groups,
+        width,
+        BLOCK_G=block_g,
+        BLOCK_W=block_w,
+    )
     return out
 
 

@@ -18,16 +18,19 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.kernels import triton_available, use_triton as _use_triton
-
+from interp.kernels import use_triton as _use_triton
 
 
 # -- torch twins -----------------------------------------------------------------------------
-def rows_sum_torch(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]) -> Float[Tensor, "n d"]:
+def rows_sum_torch(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]
+) -> Float[Tensor, "n d"]:
     return torch.nn.functional.embedding_bag(indices, rows, per_sample_weights=values.to(rows.dtype), mode="sum")
 
 
-def rows_dot_torch(dense: Float[Tensor, "n d"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]) -> Float[Tensor, "n k"]:
+def rows_dot_torch(
+    dense: Float[Tensor, "n d"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]
+) -> Float[Tensor, "n k"]:
     # A sampled dense-dense product: only the n*k entries of dense @ rows.T that are asked for.
     (n, k), m = indices.shape, rows.shape[0]
     sorted_idx, order = indices.sort(dim=1)  # CSR wants each row's columns in order
@@ -36,16 +39,22 @@ def rows_dot_torch(dense: Float[Tensor, "n d"], indices: Int[Tensor, "n k"], row
     crow = torch.arange(0, n * k + 1, k, device=indices.device)
     with warnings.catch_warnings():  # torch calls CSR "beta"; the product used here is stable
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        pattern = torch.sparse_csr_tensor(crow, sorted_idx.reshape(-1), dense.new_zeros(n * k), (n, m), check_invariants=False)
+        pattern = torch.sparse_csr_tensor(
+            crow, sorted_idx.reshape(-1), dense.new_zeros(n * k), (n, m), check_invariants=False
+        )
     picked = torch.sparse.sampled_addmm(pattern, dense, rows.T, beta=0.0).values().view(n, k)
     return torch.empty_like(picked).scatter_(1, order, picked)
 
 
-def rows_grad_torch(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], dense: Float[Tensor, "n d"], n_rows: int) -> Float[Tensor, "m d"]:
+def rows_grad_torch(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], dense: Float[Tensor, "n d"], n_rows: int
+) -> Float[Tensor, "m d"]:
     # The transpose of the [n, m] sparse matrix of values, times dense; duplicates sum.
     n, k = indices.shape
     coords = torch.stack([indices.reshape(-1), torch.arange(n, device=indices.device).repeat_interleave(k)])
-    return torch.sparse.mm(torch.sparse_coo_tensor(coords, values.reshape(-1).to(dense.dtype), (n_rows, n), check_invariants=False), dense)
+    return torch.sparse.mm(
+        torch.sparse_coo_tensor(coords, values.reshape(-1).to(dense.dtype), (n_rows, n), check_invariants=False), dense
+    )
 
 
 # -- Triton kernels --------------------------------------------------------------------------
@@ -76,7 +85,9 @@ def _kernels():
             cols = start + tl.arange(0, BLOCK_D)
             cmask = cols < d
             x = tl.load(dense + i * d + cols, mask=cmask, other=0.0).to(tl.float32)
-            w = tl.load(rows + r[:, None] * d + cols[None, :], mask=jmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            w = tl.load(rows + r[:, None] * d + cols[None, :], mask=jmask[:, None] & cmask[None, :], other=0.0).to(
+                tl.float32
+            )
             acc += tl.sum(w * x[None, :], axis=1)
         tl.store(out + i * k + js, acc, mask=jmask)
 
@@ -107,36 +118,54 @@ def _get_kernels():
 BLOCK_D = 128
 
 
-def rows_sum_triton(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]) -> Float[Tensor, "n d"]:
+def rows_sum_triton(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]
+) -> Float[Tensor, "n d"]:
     (n, k), d = indices.shape, rows.shape[1]
     out = torch.empty(n, d, device=rows.device, dtype=torch.float32)
-    _get_kernels()[0][(n, -(-d // BLOCK_D))](values.contiguous(), indices.contiguous(), rows.contiguous(), out, k, d, BLOCK_D=BLOCK_D)
+    _get_kernels()[0][(n, -(-d // BLOCK_D))](
+        values.contiguous(), indices.contiguous(), rows.contiguous(), out, k, d, BLOCK_D=BLOCK_D
+    )
     return out.to(rows.dtype)
 
 
-def rows_dot_triton(dense: Float[Tensor, "n d"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]) -> Float[Tensor, "n k"]:
+def rows_dot_triton(
+    dense: Float[Tensor, "n d"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]
+) -> Float[Tensor, "n k"]:
     (n, k), d = indices.shape, rows.shape[1]
     out = torch.empty(n, k, device=rows.device, dtype=torch.float32)
     block_k = 16
-    _get_kernels()[1][(n, -(-k // block_k))](dense.contiguous(), indices.contiguous(), rows.contiguous(), out, k, d, BLOCK_K=block_k, BLOCK_D=BLOCK_D)
+    _get_kernels()[1][(n, -(-k // block_k))](
+        dense.contiguous(), indices.contiguous(), rows.contiguous(), out, k, d, BLOCK_K=block_k, BLOCK_D=BLOCK_D
+    )
     return out.to(dense.dtype)
 
 
-def rows_grad_triton(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], dense: Float[Tensor, "n d"], n_rows: int) -> Float[Tensor, "m d"]:
+def rows_grad_triton(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], dense: Float[Tensor, "n d"], n_rows: int
+) -> Float[Tensor, "m d"]:
     (n, k), d = indices.shape, dense.shape[1]
     out = torch.zeros(n_rows, d, device=dense.device, dtype=torch.float32)
-    _get_kernels()[2][(n, -(-d // BLOCK_D))](values.contiguous(), indices.contiguous(), dense.contiguous(), out, k, d, BLOCK_D=BLOCK_D)
+    _get_kernels()[2][(n, -(-d // BLOCK_D))](
+        values.contiguous(), indices.contiguous(), dense.contiguous(), out, k, d, BLOCK_D=BLOCK_D
+    )
     return out.to(dense.dtype)
 
 
 # -- dispatch: the kernel on CUDA, the torch twin elsewhere -----------------------------------
-def rows_sum(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]) -> Float[Tensor, "n d"]:
+def rows_sum(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]
+) -> Float[Tensor, "n d"]:
     return (rows_sum_triton if _use_triton(rows) else rows_sum_torch)(values, indices, rows)
 
 
-def rows_dot(dense: Float[Tensor, "n d"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]) -> Float[Tensor, "n k"]:
+def rows_dot(
+    dense: Float[Tensor, "n d"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "m d"]
+) -> Float[Tensor, "n k"]:
     return (rows_dot_triton if _use_triton(rows) else rows_dot_torch)(dense, indices, rows)
 
 
-def rows_grad(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], dense: Float[Tensor, "n d"], n_rows: int) -> Float[Tensor, "m d"]:
+def rows_grad(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], dense: Float[Tensor, "n d"], n_rows: int
+) -> Float[Tensor, "m d"]:
     return (rows_grad_triton if _use_triton(dense) else rows_grad_torch)(values, indices, dense, n_rows)

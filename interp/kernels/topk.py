@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.kernels import triton_available, use_triton as _use_triton
+from interp.kernels import use_triton as _use_triton
 from interp.errors import InterpError, OutOfRangeError, ShapeMismatchError
 
 BLOCK_M = 1024  # columns per sweep step; a row of any width streams through in blocks of this
@@ -26,17 +26,27 @@ BLOCK_M = 1024  # columns per sweep step; a row of any width streams through in 
 
 def _check(pre: Tensor, k: int, bias: Tensor | None) -> None:
     if not pre.is_floating_point():
-        raise InterpError(f"pre: expected a floating-point tensor, got dtype {pre.dtype}. Pass pre-activations (e.g. x @ W_enc).")
+        raise InterpError(
+            f"pre: expected a floating-point tensor, got dtype {pre.dtype}. Pass pre-activations (e.g. x @ W_enc)."
+        )
     if pre.ndim != 2:
-        raise ShapeMismatchError(f"pre: expected a 2-d tensor [n, m] (one row per token), got shape {tuple(pre.shape)}. Flatten leading dimensions first.")
+        raise ShapeMismatchError(
+            f"pre: expected a 2-d tensor [n, m] (one row per token), got shape {tuple(pre.shape)}. Flatten leading dimensions first."
+        )
     if not isinstance(k, int) or isinstance(k, bool) or not 0 < k <= pre.shape[1]:
-        raise OutOfRangeError(f"k={k!r}: must be an integer with 0 < k <= m={pre.shape[1]} (the row width of pre). Lower k.")
+        raise OutOfRangeError(
+            f"k={k!r}: must be an integer with 0 < k <= m={pre.shape[1]} (the row width of pre). Lower k."
+        )
     if bias is not None and bias.shape != (pre.shape[1],):
-        raise ShapeMismatchError(f"bias: expected shape ({pre.shape[1]},) (one entry per column of pre), got {tuple(bias.shape)}.")
+        raise ShapeMismatchError(
+            f"bias: expected shape ({pre.shape[1]},) (one entry per column of pre), got {tuple(bias.shape)}."
+        )
 
 
 # -- torch twin ------------------------------------------------------------------------------
-def row_topk_torch(pre: Float[Tensor, "n m"], k: int, bias: Float[Tensor, " m"] | None = None, relu: bool = False) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+def row_topk_torch(
+    pre: Float[Tensor, "n m"], k: int, bias: Float[Tensor, " m"] | None = None, relu: bool = False
+) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
     _check(pre, k, bias)
     dtype = torch.float64 if pre.dtype == torch.float64 else torch.float32  # halves select in float32 like the kernel
     scores = pre.to(dtype) if bias is None else pre.to(dtype) + bias.to(dtype)
@@ -64,7 +74,9 @@ if triton is not None:
         return score, tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
 
     @triton.jit
-    def _row_topk_kernel(pre, bias, values_out, indices_out, m, k, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr):
+    def _row_topk_kernel(
+        pre, bias, values_out, indices_out, m, k, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr
+    ):
         row = tl.program_id(0).to(tl.int64)
         row_pre = pre + row * m
         # kth: the largest key with at least k keys >= it (the k-th largest key), built from the top bit down
@@ -105,23 +117,44 @@ if triton is not None:
 
 
 def row_topk_triton(
-    pre: Float[Tensor, "n m"], k: int, bias: Float[Tensor, " m"] | None = None, relu: bool = False, *, block_m: int = BLOCK_M
+    pre: Float[Tensor, "n m"],
+    k: int,
+    bias: Float[Tensor, " m"] | None = None,
+    relu: bool = False,
+    *,
+    block_m: int = BLOCK_M,
 ) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
     _check(pre, k, bias)
     if pre.dtype == torch.float64:
-        raise InterpError("pre: the Triton kernel ranks float32 keys, so float64 would lose precision. Use row_topk (it sends float64 to the torch twin) or row_topk_torch.")
+        raise InterpError(
+            "pre: the Triton kernel ranks float32 keys, so float64 would lose precision. Use row_topk (it sends float64 to the torch twin) or row_topk_torch."
+        )
     if block_m < 16 or block_m & (block_m - 1):
-        raise OutOfRangeError(f"block_m={block_m!r}: must be a power of two >= 16 (Triton block sizes are). Use BLOCK_M={BLOCK_M}.")
+        raise OutOfRangeError(
+            f"block_m={block_m!r}: must be a power of two >= 16 (Triton block sizes are). Use BLOCK_M={BLOCK_M}."
+        )
     n, m = pre.shape
     values = torch.empty(n, k, device=pre.device, dtype=torch.float32)
     indices = torch.empty(n, k, device=pre.device, dtype=torch.int64)
     if n:
         pre = pre.contiguous()
         block = min(block_m, max(16, 1 << (m - 1).bit_length()))
-        _row_topk_kernel[(n,)](pre, pre if bias is None else bias.contiguous(), values, indices, m, k, HAS_BIAS=bias is not None, RELU=relu, BLOCK=block)
+        _row_topk_kernel[(n,)](
+            pre,
+            pre if bias is None else bias.contiguous(),
+            values,
+            indices,
+            m,
+            k,
+            HAS_BIAS=bias is not None,
+            RELU=relu,
+            BLOCK=block,
+        )
     return values.to(pre.dtype), indices
 
 
 # -- dispatch: the kernel on CUDA, the torch twin elsewhere -----------------------------------
-def row_topk(pre: Float[Tensor, "n m"], k: int, bias: Float[Tensor, " m"] | None = None, relu: bool = False) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+def row_topk(
+    pre: Float[Tensor, "n m"], k: int, bias: Float[Tensor, " m"] | None = None, relu: bool = False
+) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
     return (row_topk_triton if _use_triton(pre) and pre.dtype != torch.float64 else row_topk_torch)(pre, k, bias, relu)

@@ -25,13 +25,15 @@ from interp.hooks import cache_sites, capture, to_tokens, transient_bytes_per_se
 from interp.interventions import Ablation, _cached_reference, replacement_values
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET
 from interp.patching.task import last_position_logits
-from interp.sites import Site, as_site
+from interp.sites import as_site
 
 
 def _first_layer(model: HookedTransformer, ablation: Ablation) -> int:
     layers = [as_site(model, s).layer for s in ablation.sites]
     if any(layer is None for layer in layers):
-        raise InterpError(f"ablated_last_logits: {ablation.sites} has a site outside the blocks (hook_embed / ln_final); ablate sites inside a block (layer 0..{model.cfg.n_layers - 1}).")
+        raise InterpError(
+            f"ablated_last_logits: {ablation.sites} has a site outside the blocks (hook_embed / ln_final); ablate sites inside a block (layer 0..{model.cfg.n_layers - 1})."
+        )
     return min(layer % model.cfg.n_layers for layer in layers)
 
 
@@ -62,7 +64,9 @@ def ablated_last_logits(
     if memory_budget <= 0:
         raise InterpError(f"ablated_last_logits(memory_budget={memory_budget}): must be a positive number of bytes.")
     if model.cfg.positional_embedding_type == "shortformer":
-        raise InterpError("ablated_last_logits: shortformer positional embeddings are not supported; use interventions.run_ablated per ablation.")
+        raise InterpError(
+            "ablated_last_logits: shortformer positional embeddings are not supported; use interventions.run_ablated per ablation."
+        )
     tokens = to_tokens(model, tokens).to(model.cfg.device)
     if not ablations:
         return torch.empty(0, tokens.shape[0], model.cfg.d_vocab)
@@ -74,7 +78,9 @@ def ablated_last_logits(
     kept: dict[int, Tensor] = {}
     with torch.no_grad():
         needed = sorted(set(firsts))
-        acts = capture(model, tokens, [f"blocks.{layer}.hook_resid_pre" for layer in needed], stop_at_layer=max(needed) + 1)
+        acts = capture(
+            model, tokens, [f"blocks.{layer}.hook_resid_pre" for layer in needed], stop_at_layer=max(needed) + 1
+        )
         resid_pre = {int(name.split(".")[1]): act for name, act in acts.items()}
         order = sorted(range(len(ablations)), key=lambda i: firsts[i])
         per_batch = ablations_per_batch(model, tokens, memory_budget)

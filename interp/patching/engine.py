@@ -35,31 +35,51 @@ RESULT_COLUMNS = ["component", "layer", "head", "neuron", "position", "hook_name
 def normalised_site(model: HookedTransformer, site: Site | str, seq_len: int) -> Site:
     site = as_site(model, site).check(model, seq_len)
     if site.layer is None:
-        raise UnknownSiteError(f"{site}: patching needs a site inside a block; patch Site(0, 'resid_pre') instead of {site.hook_name!r}.")
+        raise UnknownSiteError(
+            f"{site}: patching needs a site inside a block; patch Site(0, 'resid_pre') instead of {site.hook_name!r}."
+        )
     heads = n_heads(model, site.component)
 
     def wrap(value: int | None, n: int) -> int | None:  # negative indices count from the end
         return None if value is None else value % n
 
-    return site.at(layer=site.layer % model.cfg.n_layers, head=wrap(site.head, heads), neuron=wrap(site.neuron, model.cfg.d_mlp), position=wrap(site.position, seq_len))
+    return site.at(
+        layer=site.layer % model.cfg.n_layers,
+        head=wrap(site.head, heads),
+        neuron=wrap(site.neuron, model.cfg.d_mlp),
+        position=wrap(site.position, seq_len),
+    )
 
 
-def _corrupted_cache(task: PatchingTask, layers: set[int]) -> tuple[dict[int, Tensor], TransformerLensKeyValueCache | None]:
+def _corrupted_cache(
+    task: PatchingTask, layers: set[int]
+) -> tuple[dict[int, Tensor], TransformerLensKeyValueCache | None]:
     """The corrupted run's resid_pre at `layers` and, when unpadded, every layer's keys and values."""
     model = task.model
     names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
     kv = None
     if task.corrupted_mask is not None:  # padded prompts: no shared prefix, every variant starts at position 0
-        acts = capture(model, task.corrupted_tokens, names, attention_mask=task.corrupted_mask, stop_at_layer=max(layers) + 1)
+        acts = capture(
+            model, task.corrupted_tokens, names, attention_mask=task.corrupted_mask, stop_at_layer=max(layers) + 1
+        )
     else:
         kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, task.n_prompts)
-        acts = capture(model, task.corrupted_tokens, names, attention_mask=torch.ones_like(task.corrupted_tokens), past_kv_cache=kv, return_type=None)
+        acts = capture(
+            model,
+            task.corrupted_tokens,
+            names,
+            attention_mask=torch.ones_like(task.corrupted_tokens),
+            past_kv_cache=kv,
+            return_type=None,
+        )
     resid_pre = {int(name.split(".")[1]): act for name, act in acts.items()}
     return resid_pre, kv
 
 
 def _clean_cache(task: PatchingTask, hook_names: set[str], stop_at_layer: int) -> dict[str, Tensor]:
-    return capture(task.model, task.clean_tokens, hook_names, attention_mask=task.clean_mask, stop_at_layer=stop_at_layer)
+    return capture(
+        task.model, task.clean_tokens, hook_names, attention_mask=task.clean_mask, stop_at_layer=stop_at_layer
+    )
 
 
 def variants_per_batch(task: PatchingTask, memory_budget: int) -> int:
@@ -73,7 +93,9 @@ def _first_changed_position(site: Site, task: PatchingTask) -> int:
     return 0 if site.position is None or task.corrupted_mask is not None else site.position
 
 
-def _score_variants(task: PatchingTask, layer: int, start: int, variants: list[Site], resid_pre: Tensor, kv, clean: dict[str, Tensor]) -> Tensor:
+def _score_variants(
+    task: PatchingTask, layer: int, start: int, variants: list[Site], resid_pre: Tensor, kv, clean: dict[str, Tensor]
+) -> Tensor:
     """Run `variants` (all at `layer`, all changing positions >= `start` only) as one batch."""
     model, n_prompts, n_variants = task.model, task.n_prompts, len(variants)
     by_hook: dict[str, list[tuple[int, tuple, tuple]]] = defaultdict(list)
@@ -91,12 +113,18 @@ def _score_variants(task: PatchingTask, layer: int, start: int, variants: list[S
 
     resid = resid_pre[:, start:].repeat(n_variants, 1, 1)
     mask = None if task.corrupted_mask is None else task.corrupted_mask.repeat(n_variants, 1)
-    pos_embed = None if task.shortformer_pos_embed is None else task.shortformer_pos_embed[:, start:].repeat(n_variants, 1, 1)
+    pos_embed = (
+        None if task.shortformer_pos_embed is None else task.shortformer_pos_embed[:, start:].repeat(n_variants, 1, 1)
+    )
     with model.hooks(fwd_hooks=[(name, write_clean(entries, clean[name])) for name, entries in by_hook.items()]):
         for i, block in enumerate(model.blocks[layer:], start=layer):
             past = None
             if start > 0:
-                past = TransformerLensKeyValueCacheEntry(kv[i].past_keys[:, :start].repeat(n_variants, 1, 1, 1), kv[i].past_values[:, :start].repeat(n_variants, 1, 1, 1), frozen=True)
+                past = TransformerLensKeyValueCacheEntry(
+                    kv[i].past_keys[:, :start].repeat(n_variants, 1, 1, 1),
+                    kv[i].past_values[:, :start].repeat(n_variants, 1, 1, 1),
+                    frozen=True,
+                )
             resid = block(resid, shortformer_pos_embed=pos_embed, past_kv_cache_entry=past, attention_mask=mask)
     return task.score(last_position_logits(model, resid))
 
@@ -117,7 +145,9 @@ def patch_sites(
     progress: show a tqdm bar (default: when the sweep takes more than a few batches).
     """
     if memory_budget <= 0:
-        raise InterpError(f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET}).")
+        raise InterpError(
+            f"memory_budget={memory_budget}: must be a positive number of bytes (default {DEFAULT_MEMORY_BUDGET})."
+        )
     if len(sites) == 0:
         raise InterpError("sites is empty: pass at least one Site or hook name to patch.")
     model = task.model
@@ -136,11 +166,18 @@ def patch_sites(
             # Sorted by first changed position, so a batch that starts late skips the most work.
             idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
             batches += [(layer, idx[i : i + per_batch]) for i in range(0, len(idx), per_batch)]
-        bar = tqdm(total=len(sites), desc="patching", unit="variant", disable=not (progress if progress is not None else len(batches) > 8))
+        bar = tqdm(
+            total=len(sites),
+            desc="patching",
+            unit="variant",
+            disable=not (progress if progress is not None else len(batches) > 8),
+        )
         for layer, idx in batches:
             variants = [sites[i] for i in idx]
             start = min(_first_changed_position(s, task) for s in variants)
-            values[idx] = _score_variants(task, layer, start, variants, corrupted_resid_pre[layer], kv, clean).cpu().numpy()
+            values[idx] = (
+                _score_variants(task, layer, start, variants, corrupted_resid_pre[layer], kv, clean).cpu().numpy()
+            )
             bar.update(len(idx))
         bar.close()
     return results_frame(task, sites, values)

@@ -18,7 +18,13 @@ from interp.sites import COMPONENTS, Site, n_heads
 
 LAYER_POSITION_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 NEURON_COMPONENTS = ("mlp_post", "mlp_pre", "mlp_pre_linear")
-SWEEPS = ("heads", "heads_by_pos", "neurons", "neurons_by_pos", *LAYER_POSITION_COMPONENTS)  # the named sweeps: `sweep_sites`
+SWEEPS = (
+    "heads",
+    "heads_by_pos",
+    "neurons",
+    "neurons_by_pos",
+    *LAYER_POSITION_COMPONENTS,
+)  # the named sweeps: `sweep_sites`
 
 
 def sweep_indices(values: Iterable[int] | None, default: int, argument: str) -> list[int]:
@@ -33,16 +39,29 @@ def sweep_indices(values: Iterable[int] | None, default: int, argument: str) -> 
 def check_component(component: str, allowed: tuple[str, ...], sweep: str) -> None:
     if component not in allowed:
         hint = did_you_mean(component, allowed) if component not in COMPONENTS else ""
-        raise UnknownSiteError(f"{sweep}(component={component!r}) is not supported.{hint} Choose one of: {', '.join(allowed)}.")
+        raise UnknownSiteError(
+            f"{sweep}(component={component!r}) is not supported.{hint} Choose one of: {', '.join(allowed)}."
+        )
 
 
-def head_sites(task: PatchingTask, *, by_position: bool = False, component: str = "z", layers=None, heads=None, positions=None, caller: str = "patch_heads") -> list[Site]:
+def head_sites(
+    task: PatchingTask,
+    *,
+    by_position: bool = False,
+    component: str = "z",
+    layers=None,
+    heads=None,
+    positions=None,
+    caller: str = "patch_heads",
+) -> list[Site]:
     """One Site per attention head (query heads for z / q / result; key/value heads for k / v), or per (head, position)."""
     if COMPONENTS.get(component) is None or COMPONENTS[component].head_axis is None:
         with_heads = tuple(name for name, layout in COMPONENTS.items() if layout.head_axis is not None)
         check_component(component, with_heads, caller)
     if positions is not None and not by_position:
-        raise InterpError(f"{caller}(positions=...) selects positions of a by-position sweep: pass by_position=True too, or drop positions to patch every position at once.")
+        raise InterpError(
+            f"{caller}(positions=...) selects positions of a by-position sweep: pass by_position=True too, or drop positions to patch every position at once."
+        )
     layers = sweep_indices(layers, task.model.cfg.n_layers, "layers")
     heads = sweep_indices(heads, n_heads(task.model, component), "heads")
     if by_position:
@@ -51,7 +70,15 @@ def head_sites(task: PatchingTask, *, by_position: bool = False, component: str 
     return [Site(layer, component, head=h) for layer in layers for h in heads]
 
 
-def neuron_sites(task: PatchingTask, *, component: str = "mlp_post", layers=None, neurons=None, positions=None, caller: str = "patch_neurons") -> list[Site]:
+def neuron_sites(
+    task: PatchingTask,
+    *,
+    component: str = "mlp_post",
+    layers=None,
+    neurons=None,
+    positions=None,
+    caller: str = "patch_neurons",
+) -> list[Site]:
     """One Site per MLP neuron at every position, or with `positions` per (neuron, position)."""
     check_component(component, NEURON_COMPONENTS, caller)
     layers = sweep_indices(layers, task.model.cfg.n_layers, "layers")
@@ -62,7 +89,14 @@ def neuron_sites(task: PatchingTask, *, component: str = "mlp_post", layers=None
     return [Site(layer, component, neuron=n, position=p) for layer in layers for n in neurons for p in positions]
 
 
-def layer_position_sites(task: PatchingTask, component: str = "resid_pre", *, layers=None, positions=None, caller: str = "patch_layer_positions") -> list[Site]:
+def layer_position_sites(
+    task: PatchingTask,
+    component: str = "resid_pre",
+    *,
+    layers=None,
+    positions=None,
+    caller: str = "patch_layer_positions",
+) -> list[Site]:
     """One Site per (layer, position) of a residual-stream or block-output component."""
     check_component(component, LAYER_POSITION_COMPONENTS, caller)
     layers = sweep_indices(layers, task.model.cfg.n_layers, "layers")
@@ -91,7 +125,9 @@ def patch_layer_positions(
 ) -> pd.DataFrame:
     """Patch one position of `component` at a time; TransformerLens's get_act_patch_resid_pre (and
     _resid_mid, _attn_out, _mlp_out). One row per (layer, position)."""
-    return patch_sites(task, layer_position_sites(task, component, layers=layers, positions=positions), **engine_options)
+    return patch_sites(
+        task, layer_position_sites(task, component, layers=layers, positions=positions), **engine_options
+    )
 
 
 def patch_heads(
@@ -111,7 +147,9 @@ def patch_heads(
     index key/value heads. Matches get_act_patch_attn_head_out_all_pos / _by_pos. One row per
     (layer, head) or (layer, position, head).
     """
-    sites = head_sites(task, by_position=by_position, component=component, layers=layers, heads=heads, positions=positions)
+    sites = head_sites(
+        task, by_position=by_position, component=component, layers=layers, heads=heads, positions=positions
+    )
     return patch_sites(task, sites, **engine_options)
 
 
@@ -129,7 +167,11 @@ def patch_neurons(
 
     A full sweep of SmolLM2 is 30 x 1536 variants; the engine chunks them to `memory_budget`.
     """
-    return patch_sites(task, neuron_sites(task, component=component, layers=layers, neurons=neurons, positions=positions), **engine_options)
+    return patch_sites(
+        task,
+        neuron_sites(task, component=component, layers=layers, neurons=neurons, positions=positions),
+        **engine_options,
+    )
 
 
 def sweep(task: PatchingTask, name: str, *, layers=None, **engine_options) -> pd.DataFrame:

@@ -41,7 +41,9 @@ def _answer_ids(model: HookedTransformer, answers, n_prompts: int, argument: str
             tokens = model.to_tokens(answer, prepend_bos=False)[0]
             if len(tokens) != 1:
                 pieces = [model.tokenizer.decode(t) for t in tokens] if model.tokenizer else tokens.tolist()
-                raise InterpError(f"{argument}: {answer!r} is {len(tokens)} tokens {pieces}; each answer must be a single token (mind the leading space, e.g. ' Paris').")
+                raise InterpError(
+                    f"{argument}: {answer!r} is {len(tokens)} tokens {pieces}; each answer must be a single token (mind the leading space, e.g. ' Paris')."
+                )
             ids.append(int(tokens[0]))
         else:
             ids.append(int(answer))
@@ -51,7 +53,9 @@ def _answer_ids(model: HookedTransformer, answers, n_prompts: int, argument: str
     return ids_tensor
 
 
-def _left_pad(rows: list[Tensor], length: int, pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+def _left_pad(
+    rows: list[Tensor], length: int, pad_id: int
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     tokens = torch.full((len(rows), length), pad_id, dtype=rows[0].dtype, device=rows[0].device)
     mask = torch.zeros((len(rows), length), dtype=torch.long, device=rows[0].device)
     for i, row in enumerate(rows):
@@ -83,14 +87,22 @@ class PatchingTask:
         clean_rows = token_rows(model, clean_prompts, argument="clean_prompts")
         corrupted_rows = token_rows(model, corrupted_prompts, argument="corrupted_prompts")
         if len(clean_rows) != len(corrupted_rows):
-            raise ShapeMismatchError(f"clean_prompts has {len(clean_rows)} prompts but corrupted_prompts has {len(corrupted_rows)}; they are pairs, so pass the same number.")
-        self.clean_tokens, self.corrupted_tokens, self.clean_mask, self.corrupted_mask = self._pair_tokens(clean_rows, corrupted_rows, align)
+            raise ShapeMismatchError(
+                f"clean_prompts has {len(clean_rows)} prompts but corrupted_prompts has {len(corrupted_rows)}; they are pairs, so pass the same number."
+            )
+        self.clean_tokens, self.corrupted_tokens, self.clean_mask, self.corrupted_mask = self._pair_tokens(
+            clean_rows, corrupted_rows, align
+        )
         self.n_prompts, self.seq_len = self.clean_tokens.shape
         self.answer_tokens = _answer_ids(model, answers, self.n_prompts, "answers")
-        self.wrong_tokens = None if wrong_answers is None else _answer_ids(model, wrong_answers, self.n_prompts, "wrong_answers")
+        self.wrong_tokens = (
+            None if wrong_answers is None else _answer_ids(model, wrong_answers, self.n_prompts, "wrong_answers")
+        )
         self.metric_name, self._metric_fn = self._resolve_metric(metric)
         with torch.no_grad():
-            self.shortformer_pos_embed = model.input_to_embed(self.corrupted_tokens, attention_mask=self.corrupted_mask)[2]
+            self.shortformer_pos_embed = model.input_to_embed(
+                self.corrupted_tokens, attention_mask=self.corrupted_mask
+            )[2]
             self.clean_logits = self._last_logits(self.clean_tokens)
             self.corrupted_logits = self._last_logits(self.corrupted_tokens)
             self.clean_metric = float(self.score(self.clean_logits[:, None])[0])
@@ -107,7 +119,9 @@ class PatchingTask:
                         f"Pair {i}: the clean prompt has {len(c)} tokens but the corrupted prompt has {len(x)}. "
                         "Use prompts of one token length, or pass align=True to left-pad to a common length."
                     )
-            raise ShapeMismatchError(f"Prompt pairs have different token lengths ({sorted(lengths)}). Use one token length for every prompt, or pass align=True to left-pad.")
+            raise ShapeMismatchError(
+                f"Prompt pairs have different token lengths ({sorted(lengths)}). Use one token length for every prompt, or pass align=True to left-pad."
+            )
         tokenizer = self.model.tokenizer
         pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
         length = max(lengths)
@@ -119,9 +133,13 @@ class PatchingTask:
         if callable(metric):
             return getattr(metric, "__name__", "custom"), metric
         if metric not in METRICS:
-            raise InterpError(f"metric={metric!r} is not a known metric.{did_you_mean(str(metric), METRICS)} Known: {', '.join(METRICS)}, or pass a function of the logits.")
+            raise InterpError(
+                f"metric={metric!r} is not a known metric.{did_you_mean(str(metric), METRICS)} Known: {', '.join(METRICS)}, or pass a function of the logits."
+            )
         if metric == "logit_diff" and self.wrong_tokens is None:
-            raise InterpError("metric='logit_diff' needs wrong_answers (one wrong answer per pair, e.g. the corrupted prompt's answer).")
+            raise InterpError(
+                "metric='logit_diff' needs wrong_answers (one wrong answer per pair, e.g. the corrupted prompt's answer)."
+            )
         return metric, None
 
     def _last_logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
@@ -145,7 +163,9 @@ class PatchingTask:
         return per_prompt.view(n_variants, self.n_prompts).float().mean(1)
 
 
-def last_position_logits(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch 1 d_vocab"]:
+def last_position_logits(
+    model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"]
+) -> Float[Tensor, "batch 1 d_vocab"]:
     """Final norm and unembedding of the last position only (the metric reads nothing else)."""
     last = resid[:, -1:]
     if model.cfg.normalization_type is not None:

@@ -61,13 +61,22 @@ def build_store(
         raise InterpError("build_store(sites=[]): name at least one Site or hook name to store.")
     if len({site_key(s) for s in sites}) != len(sites):
         raise InterpError(f"build_store(sites=...): a site is listed twice ({[site_key(s) for s in sites]}).")
-    for name, value in (("n_tokens", n_tokens), ("seq_len", seq_len), ("batch_size", batch_size), ("shard_tokens", shard_tokens)):
+    for name, value in (
+        ("n_tokens", n_tokens),
+        ("seq_len", seq_len),
+        ("batch_size", batch_size),
+        ("shard_tokens", shard_tokens),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InterpError(f"build_store({name}={value!r}): must be a positive integer.")
     if seq_len > model.cfg.n_ctx:
-        raise InterpError(f"build_store(seq_len={seq_len}): longer than the model's context of {model.cfg.n_ctx} tokens. Use seq_len <= {model.cfg.n_ctx}.")
+        raise InterpError(
+            f"build_store(seq_len={seq_len}): longer than the model's context of {model.cfg.n_ctx} tokens. Use seq_len <= {model.cfg.n_ctx}."
+        )
     if isinstance(corpus, Tensor) and (corpus.ndim != 2 or corpus.shape[1] != seq_len):
-        raise InterpError(f"build_store(corpus=<tensor {tuple(corpus.shape)}>): token ids must have shape [n_sequences, seq_len={seq_len}].")
+        raise InterpError(
+            f"build_store(corpus=<tensor {tuple(corpus.shape)}>): token ids must have shape [n_sequences, seq_len={seq_len}]."
+        )
     if isinstance(corpus, Tensor):
         if corpus.dtype.is_floating_point or corpus.dtype == torch.bool:
             raise InterpError(f"build_store(corpus=<tensor of {corpus.dtype}>): token ids must be integers.")
@@ -75,19 +84,33 @@ def build_store(
     dtype = dtype or model.cfg.dtype
     out_dir = Path(out_dir).expanduser()
     n_seq_target = math.ceil(n_tokens / seq_len)
-    seqs_per_shard = max(1, shard_tokens // seq_len // batch_size) * batch_size  # whole batches: a resumed run sees the same batches
+    seqs_per_shard = (
+        max(1, shard_tokens // seq_len // batch_size) * batch_size
+    )  # whole batches: a resumed run sees the same batches
     shapes = _site_shapes(model, sites, seq_len)
     settings = {
         "format": FORMAT_VERSION,
         "model": model_fingerprint(model),
-        "sites": [{"key": site_key(s), "hook_name": s.hook_name, "layer": s.layer, "component": s.component, "head": s.head,
-                   "neuron": s.neuron, "shape": list(shapes[s])} for s in sites],
+        "sites": [
+            {
+                "key": site_key(s),
+                "hook_name": s.hook_name,
+                "layer": s.layer,
+                "component": s.component,
+                "head": s.head,
+                "neuron": s.neuron,
+                "shape": list(shapes[s]),
+            }
+            for s in sites
+        ],
         "dtype": str(dtype).removeprefix("torch."),
         "seq_len": seq_len,
         "batch_size": batch_size,
         "seqs_per_shard": seqs_per_shard,
         "n_tokens_target": n_seq_target * seq_len,
-        "corpus": {"name": "<token tensor>", "sha256": _tensor_sha256(corpus)} if isinstance(corpus, Tensor) else corpus_provenance(corpus),
+        "corpus": {"name": "<token tensor>", "sha256": _tensor_sha256(corpus)}
+        if isinstance(corpus, Tensor)
+        else corpus_provenance(corpus),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     with store_lock(out_dir):
@@ -99,7 +122,14 @@ def build_store(
         for _ in range(done_seqs // batch_size):  # replay the deterministic stream up to where the last run stopped
             next(batches, None)
         stop = deepest_layer(sites)
-        bar = tqdm(total=n_seq_target * seq_len, initial=done_seqs * seq_len, unit="tok", unit_scale=True, desc=f"store {out_dir.name}", disable=not progress)
+        bar = tqdm(
+            total=n_seq_target * seq_len,
+            initial=done_seqs * seq_len,
+            unit="tok",
+            unit_scale=True,
+            desc=f"store {out_dir.name}",
+            disable=not progress,
+        )
         pending: dict[str, list[Tensor]] = {k: [] for k in ["tokens", *(site_key(s) for s in sites)]}
         pending_seqs = 0
         for tokens in batches:
@@ -124,7 +154,9 @@ def build_store(
             done_seqs += pending_seqs
         bar.close()
         if done_seqs < n_seq_target:
-            print(f"build_store: the corpus ran out after {done_seqs * seq_len} of {n_seq_target * seq_len} tokens; the store holds what there was.")
+            print(
+                f"build_store: the corpus ran out after {done_seqs * seq_len} of {n_seq_target * seq_len} tokens; the store holds what there was."
+            )
             manifest["corpus_exhausted"] = True
         manifest["complete"] = True
         write_json_atomic(out_dir / MANIFEST, manifest)
@@ -134,8 +166,10 @@ def build_store(
 def _storable(model: HookedTransformer, where: Site | str) -> Site:
     site = as_site(model, where)
     if site.layout.pos_axis != 1 or site.position is not None:
-        raise InterpError(f"build_store(sites=...): {site} is not a per-token activation; a store holds one row per token. "
-                          "Store resid/attn_out/mlp_out/q/k/v/z/result/mlp_* sites without a position.")
+        raise InterpError(
+            f"build_store(sites=...): {site} is not a per-token activation; a store holds one row per token. "
+            "Store resid/attn_out/mlp_out/q/k/v/z/result/mlp_* sites without a position."
+        )
     return site
 
 
@@ -148,7 +182,11 @@ def _site_shapes(model: HookedTransformer, sites: list[Site], seq_len: int) -> d
 def _forward(model: HookedTransformer, tokens: Tensor, sites: list[Site], stop: int) -> dict[Site, Tensor]:
     acts: dict[Site, Tensor] = {}
     with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=[(s.hook_name, capture_hook(acts, s, index=s.index(), clone=False)) for s in sites], stop_at_layer=stop)
+        model.run_with_hooks(
+            tokens,
+            fwd_hooks=[(s.hook_name, capture_hook(acts, s, index=s.index(), clone=False)) for s in sites],
+            stop_at_layer=stop,
+        )
     return acts
 
 
@@ -177,9 +215,15 @@ def store_lock(out_dir: Path):
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            what = "store" if (Path(out_dir) / MANIFEST).exists() or not (Path(out_dir) / "checkpoints").exists() else "run"
-            raise InterpError(f"out_dir={str(out_dir)!r}: another process is writing this {what} (pid {holder}). "
-                              "Wait for it to finish (a rerun then resumes or finds it complete), or choose another --out.") from None
+            what = (
+                "store"
+                if (Path(out_dir) / MANIFEST).exists() or not (Path(out_dir) / "checkpoints").exists()
+                else "run"
+            )
+            raise InterpError(
+                f"out_dir={str(out_dir)!r}: another process is writing this {what} (pid {holder}). "
+                "Wait for it to finish (a rerun then resumes or finds it complete), or choose another --out."
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -202,16 +246,22 @@ def _read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CorruptFileError(f"{path} is not a readable JSON manifest ({type(exc).__name__}). The store is damaged: delete {path.parent} "
-                               "to rebuild it, or pass another --out.") from None
+        raise CorruptFileError(
+            f"{path} is not a readable JSON manifest ({type(exc).__name__}). The store is damaged: delete {path.parent} "
+            "to rebuild it, or pass another --out."
+        ) from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise CorruptFileError(f"{path} is not a store manifest (no list of shards). Delete {path.parent} to rebuild it, or pass another --out.")
+        raise CorruptFileError(
+            f"{path} is not a store manifest (no list of shards). Delete {path.parent} to rebuild it, or pass another --out."
+        )
     return manifest
 
 
 def _check_token_range(tokens: Tensor, d_vocab: int, where: str) -> None:
     if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
-        raise InterpError(f"{where}: token ids must lie in 0..{d_vocab - 1} (the model's vocabulary), got {int(tokens.min())}..{int(tokens.max())}.")
+        raise InterpError(
+            f"{where}: token ids must lie in 0..{d_vocab - 1} (the model's vocabulary), got {int(tokens.min())}..{int(tokens.max())}."
+        )
 
 
 def _resume_or_start(out_dir: Path, settings: dict) -> dict:
@@ -222,11 +272,15 @@ def _resume_or_start(out_dir: Path, settings: dict) -> dict:
         manifest = _read_manifest(manifest_path)
         changed = [k for k in settings if manifest.get(k) != settings[k]]
         if changed:
-            raise InterpError(f"build_store(out_dir={str(out_dir)!r}): that directory holds a store built with different {', '.join(changed)}. "
-                              "Pass a new out_dir, or delete the old store to rebuild it.")
+            raise InterpError(
+                f"build_store(out_dir={str(out_dir)!r}): that directory holds a store built with different {', '.join(changed)}. "
+                "Pass a new out_dir, or delete the old store to rebuild it."
+            )
         good = _intact_prefix(out_dir, manifest["shards"])
         if len(good) < len(manifest["shards"]):
-            print(f"build_store: rewriting from {manifest['shards'][len(good)]['file'] if isinstance(manifest['shards'][len(good)], dict) else len(good)} (missing or corrupt) onwards.")
+            print(
+                f"build_store: rewriting from {manifest['shards'][len(good)]['file'] if isinstance(manifest['shards'][len(good)], dict) else len(good)} (missing or corrupt) onwards."
+            )
             manifest["shards"], manifest["complete"] = good, False
     else:
         manifest = {**settings, "complete": False, "shards": []}
@@ -255,6 +309,13 @@ def _write_shard(out_dir: Path, manifest: dict, tensors: dict[str, Tensor], n_se
     name = shard_name(len(manifest["shards"]))
     with atomic_path(out_dir / name) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    manifest["shards"].append({"file": name, "n_seq": n_seq, "n_tokens": n_seq * seq_len, "bytes": (out_dir / name).stat().st_size,
-                               "sha256": file_sha256(out_dir / name)})
+    manifest["shards"].append(
+        {
+            "file": name,
+            "n_seq": n_seq,
+            "n_tokens": n_seq * seq_len,
+            "bytes": (out_dir / name).stat().st_size,
+            "sha256": file_sha256(out_dir / name),
+        }
+    )
     write_json_atomic(out_dir / MANIFEST, manifest)

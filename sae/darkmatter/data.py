@@ -56,7 +56,9 @@ class Rows(NamedTuple):
     pos: Int[Tensor, " n"]  # each row's position in its sequence
     x: Float[Tensor, "n d"]  # the SAE's site, blocks.{layer}.hook_resid_post
     x_prev: Float[Tensor, "n d"]  # blocks.{layer - 1}.hook_resid_post
-    attn: Float[Tensor, "m d"]  # blocks.{layer}.hook_attn_out: fit side only on the linear-fit rows (m = linear_fit_tokens)
+    attn: Float[
+        Tensor, "m d"
+    ]  # blocks.{layer}.hook_attn_out: fit side only on the linear-fit rows (m = linear_fit_tokens)
     mlp: Float[Tensor, "m d"]
     seq: Int[Tensor, " n"] | None  # held-out side: which held-out sequence (0..) a row is in, the bootstrap's clusters
 
@@ -78,7 +80,10 @@ def model_tag(spec: str | dict | None) -> str:
 def cache_folder(config: DarkMatterSettings) -> Path:
     """Where the store, SAEs and spliced losses of this model, layer and store size live."""
     root = Path(config.cache_dir).expanduser() if config.cache_dir else cache_root() / "dark_matter"
-    return root / f"{model_tag(config.model)}-L{config.layer}-{config.n_tokens}tok-seq{config.seq_len}-{config.store_dtype}"
+    return (
+        root
+        / f"{model_tag(config.model)}-L{config.layer}-{config.n_tokens}tok-seq{config.seq_len}-{config.store_dtype}"
+    )
 
 
 def split_sequences(n_seqs: int, fit_fraction: float, seed: int) -> tuple[Int[Tensor, " fit"], Int[Tensor, " held"]]:
@@ -93,15 +98,28 @@ def _corpus_tokens(model, config: DarkMatterSettings) -> Int[Tensor, "seqs pos"]
     if model.tokenizer is not None:
         return None
     n_seqs = -(-config.n_tokens // config.seq_len)
-    return torch.randint(0, model.cfg.d_vocab, (n_seqs, config.seq_len), generator=torch.Generator().manual_seed(0))  # fixed: the corpus, not the run's seed
+    return torch.randint(
+        0, model.cfg.d_vocab, (n_seqs, config.seq_len), generator=torch.Generator().manual_seed(0)
+    )  # fixed: the corpus, not the run's seed
 
 
 def load_split(model, config: DarkMatterSettings, cache: Path) -> Split:
     """Fit and held-out rows of each stored site (the store built on first use), one site in memory at a time; attn/mlp only on the linear-fit rows."""
-    names = dict(x=f"blocks.{config.layer}.hook_resid_post", x_prev=f"blocks.{config.layer - 1}.hook_resid_post",
-                 attn=f"blocks.{config.layer}.hook_attn_out", mlp=f"blocks.{config.layer}.hook_mlp_out")
-    store = build_store(model, list(names.values()), _corpus_tokens(model, config), cache / "store", config.n_tokens, seq_len=config.seq_len,
-                        dtype=getattr(torch, config.store_dtype))
+    names = dict(
+        x=f"blocks.{config.layer}.hook_resid_post",
+        x_prev=f"blocks.{config.layer - 1}.hook_resid_post",
+        attn=f"blocks.{config.layer}.hook_attn_out",
+        mlp=f"blocks.{config.layer}.hook_mlp_out",
+    )
+    store = build_store(
+        model,
+        list(names.values()),
+        _corpus_tokens(model, config),
+        cache / "store",
+        config.n_tokens,
+        seq_len=config.seq_len,
+        dtype=getattr(torch, config.store_dtype),
+    )
     tokens = store.tokens().long()
     fit_seqs, held_seqs = split_sequences(len(tokens) // config.seq_len, config.fit_fraction, config.seed)
     positions = torch.arange(config.skip_positions, config.seq_len)
@@ -115,6 +133,12 @@ def load_split(model, config: DarkMatterSettings, cache: Path) -> Split:
         del acts
     return Split(
         Rows(tokens[fit_rows], positions.repeat(len(fit_seqs)), seq=None, **fit),
-        Rows(tokens[held_rows], positions.repeat(len(held_seqs)), seq=torch.arange(len(held_seqs)).repeat_interleave(len(positions)), **held),
-        tokens, held_seqs,
+        Rows(
+            tokens[held_rows],
+            positions.repeat(len(held_seqs)),
+            seq=torch.arange(len(held_seqs)).repeat_interleave(len(positions)),
+            **held,
+        ),
+        tokens,
+        held_seqs,
     )

@@ -31,9 +31,13 @@ def _hook(site: Site, sae: Sae, error_map: LinearMap, variant: str, from_positio
     def hook(act: Tensor, hook) -> Tensor:
         region = act[index_from]
         if region.shape[-1] != sae.cfg.d_in:
-            raise ShapeMismatchError(f"{site}: activations are {region.shape[-1]} wide but the SAE has d_in={sae.cfg.d_in}; splice an SAE trained at this site.")
+            raise ShapeMismatchError(
+                f"{site}: activations are {region.shape[-1]} wide but the SAE has d_in={sae.cfg.d_in}; splice an SAE trained at this site."
+            )
         act = act.clone()
-        act[index_from] = _spliced(region.reshape(-1, region.shape[-1]), sae, error_map, variant).reshape(region.shape).to(act.dtype)
+        act[index_from] = (
+            _spliced(region.reshape(-1, region.shape[-1]), sae, error_map, variant).reshape(region.shape).to(act.dtype)
+        )
         return act
 
     return hook
@@ -41,7 +45,14 @@ def _hook(site: Site, sae: Sae, error_map: LinearMap, variant: str, from_positio
 
 @torch.no_grad()
 def spliced_losses(
-    model: HookedTransformer, tokens: Int[Tensor, "seqs pos"], sae: Sae, site: Site | str, error_map: LinearMap, *, batch_size: int = 8, from_position: int = 0
+    model: HookedTransformer,
+    tokens: Int[Tensor, "seqs pos"],
+    sae: Sae,
+    site: Site | str,
+    error_map: LinearMap,
+    *,
+    batch_size: int = 8,
+    from_position: int = 0,
 ) -> pd.DataFrame:
     """Next-token CE per token (columns seq, pos, token, ce_clean, ce_sae, ce_sae_plus_linear, ce_sae_plus_nonlinear).
 
@@ -49,13 +60,21 @@ def spliced_losses(
     """
     site = as_site(model, site)
     if not isinstance(from_position, int) or not 0 <= from_position < tokens.shape[-1] - 1:
-        raise ShapeMismatchError(f"from_position={from_position!r}: must be an integer in 0..{tokens.shape[-1] - 2} for sequences of {tokens.shape[-1]} tokens.")
+        raise ShapeMismatchError(
+            f"from_position={from_position!r}: must be an integer in 0..{tokens.shape[-1] - 2} for sequences of {tokens.shape[-1]} tokens."
+        )
     if site.head is not None or site.neuron is not None or site.position is not None or site.layout.pos_axis != 1:
-        raise ShapeMismatchError(f"site={site}: splice at a whole per-token activation (no head, neuron or position), the one the SAE was trained on.")
+        raise ShapeMismatchError(
+            f"site={site}: splice at a whole per-token activation (no head, neuron or position), the one the SAE was trained on."
+        )
     tokens = to_tokens(model, tokens, argument="tokens")
     # A residual-stream site of a HookedTransformer: run the layers up to it once and each variant from there (the same numbers as
     # hooking every variant's full forward pass, about a quarter less work at layer 6 of 30).
-    resume_at = site.layer + 1 if isinstance(model, HookedTransformer) and site.hook_name == f"blocks.{site.layer}.hook_resid_post" else None
+    resume_at = (
+        site.layer + 1
+        if isinstance(model, HookedTransformer) and site.hook_name == f"blocks.{site.layer}.hook_resid_post"
+        else None
+    )
     frames = []
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start : start + batch_size]
@@ -66,11 +85,20 @@ def spliced_losses(
                 act = resid if variant == "clean" else _hook(site, sae, error_map, variant, from_position)(resid, None)
                 logits = model(act, start_at_layer=resume_at)
             else:
-                logits = model(batch) if variant == "clean" else run_with_hooks(model, batch, [(site, _hook(site, sae, error_map, variant, from_position))])
+                logits = (
+                    model(batch)
+                    if variant == "clean"
+                    else run_with_hooks(model, batch, [(site, _hook(site, sae, error_map, variant, from_position))])
+                )
             losses[f"ce_{variant}"] = -logits[:, :-1].log_softmax(-1).gather(-1, batch[:, 1:, None])[..., 0].double()
         b, p = batch[:, from_position + 1 :].shape
-        frame = pd.DataFrame(dict(seq=torch.arange(start, start + b).repeat_interleave(p).numpy(), pos=torch.arange(from_position, from_position + p).repeat(b).numpy(),
-                                  token=batch[:, from_position:-1].reshape(-1).numpy()))
+        frame = pd.DataFrame(
+            dict(
+                seq=torch.arange(start, start + b).repeat_interleave(p).numpy(),
+                pos=torch.arange(from_position, from_position + p).repeat(b).numpy(),
+                token=batch[:, from_position:-1].reshape(-1).numpy(),
+            )
+        )
         frames.append(frame.assign(**{k: v[:, from_position:].reshape(-1).numpy() for k, v in losses.items()}))
     return pd.concat(frames, ignore_index=True)
 
@@ -82,6 +110,9 @@ def ce_shares(losses: pd.DataFrame) -> dict[str, float]:
     """
     mean = {v: float(losses[f"ce_{v}"].mean()) for v in VARIANTS}
     increase = mean["sae"] - mean["clean"]
-    return dict(**{f"ce_{v}": m for v, m in mean.items()}, ce_increase_sae=increase,
-                ce_share_nonlinear=(mean["sae_plus_linear"] - mean["clean"]) / increase,
-                ce_share_linear=(mean["sae_plus_nonlinear"] - mean["clean"]) / increase)
+    return dict(
+        **{f"ce_{v}": m for v, m in mean.items()},
+        ce_increase_sae=increase,
+        ce_share_nonlinear=(mean["sae_plus_linear"] - mean["clean"]) / increase,
+        ce_share_linear=(mean["sae_plus_nonlinear"] - mean["clean"]) / increase,
+    )

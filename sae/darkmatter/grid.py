@@ -24,8 +24,23 @@ from sae.darkmatter.uncertainty import r2_with_ci
 from sae.train import TrainConfig
 
 GRID_FACTORS = ("width", "positions_dropped", "training", "k")
-GRID_COLUMNS = ["width", "positions_dropped", "steps", "k", "norm_r2", "ci_low", "ci_high", "training", "converged", "fvu_change_last_20pct", "plateau_step",
-                "fvu_change_at_plateau", "anneal_fvu_change", "fvu", "status"]
+GRID_COLUMNS = [
+    "width",
+    "positions_dropped",
+    "steps",
+    "k",
+    "norm_r2",
+    "ci_low",
+    "ci_high",
+    "training",
+    "converged",
+    "fvu_change_last_20pct",
+    "plateau_step",
+    "fvu_change_at_plateau",
+    "anneal_fvu_change",
+    "fvu",
+    "status",
+]
 
 
 class GridCell(NamedTuple):
@@ -37,14 +52,22 @@ class GridCell(NamedTuple):
 def grid_cells(config: DarkMatterSettings) -> list[GridCell]:
     """Every cell in the order they are trained: every short cell first (minutes), then the converged ones, the family's k first."""
     ks = sorted(config.grid_ks, key=lambda k: (k != config.k, k))
-    return [GridCell(training, w, k) for training in ("short", "converged") for k in ks for w in sorted(config.grid_widths)]
+    return [
+        GridCell(training, w, k) for training in ("short", "converged") for k in ks for w in sorted(config.grid_widths)
+    ]
 
 
 def cell_training(config: DarkMatterSettings, training: str) -> TrainConfig:
     return (config.grid_training or config.training) if training == "converged" else config.short_training
 
 
-def norm_r2_grid(config: DarkMatterSettings, cache: Path, data: Split, budget: Budget = UNLIMITED, cells: list[GridCell] | None = None) -> pd.DataFrame:
+def norm_r2_grid(
+    config: DarkMatterSettings,
+    cache: Path,
+    data: Split,
+    budget: Budget = UNLIMITED,
+    cells: list[GridCell] | None = None,
+) -> pd.DataFrame:
     """Held-out norm R^2 with a bootstrap 95% CI over held-out sequences, for every cell (default: the whole grid).
 
     Each positions_dropped p fits its probe on the first grid_fit_tokens fit rows at positions >= p and is judged on every held-out
@@ -52,7 +75,9 @@ def norm_r2_grid(config: DarkMatterSettings, cache: Path, data: Split, budget: B
     A cell whose SAE is not trained within the budget gets a row per p with norm_r2 None and status saying how far its training got.
     """
     fit, held = data.fit, data.held
-    fit_rows = {p: (fit.pos >= p).nonzero()[:, 0][: config.grid_fit_tokens] for p in sorted(config.grid_positions_dropped)}
+    fit_rows = {
+        p: (fit.pos >= p).nonzero()[:, 0][: config.grid_fit_tokens] for p in sorted(config.grid_positions_dropped)
+    }
     last = max(int(rows[-1]) for rows in fit_rows.values()) + 1
     rows = []
     for cell in cells or grid_cells(config):
@@ -64,7 +89,18 @@ def norm_r2_grid(config: DarkMatterSettings, cache: Path, data: Split, budget: B
         except OutOfBudget:
             record = training_record(cache / "saes", fit.x, spec)
             status = f"missing: not trained within this invocation's budget ({record.steps} of at most {training.steps} steps checkpointed; rerun to resume)"
-            rows += [dict(base, positions_dropped=p, **record._asdict(), norm_r2=None, ci_low=None, ci_high=None, status=status) for p in fit_rows]
+            rows += [
+                dict(
+                    base,
+                    positions_dropped=p,
+                    **record._asdict(),
+                    norm_r2=None,
+                    ci_low=None,
+                    ci_high=None,
+                    status=status,
+                )
+                for p in fit_rows
+            ]
             continue
         record = training_record(cache / "saes", fit.x, spec)._asdict()
         sq_fit, sq_eval = sq_error_norms(sae, fit.x[:last]), sq_error_norms(sae, held.x)
@@ -72,9 +108,23 @@ def norm_r2_grid(config: DarkMatterSettings, cache: Path, data: Split, budget: B
         for p, sel in fit_rows.items():
             probe = fit_linear_map(fit.x[sel], sq_fit[sel])
             ev = held.pos >= p
-            value, low, high = r2_with_ci(sq_eval[ev], probe.predict(held.x[ev])[:, 0], held.seq[ev], n_boot=config.bootstrap, seed=config.seed)
-            rows.append(dict(base, positions_dropped=p, **record, norm_r2=value, ci_low=low, ci_high=high, fvu=fvu_eval, fit_tokens=len(sel),
-                             eval_tokens=int(ev.sum()), status="done"))
+            value, low, high = r2_with_ci(
+                sq_eval[ev], probe.predict(held.x[ev])[:, 0], held.seq[ev], n_boot=config.bootstrap, seed=config.seed
+            )
+            rows.append(
+                dict(
+                    base,
+                    positions_dropped=p,
+                    **record,
+                    norm_r2=value,
+                    ci_low=low,
+                    ci_high=high,
+                    fvu=fvu_eval,
+                    fit_tokens=len(sel),
+                    eval_tokens=int(ev.sum()),
+                    status="done",
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -87,24 +137,43 @@ def grid_effects(grid: pd.DataFrame) -> pd.DataFrame:
         others = [f for f in GRID_FACTORS if f != factor]
         levels = sorted(done[factor].unique(), key=lambda v: (v != "short", v) if factor == "training" else v)
         for level in levels[1:]:
-            pairs = done[done[factor] == levels[0]].merge(done[done[factor] == level], on=others, suffixes=("_from", "_to"))
+            pairs = done[done[factor] == levels[0]].merge(
+                done[done[factor] == level], on=others, suffixes=("_from", "_to")
+            )
             if pairs.empty:
                 continue
             change = pairs.norm_r2_to - pairs.norm_r2_from
-            rows.append(dict(factor=factor, level_from=str(levels[0]), level_to=str(level), mean_change=float(change.mean()), min_change=float(change.min()),
-                             max_change=float(change.max()), pairs=len(pairs)))
-    return pd.DataFrame(rows, columns=["factor", "level_from", "level_to", "mean_change", "min_change", "max_change", "pairs"])
+            rows.append(
+                dict(
+                    factor=factor,
+                    level_from=str(levels[0]),
+                    level_to=str(level),
+                    mean_change=float(change.mean()),
+                    min_change=float(change.min()),
+                    max_change=float(change.max()),
+                    pairs=len(pairs),
+                )
+            )
+    return pd.DataFrame(
+        rows, columns=["factor", "level_from", "level_to", "mean_change", "min_change", "max_change", "pairs"]
+    )
 
 
 def grid_metrics(grid: pd.DataFrame) -> dict:
     """metrics.json's norm_r2_grid rows (JSON values, None for missing) and how many rows are missing."""
     columns = [c for c in GRID_COLUMNS if c in grid]
-    return dict(norm_r2_grid=[{c: (None if pd.isna(v) else v) if not isinstance(v, (list, dict)) else v for c, v in row.items()}
-                              for row in grid[columns].to_dict("records")],
-                norm_r2_grid_missing=int((grid.status != "done").sum()))
+    return dict(
+        norm_r2_grid=[
+            {c: (None if pd.isna(v) else v) if not isinstance(v, (list, dict)) else v for c, v in row.items()}
+            for row in grid[columns].to_dict("records")
+        ],
+        norm_r2_grid_missing=int((grid.status != "done").sum()),
+    )
 
 
-def norm_r2_on_more_tokens(config: DarkMatterSettings, cache: Path, data: Split, cell: GridCell, positions_dropped: int) -> dict:
+def norm_r2_on_more_tokens(
+    config: DarkMatterSettings, cache: Path, data: Split, cell: GridCell, positions_dropped: int
+) -> dict:
     """One grid cell's norm R^2 judged also on the fit rows its probe was not fit on (a sensitivity check for a CI wider than wanted).
 
     Those rows are held out for the probe but were seen by the SAE in training, so they are reported apart ("fit_unused") and pooled with the
@@ -125,6 +194,16 @@ def norm_r2_on_more_tokens(config: DarkMatterSettings, cache: Path, data: Split,
     for name in sides:
         value, low, high = r2_with_ci(sq[name], pred[name], sides[name][1], n_boot=config.bootstrap, seed=config.seed)
         out |= {name: value, f"{name}_ci": [low, high], f"{name}_tokens": len(sq[name])}
-    clusters = torch.cat([sides["held_out"][1], sides["fit_unused"][1] + int(held.seq.max()) + 1])  # distinct ids: held-out and fit sequences
-    value, low, high = r2_with_ci(torch.cat(list(sq.values())), torch.cat(list(pred.values())), clusters, n_boot=config.bootstrap, seed=config.seed)
-    return out | dict(pooled=value, pooled_ci=[low, high], pooled_tokens=out["held_out_tokens"] + out["fit_unused_tokens"])
+    clusters = torch.cat(
+        [sides["held_out"][1], sides["fit_unused"][1] + int(held.seq.max()) + 1]
+    )  # distinct ids: held-out and fit sequences
+    value, low, high = r2_with_ci(
+        torch.cat(list(sq.values())),
+        torch.cat(list(pred.values())),
+        clusters,
+        n_boot=config.bootstrap,
+        seed=config.seed,
+    )
+    return out | dict(
+        pooled=value, pooled_ci=[low, high], pooled_tokens=out["held_out_tokens"] + out["fit_unused_tokens"]
+    )

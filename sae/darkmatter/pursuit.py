@@ -24,15 +24,21 @@ def gradient_pursuit(sae: Sae, x: Float[Tensor, "n d_in"], k: Int[Tensor, " n"])
     decoder = sae.W_dec.detach().float()  # [d_sae, d_in]
     target = x.float() - sae.b_dec.detach().float()
     n, steps = len(x), int(k.max()) if len(k) else 0
-    support = torch.zeros(n, steps, dtype=torch.long)  # latent ids, in the order they joined; padding slots hold latent 0 with weight 0
+    support = torch.zeros(
+        n, steps, dtype=torch.long
+    )  # latent ids, in the order they joined; padding slots hold latent 0 with weight 0
     in_support = torch.zeros(n, steps, dtype=torch.bool)
     coefficients = torch.zeros(n, steps)
     residual = target.clone()
     rows = torch.arange(n)
     for step in range(steps):
         running = step < k
-        match = residual @ decoder.T  # [n, d_sae]: minus the gradient of ||r||^2 / 2 in every coefficient; the one dense product per step
-        taken = torch.zeros_like(match).scatter_add_(1, support, in_support.float()) > 0  # add, not write: padding slots also point at latent 0
+        match = (
+            residual @ decoder.T
+        )  # [n, d_sae]: minus the gradient of ||r||^2 / 2 in every coefficient; the one dense product per step
+        taken = (
+            torch.zeros_like(match).scatter_add_(1, support, in_support.float()) > 0
+        )  # add, not write: padding slots also point at latent 0
         support[:, step] = match.masked_fill(taken, float("-inf")).argmax(-1)
         in_support[:, step] = running
         rows_of_support = decoder[support]  # [n, steps, d_in]
@@ -43,7 +49,9 @@ def gradient_pursuit(sae: Sae, x: Float[Tensor, "n d_in"], k: Int[Tensor, " n"])
         coefficients = (coefficients + size[:, None] * direction).clamp_min(0)
         residual = target - torch.einsum("ns,nsd->nd", coefficients, rows_of_support)
     codes = torch.zeros(n, sae.cfg.d_sae)
-    return codes.index_put_((rows[:, None].expand_as(support), support), torch.where(in_support, coefficients, 0.0), accumulate=True)
+    return codes.index_put_(
+        (rows[:, None].expand_as(support), support), torch.where(in_support, coefficients, 0.0), accumulate=True
+    )
 
 
 def pursuit_reconstruction(sae: Sae, x: Float[Tensor, "n d_in"], k: Int[Tensor, " n"]) -> Float[Tensor, "n d_in"]:

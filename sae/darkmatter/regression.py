@@ -29,16 +29,22 @@ def _as_matrix(t: Tensor, argument: str) -> Tensor:
     if t.ndim == 1:
         return t[:, None]
     if t.ndim != 2:
-        raise ShapeMismatchError(f"{argument}: expected [rows, features] (or [rows]), got shape {tuple(t.shape)}. Flatten batch and position first.")
+        raise ShapeMismatchError(
+            f"{argument}: expected [rows, features] (or [rows]), got shape {tuple(t.shape)}. Flatten batch and position first."
+        )
     return t
 
 
 def check_same_rows(x: Tensor, y: Tensor, x_name: str, y_name: str) -> None:
     if len(x) != len(y):
-        raise ShapeMismatchError(f"{x_name} has {len(x)} rows but {y_name} has {len(y)}; they must hold the same tokens in the same order.")
+        raise ShapeMismatchError(
+            f"{x_name} has {len(x)} rows but {y_name} has {len(y)}; they must hold the same tokens in the same order."
+        )
 
 
-def fit_linear_map(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"] | Float[Tensor, " n"], *, intercept: bool = False) -> LinearMap:
+def fit_linear_map(
+    x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"] | Float[Tensor, " n"], *, intercept: bool = False
+) -> LinearMap:
     """Least squares y ~ x W (+ b), the minimum-norm solution when x is rank deficient.
 
     Solved from the normal equations accumulated in float64 chunk by chunk, so a million 576-wide rows
@@ -61,13 +67,20 @@ def fit_linear_map(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"] | Flo
     return LinearMap(solution[:-1], solution[-1]) if intercept else LinearMap(solution, None)
 
 
-def r2_per_dimension(y: Float[Tensor, "n d"] | Float[Tensor, " n"], y_hat: Float[Tensor, "n d"] | Float[Tensor, " n"]) -> Float[Tensor, " d"]:
+def r2_per_dimension(
+    y: Float[Tensor, "n d"] | Float[Tensor, " n"], y_hat: Float[Tensor, "n d"] | Float[Tensor, " n"]
+) -> Float[Tensor, " d"]:
     """1 - SSE_d / SST_d for each column (NaN where a column is constant)."""
     y, y_hat = _as_matrix(y, "y"), _as_matrix(y_hat, "y_hat")
     if y.shape != y_hat.shape:
-        raise ShapeMismatchError(f"y_hat has shape {tuple(y_hat.shape)} but y has {tuple(y.shape)}; predict every column of every row.")
+        raise ShapeMismatchError(
+            f"y_hat has shape {tuple(y_hat.shape)} but y has {tuple(y.shape)}; predict every column of every row."
+        )
     mean = sum(chunk.double().sum(0) for chunk in y.split(ROWS_PER_CHUNK)) / len(y)
-    sse = sum((yc.double() - hc.double()).pow(2).sum(0) for yc, hc in zip(y.split(ROWS_PER_CHUNK), y_hat.split(ROWS_PER_CHUNK)))
+    sse = sum(
+        (yc.double() - hc.double()).pow(2).sum(0)
+        for yc, hc in zip(y.split(ROWS_PER_CHUNK), y_hat.split(ROWS_PER_CHUNK))
+    )
     sst = sum((yc.double() - mean).pow(2).sum(0) for yc in y.split(ROWS_PER_CHUNK))
     return torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-300), torch.full_like(sst, float("nan")))
 
@@ -100,20 +113,32 @@ def total_variance(x: Float[Tensor, "n d"]) -> float:
 
 
 def regression_r2(
-    features_fit: Float[Tensor, "n f"], y_fit: Float[Tensor, " n"], features_eval: Float[Tensor, "m f"], y_eval: Float[Tensor, " m"], *, intercept: bool = True
+    features_fit: Float[Tensor, "n f"],
+    y_fit: Float[Tensor, " n"],
+    features_eval: Float[Tensor, "m f"],
+    y_eval: Float[Tensor, " m"],
+    *,
+    intercept: bool = True,
 ) -> float:
     """Held-out R^2 of predicting y from features by least squares fit on the fit rows."""
     fitted = fit_linear_map(features_fit, y_fit, intercept=intercept)
     return r2(_as_matrix(y_eval, "y_eval")[:, 0], fitted.predict(_as_matrix(features_eval, "features_eval"))[:, 0])
 
 
-def group_mean_r2(groups_fit: Int[Tensor, " n"], y_fit: Float[Tensor, " n"], groups_eval: Int[Tensor, " m"], y_eval: Float[Tensor, " m"]) -> float:
+def group_mean_r2(
+    groups_fit: Int[Tensor, " n"],
+    y_fit: Float[Tensor, " n"],
+    groups_eval: Int[Tensor, " m"],
+    y_eval: Float[Tensor, " m"],
+) -> float:
     """Held-out R^2 of predicting y by the fit rows' mean of y in the same group (e.g. token id); unseen groups get the overall mean."""
     check_same_rows(groups_fit, y_fit, "groups_fit", "y_fit")
     check_same_rows(groups_eval, y_eval, "groups_eval", "y_eval")
     groups_fit, groups_eval = groups_fit.long().reshape(-1), groups_eval.long().reshape(-1)
     size = int(max(groups_fit.max(), groups_eval.max())) + 1
     sums = torch.zeros(size, dtype=torch.float64).index_add_(0, groups_fit, y_fit.double().reshape(-1))
-    counts = torch.zeros(size, dtype=torch.float64).index_add_(0, groups_fit, torch.ones(len(groups_fit), dtype=torch.float64))
+    counts = torch.zeros(size, dtype=torch.float64).index_add_(
+        0, groups_fit, torch.ones(len(groups_fit), dtype=torch.float64)
+    )
     means = torch.where(counts > 0, sums / counts.clamp_min(1), y_fit.double().mean())
     return r2(y_eval.reshape(-1), means[groups_eval])

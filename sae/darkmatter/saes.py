@@ -76,7 +76,9 @@ class Reconstruction(NamedTuple):
 def sae_dir(folder: Path, acts: Float[Tensor, "n d"], spec: SaeSpec) -> tuple[Path, TopKConfig]:
     """The SAE's cache folder, keyed by the spec and the training rows themselves (a changed split or store never reuses a stale SAE)."""
     sae_cfg = TopKConfig(acts.shape[1], spec.width, k=spec.k, seed=spec.seed)
-    digest = hashlib.sha256(json.dumps([spec.what, sae_cfg.to_dict(), asdict(spec.training)], sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(
+        json.dumps([spec.what, sae_cfg.to_dict(), asdict(spec.training)], sort_keys=True, default=str).encode()
+    )
     digest.update(acts.contiguous().numpy().tobytes())
     return folder / f"{spec.what}-W{spec.width}-k{spec.k}-{digest.hexdigest()[:10]}", sae_cfg
 
@@ -110,8 +112,14 @@ def training_record(folder: Path, acts: Float[Tensor, "n d"], spec: SaeSpec) -> 
     if (out / "sae").is_dir():
         saved = read_sae_config(out / "sae").get("interp_toolkit", {})
         if "steps_trained" in saved:
-            return TrainingRecord(saved["steps_trained"], saved["fvu_change_last_window"], saved["converged"], saved.get("plateau_step"),
-                                  saved.get("fvu_change_at_plateau"), saved.get("anneal_fvu_change"))
+            return TrainingRecord(
+                saved["steps_trained"],
+                saved["fvu_change_last_window"],
+                saved["converged"],
+                saved.get("plateau_step"),
+                saved.get("fvu_change_at_plateau"),
+                saved.get("anneal_fvu_change"),
+            )
     checkpoints = sorted((out / "checkpoints").glob("step_*.pt"))
     if checkpoints:
         state = torch.load(checkpoints[-1], weights_only=False)
@@ -144,4 +152,6 @@ def reconstruct(sae: Sae, x: Float[Tensor, "n d"]) -> Reconstruction:
 @torch.no_grad()
 def sq_error_norms(sae: Sae, x: Float[Tensor, "n d"]) -> Float[Tensor, " n"]:
     """||x - Sae(x)||^2 per row in float64, a chunk at a time."""
-    return torch.cat([(xc.float() - reconstruct(sae, xc).out).double().pow(2).sum(-1) for xc in x.split(ROWS_PER_CHUNK)])
+    return torch.cat(
+        [(xc.float() - reconstruct(sae, xc).out).double().pow(2).sum(-1) for xc in x.split(ROWS_PER_CHUNK)]
+    )

@@ -19,7 +19,9 @@ VARIANT_DIFFS = ("sae", "sae_plus_linear", "sae_plus_nonlinear")
 def bootstrap_counts(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, n_clusters]: how often each cluster is drawn in each replicate (n_clusters draws with replacement, seeded)."""
     if n_clusters < 2 or n_boot < 1:
-        raise InterpError(f"bootstrap_counts(n_clusters={n_clusters}, n_boot={n_boot}): needs at least 2 clusters and 1 replicate.")
+        raise InterpError(
+            f"bootstrap_counts(n_clusters={n_clusters}, n_boot={n_boot}): needs at least 2 clusters and 1 replicate."
+        )
     draws = np.random.default_rng(seed).integers(0, n_clusters, size=(n_boot, n_clusters))
     return np.stack([np.bincount(row, minlength=n_clusters) for row in draws]).astype(np.float64)
 
@@ -27,7 +29,9 @@ def bootstrap_counts(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
 def _cluster_ids(clusters: Tensor | np.ndarray, n: int, argument: str) -> tuple[np.ndarray, int]:
     ids = np.asarray(clusters).reshape(-1)
     if len(ids) != n:
-        raise ShapeMismatchError(f"{argument}: {len(ids)} cluster ids for {n} rows; give one id (e.g. the held-out sequence) per row.")
+        raise ShapeMismatchError(
+            f"{argument}: {len(ids)} cluster ids for {n} rows; give one id (e.g. the held-out sequence) per row."
+        )
     _, dense = np.unique(ids, return_inverse=True)
     return dense, int(dense.max()) + 1
 
@@ -39,7 +43,13 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def r2_with_ci(
-    y: Float[Tensor, " n"], y_hat: Float[Tensor, " n"], clusters: Int[Tensor, " n"], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    y: Float[Tensor, " n"],
+    y_hat: Float[Tensor, " n"],
+    clusters: Int[Tensor, " n"],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> tuple[float, float, float]:
     """R^2 = 1 - SSE/SST of y_hat for y (SST around y's own mean, as in r2) and its percentile bootstrap interval over clusters.
 
@@ -50,7 +60,12 @@ def r2_with_ci(
         raise ShapeMismatchError(f"y_hat has {len(y_hat)} rows but y has {len(y)}; predict every row.")
     ids, n_clusters = _cluster_ids(clusters, len(y), "clusters")
     centred = y - y.mean()  # SST is shift invariant; centring first keeps sum(y^2) - sum(y)^2 / n well conditioned
-    sums = np.stack([np.bincount(ids, weights=w, minlength=n_clusters) for w in (np.ones_like(y), centred, centred**2, (y - y_hat) ** 2)])
+    sums = np.stack(
+        [
+            np.bincount(ids, weights=w, minlength=n_clusters)
+            for w in (np.ones_like(y), centred, centred**2, (y - y_hat) ** 2)
+        ]
+    )
     n, s, ss, sse = sums
     full = 1 - sse.sum() / (ss.sum() - s.sum() ** 2 / n.sum())
     counts = bootstrap_counts(n_clusters, n_boot, seed)
@@ -70,16 +85,26 @@ def ce_shares_with_ci(losses: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
         raise ShapeMismatchError(f"losses: missing columns {missing}; pass the frame spliced_losses returns.")
     ids, n_clusters = _cluster_ids(losses["seq"].to_numpy(), len(losses), "losses.seq")
     clean = losses["ce_clean"].to_numpy(np.float64)
-    per_seq = {v: np.bincount(ids, weights=losses[f"ce_{v}"].to_numpy(np.float64) - clean, minlength=n_clusters) for v in VARIANT_DIFFS}
+    per_seq = {
+        v: np.bincount(ids, weights=losses[f"ce_{v}"].to_numpy(np.float64) - clean, minlength=n_clusters)
+        for v in VARIANT_DIFFS
+    }
     tokens = np.bincount(ids, minlength=n_clusters).astype(np.float64)
     counts = bootstrap_counts(n_clusters, n_boot, seed)
     boot = {v: counts @ d for v, d in per_seq.items()}
-    out = dict(ce_increase_sae=float(per_seq["sae"].sum() / tokens.sum()), ce_increase_sae_ci=list(_interval(boot["sae"] / (counts @ tokens), level)),
-               downstream_seqs=n_clusters, downstream_tokens=int(tokens.sum()))
+    out = dict(
+        ce_increase_sae=float(per_seq["sae"].sum() / tokens.sum()),
+        ce_increase_sae_ci=list(_interval(boot["sae"] / (counts @ tokens), level)),
+        downstream_seqs=n_clusters,
+        downstream_tokens=int(tokens.sum()),
+    )
     for name, variant in (("nonlinear", "sae_plus_linear"), ("linear", "sae_plus_nonlinear")):
         low, high = _interval(boot[variant] / boot["sae"], level)
-        out |= {f"ce_share_{name}": float(per_seq[variant].sum() / per_seq["sae"].sum()), f"ce_share_{name}_ci": [low, high],
-                f"ce_share_{name}_ci_includes_zero": bool(low <= 0 <= high)}
+        out |= {
+            f"ce_share_{name}": float(per_seq[variant].sum() / per_seq["sae"].sum()),
+            f"ce_share_{name}_ci": [low, high],
+            f"ce_share_{name}_ci_includes_zero": bool(low <= 0 <= high),
+        }
     return out
 
 

@@ -19,13 +19,20 @@ def register(config_class: type[SaeConfig], sae_class: type[Sae]) -> None:
     ARCHITECTURES[name] = (config_class, sae_class)
 
 
-for _pair in ((ReluConfig, ReluSae), (TopKConfig, TopKSae), (BatchTopKConfig, BatchTopKSae), (JumpReluConfig, JumpReluSae)):
+for _pair in (
+    (ReluConfig, ReluSae),
+    (TopKConfig, TopKSae),
+    (BatchTopKConfig, BatchTopKSae),
+    (JumpReluConfig, JumpReluSae),
+):
     register(*_pair)
 
 
 def config_class(architecture: str) -> type[SaeConfig]:
     if architecture not in ARCHITECTURES:
-        raise InterpError(f"Unknown SAE architecture {architecture!r}.{did_you_mean(architecture, ARCHITECTURES)} Known: {', '.join(ARCHITECTURES)}.")
+        raise InterpError(
+            f"Unknown SAE architecture {architecture!r}.{did_you_mean(architecture, ARCHITECTURES)} Known: {', '.join(ARCHITECTURES)}."
+        )
     return ARCHITECTURES[architecture][0]
 
 
@@ -35,7 +42,9 @@ def make_config(architecture: str, **fields) -> SaeConfig:
     valid = set(cls.__dataclass_fields__)
     unknown = [f for f in fields if f not in valid]
     if unknown:
-        raise InterpError(f"{cls.__name__} has no field(s) {unknown}.{did_you_mean(unknown[0], valid)} Fields: {', '.join(sorted(valid))}.")
+        raise InterpError(
+            f"{cls.__name__} has no field(s) {unknown}.{did_you_mean(unknown[0], valid)} Fields: {', '.join(sorted(valid))}."
+        )
     return cls(**fields)
 
 
@@ -49,6 +58,21 @@ def build_sae(cfg: SaeConfig) -> Sae:
 
 
 __all__ = [
-    "ARCHITECTURES", "BatchTopKConfig", "BatchTopKSae", "JumpReluConfig", "JumpReluSae", "LossScale", "ReluConfig",
-    "ReluSae", "Sae", "SaeConfig", "StepOutput", "TopKConfig", "TopKSae", "build_sae", "config_from_dict", "make_config", "register",
+    "ARCHITECTURES",
+    "BatchTopKConfig",
+    "BatchTopKSae",
+    "JumpReluConfig",
+    "JumpReluSae",
+    "LossScale",
+    "ReluConfig",
+    "ReluSae",
+    "Sae",
+    "SaeConfig",
+    "StepOutput",
+    "TopKConfig",
+    "TopKSae",
+    "build_sae",
+    "config_from_dict",
+    "make_config",
+    "register",
 ]

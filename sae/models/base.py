@@ -87,8 +87,10 @@ class Sae(nn.Module):
             )
         if self.check_finite and x.is_floating_point() and not torch.isfinite(x).all():
             bad = (~torch.isfinite(x)).reshape(-1, x.shape[-1]).any(-1).nonzero()[:, 0]
-            raise NonFiniteError(f"{argument}: {len(bad)} of {x.numel() // max(1, x.shape[-1])} rows hold NaN or Inf (first: row {int(bad[0])} of the flattened batch). "
-                                 "Check the source activations (dtype overflow, a corrupt shard); set sae.check_finite = False to skip this check.")
+            raise NonFiniteError(
+                f"{argument}: {len(bad)} of {x.numel() // max(1, x.shape[-1])} rows hold NaN or Inf (first: row {int(bad[0])} of the flattened batch). "
+                "Check the source activations (dtype overflow, a corrupt shard); set sae.check_finite = False to skip this check."
+            )
 
     def pre_acts(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         return torch.nn.functional.linear(x - self.b_dec, self.encoder, self.b_enc)
@@ -107,7 +109,9 @@ class Sae(nn.Module):
         return self.decode(self.encode(x))
 
     # -- training ----------------------------------------------------------------------------
-    def training_step(self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int) -> StepOutput:
+    def training_step(
+        self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int
+    ) -> StepOutput:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -151,7 +155,9 @@ def aux_k_loss(sae: Sae, x: Tensor, sae_out: Tensor, dead: Tensor, k_aux: int, s
     if n_dead == 0:
         return x.new_zeros(())
     residual = (x - sae_out).detach()
-    dead_pre = torch.nn.functional.linear(x - sae.b_dec, sae.encoder[dead], sae.b_enc[dead])  # only dead columns: cheap when few are dead
+    dead_pre = torch.nn.functional.linear(
+        x - sae.b_dec, sae.encoder[dead], sae.b_enc[dead]
+    )  # only dead columns: cheap when few are dead
     values, local = dead_pre.topk(min(k_aux, n_dead), dim=-1, sorted=False)
     residual_hat = _gather_decode(values.relu(), local, sae.W_dec[dead])
     sums = global_sum(torch.cat([residual.sum(0), residual.pow(2).sum()[None]]))
@@ -174,4 +180,3 @@ def _gather_decode(values: Tensor, indices: Tensor, w_dec: Tensor) -> Tensor:
 def default_lr(d_sae: int) -> float:
     """Gao et al. 2024's scaling: 2e-4 at 16k latents, shrinking as 1/sqrt(d_sae)."""
     return 2e-4 / math.sqrt(d_sae / 2**14)
-

@@ -29,7 +29,9 @@ class BatchTopKConfig(SaeConfig):
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.k, int) or not 0 < self.k < self.d_sae:
-            raise OutOfRangeError(f"{type(self).__name__}(k={self.k!r}): k must be an integer with 0 < k < d_sae={self.d_sae}. Lower k or raise d_sae.")
+            raise OutOfRangeError(
+                f"{type(self).__name__}(k={self.k!r}): k must be an integer with 0 < k < d_sae={self.d_sae}. Lower k or raise d_sae."
+            )
 
 
 class BatchTopKSae(Sae):
@@ -47,7 +49,9 @@ class BatchTopKSae(Sae):
         values, indices = flat.topk(self.cfg.k * len(pre), sorted=False)
         return torch.zeros_like(flat).scatter(0, indices, values).view_as(pre)
 
-    def training_step(self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int) -> StepOutput:
+    def training_step(
+        self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int
+    ) -> StepOutput:
         acts = self.batch_topk(self.pre_acts(x))
         sae_out = self.decode(acts)
         active = acts > 0

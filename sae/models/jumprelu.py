@@ -84,7 +84,9 @@ class JumpReluSae(Sae):
     def activation(self, pre: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
         return pre * (pre > self.threshold)
 
-    def training_step(self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int) -> StepOutput:
+    def training_step(
+        self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int
+    ) -> StepOutput:
         pre = self.pre_acts(x)
         threshold = self.threshold
         acts = JumpReluFunction.apply(pre, threshold, self.cfg.bandwidth)

@@ -36,7 +36,9 @@ class ReluSae(Sae):
     def activation(self, pre: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
         return pre.relu()
 
-    def training_step(self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int) -> StepOutput:
+    def training_step(
+        self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int
+    ) -> StepOutput:
         acts = self.activation(self.pre_acts(x))
         sae_out = self.decode(acts)
         weighted_l1 = (acts * self.W_dec.norm(dim=1)).sum() / scale.n_rows

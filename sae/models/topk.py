@@ -27,7 +27,9 @@ class TopKConfig(SaeConfig):
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.k, int) or not 0 < self.k < self.d_sae:
-            raise OutOfRangeError(f"{type(self).__name__}(k={self.k!r}): k must be an integer with 0 < k < d_sae={self.d_sae}. Lower k or raise d_sae.")
+            raise OutOfRangeError(
+                f"{type(self).__name__}(k={self.k!r}): k must be an integer with 0 < k < d_sae={self.d_sae}. Lower k or raise d_sae."
+            )
 
 
 class TopKSae(Sae):
@@ -42,7 +44,9 @@ class TopKSae(Sae):
         self.check_input(x)
         return topk_encode(x - self.b_dec, self.encoder, self.b_enc, self.cfg.k)
 
-    def training_step(self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int) -> StepOutput:
+    def training_step(
+        self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int
+    ) -> StepOutput:
         if self.cfg.sparse_backward:
             values, indices = topk_encode(x - self.b_dec, self.encoder, self.b_enc, self.cfg.k)
             sae_out = sparse_decode(values, indices, self.W_dec) + self.b_dec

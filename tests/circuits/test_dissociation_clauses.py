@@ -20,7 +20,12 @@ from interp.results import ResultsDir
 # ---- the table rule (dissociation.verdicts): recall set of 3 units, reasoning set of 5 --------------
 
 R_SIZE, Q_SIZE, N_RANDOM = 3, 5, 20
-RANDOM_BASE = {("recall", R_SIZE): 0.10, ("reasoning", R_SIZE): 0.20, ("recall", Q_SIZE): 0.30, ("reasoning", Q_SIZE): 0.05}
+RANDOM_BASE = {
+    ("recall", R_SIZE): 0.10,
+    ("reasoning", R_SIZE): 0.20,
+    ("recall", Q_SIZE): 0.30,
+    ("reasoning", Q_SIZE): 0.05,
+}
 
 
 def q975(base: float) -> float:
@@ -28,16 +33,36 @@ def q975(base: float) -> float:
     return base + 0.001 * (18 + 0.525)
 
 
-Q_R3, Q_Q3, Q_R5, Q_Q5 = (q975(RANDOM_BASE[k]) for k in (("recall", 3), ("reasoning", 3), ("recall", 5), ("reasoning", 5)))
+Q_R3, Q_Q3, Q_R5, Q_Q5 = (
+    q975(RANDOM_BASE[k]) for k in (("recall", 3), ("reasoning", 3), ("recall", 5), ("reasoning", 5))
+)
 
 
 def table(recall_set: tuple[float, float], reasoning_set: tuple[float, float]) -> pd.DataFrame:
     """Drops (on recall, on reasoning) of each chosen set; random sets of each size with distinct drops per task."""
-    rows = [dict(method="mean", ablated="none", set_index=-1, set_size=0, task=t, drop=0.0) for t in ("recall", "reasoning")]
-    rows += [dict(method="mean", ablated="recall_set", set_index=-1, set_size=R_SIZE, task=t, drop=d) for t, d in zip(("recall", "reasoning"), recall_set)]
-    rows += [dict(method="mean", ablated="reasoning_set", set_index=-1, set_size=Q_SIZE, task=t, drop=d) for t, d in zip(("recall", "reasoning"), reasoning_set)]
+    rows = [
+        dict(method="mean", ablated="none", set_index=-1, set_size=0, task=t, drop=0.0) for t in ("recall", "reasoning")
+    ]
+    rows += [
+        dict(method="mean", ablated="recall_set", set_index=-1, set_size=R_SIZE, task=t, drop=d)
+        for t, d in zip(("recall", "reasoning"), recall_set)
+    ]
+    rows += [
+        dict(method="mean", ablated="reasoning_set", set_index=-1, set_size=Q_SIZE, task=t, drop=d)
+        for t, d in zip(("recall", "reasoning"), reasoning_set)
+    ]
     for (task, size), base in RANDOM_BASE.items():
-        rows += [dict(method="mean", ablated=f"random_{size}", set_index=i, set_size=size, task=task, drop=base + 0.001 * ((7 * i) % N_RANDOM)) for i in range(N_RANDOM)]
+        rows += [
+            dict(
+                method="mean",
+                ablated=f"random_{size}",
+                set_index=i,
+                set_size=size,
+                task=task,
+                drop=base + 0.001 * ((7 * i) % N_RANDOM),
+            )
+            for i in range(N_RANDOM)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -58,22 +83,30 @@ CASES = {
 def test_hand_quantiles_separate_the_cases():
     # the cases sit between the right quantile and every wrong one
     assert 0.06 < Q_Q5 < 0.10 and 0.11 < Q_R3 < 0.15 and 0.21 < Q_Q3 < 0.22 and 0.31 < Q_R5 < 0.32
-    assert np.quantile(np.array([RANDOM_BASE["recall", 3] + 0.001 * i for i in range(20)]), 0.975) == pytest.approx(Q_R3)
+    assert np.quantile(np.array([RANDOM_BASE["recall", 3] + 0.001 * i for i in range(20)]), 0.975) == pytest.approx(
+        Q_R3
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_clause_of_the_table_rule_fails_alone(case):
     recall_set, reasoning_set, want = CASES[case]
     row = verdicts(table(recall_set, reasoning_set), R_SIZE, Q_SIZE).iloc[0]
-    got = dict(recall=row["recall_set_specific"], reasoning=row["reasoning_set_specific"], no_cross=row["no_cross_effect"])
+    got = dict(
+        recall=row["recall_set_specific"], reasoning=row["reasoning_set_specific"], no_cross=row["no_cross_effect"]
+    )
     assert got == want
     assert row["double_dissociation"] == all(want.values())
-    assert row["random_recall_drop_q975"] == pytest.approx(Q_R3) and row["random_reasoning_drop_q975"] == pytest.approx(Q_Q5)
+    assert row["random_recall_drop_q975"] == pytest.approx(Q_R3) and row["random_reasoning_drop_q975"] == pytest.approx(
+        Q_Q5
+    )
     # p: (1 + #random sets of the recall set's size dropping recall at least as much) / 21
     expected_p = (1 + sum(RANDOM_BASE["recall", R_SIZE] + 0.001 * i >= recall_set[0] for i in range(20))) / 21
     assert row["p_recall_set"] == pytest.approx(expected_p)
     text = verdict_text(row, "M")
-    assert text.startswith("M shows a double dissociation" if all(want.values()) else "M does NOT show a double dissociation")
+    assert text.startswith(
+        "M shows a double dissociation" if all(want.values()) else "M does NOT show a double dissociation"
+    )
     assert f"the recall set drops recall accuracy by {recall_set[0]:.3f} and reasoning by {recall_set[1]:.3f}" in text
     assert f"the reasoning set drops reasoning by {reasoning_set[1]:.3f} and recall by {reasoning_set[0]:.3f}" in text
 
@@ -119,12 +152,37 @@ def one_extreme(drops):
 
 HELD_OUT_CASES = {  # drops are (on recall, on reasoning); selectivity of each chosen set 0.25
     "all_hold": dict(args=((0.5, 0.25), (0.25, 0.5)), p=(1, 1, 1, 1), specific=(True, True), ci_above_0=True),
-    "recall_own_drop_matched_by_a_random_set": dict(args=((0.5, 0.25), (0.25, 0.5), one_extreme((0.5, 0.5))), p=(2, 1, 1, 1), specific=(False, True), ci_above_0=True),
-    "recall_selectivity_matched_by_a_random_set": dict(args=((0.5, 0.25), (0.25, 0.5), one_extreme((0.3, 0.0))), p=(1, 2, 1, 1), specific=(False, True), ci_above_0=True),
-    "reasoning_own_drop_matched_by_a_random_set": dict(args=((0.5, 0.25), (0.25, 0.5), None, one_extreme((0.5, 0.5))), p=(1, 1, 2, 1), specific=(True, False), ci_above_0=True),
-    "reasoning_selectivity_matched_by_a_random_set": dict(args=((0.5, 0.25), (0.25, 0.5), None, one_extreme((0.0, 0.3))), p=(1, 1, 1, 2), specific=(True, False), ci_above_0=True),
+    "recall_own_drop_matched_by_a_random_set": dict(
+        args=((0.5, 0.25), (0.25, 0.5), one_extreme((0.5, 0.5))),
+        p=(2, 1, 1, 1),
+        specific=(False, True),
+        ci_above_0=True,
+    ),
+    "recall_selectivity_matched_by_a_random_set": dict(
+        args=((0.5, 0.25), (0.25, 0.5), one_extreme((0.3, 0.0))),
+        p=(1, 2, 1, 1),
+        specific=(False, True),
+        ci_above_0=True,
+    ),
+    "reasoning_own_drop_matched_by_a_random_set": dict(
+        args=((0.5, 0.25), (0.25, 0.5), None, one_extreme((0.5, 0.5))),
+        p=(1, 1, 2, 1),
+        specific=(True, False),
+        ci_above_0=True,
+    ),
+    "reasoning_selectivity_matched_by_a_random_set": dict(
+        args=((0.5, 0.25), (0.25, 0.5), None, one_extreme((0.0, 0.3))),
+        p=(1, 1, 1, 2),
+        specific=(True, False),
+        ci_above_0=True,
+    ),
     # both sets beat random sets that hurt the other task much more, but their own selectivity is ~0: the CI spans 0
-    "interaction_ci_spans_zero": dict(args=((0.1, 0.075), (0.1, 0.1), [(0.0, 0.5)] * N_R, [(0.5, 0.0)] * N_R), p=(1, 1, 1, 1), specific=(True, True), ci_above_0=False),
+    "interaction_ci_spans_zero": dict(
+        args=((0.1, 0.075), (0.1, 0.1), [(0.0, 0.5)] * N_R, [(0.5, 0.0)] * N_R),
+        p=(1, 1, 1, 1),
+        specific=(True, True),
+        ci_above_0=False,
+    ),
 }
 
 
@@ -132,7 +190,12 @@ HELD_OUT_CASES = {  # drops are (on recall, on reasoning); selectivity of each c
 def test_each_clause_of_the_held_out_rule_fails_alone(case, tmp_path):
     spec = HELD_OUT_CASES[case]
     correct, out = held_out(*spec["args"])
-    p = (out["recall_set_p_own"], out["recall_set_p_selectivity"], out["reasoning_set_p_own"], out["reasoning_set_p_selectivity"])
+    p = (
+        out["recall_set_p_own"],
+        out["recall_set_p_selectivity"],
+        out["reasoning_set_p_own"],
+        out["reasoning_set_p_selectivity"],
+    )
     assert p == pytest.approx(tuple(k / 40 for k in spec["p"]))
     assert (out["recall_set_specific"], out["reasoning_set_specific"]) == spec["specific"]
     low, high = out["interaction_ci95"]
@@ -143,13 +206,19 @@ def test_each_clause_of_the_held_out_rule_fails_alone(case, tmp_path):
     u_reasoning = correct["reasoning"][1].astype(float) - correct["reasoning"][2]
     se = np.sqrt(u_recall.var() / N_ITEMS + u_reasoning.var() / N_ITEMS)
     assert out["interaction"] == pytest.approx(u_recall.mean() + u_reasoning.mean())
-    assert (high - low) / 2 == pytest.approx(1.96 * se, rel=0.15) and (low + high) / 2 == pytest.approx(out["interaction"], abs=0.2 * se + 1e-12)
+    assert (high - low) / 2 == pytest.approx(1.96 * se, rel=0.15) and (low + high) / 2 == pytest.approx(
+        out["interaction"], abs=0.2 * se + 1e-12
+    )
     # the sentence and the dashboard's summary say the same as the rule
     text = held_out_text(out, "M", "mean")
-    assert text.startswith("M shows a double dissociation" if out["double_dissociation"] else "M does NOT show a double dissociation")
+    assert text.startswith(
+        "M shows a double dissociation" if out["double_dissociation"] else "M does NOT show a double dissociation"
+    )
     assert f"interaction {out['interaction']:.3f} (95% item-bootstrap CI {low:.3f}..{high:.3f})" in text
     run = ResultsDir.create(tmp_path / case, HandBuilt(case), analysis="recall_reasoning", title="hand-built")
     run.write_metrics({**out, "verdict_method": "mean", "verdict": text})
     summary = summarise(run)
-    assert summary.verdict.startswith("double dissociation: yes" if out["double_dissociation"] else "double dissociation: no"), summary.verdict
+    assert summary.verdict.startswith(
+        "double dissociation: yes" if out["double_dissociation"] else "double dissociation: no"
+    ), summary.verdict
     assert f"interaction {out['interaction']:.2f}, 95% CI [{low:.2f}, {high:.2f}]" in summary.headline

@@ -27,7 +27,13 @@ def ideal_thoughts(model, problems):
     rows = []
     for p in problems:
         distance = closure_distances(p, GRAPH.n_node_ids)
-        rows.append([model.W_E[[v for v, d in distance.items() if d <= c]].sum(0) / math.sqrt(sum(d <= c for d in distance.values())) for c in (1, 2, 3)])
+        rows.append(
+            [
+                model.W_E[[v for v, d in distance.items() if d <= c]].sum(0)
+                / math.sqrt(sum(d <= c for d in distance.values()))
+                for c in (1, 2, 3)
+            ]
+        )
     return torch.stack([torch.stack(r) for r in rows])
 
 
@@ -55,7 +61,17 @@ def test_construction_on_a_bigger_graph_family():
     model = construction_model(layout)
     problems = make_problems(graph, 200, seed=13)
     run = run_thoughts(model, problems, layout, fixed=True)
-    ideal = torch.stack([torch.stack([model.W_E[sorted(p.reachable_within(c))].sum(0) / math.sqrt(len(p.reachable_within(c))) for c in range(1, 5)]) for p in problems])
+    ideal = torch.stack(
+        [
+            torch.stack(
+                [
+                    model.W_E[sorted(p.reachable_within(c))].sum(0) / math.sqrt(len(p.reachable_within(c)))
+                    for c in range(1, 5)
+                ]
+            )
+            for p in problems
+        ]
+    )
     assert answer_accuracy(run, problems, layout) == 1.0
     assert (run.thoughts - ideal).norm(dim=-1).max() < TOLERANCE
 
@@ -69,7 +85,12 @@ def test_layer2_attends_to_edges_leaving_the_current_set(constructed):
             leaving = torch.tensor([p.distance.get(s, 99) <= c - 1 for s, _ in p.edges])
             if leaving.any():
                 assert mass[b, c - 1, leaving].sum() > 0.999
-                torch.testing.assert_close(mass[b, c - 1, leaving], torch.full((int(leaving.sum()),), 1 / leaving.sum().item()), atol=0, rtol=0.03)  # uniform up to the thought error x the score gain
+                torch.testing.assert_close(
+                    mass[b, c - 1, leaving],
+                    torch.full((int(leaving.sum()),), 1 / leaving.sum().item()),
+                    atol=0,
+                    rtol=0.03,
+                )  # uniform up to the thought error x the score gain
             assert mass[b, c - 1, ~leaving].sum() < 1e-4
 
 
@@ -82,4 +103,10 @@ def test_basis_is_orthonormal_and_zero_mean():
 def test_embeddings_and_every_write_have_zero_mean(constructed):
     for name, weight in constructed.state_dict().items():
         if name.endswith(("W_E", "W_pos", "W_O", "W_out")):
-            torch.testing.assert_close(weight.sum(-1), torch.zeros_like(weight.sum(-1)), atol=1e-6 * weight.abs().max().item(), rtol=0, msg=name)
+            torch.testing.assert_close(
+                weight.sum(-1),
+                torch.zeros_like(weight.sum(-1)),
+                atol=1e-6 * weight.abs().max().item(),
+                rtol=0,
+                msg=name,
+            )

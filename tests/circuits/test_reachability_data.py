@@ -1,6 +1,5 @@
 """Graph generator, split and sequence layout, checked against independent computations."""
 
-
 from dataclasses import replace
 
 import pytest
@@ -10,7 +9,9 @@ from circuits.reachability.graphs import GraphConfig, make_problems, split_by_gr
 from circuits.reachability.tokens import SequenceLayout
 from interp.errors import InterpError
 
-CONFIG = GraphConfig(n_node_ids=16, n_levels=3, min_width=1, max_width=2, n_edges=15)  # widths 1-2 and 3+ extra edges: several shortest paths
+CONFIG = GraphConfig(
+    n_node_ids=16, n_levels=3, min_width=1, max_width=2, n_edges=15
+)  # widths 1-2 and 3+ extra edges: several shortest paths
 
 
 def closure_distances(problem, n_ids):
@@ -133,12 +134,17 @@ def test_layout_places_every_token(problems):
         assert chain == [layout.special("<latent>")] * n_latent + list(p.path[1 + n_latent :])
         assert tokens[layout.answer_marker] == layout.special("[A]") and tokens[-1] == p.answer
     short = min(problems, key=lambda q: len(q.path))
-    assert [layout.encode(short)[q] for q in layout.chain] == list(short.path[1:]) + [short.answer] * (layout.n_chain + 1 - len(short.path))
+    assert [layout.encode(short)[q] for q in layout.chain] == list(short.path[1:]) + [short.answer] * (
+        layout.n_chain + 1 - len(short.path)
+    )
     assert SequenceLayout(CONFIG, 0).encode(p)[-3:] == [p.root, layout.special("[A]"), p.answer]
     assert layout.decode(layout.encode(p))[:4] == "BOS "
     assert layout.head_tokens(p) == layout.encode(p)[: layout.chain.start]
     swapped = layout.head_tokens(p, edges=p.edges[::-1], candidates=p.candidates[::-1])
-    assert swapped[1:4] == [p.edges[-1][0], p.edges[-1][1], layout.special("|")] and swapped[layout.candidate_positions[0]] == p.candidates[1]
+    assert (
+        swapped[1:4] == [p.edges[-1][0], p.edges[-1][1], layout.special("|")]
+        and swapped[layout.candidate_positions[0]] == p.candidates[1]
+    )
     padded = layout.padded(layout.head_tokens(p))
     assert len(padded) == layout.seq_len and set(padded[layout.chain.start :]) == {layout.special("<pad>")}
 

@@ -5,7 +5,14 @@ import random
 import pytest
 import torch
 
-from circuits.reachability.diagnostics import gold_chain_tokens, lookup_accuracy, lookup_hits, lookup_sample, teacher_forced_hops, train_lookup
+from circuits.reachability.diagnostics import (
+    gold_chain_tokens,
+    lookup_accuracy,
+    lookup_hits,
+    lookup_sample,
+    teacher_forced_hops,
+    train_lookup,
+)
 from circuits.reachability.graphs import GraphConfig, make_problems, split_by_graph
 from circuits.reachability.model import ModelConfig, build_model
 from circuits.reachability.tokens import SequenceLayout
@@ -79,7 +86,12 @@ def test_teacher_forced_hops_equal_a_slow_loop(model):
     got = teacher_forced_hops(model, problems, LAYOUT, seed=5)
     tokens, paths = gold_chain_tokens(problems, LAYOUT, seed=5)
     for b, (p, path) in enumerate(zip(problems, paths)):
-        assert path[0] == p.root and path[-1] == p.answer and all(e in p.edges for e in zip(path, path[1:])) and len(path) == p.n_hops + 1
+        assert (
+            path[0] == p.root
+            and path[-1] == p.answer
+            and all(e in p.edges for e in zip(path, path[1:]))
+            and len(path) == p.n_hops + 1
+        )
         assert tokens[b, LAYOUT.root : LAYOUT.root + len(path)].tolist() == path
     for c in range(1, 4):
         rows = [(b, p) for b, p in enumerate(problems) if p.n_hops >= c]
@@ -90,8 +102,12 @@ def test_teacher_forced_hops_equal_a_slow_loop(model):
             child += guess in _kids(p, paths[b][c - 1])
             on_path += _on_shortest_path(p, guess, c)
         assert got[c]["n"] == len(rows)
-        assert got[c]["child"] == pytest.approx(child / len(rows)) and got[c]["on_shortest_path"] == pytest.approx(on_path / len(rows))
-        assert 0 < got[c]["child_chance"] < 0.5 and 0 < got[c]["on_shortest_path_chance"] <= got[c]["child_chance"] + 0.5
+        assert got[c]["child"] == pytest.approx(child / len(rows)) and got[c]["on_shortest_path"] == pytest.approx(
+            on_path / len(rows)
+        )
+        assert (
+            0 < got[c]["child_chance"] < 0.5 and 0 < got[c]["on_shortest_path_chance"] <= got[c]["child_chance"] + 0.5
+        )
 
 
 @pytest.mark.slow
@@ -103,7 +119,14 @@ def test_lookup_is_learned_on_small_graphs():
     small = GraphConfig(n_node_ids=24, n_levels=1, min_width=2, max_width=2, n_edges=6, min_distance=1)
     layout = SequenceLayout(small, 1)
     train_problems, test_problems = split_by_graph(make_problems(small, 4000, seed=0), 0.1, seed=0)
-    curve = train_lookup(train_problems, test_problems[:300], layout, ModelConfig(d_model=64, n_heads=4, d_mlp=256), steps=600, eval_every=600)
+    curve = train_lookup(
+        train_problems,
+        test_problems[:300],
+        layout,
+        ModelConfig(d_model=64, n_heads=4, d_mlp=256),
+        steps=600,
+        eval_every=600,
+    )
     assert curve["lookup_acc"].iloc[-1] > curve["chance"].iloc[-1] + 0.3
 
 
@@ -114,7 +137,9 @@ def test_recall_control_asks_for_the_value_after_the_queried_key():
     for _ in range(50):
         tokens, key, (value,) = recall_sample(LAYOUT, rng)
         sources, targets = tokens[1 : 3 * GRAPH.n_edges : 3], tokens[2 : 3 * GRAPH.n_edges : 3]
-        assert len(set(sources)) == GRAPH.n_edges and tokens[LAYOUT.root] == key and targets[sources.index(key)] == value
+        assert (
+            len(set(sources)) == GRAPH.n_edges and tokens[LAYOUT.root] == key and targets[sources.index(key)] == value
+        )
     model = build_model(LAYOUT, ModelConfig(d_model=16, n_heads=2, d_mlp=32), seed=0).eval()
     acc, chance = recall_accuracy(model, 40, LAYOUT, seed=3)
     rng = random.Random(3)

@@ -17,7 +17,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tiny_config() -> ReachabilityConfig:
     quick = ReachabilityConfig.quick()
-    return replace(quick, train=replace(quick.train, steps=6, warmup_steps=2, batch_size=16, eval_every=3), n_problems=800, n_eval=50, n_curve=20, n_construction=100, n_probe=40, png=False)
+    return replace(
+        quick,
+        train=replace(quick.train, steps=6, warmup_steps=2, batch_size=16, eval_every=3),
+        n_problems=800,
+        n_eval=50,
+        n_curve=20,
+        n_construction=100,
+        n_probe=40,
+        png=False,
+    )
 
 
 def test_run_writes_the_results_dir(tmp_path):
@@ -25,40 +34,78 @@ def test_run_writes_the_results_dir(tmp_path):
     out = run(tiny_config(), tmp_path / "run")
     results = ResultsDir.open(out)
     metrics = results.metrics()
-    for key in ("acc_continuous", "acc_discrete_cot", "acc_no_cot"):  # shares of the n_eval held-out problems: whole counts over n_eval
+    for key in (
+        "acc_continuous",
+        "acc_discrete_cot",
+        "acc_no_cot",
+    ):  # shares of the n_eval held-out problems: whole counts over n_eval
         correct = metrics[key] * metrics["n_eval"]
-        assert metrics["n_eval"] == 50 and correct == pytest.approx(round(correct), abs=1e-6) and 0 <= round(correct) <= 50, key
+        assert (
+            metrics["n_eval"] == 50 and correct == pytest.approx(round(correct), abs=1e-6) and 0 <= round(correct) <= 50
+        ), key
     assert metrics["construction_acc"] == 1.0 and metrics["construction_max_error"] < metrics["construction_tolerance"]
     for step in (1, 2, 3):
-        for group in ("frontier", "reachable", "not_reachable", "optimal", "optimal_path", "frontier_minus_optimal", "visited", "reachable_minus_frontier", "never_reachable"):
+        for group in (
+            "frontier",
+            "reachable",
+            "not_reachable",
+            "optimal",
+            "optimal_path",
+            "frontier_minus_optimal",
+            "visited",
+            "reachable_minus_frontier",
+            "never_reachable",
+        ):
             assert f"inner_{group}_step{step}" in metrics and f"construction_inner_{group}_step{step}" in metrics
             assert f"attention_{group}_step{step}" in metrics
         assert 0 <= metrics[f"frontier_gt1_fraction_step{step}"] <= 1
     assert metrics["frontier_gt1_fraction"] >= 0.6 and metrics["under_trained"] is True
-    assert metrics["continuous_minus_discrete"] == pytest.approx(metrics["acc_continuous"] - metrics["acc_discrete_cot"])
+    assert metrics["continuous_minus_discrete"] == pytest.approx(
+        metrics["acc_continuous"] - metrics["acc_discrete_cot"]
+    )
     n, p1, p2 = metrics["n_eval"], metrics["acc_continuous"], metrics["acc_discrete_cot"]
     pooled = (p1 + p2) / 2
     assert metrics["z"] == pytest.approx((p1 - p2) / (pooled * (1 - pooled) * 2 / n) ** 0.5, rel=1e-6)
-    assert {"frontier_minus_optimal_gap_share_step1", "frontier_minus_optimal_z_step2", "label_order_shortcut_acc"} <= set(metrics)
+    assert {
+        "frontier_minus_optimal_gap_share_step1",
+        "frontier_minus_optimal_z_step2",
+        "label_order_shortcut_acc",
+    } <= set(metrics)
     # the construction: never-reachable nodes get nothing, every frontier node the optimal node's weight
     assert abs(metrics["construction_inner_never_reachable_step1"]) < 1e-3
-    assert metrics["construction_inner_frontier_minus_optimal_step1"] == pytest.approx(metrics["construction_inner_optimal_path_step1"], rel=0.1)
+    assert metrics["construction_inner_frontier_minus_optimal_step1"] == pytest.approx(
+        metrics["construction_inner_optimal_path_step1"], rel=0.1
+    )
     curves = results.load_table("accuracy_curves")
-    assert set(curves["method"]) == {"continuous", "discrete_cot", "no_cot"} and curves.groupby("method")["step"].max().eq(6).all()
+    assert (
+        set(curves["method"]) == {"continuous", "discrete_cot", "no_cot"}
+        and curves.groupby("method")["step"].max().eq(6).all()
+    )
     accuracy = results.load_table("accuracy").set_index("method")["accuracy"]
     assert accuracy["continuous"] == pytest.approx(metrics["acc_continuous"])
     inner = results.load_table("inner_products")
     row = inner[(inner.model == "construction") & (inner.group == "not_reachable") & (inner.step == 2)]
-    assert row["mean"].item() == pytest.approx(metrics["construction_inner_not_reachable_step2"]) and abs(row["mean"].item()) < 1e-3
+    assert (
+        row["mean"].item() == pytest.approx(metrics["construction_inner_not_reachable_step2"])
+        and abs(row["mean"].item()) < 1e-3
+    )
     assert json.loads((out / "config.json").read_text())["analysis"] == "reachability"
     assert results.config(ReachabilityConfig) == tiny_config()
-    assert {"accuracy", "inner_products_continuous", "edge_attention_construction", "probe_auc", "example_graph_continuous"} <= set(results.figure_names())
+    assert {
+        "accuracy",
+        "inner_products_continuous",
+        "edge_attention_construction",
+        "probe_auc",
+        "example_graph_continuous",
+    } <= set(results.figure_names())
     html = (out / "dashboard.html").read_text()
     assert "Thoughts and node embeddings" in html and "Example graph" in html
     assert torch.get_num_threads() == threads
     # a rerun resumes from the finished checkpoints: same accuracies, no training
     again = ResultsDir.open(run(tiny_config(), tmp_path / "run")).metrics()
-    assert again["acc_continuous"] == metrics["acc_continuous"] and again["train_seconds_continuous"] == pytest.approx(metrics["train_seconds_continuous"], abs=0.5)
+    assert again["acc_continuous"] == metrics["acc_continuous"] and again["train_seconds_continuous"] == pytest.approx(
+        metrics["train_seconds_continuous"], abs=0.5
+    )
 
 
 def test_bad_config_is_named(tmp_path):
@@ -74,7 +121,9 @@ def test_notebook_runs(monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(ROOT / "notebooks" / "06_reachability.ipynb", as_version=4)
     monkeypatch.setenv("INTERP_NOTEBOOK_QUICK", "1")  # the kernel inherits it; restored after the test
-    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()  # raises on a failing cell
+    nbclient.NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()  # raises on a failing cell
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     # what the notebook shows: the hand-set construction answers its example and its thoughts are the reachable sets
     text = "".join(o.get("text", "") for o in outputs)

@@ -11,8 +11,20 @@ from circuits.reachability.graphs import GraphConfig, make_problems
 from circuits.reachability.model import ModelConfig, build_model, continuous_forward, greedy_chain
 from circuits.reachability.tokens import SequenceLayout
 from circuits.reachability.train import (
-    IGNORE, TrainConfig, accuracy, chain_answer, eval_tokens, predict_answers, random_shortest_path, sample_stage, scheduled_stage, sequence_loss,
-    train, trainable_parameters, training_batch, training_sample,
+    IGNORE,
+    TrainConfig,
+    accuracy,
+    chain_answer,
+    eval_tokens,
+    predict_answers,
+    random_shortest_path,
+    sample_stage,
+    scheduled_stage,
+    sequence_loss,
+    train,
+    trainable_parameters,
+    training_batch,
+    training_sample,
 )
 from interp.errors import InterpError
 from interp.hooks import cache_sites
@@ -42,9 +54,13 @@ def full_recompute(model, tokens, first, n_latent):
     embeds = model.W_E[tokens]
     for j in range(n_latent):
         saved = {}
-        with model.hooks(fwd_hooks=[("unembed.hook_in", lambda act, hook: saved.update(hidden=act))]):  # not detached, unlike run_with_cache
+        with model.hooks(
+            fwd_hooks=[("unembed.hook_in", lambda act, hook: saved.update(hidden=act))]
+        ):  # not detached, unlike run_with_cache
             model(embeds + model.W_pos[: tokens.shape[1]], start_at_layer=0)
-        embeds = torch.cat([embeds[:, : first + j], saved["hidden"][:, first + j - 1 : first + j], embeds[:, first + j + 1 :]], 1)
+        embeds = torch.cat(
+            [embeds[:, : first + j], saved["hidden"][:, first + j - 1 : first + j], embeds[:, first + j + 1 :]], 1
+        )
     return model(embeds + model.W_pos[: tokens.shape[1]], start_at_layer=0), embeds[:, first : first + n_latent]
 
 
@@ -58,7 +74,10 @@ def test_cached_thoughts_equal_full_recomputation(reach_model, tokens):
     assert (run.thoughts[:, 0] - run.thoughts[:, 1]).abs().max() > 1e-2  # thoughts really change
     # gradients through the cache equal gradients through the recomputation
     grads = []
-    for forward in (lambda: continuous_forward(model64, tokens, LAYOUT.chain.start, 3).logits, lambda: full_recompute(model64, tokens, LAYOUT.chain.start, 3)[0]):
+    for forward in (
+        lambda: continuous_forward(model64, tokens, LAYOUT.chain.start, 3).logits,
+        lambda: full_recompute(model64, tokens, LAYOUT.chain.start, 3)[0],
+    ):
         model64.zero_grad()
         forward()[:, LAYOUT.answer_marker].logsumexp(-1).sum().backward()
         grads.append(model64.blocks[0].attn.W_Q.grad.clone())
@@ -68,7 +87,12 @@ def test_cached_thoughts_equal_full_recomputation(reach_model, tokens):
 def test_no_latents_is_the_plain_forward_and_hooks_fire(reach_model, tokens):
     plain = LAYOUT.encode_batch(make_problems(GRAPH, 6, seed=3), n_latent=0)
     with torch.no_grad():
-        torch.testing.assert_close(continuous_forward(reach_model, plain, LAYOUT.chain.start, 0).logits, reach_model(plain), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            continuous_forward(reach_model, plain, LAYOUT.chain.start, 0).logits,
+            reach_model(plain),
+            atol=1e-5,
+            rtol=1e-5,
+        )
     seen = []
     reach_model.add_hook("hook_embed", lambda act, hook: seen.append(act.shape[1]))
     try:
@@ -96,7 +120,9 @@ def test_tied_embeddings_unembed_with_the_input_embedding(tokens):
         logits = tied(tokens)
     torch.testing.assert_close(logits, saved["hidden"] @ tied.embed.W_E.T + tied.unembed.b_U)
     untied = build_model(LAYOUT, ModelConfig(d_model=32, n_heads=4, d_mlp=64, tied_embeddings=False), seed=1)
-    assert not torch.equal(untied.W_U, untied.W_E.T) and len(trainable_parameters(untied)) == len(list(untied.parameters()))
+    assert not torch.equal(untied.W_U, untied.W_E.T) and len(trainable_parameters(untied)) == len(
+        list(untied.parameters())
+    )
 
 
 def test_greedy_chain_matches_a_slow_loop(reach_model):
@@ -108,14 +134,17 @@ def test_greedy_chain_matches_a_slow_loop(reach_model):
         for pos in LAYOUT.chain:
             slow[:, pos] = reach_model(slow[:, :pos])[:, -1, : GRAPH.n_node_ids].argmax(-1)
     assert torch.equal(fast, slow)
-    assert torch.equal(fast[:, LAYOUT.answer_marker:], tokens[:, LAYOUT.answer_marker:])
+    assert torch.equal(fast[:, LAYOUT.answer_marker :], tokens[:, LAYOUT.answer_marker :])
 
 
 def test_per_sample_thought_counts_equal_separate_runs(reach_model):
     """A batch with 1, 2 and 3 thoughts per sample equals each sample run alone with its own count."""
     problems = make_problems(GRAPH, 3, seed=8)
     counts = torch.tensor([1, 3, 2])
-    rows = [LAYOUT.padded(LAYOUT.head_tokens(p) + [LAYOUT.special("<latent>")] * int(k) + [LAYOUT.special("[A]")]) for p, k in zip(problems, counts)]
+    rows = [
+        LAYOUT.padded(LAYOUT.head_tokens(p) + [LAYOUT.special("<latent>")] * int(k) + [LAYOUT.special("[A]")])
+        for p, k in zip(problems, counts)
+    ]
     tokens = torch.tensor(rows)
     model64 = copy.deepcopy(reach_model).to(torch.float64)  # float64: agreement to rounding
     model64.cfg.dtype = torch.float64
@@ -157,7 +186,11 @@ def test_training_samples_follow_the_authors_formats():
                 assert supervised == [LAYOUT.chain.start + k] and p.distance[tokens[supervised[0]]] == k + 1
                 assert tokens[supervised[0]] in p.on_shortest_paths(k + 1)
             else:  # [A] after d thoughts, the answer supervised
-                assert chain[k] == marker and supervised == [LAYOUT.chain.start + k + 1] and tokens[supervised[0]] == p.answer
+                assert (
+                    chain[k] == marker
+                    and supervised == [LAYOUT.chain.start + k + 1]
+                    and tokens[supervised[0]] == p.answer
+                )
             assert set(tokens[supervised[0] + 1 :]) <= {pad}
             # edges reshuffled, but the same edge set
             head = tokens[: LAYOUT.chain.start]
@@ -166,19 +199,36 @@ def test_training_samples_follow_the_authors_formats():
         path = tokens[LAYOUT.chain.start - 1 : LAYOUT.chain.start + p.n_hops]
         assert path[0] == p.root and path[-1] == p.answer and all(e in p.edges for e in zip(path, path[1:]))
         assert tokens[LAYOUT.chain.start + p.n_hops : LAYOUT.chain.start + p.n_hops + 2] == [marker, p.answer]
-        assert [i for i, y in enumerate(labels) if y != IGNORE] == list(range(LAYOUT.chain.start, LAYOUT.chain.start + p.n_hops + 2))
+        assert [i for i, y in enumerate(labels) if y != IGNORE] == list(
+            range(LAYOUT.chain.start, LAYOUT.chain.start + p.n_hops + 2)
+        )
         tokens, labels, _ = training_sample("no_cot", p, LAYOUT, 0, config, rng)
-        assert len(tokens) == LAYOUT.chain.start + 2 and tokens[-2:] == [marker, p.answer] and labels[-2:] == [marker, p.answer]
+        assert (
+            len(tokens) == LAYOUT.chain.start + 2
+            and tokens[-2:] == [marker, p.answer]
+            and labels[-2:] == [marker, p.answer]
+        )
     # random shortest paths cover every shortest path of a branching problem
-    branching = next(p for p in make_problems(GraphConfig(n_node_ids=16, n_edges=16), 100, seed=2) if len(p.on_shortest_paths(1)) > 1)
+    branching = next(
+        p for p in make_problems(GraphConfig(n_node_ids=16, n_edges=16), 100, seed=2) if len(p.on_shortest_paths(1)) > 1
+    )
     assert {tuple(random_shortest_path(branching, rng))[1] for _ in range(200)} == set(branching.on_shortest_paths(1))
 
 
 def test_sequence_loss_is_the_mean_over_supervised_tokens(reach_model):
     problems = make_problems(GRAPH, 4, seed=5)
-    tokens, labels, counts = training_batch("continuous", problems, LAYOUT, 1, TrainConfig(uniform_prob=0.0), random.Random(0))
+    tokens, labels, counts = training_batch(
+        "continuous", problems, LAYOUT, 1, TrainConfig(uniform_prob=0.0), random.Random(0)
+    )
     logits = continuous_forward(reach_model, tokens, LAYOUT.chain.start, counts).logits
-    by_hand = torch.stack([-logits[b, q - 1].log_softmax(-1)[labels[b, q]] for b in range(4) for q in range(LAYOUT.seq_len) if labels[b, q] != IGNORE]).mean()
+    by_hand = torch.stack(
+        [
+            -logits[b, q - 1].log_softmax(-1)[labels[b, q]]
+            for b in range(4)
+            for q in range(LAYOUT.seq_len)
+            if labels[b, q] != IGNORE
+        ]
+    ).mean()
     torch.testing.assert_close(sequence_loss(reach_model, tokens, labels, LAYOUT, counts), by_hand)
 
 
@@ -201,10 +251,20 @@ def test_evaluation_reads_the_token_after_the_marker(reach_model):
 def test_training_lowers_the_loss_for_every_mode():
     problems = make_problems(GRAPH, 200, seed=6)
     for mode in ("continuous", "discrete_cot", "no_cot"):
-        model, curve, acc = train(mode, problems, LAYOUT, ModelConfig(d_model=32, n_heads=2, d_mlp=64), TrainConfig(steps=24, batch_size=16, warmup_steps=2, eval_every=12), progress=False, eval_problems=problems[:20])
+        model, curve, acc = train(
+            mode,
+            problems,
+            LAYOUT,
+            ModelConfig(d_model=32, n_heads=2, d_mlp=64),
+            TrainConfig(steps=24, batch_size=16, warmup_steps=2, eval_every=12),
+            progress=False,
+            eval_problems=problems[:20],
+        )
         assert curve["loss"].iloc[-4:].mean() < curve["loss"].iloc[:4].mean()
         assert set(curve["stage"]) <= set(range(4)) and (mode != "continuous" or curve["stage"].iloc[-1] == 3)
-        assert acc["step"].tolist() == [0, 12, 24] and acc["accuracy"].iloc[-1] == pytest.approx(accuracy(model, mode, problems[:20], LAYOUT))
+        assert acc["step"].tolist() == [0, 12, 24] and acc["accuracy"].iloc[-1] == pytest.approx(
+            accuracy(model, mode, problems[:20], LAYOUT)
+        )
 
 
 def test_bad_input_is_named(reach_model, tokens, tiny_model):
@@ -223,7 +283,10 @@ def test_bad_input_is_named(reach_model, tokens, tiny_model):
 def test_training_is_deterministic_for_a_seed():
     problems = make_problems(GRAPH, 100, seed=7)
     config = TrainConfig(steps=8, batch_size=8, warmup_steps=2, seed=3)
-    runs = [train("continuous", problems, LAYOUT, ModelConfig(d_model=32, n_heads=2, d_mlp=64), config, progress=False) for _ in range(2)]
+    runs = [
+        train("continuous", problems, LAYOUT, ModelConfig(d_model=32, n_heads=2, d_mlp=64), config, progress=False)
+        for _ in range(2)
+    ]
     assert runs[0][1].equals(runs[1][1])
     for a, b in zip(runs[0][0].parameters(), runs[1][0].parameters()):
         assert torch.equal(a, b)
@@ -233,10 +296,30 @@ def test_resuming_from_a_checkpoint_equals_one_straight_run(tmp_path):
     problems = make_problems(GRAPH, 100, seed=11)
     model_config = ModelConfig(d_model=32, n_heads=2, d_mlp=64)
     config = TrainConfig(steps=8, batch_size=8, warmup_steps=2, seed=4, stage_steps=2, eval_every=4)
-    straight, straight_curve, straight_acc = train("continuous", problems, LAYOUT, model_config, config, progress=False, eval_problems=problems[:10])
+    straight, straight_curve, straight_acc = train(
+        "continuous", problems, LAYOUT, model_config, config, progress=False, eval_problems=problems[:10]
+    )
     path = tmp_path / "continuous.pt"
-    train("continuous", problems, LAYOUT, model_config, replace(config, steps=4), progress=False, eval_problems=problems[:10], checkpoint=path)
-    resumed, resumed_curve, resumed_acc = train("continuous", problems, LAYOUT, model_config, config, progress=False, eval_problems=problems[:10], checkpoint=path)
+    train(
+        "continuous",
+        problems,
+        LAYOUT,
+        model_config,
+        replace(config, steps=4),
+        progress=False,
+        eval_problems=problems[:10],
+        checkpoint=path,
+    )
+    resumed, resumed_curve, resumed_acc = train(
+        "continuous",
+        problems,
+        LAYOUT,
+        model_config,
+        config,
+        progress=False,
+        eval_problems=problems[:10],
+        checkpoint=path,
+    )
     for a, b in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     assert straight_curve["loss"].round(5).tolist() == resumed_curve["loss"].round(5).tolist()
@@ -245,4 +328,12 @@ def test_resuming_from_a_checkpoint_equals_one_straight_run(tmp_path):
     again = train("continuous", problems, LAYOUT, model_config, config, progress=False, checkpoint=path)[0]
     assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), again.parameters()))
     with pytest.raises(InterpError, match="written by another setup"):
-        train("continuous", problems, LAYOUT, ModelConfig(d_model=64, n_heads=2, d_mlp=64), config, progress=False, checkpoint=path)
+        train(
+            "continuous",
+            problems,
+            LAYOUT,
+            ModelConfig(d_model=64, n_heads=2, d_mlp=64),
+            config,
+            progress=False,
+            checkpoint=path,
+        )

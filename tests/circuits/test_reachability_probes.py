@@ -5,13 +5,29 @@ import pandas as pd
 import pytest
 import torch
 
-from circuits.reachability.analysis import acceptance_inner, chain_validity, chains_valid, run_thoughts, thought_top_nodes
+from circuits.reachability.analysis import (
+    acceptance_inner,
+    chain_validity,
+    chains_valid,
+    run_thoughts,
+    thought_top_nodes,
+)
 from circuits.reachability.construction import construction_model
 from circuits.reachability.graphs import GraphConfig, make_problems
 from circuits.reachability.model import ModelConfig, build_model
 from circuits.reachability.probes import (
-    GROUPS, SEPARATE_GROUPS, group_auc, group_means, inner_products, node_groups, reachable_set_probe, reachable_sets, roc_auc,
-    separate_edge_groups, separate_node_groups, valid_steps,
+    GROUPS,
+    SEPARATE_GROUPS,
+    group_auc,
+    group_means,
+    inner_products,
+    node_groups,
+    reachable_set_probe,
+    reachable_sets,
+    roc_auc,
+    separate_edge_groups,
+    separate_node_groups,
+    valid_steps,
 )
 from circuits.reachability.tokens import SequenceLayout
 from interp.errors import InterpError, ShapeMismatchError
@@ -76,7 +92,10 @@ def test_linear_probe_reads_the_reachable_set_from_constructed_thoughts(one_thre
     layout = SequenceLayout(GRAPH, 3)
     model = construction_model(layout)
     fit, score = make_problems(GRAPH, 300, seed=22), make_problems(GRAPH, 200, seed=23)
-    fit_thoughts, score_thoughts = run_thoughts(model, fit, layout, fixed=True).thoughts, run_thoughts(model, score, layout, fixed=True).thoughts
+    fit_thoughts, score_thoughts = (
+        run_thoughts(model, fit, layout, fixed=True).thoughts,
+        run_thoughts(model, score, layout, fixed=True).thoughts,
+    )
     auc = reachable_set_probe(fit_thoughts, reachable_sets(fit, 3, 16), score_thoughts, reachable_sets(score, 3, 16))
     assert isinstance(auc, pd.DataFrame) and set(auc["step"]) == {1, 2, 3}
     assert auc["auc"].min() > 0.97
@@ -115,8 +134,17 @@ def test_separate_groups_follow_their_definitions():
             for i, (a, t) in enumerate(p.edges):
                 group = SEPARATE_GROUPS[int(edges[b, c - 1, i].nonzero().item())]
                 on_walk = any(w[c - 1] == a and w[c] == t for w in walks)
-                expected = ("never_reachable" if a not in p.distance else "optimal_path" if on_walk
-                            else "frontier_minus_optimal" if p.distance[a] == c - 1 else "visited" if p.distance[a] < c - 1 else "reachable_minus_frontier")
+                expected = (
+                    "never_reachable"
+                    if a not in p.distance
+                    else "optimal_path"
+                    if on_walk
+                    else "frontier_minus_optimal"
+                    if p.distance[a] == c - 1
+                    else "visited"
+                    if p.distance[a] < c - 1
+                    else "reachable_minus_frontier"
+                )
                 assert group == expected
 
 
@@ -132,9 +160,13 @@ def test_acceptance_on_the_construction_and_on_a_random_model(one_thread):
         assert share == pytest.approx(1.0, abs=0.05) and z > 5 and n > 100
     # the pooled share equals one computed from the group means table
     run = run_thoughts(model, problems, layout)
-    table = group_means(inner_products(model, run.thoughts, 16), separate_node_groups(problems, 3, 16), "inner_product", SEPARATE_GROUPS).set_index(["step", "group"])["mean"]
+    table = group_means(
+        inner_products(model, run.thoughts, 16), separate_node_groups(problems, 3, 16), "inner_product", SEPARATE_GROUPS
+    ).set_index(["step", "group"])["mean"]
     for c in (1, 2):
-        by_table = (table[(c, "frontier_minus_optimal")] - table[(c, "never_reachable")]) / (table[(c, "optimal_path")] - table[(c, "never_reachable")])
+        by_table = (table[(c, "frontier_minus_optimal")] - table[(c, "never_reachable")]) / (
+            table[(c, "optimal_path")] - table[(c, "never_reachable")]
+        )
         assert result[c][0] == pytest.approx(by_table, rel=1e-6)
     random_model = build_model(layout, ModelConfig(d_model=32, n_heads=4, d_mlp=64), seed=3).eval()
     for c, (share, z, n) in acceptance_inner(random_model, problems, layout, steps=(1, 2)).items():
@@ -175,9 +207,11 @@ def test_edge_following_diagnostics_on_the_construction_and_a_slow_loop(one_thre
     # hand-made chains: the true path; a wrong first hop; a valid first hop then a non-edge
     p = max(problems, key=lambda q: q.n_hops)
     marker = layout.special("[A]")
+
     def chain(hops):
         tokens = layout.padded(layout.head_tokens(p) + hops + [marker, p.answer])
         return torch.tensor([tokens])
+
     good = chain(list(p.path[1:]))
     stranger = next(v for v in p.nodes if (p.root, v) not in p.edges)
     bad_first = chain([stranger] + list(p.path[2:]))

@@ -44,10 +44,15 @@ def test_neuron_patching_matches_a_hand_patch(small_model, small_prompts):
         return act
 
     with torch.no_grad():
-        clean_diff, corrupted_diff = logit_diff(small_model, clean, prompts, []), logit_diff(small_model, corrupted, prompts, [])
+        clean_diff, corrupted_diff = (
+            logit_diff(small_model, clean, prompts, []),
+            logit_diff(small_model, corrupted, prompts, []),
+        )
         patched = logit_diff(small_model, corrupted, prompts, [("blocks.0.mlp.hook_post", patch_neuron)])
     df = patch_units(small_model, prompts, [Site(0, "mlp_post", neuron=5)])
-    assert df["restoration"].iloc[0] == pytest.approx((patched - corrupted_diff) / (clean_diff - corrupted_diff), abs=1e-4)
+    assert df["restoration"].iloc[0] == pytest.approx(
+        (patched - corrupted_diff) / (clean_diff - corrupted_diff), abs=1e-4
+    )
     assert df["kind"].tolist() == ["neuron"] and df["unit"].tolist() == ["L0N5"]
 
 
@@ -81,25 +86,54 @@ def test_neuron_mean_ablation_matches_a_hand_hook_and_the_reference_cache_grows(
         return act
 
     with torch.no_grad():
-        logits = small_model.run_with_hooks(torch.stack(prompts.tokens), fwd_hooks=[("blocks.1.mlp.hook_post", hook)])[:, -1]
-    assert scores["answer_logprob"].to_numpy() == pytest.approx(logits.log_softmax(-1).gather(1, prompts.answer_ids[:, None])[:, 0].numpy(), abs=1e-5)
+        logits = small_model.run_with_hooks(torch.stack(prompts.tokens), fwd_hooks=[("blocks.1.mlp.hook_post", hook)])[
+            :, -1
+        ]
+    assert scores["answer_logprob"].to_numpy() == pytest.approx(
+        logits.log_softmax(-1).gather(1, prompts.answer_ids[:, None])[:, 0].numpy(), abs=1e-5
+    )
     (group,) = reference_cache.values()
-    assert set(group) == {"blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"}  # every layer of the kind asked for, at once
+    assert set(group) == {
+        "blocks.0.mlp.hook_post",
+        "blocks.1.mlp.hook_post",
+    }  # every layer of the kind asked for, at once
     ablated_scores(small_model, prompts, [Site(0, "z", head=1)], "mean", reference_cache=reference_cache)
-    assert set(group) == {"blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post", "blocks.0.attn.hook_z", "blocks.1.attn.hook_z"}  # a new kind is added, the old kept
+    assert set(group) == {
+        "blocks.0.mlp.hook_post",
+        "blocks.1.mlp.hook_post",
+        "blocks.0.attn.hook_z",
+        "blocks.1.attn.hook_z",
+    }  # a new kind is added, the old kept
 
 
 def test_the_pipeline_reports_neuron_sets_beside_the_unit_sets(small_model):
     from circuits.recall_reasoning.pipeline import AnalysisSettings, analyse
 
     prompts = prompt_sets(KB, 60, seed=7)
-    settings = AnalysisSettings(set_size=1, min_restoration=-1.0, neuron_set_size=2, neuron_candidates=4, neuron_min_restoration=-1.0, n_random=20,
-                                methods=("zero", "mean"), neuron_methods=("mean",), screen=False, position_layers=(), template_reference=False)  # few kept items: one reference per length
+    settings = AnalysisSettings(
+        set_size=1,
+        min_restoration=-1.0,
+        neuron_set_size=2,
+        neuron_candidates=4,
+        neuron_min_restoration=-1.0,
+        n_random=20,
+        methods=("zero", "mean"),
+        neuron_methods=("mean",),
+        screen=False,
+        position_layers=(),
+        template_reference=False,
+    )  # few kept items: one reference per length
     tables, metrics = analyse(small_model, prompts, settings, model_name="tiny")
     assert {"neuron_unit_patching", "neuron_sets", "neuron_dissociation", "neuron_verdicts"} <= set(tables)
     neurons = metrics["neurons"]
-    assert set(neurons["by_method"]) == {"mean"} and set(metrics["by_method"]) == {"zero", "mean"} and isinstance(neurons["double_dissociation"], bool)
-    assert len(neurons["recall_set"]) <= 2 and all(name.startswith("L") and "N" in name for name in neurons["recall_set"] + neurons["reasoning_set"])
+    assert (
+        set(neurons["by_method"]) == {"mean"}
+        and set(metrics["by_method"]) == {"zero", "mean"}
+        and isinstance(neurons["double_dissociation"], bool)
+    )
+    assert len(neurons["recall_set"]) <= 2 and all(
+        name.startswith("L") and "N" in name for name in neurons["recall_set"] + neurons["reasoning_set"]
+    )
     randoms = tables["neuron_dissociation"]
     randoms = randoms[randoms["ablated"].str.startswith("random")]
     assert set(randoms["set_size"]) <= {len(neurons["recall_set"]), len(neurons["reasoning_set"])}

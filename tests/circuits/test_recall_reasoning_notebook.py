@@ -13,7 +13,9 @@ def test_recall_reasoning_notebook_runs(monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(ROOT / "notebooks" / "02_recall_vs_reasoning.ipynb", as_version=4)
     monkeypatch.setenv("INTERP_NOTEBOOK_QUICK", "1")  # the kernel inherits it
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()  # raises on a failing cell
+    nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()  # raises on a failing cell
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     text = "".join(o.get("text", "") for o in outputs)
     assert "the synthetic model" in text and "SmolLM2-135M-Instruct" in text and "double dissociation" in text

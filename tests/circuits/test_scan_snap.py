@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from scipy.integrate import solve_ivp
 
 from circuits.scan_snap.data import SequenceClasses, layout_for, run_generators, sample_batch
-from circuits.scan_snap.dynamics import PopulationProblem, integrate_population, limit_composition, population_rhs, snap_dynamics
+from circuits.scan_snap.dynamics import (
+    PopulationProblem,
+    integrate_population,
+    limit_composition,
+    population_rhs,
+    snap_dynamics,
+)
 from circuits.scan_snap.measures import distinct_entropy, kendall_tau_distinct, theorem3_frame
 from circuits.scan_snap.model import RunSpec, TrainSettings, scan_snap_logits, train_runs
 from circuits.scan_snap.transformer import TransformerSettings, build_attention_transformer
@@ -81,23 +87,32 @@ def test_batched_sgd_equals_torch_optim_sgd_per_run():
         bound = 1 / math.sqrt(layout.d_vocab)  # nn.Linear's default init for fan_in = vocabulary size
         Y = torch.nn.Parameter((torch.rand(layout.d_vocab, layout.d_vocab, generator=generator) * 2 - 1) * bound)
         Z = torch.zeros(layout.d_vocab, layout.d_vocab)
-        Z[layout.query_offset : layout.query_offset + layout.max_queries] = (torch.rand(layout.max_queries, layout.d_vocab, generator=generator) * 2 - 1) * bound
+        Z[layout.query_offset : layout.query_offset + layout.max_queries] = (
+            torch.rand(layout.max_queries, layout.d_vocab, generator=generator) * 2 - 1
+        ) * bound
         Z = torch.nn.Parameter(Z)
         generators = [generator]
         opt_y = torch.optim.SGD([Y], lr=run.eta_y, momentum=0.9)
         opt_z = torch.optim.SGD([Z], lr=run.eta_z, momentum=0.9)
         for _ in range(settings.steps):
-            batch = sample_batch(layout, spec, generators, torch.tensor([spec.n_classes]), settings.batch_size, settings.seq_len)
+            batch = sample_batch(
+                layout, spec, generators, torch.tensor([spec.n_classes]), settings.batch_size, settings.seq_len
+            )
             loss = F.cross_entropy(one_hot_logits(Y, Z, batch.context[0], batch.query[0], mask), batch.label[0])
             opt_y.zero_grad(), opt_z.zero_grad()
             loss.backward()
             opt_y.step(), opt_z.step()
         assert torch.allclose(trained.Y[r], Y.detach(), atol=1e-5)
-        assert torch.allclose(trained.Z[r], Z.detach()[layout.query_offset : layout.query_offset + layout.max_queries], atol=1e-5)
+        assert torch.allclose(
+            trained.Z[r], Z.detach()[layout.query_offset : layout.query_offset + layout.max_queries], atol=1e-5
+        )
 
 
 def test_a_run_trains_the_same_alone_or_inside_a_mixed_batch():
-    runs = [RunSpec(SequenceClasses(n_queries=q, next_per_query=2), seed, 2.0 * eta, eta) for q, seed, eta in ((1, 0, 1.0), (3, 0, 0.5), (3, 1, 2.0))]
+    runs = [
+        RunSpec(SequenceClasses(n_queries=q, next_per_query=2), seed, 2.0 * eta, eta)
+        for q, seed, eta in ((1, 0, 1.0), (3, 0, 0.5), (3, 1, 2.0))
+    ]
     settings = TrainSettings(steps=4, batch_size=16, seq_len=33, init="uniform", momentum=0.9)
     together = train_runs(runs, settings)
     for r, run in enumerate(runs):
@@ -110,7 +125,9 @@ def test_a_run_trains_the_same_alone_or_inside_a_mixed_batch():
 
 def test_population_flow_is_the_gradient_of_the_long_sequence_loss():
     """With integer weights, a context holding each token weight-many times makes X^T b equal c_n exactly."""
-    spec = SequenceClasses(n_queries=2, next_per_query=2, n_common=3, n_distinct=4, common_weight=2.0, distinct_weight_range=(1.0, 4.0))
+    spec = SequenceClasses(
+        n_queries=2, next_per_query=2, n_common=3, n_distinct=4, common_weight=2.0, distinct_weight_range=(1.0, 4.0)
+    )
     layout = layout_for([spec])
     torch.manual_seed(1)
     Y = (0.3 * torch.randn(1, layout.d_vocab, layout.d_vocab)).requires_grad_()
@@ -122,7 +139,14 @@ def test_population_flow_is_the_gradient_of_the_long_sequence_loss():
     loss = F.cross_entropy(logits[0], layout.next_of_class(classes[0]))
     grad_y, grad_z = torch.autograd.grad(loss, (Y, Z))
     probs = layout.conditional_probs(spec).float().unsqueeze(0)
-    problem = PopulationProblem(layout, probs, torch.full((1, spec.n_classes), 1 / spec.n_classes), mask, torch.tensor([2.0]), torch.tensor([0.7]))
+    problem = PopulationProblem(
+        layout,
+        probs,
+        torch.full((1, spec.n_classes), 1 / spec.n_classes),
+        mask,
+        torch.tensor([2.0]),
+        torch.tensor([0.7]),
+    )
     dY, dZ = population_rhs(Y.detach(), Z.detach(), problem)
     assert torch.allclose(dY, -2.0 * grad_y, atol=1e-6)
     assert torch.allclose(dZ, -0.7 * grad_z, atol=1e-6)
@@ -133,14 +157,25 @@ def test_rk4_matches_an_adaptive_solver():
     spec = SequenceClasses(n_queries=1, next_per_query=2, n_common=2, n_distinct=3)
     layout = layout_for([spec])
     mask = layout.vocab_mask(spec).view(1, -1)
-    problem = PopulationProblem(layout, layout.conditional_probs(spec).unsqueeze(0), torch.full((1, 2), 0.5, dtype=torch.float64), mask,
-                                torch.tensor([3.0], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64))
-    Y0, Z0 = torch.zeros(1, layout.d_vocab, layout.d_vocab, dtype=torch.float64), torch.zeros(1, 1, layout.d_vocab, dtype=torch.float64)
+    problem = PopulationProblem(
+        layout,
+        layout.conditional_probs(spec).unsqueeze(0),
+        torch.full((1, 2), 0.5, dtype=torch.float64),
+        mask,
+        torch.tensor([3.0], dtype=torch.float64),
+        torch.tensor([2.0], dtype=torch.float64),
+    )
+    Y0, Z0 = (
+        torch.zeros(1, layout.d_vocab, layout.d_vocab, dtype=torch.float64),
+        torch.zeros(1, 1, layout.d_vocab, dtype=torch.float64),
+    )
     trajectory = integrate_population(Y0, Z0, problem, 10, substeps=8)
     n_y = Y0.numel()
 
     def rhs(_t, state):
-        dY, dZ = population_rhs(torch.from_numpy(state[:n_y]).view_as(Y0), torch.from_numpy(state[n_y:]).view_as(Z0), problem)
+        dY, dZ = population_rhs(
+            torch.from_numpy(state[:n_y]).view_as(Y0), torch.from_numpy(state[n_y:]).view_as(Z0), problem
+        )
         return np.concatenate([dY.flatten().numpy(), dZ.flatten().numpy()])
 
     reference = solve_ivp(rhs, (0, 10), np.zeros(n_y + Z0.numel()), rtol=1e-10, atol=1e-12, method="DOP853").y[:, -1]
@@ -205,5 +240,7 @@ def test_transformer_sees_no_position():
     ],
 )
 def test_bad_input_gets_a_clear_error(make, fragment):
-    with pytest.raises(InterpError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        InterpError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         make()

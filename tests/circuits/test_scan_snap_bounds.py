@@ -53,7 +53,11 @@ def closed_form_bounds(f2: np.ndarray, B: np.ndarray) -> pd.DataFrame:
     for rank in range(len(P) - N_COMMON - 1):
         slot = N_COMMON + rank
         r = f2[:, -1] / f2[:, slot] - 1
-        rows.append(pd.DataFrame(dict(distinct_rank=rank, r=r, lower=r[0] * np.exp(2 * f2[0, -1] * B), upper=r[0] * np.exp(2 * B))))
+        rows.append(
+            pd.DataFrame(
+                dict(distinct_rank=rank, r=r, lower=r[0] * np.exp(2 * f2[0, -1] * B), upper=r[0] * np.exp(2 * B))
+            )
+        )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -85,10 +89,14 @@ def test_trajectories_that_break_each_bound_are_flagged_and_fail_the_verdict():
     for name, zz, side in (("slow", slow, "lower"), ("fast", fast, "upper")):
         f2 = f_squared(zz)
         want = closed_form_bounds(f2, B)
-        outside = (want["r"] < want["lower"] * (1 - 1e-9)) if side == "lower" else (want["r"] > want["upper"] * (1 + 1e-9))
+        outside = (
+            (want["r"] < want["lower"] * (1 - 1e-9)) if side == "lower" else (want["r"] > want["upper"] * (1 + 1e-9))
+        )
         assert outside.mean() > 0.3, name  # the planted violation is large
         frame = theorem3_frame(f2, B, t, N_COMMON)
-        np.testing.assert_array_equal(frame["holds"].to_numpy(), ~outside.to_numpy() | np.isclose(want["r"], want[side], rtol=1e-9))
+        np.testing.assert_array_equal(
+            frame["holds"].to_numpy(), ~outside.to_numpy() | np.isclose(want["r"], want[side], rtol=1e-9)
+        )
     # theorem3_trajectory_frame reads B off the logits (one xi for all distinct tokens): on the honest trajectory it recovers B
     honest = theorem3_trajectory_frame(z, f_squared(z), t, N_COMMON).assign(run=0, cls=0)
     assert honest["holds"].mean() >= THEOREM3_SHARE_MIN and (honest["bound_violated"] == "none").all()
@@ -132,12 +140,31 @@ class HandBuilt:
 
 def test_scan_snap_page_and_summary_say_which_predictions_fail(tmp_path):
     run = ResultsDir.create(tmp_path / "run", HandBuilt(), analysis="scan_snap", title="hand-built")
-    predictions = pd.DataFrame([("a_prediction", "m1", 1.0, "> 0", True), ("b_prediction", "m2", -1.0, "> 0", False), ("c_prediction", "m3", 2.0, "> 0", True)],
-                               columns=["prediction", "measure", "value", "criterion", "holds"])
+    predictions = pd.DataFrame(
+        [
+            ("a_prediction", "m1", 1.0, "> 0", True),
+            ("b_prediction", "m2", -1.0, "> 0", False),
+            ("c_prediction", "m3", 2.0, "> 0", True),
+        ],
+        columns=["prediction", "measure", "value", "criterion", "holds"],
+    )
     run.save_table("predictions", predictions)
-    run.write_metrics({"verdicts": dict(zip(predictions.prediction, predictions.holds.map(bool))), "common_mass_final": 0.4, "kendall_tau_distinct": 0.9})
+    run.write_metrics(
+        {
+            "verdicts": dict(zip(predictions.prediction, predictions.holds.map(bool))),
+            "common_mass_final": 0.4,
+            "kendall_tau_distinct": 0.9,
+        }
+    )
     first = scan_snap_sections(run)[0]
     assert first.text.startswith("2 of 3 predictions hold")
-    assert dict(zip(first.table["prediction"], first.table["verdict"])) == {"a_prediction": "holds", "b_prediction": "does not hold", "c_prediction": "holds"}
+    assert dict(zip(first.table["prediction"], first.table["verdict"])) == {
+        "a_prediction": "holds",
+        "b_prediction": "does not hold",
+        "c_prediction": "holds",
+    }
     summary = summarise(run)
-    assert summary.headline == "2 of 3 predictions hold; not: b prediction" and summary.verdict == "1 prediction(s) fail (see the page)"
+    assert (
+        summary.headline == "2 of 3 predictions hold; not: b prediction"
+        and summary.verdict == "1 prediction(s) fail (see the page)"
+    )

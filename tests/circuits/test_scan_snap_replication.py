@@ -8,7 +8,13 @@ import pytest
 
 from circuits.scan_snap.data import SequenceClasses
 from circuits.scan_snap.dynamics import snap_dynamics
-from circuits.scan_snap.measures import estimate_B, scan_snap_measures, settling_step, snap_step, theorem3_trajectory_frame
+from circuits.scan_snap.measures import (
+    estimate_B,
+    scan_snap_measures,
+    settling_step,
+    snap_step,
+    theorem3_trajectory_frame,
+)
 from circuits.scan_snap.model import TrainSettings
 from circuits.scan_snap.predictions import figure6_comparison, paired_bootstrap_ci
 from circuits.scan_snap.reference import FIGURE4_LOSS, FIGURE6_ENTROPY
@@ -89,7 +95,11 @@ def test_paired_bootstrap_ci():
 
 
 def test_figure6_comparison_against_a_hand_computation():
-    rows = [dict(n_queries=1, eta_z=0.5, ratio=1.0, seed=s, cls=k, entropy=e) for s, (e0, e1) in enumerate([(1.9, 2.0), (2.0, 2.1)]) for k, e in enumerate((e0, e1))]
+    rows = [
+        dict(n_queries=1, eta_z=0.5, ratio=1.0, seed=s, cls=k, entropy=e)
+        for s, (e0, e1) in enumerate([(1.9, 2.0), (2.0, 2.1)])
+        for k, e in enumerate((e0, e1))
+    ]
     table = figure6_comparison(pd.DataFrame(rows), FIGURE6_ENTROPY)
     row = table.iloc[0]
     assert row["ours"] == pytest.approx(2.0) and row["ours_std"] == pytest.approx(math.sqrt(0.005))

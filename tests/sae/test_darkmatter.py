@@ -8,8 +8,18 @@ import torch
 import sae.darkmatter.regression as regression
 from interp.errors import InterpError, ShapeMismatchError
 from sae.darkmatter import (
-    LinearErrorFit, SyntheticSpec, cross_width_norms, decompose_error, fit_linear_map, fit_power_law, fvu, group_mean_r2, nonlinear_fvu_with_inputs,
-    norm_baselines, synthetic_check, vector_r2,
+    LinearErrorFit,
+    SyntheticSpec,
+    cross_width_norms,
+    decompose_error,
+    fit_linear_map,
+    fit_power_law,
+    fvu,
+    group_mean_r2,
+    nonlinear_fvu_with_inputs,
+    norm_baselines,
+    synthetic_check,
+    vector_r2,
 )
 from tests.shapecheck import shapes_unchecked
 
@@ -72,9 +82,13 @@ def test_decompose_error_fits_on_fit_tokens_and_measures_on_held_out():
     assert m["fvu_sae_plus_linear"] == pytest.approx(((e - lin) ** 2).sum() / total, rel=1e-8)
     assert m["fvu_sae_plus_nonlinear"] == pytest.approx((lin**2).sum() / total, rel=1e-8)
     assert m["vector_r2"] == pytest.approx(np.mean([_numpy_r2(e[:, j], lin[:, j]) for j in range(12)]), abs=1e-8)
-    b = np.linalg.lstsq(fit_x.double().numpy(), ((fit_x.double() - fit_out.double()).numpy() ** 2).sum(1), rcond=None)[0]
+    b = np.linalg.lstsq(fit_x.double().numpy(), ((fit_x.double() - fit_out.double()).numpy() ** 2).sum(1), rcond=None)[
+        0
+    ]
     assert m["norm_r2"] == pytest.approx(_numpy_r2((e**2).sum(1), xe @ b), abs=1e-8)
-    assert m["vector_r2"] > 0.7 and m["fvu_sae_plus_linear"] < 0.2 * m["fvu_sae"]  # the error is mostly linear by construction
+    assert (
+        m["vector_r2"] > 0.7 and m["fvu_sae_plus_linear"] < 0.2 * m["fvu_sae"]
+    )  # the error is mostly linear by construction
     np.testing.assert_allclose(result.parts.linear.numpy() + result.parts.nonlinear.numpy(), e, atol=1e-10)
     # The held-out tokens do not enter the fit.
     other = decompose_error(fit_x, fit_out, eval_x * 3, eval_out)
@@ -127,8 +141,18 @@ def test_group_mean_and_norm_baselines():
     frame = pd.DataFrame(dict(t=tokens[:700].numpy(), y=y[:700].numpy()))
     means = frame.groupby("t").y.mean()
     predicted = [means.get(int(t), y[:700].mean().item()) for t in tokens[700:]]
-    assert group_mean_r2(tokens[:700], y[:700], tokens[700:], y[700:]) == pytest.approx(_numpy_r2(y[700:], predicted), abs=1e-12)
-    table = norm_baselines(y[:700], y[700:], x[:700], x[700:], tokens[:700], tokens[700:], {"x_norm": (x[:700].norm(dim=1), x[700:].norm(dim=1))})
+    assert group_mean_r2(tokens[:700], y[:700], tokens[700:], y[700:]) == pytest.approx(
+        _numpy_r2(y[700:], predicted), abs=1e-12
+    )
+    table = norm_baselines(
+        y[:700],
+        y[700:],
+        x[:700],
+        x[700:],
+        tokens[:700],
+        tokens[700:],
+        {"x_norm": (x[:700].norm(dim=1), x[700:].norm(dim=1))},
+    )
     assert list(table.predictor) == ["activation", "activation_with_intercept", "token_id_mean", "x_norm"]
     assert table.set_index("predictor").r2["token_id_mean"] > 0.9
 
@@ -144,8 +168,14 @@ def test_nonlinear_fvu_with_inputs_finds_the_missing_input():
 
 def test_synthetic_check_separates_activation_noise_from_reconstruction_noise():
     table, metrics = synthetic_check(SyntheticSpec(n_tokens=6000))
-    assert table.loc["linear_error", "activation_noise"] > 0.95 and table.loc["nonlinear_error", "reconstruction_noise"] > 0.95
-    assert abs(table.loc["linear_error", "reconstruction_noise"]) < 0.1 and abs(table.loc["nonlinear_error", "activation_noise"]) < 0.1
+    assert (
+        table.loc["linear_error", "activation_noise"] > 0.95
+        and table.loc["nonlinear_error", "reconstruction_noise"] > 0.95
+    )
+    assert (
+        abs(table.loc["linear_error", "reconstruction_noise"]) < 0.1
+        and abs(table.loc["nonlinear_error", "activation_noise"]) < 0.1
+    )
     assert 0 < metrics["fvu_sae_plus_linear"] < metrics["fvu_sae"]
 
 
@@ -164,13 +194,34 @@ def test_bad_inputs_name_the_argument(unchecked_shapes):
 def test_claims_table_verdicts_follow_the_numbers():
     from sae.darkmatter.claims import claims_table
 
-    corr = {"activation_noise": {"linear_error": 0.99, "nonlinear_error": 0.01}, "reconstruction_noise": {"linear_error": 0.0, "nonlinear_error": 0.98}}
-    m = dict(vector_r2=[0.5, 0.5, 0.5], norm_r2=[0.95, 0.93, 0.92], fvu_sae=[0.3, 0.2, 0.15], fvu_sae_plus_linear=[0.1, 0.1, 0.1], cross_width_norm_r2=0.8,
-             nonlinear_norm_gain=0.02, norm_baseline_r2={"activation": 0.9, "activation_with_intercept": 0.91, "token_id_mean": 0.3, "l0": 0.1},
-             focus_nonlinear_fvu_share=0.33, focus_nonlinear_fvu=0.1, ce_share_nonlinear=0.4, sae_on_linear_fvu=0.2, sae_on_nonlinear_fvu=0.5,
-             pursuit_nonlinear_fvu_change=-0.002, sae_nonlinear_fvu_on_pursuit_tokens=0.1, earlier_layer_nonlinear_fvu_change=-0.01, synthetic_corr=corr)
+    corr = {
+        "activation_noise": {"linear_error": 0.99, "nonlinear_error": 0.01},
+        "reconstruction_noise": {"linear_error": 0.0, "nonlinear_error": 0.98},
+    }
+    m = dict(
+        vector_r2=[0.5, 0.5, 0.5],
+        norm_r2=[0.95, 0.93, 0.92],
+        fvu_sae=[0.3, 0.2, 0.15],
+        fvu_sae_plus_linear=[0.1, 0.1, 0.1],
+        cross_width_norm_r2=0.8,
+        nonlinear_norm_gain=0.02,
+        norm_baseline_r2={"activation": 0.9, "activation_with_intercept": 0.91, "token_id_mean": 0.3, "l0": 0.1},
+        focus_nonlinear_fvu_share=0.33,
+        focus_nonlinear_fvu=0.1,
+        ce_share_nonlinear=0.4,
+        sae_on_linear_fvu=0.2,
+        sae_on_nonlinear_fvu=0.5,
+        pursuit_nonlinear_fvu_change=-0.002,
+        sae_nonlinear_fvu_on_pursuit_tokens=0.1,
+        earlier_layer_nonlinear_fvu_change=-0.01,
+        synthetic_corr=corr,
+    )
     assert claims_table(m).holds.all()
-    worse = claims_table(dict(m, norm_r2=[0.95, 0.5, 0.92], fvu_sae_plus_linear=[0.1, 0.1, 0.01], ce_share_nonlinear=0.05)).set_index("claim").holds
+    worse = (
+        claims_table(dict(m, norm_r2=[0.95, 0.5, 0.92], fvu_sae_plus_linear=[0.1, 0.1, 0.01], ce_share_nonlinear=0.05))
+        .set_index("claim")
+        .holds
+    )
     assert not worse["Over 90% of the error norm is linearly predictable"]
     assert not worse["FVU of Sae(x) + LinearError stays roughly flat while Sae(x) improves with width"]
     assert not worse["The nonlinear error causes a proportional share of the CE increase"]

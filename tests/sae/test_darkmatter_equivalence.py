@@ -17,7 +17,9 @@ from sae.models import TopKConfig, TopKSae
 N = 3000  # fit tokens, and as many evaluated
 
 
-def authors_r2(explainer: np.ndarray, target: np.ndarray, permutation: np.ndarray, n_fit: int, n_eval_end: int) -> float:
+def authors_r2(
+    explainer: np.ndarray, target: np.ndarray, permutation: np.ndarray, n_fit: int, n_eval_end: int
+) -> float:
     """run_lstsq(..., lstsq_token_threshold=n_fit, eval_token_threshold=n_eval_end)[1], in float64 numpy."""
     x, y = explainer[permutation], target[permutation]
     solution = np.linalg.lstsq(x[:n_fit], y[:n_fit], rcond=1e-9)[0]
@@ -33,11 +35,16 @@ def shared():
     gen = torch.Generator().manual_seed(0)
     d = 24
     mixing = torch.randn(d, d, generator=gen, dtype=torch.float64) * torch.logspace(0, -1.5, d, dtype=torch.float64)
-    x = (torch.randn(2 * N + 500, d, generator=gen, dtype=torch.float64) @ mixing + 3.0 * torch.randn(d, generator=gen, dtype=torch.float64)).float()
+    x = (
+        torch.randn(2 * N + 500, d, generator=gen, dtype=torch.float64) @ mixing
+        + 3.0 * torch.randn(d, generator=gen, dtype=torch.float64)
+    ).float()
     sae = TopKSae(TopKConfig(d, 96, k=6, seed=1))
     with torch.no_grad():
         sae_out = sae(x)
-    permutation = np.random.default_rng(7).permutation(len(x))  # the authors' random order: fit on the first N, evaluate on the next N
+    permutation = np.random.default_rng(7).permutation(
+        len(x)
+    )  # the authors' random order: fit on the first N, evaluate on the next N
     return x.double().numpy(), sae_out.double().numpy(), permutation
 
 
@@ -51,11 +58,15 @@ def test_vector_and_norm_r2_equal_the_authors_definitions(shared):
     x, sae_out, permutation = shared
     error = x - sae_out
     ours = _ours(x, sae_out, permutation)
-    theirs_vector = authors_r2(x, -error, permutation, N, 2 * N)  # they regress -e (Sae(x) - x): the sign cannot change R^2
+    theirs_vector = authors_r2(
+        x, -error, permutation, N, 2 * N
+    )  # they regress -e (Sae(x) - x): the sign cannot change R^2
     theirs_norm = authors_r2(x, (error**2).sum(-1), permutation, N, 2 * N)
     assert abs(ours["vector_r2"] - theirs_vector) <= 1e-6, (ours["vector_r2"], theirs_vector)
     assert abs(ours["norm_r2"] - theirs_norm) <= 1e-6, (ours["norm_r2"], theirs_norm)
-    assert 0.05 < theirs_vector < 0.99 and 0.05 < theirs_norm < 0.99  # a regime where the numbers are not trivially 0 or 1
+    assert (
+        0.05 < theirs_vector < 0.99 and 0.05 < theirs_norm < 0.99
+    )  # a regime where the numbers are not trivially 0 or 1
 
 
 def test_regression_r2_and_the_grid_probe_equal_the_authors_definitions(shared):
@@ -71,7 +82,13 @@ def test_regression_r2_and_the_grid_probe_equal_the_authors_definitions(shared):
     assert abs(point - theirs) <= 1e-6 and low <= point <= high
     # their baselines append a column of ones: our intercept=True
     with_ones = np.concatenate([x, np.ones((len(x), 1))], 1)
-    assert abs(regression_r2(tx[fit], ty[fit], tx[held], ty[held], intercept=True) - authors_r2(with_ones, y, permutation, N, 2 * N)) <= 1e-6
+    assert (
+        abs(
+            regression_r2(tx[fit], ty[fit], tx[held], ty[held], intercept=True)
+            - authors_r2(with_ones, y, permutation, N, 2 * N)
+        )
+        <= 1e-6
+    )
 
 
 def test_the_comparison_can_fail(shared):
@@ -87,7 +104,13 @@ def test_the_comparison_can_fail(shared):
     assert abs(pooled - theirs_vector) > 1e-3
     # evaluating on the fit tokens (train R^2) instead of the next N
     y = (error**2).sum(-1)
-    train_r2 = regression_r2(torch.from_numpy(x[fit]), torch.from_numpy(y[fit]), torch.from_numpy(x[fit]), torch.from_numpy(y[fit]), intercept=False)
+    train_r2 = regression_r2(
+        torch.from_numpy(x[fit]),
+        torch.from_numpy(y[fit]),
+        torch.from_numpy(x[fit]),
+        torch.from_numpy(y[fit]),
+        intercept=False,
+    )
     assert abs(train_r2 - authors_r2(x, y, permutation, N, 2 * N)) > 1e-4
     # a different random order gives a different held-out set: the agreement above is not an accident of the data
     other = np.random.default_rng(8).permutation(len(x))

@@ -6,7 +6,14 @@ import torch
 
 from interp.errors import ShapeMismatchError
 from interp.sites import Site
-from sae.darkmatter import LinearMap, ce_shares, fit_linear_map, gradient_pursuit, pursuit_reconstruction, spliced_losses
+from sae.darkmatter import (
+    LinearMap,
+    ce_shares,
+    fit_linear_map,
+    gradient_pursuit,
+    pursuit_reconstruction,
+    spliced_losses,
+)
 from sae.models import TopKConfig, TopKSae
 from tests.shapecheck import shapes_unchecked
 
@@ -83,10 +90,14 @@ def test_spliced_losses_match_transformer_lens_loss_per_token(tiny_model):
             ce_sae_plus_nonlinear=_ce_with_hand_hook(tiny_model, tokens, lambda x: sae(x) + (x - sae(x) - linear(x))),
         )
     for column, value in expected.items():
-        np.testing.assert_allclose(losses[column].to_numpy(), value.reshape(-1).double().numpy(), atol=2e-5, err_msg=column)
+        np.testing.assert_allclose(
+            losses[column].to_numpy(), value.reshape(-1).double().numpy(), atol=2e-5, err_msg=column
+        )
     shares = ce_shares(losses)
     increase = shares["ce_sae"] - shares["ce_clean"]
-    assert shares["ce_share_nonlinear"] == pytest.approx((losses.ce_sae_plus_linear.mean() - losses.ce_clean.mean()) / increase)
+    assert shares["ce_share_nonlinear"] == pytest.approx(
+        (losses.ce_sae_plus_linear.mean() - losses.ce_clean.mean()) / increase
+    )
 
 
 def test_zero_linear_map_leaves_the_whole_error_or_none(tiny_model):
@@ -101,7 +112,13 @@ def test_zero_linear_map_leaves_the_whole_error_or_none(tiny_model):
 def test_spliced_losses_reject_a_head_site(tiny_model):
     sae = TopKSae(TopKConfig(16, 32, k=4))
     with pytest.raises(ShapeMismatchError, match="no head, neuron or position"):
-        spliced_losses(tiny_model, torch.zeros(1, 4, dtype=torch.long), sae, Site(0, "z", head=1), LinearMap(torch.zeros(16, 16), None))
+        spliced_losses(
+            tiny_model,
+            torch.zeros(1, 4, dtype=torch.long),
+            sae,
+            Site(0, "z", head=1),
+            LinearMap(torch.zeros(16, 16), None),
+        )
 
 
 def test_from_position_keeps_the_first_positions_clean(tiny_model):

@@ -48,7 +48,9 @@ def test_r2_ci_covers_the_planted_value_and_narrows_with_more_sequences():
         gen = np.random.default_rng(n_seqs)
         signal = gen.normal(size=n_seqs * 20)
         y = signal + gen.normal(size=len(signal))
-        _, low, high = r2_with_ci(torch.tensor(y), torch.tensor(signal), torch.tensor(np.repeat(np.arange(n_seqs), 20)), n_boot=400)
+        _, low, high = r2_with_ci(
+            torch.tensor(y), torch.tensor(signal), torch.tensor(np.repeat(np.arange(n_seqs), 20)), n_boot=400
+        )
         assert low < 0.5 < high
         widths.append(high - low)
     assert widths[1] < widths[0] / 2.5  # ~1/sqrt(n): 4x narrower for 16x the sequences
@@ -60,9 +62,16 @@ def _losses(n_seqs, share_linear_in_place, seed, per_seq=40):
     n = n_seqs * per_seq
     clean = gen.gamma(2.0, 1.5, size=n)
     sae = clean + 0.1 + gen.normal(scale=0.3, size=n)
-    return pd.DataFrame(dict(seq=np.repeat(np.arange(n_seqs), per_seq), pos=np.tile(np.arange(per_seq), n_seqs), ce_clean=clean, ce_sae=sae,
-                             ce_sae_plus_linear=clean + share_linear_in_place * 0.1 + gen.normal(scale=0.3, size=n),
-                             ce_sae_plus_nonlinear=clean + (1 - share_linear_in_place) * 0.1 + gen.normal(scale=0.3, size=n)))
+    return pd.DataFrame(
+        dict(
+            seq=np.repeat(np.arange(n_seqs), per_seq),
+            pos=np.tile(np.arange(per_seq), n_seqs),
+            ce_clean=clean,
+            ce_sae=sae,
+            ce_sae_plus_linear=clean + share_linear_in_place * 0.1 + gen.normal(scale=0.3, size=n),
+            ce_sae_plus_nonlinear=clean + (1 - share_linear_in_place) * 0.1 + gen.normal(scale=0.3, size=n),
+        )
+    )
 
 
 def test_ce_shares_with_ci_match_ce_shares_and_a_slow_loop():
@@ -85,7 +94,10 @@ def test_ce_share_ci_finds_a_planted_share_and_includes_zero_for_none():
     assert low < 0.4 < high and low > 0 and not planted["ce_share_nonlinear_ci_includes_zero"]
     # negative control: the linear error left in place costs nothing (share 0): its CI must include 0
     null = ce_shares_with_ci(_losses(512, 0.0, seed=4), n_boot=500)
-    assert null["ce_share_nonlinear_ci_includes_zero"] and null["ce_share_nonlinear_ci"][0] < 0 < null["ce_share_nonlinear_ci"][1]
+    assert (
+        null["ce_share_nonlinear_ci_includes_zero"]
+        and null["ce_share_nonlinear_ci"][0] < 0 < null["ce_share_nonlinear_ci"][1]
+    )
 
 
 def test_bad_inputs_name_the_argument():
@@ -100,12 +112,28 @@ def test_grid_effects_recover_a_planted_additive_grid():
     """Positive control: width adds 0.1 and dropping 64 positions 0.05; negative control: k does nothing."""
     from experiments.dark_matter import grid_effects
 
-    rows = [dict(width=w, positions_dropped=p, training=t, k=k, status="done",
-                 norm_r2=0.6 + 0.1 * (w == 2304) + {1: 0.0, 16: 0.02, 64: 0.05}[p] + 0.03 * (t == "converged"))
-            for w in (576, 2304) for p in (1, 16, 64) for t in ("short", "converged") for k in (32, 64)]
-    rows.append(dict(width=576, positions_dropped=1, training="short", k=128, status="missing", norm_r2=None))  # not measured: left out
+    rows = [
+        dict(
+            width=w,
+            positions_dropped=p,
+            training=t,
+            k=k,
+            status="done",
+            norm_r2=0.6 + 0.1 * (w == 2304) + {1: 0.0, 16: 0.02, 64: 0.05}[p] + 0.03 * (t == "converged"),
+        )
+        for w in (576, 2304)
+        for p in (1, 16, 64)
+        for t in ("short", "converged")
+        for k in (32, 64)
+    ]
+    rows.append(
+        dict(width=576, positions_dropped=1, training="short", k=128, status="missing", norm_r2=None)
+    )  # not measured: left out
     effects = grid_effects(pd.DataFrame(rows)).set_index(["factor", "level_to"])
-    assert effects.loc[("width", "2304"), "mean_change"] == pytest.approx(0.1) and effects.loc[("width", "2304"), "pairs"] == 12
+    assert (
+        effects.loc[("width", "2304"), "mean_change"] == pytest.approx(0.1)
+        and effects.loc[("width", "2304"), "pairs"] == 12
+    )
     assert effects.loc[("positions_dropped", "64"), "mean_change"] == pytest.approx(0.05)
     assert effects.loc[("positions_dropped", "16"), "mean_change"] == pytest.approx(0.02)
     assert effects.loc[("training", "converged"), "mean_change"] == pytest.approx(0.03)

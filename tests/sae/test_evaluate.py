@@ -28,7 +28,9 @@ def tokens(tiny_model):
 
 def test_splice_with_error_kept_and_no_edit_is_the_clean_model(tiny_model, sae, tokens):
     with torch.no_grad():
-        torch.testing.assert_close(run_with_sae(tiny_model, tokens, sae, SITE, keep_error=True), tiny_model(tokens), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            run_with_sae(tiny_model, tokens, sae, SITE, keep_error=True), tiny_model(tokens), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_latent_edit_with_error_kept_moves_the_site_by_exactly_that_latents_decoder_row(tiny_model, sae, tokens):
@@ -59,8 +61,14 @@ def test_metrics_match_an_independent_computation(tiny_model, sae, tokens):
     with torch.no_grad():
         x_hat, acts = sae(x.float()).double(), sae.encode(x.float())
         ce_clean = float(tiny_model(tokens, return_type="loss"))
-        ce_zero = float(tiny_model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(SITE, lambda a, hook: torch.zeros_like(a))]))
-        ce_sae = float(tiny_model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(SITE, lambda a, hook: sae(a))]))
+        ce_zero = float(
+            tiny_model.run_with_hooks(
+                tokens, return_type="loss", fwd_hooks=[(SITE, lambda a, hook: torch.zeros_like(a))]
+            )
+        )
+        ce_sae = float(
+            tiny_model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(SITE, lambda a, hook: sae(a))])
+        )
         clean_lp = tiny_model(tokens).log_softmax(-1)[:, :-1]
         sae_lp = tiny_model.run_with_hooks(tokens, fwd_hooks=[(SITE, lambda a, hook: sae(a))]).log_softmax(-1)[:, :-1]
     m = result.metrics
@@ -71,9 +79,13 @@ def test_metrics_match_an_independent_computation(tiny_model, sae, tokens):
     assert m["cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(x, x_hat).mean()), rel=1e-5)
     assert (m["ce_clean"], m["ce_zero_ablation"], m["ce_sae"]) == pytest.approx((ce_clean, ce_zero, ce_sae), rel=1e-5)
     assert m["ce_loss_recovered"] == pytest.approx((ce_zero - ce_sae) / (ce_zero - ce_clean), rel=1e-4)
-    assert m["kl_sae"] == pytest.approx(float(torch.nn.functional.kl_div(sae_lp, clean_lp, log_target=True, reduction="none").sum(-1).mean()), rel=1e-4)
+    assert m["kl_sae"] == pytest.approx(
+        float(torch.nn.functional.kl_div(sae_lp, clean_lp, log_target=True, reduction="none").sum(-1).mean()), rel=1e-4
+    )
     assert m["dead_fraction"] == pytest.approx(float((acts > 0).sum(0).eq(0).float().mean()))
-    torch.testing.assert_close(torch.tensor(result.per_token.error_norm.values), (x - x_hat).norm(dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(result.per_token.error_norm.values), (x - x_hat).norm(dim=-1), atol=1e-5, rtol=1e-5
+    )
     assert len(result.per_token) == tokens.numel() and result.per_token.ce_clean.isna().sum() == len(tokens)
     hist = density_histogram(result.latents)
     assert hist.latents.sum() == 256 and hist.latents.iloc[0] == int((acts > 0).sum(0).eq(0).sum())
@@ -89,7 +101,12 @@ def test_evaluate_saved_reads_the_site_and_writes_results(tiny_model, sae, token
     save_sae(sae, tmp_path / "sae", hook_name=SITE)
     result = evaluate_saved(tmp_path, tiny_model, tokens)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["fvu"] == pytest.approx(result.metrics["fvu"])
-    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "per_token.parquet", "latents.parquet", "density_histogram.parquet"}
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {
+        "metrics.json",
+        "per_token.parquet",
+        "latents.parquet",
+        "density_histogram.parquet",
+    }
 
 
 def test_top_activating_contexts_are_the_largest_activations(tiny_model, sae, tokens):
@@ -104,6 +121,9 @@ def test_top_activating_contexts_are_the_largest_activations(tiny_model, sae, to
         rows = frame[frame.latent == latent]
         expected = acts[..., latent].flatten().topk(3).values
         torch.testing.assert_close(torch.tensor(rows.activation.values, dtype=torch.float32), expected)
-        assert all(float(acts[r.seq, r.pos, latent]) == pytest.approx(r.activation) and tokens[r.seq, r.pos] == r.token for r in rows.itertuples())
+        assert all(
+            float(acts[r.seq, r.pos, latent]) == pytest.approx(r.activation) and tokens[r.seq, r.pos] == r.token
+            for r in rows.itertuples()
+        )
     with pytest.raises(OutOfRangeError, match="d_sae=256"):
         top_activating_contexts(tiny_model, sae, SITE, tokens, [300])

@@ -11,7 +11,12 @@ from sae.io import load_sae, save_sae
 from sae.models import BatchTopKConfig, JumpReluConfig, ReluConfig, TopKConfig, build_sae
 
 D_IN, D_SAE = 16, 48
-CONFIGS = [ReluConfig(D_IN, D_SAE), TopKConfig(D_IN, D_SAE, k=6), BatchTopKConfig(D_IN, D_SAE, k=6), JumpReluConfig(D_IN, D_SAE)]
+CONFIGS = [
+    ReluConfig(D_IN, D_SAE),
+    TopKConfig(D_IN, D_SAE, k=6),
+    BatchTopKConfig(D_IN, D_SAE, k=6),
+    JumpReluConfig(D_IN, D_SAE),
+]
 
 
 def trained_like(cfg):
@@ -54,7 +59,11 @@ def test_saelens_load_from_disk_gives_the_same_encode_and_decode(cfg, tmp_path):
 def test_saelens_saved_saes_load_into_ours(arch, apply_b_dec_to_input, tmp_path):
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
-    kinds = {"standard": (StandardSAE, StandardSAEConfig, {}), "topk": (TopKSAE, TopKSAEConfig, {"k": 5}), "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {})}
+    kinds = {
+        "standard": (StandardSAE, StandardSAEConfig, {}),
+        "topk": (TopKSAE, TopKSAEConfig, {"k": 5}),
+        "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {}),
+    }
     cls, cfg_cls, extra = kinds[arch]
     torch.manual_seed(0)
     theirs = cls(cfg_cls(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=apply_b_dec_to_input, **extra))

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from interp.errors import InterpError, OutOfRangeError, ShapeMismatchError
-from sae.models import ARCHITECTURES, BatchTopKConfig, JumpReluConfig, ReluConfig, TopKConfig, build_sae, config_from_dict, make_config
+from sae.models import (
+    ARCHITECTURES,
+    BatchTopKConfig,
+    JumpReluConfig,
+    ReluConfig,
+    TopKConfig,
+    build_sae,
+    config_from_dict,
+    make_config,
+)
 from sae.models.jumprelu import JumpReluFunction, StepFunction
 
 D_IN, D_SAE, K = 12, 40, 5
@@ -30,7 +39,10 @@ def loop_encode(sae, x):
     W_enc, b_enc, b_dec = sae.W_enc.detach(), sae.b_enc.detach(), sae.b_dec.detach()
     out = torch.zeros(len(x), D_SAE)
     for t in range(len(x)):
-        pre = [sum(float(x[t, i] - b_dec[i]) * float(W_enc[i, j]) for i in range(D_IN)) + float(b_enc[j]) for j in range(D_SAE)]
+        pre = [
+            sum(float(x[t, i] - b_dec[i]) * float(W_enc[i, j]) for i in range(D_IN)) + float(b_enc[j])
+            for j in range(D_SAE)
+        ]
         arch = sae.cfg.architecture
         for j, p in enumerate(pre):
             if arch == "relu":
@@ -44,7 +56,12 @@ def loop_encode(sae, x):
     return out
 
 
-CONFIGS = [ReluConfig(D_IN, D_SAE), TopKConfig(D_IN, D_SAE, k=K), BatchTopKConfig(D_IN, D_SAE, k=K), JumpReluConfig(D_IN, D_SAE)]
+CONFIGS = [
+    ReluConfig(D_IN, D_SAE),
+    TopKConfig(D_IN, D_SAE, k=K),
+    BatchTopKConfig(D_IN, D_SAE, k=K),
+    JumpReluConfig(D_IN, D_SAE),
+]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.architecture)

@@ -23,7 +23,12 @@ def test_topk_sae_on_the_bundled_model_reconstructs_and_recovers_ce(model, corpu
     train, held_out = corpus_tokens[:32], corpus_tokens[32:]
     acts = cache_sites(model, train, [SITE])  # one forward of the real model; training reuses these rows
     batches = TensorBatches(next(iter(acts.values())).reshape(-1, 576), 256)
-    result = train_sae(TopKConfig(576, 1152, k=32), batches, TrainConfig(steps=40, batch_size=256, lr=2e-3, warmup_steps=4), progress=False)
+    result = train_sae(
+        TopKConfig(576, 1152, k=32),
+        batches,
+        TrainConfig(steps=40, batch_size=256, lr=2e-3, warmup_steps=4),
+        progress=False,
+    )
     metrics = evaluate_sae(model, result.sae, SITE, held_out, batch_size=8).metrics
     assert result.curve.fvu.iloc[-1] < result.curve.fvu.iloc[0]
     assert metrics["l0"] <= 32 and metrics["fvu"] < 0.6, metrics

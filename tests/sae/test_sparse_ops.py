@@ -24,7 +24,14 @@ def test_sparse_and_dense_topk_training_steps_give_the_same_gradients(dead_laten
         xin = x.clone().requires_grad_(True)
         out = sae.training_step(xin, dead, LossScale(n, float((x - x.mean(0)).pow(2).sum())), 0)
         out.loss.backward()
-        grads.append({"x": xin.grad, **{name: p.grad for name, p in sae.named_parameters()}, "loss": out.loss.detach(), "out": out.sae_out.detach()})
+        grads.append(
+            {
+                "x": xin.grad,
+                **{name: p.grad for name, p in sae.named_parameters()},
+                "loss": out.loss.detach(),
+                "out": out.sae_out.detach(),
+            }
+        )
     sparse, dense = grads
     assert sparse.keys() == dense.keys()
     for name in sparse:
@@ -36,7 +43,11 @@ def test_sparse_and_dense_topk_training_steps_give_the_same_gradients(dead_laten
 def test_rows_primitives_match_loops(distinct):
     gen = torch.Generator().manual_seed(0)
     n, k, m, d = 7, 3, 11, 5
-    indices = torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(n)]) if distinct else torch.randint(0, 2, (n, k), generator=gen)
+    indices = (
+        torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(n)])
+        if distinct
+        else torch.randint(0, 2, (n, k), generator=gen)
+    )
     values = torch.randn(n, k, generator=gen)
     rows, dense = torch.randn(m, d, generator=gen), torch.randn(n, d, generator=gen)
     want_sum = torch.stack([sum(values[i, j] * rows[indices[i, j]] for j in range(k)) for i in range(n)])
@@ -62,8 +73,12 @@ def test_sparse_topk_backward_masks_nonpositive_top_k_values(shift):
     b_enc = torch.randn(d_sae, generator=gen) * 0.5 + shift
     pre = x @ encoder.T + b_enc
     top = pre.topk(k, dim=-1)
-    assert 0.1 < (top.values <= 0).float().mean() < 0.9  # the mask is exercised: many top-k values are clipped, many are not
-    weight = torch.randn(n, d_sae, generator=gen)  # an upstream gradient per latent (slot order may differ between the paths)
+    assert (
+        0.1 < (top.values <= 0).float().mean() < 0.9
+    )  # the mask is exercised: many top-k values are clipped, many are not
+    weight = torch.randn(
+        n, d_sae, generator=gen
+    )  # an upstream gradient per latent (slot order may differ between the paths)
     grads = []
     for sparse in (True, False):
         xs, es, bs = (t.clone().requires_grad_(True) for t in (x, encoder, b_enc))

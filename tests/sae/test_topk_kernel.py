@@ -9,7 +9,10 @@ from interp.errors import InterpError, OutOfRangeError, ShapeMismatchError
 from interp.kernels import topk as tk
 from sae.models.topk import TopKConfig, TopKSae
 
-pytestmark = pytest.mark.skipif(not tk.triton_available() or os.environ.get("TRITON_INTERPRET") != "1", reason="needs triton with TRITON_INTERPRET=1 (set by tests/conftest.py)")
+pytestmark = pytest.mark.skipif(
+    not tk.triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs triton with TRITON_INTERPRET=1 (set by tests/conftest.py)",
+)
 
 # (n, m, k, block_m): one block; m not a power of two over several blocks; k over a block; k == m; one column
 SHAPES = [(6, 10, 3, 1024), (5, 100, 7, 32), (4, 300, 130, 64), (3, 50, 50, 16), (4, 1, 1, 16)]
@@ -52,7 +55,9 @@ def test_half_precision_inputs_select_on_their_float32_values(dtype):
 
 def test_ties_at_the_kth_value_keep_the_lowest_columns():
     gen = torch.Generator().manual_seed(3)
-    pre = torch.randint(-3, 4, (6, 70), generator=gen).float()  # 7 distinct values in 70 columns: ties everywhere, across blocks
+    pre = torch.randint(
+        -3, 4, (6, 70), generator=gen
+    ).float()  # 7 distinct values in 70 columns: ties everywhere, across blocks
     pre[5] = 2.0  # a row of one value: every pick is a tie
     k = 20
     values, indices = tk.row_topk_triton(pre, k, block_m=16)
@@ -64,12 +69,14 @@ def test_ties_at_the_kth_value_keep_the_lowest_columns():
 
 def test_infinities_nan_and_signed_zeros_order_as_torch_topk_does():
     inf, nan = float("inf"), float("nan")
-    pre = torch.tensor([
-        [1.0, -inf, inf, -2.0, 0.0, -0.5, -inf, 3.0],
-        [-inf, -inf, -inf, -1.0, -inf, -inf, -inf, -inf],  # k = 3 reaches into the -inf entries
-        [nan, 1.0, -1.0, 2.0, nan, 0.5, -3.0, 4.0],  # NaN counts as the largest, as in torch.topk
-        [-0.0, -1e-30, 1e-30, 0.0, -1e-38, 1e-38, -5.0, 5.0],  # tiny and denormal-adjacent values order exactly
-    ])
+    pre = torch.tensor(
+        [
+            [1.0, -inf, inf, -2.0, 0.0, -0.5, -inf, 3.0],
+            [-inf, -inf, -inf, -1.0, -inf, -inf, -inf, -inf],  # k = 3 reaches into the -inf entries
+            [nan, 1.0, -1.0, 2.0, nan, 0.5, -3.0, 4.0],  # NaN counts as the largest, as in torch.topk
+            [-0.0, -1e-30, 1e-30, 0.0, -1e-38, 1e-38, -5.0, 5.0],  # tiny and denormal-adjacent values order exactly
+        ]
+    )
     values, indices = tk.row_topk_triton(pre, 3, block_m=16)
     ref_values, ref_indices = pre.topk(3, dim=1)
     torch.testing.assert_close(values.sort(1).values, ref_values.sort(1).values, atol=0, rtol=0, equal_nan=True)

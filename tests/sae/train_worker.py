@@ -15,7 +15,9 @@ from sae.models import TopKConfig
 from sae.train import TrainConfig, train_sae
 
 SAE = TopKConfig(d_in=32, d_sae=256, k=4)
-TRAIN = TrainConfig(steps=40, batch_size=64, lr=3e-3, warmup_steps=5, checkpoint_every=10, log_every=1, dead_after_tokens=192)
+TRAIN = TrainConfig(
+    steps=40, batch_size=64, lr=3e-3, warmup_steps=5, checkpoint_every=10, log_every=1, dead_after_tokens=192
+)
 
 
 def main():
@@ -33,7 +35,14 @@ def main():
             (Path(args.out) / "paused").write_text(str(step))
             time.sleep(600)  # the test kills us here
 
-    train_sae(SAE, TensorBatches(torch.load(args.data), TRAIN.batch_size, seed=0), TRAIN, args.out, progress=False, on_step=on_step)
+    train_sae(
+        SAE,
+        TensorBatches(torch.load(args.data), TRAIN.batch_size, seed=0),
+        TRAIN,
+        args.out,
+        progress=False,
+        on_step=on_step,
+    )
     if "RANK" in os.environ:
         torch.distributed.destroy_process_group()
 
