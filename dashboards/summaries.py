@@ -250,6 +250,39 @@ def _scan_snap(run: ResultsDir) -> Summary:
     )
 
 
+@register_summary("circuit")
+def _circuit(run: ResultsDir) -> Summary:
+    m = run.metrics()
+    agreement = m.get("agreement", {})
+    parts = [
+        f"{method.upper()} Spearman {num(a.get('spearman'))}, recall@{a.get('k', 20)} {num(a.get('recall_at_20'))}"
+        for method, a in agreement.items()
+    ]
+    curve = get(m, "faithfulness", "eap", default={}) or {}
+    if curve:
+        largest = max(curve, key=int)
+        parts.append(f"top {largest} EAP edges recover {num(curve[largest])} of the metric")
+    auc = m.get("planted_auc") or {}
+    worst = min(
+        (a.get("spearman") for a in agreement.values() if isinstance(a.get("spearman"), float)), default=None
+    )
+    verdict = (
+        "the approximate scores track exact edge patching on the edges they rank highest"
+        if worst is not None and worst >= 0.9
+        else "an approximate score disagrees with exact patching: check the top edges exactly"
+    )
+    if auc:
+        verdict += "; planted circuit recovered: AUC " + ", ".join(f"{k} {num(v)}" for k, v in auc.items())
+    return Summary(
+        "Circuit discovery (edge attribution)",
+        "; ".join(parts) or "no agreement measured",
+        verdict,
+        "Score every edge of the model's computation graph (embeddings, heads' q/k/v inputs, MLPs, logits) by how much "
+        "patching it from a corrupted prompt changes the answer: EAP and EAP-IG from gradients, checked by exact edge patching.",
+        _quick_caveat(run),
+    )
+
+
 @register_summary("reachability")
 def _reachability(run: ResultsDir) -> Summary:
     m = run.metrics()

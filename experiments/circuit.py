@@ -56,7 +56,7 @@ class CircuitConfig:
         20  # edges timed through a plain per-edge loop of hooks (the speed baseline), among the verified ones
     )
     seed: int = 0
-    analysis: str = "generic"
+    analysis: str = "circuit"
 
     def __post_init__(self):
         if self.metric not in METRICS:

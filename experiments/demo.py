@@ -67,11 +67,16 @@ def _recall_reasoning(out: Path, quick: bool) -> Path:
     return run(RecallReasoningConfig.quick() if quick else RecallReasoningConfig(), out)
 
 
+def _circuit(out: Path, quick: bool) -> Path:
+    from experiments.circuit import CircuitConfig, run
+
+    return run(CircuitConfig.quick() if quick else CircuitConfig(), out)
+
+
 @dataclass(frozen=True)
 class Step:
-    run: Callable[
-        [Path, bool], Path
-    ]  # (out_dir, quick) -> results dir; a module-level function, so a worker process can import it
+    # (out_dir, quick) -> results dir; a module-level function, so a worker process can import it
+    run: Callable[[Path, bool], Path]
     seconds: float  # expected wall time of the quick run at one thread (for the ETA until a run here has measured it)
 
 
@@ -81,6 +86,7 @@ PIPELINE: dict[str, Step] = {  # seconds: measured from an empty cache on 2 core
     "dark_matter": Step(_dark_matter, 280),
     "sae": Step(_sae, 90),
     "patching": Step(_patching, 60),
+    "circuit": Step(_circuit, 70),
     "reachability": Step(_reachability, 45),
     "scan_snap": Step(_scan_snap, 10),
 }

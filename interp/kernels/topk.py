@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.kernels import triton_available  # noqa: F401  (re-exported: each kernel module says whether its kernel can run)
 from interp.kernels import use_triton as _use_triton
 from interp.errors import InterpError, OutOfRangeError, ShapeMismatchError
 
