@@ -263,9 +263,7 @@ def _circuit(run: ResultsDir) -> Summary:
         largest = max(curve, key=int)
         parts.append(f"top {largest} EAP edges recover {num(curve[largest])} of the metric")
     auc = m.get("planted_auc") or {}
-    worst = min(
-        (a.get("spearman") for a in agreement.values() if isinstance(a.get("spearman"), float)), default=None
-    )
+    worst = min((a.get("spearman") for a in agreement.values() if isinstance(a.get("spearman"), float)), default=None)
     verdict = (
         "the approximate scores track exact edge patching on the edges they rank highest"
         if worst is not None and worst >= 0.9
