@@ -96,7 +96,14 @@ def results_of(copy: Path) -> dict:
     return {
         **counts,
         "total": sum(counts.values()),
+        # among the mutants some selected test reaches; kill_rate_strict also counts the ones no selected test runs
+        # ("no_tests": code the module's fast tests never call) as surviving
         "kill_rate": round((counts.get("killed", 0) + counts.get("timeout", 0)) / judged, 4) if judged else None,
+        "kill_rate_strict": round(
+            (counts.get("killed", 0) + counts.get("timeout", 0)) / (judged + counts.get("no_tests", 0)), 4
+        )
+        if judged + counts.get("no_tests", 0)
+        else None,
         "survivors": sorted(survived),
     }
 
