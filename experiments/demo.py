@@ -86,12 +86,13 @@ PIPELINE: dict[str, Step] = {  # seconds: measured from an empty cache on 2 core
     "dark_matter": Step(_dark_matter, 280),
     "sae": Step(_sae, 90),
     "patching": Step(_patching, 60),
-    "circuit": Step(_circuit, 70),
+    "circuit": Step(_circuit, 30),
     "reachability": Step(_reachability, 45),
     "scan_snap": Step(_scan_snap, 10),
 }
 DISPLAY_ORDER = (
     "patching",
+    "circuit",
     "sae",
     "dark_matter",
     "recall_reasoning",
@@ -215,7 +216,8 @@ def run_demo(
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-    run_dirs = [Path(steps[n]["dir"]) for n in sorted(names, key=DISPLAY_ORDER.index) if n in steps]
+    ordered = sorted(names, key=lambda n: DISPLAY_ORDER.index(n) if n in DISPLAY_ORDER else len(DISPLAY_ORDER))
+    run_dirs = [Path(steps[n]["dir"]) for n in ordered if n in steps]
     if not run_dirs:
         raise InterpError(
             "every demo step failed: "

@@ -71,3 +71,9 @@ def test_full_quick_demo_without_browser(tmp_path, no_browser, capsys):
     out = tmp_path / "demo"
     run_demo(out)
     _check_run(out, list(PIPELINE), capsys)
+
+
+def test_every_pipeline_step_has_a_row_on_the_index():
+    from experiments.demo import DISPLAY_ORDER
+
+    assert sorted(DISPLAY_ORDER) == sorted(PIPELINE)
