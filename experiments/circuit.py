@@ -180,23 +180,14 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
     title = "Circuit discovery: edge attribution verified by exact edge patching"
     ResultsDir.check_create(out, config, title=title, exist_ok=True, overwrite=overwrite)
     model = require_hooked(load_model(config.model), "interp circuit")
-    pairs = config.pairs
-    task = PatchingTask(
-        model,
-        [p["clean"] for p in pairs],
-        [p["corrupted"] for p in pairs],
-        [p["answer"] for p in pairs],
-        [p["wrong"] for p in pairs],
-        metric=config.metric,
-        align=config.align,
-    )
+    task = PatchingTask.from_pairs(model, config.pairs, metric=config.metric, align=config.align)
     check_task(task, config.metric)
     run_dir = ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite)
     with run_dir.failure_marker():
         graph = ComputationGraph(model)
         reference = min(_reference_seconds(task) for _ in range(2))
         metrics: dict = {
-            "n_pairs": len(pairs),
+            "n_pairs": len(config.pairs),
             "metric": config.metric,
             "n_edges": len(graph),
             "clean_metric": task.clean_metric,

@@ -168,16 +168,7 @@ def run(config: PatchingSweepConfig, out: Path, *, overwrite: bool = False) -> P
     title = "Activation patching"
     ResultsDir.check_create(out, config, title=title, exist_ok=True, overwrite=overwrite)  # before loading anything
     model = require_hooked(load_model(config.model), "interp patch")
-    pairs = config.pairs
-    task = PatchingTask(
-        model,
-        [p["clean"] for p in pairs],
-        [p["corrupted"] for p in pairs],
-        [p["answer"] for p in pairs],
-        [p["wrong"] for p in pairs],
-        metric=config.metric,
-        align=config.align,
-    )
+    task = PatchingTask.from_pairs(model, config.pairs, metric=config.metric, align=config.align)
     check_task(task, config.metric)
     run_dir = ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite)
     with run_dir.failure_marker():

@@ -72,6 +72,16 @@ class PatchingTask:
     works as is). "logit_diff" needs `wrong_answers`; "kl_div" is KL(clean || patched).
     """
 
+    @classmethod
+    def from_pairs(
+        cls, model: HookedTransformer, pairs, *, metric: str = "logit_diff", align: bool = False
+    ) -> PatchingTask:
+        """A task from prompt pairs: dicts with clean, corrupted, answer, wrong (interp.patching.pairs reads them from files)."""
+        fields = {key: [p[key] for p in pairs] for key in ("clean", "corrupted", "answer", "wrong")}
+        return cls(
+            model, fields["clean"], fields["corrupted"], fields["answer"], fields["wrong"], metric=metric, align=align
+        )
+
     def __init__(
         self,
         model: HookedTransformer,
