@@ -90,9 +90,45 @@ def test_sparse_topk_backward_masks_nonpositive_top_k_values(shift):
         (values * weight.gather(-1, indices)).sum().backward()
         grads.append((indices.sort(-1).values, xs.grad, es.grad, bs.grad))
     (sel_s, *sparse_grads), (sel_d, *dense_grads) = grads
+    # the forward values themselves: relu of the selected pre-activations (computed here from `pre`)
+    sparse_values, sparse_indices = topk_encode(x, encoder, b_enc, k)
+    torch.testing.assert_close(sparse_values, pre.gather(-1, sparse_indices).relu(), atol=1e-5, rtol=1e-5)
+    assert (sparse_values == 0).any()
     assert torch.equal(sel_s, sel_d)  # the same latents selected
     for name, s, d in zip(("x", "encoder", "b_enc"), sparse_grads, dense_grads):
         torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-4, msg=name)
     # independent of both paths: b_enc's gradient is the upstream weight summed over the rows where the latent is selected with a value > 0
     active = torch.zeros(n, d_sae).scatter(-1, top.indices, (top.values > 0).float())
     torch.testing.assert_close(sparse_grads[2], (weight * active).sum(0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "needs", [(True, False, False), (False, True, False), (False, False, True), (True, True, False)]
+)
+def test_sparse_topk_and_decode_gradients_for_any_subset_of_inputs(needs):
+    """Each input's gradient is right whichever others require one (a frozen SAE attributed through: only x)."""
+    from sae.sparse_ops import sparse_decode, topk_encode
+
+    d_in, d_sae, k, n = 12, 48, 6, 30
+    gen = torch.Generator().manual_seed(11)
+    x, encoder = torch.randn(n, d_in, generator=gen), torch.randn(d_sae, d_in, generator=gen) / 3
+    b_enc, w_dec = torch.randn(d_sae, generator=gen) * 0.3, torch.randn(d_sae, d_in, generator=gen)
+    target = torch.randn(n, d_in, generator=gen)
+    results = []
+    for sparse in (True, False):
+        inputs = [t.clone().requires_grad_(need) for t, need in zip((x, encoder, b_enc), needs)]
+        dec = w_dec.clone().requires_grad_(needs[1])
+        if sparse:
+            values, indices = topk_encode(*inputs, k)
+            out = sparse_decode(values, indices, dec)
+        else:
+            top = (inputs[0] @ inputs[1].T + inputs[2]).topk(k, dim=-1)
+            dense = torch.zeros(n, d_sae).scatter(-1, top.indices, top.values.relu())
+            out = dense @ dec
+        ((out - target) ** 2).sum().backward()
+        results.append([t.grad for t in (*inputs, dec)])
+    for name, s, d, need in zip(("x", "encoder", "b_enc", "w_dec"), *results, (*needs, needs[1])):
+        if need:
+            torch.testing.assert_close(s, d, atol=1e-4, rtol=1e-4, msg=name)
+        else:
+            assert s is None and d is None, name
