@@ -134,7 +134,7 @@ def results_of(copy: Path) -> dict:
         # the measure: killed among the mutants a test reaches, equivalent mutants (listed by hand) left out
         "kill_rate_judged": round((counts.get("killed", 0) + counts.get("timeout", 0)) / judged, 4) if judged else None,
         "survivors": sorted(survived),
-        "equivalent": {name: EQUIVALENT[name] for name in sorted(equivalent)},
+        "equivalent_mutants": {name: EQUIVALENT[name] for name in sorted(equivalent)},
     }
 
 
