@@ -36,7 +36,9 @@ MODULES: dict[str, list[str]] = {
         "tests/circuits/test_recall_reasoning_heldout.py",
     ],
     "circuits/scan_snap/predictions.py": [
+        "tests/circuits/test_scan_snap_verdicts.py",
         "tests/circuits/test_scan_snap_bounds.py",
+        "tests/circuits/test_scan_snap_replication.py",
         "tests/circuits/test_scan_snap.py",
     ],
     "interp/store": ["tests/test_store.py", "tests/test_chunked.py"],
@@ -57,6 +59,19 @@ EQUIVALENT: dict[str, str] = {
     "sae.darkmatter.regression.x_r2_per_dimension__mutmut_64": 'float("NAN") is NaN',
     # `... if ctx.needs_input_grad[i] or True`: the gradient is computed for an input that does not need one and
     # autograd discards it: slower, same results (tests/sae/test_sparse_ops.py checks every subset of inputs)
+    # scan-and-snap verdicts (tests/circuits/test_scan_snap_verdicts.py)
+    "circuits.scan_snap.predictions.x__trend_fraction__mutmut_13": "no cell with a trend: np.mean([]) is NaN too (with a RuntimeWarning)",
+    "circuits.scan_snap.predictions.x__trend_fraction__mutmut_18": 'float("NAN") is NaN',
+    "circuits.scan_snap.predictions.x_paired_bootstrap_ci__mutmut_6": "np.asarray without dtype: the difference with a float64 array is float64",
+    "circuits.scan_snap.predictions.x_paired_bootstrap_ci__mutmut_8": "same as _6",
+    "circuits.scan_snap.predictions.x_paired_bootstrap_ci__mutmut_10": "same as _6 (the other operand)",
+    "circuits.scan_snap.predictions.x_paired_bootstrap_ci__mutmut_12": "same as _6 (the other operand)",
+    "circuits.scan_snap.predictions.x_paired_bootstrap_ci__mutmut_20": "rng.integers(n) draws from [0, n) exactly as rng.integers(0, n), same stream",
+    "circuits.scan_snap.predictions.x_paired_bootstrap_ci__mutmut_24": "mean over axis +1 of a 2-D array is the mean over axis -1",
+    "circuits.scan_snap.predictions.x_figure6_seed_spread__mutmut_18": "group labels as floats (0.0, 1.0, ...) instead of ints: the same groups",
+    "circuits.scan_snap.predictions.x_verdicts__mutmut_163": "tau >= 0.8 vs > 0.8: scipy computes tau as (C - D) / sqrt(n0 - ties) / sqrt(n0 - ties), "
+    "which never lands on the float 0.8 (8 of 10 pairs gives 0.7999999999999999), so the two agree on every reachable value",
+    "circuits.scan_snap.predictions.x_verdicts__mutmut_201": "same as _163 (the transformer's tau)",
     "sae.sparse_ops.xǁSparseDecodeǁbackward__mutmut_4": "gradient computed when not needed, discarded by autograd",
     "sae.sparse_ops.xǁSparseDecodeǁbackward__mutmut_14": "gradient computed when not needed, discarded by autograd",
     "sae.sparse_ops.xǁTopKEncodeǁbackward__mutmut_8": "gradient computed when not needed, discarded by autograd",
