@@ -132,6 +132,8 @@ def patch_node_sets(
     sets = [_node_ids(graph, s) for s in node_sets]
     model, n = task.model, task.n_prompts
     hooks = node_hooks(graph)
+    first = [min(-1 if graph.senders[i].layer is None else graph.senders[i].layer for i in ids) for ids in sets]
+    resid_hooks = {f"blocks.{layer}.hook_resid_pre" for layer in set(first) if layer >= 0}
     with torch.no_grad():
         corrupted = capture(
             model,
@@ -140,13 +142,21 @@ def patch_node_sets(
             attention_mask=task.corrupted_mask,
             stop_at_layer=graph.n_layers,
         )
+        clean = capture(
+            model, task.clean_tokens, resid_hooks, attention_mask=task.clean_mask, stop_at_layer=graph.n_layers
+        )
     per_batch = variants_per_batch(task, memory_budget)
     values = np.empty(len(sets))
-    for start in range(0, len(sets), per_batch):
-        chunk = sets[start : start + per_batch]
+    by_start: dict[int, list[int]] = defaultdict(list)
+    for k, layer in enumerate(first):
+        by_start[layer].append(k)
+    batches = [
+        (layer, ks[s : s + per_batch]) for layer, ks in sorted(by_start.items()) for s in range(0, len(ks), per_batch)
+    ]
+    for layer, ks in batches:
         by_hook: dict[str, list[tuple[int, int | None]]] = defaultdict(list)
-        for v, ids in enumerate(chunk):
-            for i in ids:
+        for v, k in enumerate(ks):
+            for i in sets[k]:
                 name, head = _node_hook(graph, i)
                 by_hook[name].append((v, head))
 
@@ -162,16 +172,22 @@ def patch_node_sets(
 
             return hook
 
-        tokens = task.clean_tokens.repeat(len(chunk), 1)
-        mask = None if task.clean_mask is None else task.clean_mask.repeat(len(chunk), 1)
+        mask = None if task.clean_mask is None else task.clean_mask.repeat(len(ks), 1)
+        fwd = [(name, patch(entries, name)) for name, entries in by_hook.items()]
         with torch.no_grad():
-            resid = model.run_with_hooks(
-                tokens,
-                attention_mask=mask,
-                stop_at_layer=graph.n_layers,
-                fwd_hooks=[(name, patch(entries, name)) for name, entries in by_hook.items()],
-            )
-            values[start : start + len(chunk)] = task.score(last_position_logits(model, resid)).double().cpu().numpy()
+            if layer < 0:  # the embeddings are patched: the whole model runs
+                resid = model.run_with_hooks(
+                    task.clean_tokens.repeat(len(ks), 1),
+                    attention_mask=mask,
+                    stop_at_layer=graph.n_layers,
+                    fwd_hooks=fwd,
+                )
+            else:  # every earlier layer is as in the clean run: start at this layer from its clean input
+                resid = clean[f"blocks.{layer}.hook_resid_pre"].repeat(len(ks), 1, 1)
+                with model.hooks(fwd_hooks=fwd):
+                    for block in model.blocks[layer:]:
+                        resid = block(resid, attention_mask=mask)
+            values[ks] = task.score(last_position_logits(model, resid)).double().cpu().numpy()
     return values
 
 
