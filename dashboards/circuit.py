@@ -128,7 +128,13 @@ def _agreement_table(metrics: dict) -> pd.DataFrame:
 
 
 def _top_edges(edges: pd.DataFrame, n: int = 20) -> pd.DataFrame:
-    rows = edges.loc[edges["effect"].abs().sort_values(ascending=False).index[:n]]
+    """Each method's n edges with the largest |score|, largest first."""
+    rows = pd.concat(
+        [
+            f.loc[f["effect"].abs().sort_values(ascending=False).index[:n]]
+            for _, f in edges.groupby("method", sort=False)
+        ]
+    )
     columns = [c for c in ("method", "upstream", "downstream", "query_heads", "effect", "exact_effect") if c in rows]
     return rows[columns].reset_index(drop=True)
 
