@@ -45,8 +45,8 @@ def copy_pairs(tokenizer, n: int = 16, length: int = 8, seed: int = 0) -> tuple[
         picked = [words[i] for i in rng.choice(len(words), size=length + 1, replace=False)]
         seq, other = picked[:length], picked[length]
         corrupted_seq = seq[:-1] + [other]
-        clean = "".join(seq + seq[:-1]).lstrip()
-        corrupted = "".join(corrupted_seq + seq[:-1]).lstrip()
+        clean = "".join(seq + seq[:-1])  # every word with its leading space: both occurrences are the same token
+        corrupted = "".join(corrupted_seq + seq[:-1])
         n_clean = len(tokenizer.encode(clean, add_special_tokens=False))
         n_corrupted = len(tokenizer.encode(corrupted, add_special_tokens=False))
         if n_clean == n_corrupted == 2 * length - 1:
