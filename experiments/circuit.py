@@ -4,10 +4,15 @@ its top edges, plus the planted-circuit ground truth (ROC AUC per method): confi
     python -m experiments.circuit --out results/circuit [--quick] [--pairs pairs.jsonl]
 
 Results: edges.parquet (one row per edge and method, `exact_effect` where verified), faithfulness.parquet (metric
-recovered by each method's top-n edges, every other edge patched to corrupted), planted_edges.parquet and
-planted_faithfulness.parquet (the planted model, every method), metrics.json with `agreement` per approximate method
-(`spearman`, `recall_at_20` against exact on the top `verify_top` edges it names), `planted_auc` per method
-(leak 0: the structural ground truth), `planted` per leak (with the shuffled-label control), and timings.
+recovered by each method's top-n edges, every other edge patched to corrupted; in sample: the same pairs ranked the
+edges), heldout_faithfulness.parquet (edges ranked on half the pairs, curves on the other half and, for comparison,
+on the ranking half), nodes.parquet (exact node patching, AtP and AtP* GradDrop node scores, the false-negative
+bound), the same tables prefixed copy_ for the in-context-copy task, planted_edges.parquet,
+planted_faithfulness.parquet and planted_acdc.parquet (the planted model: every method, ACDC's circuit with each
+edge's minimality drop), metrics.json with `agreement` per approximate method (`spearman`, `recall_at_20` against
+exact on the top `verify_top` edges it names), `planted_auc` per method (leak 0: the structural ground truth),
+`planted` per leak (with the shuffled-label control), `acdc` per leak, `heldout_faithfulness`, `nodes`, `copy`
+(the copy task's metrics, same keys) and timings.
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ class CircuitConfig:
     loop_edges: int = (
         20  # edges timed through a plain per-edge loop of hooks (the speed baseline), among the verified ones
     )
+    copy_task: bool = True  # also the in-context-copy task (random words, repeated; the copied word changed)
+    copy_pairs: int = 8  # in-context-copy pairs (15 tokens each at copy_length 8)
+    copy_length: int = 8  # words in each copied sequence
+    heldout: bool = True  # rank edges on half the pairs, draw the faithfulness curves on the other half
+    graddrop: bool = True  # AtP / AtP* GradDrop node scores, exact node patching, the false-negative bound
+    bound_verify_top: int = 20  # nodes verified exactly before the false-negative bound
+    bound_subsets: int = 16  # random subsets per group of unverified nodes for the bound
+    acdc_tau: float = 0.01  # ACDC pruning threshold (share of the clean - corrupted gap), planted model
     seed: int = 0
     analysis: str = "circuit"
 
@@ -90,11 +103,31 @@ class CircuitConfig:
         for leak in self.planted_leaks:
             if not 0.0 <= leak < 1.0:
                 raise InterpError(f"planted_leaks: {leak} must lie in [0, 1).")
+        if self.copy_pairs < 1 or self.copy_length < 2:
+            raise InterpError(
+                f"copy_pairs={self.copy_pairs}, copy_length={self.copy_length}: need at least 1 pair of at least 2 words."
+            )
+        if self.bound_verify_top < 0 or self.bound_subsets < 1:
+            raise InterpError(
+                f"bound_verify_top={self.bound_verify_top}, bound_subsets={self.bound_subsets}: need >= 0 and >= 1."
+            )
+        if not self.acdc_tau >= 0:
+            raise InterpError(f"acdc_tau={self.acdc_tau}: the ACDC threshold is a share of the gap, >= 0.")
 
     @classmethod
     def quick(cls) -> CircuitConfig:
-        """About a minute at 1 thread: 4 capital pairs, EAP-IG with 3 steps, the top 60 edges verified."""
-        return cls(pairs=builtin_pairs(4), steps=3, verify_top=60, shuffles=100, curve_sizes=(0, 20, 100, 500, 2000))
+        """About a minute at 1 thread: 4 capital pairs, 4 short copy pairs, EAP-IG with 3 steps, the top 60 edges
+        verified, no node scores (GradDrop's exact node check patches every node: minutes)."""
+        return cls(
+            pairs=builtin_pairs(4),
+            steps=3,
+            verify_top=60,
+            shuffles=100,
+            curve_sizes=(0, 20, 100, 500, 2000),
+            copy_pairs=4,
+            copy_length=4,
+            graddrop=False,
+        )
 
 
 def _reference_seconds(task) -> float:
@@ -169,10 +202,208 @@ def planted_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame, pd.DataF
     return results, pd.concat(tables, ignore_index=True), pd.concat(curves, ignore_index=True)
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score 95% interval of a share."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(centre - half), float(centre + half)]
+
+
+def _curves_dict(curves: pd.DataFrame) -> dict:
+    return {m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in curves.groupby("method")}
+
+
+def heldout_curves(config: CircuitConfig, model, graph, pairs) -> tuple[dict, pd.DataFrame]:
+    """Edges ranked on one half of the pairs (seeded split); faithfulness curves of that ranking on the other half
+    (held out) and on the ranking half (in sample)."""
+    from interp.graph import attribute_edges, faithfulness_curve
+    from interp.patching import PatchingTask
+
+    order = np.random.default_rng(config.seed).permutation(len(pairs))
+    half = len(pairs) // 2
+    rank_pairs, eval_pairs = [pairs[i] for i in order[:half]], [pairs[i] for i in order[half:]]
+    rank_task = PatchingTask.from_pairs(model, rank_pairs, metric=config.metric, align=config.align)
+    eval_task = PatchingTask.from_pairs(model, eval_pairs, metric=config.metric, align=config.align)
+    sizes = [n for n in config.curve_sizes if n <= len(graph)]
+    tables = []
+    for method in config.methods:
+        ranking = attribute_edges(rank_task, graph, method=method, steps=config.steps)
+        for split, task in (("heldout", eval_task), ("insample", rank_task)):
+            tables.append(faithfulness_curve(task, ranking, sizes, graph).assign(split=split))
+    curves = pd.concat(tables, ignore_index=True)
+    result = {split: _curves_dict(curves[curves["split"] == split]) for split in ("heldout", "insample")} | {
+        "n_rank_pairs": len(rank_pairs),
+        "n_eval_pairs": len(eval_pairs),
+    }
+    return result, curves
+
+
+def node_results(config: CircuitConfig, task, graph) -> tuple[dict, pd.DataFrame]:
+    """AtP and AtP* GradDrop node scores against exact node patching of every node, and the false-negative bound."""
+    from interp.attribution.graddrop import attribute_nodes, false_negative_bound, patch_nodes
+    from interp.graph import agreement
+
+    seconds = {}
+    start = time.perf_counter()
+    exact = patch_nodes(task, graph)
+    seconds["exact_nodes"] = time.perf_counter() - start
+    frames, result = [exact], {"agreement": {}}
+    for method in ("atp", "atp+graddrop"):
+        start = time.perf_counter()
+        frame = attribute_nodes(task, graph, method=method)
+        seconds[method] = time.perf_counter() - start
+        frame["exact_effect"] = exact["effect"].to_numpy()
+        frames.append(frame)
+        # magnitudes: GradDrop ranks by |effect| only; upstream/downstream stand in for the node name
+        ranked = pd.DataFrame({"upstream": frame["node"], "downstream": "", "effect": frame["score"]})
+        truth = pd.DataFrame({"upstream": exact["node"], "downstream": "", "effect": exact["effect"].abs()})
+        result["agreement"][method] = agreement(ranked, truth, config.k)
+        # the node a method misses most: the largest exact effect outside its top k
+        top = set(frame["score"].nlargest(config.k).index)
+        missed = exact.loc[[i for i in exact.index if i not in top], "effect"].abs()
+        result["agreement"][method]["largest_missed_exact"] = float(missed.max()) if len(missed) else 0.0
+    gd = frames[2]
+    bounded = false_negative_bound(
+        task,
+        gd,
+        graph,
+        verify_top=min(config.bound_verify_top, len(gd)),
+        n_subsets=config.bound_subsets,
+        seed=config.seed,
+    )
+    rest = ~bounded["verified"]
+    truth = exact["effect"].abs()[rest]
+    covered = int((bounded.loc[rest, "bound"] >= truth - 1e-6).sum())
+    result["bound"] = {
+        "verify_top": int(bounded["verified"].sum()),
+        "n_unverified": int(rest.sum()),
+        "n_patches": bounded.attrs["n_patches"],
+        "max_bound": bounded.attrs["max_bound"],
+        "largest_unverified_exact": float(truth.max()) if len(truth) else 0.0,
+        "covered": covered,
+        "coverage": covered / int(rest.sum()) if rest.any() else float("nan"),
+        "coverage_95ci": wilson(covered, int(rest.sum())),
+    }
+    result["seconds"] = seconds
+    result["top_nodes"] = [
+        {"node": n, "exact": float(e), "atp": float(a), "graddrop": float(g)}
+        for n, e, a, g in zip(gd["node"], exact["effect"], frames[1]["effect"], gd["score"])
+        if n in set(exact.loc[exact["effect"].abs().nlargest(10).index, "node"])
+    ]
+    nodes = pd.concat(frames, ignore_index=True)
+    nodes["bound"] = np.nan
+    nodes.loc[nodes["method"] == "atp+graddrop", "bound"] = bounded["bound"].to_numpy()
+    return result, nodes
+
+
+def task_results(config: CircuitConfig, task, graph, pairs, *, timings: bool) -> tuple[dict, dict]:
+    """One task's edge scores (verified), faithfulness curves, held-out curves and node scores: (metrics, tables)."""
+    from interp.graph import attribute_edges, faithfulness_curve, score_edges
+
+    metrics: dict = {
+        "n_pairs": len(pairs),
+        "metric": config.metric,
+        "n_edges": len(graph),
+        "clean_metric": task.clean_metric,
+        "corrupted_metric": task.corrupted_metric,
+        "agreement": {},
+        "seconds": {},
+        "top_edges": {},
+    }
+    if timings:
+        metrics["seconds"]["forward_backward_reference"] = min(_reference_seconds(task) for _ in range(2))
+    frames = []
+    for method in config.methods:
+        start = time.perf_counter()
+        frame = score_edges(
+            task, method, graph, steps=config.steps, verify_top=min(config.verify_top, len(graph)), k=config.k
+        )
+        metrics["seconds"][method + "+verify"] = time.perf_counter() - start
+        metrics["agreement"][method] = frame.attrs["agreement"]
+        metrics["top_edges"][method] = _top(frame)
+        frames.append(frame)
+    if timings:
+        reference = metrics["seconds"]["forward_backward_reference"]
+        for method in config.methods:  # the attribution alone, timed apart from the exact verification
+            start = time.perf_counter()
+            attribute_edges(task, graph, method=method, steps=config.steps)
+            metrics["seconds"][method] = time.perf_counter() - start
+            metrics["seconds"][f"{method}_over_reference"] = metrics["seconds"][method] / reference
+    tables = {"edges": pd.concat(frames)}
+    if timings and config.loop_edges > 0:  # the speed baseline: the same exact numbers through one forward per edge
+        from interp.graph import patch_edges, patch_edges_loop
+
+        verified = frames[0][frames[0]["exact_effect"].notna()]
+        some = verified.iloc[: config.loop_edges]
+        start = time.perf_counter()
+        looped = patch_edges_loop(task, graph, some)
+        loop_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        batched = patch_edges(task, graph, verified)
+        batched_seconds = time.perf_counter() - start
+        metrics["seconds"]["exact_loop_per_edge"] = loop_seconds / len(some)
+        metrics["seconds"]["exact_batched_per_edge"] = batched_seconds / len(verified)
+        metrics["exact_loop_max_abs_difference"] = float(
+            (looped["effect"] - batched.loc[some.index, "effect"]).abs().max()
+        )
+    start = time.perf_counter()
+    sizes = [n for n in config.curve_sizes if n <= len(graph)]
+    curves = pd.concat([faithfulness_curve(task, f, sizes, graph) for f in frames], ignore_index=True)
+    metrics["seconds"]["faithfulness"] = time.perf_counter() - start
+    metrics["faithfulness"] = _curves_dict(curves)  # in sample: the pairs that ranked the edges
+    tables["faithfulness"] = curves
+    if config.heldout and len(pairs) >= 2:
+        start = time.perf_counter()
+        metrics["heldout_faithfulness"], tables["heldout_faithfulness"] = heldout_curves(
+            config, task.model, graph, pairs
+        )
+        metrics["seconds"]["heldout_faithfulness"] = time.perf_counter() - start
+    if config.graddrop:
+        start = time.perf_counter()
+        metrics["nodes"], tables["nodes"] = node_results(config, task, graph)
+        metrics["seconds"]["nodes"] = time.perf_counter() - start
+    return metrics, tables
+
+
+def acdc_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame]:
+    """Greedy ACDC pruning (exact patching) of the planted models, with the minimality of the circuit found."""
+    from interp.graph import ComputationGraph, acdc, minimality
+    from interp.graph.planted import PLANTED_EDGES, planted_model, planted_task
+
+    results, tables = {}, []
+    for leak in config.planted_leaks:
+        task = planted_task(planted_model(leak, seed=config.seed), seed=config.seed)
+        graph = ComputationGraph(task.model)
+        start = time.perf_counter()
+        circuit = acdc(task, graph, tau=config.acdc_tau)
+        seconds = time.perf_counter() - start
+        found = set(zip(circuit["upstream"], circuit["downstream"]))
+        minimal = minimality(task, circuit.index.tolist(), graph) if len(circuit) else None
+        results[f"leak={leak:g}"] = {
+            "tau": config.acdc_tau,
+            "n_edges": len(circuit),
+            "n_planted_found": len(found & set(PLANTED_EDGES)),
+            "n_planted": len(PLANTED_EDGES),
+            "n_extra": len(found - set(PLANTED_EDGES)),
+            "recovered": circuit.attrs["recovered"],
+            "n_tests": circuit.attrs["n_tests"],
+            "seconds": seconds,
+            "minimality_min_drop": float(minimal["drop"].min()) if minimal is not None else None,
+            "n_unneeded": int((minimal["drop"] < config.acdc_tau).sum()) if minimal is not None else 0,
+        }
+        if minimal is not None:
+            tables.append(minimal.assign(leak=leak, damage=circuit["damage"].to_numpy(), method="acdc"))
+    return results, (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame())
+
+
 def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
-    """Edge scores of every method on the pairs (verified on their top edges) and the planted ground truth, into `out`."""
+    """Edge scores of every method on the pairs (verified on their top edges), the in-context-copy task, node scores
+    with GradDrop, held-out faithfulness curves and the planted ground truth (AUC, ACDC), into `out`."""
     from experiments.patching_sweep import check_task
-    from interp.graph import ComputationGraph, score_edges
+    from interp.graph import ComputationGraph
     from interp.models import load_model, require_hooked
     from interp.patching import PatchingTask
     from interp.results import ResultsDir
@@ -185,66 +416,27 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
     run_dir = ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite)
     with run_dir.failure_marker():
         graph = ComputationGraph(model)
-        reference = min(_reference_seconds(task) for _ in range(2))
-        metrics: dict = {
-            "n_pairs": len(config.pairs),
-            "metric": config.metric,
-            "n_edges": len(graph),
-            "clean_metric": task.clean_metric,
-            "corrupted_metric": task.corrupted_metric,
-            "agreement": {},
-            "seconds": {"forward_backward_reference": reference},
-            "top_edges": {},
-        }
-        frames = []
-        for method in config.methods:
-            start = time.perf_counter()
-            frame = score_edges(
-                task, method, graph, steps=config.steps, verify_top=min(config.verify_top, len(graph)), k=config.k
-            )
-            metrics["seconds"][method + "+verify"] = time.perf_counter() - start
-            metrics["agreement"][method] = frame.attrs["agreement"]
-            metrics["top_edges"][method] = _top(frame)
-            frames.append(frame)
-        for method in config.methods:  # the attribution alone, timed apart from the exact verification
-            from interp.graph import attribute_edges
+        metrics, tables = task_results(config, task, graph, list(config.pairs), timings=True)
+        for name, table in tables.items():
+            run_dir.save_table(name, table.assign(task="pairs"))
+        if config.copy_task:
+            from interp.graph.tasks import copy_pairs
 
-            start = time.perf_counter()
-            attribute_edges(task, graph, method=method, steps=config.steps)
-            metrics["seconds"][method] = time.perf_counter() - start
-            metrics["seconds"][f"{method}_over_reference"] = metrics["seconds"][method] / reference
-        run_dir.save_table("edges", pd.concat(frames))
-        if config.loop_edges > 0:  # the speed baseline: the same exact numbers through one full forward per edge
-            from interp.graph import patch_edges, patch_edges_loop
-
-            verified = frames[0][frames[0]["exact_effect"].notna()]
-            some = verified.iloc[: config.loop_edges]
-            start = time.perf_counter()
-            looped = patch_edges_loop(task, graph, some)
-            loop_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            batched = patch_edges(task, graph, verified)
-            batched_seconds = time.perf_counter() - start
-            metrics["seconds"]["exact_loop_per_edge"] = loop_seconds / len(some)
-            metrics["seconds"]["exact_batched_per_edge"] = batched_seconds / len(verified)
-            metrics["exact_loop_max_abs_difference"] = float(
-                (looped["effect"] - batched.loc[some.index, "effect"]).abs().max()
-            )
-        from interp.graph import faithfulness_curve
-
-        start = time.perf_counter()
-        sizes = [n for n in config.curve_sizes if n <= len(graph)]
-        curves = pd.concat([faithfulness_curve(task, f, sizes, graph) for f in frames], ignore_index=True)
-        metrics["seconds"]["faithfulness"] = time.perf_counter() - start
-        metrics["faithfulness"] = {
-            m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in curves.groupby("method")
-        }
-        run_dir.save_table("faithfulness", curves)
+            pairs = copy_pairs(model.tokenizer, config.copy_pairs, config.copy_length, seed=config.seed)
+            copy_task = PatchingTask.from_pairs(model, pairs, metric=config.metric, align=config.align)
+            check_task(copy_task, config.metric)
+            metrics["copy"], copy_tables = task_results(config, copy_task, graph, list(pairs), timings=False)
+            metrics["copy"]["example"] = pairs[0]
+            for name, table in copy_tables.items():
+                run_dir.save_table(f"copy_{name}", table.assign(task="copy"))
         if config.planted:
             metrics["planted"], planted_table, planted_curves = planted_results(config)
             metrics["planted_auc"] = metrics["planted"][f"leak={config.planted_leaks[0]:g}"]["auc"]
             run_dir.save_table("planted_edges", planted_table)
             run_dir.save_table("planted_faithfulness", planted_curves)
+            metrics["acdc"], acdc_table = acdc_results(config)
+            if len(acdc_table):
+                run_dir.save_table("planted_acdc", acdc_table)
         run_dir.write_metrics(metrics, merge=False)
     return run_dir.path
 

@@ -20,6 +20,12 @@ def test_config_refuses_bad_input():
         CircuitConfig(planted_leaks=(1.5,))
     with pytest.raises(InterpError, match="pairs is empty"):
         CircuitConfig(pairs=())
+    with pytest.raises(InterpError, match="copy_length=1"):
+        CircuitConfig(copy_length=1)
+    with pytest.raises(InterpError, match="bound_subsets=0"):
+        CircuitConfig(bound_subsets=0)
+    with pytest.raises(InterpError, match="acdc_tau=-0.1"):
+        CircuitConfig(acdc_tau=-0.1)
     quick = CircuitConfig.quick()
     assert dataclasses.replace(quick) == quick  # frozen and rebuildable
 
@@ -46,3 +52,6 @@ def test_quick_run_writes_agreement_and_planted_auc(tmp_path):
         assert set(metrics["agreement"][method]) >= {"spearman", "recall_at_20"}
     assert metrics["planted_auc"]["exact"] >= 0.95
     assert (out / "edges.parquet").exists() and (out / "faithfulness.parquet").exists()
+    assert set(metrics["heldout_faithfulness"]["heldout"]) == {"eap", "eap-ig"}
+    assert set(metrics["copy"]["agreement"]) == {"eap", "eap-ig"} and metrics["copy"]["clean_metric"] > 0
+    assert metrics["acdc"]["leak=0"]["n_extra"] == 0

@@ -32,3 +32,13 @@ def test_sae_notebook_runs():
     text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "max |difference| of latent activations" in text
     assert text.count("latent ") >= 4 and "[" in text
+
+
+@pytest.mark.slow  # starts a kernel; the planted model itself takes seconds
+def test_circuits_notebook_runs():
+    """07_circuits: edge scores three ways on the planted model, the drawn circuit, curves, ACDC, GradDrop and the bound."""
+    nb = execute("07_circuits.ipynb")
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "of the 6 planted" in text and "largest unverified effect bounded by" in text
+    assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 2

@@ -1,6 +1,8 @@
 """Circuit discovery on the computation graph of a TransformerLens model: the graph (senders, receivers,
-edges as a tidy table), exact edge patching, EAP / EAP-IG estimates, and their agreement with exact."""
+edges as a tidy table), exact edge patching, EAP / EAP-IG estimates, and their agreement with exact;
+greedy ACDC pruning and minimality checks (interp.graph.discovery)."""
 
+from interp.graph.discovery import acdc, minimality
 from interp.graph.graph import LOGITS, ComputationGraph, Receiver, Sender
 from interp.graph.scores import (
     METHODS,
@@ -21,10 +23,12 @@ __all__ = [
     "ComputationGraph",
     "Receiver",
     "Sender",
+    "acdc",
     "agreement",
     "attribute_edges",
     "circuit_metric",
     "faithfulness_curve",
+    "minimality",
     "patch_edges",
     "patch_edges_loop",
     "receiver_gradients",

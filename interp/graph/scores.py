@@ -468,7 +468,6 @@ def circuit_metric(
     graph = _graph(task, graph)
     if len(circuits) == 0:
         raise InterpError("circuits is empty: pass at least one circuit (a selection of edges to keep clean).")
-    up, down = graph.edges["upstream_index"].to_numpy(), graph.edges["downstream_index"].to_numpy()
     kept = []
     for c, circuit in enumerate(circuits):
         if isinstance(circuit, (list, tuple, np.ndarray)) and all(isinstance(x, (int, np.integer)) for x in circuit):
@@ -481,8 +480,25 @@ def circuit_metric(
         else:
             ids = graph.edge_ids(circuit) if len(circuit) else []
         kept.append(ids)
+    return circuit_metrics_given(task, graph, kept, corrupted_senders(task, graph), memory_budget=memory_budget)
+
+
+def corrupted_senders(task: PatchingTask, graph: ComputationGraph) -> Float[Tensor, "senders batch pos d_model"]:
+    """Every sender's output on the corrupted prompts (what an ablated edge carries)."""
     delta, clean = _deltas(task, graph)
-    corrupted = delta + stack_senders(graph, clean)
+    return delta + stack_senders(graph, clean)
+
+
+def circuit_metrics_given(
+    task: PatchingTask,
+    graph: ComputationGraph,
+    kept: Sequence[Sequence[int]],
+    corrupted: Tensor,
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> np.ndarray:
+    """`circuit_metric` for lists of edge ids, with the corrupted senders computed once by the caller."""
+    up, down = graph.edges["upstream_index"].to_numpy(), graph.edges["downstream_index"].to_numpy()
     per_batch = max(
         1, memory_budget // (3 * corrupted[:, 0].numel() * corrupted.element_size() * task.n_prompts)
     )  # every sender's output, thrice, per variant
