@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.utilities.attention import simple_attn_linear
 
 from interp.errors import InterpError, UnknownSiteError
 from interp.hooks import capture, transient_bytes_per_sequence
@@ -116,10 +117,22 @@ def _score_variants(
     pos_embed = (
         None if task.shortformer_pos_embed is None else task.shortformer_pos_embed[:, start:].repeat(n_variants, 1, 1)
     )
+    last = model.cfg.n_layers - 1
+    # the metric reads the last position only: the last block needs every position's keys and values, the rest of it
+    # (queries, attention, W_O, the MLP) at the last position alone; when no hook is inside it, it runs so
+    last_only = layer < last and resid.shape[1] > 1 and kv is not None and _last_position_block_ok(model)
     with model.hooks(fwd_hooks=[(name, write_clean(entries, clean[name])) for name, entries in by_hook.items()]):
         for i, block in enumerate(model.blocks[layer:], start=layer):
             past = None
-            if start > 0:
+            if i == last and last_only:
+                keys, values = _keys_values(block, resid[:, :-1])
+                past = TransformerLensKeyValueCacheEntry(
+                    torch.cat([kv[i].past_keys[:, :start].repeat(n_variants, 1, 1, 1), keys], 1),
+                    torch.cat([kv[i].past_values[:, :start].repeat(n_variants, 1, 1, 1), values], 1),
+                    frozen=True,
+                )
+                resid = resid[:, -1:]
+            elif start > 0:
                 past = TransformerLensKeyValueCacheEntry(
                     kv[i].past_keys[:, :start].repeat(n_variants, 1, 1, 1),
                     kv[i].past_values[:, :start].repeat(n_variants, 1, 1, 1),
@@ -127,6 +140,33 @@ def _score_variants(
                 )
             resid = block(resid, shortformer_pos_embed=pos_embed, past_kv_cache_entry=past, attention_mask=mask)
     return task.score(last_position_logits(model, resid))
+
+
+LAST_POSITION_BLOCK = True  # False: the last block runs at every position (the reference the tests compare with)
+
+
+def _last_position_block_ok(model: HookedTransformer) -> bool:
+    """Whether the last block's keys and values can be computed apart from its queries: plain projections of ln1's
+    output (no split or per-head inputs, no QK-norm or clipping, rotary/standard/alibi positions)."""
+    cfg, attn = model.cfg, model.blocks[-1].attn
+    return (
+        LAST_POSITION_BLOCK
+        and cfg.positional_embedding_type in ("standard", "rotary", "alibi")
+        and not (cfg.use_split_qkv_input or cfg.use_attn_in or cfg.parallel_attn_mlp)
+        and getattr(cfg, "clip_qkv", None) is None
+        and getattr(attn, "q_norm", None) is None
+        and getattr(attn, "k_norm", None) is None
+        and cfg.original_architecture not in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+    )
+
+
+def _keys_values(block, resid: Tensor) -> tuple[Tensor, Tensor]:
+    """The keys and values (before rotary, as TransformerLens caches them) of `resid`'s positions in `block`."""
+    attn, x = block.attn, block.ln1(resid)
+    grouped = hasattr(attn, "_W_K") and not block.cfg.ungroup_grouped_query_attention
+    w_k, b_k = (attn._W_K, attn._b_K) if grouped else (attn.W_K, attn.b_K)
+    w_v, b_v = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)
+    return simple_attn_linear(x, w_k, b_k), simple_attn_linear(x, w_v, b_v)
 
 
 def patch_sites(
