@@ -50,6 +50,24 @@ def cached_activations(site: str, n_tokens: int, seq_len: int = 128) -> torch.Te
     return acts
 
 
+def store_activations(path: str, site: str, n_train: int, n_held_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training rows from the store's first shards, held-out rows from the end of its last (disjoint), float32."""
+    from interp.store import open_store
+
+    store = open_store(path)
+    key = store._key(site)
+    rows, have = [], 0
+    for i in range(len(store.shards) - 1):
+        rows.append(store.load_shard(i, site)[key])
+        have += len(rows[-1])
+        if have >= n_train:
+            break
+    if have < n_train:
+        raise SystemExit(f"--store {path}: {have} rows before its last shard, fewer than the {n_train} asked for")
+    held_out = store.load_shard(len(store.shards) - 1, site)[key]
+    return torch.cat(rows)[:n_train].float(), held_out[-n_held_out:].float()
+
+
 def fvu(encode_decode, x: torch.Tensor) -> float:
     with torch.no_grad():
         return float((encode_decode(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
@@ -139,12 +157,19 @@ def main() -> None:
         "--dense-steps", type=int, default=0, help="also run our dense reference path for this many steps"
     )
     parser.add_argument("--held-out", type=int, default=16384, help="held-out rows the FVU is measured on")
+    parser.add_argument(
+        "--store", default=None, help="an activation store holding --site (interp cache) instead of running the model"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sae_train.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    acts = cached_activations(args.site, args.steps * args.batch + args.held_out)
-    train, held_out = acts[: args.steps * args.batch], acts[args.steps * args.batch :]
+    if args.store:
+        train, held_out = store_activations(args.store, args.site, args.steps * args.batch, args.held_out)
+        acts = train
+    else:
+        acts = cached_activations(args.site, args.steps * args.batch + args.held_out)
+        train, held_out = acts[: args.steps * args.batch], acts[args.steps * args.batch :]
     load_before = os.getloadavg()[0]
     mm = matmul_times(args, acts.shape[1])
     rows = {"ours_sparse": run_ours(train, held_out, args, sparse=True)}
