@@ -67,11 +67,33 @@ def time_call(fn):
     return time.perf_counter() - start, out
 
 
+def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large float32 matmul ([size x size] @ [size x size]) at the current torch thread count, median."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def flop_floor(model, task, sites, rate: float) -> dict:
+    """The sweep's matmul FLOPs (interp.patching.cost: suffix blocks, the last block's last position, the last
+    position's unembedding) and the time they take at `rate`."""
+    from interp.patching.cost import sweep_flops
+
+    flops = sweep_flops(model.cfg, sites, task.n_prompts, task.seq_len)
+    return dict(flops=flops, matmul_flops_per_s=rate, flop_floor_s=flops / rate)
+
+
 def speed(model, layers: list[int], repeats: int) -> list[dict]:
     from transformer_lens import patching as tl_patching
 
     from interp import metrics
     from interp.patching import PatchingTask, patch_heads, patch_layer_positions
+    from interp.sites import Site
 
     task = PatchingTask(model, *prompt_pairs())
     print(
@@ -83,14 +105,17 @@ def speed(model, layers: list[int], repeats: int) -> list[dict]:
         "heads (attn.hook_z, all positions)": (
             lambda: patch_heads(task, layers=layers),
             tl_patching.layer_head_vector_patch_setter, "z", pd.DataFrame([(layer, h) for layer in layers for h in range(model.cfg.n_heads)], columns=["layer", "head"]),
+            [Site(layer, "z", head=h) for layer in layers for h in range(model.cfg.n_heads)],
         ),
         "layer x position (hook_resid_pre)": (
             lambda: patch_layer_positions(task, "resid_pre", layers=layers),
             tl_patching.layer_pos_patch_setter, "resid_pre", pd.DataFrame([(layer, p) for layer in layers for p in positions], columns=["layer", "pos"]),
+            [Site(layer, "resid_pre", position=p) for layer in layers for p in positions],
         ),
     }  # fmt: skip
+    rates = [matmul_rate()]
     results = []
-    for name, (ours_fn, setter, activation, index_df) in sweeps.items():
+    for name, (ours_fn, setter, activation, index_df, sites) in sweeps.items():
         ours_times, tl_times, diffs = [], [], []
         for _ in range(repeats):
             with torch.no_grad():
@@ -116,11 +141,20 @@ def speed(model, layers: list[int], repeats: int) -> list[dict]:
             ours_median_s=statistics.median(ours_times), transformer_lens_median_s=statistics.median(tl_times), max_abs_diff=max(diffs),
         )  # fmt: skip
         row["speedup"] = row["transformer_lens_median_s"] / row["ours_median_s"]
+        row["sites"] = sites
+        rates.append(matmul_rate())
+        results.append(row)
+    rate = statistics.median(rates)  # timed before, between and after the sweeps
+    for row in results:
+        row.update(flop_floor(model, task, row.pop("sites"), rate), threads=torch.get_num_threads(), matmul_rates=rates)
+        row["ours_over_flop_floor"] = row["ours_median_s"] / row["flop_floor_s"]
+        row["tl_over_flop_floor"] = row["transformer_lens_median_s"] / row["flop_floor_s"]
         print(
-            f"  {name}: ours {row['ours_median_s']:.1f}s  TL {row['transformer_lens_median_s']:.1f}s  ratio {row['speedup']:.2f}x  max diff {row['max_abs_diff']:.2e}",
+            f"  {row['sweep']} ({row['threads']} thread(s)): ours {row['ours_median_s']:.1f}s  TL {row['transformer_lens_median_s']:.1f}s  ratio {row['speedup']:.2f}x  "
+            f"max diff {row['max_abs_diff']:.2e}; FLOP floor {row['flops'] / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP/s = {row['flop_floor_s']:.2f}s: "
+            f"ours {row['ours_over_flop_floor']:.2f}x, TL {row['tl_over_flop_floor']:.2f}x",
             flush=True,
         )
-        results.append(row)
     return results
 
 
@@ -271,6 +305,7 @@ def race(model, layers: list[int], neurons: int, speed_rows: list[dict]) -> list
     from interp.models import bundled_gguf_path
     from interp.nnsight_model import NNsightModel
     from interp.patching import patch_heads, patch_neurons
+    from interp.patching.engine import normalised_site
     from interp.sites import Site
 
     task = capital_task(model, [dict(clean=c, corrupted=x, answer=a, wrong=w) for c, x, a, w in zip(*prompt_pairs())])
@@ -290,7 +325,9 @@ def race(model, layers: list[int], neurons: int, speed_rows: list[dict]) -> list
     }  # fmt: skip
     rows = []
     for name, (sites, exact_fn, atp_fn, setter, activation, index_df) in sweeps.items():
-        from_speed = next((r for r in speed_rows if r["sweep"] == name), None)
+        from_speed = next(
+            (r for r in speed_rows if r["sweep"] == name and r["threads"] == torch.get_num_threads()), None
+        )
         ours_s, ours = time_call(exact_fn)
         if from_speed is None:
             with torch.no_grad():
@@ -306,12 +343,14 @@ def race(model, layers: list[int], neurons: int, speed_rows: list[dict]) -> list
         atp_s, atp = time_call(atp_fn)
         nn_s, nn_values = time_call(lambda: nnsight_sweep(nn_model, task, sites))
         floor_s = min(floor_seconds(task, sites) for _ in range(3))
+        flop = flop_floor(model, task, [normalised_site(model, s, task.seq_len) for s in sites], matmul_rate())
         row = dict(
             sweep=name, variants=len(sites), ours_s=ours_s, transformer_lens_s=tl_s, nnsight_s=nn_s, atp_s=atp_s, floor_s=floor_s,
             ours_vs_transformer_lens=tl_s / ours_s, ours_vs_nnsight=nn_s / ours_s, ours_over_floor=ours_s / floor_s, atp_vs_transformer_lens=tl_s / atp_s,
             atp_vs_transformer_lens_full_model=tl_s * model.cfg.n_layers / len(layers) / atp_s,
             max_abs_diff_transformer_lens=tl_diff, max_abs_diff_nnsight=float(abs(ours.metric.to_numpy() - nn_values).max()),
             max_abs_restoration_diff_atp=float((ours.restoration - atp.restoration).abs().max()),
+            **flop, ours_over_flop_floor=ours_s / flop["flop_floor_s"], tl_over_flop_floor=tl_s / flop["flop_floor_s"],
         )  # fmt: skip
         print(
             f"  {name}: ours {ours_s:.1f}s, TL {tl_s:.1f}s ({row['ours_vs_transformer_lens']:.2f}x), nnsight {nn_s:.1f}s ({row['ours_vs_nnsight']:.2f}x), "
@@ -364,6 +403,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: timings on a shared machine stay stable)"
     )
+    parser.add_argument(
+        "--speed-threads",
+        default=None,
+        help="comma-separated thread counts the speed section runs at, each against the FLOP floor at that count (default: --threads)",
+    )
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-agreement", action="store_true")
@@ -403,7 +447,11 @@ def main() -> None:
         f"{model.cfg.model_name}: layers {layers}, {args.repeats} repeats, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}"
     )
     if not args.skip_speed:
-        report["speed"] = speed(model, layers, args.repeats)
+        report["speed"] = []
+        for threads in [int(t) for t in (args.speed_threads or str(args.threads)).split(",")]:
+            torch.set_num_threads(threads)
+            report["speed"] += speed(model, layers, args.repeats)
+        torch.set_num_threads(args.threads)
     if not args.skip_memory:
         print("peak memory, caching one site over 64 x 128 tokens:")
         report["memory"] = memory(args.threads)

@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.kernels import use_triton
 from interp.kernels.sparse_rows import rows_dot, rows_grad, rows_sum
 from interp.kernels.topk import row_topk
 
@@ -20,8 +21,10 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, encoder: Tensor, b_enc: Tensor, k: int):
-        # the Triton selection kernel on CUDA (bias and ReLU fused), torch.topk elsewhere
-        values, indices = row_topk(torch.nn.functional.linear(x, encoder), k, bias=b_enc, relu=True)
+        if use_triton(encoder):  # the Triton selection kernel on CUDA, bias and ReLU fused into it
+            values, indices = row_topk(torch.nn.functional.linear(x, encoder), k, bias=b_enc, relu=True)
+        else:  # torch.topk: the bias goes into the matmul (addmm), not a second pass over the [n, d_sae] scores
+            values, indices = row_topk(torch.nn.functional.linear(x, encoder, b_enc), k, relu=True)
         ctx.save_for_backward(x, encoder, values, indices)
         ctx.mark_non_differentiable(indices)
         return values, indices

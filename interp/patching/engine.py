@@ -12,15 +12,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
+from transformer_lens.components.mlps.gated_mlp import GatedMLP
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.utilities.attention import simple_attn_linear
 
 from interp.errors import InterpError, UnknownSiteError
 from interp.hooks import capture, transient_bytes_per_sequence
@@ -57,7 +62,12 @@ def _corrupted_cache(
     """The corrupted run's resid_pre at `layers` and, when unpadded, every layer's keys and values."""
     model = task.model
     names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
-    kv = None
+    with _uncopied_gated_mlps(model.blocks):
+        return _capture_corrupted(task, names, layers)
+
+
+def _capture_corrupted(task: PatchingTask, names: list[str], layers: set[int]):
+    model, kv = task.model, None
     if task.corrupted_mask is not None:  # padded prompts: no shared prefix, every variant starts at position 0
         acts = capture(
             model, task.corrupted_tokens, names, attention_mask=task.corrupted_mask, stop_at_layer=max(layers) + 1
@@ -77,9 +87,10 @@ def _corrupted_cache(
 
 
 def _clean_cache(task: PatchingTask, hook_names: set[str], stop_at_layer: int) -> dict[str, Tensor]:
-    return capture(
-        task.model, task.clean_tokens, hook_names, attention_mask=task.clean_mask, stop_at_layer=stop_at_layer
-    )
+    with _uncopied_gated_mlps(task.model.blocks):
+        return capture(
+            task.model, task.clean_tokens, hook_names, attention_mask=task.clean_mask, stop_at_layer=stop_at_layer
+        )
 
 
 def variants_per_batch(task: PatchingTask, memory_budget: int) -> int:
@@ -116,10 +127,23 @@ def _score_variants(
     pos_embed = (
         None if task.shortformer_pos_embed is None else task.shortformer_pos_embed[:, start:].repeat(n_variants, 1, 1)
     )
-    with model.hooks(fwd_hooks=[(name, write_clean(entries, clean[name])) for name, entries in by_hook.items()]):
+    last = model.cfg.n_layers - 1
+    # the metric reads the last position only: the last block needs every position's keys and values, the rest of it
+    # (queries, attention, W_O, the MLP) at the last position alone; when no hook is inside it, it runs so
+    last_only = layer < last and resid.shape[1] > 1 and kv is not None and _last_position_block_ok(model)
+    hooks = [(name, write_clean(entries, clean[name])) for name, entries in by_hook.items()]
+    with model.hooks(fwd_hooks=hooks), _uncopied_gated_mlps(model.blocks[layer:]):
         for i, block in enumerate(model.blocks[layer:], start=layer):
             past = None
-            if start > 0:
+            if i == last and last_only:
+                keys, values = _keys_values(block, resid[:, :-1])
+                past = TransformerLensKeyValueCacheEntry(
+                    torch.cat([kv[i].past_keys[:, :start].repeat(n_variants, 1, 1, 1), keys], 1),
+                    torch.cat([kv[i].past_values[:, :start].repeat(n_variants, 1, 1, 1), values], 1),
+                    frozen=True,
+                )
+                resid = resid[:, -1:]
+            elif start > 0:
                 past = TransformerLensKeyValueCacheEntry(
                     kv[i].past_keys[:, :start].repeat(n_variants, 1, 1, 1),
                     kv[i].past_values[:, :start].repeat(n_variants, 1, 1, 1),
@@ -127,6 +151,61 @@ def _score_variants(
                 )
             resid = block(resid, shortformer_pos_embed=pos_embed, past_kv_cache_entry=past, attention_mask=mask)
     return task.score(last_position_logits(model, resid))
+
+
+@contextmanager
+def _uncopied_gated_mlps(blocks):
+    """TransformerLens's GatedMLP copies W_gate, W_in and W_out to transposed contiguous memory on every call (to
+    match HF's bfloat16 rounding); in float32 the product reads the transposed view as is. While the engine's batches
+    run, each float32 GatedMLP computes the same products, with the same hooks, without the copies."""
+    patched = [
+        block.mlp
+        for block in blocks
+        if type(block.mlp) is GatedMLP
+        and block.mlp.W_in.dtype in (torch.float32, torch.float64)
+        and not (block.cfg.is_layer_norm_activation() and block.mlp.ln is not None)
+    ]
+    for mlp in patched:
+        mlp.forward = partial(_gated_mlp_forward, mlp)
+    try:
+        yield
+    finally:
+        for mlp in patched:
+            del mlp.forward
+
+
+def _gated_mlp_forward(mlp: GatedMLP, x: Tensor) -> Tensor:
+    pre_act = mlp.hook_pre(F.linear(x, mlp.W_gate.T))
+    pre_linear = mlp.hook_pre_linear(F.linear(x, mlp.W_in.T))
+    post_act = mlp.hook_post(mlp.act_fn(pre_act) * pre_linear + mlp.b_in)
+    return F.linear(post_act, mlp.W_out.T, mlp.b_out)
+
+
+LAST_POSITION_BLOCK = True  # False: the last block runs at every position (the reference the tests compare with)
+
+
+def _last_position_block_ok(model: HookedTransformer) -> bool:
+    """Whether the last block's keys and values can be computed apart from its queries: plain projections of ln1's
+    output (no split or per-head inputs, no QK-norm or clipping, rotary/standard/alibi positions)."""
+    cfg, attn = model.cfg, model.blocks[-1].attn
+    return (
+        LAST_POSITION_BLOCK
+        and cfg.positional_embedding_type in ("standard", "rotary", "alibi")
+        and not (cfg.use_split_qkv_input or cfg.use_attn_in or cfg.parallel_attn_mlp)
+        and getattr(cfg, "clip_qkv", None) is None
+        and getattr(attn, "q_norm", None) is None
+        and getattr(attn, "k_norm", None) is None
+        and cfg.original_architecture not in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+    )
+
+
+def _keys_values(block, resid: Tensor) -> tuple[Tensor, Tensor]:
+    """The keys and values (before rotary, as TransformerLens caches them) of `resid`'s positions in `block`."""
+    attn, x = block.attn, block.ln1(resid)
+    grouped = hasattr(attn, "_W_K") and not block.cfg.ungroup_grouped_query_attention
+    w_k, b_k = (attn._W_K, attn._b_K) if grouped else (attn.W_K, attn.b_K)
+    w_v, b_v = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)
+    return simple_attn_linear(x, w_k, b_k), simple_attn_linear(x, w_v, b_v)
 
 
 def patch_sites(

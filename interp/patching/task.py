@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.components import Unembed
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from interp import metrics
@@ -180,4 +182,11 @@ def last_position_logits(
     last = resid[:, -1:]
     if model.cfg.normalization_type is not None:
         last = model.ln_final(last)
-    return apply_softcap(model.unembed(last), model.cfg.output_logits_soft_cap)
+    unembed = model.unembed
+    if type(unembed) is Unembed and unembed.W_U.dtype in (torch.float32, torch.float64):
+        # TransformerLens copies W_U to transposed contiguous memory on every call (to match HF's bfloat16 rounding):
+        # for this model as long as the product itself; in float32 the product reads the transposed view as is
+        logits = unembed.hook_out(F.linear(unembed.hook_in(last), unembed.W_U.T, unembed.b_U))
+    else:
+        logits = unembed(last)
+    return apply_softcap(logits, model.cfg.output_logits_soft_cap)

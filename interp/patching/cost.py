@@ -1,0 +1,99 @@
+"""What a patching sweep must compute: its matmul FLOPs (the physical floor) and the batches the engine runs.
+
+The floor of one variant (one patched Site) is the work no method can skip: in the Site's own block the
+products after the Site, in every later block the positions the patch can change (all of them, or
+positions >= p for a patch at position p: causal attention leaves earlier ones as in the corrupted run),
+in the last block only the keys and values of those positions plus the whole block at the last position
+(the metric reads nothing else), and the unembedding of the last position. Only matrix products are
+counted (2 FLOPs a multiply-add): norms, activations and residual adds are a few percent of a block.
+Divided by the rate a large matmul reaches on the machine it is a time no implementation can beat there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from interp.sites import Site
+
+# where in a block a Site sits, so that only the products after it count in its own block
+_AFTER_SITE = {
+    "resid_pre": "all",
+    "attn_in": "all",
+    "q": "attention",
+    "k": "attention",
+    "v": "attention",
+    "attn_scores": "attention",
+    "pattern": "attention",
+    "z": "w_o",
+    "result": "mlp",
+    "attn_out": "mlp",
+    "resid_mid": "mlp",
+    "mlp_pre": "w_out",
+    "mlp_pre_linear": "w_out",
+    "mlp_post": "w_out",
+    "mlp_out": "none",
+    "resid_post": "none",
+}
+_STAGES = ("all", "attention", "w_o", "mlp", "w_out", "none")
+
+
+@dataclass(frozen=True)
+class BlockFlops:
+    """Matmul FLOPs of one block for one token, by product; `attention` is per key attended to."""
+
+    q: int
+    kv: int  # keys and values together
+    attention: int  # scores and the weighted sum, per key
+    w_o: int
+    mlp_in: int  # W_in (and W_gate)
+    w_out: int
+
+    @classmethod
+    def of(cls, cfg) -> BlockFlops:
+        d_model, d_head, heads = cfg.d_model, cfg.d_head, cfg.n_heads
+        kv_heads = getattr(cfg, "n_key_value_heads", None) or heads
+        d_mlp = 0 if getattr(cfg, "attn_only", False) else cfg.d_mlp
+        return cls(
+            q=2 * d_model * heads * d_head,
+            kv=2 * 2 * d_model * kv_heads * d_head,
+            attention=2 * 2 * heads * d_head,
+            w_o=2 * heads * d_head * d_model,
+            mlp_in=(2 if getattr(cfg, "gated_mlp", False) else 1) * 2 * d_model * d_mlp,
+            w_out=2 * d_mlp * d_model,
+        )
+
+    def token(self, n_keys: int, stage: str = "all") -> int:
+        """FLOPs of one token's path through the block from `stage` on, attending to `n_keys` keys."""
+        after = _STAGES.index(stage)
+        parts = (
+            (self.q + self.kv, 0),
+            (self.attention * n_keys, 1),
+            (self.w_o, 2),
+            (self.mlp_in, 3),
+            (self.w_out, 4),
+        )
+        return sum(flops for flops, where in parts if where >= after)
+
+
+def variant_flops(cfg, site: Site, seq_len: int, *, causal: bool = True) -> int:
+    """The floor of one variant for one prompt (see the module docstring). causal=False counts every query against
+    every key, as implementations that mask a full score matrix do."""
+    block = BlockFlops.of(cfg)
+    first = 0 if site.position is None else site.position
+    last_block = cfg.n_layers - 1
+    total = 2 * cfg.d_model * cfg.d_vocab  # the last position's unembedding
+    for layer in range(site.layer, cfg.n_layers):
+        stage = _AFTER_SITE[site.component] if layer == site.layer else "all"
+        for pos in range(first, seq_len):
+            keys = pos + 1 if causal else seq_len
+            if layer == last_block and pos < seq_len - 1:  # another position of the last block: its key and value
+                total += block.kv if stage in ("all",) else 0
+            else:
+                total += block.token(keys, stage)
+    return total
+
+
+def sweep_flops(cfg, sites: Sequence[Site], n_prompts: int, seq_len: int, *, causal: bool = True) -> int:
+    """The floor of a sweep: every variant's floor, for every prompt. Sites must be normalised (layer, position >= 0)."""
+    return n_prompts * sum(variant_flops(cfg, site, seq_len, causal=causal) for site in sites)

@@ -1,0 +1,89 @@
+"""The patching engine's last block at the last position only, and the FLOP floor of a sweep (issue 19).
+
+The last-position block is compared with the engine's reference path (every position through the last
+block, which tests/test_patching.py compares with TransformerLens); the FLOP count is compared with
+torch's own FlopCounterMode around the batches the engine runs.
+"""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from interp.patching import PatchingTask, engine, patch_sites
+from interp.patching.cost import BlockFlops, sweep_flops, variant_flops
+from interp.sites import Site
+
+
+@pytest.fixture(scope="module")
+def task(tiny_model):
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (2, 3, 7), generator=torch.Generator().manual_seed(11))
+    return PatchingTask(tiny_model, tokens[0], tokens[1], answers=[3, 7, 11], wrong_answers=[9, 1, 4])
+
+
+SITES = (
+    [Site(layer, "resid_pre", position=p) for layer in range(3) for p in (None, 0, 3, 6)]
+    + [Site(layer, "z", head=h) for layer in range(3) for h in range(4)]
+    + [Site(layer, "mlp_post", neuron=n, position=p) for layer in (0, 2) for n in (5, 77) for p in (None, 2)]
+)
+
+
+def test_last_position_block_equals_every_position(task, monkeypatch):
+    calls = []
+    original = engine._keys_values
+    monkeypatch.setattr(engine, "_keys_values", lambda *a: calls.append(1) or original(*a))
+    fast = patch_sites(task, SITES, memory_budget=1)  # one variant a batch: every start position is exercised
+    assert calls, "the last-position path never ran"
+    monkeypatch.setattr(engine, "LAST_POSITION_BLOCK", False)
+    reference = patch_sites(task, SITES, memory_budget=1)
+    torch.testing.assert_close(
+        torch.tensor(fast.metric.to_numpy()), torch.tensor(reference.metric.to_numpy()), atol=1e-5, rtol=0
+    )
+    batched = patch_sites(task, SITES)  # stacked variants with a shared prefix
+    torch.testing.assert_close(
+        torch.tensor(batched.metric.to_numpy()), torch.tensor(reference.metric.to_numpy()), atol=1e-5, rtol=0
+    )
+
+
+def test_last_position_block_not_used_with_a_hook_inside_it(task, monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine, "_keys_values", lambda *a: calls.append(1))
+    patch_sites(task, [Site(2, "z", head=1), Site(2, "resid_pre", position=4)])
+    assert not calls
+
+
+@pytest.mark.parametrize("layer, position", [(0, None), (1, None), (0, 3), (1, 6)])
+def test_floor_equals_the_flops_the_engine_runs(task, monkeypatch, layer, position):
+    """For resid_pre before the last block the engine runs exactly the floor's products (its score matrix is full, so
+    causal=False); torch's FlopCounterMode counts them independently. (A site in the last block runs that block at
+    every position: above the floor, by design.)"""
+    counted = []
+    original = engine._score_variants
+
+    def counting(*args):
+        with FlopCounterMode(display=False) as counter:
+            out = original(*args)
+        counted.append(counter.get_total_flops())
+        return out
+
+    monkeypatch.setattr(engine, "_score_variants", counting)
+    sites = [Site(layer, "resid_pre", position=position)]
+    patch_sites(task, sites)
+    cfg = task.model.cfg
+    assert sum(counted) == sweep_flops(cfg, sites, task.n_prompts, task.seq_len, causal=False)
+
+
+def test_floor_by_hand(tiny_model):
+    cfg = tiny_model.cfg  # d_model 64, 4 heads of 16, 2 kv heads, gated d_mlp 128, d_vocab 101, 3 layers
+    block = BlockFlops.of(cfg)
+    assert (block.q, block.kv, block.attention, block.w_o, block.mlp_in, block.w_out) == (
+        2 * 64 * 64, 2 * 2 * 64 * 32, 2 * 2 * 64, 2 * 64 * 64, 2 * 2 * 64 * 128, 2 * 128 * 64,
+    )  # fmt: skip
+    unembed = 2 * 64 * 101
+    # a patch at the last position of the last block's mlp_post: W_out at one position, then the unembedding
+    assert variant_flops(cfg, Site(2, "mlp_post", position=4), 5) == block.w_out + unembed
+    # resid_pre of the last block at position 3 of 5: key and value of position 3, the whole block at position 4
+    assert variant_flops(cfg, Site(2, "resid_pre", position=3), 5) == block.kv + block.token(5) + unembed
+    # causal: position p attends to p + 1 keys
+    full = variant_flops(cfg, Site(1, "resid_pre"), 5, causal=False)
+    causal = variant_flops(cfg, Site(1, "resid_pre"), 5)
+    assert full - causal == block.attention * (0 + 1 + 2 + 3 + 4)
