@@ -142,9 +142,11 @@ def _dist() -> tuple[int, int]:
 
 
 def _check_batch(x: Tensor, step: int, d_in: int, batch_size: int, out_dir: Path | None) -> None:
+    """d_in: the width of a training row (d_in + d_out for a transcoder, whose rows hold both sites)."""
     if x.ndim != 2 or x.shape[1] != d_in:
         raise ShapeMismatchError(
-            f"batches: step {step} gave shape {tuple(x.shape)}, expected [{batch_size}, d_in={d_in}]. The SAE's d_in must equal the site's width."
+            f"batches: step {step} gave shape {tuple(x.shape)}, expected [{batch_size}, d_in={d_in}] (for a transcoder, d_in + d_out). "
+            "The SAE's d_in must equal the site's width."
         )
     if x.shape[0] != batch_size:
         raise ShapeMismatchError(
@@ -271,13 +273,16 @@ def train_sae(
             raise InterpError(
                 f"batches ran out at step {step} of TrainConfig.steps={cfg.steps}; supply more data or fewer steps."
             )
-        _check_batch(x_global, step, sae_cfg.d_in, cfg.batch_size, out_dir)
+        _check_batch(x_global, step, sae.batch_width, cfg.batch_size, out_dir)
         x_global = x_global.float()
         if step == 0:
-            input_scale = math.sqrt(sae_cfg.d_in / x_global.pow(2).sum(1).mean().item()) if cfg.normalise_input else 1.0
-            _init_b_dec(sae, x_global * input_scale, cfg.b_dec_init)
+            input_scale = (
+                math.sqrt(sae.batch_width / x_global.pow(2).sum(1).mean().item()) if cfg.normalise_input else 1.0
+            )
+            _init_b_dec(sae, sae.target(x_global * input_scale), cfg.b_dec_init)
         x_global = x_global * input_scale
-        scale = LossScale(cfg.batch_size, float((x_global - x_global.mean(0)).pow(2).sum()))
+        target_global = sae.target(x_global)  # x itself for an SAE; the output site's half for a transcoder
+        scale = LossScale(cfg.batch_size, float((target_global - target_global.mean(0)).pow(2).sum()))
         x = x_global[local]
 
         lr = lr_at(step, cfg, base_lr, plateau)
@@ -305,7 +310,12 @@ def train_sae(
             silent_tokens[fired] = 0
             stats = global_sum(
                 torch.stack(
-                    [(out.sae_out - x).pow(2).sum(), out.l0 * len(x), out.loss.detach(), out.aux_loss.detach() / world]
+                    [
+                        (out.sae_out - sae.target(x)).pow(2).sum(),
+                        out.l0 * len(x),
+                        out.loss.detach(),
+                        out.aux_loss.detach() / world,
+                    ]
                 )
             )
         row = dict(
