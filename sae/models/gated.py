@@ -22,7 +22,9 @@ from sae.models.base import LossScale, Sae, SaeConfig, StepOutput, reconstructio
 
 @dataclass(frozen=True)
 class GatedConfig(SaeConfig):
-    l1_coefficient: float = 5e-2  # on ReLU(pi_gate) * ||W_dec row||, against the FVU-scaled reconstruction loss, per row
+    l1_coefficient: float = (
+        5e-2  # on ReLU(pi_gate) * ||W_dec row||, against the FVU-scaled reconstruction loss, per row
+    )
     l1_warmup_steps: int = 0  # the coefficient ramps linearly from 0 over these steps
     aux_coefficient: float = 1.0  # weight of the frozen-decoder reconstruction from the gate (the paper uses 1)
     unit_norm_decoder: bool = False  # the L1 is weighted by decoder norms, as in the paper

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
+
 from jaxtyping import Bool, Float
 from torch import Tensor
 
