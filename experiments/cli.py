@@ -283,9 +283,15 @@ def sae_train(
         ..., help="Run directory (resumed from its checkpoints if they were written with the same settings)."
     ),
     site: str = typer.Option("blocks.6.hook_resid_post", help="Hook name to train on."),
-    architecture: str = typer.Option("topk", help="relu, topk, batchtopk, jumprelu."),
+    architecture: str = typer.Option(
+        "topk", help="relu, topk, batchtopk, jumprelu, gated, matryoshka, transcoder, skip_transcoder."
+    ),
+    output_site: Optional[str] = typer.Option(
+        None,
+        help="transcoder / skip_transcoder: the site it writes (e.g. blocks.6.hook_mlp_out; --site is then the MLP input, blocks.6.ln2.hook_normalized).",
+    ),
     d_sae: int = typer.Option(4608, help="Number of latents."),
-    k: int = typer.Option(32, help="Active latents per token (topk, batchtopk)."),
+    k: int = typer.Option(32, help="Active latents per token (topk, batchtopk, matryoshka, transcoders)."),
     n_tokens: int = typer.Option(1_000_000, help="Training tokens (from the store or the default corpus)."),
     batch_size: int = typer.Option(4096),
     store: Optional[Path] = typer.Option(
@@ -332,9 +338,22 @@ def sae_train(
         cfg = TrainConfig(
             steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every
         )
-        fields = {"k": k} if architecture in ("topk", "batchtopk") else {}
-        _check_sae_resume(out, cfg, architecture, d_sae, seed, site, fields)  # before loading the model and the corpus
+        fields = (
+            {"k": k} if architecture in ("topk", "batchtopk", "matryoshka", "transcoder", "skip_transcoder") else {}
+        )
+        transcoder = architecture in ("transcoder", "skip_transcoder")
+        if transcoder != (output_site is not None):
+            _fail(
+                f"--output-site {output_site}: a transcoder needs it (the MLP output it writes), other architectures take none."
+            )
+        if not transcoder:  # a transcoder's resume check needs d_out, known once the model is loaded
+            _check_sae_resume(
+                out, cfg, architecture, d_sae, seed, site, fields
+            )  # before loading the model and the corpus
         lm = require_hooked(load_model(model), "interp sae train")
+        if transcoder:
+            fields["d_out"] = site_width(lm, output_site)
+            _check_sae_resume(out, cfg, architecture, d_sae, seed, site, fields)
         sae_cfg = make_config(architecture, d_in=site_width(lm, site), d_sae=d_sae, seed=seed, **fields)
         seq_len = 128
         n_train_seqs = -(-n_tokens // seq_len)
@@ -344,7 +363,7 @@ def sae_train(
         held_out = corpus_tokens(lm, max(1, eval_tokens // seq_len), seq_len, skip_seqs=n_train_seqs)
         out.mkdir(parents=True, exist_ok=True)
         with store_lock(out):  # a second `sae train` on this folder is refused, naming this process
-            result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, **source)
+            result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, output_site=output_site, **source)
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"sae: {result.out_dir}")
@@ -389,9 +408,15 @@ def sae_eval(
     n_tokens: int = typer.Option(16_384, help="Evaluation tokens."),
     skip_tokens: int = typer.Option(2_000_000, help="Start this far into the corpus, past the training tokens."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    probing: bool = typer.Option(True, help="Sparse probing: k latents vs k raw dimensions on token labels."),
+    absorption: bool = typer.Option(True, help="Feature absorption on the first-letter task (vocabulary words)."),
+    dense_threshold: float = typer.Option(0.1, help="A latent active on more than this fraction of tokens is dense."),
 ) -> None:
-    """L0, FVU, MSE, cosine, CE loss recovered, KL, dead fraction, density histogram, per-token errors."""
+    """L0, FVU, explained variance (mean- and geometric-median-centred), CE loss recovered (of the replaced MLP for a
+    transcoder), KL, dead / dense fractions, density histogram, sparse probing, absorption, per-token errors."""
     _positive(n_tokens=n_tokens)
+    if not 0 < dense_threshold < 1:
+        _fail(f"--dense-threshold {dense_threshold}: must lie strictly between 0 and 1 (a fraction of tokens).")
     if skip_tokens < 0:
         _fail(f"--skip-tokens {skip_tokens}: must be an integer >= 0.")
     if not directory.is_dir():
@@ -404,7 +429,14 @@ def sae_eval(
     try:
         lm = load_model(model)
         tokens = corpus_tokens(lm, max(1, n_tokens // 128), 128, skip_seqs=skip_tokens // 128)
-        result = evaluate_saved(directory, lm, tokens)
+        result = evaluate_saved(
+            directory, lm, tokens, probing=probing, absorption=absorption, dense_threshold=dense_threshold
+        )
+        if (directory / "config.json").is_file():  # a run folder: its page shows the evaluation
+            from dashboards import build_dashboard
+            from interp.results import ResultsDir
+
+            build_dashboard(ResultsDir.open(directory))
     except _user_errors() as exc:
         _fail(exc)
     for name, value in result.metrics.items():
