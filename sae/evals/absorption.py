@@ -7,7 +7,9 @@ The task is built from the tokenizer's own vocabulary: tokens that are a space a
    its row for letter L, mapped back to activation space, is the letter's direction p_L.
 2. The letter's main latents are chosen on the train tokens: the latent whose mean activation differs most
    between letter-L tokens and the others, then the next ones while each raises the F1 of "any main latent
-   fires" as a letter-L detector by more than `f1_gain` (at most `max_main`).
+   fires" as a letter-L detector by more than `f1_gain` (at most `max_main`). A later main latent must fire on at
+   least `min_share` of the letter's train tokens: with a few dozen tokens per letter, a latent of one token (an
+   absorbing one) would otherwise raise the F1 enough to be called a letter latent.
 3. On the test tokens the probe gets right, a token is absorbed when none of the letter's main latents fire
    and the latent contributing most to the probe projection, act_j * (W_dec_j . p_L), has decoder cosine with
    p_L of at least `cos_threshold`: the letter's information is carried by another latent.
@@ -79,15 +81,18 @@ def _f1(pred: Tensor, y: Tensor) -> float:
 
 
 def main_latents(
-    acts: Tensor, y: Tensor, *, max_main: int = 3, f1_gain: float = 0.03, candidates: int = 20
+    acts: Tensor, y: Tensor, *, max_main: int = 3, f1_gain: float = 0.03, min_share: float = 0.1, candidates: int = 20
 ) -> list[int]:
     diff = acts[y].double().mean(0) - acts[~y].double().mean(0)
     order = diff.topk(min(candidates, acts.shape[1])).indices.tolist()
     chosen = [order[0]]
     best = _f1(acts[:, chosen].gt(0).any(1), y)
+    share = acts[y].gt(0).double().mean(0)
     for j in order[1:]:
         if len(chosen) >= max_main:
             break
+        if share[j] < min_share:
+            continue
         f1 = _f1(acts[:, [*chosen, j]].gt(0).any(1), y)
         if f1 > best + f1_gain:
             chosen.append(j)
