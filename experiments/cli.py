@@ -304,6 +304,9 @@ def sae_train(
     overwrite: bool = typer.Option(
         False, help="Delete the run already in --out (checkpoints included) and start again."
     ),
+    lr: Optional[float] = typer.Option(
+        None, help="Learning rate; default 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024)."
+    ),
 ) -> None:
     """Train a sparse autoencoder on one site, then evaluate it on held-out tokens."""
     _positive(
@@ -336,7 +339,7 @@ def sae_train(
         if overwrite:
             _clear_sae_dir(out)
         cfg = TrainConfig(
-            steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every
+            steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every, lr=lr
         )
         fields = (
             {"k": k} if architecture in ("topk", "batchtopk", "matryoshka", "transcoder", "skip_transcoder") else {}

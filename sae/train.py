@@ -279,9 +279,7 @@ def train_sae(
         _check_batch(x_global, step, sae.batch_width, cfg.batch_size, out_dir)
         x_global = x_global.float()
         if step == 0:
-            input_scale = (
-                math.sqrt(sae.batch_width / x_global.pow(2).sum(1).mean().item()) if cfg.normalise_input else 1.0
-            )
+            input_scale = sae.input_scale(x_global) if cfg.normalise_input else 1.0
             _init_b_dec(sae, sae.target(x_global * input_scale), cfg.b_dec_init)
         x_global = x_global * input_scale
         target_global = sae.target(x_global)  # x itself for an SAE; the output site's half for a transcoder
@@ -383,7 +381,7 @@ def train_sae(
             hook_name=hook_name,
             model_name=model_name,
             extra={
-                "input_scale": input_scale,
+                "input_scale": input_scale if isinstance(input_scale, float) else input_scale.tolist(),
                 "train_config": asdict(cfg),
                 **({"hook_name_out": hook_name_out} if hook_name_out else {}),
                 **training_summary(fvu_by_step, cfg, plateau),

@@ -104,6 +104,10 @@ class Sae(nn.Module):
         """Width of a training row: d_in for an SAE; a transcoder's rows are [input, target] side by side."""
         return self.cfg.d_in
 
+    def input_scale(self, rows: Float[Tensor, "n width"]) -> float | Tensor:
+        """The factor training rows are multiplied by so that E||row||^2 = width (folded back out after training)."""
+        return math.sqrt(self.batch_width / rows.pow(2).sum(1).mean().item())
+
     def target(self, rows: Float[Tensor, "n width"]) -> Tensor:
         """What the decoder must reconstruct from a training row (the row itself for an SAE)."""
         return rows

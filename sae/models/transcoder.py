@@ -8,8 +8,10 @@ The activation is TopK (sparsify's transcoders; AuxK revives dead latents) or, w
 decoder-norm-weighted L1 (SAELens's "transcoder" / "skip_transcoder", which load both ways).
 
 Training rows are [x, y] side by side (d_in + d_out wide; sae.activations.ModelBatches with two sites
-gives them); the trainer reconstructs `target(rows)` = y. Input normalisation scales x and y by one
-factor, which the biases absorb (act(s x W + b) = s act(x W + b / s) for ReLU and TopK; W_skip is linear).
+gives them); the trainer reconstructs `target(rows)` = y. Input normalisation scales x by s_x and y by s_y
+(each to E||.||^2 = its width: an MLP's output is often far smaller than its normalised input), folded out
+after training: act(s_x x W + b) = s_x act(x W + b / s_x) for ReLU and TopK, so b_enc /= s_x, W_dec and W_skip
+*= s_x / s_y, b_dec /= s_y.
 """
 
 from __future__ import annotations
@@ -77,6 +79,22 @@ class Transcoder(Sae):
 
     def target(self, rows: Float[Tensor, "n width"]) -> Float[Tensor, "n d_out"]:
         return rows[..., self.cfg.d_in :]
+
+    def input_scale(self, rows: Float[Tensor, "n width"]) -> Tensor:
+        x, y = self.split(rows)
+        s_x = (self.cfg.d_in / x.pow(2).sum(1).mean()).sqrt()
+        s_y = (self.cfg.d_out / y.pow(2).sum(1).mean()).sqrt()
+        return torch.cat([s_x.expand(self.cfg.d_in), s_y.expand(self.cfg.d_out)]).float()
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float | Tensor) -> None:
+        scale = torch.as_tensor(scale, dtype=torch.float64).reshape(-1)
+        s_x, s_y = float(scale[0]), float(scale[-1])
+        self.b_enc /= s_x
+        self.W_dec *= s_x / s_y
+        self.b_dec /= s_y
+        if self.cfg.skip:
+            self.W_skip *= s_x / s_y
 
     def split(self, rows: Float[Tensor, "n width"]) -> tuple[Tensor, Tensor]:
         if rows.shape[-1] != self.batch_width:
