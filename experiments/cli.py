@@ -447,6 +447,40 @@ def sae_eval(
     typer.echo(f"eval: {Path(directory) / 'eval'}")
 
 
+@sae_app.command("latents")
+def sae_latents(
+    directory: Path = typer.Argument(
+        ..., help="A directory written by `interp sae train` (or holding an SAE in SAELens format)."
+    ),
+    n_tokens: int = typer.Option(65_536, help="Corpus tokens the cached pass reads (resumed if killed)."),
+    skip_tokens: int = typer.Option(2_000_000, help="Start this far into the corpus, past the training tokens."),
+    n_latents: int = typer.Option(24, help="Latents given a card: half the most frequent, half a random sample."),
+    latents: Optional[list[int]] = typer.Option(
+        None, "--latent", help="Give these latents cards instead (repeatable)."
+    ),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+) -> None:
+    """Latent dashboard: an offline page with a searchable table of every latent and a card per chosen latent
+    (top contexts with per-token activations, activation histogram, promoted / suppressed tokens, nearest latents)."""
+    _positive(n_tokens=n_tokens, n_latents=n_latents)
+    if skip_tokens < 0:
+        _fail(f"--skip-tokens {skip_tokens}: must be an integer >= 0.")
+    if not directory.is_dir():
+        _fail(f"DIRECTORY {directory}: not a folder; pass a folder written by `interp sae train`.")
+    _writable(directory / "latents", "DIRECTORY")
+    from dashboards.latents import build_latent_dashboard
+    from interp.corpus import corpus_tokens
+    from interp.models import load_model
+
+    try:
+        lm = load_model(model)
+        tokens = corpus_tokens(lm, max(1, n_tokens // 128), 128, skip_seqs=skip_tokens // 128)
+        page = build_latent_dashboard(directory, lm, tokens, latents=latents or None, n_latents=n_latents)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"latents: {page}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("results/demo"), help="Where the demo writes its results dirs."),
