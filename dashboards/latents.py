@@ -3,24 +3,17 @@
 A card shows the latent's top-activating corpus contexts with its activation on every token of each window
 (shaded; hover for the value; the top token outlined), a histogram of its nonzero activations, the tokens its
 decoder direction promotes and suppresses most through the unembedding, and its nearest latents by decoder
-cosine (links to their cards when they have one). Built from sae.latent_pass's cached, resumable pass.
-
-    build_latent_dashboard(directory, model, tokens)  ->  directory/latents/index.html
+cosine (links to their cards when they have one). Rendering only: experiments/latent_dashboard.py builds the
+cards from sae.latent_pass's cached, resumable pass and writes directory/latents/index.html.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from interp.fileio import atomic_write_bytes
-from interp.results import atomic_write_text
-from sae.latent_pass import HIST_EDGES
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222}
@@ -56,8 +49,9 @@ def _token_html(text: str, act: float, peak: float, focus: bool) -> str:
     return f'<span class="{cls}" style="background:rgba(255,120,0,{alpha:.3f})" title="{act:.4g}">{shown}</span>'
 
 
-def _histogram_svg(counts: list[int], width: int = 320, height: int = 90) -> str:
-    counts = np.asarray(counts, dtype=float)
+def _histogram_svg(counts: list[int], edges: list[float], width: int = 320, height: int = 90) -> str:
+    """Bars of counts over log10 bins with these edges (len(counts) + 1 of them)."""
+    counts, edges = np.asarray(counts, dtype=float), np.asarray(edges, dtype=float)
     if counts.sum() == 0:
         return '<p class="meta">never active</p>'
     nz = np.nonzero(counts)[0]
@@ -70,7 +64,7 @@ def _histogram_svg(counts: list[int], width: int = 320, height: int = 90) -> str
         f'height="{c / peak * (height - 20):.1f}" fill="#e07000"><title>{int(c)}</title></rect>'
         for i, c in enumerate(counts)
     )
-    left, right = 10 ** HIST_EDGES[lo], 10 ** HIST_EDGES[hi]
+    left, right = 10 ** edges[lo], 10 ** edges[hi]
     labels = (
         f'<text x="0" y="{height - 2}" font-size="10">{left:.3g}</text>'
         f'<text x="{width}" y="{height - 2}" font-size="10" text-anchor="end">{right:.3g}</text>'
@@ -106,7 +100,7 @@ def _card_html(card: dict, with_cards: set[int]) -> str:
 <p class="meta">density {card["density"]:.3g} · max activation {card["max_activation"]:.3g}</p>
 <h3>Top-activating contexts</h3>{"".join(rows) or '<p class="meta">never active in the pass</p>'}
 <div class="cols">
-<div><h3>Activation histogram (nonzero, log scale)</h3>{_histogram_svg(card["hist"])}</div>
+<div><h3>Activation histogram (nonzero, log scale)</h3>{_histogram_svg(card["hist"], card["hist_edges"])}</div>
 <div><h3>Promoted tokens</h3>{logit_list(card["top_logits"])}</div>
 <div><h3>Suppressed tokens</h3>{logit_list(card["bottom_logits"])}</div>
 <div><h3>Nearest latents (decoder cosine)</h3><ul>{neighbours}</ul></div>
@@ -134,50 +128,3 @@ def render_latent_page(title: str, table: pd.DataFrame, cards: list[dict], meta:
 <tbody>{rows}</tbody></table></div>
 {"".join(_card_html(c, with_cards) for c in cards)}
 <script>{SEARCH}</script></body></html>"""
-
-
-def build_latent_dashboard(
-    directory: str | os.PathLike,
-    model,
-    tokens,
-    *,
-    latents: list[int] | None = None,
-    n_latents: int = 24,
-    top: int = 20,
-    contexts: int = 8,
-    seed: int = 0,
-) -> Path:
-    """directory/latents/{pass.pt (resumable), latents.parquet, cards.json, index.html} for the SAE in directory (or directory/sae)."""
-    from sae.io import load_sae, read_sae_config
-    from sae.latent_pass import choose_latents, latent_cards, latent_pass, latent_table
-
-    directory = Path(directory)
-    sae_dir = directory / "sae" if (directory / "sae").is_dir() else directory
-    site = read_sae_config(sae_dir).get("metadata", {}).get("hook_name")
-    if site is None:
-        from interp.errors import ShapeMismatchError
-
-        raise ShapeMismatchError(
-            f"{sae_dir}/cfg.json has no metadata.hook_name, so the site to read latents at is unknown."
-        )
-    sae = load_sae(sae_dir)
-    out = directory / "latents"
-    result = latent_pass(model, sae, site, tokens, out / "pass.pt", top=top)
-    table = latent_table(result, model, tokens)
-    chosen = latents if latents is not None else choose_latents(result, n_latents, seed=seed)
-    cards = latent_cards(model, sae, site, tokens, result, chosen, contexts=contexts)
-    import io
-
-    buffer = io.BytesIO()
-    table.to_parquet(buffer)
-    atomic_write_bytes(out / "latents.parquet", buffer.getvalue())
-    atomic_write_text(out / "cards.json", json.dumps(cards))
-    meta = (
-        f"{sae.cfg.architecture} SAE, {sae.cfg.d_sae} latents, at {site}; pass over {result.n_tokens} corpus tokens; "
-        f"{int((result.firing == 0).sum())} latents never active there"
-    )
-    page = out / "index.html"
-    atomic_write_text(
-        page, render_latent_page(f"Latents of {sae_dir.resolve().parent.name}/{sae_dir.name}", table, cards, meta)
-    )
-    return page

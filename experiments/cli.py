@@ -468,7 +468,7 @@ def sae_latents(
     if not directory.is_dir():
         _fail(f"DIRECTORY {directory}: not a folder; pass a folder written by `interp sae train`.")
     _writable(directory / "latents", "DIRECTORY")
-    from dashboards.latents import build_latent_dashboard
+    from experiments.latent_dashboard import build_latent_dashboard
     from interp.corpus import corpus_tokens
     from interp.models import load_model
 

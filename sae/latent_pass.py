@@ -233,6 +233,7 @@ def latent_cards(
                 density=float(result.firing[j]) / max(1, result.n_tokens),
                 max_activation=float(result.max_act[j]),
                 hist=result.hist[j].tolist(),
+                hist_edges=HIST_EDGES.tolist(),
                 examples=examples,
                 top_logits=[(_text(model, i[None]), round(float(v), 4)) for v, i in zip(up.values, up.indices)],
                 bottom_logits=[(_text(model, i[None]), round(-float(v), 4)) for v, i in zip(down.values, down.indices)],

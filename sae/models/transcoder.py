@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from interp.errors import OutOfRangeError, ShapeMismatchError
 from sae.models.base import LossScale, Sae, SaeConfig, StepOutput, aux_k_loss
+from sae.sparse_ops import sparse_decode, topk_encode
 
 
 @dataclass(frozen=True)
@@ -120,19 +121,23 @@ class Transcoder(Sae):
         self, rows: Float[Tensor, "n width"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int
     ) -> StepOutput:
         x, y = self.split(rows)
-        pre = self.pre_acts(x)
-        acts = self.activation(pre)
-        sae_out = self.decode(acts) + self.skip_out(x)
-        loss = (sae_out - y).pow(2).sum() / scale.total_variance
         if self.cfg.k is None:
-            aux = x.new_zeros(())
+            acts = self.activation(self.pre_acts(x))
+            sae_out = self.decode(acts) + self.skip_out(x)
+            loss = (sae_out - y).pow(2).sum() / scale.total_variance
             loss = loss + self.cfg.l1_coefficient * (acts * self.W_dec.norm(dim=1)).sum() / scale.n_rows
-        else:
-            k_aux = self.cfg.k_aux or self.cfg.d_out // 2
-            aux = aux_k_loss(self, x, sae_out, dead, k_aux, scale, target=y, pre=pre)
-            loss = loss + self.cfg.aux_coefficient * aux
-        active = acts > 0
-        return StepOutput(sae_out, loss, active.any(0), active.sum(-1).float().mean(), aux)
+            active = acts > 0
+            return StepOutput(sae_out, loss, active.any(0), active.sum(-1).float().mean(), x.new_zeros(()))
+        # TopK: the sparse forward and backward TopK SAEs use (k rows of the encoder and decoder per token)
+        values, indices = topk_encode(x, self.encoder, self.b_enc, self.cfg.k)
+        sae_out = sparse_decode(values, indices, self.W_dec) + self.b_dec + self.skip_out(x)
+        loss = (sae_out - y).pow(2).sum() / scale.total_variance
+        aux = aux_k_loss(self, x, sae_out, dead, self.cfg.k_aux or self.cfg.d_out // 2, scale, target=y)
+        loss = loss + self.cfg.aux_coefficient * aux
+        active = values > 0
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
+        fired[indices[active]] = True
+        return StepOutput(sae_out, loss, fired, active.sum(-1).float().mean(), aux)
 
     def saelens_weights(self) -> dict[str, Tensor]:
         weights = super().saelens_weights()

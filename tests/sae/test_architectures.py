@@ -318,3 +318,22 @@ def test_torchrun_two_processes_equal_one_process_for_the_new_architectures(arch
     assert set(a) == set(b) and (arch != "gated" or "r_mag" in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_topk_transcoder_sparse_step_has_the_dense_formulas_loss_and_gradients(skip):
+    cfg = (SkipTranscoderConfig if skip else TranscoderConfig)(D_IN, D_SAE, d_out=D_OUT, k=K, aux_coefficient=0.0)
+    sae = randomised(cfg)
+    rows = torch.randn(12, D_IN + D_OUT, generator=GEN(10))
+    scale = LossScale(12, 5.0)
+    sae.training_step(rows, no_dead(), scale, 0).loss.backward()
+    sparse_grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+    x, y = rows[:, :D_IN], rows[:, D_IN:]
+    pre = x @ sae.encoder.T + sae.b_enc  # the dense formula, through autograd
+    values, indices = pre.topk(K, dim=-1)
+    acts = torch.zeros_like(pre).scatter(-1, indices, values.relu())
+    y_hat = acts @ sae.W_dec + sae.b_dec + (x @ sae.W_skip.T if skip else 0)
+    ((y_hat - y) ** 2).sum().div(5.0).backward()
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(sparse_grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dashboards.latents import build_latent_dashboard, render_latent_page
+from dashboards.latents import render_latent_page
+from experiments.latent_dashboard import build_latent_dashboard
 from sae.io import save_sae
 from sae.latent_pass import HIST_EDGES, latent_cards, latent_pass, latent_table, site_latents
 from sae.models import TopKConfig, build_sae
@@ -99,6 +100,7 @@ def test_page_content_escapes_text_and_links_cards():
         density=0.1,
         max_activation=2.0,
         hist=[0] * 10 + [3, 1] + [0] * 44,
+        hist_edges=list(np.linspace(-4, 3, 57)),
         examples=[dict(activation=2.0, seq=0, pos=1, tokens=["a", "<b>", "c"], acts=[0.0, 2.0, 1.0], focus=1)],
         top_logits=[("x", 1.0)],
         bottom_logits=[("y", -1.0)],
