@@ -216,3 +216,68 @@ def test_absorption_is_zero_without_absorbing_latents_and_with_shuffled_letters(
     # with letters shuffled the probe has no letter direction to learn: it is right at chance (1/4) on held-out tokens
     accuracy = control.attrs["probe_test_accuracy"]
     assert accuracy < 0.25 + 3 * math.sqrt(0.25 * 0.75 / 32), accuracy
+
+
+# -- the whole `interp sae train` -> `interp sae eval` path for a transcoder, and its page ----------
+
+
+def test_transcoder_trained_at_two_sites_evaluates_from_its_saved_sites_and_the_page_shows_it(tiny_model, tmp_path):
+    from dashboards import build_dashboard
+    from interp.results import ResultsDir
+    from sae.evaluate import evaluate_saved
+    from sae.io import read_sae_config
+    from sae.models import TranscoderConfig
+    from sae.train import TrainConfig, train_at_site
+
+    site_in, site_out = "blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out"
+    train_tokens = torch.randint(0, tiny_model.cfg.d_vocab, (32, 16), generator=GEN(7))
+    held_out = torch.randint(0, tiny_model.cfg.d_vocab, (4, 16), generator=GEN(8))
+    cfg = TranscoderConfig(64, 128, d_out=64, k=8)
+    train_at_site(
+        tiny_model,
+        site_in,
+        cfg,
+        TrainConfig(steps=6, batch_size=128, warmup_steps=1),
+        tmp_path,
+        train_tokens=train_tokens,
+        output_site=site_out,
+        progress=False,
+    )
+    assert read_sae_config(tmp_path / "sae")["metadata"]["hook_name_out"] == site_out
+    result = evaluate_saved(tmp_path, tiny_model, held_out)
+    direct = evaluate_sae(tiny_model, result_sae(tmp_path), site_in, held_out, output_site=site_out).metrics
+    assert result.metrics["ce_loss_recovered"] == pytest.approx(direct["ce_loss_recovered"], rel=1e-6)
+    assert result.metrics["extras_skipped"].startswith("a transcoder")
+    page = build_dashboard(ResultsDir.open(tmp_path)).read_text()
+    assert "Reconstruction and downstream loss" in page and site_out in page and "Latent density" in page
+    with pytest.raises(Exception, match="output_site"):
+        train_at_site(
+            tiny_model, site_in, cfg, TrainConfig(steps=2, batch_size=128), tmp_path / "x", train_tokens=train_tokens
+        )
+
+
+def result_sae(directory):
+    from sae.io import load_sae
+
+    return load_sae(directory / "sae")
+
+
+@pytest.mark.slow  # ~60 s: the 135M model on the vocabulary's word tokens and 4k corpus tokens
+def test_probing_and_absorption_on_the_bundled_model_write_metrics_tables_and_page_sections(model, tmp_path):
+    from dashboards.sae_eval import evaluation_sections
+    from interp.corpus import corpus_tokens
+    from sae.evaluate import evaluate_saved
+    from sae.io import save_sae
+    from sae.models import TopKConfig
+
+    site = "blocks.3.hook_resid_post"
+    sae = build_sae(TopKConfig(576, 1152, k=32, seed=0)).eval()  # untrained: the pipeline, not the quality, is tested
+    save_sae(sae, tmp_path / "sae", hook_name=site)
+    tokens = corpus_tokens(model, 32, 128, skip_seqs=1000)
+    metrics = evaluate_saved(tmp_path, model, tokens, probing_tokens=4096).metrics
+    for key in ("sparse_probing_sae_k1", "sparse_probing_raw_full", "absorption_rate", "absorption_probe_accuracy"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["sparse_probing_tasks"] >= 3 and metrics["absorption_letters"] >= 20
+    assert metrics["absorption_probe_accuracy"] > 3 / metrics["absorption_letters"]  # the letter probe beats chance
+    titles = [s.title for s in evaluation_sections(tmp_path / "eval")]
+    assert titles[-2:] == ["Sparse probing", "Feature absorption (first-letter task)"]
