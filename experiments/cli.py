@@ -283,9 +283,15 @@ def sae_train(
         ..., help="Run directory (resumed from its checkpoints if they were written with the same settings)."
     ),
     site: str = typer.Option("blocks.6.hook_resid_post", help="Hook name to train on."),
-    architecture: str = typer.Option("topk", help="relu, topk, batchtopk, jumprelu."),
+    architecture: str = typer.Option(
+        "topk", help="relu, topk, batchtopk, jumprelu, gated, matryoshka, transcoder, skip_transcoder."
+    ),
+    output_site: Optional[str] = typer.Option(
+        None,
+        help="transcoder / skip_transcoder: the site it writes (e.g. blocks.6.hook_mlp_out; --site is then the MLP input, blocks.6.ln2.hook_normalized).",
+    ),
     d_sae: int = typer.Option(4608, help="Number of latents."),
-    k: int = typer.Option(32, help="Active latents per token (topk, batchtopk)."),
+    k: int = typer.Option(32, help="Active latents per token (topk, batchtopk, matryoshka, transcoders)."),
     n_tokens: int = typer.Option(1_000_000, help="Training tokens (from the store or the default corpus)."),
     batch_size: int = typer.Option(4096),
     store: Optional[Path] = typer.Option(
@@ -297,6 +303,9 @@ def sae_train(
     checkpoint_every: int = typer.Option(100, help="Steps between checkpoints (a killed run resumes from the latest)."),
     overwrite: bool = typer.Option(
         False, help="Delete the run already in --out (checkpoints included) and start again."
+    ),
+    lr: Optional[float] = typer.Option(
+        None, help="Learning rate; default 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024)."
     ),
 ) -> None:
     """Train a sparse autoencoder on one site, then evaluate it on held-out tokens."""
@@ -330,11 +339,24 @@ def sae_train(
         if overwrite:
             _clear_sae_dir(out)
         cfg = TrainConfig(
-            steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every
+            steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every, lr=lr
         )
-        fields = {"k": k} if architecture in ("topk", "batchtopk") else {}
-        _check_sae_resume(out, cfg, architecture, d_sae, seed, site, fields)  # before loading the model and the corpus
+        fields = (
+            {"k": k} if architecture in ("topk", "batchtopk", "matryoshka", "transcoder", "skip_transcoder") else {}
+        )
+        transcoder = architecture in ("transcoder", "skip_transcoder")
+        if transcoder != (output_site is not None):
+            _fail(
+                f"--output-site {output_site}: a transcoder needs it (the MLP output it writes), other architectures take none."
+            )
+        if not transcoder:  # a transcoder's resume check needs d_out, known once the model is loaded
+            _check_sae_resume(
+                out, cfg, architecture, d_sae, seed, site, fields
+            )  # before loading the model and the corpus
         lm = require_hooked(load_model(model), "interp sae train")
+        if transcoder:
+            fields["d_out"] = site_width(lm, output_site)
+            _check_sae_resume(out, cfg, architecture, d_sae, seed, site, fields)
         sae_cfg = make_config(architecture, d_in=site_width(lm, site), d_sae=d_sae, seed=seed, **fields)
         seq_len = 128
         n_train_seqs = -(-n_tokens // seq_len)
@@ -344,7 +366,7 @@ def sae_train(
         held_out = corpus_tokens(lm, max(1, eval_tokens // seq_len), seq_len, skip_seqs=n_train_seqs)
         out.mkdir(parents=True, exist_ok=True)
         with store_lock(out):  # a second `sae train` on this folder is refused, naming this process
-            result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, **source)
+            result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, output_site=output_site, **source)
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"sae: {result.out_dir}")
@@ -389,9 +411,15 @@ def sae_eval(
     n_tokens: int = typer.Option(16_384, help="Evaluation tokens."),
     skip_tokens: int = typer.Option(2_000_000, help="Start this far into the corpus, past the training tokens."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    probing: bool = typer.Option(True, help="Sparse probing: k latents vs k raw dimensions on token labels."),
+    absorption: bool = typer.Option(True, help="Feature absorption on the first-letter task (vocabulary words)."),
+    dense_threshold: float = typer.Option(0.1, help="A latent active on more than this fraction of tokens is dense."),
 ) -> None:
-    """L0, FVU, MSE, cosine, CE loss recovered, KL, dead fraction, density histogram, per-token errors."""
+    """L0, FVU, explained variance (mean- and geometric-median-centred), CE loss recovered (of the replaced MLP for a
+    transcoder), KL, dead / dense fractions, density histogram, sparse probing, absorption, per-token errors."""
     _positive(n_tokens=n_tokens)
+    if not 0 < dense_threshold < 1:
+        _fail(f"--dense-threshold {dense_threshold}: must lie strictly between 0 and 1 (a fraction of tokens).")
     if skip_tokens < 0:
         _fail(f"--skip-tokens {skip_tokens}: must be an integer >= 0.")
     if not directory.is_dir():
@@ -404,12 +432,53 @@ def sae_eval(
     try:
         lm = load_model(model)
         tokens = corpus_tokens(lm, max(1, n_tokens // 128), 128, skip_seqs=skip_tokens // 128)
-        result = evaluate_saved(directory, lm, tokens)
+        result = evaluate_saved(
+            directory, lm, tokens, probing=probing, absorption=absorption, dense_threshold=dense_threshold
+        )
+        if (directory / "config.json").is_file():  # a run folder: its page shows the evaluation
+            from dashboards import build_dashboard
+            from interp.results import ResultsDir
+
+            build_dashboard(ResultsDir.open(directory))
     except _user_errors() as exc:
         _fail(exc)
     for name, value in result.metrics.items():
         typer.echo(f"{name:<28} {value}")
     typer.echo(f"eval: {Path(directory) / 'eval'}")
+
+
+@sae_app.command("latents")
+def sae_latents(
+    directory: Path = typer.Argument(
+        ..., help="A directory written by `interp sae train` (or holding an SAE in SAELens format)."
+    ),
+    n_tokens: int = typer.Option(65_536, help="Corpus tokens the cached pass reads (resumed if killed)."),
+    skip_tokens: int = typer.Option(2_000_000, help="Start this far into the corpus, past the training tokens."),
+    n_latents: int = typer.Option(24, help="Latents given a card: half the most frequent, half a random sample."),
+    latents: Optional[list[int]] = typer.Option(
+        None, "--latent", help="Give these latents cards instead (repeatable)."
+    ),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+) -> None:
+    """Latent dashboard: an offline page with a searchable table of every latent and a card per chosen latent
+    (top contexts with per-token activations, activation histogram, promoted / suppressed tokens, nearest latents)."""
+    _positive(n_tokens=n_tokens, n_latents=n_latents)
+    if skip_tokens < 0:
+        _fail(f"--skip-tokens {skip_tokens}: must be an integer >= 0.")
+    if not directory.is_dir():
+        _fail(f"DIRECTORY {directory}: not a folder; pass a folder written by `interp sae train`.")
+    _writable(directory / "latents", "DIRECTORY")
+    from experiments.latent_dashboard import build_latent_dashboard
+    from interp.corpus import corpus_tokens
+    from interp.models import load_model
+
+    try:
+        lm = load_model(model)
+        tokens = corpus_tokens(lm, max(1, n_tokens // 128), 128, skip_seqs=skip_tokens // 128)
+        page = build_latent_dashboard(directory, lm, tokens, latents=latents or None, n_latents=n_latents)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"latents: {page}")
 
 
 @app.command()

@@ -28,6 +28,7 @@ COMPONENTS: dict[str, Layout] = {
     "resid_post": Layout("blocks.{L}.hook_resid_post", 1, None, None),
     "attn_out": Layout("blocks.{L}.hook_attn_out", 1, None, None),
     "mlp_out": Layout("blocks.{L}.hook_mlp_out", 1, None, None),
+    "mlp_in": Layout("blocks.{L}.ln2.hook_normalized", 1, None, None),  # the MLP's input, after its norm (transcoders)
     "attn_in": Layout("blocks.{L}.hook_attn_in", 1, 2, None),
     "q": Layout("blocks.{L}.attn.hook_q", 1, 2, None),
     "k": Layout("blocks.{L}.attn.hook_k", 1, 2, None, kv=True),

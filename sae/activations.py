@@ -62,6 +62,7 @@ class ModelBatches:
 
     seqs_per_chunk sequences are run at once; their rows are shuffled (seeded) and cut into batches, the
     remainder carried to the next chunk. Epochs repeat over the tokens with a new shuffle.
+    `site` may be a pair (input site, output site) for a transcoder: each row is the two activations side by side.
     """
 
     def __init__(
@@ -74,7 +75,8 @@ class ModelBatches:
         seqs_per_chunk: int = 64,
         seed: int = 0,
     ):
-        self.model, self.site = model, as_site(model, site)
+        self.sites = [as_site(model, s) for s in site] if isinstance(site, (tuple, list)) else [as_site(model, site)]
+        self.model, self.site = model, self.sites[0]
         if tokens.ndim != 2:
             raise ShapeMismatchError(f"tokens: expected [seqs, pos], got shape {tuple(tokens.shape)}.")
         self.tokens, self.batch_size, self.seqs_per_chunk, self.seed = tokens, batch_size, seqs_per_chunk, seed
@@ -84,10 +86,8 @@ class ModelBatches:
         while True:
             for start in range(0, len(self.tokens), self.seqs_per_chunk):
                 chunk = self.tokens[start : start + self.seqs_per_chunk]
-                acts = cache_sites(self.model, chunk, [self.site], micro_batch=len(chunk))[
-                    self.site
-                ]  # the chunk size already bounds memory
-                rows = flatten_site_activations(acts, self.site)
+                acts = cache_sites(self.model, chunk, self.sites, micro_batch=len(chunk))  # the chunk bounds memory
+                rows = torch.cat([flatten_site_activations(acts[s], s) for s in self.sites], dim=1)
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + start)
                 rows = rows[torch.randperm(len(rows), generator=gen)]
                 rows = rows if carry is None else torch.cat([carry, rows])

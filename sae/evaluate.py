@@ -2,6 +2,8 @@
 
 The SAE is spliced into the model with a hook at its site. `keep_error=True` adds back the SAE's error
 x - Sae(x) computed before any latent edit, so interventions on latents run with the error held fixed.
+A transcoder reads `site` (an MLP's input) and replaces `output_site` (that MLP's output): CE recovered is then
+measured against zero-ablating the MLP's output, and the reconstruction metrics are of the MLP's output.
 """
 
 from __future__ import annotations
@@ -66,6 +68,44 @@ def splice_hook(
     return hook
 
 
+def transcoder_hooks(sae: Sae, site: Site, output_site: Site, record: dict | None = None) -> list:
+    """Hooks that replace `output_site` with the transcoder's prediction from `site` (read earlier in the same forward).
+
+    record, when given, receives x (the output site's true activation), sae_out (the prediction) and acts.
+    """
+    seen: dict = {}
+    in_index, out_index = site.index(), output_site.index()
+
+    def read(act: Tensor, hook) -> None:
+        seen["x"] = act[in_index].reshape(-1, sae.cfg.d_in)
+
+    def write(act: Tensor, hook) -> Tensor:
+        if "x" not in seen:
+            raise ShapeMismatchError(
+                f"transcoder: {output_site} ran before {site}; the input site must come first in the forward (an MLP's input, then its output)."
+            )
+        region = act[out_index]
+        y = region.reshape(-1, region.shape[-1])
+        if y.shape[-1] != sae.cfg.d_out:
+            raise ShapeMismatchError(
+                f"{output_site}: the activation is {y.shape[-1]} wide per token but the transcoder has d_out={sae.cfg.d_out}; use its output site."
+            )
+        x = seen.pop("x")
+        acts = sae.encode(x)
+        y_hat = sae.decode(acts) + sae.skip_out(x)
+        if record is not None:
+            record.update(x=y, sae_out=y_hat, acts=acts)
+        act = act.clone()
+        act[out_index] = y_hat.reshape(region.shape).to(act.dtype)
+        return act
+
+    return [(site, read), (output_site, write)]
+
+
+def is_transcoder_sae(sae: Sae) -> bool:
+    return sae.cfg.architecture in ("transcoder", "skip_transcoder")
+
+
 def zero_hook(site: Site):
     def hook(act: Tensor, hook) -> Tensor:
         act = act.clone()
@@ -95,15 +135,42 @@ def _next_token_ce(logprobs: Tensor, tokens: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate_sae(
-    model: HookedTransformer, sae: Sae, site: Site | str, tokens: Int[Tensor, "seqs pos"], *, batch_size: int = 8
+    model: HookedTransformer,
+    sae: Sae,
+    site: Site | str,
+    tokens: Int[Tensor, "seqs pos"],
+    *,
+    batch_size: int = 8,
+    output_site: Site | str | None = None,
+    dense_threshold: float = 0.1,
+    median_rows: int = 16_384,
 ) -> EvalResult:
-    """Reconstruction and downstream metrics of `sae` at `site` over `tokens` (rows of equal length)."""
+    """Reconstruction and downstream metrics of `sae` at `site` over `tokens` (rows of equal length).
+
+    A transcoder needs `output_site` (the MLP output it replaces; `site` is the MLP's input). dense_fraction: latents
+    active on more than `dense_threshold` of tokens. explained_variance_gm: 1 - SSE / sum ||x - m||^2 with m the
+    geometric median of the first `median_rows` rows (SAEBench's centring; >= explained_variance, which centres at the mean).
+    """
+    from sae.train import geometric_median
+
     site = as_site(model, site)
     tokens = to_tokens(model, tokens, argument="tokens")
+    is_transcoder = is_transcoder_sae(sae)
+    if is_transcoder and output_site is None:
+        raise ShapeMismatchError(
+            f"evaluate_sae: a {sae.cfg.architecture} replaces an MLP, so output_site is needed (e.g. output_site='blocks.L.hook_mlp_out' with site='blocks.L.ln2.hook_normalized')."
+        )
+    if not 0 < dense_threshold < 1:
+        raise ValueError(
+            f"dense_threshold={dense_threshold}: must lie strictly between 0 and 1 (a fraction of tokens)."
+        )
+    out_site = as_site(model, output_site) if is_transcoder else site
+    width = sae.cfg.d_out if is_transcoder else sae.cfg.d_in
+    kept: list[Tensor] = []
     sums = dict(
         sq_err=0.0,
         x_sq=0.0,
-        x_sum=torch.zeros(sae.cfg.d_in, dtype=torch.float64),
+        x_sum=torch.zeros(width, dtype=torch.float64),
         cos=0.0,
         l0=0.0,
         rows=0,
@@ -119,9 +186,15 @@ def evaluate_sae(
         batch = tokens[start : start + batch_size]
         record: dict = {}
         clean = model(batch).log_softmax(-1)
-        spliced = run_with_hooks(model, batch, [(site, splice_hook(sae, site, record=record))]).log_softmax(-1)
-        zeroed = run_with_hooks(model, batch, [(site, zero_hook(site))]).log_softmax(-1)
+        hooks = (
+            transcoder_hooks(sae, site, out_site, record=record)
+            if is_transcoder
+            else [(site, splice_hook(sae, site, record=record))]
+        )
+        spliced = run_with_hooks(model, batch, hooks).log_softmax(-1)
+        zeroed = run_with_hooks(model, batch, [(out_site, zero_hook(out_site))]).log_softmax(-1)
         x, x_hat, acts = record["x"].double(), record["sae_out"].double(), record["acts"]
+        kept.append(x[: max(0, median_rows - sum(len(k) for k in kept))])
         active = acts > 0
         firing += active.sum(0)
         err = (x - x_hat).norm(dim=-1)
@@ -141,11 +214,15 @@ def evaluate_sae(
     n, n_ce = sums["rows"], sums["ce_tokens"]
     total_variance = sums["x_sq"] - float(sums["x_sum"].pow(2).sum()) / n
     ce_clean, ce_sae, ce_zero = (sums[f"ce_{k}"] / n_ce for k in ("clean", "sae", "zero"))
+    median = geometric_median(torch.cat(kept)).double()
+    median_variance = sums["x_sq"] - 2 * float(median @ sums["x_sum"]) + n * float(median @ median)
+    density = firing.double() / n
     metrics = dict(
         l0=sums["l0"] / n,
         fvu=sums["sq_err"] / total_variance,
         explained_variance=1 - sums["sq_err"] / total_variance,
-        mse=sums["sq_err"] / (n * sae.cfg.d_in),
+        explained_variance_gm=1 - sums["sq_err"] / median_variance,
+        mse=sums["sq_err"] / (n * width),
         cosine=sums["cos"] / n,
         ce_clean=ce_clean,
         ce_sae=ce_sae,
@@ -153,6 +230,8 @@ def evaluate_sae(
         ce_loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean),
         kl_sae=sums["kl"] / n_ce,
         dead_fraction=float((firing == 0).float().mean()),
+        dense_fraction=float((density > dense_threshold).double().mean()),
+        dense_threshold=dense_threshold,
         tokens=n,
     )
     latents = pd.DataFrame(
@@ -207,31 +286,100 @@ def density_histogram(latents: pd.DataFrame, bins: int = 40) -> pd.DataFrame:
 
 
 def evaluate_saved(
-    directory: str | os.PathLike, model: HookedTransformer, tokens: Int[Tensor, "seqs pos"], *, batch_size: int = 8
+    directory: str | os.PathLike,
+    model: HookedTransformer,
+    tokens: Int[Tensor, "seqs pos"],
+    *,
+    batch_size: int = 8,
+    probing: bool = True,
+    absorption: bool = True,
+    probing_tokens: int = 8192,
+    dense_threshold: float = 0.1,
 ) -> EvalResult:
-    """`interp sae eval DIR`: load DIR/sae (or DIR), evaluate at its saved hook, write DIR/eval/{metrics.json, *.parquet}."""
+    """`interp sae eval DIR`: load DIR/sae (or DIR), evaluate at its saved hook, write DIR/eval/{metrics.json, *.parquet}.
+
+    probing: sparse probing on the first `probing_tokens` of `tokens` (sae.evals.probing); absorption: the first-letter
+    absorption task (sae.evals.absorption). Both need an SAE (not a transcoder) and a model with a tokenizer; their
+    numbers join metrics.json and their tables eval/sparse_probing.parquet, eval/absorption_letters.parquet.
+    """
+    from interp.results import atomic_write_bytes, atomic_write_text
     from sae.io import load_sae, read_sae_config
 
     directory = Path(directory)
     sae_dir = directory / "sae" if (directory / "sae").is_dir() else directory
-    hook_name = read_sae_config(sae_dir).get("metadata", {}).get("hook_name")
+    metadata = read_sae_config(sae_dir).get("metadata", {})
+    hook_name = metadata.get("hook_name")
     if hook_name is None:
         raise ShapeMismatchError(
             f"{sae_dir}/cfg.json has no metadata.hook_name, so the site to evaluate at is unknown. Call evaluate_sae(model, sae, site, tokens) instead."
         )
-    result = evaluate_sae(model, load_sae(sae_dir), hook_name, tokens, batch_size=batch_size)
-    from interp.results import atomic_write_bytes, atomic_write_text
-
+    sae = load_sae(sae_dir)
+    output_site = metadata.get("hook_name_out")
+    if is_transcoder_sae(sae) and output_site is None:
+        raise ShapeMismatchError(
+            f"{sae_dir}/cfg.json: a {sae.cfg.architecture} without metadata.hook_name_out, so the MLP output it replaces is unknown. "
+            "Call evaluate_sae(model, sae, site, tokens, output_site=...) instead."
+        )
+    result = evaluate_sae(
+        model,
+        sae,
+        hook_name,
+        tokens,
+        batch_size=batch_size,
+        output_site=output_site,
+        dense_threshold=dense_threshold,
+    )
+    tables = {
+        "per_token": result.per_token,
+        "latents": result.latents,
+        "density_histogram": density_histogram(result.latents),
+    }
+    extras = probing or absorption
+    if extras and (is_transcoder_sae(sae) or model.tokenizer is None):
+        result.metrics["extras_skipped"] = (
+            "a transcoder's latents are not a dictionary of its input site"
+            if is_transcoder_sae(sae)
+            else "the model has no tokenizer"
+        )
+    elif extras:
+        tables |= _extra_evaluations(model, sae, hook_name, tokens, result.metrics, probing, absorption, probing_tokens)
     out = directory / "eval"
     atomic_write_text(
         out / "metrics.json", json.dumps(result.metrics, indent=1)
     )  # each file whole or absent, never half-written
-    for name, frame in (
-        ("per_token", result.per_token),
-        ("latents", result.latents),
-        ("density_histogram", density_histogram(result.latents)),
-    ):
+    for name, frame in tables.items():
         buffer = io.BytesIO()
         frame.to_parquet(buffer)
         atomic_write_bytes(out / f"{name}.parquet", buffer.getvalue())
     return result
+
+
+@torch.no_grad()
+def _extra_evaluations(
+    model, sae: Sae, hook_name: str, tokens: Tensor, metrics: dict, probing: bool, absorption: bool, probing_tokens: int
+) -> dict[str, pd.DataFrame]:
+    from interp.hooks import cache_sites
+    from sae.activations import flatten_site_activations
+    from sae.evals.absorption import absorption_metrics, first_letter_absorption
+    from sae.evals.probing import probing_metrics, sparse_probing_from_rows, token_labels, token_strings
+
+    tables = {}
+    if probing:
+        site = as_site(model, hook_name)
+        seqs = tokens[: max(1, -(-probing_tokens // tokens.shape[1]))]
+        x = torch.cat(
+            [
+                flatten_site_activations(cache_sites(model, seqs[i : i + 8], [site], micro_batch=8)[site], site)
+                for i in range(0, len(seqs), 8)
+            ]
+        ).float()
+        ids = seqs[:, site.position] if site.position is not None else seqs.reshape(-1)
+        table = sparse_probing_from_rows(x, sae.encode(x), token_labels(token_strings(model, ids)))
+        metrics.update(probing_metrics(table))
+        tables["sparse_probing"] = table
+    if absorption:
+        letters, per_token = first_letter_absorption(model, sae, hook_name)
+        metrics.update(absorption_metrics(letters))
+        tables["absorption_letters"] = letters
+        tables["absorption_tokens"] = per_token
+    return tables

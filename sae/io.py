@@ -17,12 +17,32 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from interp.errors import CorruptFileError, InterpError, ModelLoadError
-from sae.models import JumpReluConfig, ReluConfig, Sae, TopKConfig, build_sae, config_from_dict
+from sae.models import (
+    GatedConfig,
+    JumpReluConfig,
+    ReluConfig,
+    Sae,
+    SkipTranscoderConfig,
+    TopKConfig,
+    TranscoderConfig,
+    build_sae,
+    config_from_dict,
+)
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 OUR_KEY = "interp_toolkit"
-SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+SAELENS_ARCHITECTURE = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+    "matryoshka": "jumprelu",  # as SAELens saves its matryoshka_batchtopk: one threshold on every latent
+    "transcoder": "transcoder",  # ReLU transcoders only (k=None); SAELens has no TopK transcoder, see _saelens_architecture
+    "skip_transcoder": "skip_transcoder",
+}
+ONE_THRESHOLD = ("batchtopk", "matryoshka")  # saved as JumpReLU with the same threshold on every latent
 
 
 def _saelens_version() -> str:
@@ -33,11 +53,14 @@ def _saelens_version() -> str:
 
 
 def saelens_state_dict(sae: Sae) -> dict[str, Tensor]:
-    weights = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    threshold = sae.saelens_threshold()
-    if threshold is not None:
-        weights["threshold"] = threshold
-    return {k: v.detach().float().contiguous().cpu() for k, v in weights.items()}
+    return {k: v.detach().float().contiguous().cpu() for k, v in sae.saelens_weights().items()}
+
+
+def _saelens_architecture(sae: Sae) -> str:
+    """SAELens's name for this SAE; a TopK transcoder has none, so it is saved as "topk_transcoder", which only we load."""
+    if sae.cfg.architecture in ("transcoder", "skip_transcoder") and sae.cfg.k is not None:
+        return f"topk_{sae.cfg.architecture}"
+    return SAELENS_ARCHITECTURE[sae.cfg.architecture]
 
 
 def save_sae(
@@ -51,7 +74,7 @@ def save_sae(
     """Write `directory`/cfg.json and sae_weights.safetensors; `sae_lens.SAE.load_from_disk(directory)` reads them."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    arch = SAELENS_ARCHITECTURE[sae.cfg.architecture]
+    arch = _saelens_architecture(sae)
     cfg = {
         "architecture": arch,
         "d_in": sae.cfg.d_in,
@@ -66,6 +89,9 @@ def save_sae(
     }
     if arch == "topk":
         cfg.update(k=sae.cfg.k, rescale_acts_by_decoder_norm=False)
+    if "transcoder" in arch:
+        cfg.update(d_out=sae.cfg.d_out, apply_b_dec_to_input=False)
+        cfg["metadata"]["hook_name_out"] = (extra or {}).get("hook_name_out")
     save_file(saelens_state_dict(sae), str(directory / WEIGHTS_FILE))
     (directory / CFG_FILE).write_text(json.dumps(cfg, indent=1))
     return directory
@@ -95,19 +121,24 @@ def load_sae(directory: str | os.PathLike) -> Sae:
     except Exception as exc:
         raise CorruptFileError(f"{weights_path} cannot be read as safetensors ({exc}). Is the file complete?") from exc
     sae_cfg = config_from_dict(cfg[OUR_KEY]["sae_config"]) if OUR_KEY in cfg else _config_from_saelens(cfg, directory)
-    _check_shapes(weights, sae_cfg.d_in, sae_cfg.d_sae, weights_path, cfg)
     sae = build_sae(sae_cfg)
+    _check_shapes(weights, sae, weights_path, cfg)
     with torch.no_grad():
         sae.encoder.copy_(weights["W_enc"].T)
         sae.W_dec.copy_(weights["W_dec"])
         sae.b_dec.copy_(weights["b_dec"])
-        b_enc = weights["b_enc"]
-        if not cfg.get("apply_b_dec_to_input", True):
+        b_enc = weights["b_gate"] if sae_cfg.architecture == "gated" else weights["b_enc"]
+        if not cfg.get("apply_b_dec_to_input", True) and sae_cfg.architecture == "gated":
+            raise InterpError(
+                f"{directory}: a gated SAE with apply_b_dec_to_input=False is not supported; re-save it from SAELens with apply_b_dec_to_input=True."
+            )
+        if not cfg.get("apply_b_dec_to_input", True) and "transcoder" not in sae_cfg.architecture:
             b_enc = b_enc + weights["b_dec"] @ weights["W_enc"]  # x W + b == (x - b_dec) W + (b + b_dec W)
         sae.b_enc.copy_(b_enc)
+        sae.load_saelens_extra_(weights)
         if sae_cfg.architecture == "jumprelu":
             sae.log_threshold.copy_(weights["threshold"].log())
-        elif sae_cfg.architecture == "batchtopk":
+        elif sae_cfg.architecture in ONE_THRESHOLD:
             values = weights["threshold"]
             if not torch.all(values == values[0]):
                 raise CorruptFileError(
@@ -137,19 +168,23 @@ def _config_from_saelens(cfg: dict, directory: Path):
         return TopKConfig(d_in=d_in, d_sae=d_sae, k=int(cfg["k"]))
     if arch == "jumprelu":
         return JumpReluConfig(d_in=d_in, d_sae=d_sae)
+    if arch == "gated":
+        return GatedConfig(d_in=d_in, d_sae=d_sae)
+    if arch in ("transcoder", "skip_transcoder"):
+        cls = TranscoderConfig if arch == "transcoder" else SkipTranscoderConfig
+        return cls(d_in=d_in, d_sae=d_sae, d_out=int(cfg["d_out"]), k=None)
     raise InterpError(
-        f"{directory}: SAELens architecture {arch!r} is not supported here; supported: standard, topk, jumprelu."
+        f"{directory}: SAELens architecture {arch!r} is not supported here; supported: standard, topk, jumprelu, gated, transcoder, skip_transcoder."
     )
 
 
-def _check_shapes(weights: dict[str, Tensor], d_in: int, d_sae: int, path: Path, cfg: dict) -> None:
-    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    if (
-        SAELENS_ARCHITECTURE.get(
-            cfg.get(OUR_KEY, {}).get("sae_config", {}).get("architecture"), cfg.get("architecture")
-        )
-        == "jumprelu"
-    ):
+def _check_shapes(weights: dict[str, Tensor], sae: Sae, path: Path, cfg: dict) -> None:
+    d_in, d_sae, d_out = sae.cfg.d_in, sae.cfg.d_sae, getattr(sae.cfg, "d_out", sae.cfg.d_in)
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    if sae.cfg.architecture != "gated":  # a gated SAE's b_enc is saved as b_gate, one of its extra weights
+        expected["b_enc"] = (d_sae,)
+    expected |= sae.saelens_extra_shapes()
+    if SAELENS_ARCHITECTURE.get(sae.cfg.architecture) == "jumprelu":
         expected["threshold"] = (d_sae,)
     missing = [k for k in expected if k not in weights]
     if missing:

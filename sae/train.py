@@ -142,9 +142,11 @@ def _dist() -> tuple[int, int]:
 
 
 def _check_batch(x: Tensor, step: int, d_in: int, batch_size: int, out_dir: Path | None) -> None:
+    """d_in: the width of a training row (d_in + d_out for a transcoder, whose rows hold both sites)."""
     if x.ndim != 2 or x.shape[1] != d_in:
         raise ShapeMismatchError(
-            f"batches: step {step} gave shape {tuple(x.shape)}, expected [{batch_size}, d_in={d_in}]. The SAE's d_in must equal the site's width."
+            f"batches: step {step} gave shape {tuple(x.shape)}, expected [{batch_size}, d_in={d_in}] (for a transcoder, d_in + d_out). "
+            "The SAE's d_in must equal the site's width."
         )
     if x.shape[0] != batch_size:
         raise ShapeMismatchError(
@@ -228,8 +230,11 @@ def train_sae(
     on_step: Callable[[int, dict], None] | None = None,
     hook_name: str | None = None,
     model_name: str | None = None,
+    hook_name_out: str | None = None,
 ) -> TrainResult:
     """Train an SAE; with `out_dir`, checkpoint every `cfg.checkpoint_every` steps and resume from the latest.
+
+    hook_name_out: a transcoder's output site, saved beside hook_name (its input site).
 
     on_step(step, row) is called after each step with that step's metrics (for callers' own logging).
     """
@@ -271,13 +276,14 @@ def train_sae(
             raise InterpError(
                 f"batches ran out at step {step} of TrainConfig.steps={cfg.steps}; supply more data or fewer steps."
             )
-        _check_batch(x_global, step, sae_cfg.d_in, cfg.batch_size, out_dir)
+        _check_batch(x_global, step, sae.batch_width, cfg.batch_size, out_dir)
         x_global = x_global.float()
         if step == 0:
-            input_scale = math.sqrt(sae_cfg.d_in / x_global.pow(2).sum(1).mean().item()) if cfg.normalise_input else 1.0
-            _init_b_dec(sae, x_global * input_scale, cfg.b_dec_init)
+            input_scale = sae.input_scale(x_global) if cfg.normalise_input else 1.0
+            _init_b_dec(sae, sae.target(x_global * input_scale), cfg.b_dec_init)
         x_global = x_global * input_scale
-        scale = LossScale(cfg.batch_size, float((x_global - x_global.mean(0)).pow(2).sum()))
+        target_global = sae.target(x_global)  # x itself for an SAE; the output site's half for a transcoder
+        scale = LossScale(cfg.batch_size, float((target_global - target_global.mean(0)).pow(2).sum()))
         x = x_global[local]
 
         lr = lr_at(step, cfg, base_lr, plateau)
@@ -305,7 +311,12 @@ def train_sae(
             silent_tokens[fired] = 0
             stats = global_sum(
                 torch.stack(
-                    [(out.sae_out - x).pow(2).sum(), out.l0 * len(x), out.loss.detach(), out.aux_loss.detach() / world]
+                    [
+                        (out.sae_out - sae.target(x)).pow(2).sum(),
+                        out.l0 * len(x),
+                        out.loss.detach(),
+                        out.aux_loss.detach() / world,
+                    ]
                 )
             )
         row = dict(
@@ -370,8 +381,9 @@ def train_sae(
             hook_name=hook_name,
             model_name=model_name,
             extra={
-                "input_scale": input_scale,
+                "input_scale": input_scale if isinstance(input_scale, float) else input_scale.tolist(),
                 "train_config": asdict(cfg),
+                **({"hook_name_out": hook_name_out} if hook_name_out else {}),
                 **training_summary(fvu_by_step, cfg, plateau),
             },
         )
@@ -444,8 +456,11 @@ def train_at_site(
     store=None,
     eval_tokens: Tensor | None = None,
     progress: bool = True,
+    output_site: str | None = None,
 ) -> TrainResult:
     """`interp sae train`: train at `site` from a store or on the fly from `train_tokens`, then evaluate on `eval_tokens`.
+
+    A transcoder reads `site` (an MLP's input) and writes `output_site` (its output); it trains from train_tokens.
 
     Writes out_dir/{sae/, checkpoints/, training_curve.parquet, config.json, metrics.json, eval/}.
     """
@@ -462,10 +477,28 @@ def train_at_site(
         raise InterpError(
             "train_at_site: pass exactly one of store= (an interp.store.ActivationStore) or train_tokens= ([seqs, pos] token ids)."
         )
+    transcoder = hasattr(sae_cfg, "d_out")
+    if transcoder != (output_site is not None):
+        raise InterpError(
+            f"train_at_site: output_site={output_site!r} with a {sae_cfg.architecture} SAE; a transcoder needs output_site "
+            "(e.g. blocks.L.hook_mlp_out with site blocks.L.ln2.hook_normalized), an SAE takes none."
+        )
+    if transcoder:
+        output_site = as_site(model, output_site).hook_name
+        if site_width(model, output_site) != sae_cfg.d_out:
+            raise ShapeMismatchError(
+                f"{type(sae_cfg).__name__}(d_out={sae_cfg.d_out}) does not match {output_site}, whose activations are {site_width(model, output_site)} wide."
+            )
+        if store is not None:
+            raise InterpError(
+                "train_at_site: a transcoder trains on the fly from train_tokens= (the store holds one site per batch)."
+            )
     batches = (
         StoreBatches(store, site, cfg.batch_size, seed=sae_cfg.seed)
         if store is not None
-        else ModelBatches(model, train_tokens, site, cfg.batch_size, seed=sae_cfg.seed)
+        else ModelBatches(
+            model, train_tokens, (site, output_site) if transcoder else site, cfg.batch_size, seed=sae_cfg.seed
+        )
     )
     result = train_sae(
         sae_cfg,
@@ -475,13 +508,14 @@ def train_at_site(
         progress=progress,
         hook_name=site,
         model_name=getattr(model.cfg, "model_name", None),
+        hook_name_out=output_site,
     )
     out_dir = Path(out_dir)
     metrics = {"final_" + k: v for k, v in result.curve.iloc[-1].items()} if len(result.curve) else {}
     if eval_tokens is not None and _dist()[0] == 0:
         from sae.evaluate import evaluate_saved
 
-        metrics.update(evaluate_saved(out_dir, model, eval_tokens).metrics)
+        metrics.update(evaluate_saved(out_dir, model, eval_tokens, probing=False, absorption=False).metrics)
     if _dist()[0] == 0:
         from interp.results import ResultsDir
 
@@ -489,7 +523,11 @@ def train_at_site(
         # run may have extended the steps, which _check_resume allowed, so the previous record is replaced, not compared
         (out_dir / "config.json").unlink(missing_ok=True)
         record = SaeTrainRun(
-            site=site, sae=sae_cfg.to_dict(), train=asdict(cfg), source="store" if store is not None else "model"
+            site=site,
+            sae=sae_cfg.to_dict(),
+            train=asdict(cfg),
+            source="store" if store is not None else "model",
+            output_site=output_site,
         )
         ResultsDir.create(out_dir, record, title=f"SAE at {site}").write_metrics(metrics, merge=False)
     return result
@@ -504,3 +542,4 @@ class SaeTrainRun:
     train: dict
     source: str  # "store" or "model"
     analysis: str = "sae_train"
+    output_site: str | None = None  # a transcoder's output site (site is its input)

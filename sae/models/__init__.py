@@ -1,13 +1,16 @@
-"""SAE architectures, registered by name: relu, topk, batchtopk, jumprelu."""
+"""SAE architectures, registered by name: relu, topk, batchtopk, jumprelu, gated, matryoshka, transcoder, skip_transcoder."""
 
 from __future__ import annotations
 
 from interp.errors import InterpError, did_you_mean
 from sae.models.base import LossScale, Sae, SaeConfig, StepOutput
 from sae.models.batchtopk import BatchTopKConfig, BatchTopKSae
+from sae.models.gated import GatedConfig, GatedSae
 from sae.models.jumprelu import JumpReluConfig, JumpReluSae
+from sae.models.matryoshka import MatryoshkaConfig, MatryoshkaSae
 from sae.models.relu import ReluConfig, ReluSae
 from sae.models.topk import TopKConfig, TopKSae
+from sae.models.transcoder import SkipTranscoder, SkipTranscoderConfig, Transcoder, TranscoderConfig
 
 ARCHITECTURES: dict[str, tuple[type[SaeConfig], type[Sae]]] = {}
 
@@ -24,6 +27,10 @@ for _pair in (
     (TopKConfig, TopKSae),
     (BatchTopKConfig, BatchTopKSae),
     (JumpReluConfig, JumpReluSae),
+    (GatedConfig, GatedSae),
+    (MatryoshkaConfig, MatryoshkaSae),
+    (TranscoderConfig, Transcoder),
+    (SkipTranscoderConfig, SkipTranscoder),
 ):
     register(*_pair)
 
@@ -49,7 +56,7 @@ def make_config(architecture: str, **fields) -> SaeConfig:
 
 
 def config_from_dict(d: dict) -> SaeConfig:
-    fields = {k: v for k, v in d.items() if k != "architecture"}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "architecture"}
     return make_config(d.get("architecture", ""), **fields)
 
 
@@ -61,16 +68,24 @@ __all__ = [
     "ARCHITECTURES",
     "BatchTopKConfig",
     "BatchTopKSae",
+    "GatedConfig",
+    "GatedSae",
     "JumpReluConfig",
     "JumpReluSae",
     "LossScale",
+    "MatryoshkaConfig",
+    "MatryoshkaSae",
     "ReluConfig",
     "ReluSae",
     "Sae",
     "SaeConfig",
+    "SkipTranscoder",
+    "SkipTranscoderConfig",
     "StepOutput",
     "TopKConfig",
     "TopKSae",
+    "Transcoder",
+    "TranscoderConfig",
     "build_sae",
     "config_from_dict",
     "make_config",

@@ -92,8 +92,25 @@ class Sae(nn.Module):
                 "Check the source activations (dtype overflow, a corrupt shard); set sae.check_finite = False to skip this check."
             )
 
+    def encoder_input(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_in"]:
+        """What the encoder multiplies: x - b_dec for an SAE (a transcoder, whose b_dec lives in the output space, takes x)."""
+        return x - self.b_dec
+
     def pre_acts(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
-        return torch.nn.functional.linear(x - self.b_dec, self.encoder, self.b_enc)
+        return torch.nn.functional.linear(self.encoder_input(x), self.encoder, self.b_enc)
+
+    @property
+    def batch_width(self) -> int:
+        """Width of a training row: d_in for an SAE; a transcoder's rows are [input, target] side by side."""
+        return self.cfg.d_in
+
+    def input_scale(self, rows: Float[Tensor, "n width"]) -> float | Tensor:
+        """The factor training rows are multiplied by so that E||row||^2 = width (folded back out after training)."""
+        return math.sqrt(self.batch_width / rows.pow(2).sum(1).mean().item())
+
+    def target(self, rows: Float[Tensor, "n width"]) -> Tensor:
+        """What the decoder must reconstruct from a training row (the row itself for an SAE)."""
+        return rows
 
     def activation(self, pre: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
         raise NotImplementedError
@@ -143,20 +160,52 @@ class Sae(nn.Module):
         """Per-latent JumpReLU threshold in SAELens's format, for architectures saved as "jumprelu"."""
         return None
 
+    def saelens_weights(self) -> dict[str, Tensor]:
+        """The weights under SAELens's names for this architecture (W_enc is [d_in, d_sae])."""
+        weights = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        threshold = self.saelens_threshold()
+        if threshold is not None:
+            weights["threshold"] = threshold
+        return weights
+
+    @torch.no_grad()
+    def load_saelens_extra_(self, weights: dict[str, Tensor]) -> None:
+        """Copy the weights beyond W_enc, b_enc, W_dec, b_dec (and a threshold, which io handles) from SAELens's names."""
+
+    def saelens_extra_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the SAELens weights beyond W_enc, b_enc, W_dec, b_dec that this architecture needs."""
+        return {}
+
 
 def reconstruction_loss(x: Tensor, sae_out: Tensor, scale: LossScale) -> Tensor:
     """Sum of squared errors over the global batch's variance: the FVU when summed over processes."""
     return (sae_out - x).pow(2).sum() / scale.total_variance
 
 
-def aux_k_loss(sae: Sae, x: Tensor, sae_out: Tensor, dead: Tensor, k_aux: int, scale: LossScale) -> Tensor:
-    """AuxK (Gao et al. 2024): the top dead latents reconstruct the main residual, giving them gradient."""
+def aux_k_loss(
+    sae: Sae,
+    x: Tensor,
+    sae_out: Tensor,
+    dead: Tensor,
+    k_aux: int,
+    scale: LossScale,
+    *,
+    target: Tensor | None = None,
+    pre: Tensor | None = None,
+) -> Tensor:
+    """AuxK (Gao et al. 2024): the top dead latents reconstruct the main residual, giving them gradient.
+
+    target: what sae_out approximates (x for an SAE, the output site for a transcoder); pre: dead latents' columns
+    already computed (all latents' pre-activations), else they are computed from x.
+    """
     n_dead = int(dead.sum())
     if n_dead == 0:
         return x.new_zeros(())
-    residual = (x - sae_out).detach()
-    dead_pre = torch.nn.functional.linear(
-        x - sae.b_dec, sae.encoder[dead], sae.b_enc[dead]
+    residual = ((x if target is None else target) - sae_out).detach()
+    dead_pre = (
+        pre[:, dead]
+        if pre is not None
+        else torch.nn.functional.linear(sae.encoder_input(x), sae.encoder[dead], sae.b_enc[dead])
     )  # only dead columns: cheap when few are dead
     values, local = dead_pre.topk(min(k_aux, n_dead), dim=-1, sorted=False)
     residual_hat = _gather_decode(values.relu(), local, sae.W_dec[dead])

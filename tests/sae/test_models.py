@@ -88,7 +88,16 @@ def test_folding_input_scale_gives_the_same_reconstruction_on_raw_inputs(cfg):
 
 
 def test_registry_and_configs():
-    assert set(ARCHITECTURES) == {"relu", "topk", "batchtopk", "jumprelu"}
+    assert set(ARCHITECTURES) == {
+        "relu",
+        "topk",
+        "batchtopk",
+        "jumprelu",
+        "gated",
+        "matryoshka",
+        "transcoder",
+        "skip_transcoder",
+    }
     cfg = make_config("topk", d_in=8, d_sae=32, k=4)
     assert config_from_dict(cfg.to_dict()) == cfg
     with pytest.raises(InterpError, match="Unknown SAE architecture 'topkk'.*'topk'"):
