@@ -62,6 +62,10 @@ EQUIVALENT: dict[str, str] = {
     # scan-and-snap verdicts (tests/circuits/test_scan_snap_verdicts.py)
     "circuits.scan_snap.predictions.x__trend_fraction__mutmut_13": "no cell with a trend: np.mean([]) is NaN too (with a RuntimeWarning)",
     "circuits.scan_snap.predictions.x__trend_fraction__mutmut_18": 'float("NAN") is NaN',
+    "circuits.scan_snap.predictions.x_composition_frame__mutmut_21": "unsqueeze(+1) of a 1-D arange is unsqueeze(-1)",
+    "circuits.scan_snap.predictions.x_composition_frame__mutmut_72": "to_frame(index=None) keeps the MultiIndex; reset_index(drop=True) drops it at the end",
+    "circuits.scan_snap.predictions.x_composition_frame__mutmut_73": "same as _72",
+    "circuits.scan_snap.predictions.x_figure6_comparison__mutmut_115": 'float("NAN") is NaN',
     "circuits.scan_snap.predictions.x_paired_bootstrap_ci__mutmut_6": "np.asarray without dtype: the difference with a float64 array is float64",
     "circuits.scan_snap.predictions.x_paired_bootstrap_ci__mutmut_8": "same as _6",
     "circuits.scan_snap.predictions.x_paired_bootstrap_ci__mutmut_10": "same as _6 (the other operand)",

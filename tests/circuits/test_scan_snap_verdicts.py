@@ -516,7 +516,7 @@ def test_common_mass_verdicts_ci_clauses(changes, row, holds):
 
 
 def test_common_mass_verdict_rows_state_the_values_they_judge():
-    rows, metrics = common_mass_verdicts(mass_table({(1.0, 0, "snap_step"): 10}))
+    rows, metrics = common_mass_verdicts(mass_table({(1.0, 0, "snap_step"): 10, (5.0, 0, "mass_final"): 0.5}))
     snap = metrics["snap_step_difference"]
     assert rows[2][1] == (
         "snap step at eta_Y=1 minus at eta_Y=5 (paired over seeds), "
@@ -528,7 +528,8 @@ def test_common_mass_verdict_rows_state_the_values_they_judge():
     assert rows[3][1] == (
         f"frozen common mass at eta_Y=5 minus at eta_Y=1, 95% CI [{mass['ci_low']:.3f}, {mass['ci_high']:.3f}]"
     )
-    assert rows[3][2] == pytest.approx(0.2) and rows[3][3] == "CI > 0 and mean frozen mass rises at every eta_Y step"
+    assert mass["ci_low"] < mass["mean"] < mass["ci_high"]  # seed 0's difference is 0.3, the others' 0.2
+    assert rows[3][2] == pytest.approx(0.225) and rows[3][3] == "CI > 0 and mean frozen mass rises at every eta_Y step"
     assert rows[0][1] == "largest one-step rise of the common mass before the snap (all eta_Y, seeds)"
     assert rows[0][3] == "<= 0.0001"
     assert rows[1][1] == "largest |mass(end) - mass(snap)| / total drop; every run snapped before the last step"
@@ -554,7 +555,7 @@ def test_figure4_relative_error_of_exactly_the_limit_fails():
 
 def test_figure6_limits_and_row_text():
     comparison = comparison_table([FIGURE6_GAP_MAX, 0.0, 0.01], [1.0, 0.0, 2.0], seeds=7)
-    comparison.loc[2, "seeds"] = 3  # the text reports the first cell's seed count
+    comparison.loc[1, "seeds"] = 3  # the text reports the first cell's seed count
     rows, metrics = figure6_verdicts(
         comparison,
         pd.DataFrame(dict(gap_z_all_seeds=[0.5], share_groups_within=[1.0], groups=[4], group_size=[5])),
@@ -625,26 +626,40 @@ def test_figure6_seed_spread_keeps_cells_apart():
     assert exact["share_groups_within"].iloc[0] == 0.5  # a gap of exactly 0.03 is within (<=)
 
 
-def boundary_sweep(agreeing_cells: int) -> pd.DataFrame:
-    """4 (queries, ratio) cells, `agreeing_cells` of them with entropy falling in eta_Z; rising in the ratio everywhere."""
+def boundary_sweep(agreeing_cells: int, factor: str) -> pd.DataFrame:
+    """2 queries x 2 eta_Z x 2 ratios. factor "eta_z": of the 4 (queries, ratio) cells `agreeing_cells` have entropy
+    falling in eta_Z, and it rises in the ratio everywhere; factor "ratio": of the 4 (queries, eta_Z) cells
+    `agreeing_cells` have it rising in the ratio, and it falls in eta_Z everywhere (the other factor's small term
+    never changes the main one's sign)."""
     rows = []
-    for i, (q, ratio_base) in enumerate(((1, 0), (1, 1), (2, 0), (2, 1))):
-        for eta_z in (0.5, 1.0):
-            for ratio in (1.0 + 2 * ratio_base, 2.0 + 2 * ratio_base):
-                sign = -1 if i < agreeing_cells else 1
-                rows.append(dict(n_queries=q, eta_z=eta_z, ratio=ratio, seed=0, entropy=sign * eta_z + 0.1 * ratio))
+    for q in (1, 2):
+        for j, eta_z in enumerate((0.5, 1.0)):
+            for k, ratio in enumerate((1.0, 2.0)):
+                if factor == "eta_z":
+                    sign = -1 if 2 * (q - 1) + k < agreeing_cells else 1
+                    entropy = 0.01 * sign * eta_z + ratio
+                else:
+                    sign = 1 if 2 * (q - 1) + j < agreeing_cells else -1
+                    entropy = -eta_z + 0.01 * sign * ratio
+                rows.append(dict(n_queries=q, eta_z=eta_z, ratio=ratio, seed=0, entropy=entropy))
     return pd.DataFrame(rows)
 
 
 def test_verdict_boundaries_hold_at_the_documented_limits():
     inputs = verdict_inputs()
     # 3 of 4 cells agree: exactly the 0.75 share, which holds (>=)
-    inputs["sweep"] = boundary_sweep(3)
+    inputs["sweep"] = boundary_sweep(3, "eta_z")
     # 99 of 100 trajectory points inside the bounds: not 1, so "== 1" fails
     inputs["theorem3"] = pd.DataFrame(dict(holds=[True] * 99 + [False]))
     table = verdicts(**inputs)
     holds, value = dict(zip(table.prediction, table.holds)), dict(zip(table.prediction, table.value))
     assert value["entropy_falls_with_eta_z"] == 0.75 and holds["entropy_falls_with_eta_z"]
+    assert value["entropy_rises_with_ratio"] == 1.0
+    inputs["sweep"] = boundary_sweep(3, "ratio")
+    table = verdicts(**inputs)
+    holds, value = dict(zip(table.prediction, table.holds)), dict(zip(table.prediction, table.value))
+    assert value["entropy_rises_with_ratio"] == 0.75 and holds["entropy_rises_with_ratio"]
+    assert value["entropy_falls_with_eta_z"] == 1.0
     assert value["theorem3_bounds"] == 0.99 and not holds["theorem3_bounds"]
     # snap time x eta_Y of 9, 10, 11: coefficient of variation exactly 0.1, which fails (<)
     inputs = verdict_inputs()
@@ -787,3 +802,9 @@ def test_final_measures_and_composition_frame_from_trained_runs():
         assert row.kind == ("common" if row.slot < layout.n_common else "distinct")
         assert row.distinct_rank == (row.slot - layout.n_common if row.kind == "distinct" else -1)
         assert row.label == ["a", "b"][row.run]
+
+
+def test_figure6_comparison_gap_z_is_nan_without_spread():
+    measures = pd.DataFrame(dict(n_queries=1, eta_z=0.5, ratio=2.0, seed=[0, 1], cls=0, entropy=[1.0, 1.0]))
+    table = figure6_comparison(measures, {(1, 0.5, 2.0): (1.2, 0.0)})  # no spread on either side: se = 0
+    assert table["gap_se"].iloc[0] == 0.0 and math.isnan(table["gap_z"].iloc[0])
