@@ -34,6 +34,8 @@ MODULES: dict[str, list[str]] = {
     "circuits/recall_reasoning/dissociation.py": [
         "tests/circuits/test_dissociation_clauses.py",
         "tests/circuits/test_recall_reasoning_heldout.py",
+        "tests/circuits/test_recall_reasoning.py",
+        "tests/circuits/test_recall_reasoning_neurons.py",
     ],
     "circuits/scan_snap/predictions.py": [
         "tests/circuits/test_scan_snap_verdicts.py",
