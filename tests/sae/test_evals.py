@@ -281,3 +281,17 @@ def test_probing_and_absorption_on_the_bundled_model_write_metrics_tables_and_pa
     assert metrics["absorption_probe_accuracy"] > 3 / metrics["absorption_letters"]  # the letter probe beats chance
     titles = [s.title for s in evaluation_sections(tmp_path / "eval")]
     assert titles[-2:] == ["Sparse probing", "Feature absorption (first-letter task)"]
+
+
+def test_cli_refuses_bad_new_options_in_one_line_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from experiments.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["sae", "eval", str(tmp_path), "--dense-threshold", "1.5"])
+    assert bad.exit_code == 2 and "--dense-threshold 1.5" in bad.output, bad.output
+    bad = runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "t"), "--architecture", "transcoder"])
+    assert bad.exit_code == 2 and "--output-site None: a transcoder needs it" in bad.output, bad.output
+    bad = runner.invoke(app, ["sae", "latents", str(tmp_path / "missing")])
+    assert bad.exit_code == 2 and "not a folder" in bad.output, bad.output
