@@ -11,6 +11,7 @@ EVALUATION_KEYS = (
     "l0",
     "fvu",
     "explained_variance",
+    "explained_variance_gm",
     "cosine",
     "ce_clean",
     "ce_sae",
@@ -18,6 +19,7 @@ EVALUATION_KEYS = (
     "ce_loss_recovered",
     "kl_sae",
     "dead_fraction",
+    "dense_fraction",
     "tokens",
 )
 

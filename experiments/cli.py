@@ -349,10 +349,9 @@ def sae_train(
             _fail(
                 f"--output-site {output_site}: a transcoder needs it (the MLP output it writes), other architectures take none."
             )
-        if not transcoder:  # a transcoder's resume check needs d_out, known once the model is loaded
-            _check_sae_resume(
-                out, cfg, architecture, d_sae, seed, site, fields
-            )  # before loading the model and the corpus
+        # the resume check runs before loading the model and the corpus; a transcoder's needs d_out, from the model
+        if not transcoder:
+            _check_sae_resume(out, cfg, architecture, d_sae, seed, site, fields)
         lm = require_hooked(load_model(model), "interp sae train")
         if transcoder:
             fields["d_out"] = site_width(lm, output_site)

@@ -181,6 +181,7 @@ def run(config: SaeRunConfig, out: Path) -> Path:
             "l0",
             "fvu",
             "explained_variance",
+            "explained_variance_gm",
             "cosine",
             "ce_clean",
             "ce_sae",
@@ -188,6 +189,7 @@ def run(config: SaeRunConfig, out: Path) -> Path:
             "ce_loss_recovered",
             "kl_sae",
             "dead_fraction",
+            "dense_fraction",
             "tokens",
         )
     }

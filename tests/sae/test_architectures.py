@@ -63,7 +63,7 @@ def test_gated_encode_matches_the_papers_loop_and_its_loss_the_papers_three_term
     recon = sum(float(((acts[t] @ W_dec + b_dec - x[t]) ** 2).sum()) for t in range(6)) / 3.5
     l1 = sum(float(gate[t, j] * W_dec[j].norm()) for t in range(6) for j in range(D_SAE)) / 6
     aux = sum(float(((gate[t] @ W_dec + b_dec - x[t]) ** 2).sum()) for t in range(6)) / 3.5
-    assert float(out.loss) == pytest.approx(recon + 0.3 * l1 + 0.7 * aux, rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(recon + 0.3 * l1 + 0.7 * aux, rel=1e-5)
     assert float(out.aux_loss) == pytest.approx(aux, rel=1e-5)
 
 

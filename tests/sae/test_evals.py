@@ -2,6 +2,7 @@
 labels as negative controls; the transcoder splice against TransformerLens's own hooks."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sae.evals.probing import probing_metrics, sparse_probing_from_rows, token_l
 from sae.evaluate import evaluate_sae
 from sae.models import ReluConfig, SkipTranscoderConfig, build_sae
 from sae.train import geometric_median
+from tests.test_dashboards import needs_chromium
 
 SITE = "blocks.1.hook_resid_post"
 GEN = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
@@ -281,3 +283,65 @@ def test_probing_and_absorption_on_the_bundled_model_write_metrics_tables_and_pa
     assert metrics["absorption_probe_accuracy"] > 3 / metrics["absorption_letters"]  # the letter probe beats chance
     titles = [s.title for s in evaluation_sections(tmp_path / "eval")]
     assert titles[-2:] == ["Sparse probing", "Feature absorption (first-letter task)"]
+
+
+def test_cli_refuses_bad_new_options_in_one_line_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from experiments.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["sae", "eval", str(tmp_path), "--dense-threshold", "1.5"])
+    assert bad.exit_code == 2 and "--dense-threshold 1.5" in bad.output, bad.output
+    bad = runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "t"), "--architecture", "transcoder"])
+    assert bad.exit_code == 2 and "--output-site None: a transcoder needs it" in bad.output, bad.output
+    bad = runner.invoke(app, ["sae", "latents", str(tmp_path / "missing")])
+    assert bad.exit_code == 2 and "not a folder" in bad.output, bad.output
+
+
+@needs_chromium
+def test_evaluation_sections_render_in_chromium_without_errors(tiny_model, tmp_path):
+    """The sae_train page with every evaluation section (tables written as `interp sae eval` writes them)."""
+    import json as _json
+
+    import pandas as pd
+
+    from dashboards import build_dashboard
+    from interp.results import ResultsDir
+    from sae.evaluate import density_histogram
+    from sae.train import SaeTrainRun
+    from tests.test_dashboards import RENDERED, DevToolsPage
+
+    run = ResultsDir.create(tmp_path / "run", SaeTrainRun(site=SITE, sae={}, train={}, source="model"))
+    eval_dir = run.path / "eval"
+    eval_dir.mkdir()
+    metrics = dict(l0=8.0, fvu=0.2, explained_variance=0.8, explained_variance_gm=0.81, dead_fraction=0.1)
+    metrics |= dict(dense_fraction=0.05, dense_threshold=0.1, absorption_rate=0.3, sparse_probing_sae_k1=0.7)
+    (eval_dir / "metrics.json").write_text(_json.dumps(metrics))
+    latents = pd.DataFrame({"latent": range(50), "firing_count": range(50), "density": [i / 100 for i in range(50)]})
+    density_histogram(latents).to_parquet(eval_dir / "density_histogram.parquet")
+    gen = GEN(9)
+    x, acts = torch.randn(400, 8, generator=gen), torch.rand(400, 12, generator=gen)
+    labels = {"a": torch.rand(400, generator=gen) < 0.5, "b": acts[:, 3] > 0.5}
+    sparse_probing_from_rows(x, acts, labels, ks=(1, 5), per_class=100).to_parquet(eval_dir / "sparse_probing.parquet")
+    sae, rows, letters = absorbing_sae({0, 3})
+    absorption_from_rows(sae, rows, letters)[0].to_parquet(eval_dir / "absorption_letters.parquet")
+    page = build_dashboard(run)
+    browser = DevToolsPage(tmp_path / "profile")
+    try:
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            browser.send(f"{domain}.enable")
+        browser.send("Page.navigate", url=page.resolve().as_uri())
+        browser.wait_for_event("Page.loadEventFired", timeout=20)
+        deadline = time.monotonic() + 10
+        while (state := browser.evaluate(RENDERED))["rendered"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = browser.evaluate("document.body.innerText")
+        browser.evaluate("0")
+    finally:
+        browser.close()
+    assert state["plots"] >= 3 and state["rendered"] == state["plots"], state
+    for title in ("Latent density", "Sparse probing", "Feature absorption (first-letter task)"):
+        assert title in text
+    assert browser.errors() == []
+    assert all(url.startswith(("file:", "data:")) for url in browser.requested_urls()), browser.requested_urls()
