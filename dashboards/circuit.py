@@ -210,7 +210,7 @@ def circuit_sections(run: ResultsDir) -> list[Section]:
             table=_agreement_table(m),
         ),
         *_task_sections(run, m, "", "Capital pairs"),
-        *_task_sections(run, m, "copy_", "In-context copy"),
+        *_task_sections(run, m.get("copy") or {}, "copy_", "In-context copy"),
     ]
     tables = run.table_names()
     if "planted_faithfulness" in tables:
