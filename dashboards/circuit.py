@@ -25,7 +25,8 @@ def _fmt(value, spec: str = ".3g") -> str:
 
 
 def node_position(name: str, n_layers: int) -> tuple[float, float]:
-    """x: the layer (embeddings left of layer 0, logits right of the last), attention before MLP; y: the head."""
+    """x: the layer (embeddings left of layer 0, logits right of the last; a key/value group just left of its layer,
+    the MLP half a layer right); y: the head (MLPs below the heads)."""
     if name == "embed":
         return -1.0, 0.0
     if name == "logits":
@@ -33,8 +34,9 @@ def node_position(name: str, n_layers: int) -> tuple[float, float]:
     if name.startswith("m"):
         return float(name[1:].split(".")[0]) + 0.5, -1.5
     layer, head = name[1:].split(".")[:2]
-    index = int(head[1:]) if head.startswith("h") else int(head[2:])
-    return float(layer), 1.0 + index
+    if head.startswith("kv"):  # a key/value group: just left of its layer's query heads
+        return float(layer) - 0.3, 1.5 + 2.0 * int(head[2:])
+    return float(layer), 1.0 + int(head[1:])
 
 
 def _sender_of(receiver: str) -> str:
@@ -81,7 +83,8 @@ def circuit_figure(edges: pd.DataFrame, title: str, n_layers: int) -> go.Figure:
         )
     )
     fig.update_layout(
-        title=title + " (blue: the edge raises the metric when clean, red: lowers it; width: |effect|)",
+        title=title
+        + " (red: patching the edge lowers the metric, i.e. it carries the answer; blue: raises it; width: |effect|)",
         xaxis_title="layer (embeddings left, logits right; MLPs below the heads)",
         yaxis=dict(showticklabels=False),
         height=480,
@@ -210,7 +213,7 @@ def circuit_sections(run: ResultsDir) -> list[Section]:
             table=_agreement_table(m),
         ),
         *_task_sections(run, m, "", "Capital pairs"),
-        *_task_sections(run, m, "copy_", "In-context copy"),
+        *_task_sections(run, m.get("copy") or {}, "copy_", "In-context copy"),
     ]
     tables = run.table_names()
     if "planted_faithfulness" in tables:

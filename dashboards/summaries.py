@@ -261,7 +261,9 @@ def _circuit(run: ResultsDir) -> Summary:
     curve = get(m, "faithfulness", "eap", default={}) or {}
     if curve:
         largest = max(curve, key=int)
-        parts.append(f"top {largest} EAP edges recover {num(curve[largest])} of the metric")
+        held = get(m, "heldout_faithfulness", "heldout", "eap", default={}) or {}
+        held_text = f" (held-out pairs: {num(held[largest])})" if largest in held else ""
+        parts.append(f"top {largest} EAP edges recover {num(curve[largest])} of the metric{held_text}")
     auc = m.get("planted_auc") or {}
     worst = min((a.get("spearman") for a in agreement.values() if isinstance(a.get("spearman"), float)), default=None)
     verdict = (

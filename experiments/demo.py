@@ -86,7 +86,7 @@ PIPELINE: dict[str, Step] = {  # seconds: measured from an empty cache on 2 core
     "dark_matter": Step(_dark_matter, 280),
     "sae": Step(_sae, 90),
     "patching": Step(_patching, 60),
-    "circuit": Step(_circuit, 30),
+    "circuit": Step(_circuit, 60),  # issue 18 second cut: + copy task and held-out curves (estimate)
     "reachability": Step(_reachability, 45),
     "scan_snap": Step(_scan_snap, 10),
 }

@@ -82,7 +82,7 @@ def test_circuit_drawing_width_and_colour_follow_the_scores():
     assert [t.line.color for t in lines] == ["#1f77b4", "#d62728", "#1f77b4", "#d62728"]
     # layers left to right: every edge goes rightwards (a receiver's node is in a later layer or the same layer's MLP)
     assert all(t.x[1] > t.x[0] for t in lines)
-    assert node_position("a1.kv1.v", 3)[0] == node_position("a1.h2", 3)[0] == 1.0
+    assert node_position("a1.kv1", 3)[0] < node_position("a1.h2", 3)[0] == 1.0 < node_position("m1", 3)[0]
     assert node_position("logits", 3)[0] == 3.0 and node_position("embed", 3)[0] == -1.0
 
 
