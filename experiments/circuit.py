@@ -28,6 +28,10 @@ from interp.errors import InterpError, did_you_mean
 from interp.patching.pairs import builtin_pairs, check_pair
 
 APPROXIMATE = ("eap", "eap-ig")
+EDGE_METHODS = (
+    *APPROXIMATE,
+    "exact",
+)  # exact: every edge patched (one batched group per receiver layer; hours on SmolLM2)
 METRICS = ("logit_diff", "answer_prob")
 
 
@@ -37,7 +41,7 @@ class CircuitConfig:
     metric: str = "logit_diff"  # a differentiable metric (EAP takes its gradient at the clean run)
     align: bool = False
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct
-    methods: tuple[str, ...] = APPROXIMATE  # approximate methods; each one's top edges are patched exactly
+    methods: tuple[str, ...] = APPROXIMATE  # eap / eap-ig (each one's top edges patched exactly) and exact (every edge)
     steps: int = 5  # EAP-IG gradient points
     verify_top: int = 200  # how many of each method's top edges are patched exactly
     k: int = 20  # recall@k
@@ -77,11 +81,11 @@ class CircuitConfig:
                 f"metric: {self.metric!r} cannot be attributed by gradients.{did_you_mean(str(self.metric), METRICS)} Known: {', '.join(METRICS)}."
             )
         if not self.methods:
-            raise InterpError("methods is empty: name at least one of 'eap', 'eap-ig'.")
+            raise InterpError("methods is empty: name at least one of 'eap', 'eap-ig', 'exact'.")
         for method in self.methods:
-            if method not in APPROXIMATE:
+            if method not in EDGE_METHODS:
                 raise InterpError(
-                    f"methods: {method!r} is not an edge attribution method.{did_you_mean(str(method), APPROXIMATE)} Known: {', '.join(APPROXIMATE)} (exact patching verifies each)."
+                    f"methods: {method!r} is not an edge scoring method.{did_you_mean(str(method), EDGE_METHODS)} Known: {', '.join(EDGE_METHODS)} (exact patching also verifies each approximate method's top edges)."
                 )
         if self.steps < 1:
             raise InterpError(f"steps={self.steps}: EAP-IG needs at least 1 gradient point.")
@@ -176,7 +180,7 @@ def planted_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame, pd.DataF
         labels = planted_labels(exact)
         frames = {
             "exact": exact,
-            **{m: attribute_edges(task, graph, method=m, steps=config.steps) for m in config.methods},
+            **{m: attribute_edges(task, graph, method=m, steps=config.steps) for m in config.methods if m != "exact"},
         }
         shuffled = [roc_auc(exact["effect"].abs(), rng.permutation(labels)) for _ in range(config.shuffles)]
         results[f"leak={leak:g}"] = {
@@ -219,7 +223,7 @@ def _curves_dict(curves: pd.DataFrame) -> dict:
 def heldout_curves(config: CircuitConfig, model, graph, pairs) -> tuple[dict, pd.DataFrame]:
     """Edges ranked on one half of the pairs (seeded split); faithfulness curves of that ranking on the other half
     (held out) and on the ranking half (in sample)."""
-    from interp.graph import attribute_edges, faithfulness_curve
+    from interp.graph import attribute_edges, faithfulness_curve, patch_edges
     from interp.patching import PatchingTask
 
     order = np.random.default_rng(config.seed).permutation(len(pairs))
@@ -230,7 +234,11 @@ def heldout_curves(config: CircuitConfig, model, graph, pairs) -> tuple[dict, pd
     sizes = [n for n in config.curve_sizes if n <= len(graph)]
     tables = []
     for method in config.methods:
-        ranking = attribute_edges(rank_task, graph, method=method, steps=config.steps)
+        ranking = (
+            patch_edges(rank_task, graph)
+            if method == "exact"
+            else attribute_edges(rank_task, graph, method=method, steps=config.steps)
+        )
         for split, task in (("heldout", eval_task), ("insample", rank_task)):
             tables.append(faithfulness_curve(task, ranking, sizes, graph).assign(split=split))
     curves = pd.concat(tables, ignore_index=True)
@@ -303,7 +311,7 @@ def node_results(config: CircuitConfig, task, graph) -> tuple[dict, pd.DataFrame
 
 def task_results(config: CircuitConfig, task, graph, pairs, *, timings: bool) -> tuple[dict, dict]:
     """One task's edge scores (verified), faithfulness curves, held-out curves and node scores: (metrics, tables)."""
-    from interp.graph import attribute_edges, faithfulness_curve, score_edges
+    from interp.graph import agreement, attribute_edges, faithfulness_curve, patch_edges, score_edges
 
     metrics: dict = {
         "n_pairs": len(pairs),
@@ -318,7 +326,15 @@ def task_results(config: CircuitConfig, task, graph, pairs, *, timings: bool) ->
     if timings:
         metrics["seconds"]["forward_backward_reference"] = min(_reference_seconds(task) for _ in range(2))
     frames = []
-    for method in config.methods:
+    approximate = [m for m in config.methods if m != "exact"]
+    exact_all = None
+    if "exact" in config.methods:  # every edge patched: the ground truth for the whole graph, not only the top edges
+        start = time.perf_counter()
+        exact_all = patch_edges(task, graph)
+        metrics["seconds"]["exact"] = time.perf_counter() - start
+        metrics["top_edges"]["exact"] = _top(exact_all)
+        metrics["agreement_all_edges"] = {}
+    for method in approximate:
         start = time.perf_counter()
         frame = score_edges(
             task, method, graph, steps=config.steps, verify_top=min(config.verify_top, len(graph)), k=config.k
@@ -326,16 +342,22 @@ def task_results(config: CircuitConfig, task, graph, pairs, *, timings: bool) ->
         metrics["seconds"][method + "+verify"] = time.perf_counter() - start
         metrics["agreement"][method] = frame.attrs["agreement"]
         metrics["top_edges"][method] = _top(frame)
+        if exact_all is not None:  # judged on every edge: an edge the method misses entirely counts against it
+            metrics["agreement_all_edges"][method] = agreement(frame, exact_all, config.k)
         frames.append(frame)
+    if exact_all is not None:
+        frames.append(exact_all)
     if timings:
         reference = metrics["seconds"]["forward_backward_reference"]
-        for method in config.methods:  # the attribution alone, timed apart from the exact verification
+        for method in approximate:  # the attribution alone, timed apart from the exact verification
             start = time.perf_counter()
             attribute_edges(task, graph, method=method, steps=config.steps)
             metrics["seconds"][method] = time.perf_counter() - start
             metrics["seconds"][f"{method}_over_reference"] = metrics["seconds"][method] / reference
     tables = {"edges": pd.concat(frames)}
-    if timings and config.loop_edges > 0:  # the speed baseline: the same exact numbers through one forward per edge
+    if (
+        timings and config.loop_edges > 0 and approximate
+    ):  # the speed baseline: the same exact numbers through one forward per edge
         from interp.graph import patch_edges, patch_edges_loop
 
         verified = frames[0][frames[0]["exact_effect"].notna()]

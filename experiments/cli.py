@@ -207,7 +207,10 @@ def circuit(
         help="Results directory (one run: rerunning the same settings resumes it; other settings are refused unless --overwrite).",
     ),
     method: list[str] = typer.Option(
-        ["eap", "eap-ig"], help="Edge attribution methods (eap, eap-ig); each one's top edges are also patched exactly."
+        ["eap", "eap-ig"],
+        help="Edge scoring methods: eap, eap-ig (each one's top edges are also patched exactly) and exact (every edge "
+        "patched: the ground truth for the whole graph, and each approximate method's agreement judged on all edges; "
+        "one batched forward group per receiver layer, hours on SmolLM2).",
     ),
     steps: int = typer.Option(5, help="EAP-IG gradient points."),
     verify_top: int = typer.Option(

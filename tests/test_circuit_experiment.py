@@ -55,3 +55,38 @@ def test_quick_run_writes_agreement_and_planted_auc(tmp_path):
     assert set(metrics["heldout_faithfulness"]["heldout"]) == {"eap", "eap-ig"}
     assert set(metrics["copy"]["agreement"]) == {"eap", "eap-ig"} and metrics["copy"]["clean_metric"] > 0
     assert metrics["acdc"]["leak=0"]["n_extra"] == 0
+
+
+def test_exact_method_scores_every_edge_and_judges_agreement_on_all_of_them():
+    """--method exact: every edge patched; each approximate method's agreement on the whole graph beside the one on
+    its own top edges; the two exact code paths (the top-edge verification, the whole graph) give the same numbers."""
+    import numpy as np
+
+    from experiments.circuit import task_results
+    from interp.graph import ComputationGraph, agreement
+    from interp.graph.planted import planted_model, planted_task
+
+    task = planted_task(planted_model(0.1, seed=0), seed=0)
+    graph = ComputationGraph(task.model)
+    config = dataclasses.replace(
+        CircuitConfig.quick(),
+        methods=("eap", "exact"),
+        verify_top=30,
+        heldout=False,
+        graddrop=False,
+        curve_sizes=(0, 6),
+    )
+    metrics, tables = task_results(config, task, graph, [], timings=False)
+    edges = tables["edges"]
+    exact = edges[edges["method"] == "exact"]
+    eap = edges[edges["method"] == "eap"]
+    assert len(exact) == len(eap) == len(graph)
+    verified = eap[eap["exact_effect"].notna()]
+    assert len(verified) == 30
+    np.testing.assert_allclose(verified["exact_effect"], exact.loc[verified.index, "effect"], atol=1e-5)
+    whole = metrics["agreement_all_edges"]["eap"]
+    assert whole == agreement(eap, exact, config.k) and whole["n_edges"] == len(graph)
+    assert metrics["agreement"]["eap"]["n_edges"] == 30 and "exact" not in metrics["agreement"]
+    assert set(tables["faithfulness"]["method"]) == {"eap", "exact"}
+    with pytest.raises(InterpError, match="methods: 'exakt'.*Did you mean: 'exact'"):
+        CircuitConfig(methods=("exakt",))
