@@ -216,7 +216,7 @@ def test_circuit_command_refuses_bad_input_before_any_work(tmp_path):
     bad = runner.invoke(app, ["circuit", "--out", str(tmp_path / "a"), "--method", "eapp"])
     assert (
         bad.exit_code == 2
-        and "'eapp' is not an edge attribution method" in bad.output
+        and "'eapp' is not an edge scoring method" in bad.output
         and "Did you mean: 'eap'" in bad.output
     )
     missing = runner.invoke(app, ["circuit", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "b")])
