@@ -1,0 +1,64 @@
+"""The single-step edge lookup as a dense training signal ("node -> one of its children", many queries per sequence).
+
+Every format needs one skill first: given the edge list and a node u, emit a child of u (find the edges whose
+source is u, copy a target: an associative-recall / induction read of the edge list). With one query per
+sequence (the formats' own supervision) 2-layer models sit on a long plateau before that circuit forms (issue 14
+diagnosis in FINDINGS.md). A dense lookup sequence asks many queries after one edge list, each preceded by [R]
+as the root is in the real layout:
+
+    BOS  s t | ... (n_edges)  [Q] c1 c2 [R] u1 v1 [R] u2 v2 ... [R] uK vK  <pad>...
+
+u1..uK are distinct nodes with at least one child (fewer than K when the graph has fewer; the tail is padded),
+v_i a child of u_i drawn at random; the loss is on every v_i (predicted at u_i's position), nothing else.
+The first query sits exactly where the formats read the root, the later ones on the chain positions and beyond.
+"""
+
+from __future__ import annotations
+
+import random
+
+from circuits.reachability.graphs import Problem
+from circuits.reachability.tokens import SequenceLayout
+from interp.errors import InterpError
+
+IGNORE = -100  # the label of an unsupervised position (torch's cross-entropy ignore_index)
+
+
+def children_of(problem: Problem) -> dict[int, list[int]]:
+    """Each node with at least one child -> its children, ascending."""
+    out: dict[int, list[int]] = {}
+    for a, b in problem.edges:
+        out.setdefault(a, []).append(b)
+    return {a: sorted(bs) for a, bs in out.items()}
+
+
+def dense_lookup_length(layout: SequenceLayout, n_queries: int) -> int:
+    """Tokens in a dense lookup sequence of n_queries queries (BOS .. [R] u1 v1, then 3 tokens per further query)."""
+    if n_queries < 1:
+        raise InterpError(f"n_queries={n_queries} must be >= 1.")
+    return layout.root + 2 + 3 * (n_queries - 1)
+
+
+def dense_lookup_sample(
+    problem: Problem, layout: SequenceLayout, n_queries: int, rng: random.Random
+) -> tuple[list[int], list[int]]:
+    """(tokens, labels) of one dense lookup sequence, both dense_lookup_length(layout, n_queries) long; labels hold
+    v_i at v_i's position and IGNORE elsewhere. Edge order and candidate order are reshuffled per sample."""
+    length = dense_lookup_length(layout, n_queries)
+    children = children_of(problem)
+    sources = sorted(children)
+    rng.shuffle(sources)
+    edges = list(problem.edges)
+    rng.shuffle(edges)
+    candidates = problem.candidates if rng.random() < 0.5 else problem.candidates[::-1]
+    tokens = layout.head_tokens(problem, edges, candidates)[:-1]  # up to and including [R]
+    labels = [IGNORE] * len(tokens)
+    for i, u in enumerate(sources[:n_queries]):
+        if i:
+            tokens.append(layout.special("[R]"))
+            labels.append(IGNORE)
+        v = rng.choice(children[u])
+        tokens += [u, v]
+        labels += [IGNORE, v]
+    pad = length - len(tokens)
+    return tokens + [layout.special("<pad>")] * pad, labels + [IGNORE] * pad
