@@ -123,7 +123,7 @@ def train_lookup(
     sequences are scored); task "dense": the dense lookup of lookup.py, n_queries queries per sequence, loss on each
     (scored like "lookup": one query in the root slot). init_std: redraw every weight matrix from N(0, init_std) (the
     authors' GPT-2 init is 0.02; TransformerLens's default is 0.8 / sqrt(d_model)); None keeps the default.
-    edge_curriculum_steps (task "lookup"): the visible edges grow linearly from min_visible to n_edges over these
+    edge_curriculum_steps (tasks "lookup" and "dense"): the visible edges grow linearly from min_visible to n_edges over these
     steps (`lookup_sample`'s n_visible); 0: every edge from the start."""
     if steps < 1 or eval_every < 1 or not problems or not eval_problems:
         raise InterpError(f"steps={steps} and eval_every={eval_every} must be >= 1 and both problem lists non-empty.")
@@ -142,9 +142,12 @@ def train_lookup(
     rng, rows, losses, began = random.Random(seed), [], [], time.perf_counter()
     n_edges = layout.graph.n_edges
     for step in range(1, steps + 1):
+        n_visible = None
+        if edge_curriculum_steps and step <= edge_curriculum_steps:
+            n_visible = min_visible + round((n_edges - min_visible) * (step - 1) / edge_curriculum_steps)
         if task == "dense":
             rows_ = [
-                dense_lookup_sample(problems[rng.randrange(len(problems))], layout, n_queries, rng)
+                dense_lookup_sample(problems[rng.randrange(len(problems))], layout, n_queries, rng, n_visible)
                 for _ in range(batch_size)
             ]
             labels = torch.tensor([r[1] for r in rows_])
@@ -153,9 +156,6 @@ def train_lookup(
                 logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE
             )
         else:
-            n_visible = None
-            if edge_curriculum_steps and step <= edge_curriculum_steps:
-                n_visible = min_visible + round((n_edges - min_visible) * (step - 1) / edge_curriculum_steps)
             batch = [
                 lookup_sample(problems[rng.randrange(len(problems))], layout, rng, n_visible)
                 if task == "lookup"

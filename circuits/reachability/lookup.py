@@ -40,10 +40,14 @@ def dense_lookup_length(layout: SequenceLayout, n_queries: int) -> int:
 
 
 def dense_lookup_sample(
-    problem: Problem, layout: SequenceLayout, n_queries: int, rng: random.Random
+    problem: Problem, layout: SequenceLayout, n_queries: int, rng: random.Random, n_visible: int | None = None
 ) -> tuple[list[int], list[int]]:
     """(tokens, labels) of one dense lookup sequence, both dense_lookup_length(layout, n_queries) long; labels hold
-    v_i at v_i's position and IGNORE elsewhere. Edge order and candidate order are reshuffled per sample."""
+    v_i at v_i's position and IGNORE elsewhere. Edge order and candidate order are reshuffled per sample.
+
+    n_visible (the edge-count curriculum): show about n_visible edges, every edge of the queried nodes and random
+    others; the hidden edges' slots hold <pad> <pad> <pad> (positions stay those of the full layout). Queries are
+    added while their edges fit in n_visible (at least one query). None: every edge, min(n_queries, sources) queries."""
     length = dense_lookup_length(layout, n_queries)
     children = children_of(problem)
     sources = sorted(children)
@@ -52,8 +56,19 @@ def dense_lookup_sample(
     rng.shuffle(edges)
     candidates = problem.candidates if rng.random() < 0.5 else problem.candidates[::-1]
     tokens = layout.head_tokens(problem, edges, candidates)[:-1]  # up to and including [R]
+    queried = sources[:n_queries]
+    if n_visible is not None and n_visible < len(edges):
+        queried, used = [], 0
+        for u in sources[:n_queries]:
+            if queried and used + len(children[u]) > n_visible:
+                break
+            queried.append(u)
+            used += len(children[u])
+        others = [i for i, (a, _) in enumerate(edges) if a not in queried]
+        for i in rng.sample(others, min(len(others), len(edges) - max(n_visible, used))):
+            tokens[1 + 3 * i : 4 + 3 * i] = [layout.special("<pad>")] * 3
     labels = [IGNORE] * len(tokens)
-    for i, u in enumerate(sources[:n_queries]):
+    for i, u in enumerate(queried):
         if i:
             tokens.append(layout.special("[R]"))
             labels.append(IGNORE)

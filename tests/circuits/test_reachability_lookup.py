@@ -80,3 +80,74 @@ def test_edge_curriculum_keeps_the_queried_edges_and_hides_the_rest(n_visible):
         assert set(shown) <= set(p.edges) and {(u, c) for c in children} <= set(shown)
         assert len(shown) == max(min(n_visible, GRAPH.n_edges), len(children))
         assert tokens[LAYOUT.root] == u and len(tokens) == LAYOUT.seq_len
+
+
+SMALL = GraphConfig(n_node_ids=16, n_levels=3, max_width=2, n_edges=12)
+SMALL_LAYOUT = SequenceLayout(SMALL, 3)
+
+
+def test_aux_loss_equals_a_slow_loop():
+    from circuits.reachability.model import ModelConfig, build_model
+    from circuits.reachability.train import TrainConfig, lookup_aux_batch, lookup_aux_loss, model_n_ctx
+
+    config = TrainConfig(lookup_aux_queries=5, lookup_aux_batch=6)
+    model = build_model(
+        SMALL_LAYOUT, ModelConfig(d_model=32, n_heads=4, d_mlp=64), 0, model_n_ctx(SMALL_LAYOUT, config)
+    )
+    tokens, labels = lookup_aux_batch(make_problems(SMALL, 20, seed=6), SMALL_LAYOUT, 0, config, random.Random(0))
+    assert tokens.shape == (6, dense_lookup_length(SMALL_LAYOUT, 5)) == (6, model.cfg.n_ctx)
+    with torch.no_grad():
+        got = lookup_aux_loss(model, tokens, labels)
+        terms = []
+        for b in range(len(tokens)):
+            for pos in range(1, tokens.shape[1]):
+                if labels[b, pos] != IGNORE:
+                    logits = model(tokens[b : b + 1, :pos])[0, -1]  # the prefix alone: no peeking at the child
+                    terms.append(-torch.log_softmax(logits, -1)[labels[b, pos]])
+    assert len(terms) >= 6 and got.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
+def test_aux_edge_curriculum_grows_the_visible_edges():
+    from circuits.reachability.train import TrainConfig, lookup_aux_batch
+
+    config = TrainConfig(lookup_aux_queries=3, lookup_aux_batch=50, lookup_edge_curriculum_steps=100)
+    problems, pad = make_problems(SMALL, 50, seed=7), SMALL_LAYOUT.special("<pad>")
+
+    def shown(step):
+        tokens, _ = lookup_aux_batch(problems, SMALL_LAYOUT, step, config, random.Random(step))
+        return (tokens[:, 1 : 3 * SMALL.n_edges : 3] != pad).sum(1).float().mean().item()
+
+    counts = [shown(s) for s in (0, 30, 60, 100, 500)]
+    assert counts[0] < counts[1] < counts[2] < counts[3] == counts[4] == SMALL.n_edges
+    assert counts[0] < 8  # about 6 at the start (more only when the queried nodes' own edges need it)
+
+
+@pytest.mark.parametrize("mode", ["continuous", "discrete_cot", "no_cot"])
+def test_training_with_lookup_pretraining_then_both_losses(mode):
+    from circuits.reachability.model import ModelConfig
+    from circuits.reachability.train import TrainConfig, train
+
+    config = TrainConfig(
+        steps=6, batch_size=4, warmup_steps=1, stage_steps=1, lookup_aux_queries=4, lookup_aux_batch=4,
+        lookup_pretrain_steps=2,
+    )  # fmt: skip
+    model, curve, _ = train(
+        mode, make_problems(SMALL, 40, seed=8), SMALL_LAYOUT, ModelConfig(d_model=32, n_heads=2, d_mlp=64), config,
+        progress=False,
+    )  # fmt: skip
+    assert model.cfg.n_ctx == dense_lookup_length(SMALL_LAYOUT, 4)
+    assert curve["loss"].isna().tolist() == [True, True, False, False, False, False]
+    assert curve["aux_loss"].notna().all()
+    if mode == "continuous":  # the curriculum starts after the pretraining: stage 0 at step 2
+        assert curve["stage"].tolist() == [0, 0, 0, 1, 2, 3]
+
+
+def test_curriculum_offset_and_config_errors():
+    from circuits.reachability.train import TrainConfig, scheduled_stage
+
+    config = TrainConfig(steps=10, stage_steps=50, lookup_aux_queries=4, lookup_pretrain_steps=100)
+    assert [scheduled_stage(s, config, 3) for s in (0, 99, 100, 149, 150, 250, 5000)] == [0, 0, 0, 0, 1, 3, 3]
+    with pytest.raises(InterpError, match="lookup_pretrain_steps"):
+        TrainConfig(lookup_pretrain_steps=10)
+    with pytest.raises(InterpError, match="lookup_aux_batch"):
+        TrainConfig(lookup_aux_queries=4, lookup_aux_batch=0)
