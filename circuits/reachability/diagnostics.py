@@ -115,6 +115,7 @@ def train_lookup(
     n_queries: int = 8,
     edge_curriculum_steps: int = 0,
     min_visible: int = 6,
+    source_labels: bool = False,
 ) -> pd.DataFrame:
     """Train a fresh model on the single-step lookup alone (AdamW, weight decay 0.01, grad clip 1.0, the experiment's
     optimiser) and return its curve: step, train loss (mean since the last row), held-out accuracy, chance, seconds.
@@ -147,7 +148,9 @@ def train_lookup(
             n_visible = min_visible + round((n_edges - min_visible) * (step - 1) / edge_curriculum_steps)
         if task == "dense":
             rows_ = [
-                dense_lookup_sample(problems[rng.randrange(len(problems))], layout, n_queries, rng, n_visible)
+                dense_lookup_sample(
+                    problems[rng.randrange(len(problems))], layout, n_queries, rng, n_visible, source_labels
+                )
                 for _ in range(batch_size)
             ]
             labels = torch.tensor([r[1] for r in rows_])
@@ -252,6 +255,9 @@ if __name__ == "__main__":
         "--edge-curriculum-steps", type=int, default=0, help="lookup: visible edges 6 -> all over N steps"
     )
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--source-labels", action="store_true", help="dense: also supervise each edge's source at its target"
+    )
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0, help="model init and sampling order")
     parser.add_argument("--data-seed", type=int, default=0, help="graph pool and held-out split")
@@ -278,6 +284,7 @@ if __name__ == "__main__":
             eval_every=args.eval_every,
             verbose=True,
             n_queries=args.n_queries,
+            source_labels=args.source_labels,
             edge_curriculum_steps=args.edge_curriculum_steps,
             batch_size=args.batch_size,
             warmup_steps=args.warmup_steps,

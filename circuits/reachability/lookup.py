@@ -40,14 +40,23 @@ def dense_lookup_length(layout: SequenceLayout, n_queries: int) -> int:
 
 
 def dense_lookup_sample(
-    problem: Problem, layout: SequenceLayout, n_queries: int, rng: random.Random, n_visible: int | None = None
+    problem: Problem,
+    layout: SequenceLayout,
+    n_queries: int,
+    rng: random.Random,
+    n_visible: int | None = None,
+    source_labels: bool = False,
 ) -> tuple[list[int], list[int]]:
     """(tokens, labels) of one dense lookup sequence, both dense_lookup_length(layout, n_queries) long; labels hold
     v_i at v_i's position and IGNORE elsewhere. Edge order and candidate order are reshuffled per sample.
 
     n_visible (the edge-count curriculum): show about n_visible edges, every edge of the queried nodes and random
     others; the hidden edges' slots hold <pad> <pad> <pad> (positions stay those of the full layout). Queries are
-    added while their edges fit in n_visible (at least one query). None: every edge, min(n_queries, sources) queries."""
+    added while their edges fit in n_visible (at least one query). None: every edge, min(n_queries, sources) queries.
+
+    source_labels: also supervise, at each shown edge's target position, that edge's source (the label sits on the
+    separator after it, as labels are read from the position before). The edge list is never generated, so this
+    costs the formats nothing; it trains the previous-token read that the lookup's second layer keys on."""
     length = dense_lookup_length(layout, n_queries)
     children = children_of(problem)
     sources = sorted(children)
@@ -68,6 +77,11 @@ def dense_lookup_sample(
         for i in rng.sample(others, min(len(others), len(edges) - max(n_visible, used))):
             tokens[1 + 3 * i : 4 + 3 * i] = [layout.special("<pad>")] * 3
     labels = [IGNORE] * len(tokens)
+    if source_labels:
+        for e in range(layout.graph.n_edges):
+            source, _, separator = layout.edge_positions(e)
+            if tokens[source] != layout.special("<pad>"):
+                labels[separator] = tokens[source]
     for i, u in enumerate(queried):
         if i:
             tokens.append(layout.special("[R]"))

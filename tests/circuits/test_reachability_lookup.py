@@ -151,3 +151,21 @@ def test_curriculum_offset_and_config_errors():
         TrainConfig(lookup_pretrain_steps=10)
     with pytest.raises(InterpError, match="lookup_aux_batch"):
         TrainConfig(lookup_aux_queries=4, lookup_aux_batch=0)
+
+
+@pytest.mark.parametrize("n_visible", [None, 8])
+def test_source_labels_sit_on_each_shown_edge_and_name_its_source(n_visible):
+    rng, pad = random.Random(9), LAYOUT.special("<pad>")
+    for p in make_problems(GRAPH, 30, seed=10):
+        tokens, labels = dense_lookup_sample(p, LAYOUT, 6, rng, n_visible, source_labels=True)
+        for e in range(GRAPH.n_edges):
+            s, t, sep = LAYOUT.edge_positions(e)
+            if tokens[s] == pad:
+                assert labels[sep] == IGNORE
+            else:  # read from the target position: the edge's own source, an edge of the graph
+                assert labels[sep] == tokens[s] and (tokens[s], tokens[t]) in set(p.edges)
+        head = [y for y in labels[: LAYOUT.question] if y != IGNORE]
+        assert len(head) == sum(tokens[1 + 3 * e] != pad for e in range(GRAPH.n_edges))
+        # every other label is a query's child, read at a node preceded by [R]
+        for i, y in enumerate(labels[LAYOUT.question :], start=LAYOUT.question):
+            assert y == IGNORE or (tokens[i - 2] == LAYOUT.special("[R]") and (tokens[i - 1], y) in set(p.edges))
