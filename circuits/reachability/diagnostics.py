@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -21,7 +22,14 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from circuits.reachability.graphs import Problem
-from circuits.reachability.lookup import IGNORE, children_of, dense_lookup_length, dense_lookup_sample
+from circuits.reachability.lookup import (
+    IGNORE,
+    attention_lookup_loss,
+    children_of,
+    dense_lookup_length,
+    dense_lookup_sample,
+    query_edge_targets,
+)
 from circuits.reachability.model import ModelConfig, build_model
 from circuits.reachability.tokens import SequenceLayout
 from circuits.reachability.train import random_shortest_path, trainable_parameters
@@ -116,6 +124,8 @@ def train_lookup(
     edge_curriculum_steps: int = 0,
     min_visible: int = 6,
     source_labels: bool = False,
+    save_model: Path | None = None,
+    attention_weight: float = 0.0,
 ) -> pd.DataFrame:
     """Train a fresh model on the single-step lookup alone (AdamW, weight decay 0.01, grad clip 1.0, the experiment's
     optimiser) and return its curve: step, train loss (mean since the last row), held-out accuracy, chance, seconds.
@@ -153,11 +163,24 @@ def train_lookup(
                 )
                 for _ in range(batch_size)
             ]
-            labels = torch.tensor([r[1] for r in rows_])
-            logits = model(torch.tensor([r[0] for r in rows_]))
+            labels, tokens = torch.tensor([r[1] for r in rows_]), torch.tensor([r[0] for r in rows_])
+            if attention_weight:  # supervise layer 2's head 0 onto the queried node's edge targets
+                kept = {}  # run_with_cache detaches; a hook keeps the graph for the attention loss
+
+                def keep(pattern, hook):
+                    kept["pattern"] = pattern
+
+                logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", keep)])
+                pattern = kept["pattern"][:, 0]
+            else:
+                logits = model(tokens)
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE
             )
+            if attention_weight:
+                loss = loss + attention_weight * attention_lookup_loss(
+                    pattern, query_edge_targets(tokens, labels, layout)
+                )
         else:
             batch = [
                 lookup_sample(problems[rng.randrange(len(problems))], layout, rng, n_visible)
@@ -186,6 +209,8 @@ def train_lookup(
             if verbose:  # a log line per evaluation, for long runs
                 print(*(f"{x:.4g}" for x in rows[-1]), flush=True)
             losses = []
+    if save_model is not None:  # the trained weights, for a look at its attention (state dict)
+        torch.save(model.state_dict(), save_model)
     return pd.DataFrame(rows, columns=["step", "loss", "lookup_acc", "chance", "seconds"])
 
 
@@ -240,7 +265,6 @@ def teacher_forced_hops(
 
 if __name__ == "__main__":
     import argparse
-    from pathlib import Path
 
     from circuits.reachability.graphs import GraphConfig, make_problems, split_by_graph
     from interp.threads import torch_threads
@@ -264,6 +288,9 @@ if __name__ == "__main__":
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--edges", type=int, default=16)
     parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--n-heads", type=int, default=4)
+    parser.add_argument("--attention-weight", type=float, default=0.0, help="dense: attention supervision weight")
+    parser.add_argument("--save-model", type=Path, default=None, help="write the trained state dict here")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--init-std", type=float, default=None)
@@ -276,7 +303,7 @@ if __name__ == "__main__":
             train_set,
             test_set[:500],
             SequenceLayout(graph, graph.n_levels),
-            ModelConfig(d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model),
+            ModelConfig(d_model=args.d_model, n_heads=args.n_heads, d_mlp=4 * args.d_model),
             args.steps,
             lr=args.lr,
             task=args.task,
@@ -285,6 +312,8 @@ if __name__ == "__main__":
             verbose=True,
             n_queries=args.n_queries,
             source_labels=args.source_labels,
+            save_model=args.save_model,
+            attention_weight=args.attention_weight,
             edge_curriculum_steps=args.edge_curriculum_steps,
             batch_size=args.batch_size,
             warmup_steps=args.warmup_steps,

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import random
 
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
 from circuits.reachability.graphs import Problem
 from circuits.reachability.tokens import SequenceLayout
 from interp.errors import InterpError
@@ -91,3 +95,28 @@ def dense_lookup_sample(
         labels += [IGNORE, v]
     pad = length - len(tokens)
     return tokens + [layout.special("<pad>")] * pad, labels + [IGNORE] * pad
+
+
+def query_edge_targets(tokens: Tensor, labels: Tensor, layout: SequenceLayout) -> Tensor:
+    """[batch, pos, pos] float mask: for every query position q of a dense lookup batch (the label at q + 1 is
+    supervised and q is past the edge list), 1 at the target positions of the edges whose source is tokens[b, q]."""
+    batch, n = tokens.shape
+    mask = torch.zeros(batch, n, n)
+    n_edges = layout.graph.n_edges
+    sources = tokens[:, 1 : 3 * n_edges : 3]  # [batch, n_edges]
+    target_pos = torch.arange(n_edges) * 3 + 2
+    queries = (labels[:, 1:] != IGNORE).nonzero().tolist()
+    for b, q in queries:
+        if q >= layout.question:  # a query, not a source label inside the edge list
+            mask[b, q, target_pos[sources[b] == tokens[b, q]]] = 1.0
+    return mask
+
+
+def attention_lookup_loss(pattern: Float[Tensor, "batch pos pos"], mask: Float[Tensor, "batch pos pos"]) -> Tensor:
+    """-mean over query positions of log(attention mass on the queried node's edge targets): attention supervision
+    for one head (the lookup head: layer 2 reads the target whose previous token is the query)."""
+    rows = mask.sum(-1) > 0
+    if not rows.any():
+        return pattern.new_zeros(())
+    mass = (pattern * mask).sum(-1)[rows]
+    return -torch.log(mass.clamp_min(1e-6)).mean()

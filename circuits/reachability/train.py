@@ -36,7 +36,12 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuits.reachability.graphs import Problem
-from circuits.reachability.lookup import dense_lookup_length, dense_lookup_sample
+from circuits.reachability.lookup import (
+    attention_lookup_loss,
+    dense_lookup_length,
+    dense_lookup_sample,
+    query_edge_targets,
+)
 from circuits.reachability.model import ModelConfig, build_model, continuous_forward, greedy_chain
 from circuits.reachability.tokens import SequenceLayout
 from interp.errors import InterpError
@@ -73,6 +78,12 @@ class TrainConfig:
     lookup_aux_weight: float = 1.0  # loss = format loss + weight * auxiliary loss
     lookup_pretrain_steps: int = 0  # first steps on the auxiliary objective alone; the curriculum starts after them
     lookup_edge_curriculum_steps: int = 0  # auxiliary visible edges grow 6 -> n_edges over these steps (0: all)
+    lookup_source_labels: bool = True  # auxiliary: also supervise each edge's source at its target position
+    # auxiliary attention supervision: at each query, -log(mass of layer-2 head `lookup_attention_head` on the queried
+    # node's edge targets). Measured (FINDINGS.md): without it the lookup stays at ~0.30 (layer 2 parks on the [R]/[Q]
+    # markers); with it 0.96 at 200 steps. 0: off
+    lookup_attention_weight: float = 1.0
+    lookup_attention_head: int = 0
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -210,16 +221,49 @@ def lookup_aux_batch(
         low = min(6, layout.graph.n_edges)
         n_visible = low + round((layout.graph.n_edges - low) * step / ramp)
     rows = [
-        dense_lookup_sample(problems[rng.randrange(len(problems))], layout, config.lookup_aux_queries, rng, n_visible)
+        dense_lookup_sample(
+            problems[rng.randrange(len(problems))],
+            layout,
+            config.lookup_aux_queries,
+            rng,
+            n_visible,
+            config.lookup_source_labels,
+        )
         for _ in range(config.lookup_aux_batch)
     ]
     return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
 
 
-def lookup_aux_loss(model: HookedTransformer, tokens: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over the auxiliary lookup's supervised children, each predicted at its query's position."""
-    logits = model(tokens)
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+def lookup_aux_loss(
+    model: HookedTransformer,
+    tokens: Tensor,
+    labels: Tensor,
+    layout: SequenceLayout | None = None,
+    attention_weight: float = 0.0,
+    attention_head: int = 0,
+) -> Tensor:
+    """Mean cross-entropy over the auxiliary lookup's supervised tokens (each predicted at the position before), plus
+    attention_weight x `attention_lookup_loss` of layer 2's head `attention_head` (needs the layout)."""
+    if not attention_weight:
+        logits = model(tokens)
+    else:
+        if layout is None:
+            raise InterpError("lookup_aux_loss: attention_weight > 0 needs the layout (to find the edge targets).")
+        if not 0 <= attention_head < model.cfg.n_heads or model.cfg.n_layers < 2:
+            raise InterpError(
+                f"lookup_attention_head={attention_head}: need a head of layer 2 (0..{model.cfg.n_heads - 1}) in a model of >= 2 layers."
+            )
+        kept = {}  # run_with_cache detaches; a hook keeps the graph
+
+        def keep(pattern: Tensor, hook) -> None:
+            kept["pattern"] = pattern
+
+        logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", keep)])
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    if attention_weight:
+        mask = query_edge_targets(tokens, labels, layout)
+        loss = loss + attention_weight * attention_lookup_loss(kept["pattern"][:, attention_head], mask)
+    return loss
 
 
 def model_n_ctx(layout: SequenceLayout, config: TrainConfig) -> int | None:
@@ -327,7 +371,13 @@ def train(
             tokens, labels, n_latent = training_batch(mode, batch, layout, stage, config, rng)
             loss = format_loss = sequence_loss(model, tokens, labels, layout, n_latent)
         if config.lookup_aux_queries:
-            aux = lookup_aux_loss(model, *lookup_aux_batch(problems, layout, step, config, rng))
+            aux = lookup_aux_loss(
+                model,
+                *lookup_aux_batch(problems, layout, step, config, rng),
+                layout,
+                config.lookup_attention_weight,
+                config.lookup_attention_head,
+            )
             loss = loss + (1.0 if step < config.lookup_pretrain_steps else config.lookup_aux_weight) * aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -169,3 +169,68 @@ def test_source_labels_sit_on_each_shown_edge_and_name_its_source(n_visible):
         # every other label is a query's child, read at a node preceded by [R]
         for i, y in enumerate(labels[LAYOUT.question :], start=LAYOUT.question):
             assert y == IGNORE or (tokens[i - 2] == LAYOUT.special("[R]") and (tokens[i - 1], y) in set(p.edges))
+
+
+def test_query_edge_targets_mark_the_queried_nodes_out_edges():
+    from circuits.reachability.lookup import query_edge_targets
+
+    rng, rows = random.Random(11), []
+    problems = make_problems(GRAPH, 12, seed=12)
+    rows = [dense_lookup_sample(p, LAYOUT, 6, rng, source_labels=True) for p in problems]
+    tokens, labels = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+    mask = query_edge_targets(tokens, labels, LAYOUT)
+    for b, p in enumerate(problems):
+        adj = _adjacency(p)
+        for q in range(tokens.shape[1]):
+            marked = mask[b, q].nonzero().flatten().tolist()
+            is_query = q + 1 < tokens.shape[1] and labels[b, q + 1] != IGNORE and q >= LAYOUT.question
+            if not is_query:
+                assert not marked
+                continue
+            u = int(tokens[b, q])
+            # slow loop: every target slot whose source is u, read off the token list; each an edge of the graph
+            expected = [3 * e + 2 for e in range(GRAPH.n_edges) if int(tokens[b, 3 * e + 1]) == u]
+            assert marked == expected and len(expected) == int(adj[u].sum())
+            assert all(bool(adj[u, int(tokens[b, t])]) for t in marked)
+
+
+def test_attention_lookup_loss_on_planted_patterns():
+    from circuits.reachability.lookup import attention_lookup_loss
+
+    mask = torch.zeros(2, 4, 4)
+    mask[0, 3, [0, 2]] = 1.0
+    mask[1, 2, 1] = 1.0
+    pattern = torch.full((2, 4, 4), 0.25)
+    # mass 0.5 on row (0, 3), 0.25 on row (1, 2); rows without targets do not count
+    assert attention_lookup_loss(pattern, mask).item() == pytest.approx(
+        -(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.25))).item() / 2
+    )
+    perfect = torch.zeros(2, 4, 4)
+    perfect[0, 3, 0] = perfect[1, 2, 1] = 1.0
+    assert attention_lookup_loss(perfect, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_lookup_loss(pattern, torch.zeros(2, 4, 4)).item() == 0.0
+
+
+def test_aux_attention_loss_has_a_gradient_and_matches_a_slow_loop():
+    from circuits.reachability.model import ModelConfig, build_model
+    from circuits.reachability.train import TrainConfig, lookup_aux_batch, lookup_aux_loss, model_n_ctx
+
+    config = TrainConfig(lookup_aux_queries=4, lookup_aux_batch=3)
+    model = build_model(
+        SMALL_LAYOUT, ModelConfig(d_model=32, n_heads=4, d_mlp=64), 0, model_n_ctx(SMALL_LAYOUT, config)
+    )
+    tokens, labels = lookup_aux_batch(make_problems(SMALL, 10, seed=13), SMALL_LAYOUT, 0, config, random.Random(1))
+    plain = lookup_aux_loss(model, tokens, labels)
+    both = lookup_aux_loss(model, tokens, labels, SMALL_LAYOUT, attention_weight=2.0, attention_head=1)
+    _, cache = model.run_with_cache(tokens)
+    terms = []
+    for b in range(len(tokens)):
+        for q in range(SMALL_LAYOUT.question, tokens.shape[1] - 1):
+            if labels[b, q + 1] != IGNORE:
+                targets = [3 * e + 2 for e in range(SMALL.n_edges) if tokens[b, 3 * e + 1] == tokens[b, q]]
+                terms.append(-torch.log(cache["pattern", 1][b, 1, q, targets].sum()))
+    assert both.item() == pytest.approx(plain.item() + 2.0 * torch.stack(terms).mean().item(), rel=1e-5)
+    (both - plain).backward()  # the attention term alone reaches layer 2's query weights (a cache would detach it)
+    assert model.blocks[1].attn.W_Q.grad[1].abs().sum() > 0
+    with pytest.raises(InterpError, match="lookup_attention_head"):
+        lookup_aux_loss(model, tokens, labels, SMALL_LAYOUT, attention_weight=1.0, attention_head=7)
