@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -21,27 +22,38 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from circuits.reachability.graphs import Problem
+from circuits.reachability.lookup import (
+    IGNORE,
+    attention_lookup_loss,
+    children_of,
+    dense_lookup_length,
+    dense_lookup_sample,
+    query_edge_targets,
+)
 from circuits.reachability.model import ModelConfig, build_model
 from circuits.reachability.tokens import SequenceLayout
 from circuits.reachability.train import random_shortest_path, trainable_parameters
 from interp.errors import InterpError
 
 
-def children_of(problem: Problem) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for a, b in problem.edges:
-        out.setdefault(a, []).append(b)
-    return {a: sorted(bs) for a, bs in out.items()}
-
-
-def lookup_sample(problem: Problem, layout: SequenceLayout, rng: random.Random) -> tuple[list[int], int, list[int]]:
+def lookup_sample(
+    problem: Problem, layout: SequenceLayout, rng: random.Random, n_visible: int | None = None
+) -> tuple[list[int], int, list[int]]:
     """(tokens padded to seq_len, the queried node u, u's children): the edges reshuffled, u (a node with at least one
-    child) in the root slot; the model is asked for a child of u at the root position."""
+    child) in the root slot; the model is asked for a child of u at the root position.
+
+    n_visible (the edge-count curriculum): show only u's edges and random others up to n_visible edges in all; the
+    other edge slots hold <pad> <pad> <pad>, so positions stay those of the full layout. None shows every edge."""
     children = children_of(problem)
     u = rng.choice(sorted(children))
     edges = list(problem.edges)
     rng.shuffle(edges)
     head = layout.head_tokens(problem, edges)
+    if n_visible is not None and n_visible < len(edges):
+        others = [i for i, (a, _) in enumerate(edges) if a != u]
+        hidden = rng.sample(others, min(len(others), len(edges) - max(n_visible, len(children[u]))))
+        for i in hidden:
+            head[1 + 3 * i : 4 + 3 * i] = [layout.special("<pad>")] * 3
     return layout.padded(head[:-1] + [u]), u, children[u]
 
 
@@ -108,18 +120,28 @@ def train_lookup(
     task: str = "lookup",
     init_std: float | None = None,
     verbose: bool = False,
+    n_queries: int = 8,
+    edge_curriculum_steps: int = 0,
+    min_visible: int = 6,
+    source_labels: bool = False,
+    save_model: Path | None = None,
+    attention_weight: float = 0.0,
 ) -> pd.DataFrame:
     """Train a fresh model on the single-step lookup alone (AdamW, weight decay 0.01, grad clip 1.0, the experiment's
     optimiser) and return its curve: step, train loss (mean since the last row), held-out accuracy, chance, seconds.
 
     task "recall": the associative-recall control (`recall_sample`; eval_problems only sets how many held-out
-    sequences are scored). init_std: redraw every weight matrix from N(0, init_std) (the authors' GPT-2 init is 0.02;
-    TransformerLens's default is 0.8 / sqrt(d_model)); None keeps the default."""
+    sequences are scored); task "dense": the dense lookup of lookup.py, n_queries queries per sequence, loss on each
+    (scored like "lookup": one query in the root slot). init_std: redraw every weight matrix from N(0, init_std) (the
+    authors' GPT-2 init is 0.02; TransformerLens's default is 0.8 / sqrt(d_model)); None keeps the default.
+    edge_curriculum_steps (tasks "lookup" and "dense"): the visible edges grow linearly from min_visible to n_edges over these
+    steps (`lookup_sample`'s n_visible); 0: every edge from the start."""
     if steps < 1 or eval_every < 1 or not problems or not eval_problems:
         raise InterpError(f"steps={steps} and eval_every={eval_every} must be >= 1 and both problem lists non-empty.")
-    if task not in ("lookup", "recall"):
-        raise InterpError(f"task={task!r} is unknown; use 'lookup' or 'recall'.")
-    model = build_model(layout, model_config, seed)
+    if task not in ("lookup", "recall", "dense"):
+        raise InterpError(f"task={task!r} is unknown; use 'lookup', 'recall' or 'dense'.")
+    n_ctx = dense_lookup_length(layout, n_queries) if task == "dense" else None
+    model = build_model(layout, model_config, seed, n_ctx=max(n_ctx or 0, layout.seq_len))
     if init_std is not None:
         with torch.no_grad():
             for parameter in model.parameters():
@@ -129,15 +151,46 @@ def train_lookup(
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
     rng, rows, losses, began = random.Random(seed), [], [], time.perf_counter()
+    n_edges = layout.graph.n_edges
     for step in range(1, steps + 1):
-        batch = [
-            lookup_sample(problems[rng.randrange(len(problems))], layout, rng)
-            if task == "lookup"
-            else recall_sample(layout, rng)
-            for _ in range(batch_size)
-        ]
-        targets = torch.tensor([rng.choice(children) for _, _, children in batch])
-        loss = torch.nn.functional.cross_entropy(model(torch.tensor([b[0] for b in batch]))[:, layout.root], targets)
+        n_visible = None
+        if edge_curriculum_steps and step <= edge_curriculum_steps:
+            n_visible = min_visible + round((n_edges - min_visible) * (step - 1) / edge_curriculum_steps)
+        if task == "dense":
+            rows_ = [
+                dense_lookup_sample(
+                    problems[rng.randrange(len(problems))], layout, n_queries, rng, n_visible, source_labels
+                )
+                for _ in range(batch_size)
+            ]
+            labels, tokens = torch.tensor([r[1] for r in rows_]), torch.tensor([r[0] for r in rows_])
+            if attention_weight:  # supervise layer 2's head 0 onto the queried node's edge targets
+                kept = {}  # run_with_cache detaches; a hook keeps the graph for the attention loss
+
+                def keep(pattern, hook):
+                    kept["pattern"] = pattern
+
+                logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", keep)])
+                pattern = kept["pattern"][:, 0]
+            else:
+                logits = model(tokens)
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE
+            )
+            if attention_weight:
+                loss = loss + attention_weight * attention_lookup_loss(
+                    pattern, query_edge_targets(tokens, labels, layout)
+                )
+        else:
+            batch = [
+                lookup_sample(problems[rng.randrange(len(problems))], layout, rng, n_visible)
+                if task == "lookup"
+                else recall_sample(layout, rng)
+                for _ in range(batch_size)
+            ]
+            targets = torch.tensor([rng.choice(children) for _, _, children in batch])
+            logits = model(torch.tensor([b[0] for b in batch]))[:, layout.root]
+            loss = torch.nn.functional.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -147,15 +200,17 @@ def train_lookup(
         if step % eval_every == 0 or step == steps:
             model.eval()
             acc, chance = (
-                lookup_accuracy(model, eval_problems, layout)
-                if task == "lookup"
-                else recall_accuracy(model, len(eval_problems), layout)
+                recall_accuracy(model, len(eval_problems), layout)
+                if task == "recall"
+                else lookup_accuracy(model, eval_problems, layout)
             )
             model.train()
             rows.append((step, sum(losses) / len(losses), acc, chance, time.perf_counter() - began))
             if verbose:  # a log line per evaluation, for long runs
                 print(*(f"{x:.4g}" for x in rows[-1]), flush=True)
             losses = []
+    if save_model is not None:  # the trained weights, for a look at its attention (state dict)
+        torch.save(model.state_dict(), save_model)
     return pd.DataFrame(rows, columns=["step", "loss", "lookup_acc", "chance", "seconds"])
 
 
@@ -210,7 +265,6 @@ def teacher_forced_hops(
 
 if __name__ == "__main__":
     import argparse
-    from pathlib import Path
 
     from circuits.reachability.graphs import GraphConfig, make_problems, split_by_graph
     from interp.threads import torch_threads
@@ -219,10 +273,24 @@ if __name__ == "__main__":
         description="Learning curve of the single-step edge lookup (or the recall control) alone."
     )
     parser.add_argument("--out", type=Path, required=True, help="CSV of the curve")
-    parser.add_argument("--task", default="lookup", choices=("lookup", "recall"))
+    parser.add_argument("--task", default="lookup", choices=("lookup", "recall", "dense"))
+    parser.add_argument("--n-queries", type=int, default=8, help="dense: queries per sequence")
+    parser.add_argument(
+        "--edge-curriculum-steps", type=int, default=0, help="lookup: visible edges 6 -> all over N steps"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--source-labels", action="store_true", help="dense: also supervise each edge's source at its target"
+    )
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0, help="model init and sampling order")
+    parser.add_argument("--data-seed", type=int, default=0, help="graph pool and held-out split")
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--edges", type=int, default=16)
     parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--n-heads", type=int, default=4)
+    parser.add_argument("--attention-weight", type=float, default=0.0, help="dense: attention supervision weight")
+    parser.add_argument("--save-model", type=Path, default=None, help="write the trained state dict here")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--init-std", type=float, default=None)
@@ -230,18 +298,26 @@ if __name__ == "__main__":
     args = parser.parse_args()
     graph = GraphConfig(n_levels=args.levels, n_edges=args.edges, min_distance=min(2, args.levels))
     with torch_threads(1):
-        train_set, test_set = split_by_graph(make_problems(graph, 20000, seed=0), 0.1, seed=0)
+        train_set, test_set = split_by_graph(make_problems(graph, 20000, seed=args.data_seed), 0.1, seed=args.data_seed)
         curve = train_lookup(
             train_set,
             test_set[:500],
             SequenceLayout(graph, graph.n_levels),
-            ModelConfig(d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model),
+            ModelConfig(d_model=args.d_model, n_heads=args.n_heads, d_mlp=4 * args.d_model),
             args.steps,
             lr=args.lr,
             task=args.task,
             init_std=args.init_std,
             eval_every=args.eval_every,
             verbose=True,
+            n_queries=args.n_queries,
+            source_labels=args.source_labels,
+            save_model=args.save_model,
+            attention_weight=args.attention_weight,
+            edge_curriculum_steps=args.edge_curriculum_steps,
+            batch_size=args.batch_size,
+            warmup_steps=args.warmup_steps,
+            seed=args.seed,
         )
     curve.to_csv(args.out, index=False)
     print(curve.to_string(index=False))

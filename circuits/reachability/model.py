@@ -42,8 +42,12 @@ class _TransposedEmbedding(torch.nn.Module):
         return self.embed.W_E.T
 
 
-def build_model(layout: SequenceLayout, config: ModelConfig, seed: int) -> HookedTransformer:
-    """A GPT-2-style model (LayerNorm, learned absolute positions, GELU, tied embeddings by default) with random weights."""
+def build_model(layout: SequenceLayout, config: ModelConfig, seed: int, n_ctx: int | None = None) -> HookedTransformer:
+    """A GPT-2-style model (LayerNorm, learned absolute positions, GELU, tied embeddings by default) with random weights.
+
+    n_ctx: positions (default the layout's seq_len; longer for the dense lookup sequences of lookup.py)."""
+    if n_ctx is not None and n_ctx < layout.seq_len:
+        raise InterpError(f"n_ctx={n_ctx} is shorter than the layout's seq_len={layout.seq_len}; pass None or more.")
     spec = dict(
         n_layers=config.n_layers,
         d_model=config.d_model,
@@ -51,7 +55,7 @@ def build_model(layout: SequenceLayout, config: ModelConfig, seed: int) -> Hooke
         d_head=config.d_model // config.n_heads,
         d_mlp=config.d_mlp,
         d_vocab=layout.d_vocab,
-        n_ctx=layout.seq_len,
+        n_ctx=n_ctx or layout.seq_len,
         act_fn="gelu_new",
         normalization_type="LN",
         positional_embedding_type="standard",

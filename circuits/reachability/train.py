@@ -36,6 +36,12 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuits.reachability.graphs import Problem
+from circuits.reachability.lookup import (
+    attention_lookup_loss,
+    dense_lookup_length,
+    dense_lookup_sample,
+    query_edge_targets,
+)
 from circuits.reachability.model import ModelConfig, build_model, continuous_forward, greedy_chain
 from circuits.reachability.tokens import SequenceLayout
 from interp.errors import InterpError
@@ -63,6 +69,21 @@ class TrainConfig:
         0  # steps between held-out accuracy evaluations (0: only at the end, when eval problems are given)
     )
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end, when a checkpoint path is given)
+    # Deviation from the authors (issue 14): an auxiliary dense lookup objective (lookup.py: after the edge list,
+    # n queries "[R] u v", loss on each child v). With one supervised node per sequence the 2-layer models sit on
+    # the associative-recall plateau (the lookup at 0.30 after 6,000 steps, chance 0.13; FINDINGS.md); the dense
+    # objective teaches the edge read every format needs. 0 queries: off (the authors' training).
+    lookup_aux_queries: int = 0  # queries per auxiliary dense lookup sequence (0: no auxiliary objective)
+    lookup_aux_batch: int = 64  # auxiliary sequences per step
+    lookup_aux_weight: float = 1.0  # loss = format loss + weight * auxiliary loss
+    lookup_pretrain_steps: int = 0  # first steps on the auxiliary objective alone; the curriculum starts after them
+    lookup_edge_curriculum_steps: int = 0  # auxiliary visible edges grow 6 -> n_edges over these steps (0: all)
+    lookup_source_labels: bool = True  # auxiliary: also supervise each edge's source at its target position
+    # auxiliary attention supervision: at each query, -log(mass of layer-2 head `lookup_attention_head` on the queried
+    # node's edge targets). Measured (FINDINGS.md): without it the lookup stays at ~0.30 (layer 2 parks on the [R]/[Q]
+    # markers); with it 0.96 at 200 steps. 0: off
+    lookup_attention_weight: float = 1.0
+    lookup_attention_head: int = 0
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -75,6 +96,18 @@ class TrainConfig:
             raise InterpError(f"TrainConfig: stage_steps={self.stage_steps} must be >= 1 (or None).")
         if not 0 <= self.uniform_prob <= 1:
             raise InterpError(f"TrainConfig: uniform_prob={self.uniform_prob} must be in [0, 1].")
+        if min(self.lookup_aux_queries, self.lookup_pretrain_steps, self.lookup_edge_curriculum_steps) < 0:
+            raise InterpError(
+                f"TrainConfig: lookup_aux_queries={self.lookup_aux_queries}, lookup_pretrain_steps={self.lookup_pretrain_steps}, lookup_edge_curriculum_steps={self.lookup_edge_curriculum_steps} must be >= 0."
+            )
+        if self.lookup_aux_queries and (self.lookup_aux_batch < 1 or self.lookup_aux_weight < 0):
+            raise InterpError(
+                f"TrainConfig: lookup_aux_batch={self.lookup_aux_batch} must be >= 1 and lookup_aux_weight={self.lookup_aux_weight} >= 0 when lookup_aux_queries > 0."
+            )
+        if self.lookup_pretrain_steps and not self.lookup_aux_queries:
+            raise InterpError(
+                f"TrainConfig: lookup_pretrain_steps={self.lookup_pretrain_steps} needs lookup_aux_queries > 0 (the objective it pretrains on)."
+            )
 
 
 def layout_for(mode: Mode, layout: SequenceLayout) -> SequenceLayout:
@@ -85,11 +118,13 @@ def layout_for(mode: Mode, layout: SequenceLayout) -> SequenceLayout:
 
 def scheduled_stage(step: int, config: TrainConfig, max_stage: int) -> int:
     """The curriculum stage of a training step: 0..max_stage-1 for `stage_steps` each (default: sharing the first
-    (1 - final_fraction) of the steps), then max_stage."""
+    (1 - final_fraction) of the steps after the lookup pretraining), then max_stage. The curriculum starts after
+    `lookup_pretrain_steps` (stage 0 before)."""
     if max_stage == 0:
         return 0
-    per_stage = config.stage_steps or max(1, int(round((1 - config.final_fraction) * config.steps / max_stage)))
-    return min(max_stage, step // per_stage)
+    steps = config.steps - config.lookup_pretrain_steps
+    per_stage = config.stage_steps or max(1, int(round((1 - config.final_fraction) * steps / max_stage)))
+    return min(max_stage, max(0, step - config.lookup_pretrain_steps) // per_stage)
 
 
 def sample_stage(stage: int, n_hops: int, uniform_prob: float, rng: random.Random) -> int:
@@ -177,6 +212,67 @@ def sequence_loss(
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
+def lookup_aux_batch(
+    problems: list[Problem], layout: SequenceLayout, step: int, config: TrainConfig, rng: random.Random
+) -> tuple[Tensor, Tensor]:
+    """(tokens, labels) of one batch of the auxiliary dense lookup objective at a training step."""
+    n_visible, ramp = None, config.lookup_edge_curriculum_steps
+    if ramp and step < ramp:
+        low = min(6, layout.graph.n_edges)
+        n_visible = low + round((layout.graph.n_edges - low) * step / ramp)
+    rows = [
+        dense_lookup_sample(
+            problems[rng.randrange(len(problems))],
+            layout,
+            config.lookup_aux_queries,
+            rng,
+            n_visible,
+            config.lookup_source_labels,
+        )
+        for _ in range(config.lookup_aux_batch)
+    ]
+    return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+
+
+def lookup_aux_loss(
+    model: HookedTransformer,
+    tokens: Tensor,
+    labels: Tensor,
+    layout: SequenceLayout | None = None,
+    attention_weight: float = 0.0,
+    attention_head: int = 0,
+) -> Tensor:
+    """Mean cross-entropy over the auxiliary lookup's supervised tokens (each predicted at the position before), plus
+    attention_weight x `attention_lookup_loss` of layer 2's head `attention_head` (needs the layout)."""
+    if not attention_weight:
+        logits = model(tokens)
+    else:
+        if layout is None:
+            raise InterpError("lookup_aux_loss: attention_weight > 0 needs the layout (to find the edge targets).")
+        if not 0 <= attention_head < model.cfg.n_heads or model.cfg.n_layers < 2:
+            raise InterpError(
+                f"lookup_attention_head={attention_head}: need a head of layer 2 (0..{model.cfg.n_heads - 1}) in a model of >= 2 layers."
+            )
+        kept = {}  # run_with_cache detaches; a hook keeps the graph
+
+        def keep(pattern: Tensor, hook) -> None:
+            kept["pattern"] = pattern
+
+        logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", keep)])
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    if attention_weight:
+        mask = query_edge_targets(tokens, labels, layout)
+        loss = loss + attention_weight * attention_lookup_loss(kept["pattern"][:, attention_head], mask)
+    return loss
+
+
+def model_n_ctx(layout: SequenceLayout, config: TrainConfig) -> int | None:
+    """Positions the trained model needs: the layout's, or the auxiliary lookup sequences' when longer."""
+    if not config.lookup_aux_queries:
+        return None
+    return max(layout.seq_len, dense_lookup_length(layout, config.lookup_aux_queries))
+
+
 def trainable_parameters(model: HookedTransformer) -> list[torch.nn.Parameter]:
     """The model's parameters less a tied unembedding's unused own tensor (it gets no gradient)."""
     return [p for name, p in model.named_parameters() if not name.endswith("parametrizations.W_U.original")]
@@ -192,7 +288,7 @@ def train(
     eval_problems: list[Problem] | None = None,
     checkpoint: Path | None = None,
 ) -> tuple[HookedTransformer, pd.DataFrame, pd.DataFrame]:
-    """Train one model; returns it (in eval mode), the loss curve (step, stage, loss) and the held-out
+    """Train one model; returns it (in eval mode), the loss curve (step, stage, loss, aux_loss) and the held-out
     accuracy curve (step, accuracy, n) on `eval_problems` (empty without them).
 
     With `checkpoint`, the state (model, optimizer, schedule, random generators, curves) is saved there every
@@ -202,7 +298,7 @@ def train(
         raise InterpError("problems is empty: pass the training problems.")
     full_layout = layout
     layout = layout_for(mode, layout)
-    model = build_model(layout, model_config, config.seed)
+    model = build_model(layout, model_config, config.seed, n_ctx=model_n_ctx(layout, config))
     max_stage = layout.n_chain if mode == "continuous" else 0
     parameters = trainable_parameters(model)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -268,22 +364,35 @@ def train(
         if config.eval_every and step % config.eval_every == 0 and not (acc_rows and acc_rows[-1][0] == step):
             evaluate(step)
         stage = scheduled_stage(step, config, max_stage)
-        batch = [problems[rng.randrange(len(problems))] for _ in range(config.batch_size)]
-        tokens, labels, n_latent = training_batch(mode, batch, layout, stage, config, rng)
-        loss = sequence_loss(model, tokens, labels, layout, n_latent)
+        format_loss = aux = torch.full((), float("nan"))
+        loss = torch.zeros(())
+        if step >= config.lookup_pretrain_steps:
+            batch = [problems[rng.randrange(len(problems))] for _ in range(config.batch_size)]
+            tokens, labels, n_latent = training_batch(mode, batch, layout, stage, config, rng)
+            loss = format_loss = sequence_loss(model, tokens, labels, layout, n_latent)
+        if config.lookup_aux_queries:
+            aux = lookup_aux_loss(
+                model,
+                *lookup_aux_batch(problems, layout, step, config, rng),
+                layout,
+                config.lookup_attention_weight,
+                config.lookup_attention_head,
+            )
+            loss = loss + (1.0 if step < config.lookup_pretrain_steps else config.lookup_aux_weight) * aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
-        rows.append((step, stage, loss.item()))
+        rows.append((step, stage, format_loss.item(), aux.item()))
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < end:
             save(step + 1)
     if not (acc_rows and acc_rows[-1][0] == end):
         evaluate(end)
     if start < end:
         save(end)
-    loss_curve = pd.DataFrame(rows, columns=["step", "stage", "loss"])
+    # loss: the format's own loss (NaN during lookup pretraining); aux_loss: the dense lookup's (NaN when off)
+    loss_curve = pd.DataFrame(rows, columns=["step", "stage", "loss", "aux_loss"])
     loss_curve.attrs["train_seconds"] = seconds + time.perf_counter() - began
     loss_curve.attrs["steps_trained"] = end
     return model.eval(), loss_curve, pd.DataFrame(acc_rows, columns=["step", "accuracy", "n"])
