@@ -245,8 +245,11 @@ def patch_sites(
             # Sorted by first changed position, so a batch that starts late skips the most work.
             idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
             batches += [(layer, idx[i : i + per_batch]) for i in range(0, len(idx), per_batch)]
+        rank, world = _dist()
+        if world > 1:  # under torchrun: this rank runs its share of the batches; the values are summed over ranks
+            batches = shard_batches(batches, world, model.cfg.n_layers)[rank]
         bar = tqdm(
-            total=len(sites),
+            total=sum(len(idx) for _, idx in batches),
             desc="patching",
             unit="variant",
             disable=not (progress if progress is not None else len(batches) > 8),
@@ -259,7 +262,38 @@ def patch_sites(
             )
             bar.update(len(idx))
         bar.close()
+        if world > 1:
+            values = gather_values(values, [i for _, idx in batches for i in idx])
     return results_frame(task, sites, values)
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def shard_batches(batches: list[tuple[int, list[int]]], world: int, n_layers: int) -> list[list[tuple[int, list[int]]]]:
+    """Split the batches over `world` ranks with about equal work: a batch at layer L costs its variants times the
+    n_layers - L blocks they run; largest first, each to the least-loaded rank (deterministic, so every rank agrees)."""
+    shards: list[list[tuple[int, list[int]]]] = [[] for _ in range(world)]
+    load = [0] * world
+    for layer, idx in sorted(batches, key=lambda b: (-(n_layers - b[0]) * len(b[1]), b[0], b[1][0])):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        shards[rank].append((layer, idx))
+        load[rank] += (n_layers - layer) * len(idx)
+    return shards
+
+
+def gather_values(values: np.ndarray, mine: list[int]) -> np.ndarray:
+    """Every rank's computed entries (`mine` on this rank, zero elsewhere) summed over ranks: the whole sweep, on every
+    rank. Each entry is computed by exactly one rank, so the float64 sum adds zeros only and is exact."""
+    local = torch.zeros(len(values), dtype=torch.float64)
+    local[mine] = torch.as_tensor(values[mine], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":  # nccl reduces device tensors only
+        local = local.cuda()
+    torch.distributed.all_reduce(local)
+    return local.cpu().numpy()
 
 
 def results_frame(task: PatchingTask, sites: Sequence[Site], values: np.ndarray) -> pd.DataFrame:
