@@ -323,11 +323,17 @@ def sae_train(
     from interp.store import store_lock
     from sae.train import TrainConfig, train_at_site
 
+    from contextlib import nullcontext
+
+    from interp.distributed import init_from_env
+
+    rank = init_from_env(cpu=True)[0]  # under torchrun: join the group; train_sae splits each batch over the ranks
+    lock = store_lock if rank == 0 else lambda _: nullcontext()  # rank 0 holds the folder and writes it
     try:
         if out.is_dir() and (out / ".lock").exists():
-            with store_lock(out):  # before loading anything: is another process training here?
+            with lock(out):  # before loading anything: is another process training here?
                 pass
-        if overwrite:
+        if overwrite and rank == 0:
             _clear_sae_dir(out)
         cfg = TrainConfig(
             steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every
@@ -343,7 +349,7 @@ def sae_train(
         )
         held_out = corpus_tokens(lm, max(1, eval_tokens // seq_len), seq_len, skip_seqs=n_train_seqs)
         out.mkdir(parents=True, exist_ok=True)
-        with store_lock(out):  # a second `sae train` on this folder is refused, naming this process
+        with lock(out):  # a second `sae train` on this folder is refused, naming this process
             result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, **source)
     except _user_errors() as exc:
         _fail(exc)

@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 
-def init_from_env() -> tuple[int, int, str]:
-    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, ...); (rank, world, device)."""
+def init_from_env(*, cpu: bool = False) -> tuple[int, int, str]:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, ...); (rank, world, device).
+    cpu=True: gloo and the CPU even where CUDA is available (for work that runs on the CPU, like the SAE trainer)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and not cpu
     if world == 1:
-        return 0, 1, "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = torch.cuda.is_available()
+        return 0, 1, "cuda" if cuda else "cpu"
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(device)
