@@ -208,6 +208,20 @@ def _keys_values(block, resid: Tensor) -> tuple[Tensor, Tensor]:
     return simple_attn_linear(x, w_k, b_k), simple_attn_linear(x, w_v, b_v)
 
 
+def plan_batches(task: PatchingTask, sites: Sequence[Site], memory_budget: int) -> list[tuple[int, list[int]]]:
+    """The batches patch_sites runs: (layer, indices into `sites`), each within `memory_budget`. Sites normalised."""
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for i, site in enumerate(sites):
+        by_layer[site.layer].append(i)
+    per_batch = variants_per_batch(task, memory_budget)
+    batches = []
+    for layer, idx in sorted(by_layer.items()):
+        # Sorted by first changed position, so a batch that starts late skips the most work.
+        idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
+        batches += [(layer, idx[i : i + per_batch]) for i in range(0, len(idx), per_batch)]
+    return batches
+
+
 def patch_sites(
     task: PatchingTask,
     sites: Sequence[Site | str],
@@ -231,20 +245,12 @@ def patch_sites(
         raise InterpError("sites is empty: pass at least one Site or hook name to patch.")
     model = task.model
     sites = [normalised_site(model, s, task.seq_len) for s in sites]
-    by_layer: dict[int, list[int]] = defaultdict(list)
-    for i, site in enumerate(sites):
-        by_layer[site.layer].append(i)
-    stop = max(by_layer) + 1
+    batches = plan_batches(task, sites, memory_budget)
+    stop = max(layer for layer, _ in batches) + 1
     with torch.no_grad():
         clean = _clean_cache(task, {s.hook_name for s in sites}, stop)
-        corrupted_resid_pre, kv = _corrupted_cache(task, set(by_layer))
-        per_batch = variants_per_batch(task, memory_budget)
+        corrupted_resid_pre, kv = _corrupted_cache(task, {layer for layer, _ in batches})
         values = np.empty(len(sites))
-        batches = []
-        for layer, idx in sorted(by_layer.items()):
-            # Sorted by first changed position, so a batch that starts late skips the most work.
-            idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
-            batches += [(layer, idx[i : i + per_batch]) for i in range(0, len(idx), per_batch)]
         rank, world = _dist()
         if world > 1:  # under torchrun: this rank runs its share of the batches; the values are summed over ranks
             batches = shard_batches(batches, world, model.cfg.n_layers)[rank]
