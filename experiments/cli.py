@@ -177,6 +177,11 @@ def patch(
     ),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
+    plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="Print the variants, batches, predicted peak memory and time (from a two-batch probe), then stop; refuse when the memory will not fit.",
+    ),
 ) -> None:
     """Activation patching sweeps on your prompt pairs -> results dir and dashboard."""
     _writable(out)
@@ -188,12 +193,31 @@ def patch(
         config = PatchingSweepConfig(
             pairs=read_pairs(pairs), sweeps=tuple(sweep), metric=metric, align=align, method=method, model=model
         )
+        if plan:
+            _plan_patch(config)
+            return
         run_dir = run(config, out, overwrite=overwrite)
     except _user_errors() as exc:
         if "align=True" in str(exc):  # the library's wording; on the command line it is a flag
             exc = InterpError(str(exc).replace("pass align=True", "pass --align"))
         _fail(exc)
     typer.echo(f"dashboard: {run_dir / 'dashboard.html'}")
+
+
+def _plan_patch(config) -> None:
+    """`interp patch --plan`: the exact sweeps' plan (AtP is three passes of the whole model whatever the sweep)."""
+    from interp.models import load_model, require_hooked
+    from interp.patching import PatchingTask
+    from interp.patching.sweeps import sweep_sites
+    from interp.plan import plan_patch
+
+    lm = require_hooked(load_model(config.model), "interp patch")
+    task = PatchingTask.from_pairs(lm, config.pairs, metric=config.metric, align=config.align)
+    sites = [site for name in config.sweeps for site in sweep_sites(task, name)]
+    result = plan_patch(task, sites, budget_flag="the engine's memory_budget (interp.patching.patch_sites)")
+    result.lines.insert(0, f"sweeps {', '.join(config.sweeps)}, method {config.method}")
+    typer.echo(result.render())
+    result.check()
 
 
 @app.command()
