@@ -144,6 +144,40 @@ def matmul_times(args, d_in: int, repeats: int = 5) -> list[float]:
     return times
 
 
+def interleaved(train: torch.Tensor, args, rounds: int = 7) -> dict:
+    """Our sparse step and the matmul floor alternated `rounds` times (a step: training_step, backward, fused Adam,
+    decoder renormalised, as train_sae does), so that both see the same load; medians and their ratio."""
+    from sae.models import build_sae
+    from sae.models.base import LossScale
+
+    cfg = TopKConfig(d_in=train.shape[1], d_sae=args.d_sae, k=args.k)
+    sae = build_sae(cfg)
+    optimiser = torch.optim.Adam(sae.parameters(), lr=args.lr, fused=True)
+    dead = torch.zeros(args.d_sae, dtype=torch.bool)
+    x_mm, w_mm = torch.randn(args.batch, train.shape[1]), torch.randn(train.shape[1], args.d_sae)
+
+    def step(i: int) -> None:
+        x = train[(i * args.batch) % (len(train) - args.batch) :][: args.batch]
+        out = sae.training_step(x, dead, LossScale(args.batch, float((x - x.mean(0)).pow(2).sum())), i)
+        out.loss.backward()
+        sae.remove_parallel_grad_()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+        sae.normalise_decoder_()
+
+    step(0)
+    x_mm @ w_mm
+    steps, mms = [], []
+    for i in range(rounds):
+        start = time.perf_counter()
+        step(i + 1)
+        steps.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        x_mm @ w_mm
+        mms.append(time.perf_counter() - start)
+    return dict(step_s=steps, matmul_s=mms, step_over_matmul=statistics.median(steps) / statistics.median(mms))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--site", default="blocks.6.hook_resid_post")
@@ -158,6 +192,11 @@ def main() -> None:
     )
     parser.add_argument("--held-out", type=int, default=16384, help="held-out rows the FVU is measured on")
     parser.add_argument(
+        "--interleaved-only",
+        action="store_true",
+        help="only alternate our step with the matmul (same load for both); adds 'interleaved' to --out",
+    )
+    parser.add_argument(
         "--store", default=None, help="an activation store holding --site (interp cache) instead of running the model"
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sae_train.json"))
@@ -171,6 +210,18 @@ def main() -> None:
         acts = cached_activations(args.site, args.steps * args.batch + args.held_out)
         train, held_out = acts[: args.steps * args.batch], acts[args.steps * args.batch :]
     load_before = os.getloadavg()[0]
+    if args.interleaved_only:
+        row = interleaved(train, args)
+        print(
+            f"interleaved x{len(row['step_s'])}: step {statistics.median(row['step_s']):.3f}s, matmul {statistics.median(row['matmul_s']):.3f}s: "
+            f"{row['step_over_matmul']:.2f}x (load {load_before:.1f} -> {os.getloadavg()[0]:.1f})"
+        )
+        out = Path(args.out)
+        report = json.loads(out.read_text()) if out.exists() else {}
+        report["interleaved"] = {**row, "load_average": [load_before, os.getloadavg()[0]]}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+        return
     mm = matmul_times(args, acts.shape[1])
     rows = {"ours_sparse": run_ours(train, held_out, args, sparse=True)}
     mm += matmul_times(args, acts.shape[1])

@@ -177,6 +177,11 @@ def patch(
     ),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
+    plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="Print the variants, batches, predicted peak memory and time (from a two-batch probe), then stop; refuse when the memory will not fit.",
+    ),
 ) -> None:
     """Activation patching sweeps on your prompt pairs -> results dir and dashboard."""
     _writable(out)
@@ -188,12 +193,31 @@ def patch(
         config = PatchingSweepConfig(
             pairs=read_pairs(pairs), sweeps=tuple(sweep), metric=metric, align=align, method=method, model=model
         )
+        if plan:
+            _plan_patch(config)
+            return
         run_dir = run(config, out, overwrite=overwrite)
     except _user_errors() as exc:
         if "align=True" in str(exc):  # the library's wording; on the command line it is a flag
             exc = InterpError(str(exc).replace("pass align=True", "pass --align"))
         _fail(exc)
     typer.echo(f"dashboard: {run_dir / 'dashboard.html'}")
+
+
+def _plan_patch(config) -> None:
+    """`interp patch --plan`: the exact sweeps' plan (AtP is three passes of the whole model whatever the sweep)."""
+    from interp.models import load_model, require_hooked
+    from interp.patching import PatchingTask
+    from interp.patching.sweeps import sweep_sites
+    from interp.plan import plan_patch
+
+    lm = require_hooked(load_model(config.model), "interp patch")
+    task = PatchingTask.from_pairs(lm, config.pairs, metric=config.metric, align=config.align)
+    sites = [site for name in config.sweeps for site in sweep_sites(task, name)]
+    result = plan_patch(task, sites, budget_flag="the engine's memory_budget (interp.patching.patch_sites)")
+    result.lines.insert(0, f"sweeps {', '.join(config.sweeps)}, method {config.method}")
+    typer.echo(result.render())
+    result.check()
 
 
 @app.command()
@@ -327,19 +351,23 @@ def sae_train(
         _fail(
             f"--store {store}: no manifest.json there, so it is not an activation store; build one with `interp cache`."
         )
+    from contextlib import nullcontext
+
     from interp.corpus import corpus_tokens
+    from interp.distributed import init_from_env
     from interp.models import load_model, require_hooked
-    from interp.store import open_store
+    from interp.store import open_store, store_lock
     from sae.activations import site_width
     from sae.models import make_config
-    from interp.store import store_lock
     from sae.train import TrainConfig, train_at_site
 
+    rank = init_from_env(cpu=True)[0]  # under torchrun: join the group; train_sae splits each batch over the ranks
+    lock = store_lock if rank == 0 else lambda _: nullcontext()  # rank 0 holds the folder and writes it
     try:
         if out.is_dir() and (out / ".lock").exists():
-            with store_lock(out):  # before loading anything: is another process training here?
+            with lock(out):  # before loading anything: is another process training here?
                 pass
-        if overwrite:
+        if overwrite and rank == 0:
             _clear_sae_dir(out)
         cfg = TrainConfig(
             steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every, lr=lr
@@ -367,7 +395,7 @@ def sae_train(
         )
         held_out = corpus_tokens(lm, max(1, eval_tokens // seq_len), seq_len, skip_seqs=n_train_seqs)
         out.mkdir(parents=True, exist_ok=True)
-        with store_lock(out):  # a second `sae train` on this folder is refused, naming this process
+        with lock(out):  # a second `sae train` on this folder is refused, naming this process
             result = train_at_site(lm, site, sae_cfg, cfg, out, eval_tokens=held_out, output_site=output_site, **source)
     except _user_errors() as exc:
         _fail(exc)

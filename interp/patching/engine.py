@@ -208,6 +208,20 @@ def _keys_values(block, resid: Tensor) -> tuple[Tensor, Tensor]:
     return simple_attn_linear(x, w_k, b_k), simple_attn_linear(x, w_v, b_v)
 
 
+def plan_batches(task: PatchingTask, sites: Sequence[Site], memory_budget: int) -> list[tuple[int, list[int]]]:
+    """The batches patch_sites runs: (layer, indices into `sites`), each within `memory_budget`. Sites normalised."""
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for i, site in enumerate(sites):
+        by_layer[site.layer].append(i)
+    per_batch = variants_per_batch(task, memory_budget)
+    batches = []
+    for layer, idx in sorted(by_layer.items()):
+        # Sorted by first changed position, so a batch that starts late skips the most work.
+        idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
+        batches += [(layer, idx[i : i + per_batch]) for i in range(0, len(idx), per_batch)]
+    return batches
+
+
 def patch_sites(
     task: PatchingTask,
     sites: Sequence[Site | str],
@@ -231,22 +245,17 @@ def patch_sites(
         raise InterpError("sites is empty: pass at least one Site or hook name to patch.")
     model = task.model
     sites = [normalised_site(model, s, task.seq_len) for s in sites]
-    by_layer: dict[int, list[int]] = defaultdict(list)
-    for i, site in enumerate(sites):
-        by_layer[site.layer].append(i)
-    stop = max(by_layer) + 1
+    batches = plan_batches(task, sites, memory_budget)
+    stop = max(layer for layer, _ in batches) + 1
     with torch.no_grad():
         clean = _clean_cache(task, {s.hook_name for s in sites}, stop)
-        corrupted_resid_pre, kv = _corrupted_cache(task, set(by_layer))
-        per_batch = variants_per_batch(task, memory_budget)
+        corrupted_resid_pre, kv = _corrupted_cache(task, {layer for layer, _ in batches})
         values = np.empty(len(sites))
-        batches = []
-        for layer, idx in sorted(by_layer.items()):
-            # Sorted by first changed position, so a batch that starts late skips the most work.
-            idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
-            batches += [(layer, idx[i : i + per_batch]) for i in range(0, len(idx), per_batch)]
+        rank, world = _dist()
+        if world > 1:  # under torchrun: this rank runs its share of the batches; the values are summed over ranks
+            batches = shard_batches(batches, world, model.cfg.n_layers)[rank]
         bar = tqdm(
-            total=len(sites),
+            total=sum(len(idx) for _, idx in batches),
             desc="patching",
             unit="variant",
             disable=not (progress if progress is not None else len(batches) > 8),
@@ -259,7 +268,38 @@ def patch_sites(
             )
             bar.update(len(idx))
         bar.close()
+        if world > 1:
+            values = gather_values(values, [i for _, idx in batches for i in idx])
     return results_frame(task, sites, values)
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def shard_batches(batches: list[tuple[int, list[int]]], world: int, n_layers: int) -> list[list[tuple[int, list[int]]]]:
+    """Split the batches over `world` ranks with about equal work: a batch at layer L costs its variants times the
+    n_layers - L blocks they run; largest first, each to the least-loaded rank (deterministic, so every rank agrees)."""
+    shards: list[list[tuple[int, list[int]]]] = [[] for _ in range(world)]
+    load = [0] * world
+    for layer, idx in sorted(batches, key=lambda b: (-(n_layers - b[0]) * len(b[1]), b[0], b[1][0])):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        shards[rank].append((layer, idx))
+        load[rank] += (n_layers - layer) * len(idx)
+    return shards
+
+
+def gather_values(values: np.ndarray, mine: list[int]) -> np.ndarray:
+    """Every rank's computed entries (`mine` on this rank, zero elsewhere) summed over ranks: the whole sweep, on every
+    rank. Each entry is computed by exactly one rank, so the float64 sum adds zeros only and is exact."""
+    local = torch.zeros(len(values), dtype=torch.float64)
+    local[mine] = torch.as_tensor(values[mine], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":  # nccl reduces device tensors only
+        local = local.cuda()
+    torch.distributed.all_reduce(local)
+    return local.cpu().numpy()
 
 
 def results_frame(task: PatchingTask, sites: Sequence[Site], values: np.ndarray) -> pd.DataFrame:
