@@ -64,6 +64,9 @@ class Rows(NamedTuple):
     ]  # blocks.{layer}.hook_attn_out: fit side only on the linear-fit rows (m = linear_fit_tokens)
     mlp: Float[Tensor, "m d"]
     seq: Int[Tensor, " n"] | None  # held-out side: which held-out sequence (0..) a row is in, the bootstrap's clusters
+    doc: Int[Tensor, " n"] | None = (
+        None  # held-out side, corpora with documents: which document of the stream a row is in
+    )
 
 
 class ExtraHeld(NamedTuple):
@@ -73,9 +76,10 @@ class ExtraHeld(NamedTuple):
     pos: Int[Tensor, " n"]
     x: Float[Tensor, "n d"]  # blocks.{layer}.hook_resid_post only
     seq: Int[Tensor, " n"]  # which extra sequence (0..) a row is in: the bootstrap's clusters
-    stream_seqs: Int[
-        Tensor, " s"
-    ]  # each extra sequence's index in the corpus's packed stream (all past the store's last)
+    stream_seqs: Int[Tensor, " s"]  # each extra sequence's index in the corpus stream (past the store's)
+    doc: Int[Tensor, " n"] | None = (
+        None  # which document a row is in (ids after the store's), for corpora with documents
+    )
 
 
 class Split(NamedTuple):
@@ -117,6 +121,16 @@ def _corpus_tokens(model, config: DarkMatterSettings) -> Int[Tensor, "seqs pos"]
     return torch.randint(
         0, model.cfg.d_vocab, (n_seqs, config.seq_len), generator=torch.Generator().manual_seed(0)
     )  # fixed: the corpus, not the run's seed
+
+
+def document_ids(tokens: Int[Tensor, " n"], separator: int) -> Int[Tensor, " n"]:
+    """Each token's document in a packed stream: the number of separators before it (a separator belongs to the document it ends)."""
+    ends = (tokens == separator).long()
+    return ends.cumsum(0) - ends
+
+
+def _separator(model) -> int | None:
+    return None if model.tokenizer is None else document_separator(model.tokenizer)
 
 
 def stream_after_store(
@@ -173,7 +187,8 @@ def stream_after_store(
 def load_extra_held(
     model, config: DarkMatterSettings, cache: Path, store_tokens: Int[Tensor, " n_tokens"]
 ) -> ExtraHeld:
-    """The extra held-out sequences' site activations, stored (resumable) under cache/heldout_extra-... on first use."""
+    """The extra held-out sequences' site activations, stored (resumable) under cache/heldout_extra-... on first use; document ids
+    numbered on from the store's (the extra sequences start in a document the store has no token of)."""
     seqs = store_tokens.reshape(-1, config.seq_len)
     tokens, stream_seqs = stream_after_store(model, config, seqs, config.extra_heldout_seqs)
     name = f"blocks.{config.layer}.hook_resid_post"
@@ -188,12 +203,19 @@ def load_extra_held(
     )
     positions = torch.arange(config.skip_positions, config.seq_len)
     rows = (torch.arange(len(tokens))[:, None] * config.seq_len + positions).reshape(-1)
+    separator = _separator(model)
+    doc = (
+        None
+        if separator is None
+        else (document_ids(tokens.reshape(-1), separator) + int(document_ids(store_tokens, separator)[-1]) + 1)[rows]
+    )
     return ExtraHeld(
         store.tokens().long()[rows],
         positions.repeat(len(tokens)),
         store.activations(name)[rows],
         torch.arange(len(tokens)).repeat_interleave(len(positions)),
         stream_seqs,
+        doc,
     )
 
 
@@ -231,6 +253,7 @@ def load_split(model, config: DarkMatterSettings, cache: Path) -> Split:
             tokens[held_rows],
             positions.repeat(len(held_seqs)),
             seq=torch.arange(len(held_seqs)).repeat_interleave(len(positions)),
+            doc=None if _separator(model) is None else document_ids(tokens, _separator(model))[held_rows],
             **held,
         ),
         tokens,

@@ -42,6 +42,9 @@ GRID_COLUMNS = [
     "fvu",
     "eval_seqs",
     "eval_tokens",
+    "ci_doc_low",
+    "ci_doc_high",
+    "eval_docs",
     "norm_r2_store_heldout",
     "store_heldout_ci",
     "norm_r2_extra_heldout",
@@ -135,7 +138,20 @@ def norm_r2_grid(
                 n_boot=config.bootstrap,
                 seed=config.seed,
             )
-            extra = (
+            extra = {}
+            if all(
+                side.doc is not None for side in sides.values()
+            ):  # documents span several sequences: the coarser clusters
+                docs = torch.cat([side.doc[ev[name]] for name, side in sides.items()])
+                _, doc_low, doc_high = r2_with_ci(
+                    torch.cat([sq_eval[name][ev[name]] for name in sides]),
+                    torch.cat(list(pred.values())),
+                    docs,
+                    n_boot=config.bootstrap,
+                    seed=config.seed,
+                )
+                extra = dict(ci_doc_low=doc_low, ci_doc_high=doc_high, eval_docs=int(docs.unique().numel()))
+            extra |= (
                 dict(
                     norm_r2_store_heldout=parts["store"][0],
                     store_heldout_ci=list(parts["store"][1:]),
@@ -168,13 +184,14 @@ class EvalSide(NamedTuple):
     x: Tensor
     pos: Tensor
     seq: Tensor
+    doc: Tensor | None
 
 
 def _eval_sides(data: Split) -> dict[str, EvalSide]:
     """The grid's held-out rows: the store's held-out sequences ("store") and, when loaded, the extra ones from past the store ("extra")."""
-    sides = dict(store=EvalSide(data.held.x, data.held.pos, data.held.seq))
+    sides = dict(store=EvalSide(data.held.x, data.held.pos, data.held.seq, data.held.doc))
     if data.extra is not None:
-        sides["extra"] = EvalSide(data.extra.x, data.extra.pos, data.extra.seq)
+        sides["extra"] = EvalSide(data.extra.x, data.extra.pos, data.extra.seq, data.extra.doc)
     return sides
 
 
