@@ -139,6 +139,8 @@ def _downstream_losses(ctx: Context, sae: Sae, error_map: LinearMap) -> pd.DataF
         return pd.read_parquet(path)
     config = ctx.config
     seqs = ctx.data.held_seqs[: config.downstream_seqs]
+    # the clean model's CE on these sequences does not depend on the SAE: reuse another width's (checked token by token in spliced_losses)
+    others = sorted(path.parent.glob(f"*-{len(seqs)}seqs-from{config.skip_positions}-*.parquet"))
     losses = spliced_losses(
         ctx.model,
         ctx.data.tokens.reshape(-1, config.seq_len)[seqs],
@@ -146,6 +148,7 @@ def _downstream_losses(ctx: Context, sae: Sae, error_map: LinearMap) -> pd.DataF
         f"blocks.{config.layer}.hook_resid_post",
         error_map,
         from_position=config.skip_positions,
+        clean=pd.read_parquet(others[0], columns=["seq", "pos", "token", "ce_clean"]) if others else None,
     )
     with atomic_path(path) as tmp:
         losses.to_parquet(tmp)
