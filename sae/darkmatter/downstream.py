@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -10,6 +12,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from interp.errors import ShapeMismatchError
+from interp.fileio import atomic_path
 from interp.hooks import run_with_hooks, to_tokens
 from interp.sites import Site, as_site
 from sae.darkmatter.regression import LinearMap
@@ -114,6 +117,52 @@ def spliced_losses(
     if reuse:
         out.insert(3, "ce_clean", clean.ce_clean.to_numpy())
     return out
+
+
+def resumable_spliced_losses(
+    parts: Path,
+    model: HookedTransformer,
+    tokens: Int[Tensor, "seqs pos"],
+    sae: Sae,
+    site: Site | str,
+    error_map: LinearMap,
+    *,
+    from_position: int = 0,
+    clean: pd.DataFrame | None = None,
+    chunk_seqs: int = 64,
+) -> pd.DataFrame:
+    """spliced_losses a chunk of `chunk_seqs` sequences at a time, each chunk saved under `parts` (one parquet per chunk): a killed run
+    resumes from the chunks saved. The same frame as one spliced_losses call (the chunks hold whole batches of 8 sequences).
+    clean: as in spliced_losses, for all of `tokens` (sliced per chunk here)."""
+    if chunk_seqs < 1 or chunk_seqs % 8:
+        raise ShapeMismatchError(
+            f"chunk_seqs={chunk_seqs}: must be a positive multiple of spliced_losses' batch of 8 sequences."
+        )
+    parts.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for start in range(0, len(tokens), chunk_seqs):
+        part = parts / f"seqs{start:06d}-{min(start + chunk_seqs, len(tokens)):06d}.parquet"
+        if part.exists():
+            frames.append(pd.read_parquet(part))
+            continue
+        chunk_clean = None
+        if clean is not None:
+            inside = (clean.seq >= start) & (clean.seq < start + chunk_seqs)
+            chunk_clean = clean[inside].assign(seq=clean.seq[inside] - start).reset_index(drop=True)
+        losses = spliced_losses(
+            model,
+            tokens[start : start + chunk_seqs],
+            sae,
+            site,
+            error_map,
+            from_position=from_position,
+            clean=chunk_clean,
+        )
+        losses["seq"] += start
+        with atomic_path(part) as tmp:
+            losses.to_parquet(tmp)
+        frames.append(losses)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _rows(tokens: Int[Tensor, "seqs pos"], from_position: int) -> pd.DataFrame:

@@ -123,6 +123,39 @@ def test_spliced_losses_reuse_the_clean_ce_only_for_the_same_tokens(tiny_model, 
     )  # one batch: the layers up to the site, then 3 variants (4 when not reused)
 
 
+def test_resumable_spliced_losses_equal_one_call_and_resume_from_saved_chunks(tiny_model, tmp_path, monkeypatch):
+    from sae.darkmatter import downstream
+
+    sae = TopKSae(TopKConfig(64, 128, k=8, seed=0))
+    tokens = torch.randint(0, 101, (20, 10), generator=torch.Generator().manual_seed(3))
+    error_map = LinearMap(
+        torch.randn(64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 0.01, None
+    )
+    whole = spliced_losses(tiny_model, tokens, sae, SITE, error_map, from_position=1)
+    calls, real = [], downstream.spliced_losses
+
+    def dies_after_the_first_chunk(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(downstream, "spliced_losses", dies_after_the_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        downstream.resumable_spliced_losses(
+            tmp_path, tiny_model, tokens, sae, SITE, error_map, from_position=1, chunk_seqs=8
+        )
+    assert len(list(tmp_path.glob("*.parquet"))) == 1  # the first 8 sequences saved
+    monkeypatch.setattr(downstream, "spliced_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = downstream.resumable_spliced_losses(
+        tmp_path, tiny_model, tokens, sae, SITE, error_map, from_position=1, chunk_seqs=8, clean=whole
+    )
+    pd.testing.assert_frame_equal(resumed, whole)
+    assert len(calls) == 3  # the first chunk from its file; the other two (8 and 4 sequences) spliced
+    with pytest.raises(ShapeMismatchError, match="chunk_seqs=12"):
+        downstream.resumable_spliced_losses(tmp_path, tiny_model, tokens, sae, SITE, error_map, chunk_seqs=12)
+
+
 def test_zero_linear_map_leaves_the_whole_error_or_none(tiny_model):
     sae = TopKSae(TopKConfig(64, 128, k=8, seed=0))
     tokens = torch.randint(0, 101, (2, 10), generator=torch.Generator().manual_seed(2))
