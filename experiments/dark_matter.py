@@ -9,8 +9,8 @@ and each SAE's training restart from their last shard / checkpoint). SAEs train 
 every number is measured on the held-out tokens. Activations stay in the store's dtype in memory (float16
 for the full run: 512k tokens x 4 sites is 2.4 GB) and are cast to float32/float64 a chunk at a time.
 
-Stages, in order: the store; the norm R^2 grid (widths x first positions dropped x training x k, each with
-a bootstrap CI over held-out sequences); the CE shares (with CIs) at the grid widths; the family of SAEs
+Stages, in order: the store (and `extra_heldout_seqs` more held-out sequences from past it, for the grid); the norm R^2 grid
+(widths x first positions dropped x training x k, each with bootstrap CIs over held-out sequences and documents); the CE shares (with CIs) at the grid widths; the family of SAEs
 trained to convergence and every per-width analysis (CE shares not cached yet last). `budget_minutes` bounds one
 invocation: past it the run writes what it has (the grid's missing cells and the missing stages are listed) and a
 rerun resumes. The stages are library code in sae.darkmatter (data, saes, grid, family, report); this script holds

@@ -64,7 +64,7 @@ def main(out: Path) -> None:
         else:
             source = "300-step family (not re-run on the converged family)"
             row = dict(short_table.loc[row["claim"]], claim=row["claim"])
-        rows.append(dict(row, family=source))
+        rows.append(dict(row, holds=bool(row["holds"]), ours=float(row["ours"]), family=source))
     out.write_text(
         json.dumps(
             dict(
