@@ -42,6 +42,9 @@ def _grid_sections(run: ResultsDir, m: dict) -> list[Section]:
             "fit_tokens",
             "eval_tokens",
             "eval_seqs",
+            "ci_doc_low",
+            "ci_doc_high",
+            "eval_docs",
             "norm_r2_store_heldout",
             "norm_r2_extra_heldout",
             "status",
@@ -57,7 +60,8 @@ def _grid_sections(run: ResultsDir, m: dict) -> list[Section]:
     if "norm_r2_extra_heldout" in grid.columns:
         text += (
             " Held out: the store's held-out sequences and extra sequences from later documents of the corpus (seen by neither the SAEs nor the "
-            "probes), judged together (norm_r2, eval_seqs); norm_r2_store_heldout / norm_r2_extra_heldout: each set alone."
+            "probes), judged together (norm_r2, eval_seqs); norm_r2_store_heldout / norm_r2_extra_heldout: each set alone; ci_doc: the bootstrap over "
+            "documents instead of sequences (a document spans several sequences)."
         )
     if missing:
         text += f" {missing} rows are not measured yet (status says why); rerunning the same command resumes from the cached store and SAEs."
