@@ -64,9 +64,7 @@ class Rows(NamedTuple):
     ]  # blocks.{layer}.hook_attn_out: fit side only on the linear-fit rows (m = linear_fit_tokens)
     mlp: Float[Tensor, "m d"]
     seq: Int[Tensor, " n"] | None  # held-out side: which held-out sequence (0..) a row is in, the bootstrap's clusters
-    doc: Int[Tensor, " n"] | None = (
-        None  # held-out side, corpora with documents: which document of the stream a row is in
-    )
+    doc: Int[Tensor, " n"] | None = None  # held-out side: each row's document in the stream (None: no documents)
 
 
 class ExtraHeld(NamedTuple):
@@ -77,9 +75,7 @@ class ExtraHeld(NamedTuple):
     x: Float[Tensor, "n d"]  # blocks.{layer}.hook_resid_post only
     seq: Int[Tensor, " n"]  # which extra sequence (0..) a row is in: the bootstrap's clusters
     stream_seqs: Int[Tensor, " s"]  # each extra sequence's index in the corpus stream (past the store's)
-    doc: Int[Tensor, " n"] | None = (
-        None  # which document a row is in (ids after the store's), for corpora with documents
-    )
+    doc: Int[Tensor, " n"] | None = None  # each row's document (ids after the store's; None: no documents)
 
 
 class Split(NamedTuple):
