@@ -41,6 +41,12 @@ def _grid_sections(run: ResultsDir, m: dict) -> list[Section]:
             "fvu",
             "fit_tokens",
             "eval_tokens",
+            "eval_seqs",
+            "ci_doc_low",
+            "ci_doc_high",
+            "eval_docs",
+            "norm_r2_store_heldout",
+            "norm_r2_extra_heldout",
             "status",
         )
         if c in grid.columns
@@ -51,6 +57,12 @@ def _grid_sections(run: ResultsDir, m: dict) -> list[Section]:
         "on later positions only), training (the previous runs' 300 steps, or until the FVU changes by < 1% over the last 20% of steps) and k. "
         "CI: percentile bootstrap over held-out sequences (the fitted probe held fixed). The paper reports > 0.9."
     )
+    if "norm_r2_extra_heldout" in grid.columns:
+        text += (
+            " Held out: the store's held-out sequences and extra sequences from later documents of the corpus (seen by neither the SAEs nor the "
+            "probes), judged together (norm_r2, eval_seqs); norm_r2_store_heldout / norm_r2_extra_heldout: each set alone; ci_doc: the bootstrap over "
+            "documents instead of sequences (a document spans several sequences)."
+        )
     if missing:
         text += f" {missing} rows are not measured yet (status says why); rerunning the same command resumes from the cached store and SAEs."
     sections = [

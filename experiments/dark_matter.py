@@ -9,8 +9,8 @@ and each SAE's training restart from their last shard / checkpoint). SAEs train 
 every number is measured on the held-out tokens. Activations stay in the store's dtype in memory (float16
 for the full run: 512k tokens x 4 sites is 2.4 GB) and are cast to float32/float64 a chunk at a time.
 
-Stages, in order: the store; the norm R^2 grid (widths x first positions dropped x training x k, each with
-a bootstrap CI over held-out sequences); the CE shares (with CIs) at the grid widths; the family of SAEs
+Stages, in order: the store (and `extra_heldout_seqs` more held-out sequences from past it, for the grid); the norm R^2 grid
+(widths x first positions dropped x training x k, each with bootstrap CIs over held-out sequences and documents); the CE shares (with CIs) at the grid widths; the family of SAEs
 trained to convergence and every per-width analysis (CE shares not cached yet last). `budget_minutes` bounds one
 invocation: past it the run writes what it has (the grid's missing cells and the missing stages are listed) and a
 rerun resumes. The stages are library code in sae.darkmatter (data, saes, grid, family, report); this script holds
@@ -92,6 +92,10 @@ class DarkMatterConfig:
     bootstrap: int = 1000  # replicates of every bootstrap CI
     # a grid cell whose CI half-width exceeds this is judged also on the fit rows its probe did not see (the SAE did: reported apart and pooled)
     grid_ci_target: float | None = 0.01
+    # more held-out sequences for the grid: the corpus's next sequences after the store's (from the first document the store has no token of),
+    # layer-6 activations stored beside the store; neither the SAEs nor the probes see them. Every grid cell is judged on the store's held-out
+    # sequences and these together (1,024 + 1,024 halves the CI's variance). 0: the store's held-out sequences only
+    extra_heldout_seqs: int = 1024
     budget_minutes: float | None = (
         110.0  # stop starting/continuing work after this long, write what is done (rerun to resume); None: no limit
     )
@@ -146,6 +150,10 @@ class DarkMatterConfig:
                 f"grid_ks={self.grid_ks}: each must be below the smallest grid width {min(self.grid_widths, default=0)}",
             ),
             (self.grid_fit_tokens < 2, f"grid_fit_tokens={self.grid_fit_tokens}: must be at least 2"),
+            (
+                self.extra_heldout_seqs < 0,
+                f"extra_heldout_seqs={self.extra_heldout_seqs}: must be >= 0 (0: the store's held-out sequences only)",
+            ),
             (self.bootstrap < 100, f"bootstrap={self.bootstrap}: use at least 100 replicates for a 95% interval"),
         ]
         for bad, message in problems:
@@ -178,6 +186,7 @@ class DarkMatterConfig:
             ),
             grid_widths=(1152,),
             grid_fit_tokens=8192,
+            extra_heldout_seqs=64,
             bootstrap=500,
             budget_minutes=None,  # one grid width: the quick run stays ~5 min
             pursuit_tokens=4096,

@@ -4,6 +4,7 @@ inputs, what the largest SAE adds, and the SAEs trained on each error part. Each
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +22,7 @@ from sae.darkmatter.decomposition import (
     nonlinear_fvu_with_inputs,
     norm_probe_variants,
 )
-from sae.darkmatter.downstream import ce_shares, spliced_losses
+from sae.darkmatter.downstream import ce_shares, resumable_spliced_losses
 from sae.darkmatter.features import improvement_shares, learned_feature_fraction
 from sae.darkmatter.pursuit import pursuit_reconstruction
 from sae.darkmatter.regression import LinearMap, fvu, regression_r2
@@ -139,16 +140,22 @@ def _downstream_losses(ctx: Context, sae: Sae, error_map: LinearMap) -> pd.DataF
         return pd.read_parquet(path)
     config = ctx.config
     seqs = ctx.data.held_seqs[: config.downstream_seqs]
-    losses = spliced_losses(
+    # the clean model's CE on these sequences does not depend on the SAE: reuse another width's (checked token by token in spliced_losses)
+    others = sorted(path.parent.glob(f"*-{len(seqs)}seqs-from{config.skip_positions}-*.parquet"))
+    parts = path.parent / "parts" / path.stem  # 64 sequences at a time: a killed run resumes from the chunks done
+    losses = resumable_spliced_losses(
+        parts,
         ctx.model,
         ctx.data.tokens.reshape(-1, config.seq_len)[seqs],
         sae,
         f"blocks.{config.layer}.hook_resid_post",
         error_map,
         from_position=config.skip_positions,
+        clean=pd.read_parquet(others[0], columns=["seq", "pos", "token", "ce_clean"]) if others else None,
     )
     with atomic_path(path) as tmp:
         losses.to_parquet(tmp)
+    shutil.rmtree(parts)
     return losses
 
 

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from sae.darkmatter.data import DarkMatterSettings, Split
 from sae.darkmatter.regression import fit_linear_map, total_variance
@@ -39,6 +40,15 @@ GRID_COLUMNS = [
     "fvu_change_at_plateau",
     "anneal_fvu_change",
     "fvu",
+    "eval_seqs",
+    "eval_tokens",
+    "ci_doc_low",
+    "ci_doc_high",
+    "eval_docs",
+    "norm_r2_store_heldout",
+    "store_heldout_ci",
+    "norm_r2_extra_heldout",
+    "extra_heldout_ci",
     "status",
 ]
 
@@ -103,13 +113,53 @@ def norm_r2_grid(
             ]
             continue
         record = training_record(cache / "saes", fit.x, spec)._asdict()
-        sq_fit, sq_eval = sq_error_norms(sae, fit.x[:last]), sq_error_norms(sae, held.x)
-        fvu_eval = float(sq_eval.sum()) / total_variance(held.x)
+        sq_fit = sq_error_norms(sae, fit.x[:last])
+        sides = _eval_sides(data)
+        sq_eval = {name: sq_error_norms(sae, side.x) for name, side in sides.items()}
+        fvu_eval = float(sq_eval["store"].sum()) / total_variance(held.x)
         for p, sel in fit_rows.items():
             probe = fit_linear_map(fit.x[sel], sq_fit[sel])
-            ev = held.pos >= p
+            ev = {name: side.pos >= p for name, side in sides.items()}
+            pred = {name: probe.predict(side.x[ev[name]])[:, 0] for name, side in sides.items()}
+            parts = {
+                name: r2_with_ci(
+                    sq_eval[name][ev[name]], pred[name], side.seq[ev[name]], n_boot=config.bootstrap, seed=config.seed
+                )
+                for name, side in sides.items()
+            }
+            # every held-out sequence, the store's and the extra ones (distinct cluster ids), judged together
+            clusters = torch.cat(
+                [side.seq[ev[name]] + offset for (name, side), offset in zip(sides.items(), _offsets(sides))]
+            )
             value, low, high = r2_with_ci(
-                sq_eval[ev], probe.predict(held.x[ev])[:, 0], held.seq[ev], n_boot=config.bootstrap, seed=config.seed
+                torch.cat([sq_eval[name][ev[name]] for name in sides]),
+                torch.cat(list(pred.values())),
+                clusters,
+                n_boot=config.bootstrap,
+                seed=config.seed,
+            )
+            extra = {}
+            if all(
+                side.doc is not None for side in sides.values()
+            ):  # documents span several sequences: the coarser clusters
+                docs = torch.cat([side.doc[ev[name]] for name, side in sides.items()])
+                _, doc_low, doc_high = r2_with_ci(
+                    torch.cat([sq_eval[name][ev[name]] for name in sides]),
+                    torch.cat(list(pred.values())),
+                    docs,
+                    n_boot=config.bootstrap,
+                    seed=config.seed,
+                )
+                extra = dict(ci_doc_low=doc_low, ci_doc_high=doc_high, eval_docs=int(docs.unique().numel()))
+            extra |= (
+                dict(
+                    norm_r2_store_heldout=parts["store"][0],
+                    store_heldout_ci=list(parts["store"][1:]),
+                    norm_r2_extra_heldout=parts["extra"][0],
+                    extra_heldout_ci=list(parts["extra"][1:]),
+                )
+                if "extra" in sides
+                else {}
             )
             rows.append(
                 dict(
@@ -121,11 +171,37 @@ def norm_r2_grid(
                     ci_high=high,
                     fvu=fvu_eval,
                     fit_tokens=len(sel),
-                    eval_tokens=int(ev.sum()),
+                    eval_tokens=sum(int(e.sum()) for e in ev.values()),
+                    eval_seqs=int(clusters.unique().numel()),
+                    **extra,
                     status="done",
                 )
             )
     return pd.DataFrame(rows)
+
+
+class EvalSide(NamedTuple):
+    x: Tensor
+    pos: Tensor
+    seq: Tensor
+    doc: Tensor | None
+
+
+def _eval_sides(data: Split) -> dict[str, EvalSide]:
+    """The grid's held-out rows: the store's held-out sequences ("store") and, when loaded, the extra ones from past the store ("extra")."""
+    sides = dict(store=EvalSide(data.held.x, data.held.pos, data.held.seq, data.held.doc))
+    if data.extra is not None:
+        sides["extra"] = EvalSide(data.extra.x, data.extra.pos, data.extra.seq, data.extra.doc)
+    return sides
+
+
+def _offsets(sides: dict[str, EvalSide]) -> list[int]:
+    """Cluster-id offsets that keep each side's sequences distinct when the sides are pooled."""
+    out, total = [], 0
+    for side in sides.values():
+        out.append(total)
+        total += int(side.seq.max()) + 1
+    return out
 
 
 def grid_effects(grid: pd.DataFrame) -> pd.DataFrame:

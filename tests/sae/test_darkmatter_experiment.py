@@ -60,6 +60,7 @@ def _tiny_config(cache: Path) -> DarkMatterConfig:
         grid_positions_dropped=(1, 4, 16),
         grid_ks=(8, 16),
         grid_fit_tokens=512,
+        extra_heldout_seqs=16,
         bootstrap=100,
         pursuit_tokens=512,
         downstream_seqs=4,
@@ -141,16 +142,23 @@ def _check_grid(metrics, out, config, cache):
         claims.claim.str.contains("CHOSEN AFTER LOOKING").any()
         and claims.claim.str.contains("closest to the paper").any()
     )
-    assert "Norm R^2 grid" in (out / "dashboard.html").read_text()
+    page = (out / "dashboard.html").read_text()
+    assert "Norm R^2 grid" in page and "eval_seqs" in page and "norm_r2_extra_heldout" in page
+    # the CE shares' CIs on the page, one row per width with its interval as the metrics have it
+    low, high = metrics["ce_share_nonlinear_ci"][0]
+    assert "CE shares with bootstrap CIs" in page and f"[{low:.2f}, {high:.2f}]" in page
     wide = [r for r in grid if (r["ci_high"] - r["ci_low"]) / 2 > config.grid_ci_target]
     assert (
         len(metrics["norm_r2_grid_more_tokens"]) == len(wide) > 0
         and "on more tokens" in (out / "dashboard.html").read_text()
     )
 
-    # W64 k8 short, first 4 positions dropped: numpy lstsq on the first grid_fit_tokens fit rows at positions >= 4, judged on held-out rows there
+    # W64 k8 short, first 4 positions dropped: numpy lstsq on the first grid_fit_tokens fit rows at positions >= 4, judged on held-out rows
+    # there: the store's held-out sequences and the 16 extra ones past the store (the seeded random corpus continued), pooled
     fit_seqs, held_seqs = split_sequences(96, config.fit_fraction, config.seed)
-    tokens = torch.randint(0, 101, (96, 32), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 101, (96, 32), generator=generator)
+    extra_tokens = torch.randint(0, 101, (16, 32), generator=generator)
     short = [
         d
         for d in cache.glob("*/saes/resid_L1-W64-k8-*")
@@ -161,16 +169,23 @@ def _check_grid(metrics, out, config, cache):
     with torch.no_grad():
         model = dark_matter.load_model(TINY_GQA)
         acts = {
-            name: model.run_with_cache(tokens[seqs], names_filter=SITE)[1][SITE][:, 4:].reshape(-1, 64).double()
-            for name, seqs in (("fit", fit_seqs), ("held", held_seqs))
+            name: model.run_with_cache(seqs, names_filter=SITE)[1][SITE][:, 4:].reshape(-1, 64).double()
+            for name, seqs in (("fit", tokens[fit_seqs]), ("held", tokens[held_seqs]), ("extra", extra_tokens))
         }
         sq = {name: (x - sae(x.float()).double()).pow(2).sum(-1).numpy() for name, x in acts.items()}
     x_fit, y_fit = acts["fit"].numpy()[:512], sq["fit"][:512]
     solution = np.linalg.lstsq(x_fit, y_fit, rcond=None)[0]
     residual = sq["held"] - acts["held"].numpy() @ solution
     expected = 1 - (residual**2).sum() / ((sq["held"] - sq["held"].mean()) ** 2).sum()
+    y_all = np.concatenate([sq["held"], sq["extra"]])
+    x_all = np.concatenate([acts["held"].numpy(), acts["extra"].numpy()])
+    pooled = 1 - ((y_all - x_all @ solution) ** 2).sum() / ((y_all - y_all.mean()) ** 2).sum()
     row = next(r for r in grid if (r["width"], r["positions_dropped"], r["training"], r["k"]) == (64, 4, "short", 8))
-    assert row["norm_r2"] == pytest.approx(expected, abs=1e-4)
+    assert row["norm_r2"] == pytest.approx(pooled, abs=1e-4) and row["norm_r2_store_heldout"] == pytest.approx(
+        expected, abs=1e-4
+    )
+    assert row["eval_seqs"] == 32 + 16 and row["eval_tokens"] == len(y_all)
+    assert all(r["store_heldout_ci"][0] <= r["norm_r2_store_heldout"] <= r["store_heldout_ci"][1] for r in grid)
 
     # the same cell judged also on the fit rows its probe did not see (rows 512.. at positions >= 4), alone and pooled with the held-out rows
     from sae.darkmatter.data import cache_folder, load_split

@@ -1,6 +1,7 @@
 """Gradient pursuit against a per-token loop; the spliced error parts against TransformerLens's own loss."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -98,6 +99,61 @@ def test_spliced_losses_match_transformer_lens_loss_per_token(tiny_model):
     assert shares["ce_share_nonlinear"] == pytest.approx(
         (losses.ce_sae_plus_linear.mean() - losses.ce_clean.mean()) / increase
     )
+
+
+def test_spliced_losses_reuse_the_clean_ce_only_for_the_same_tokens(tiny_model, monkeypatch):
+    sae, other = TopKSae(TopKConfig(64, 128, k=8, seed=0)), TopKSae(TopKConfig(64, 256, k=8, seed=1))
+    tokens = torch.randint(0, 101, (4, 12), generator=torch.Generator().manual_seed(1))
+    error_map = LinearMap(torch.zeros(64, 64, dtype=torch.float64), None)
+    fresh = spliced_losses(tiny_model, tokens, sae, SITE, error_map, from_position=1)
+    earlier = spliced_losses(tiny_model, tokens, other, SITE, error_map, from_position=1)
+    runs = []
+    forward = type(tiny_model).forward
+    monkeypatch.setattr(type(tiny_model), "forward", lambda self, *a, **k: runs.append(1) or forward(self, *a, **k))
+    reused = spliced_losses(tiny_model, tokens, sae, SITE, error_map, from_position=1, clean=earlier)
+    pd.testing.assert_frame_equal(reused, fresh)
+    calls_reused, runs[:] = len(runs), []
+    other_tokens = tokens.flip(0)  # another order: the earlier clean CE does not belong to these rows
+    pd.testing.assert_frame_equal(
+        spliced_losses(tiny_model, other_tokens, sae, SITE, error_map, from_position=1, clean=earlier),
+        spliced_losses(tiny_model, other_tokens, sae, SITE, error_map, from_position=1),
+    )
+    assert (
+        calls_reused == 4 and len(runs) == 2 * 5
+    )  # one batch: the layers up to the site, then 3 variants (4 when not reused)
+
+
+def test_resumable_spliced_losses_equal_one_call_and_resume_from_saved_chunks(tiny_model, tmp_path, monkeypatch):
+    from sae.darkmatter import downstream
+
+    sae = TopKSae(TopKConfig(64, 128, k=8, seed=0))
+    tokens = torch.randint(0, 101, (20, 10), generator=torch.Generator().manual_seed(3))
+    error_map = LinearMap(
+        torch.randn(64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 0.01, None
+    )
+    whole = spliced_losses(tiny_model, tokens, sae, SITE, error_map, from_position=1)
+    calls, real = [], downstream.spliced_losses
+
+    def dies_after_the_first_chunk(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(downstream, "spliced_losses", dies_after_the_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        downstream.resumable_spliced_losses(
+            tmp_path, tiny_model, tokens, sae, SITE, error_map, from_position=1, chunk_seqs=8
+        )
+    assert len(list(tmp_path.glob("*.parquet"))) == 1  # the first 8 sequences saved
+    monkeypatch.setattr(downstream, "spliced_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = downstream.resumable_spliced_losses(
+        tmp_path, tiny_model, tokens, sae, SITE, error_map, from_position=1, chunk_seqs=8, clean=whole
+    )
+    pd.testing.assert_frame_equal(resumed, whole)
+    assert len(calls) == 3  # the first chunk from its file; the other two (8 and 4 sequences) spliced
+    with pytest.raises(ShapeMismatchError, match="chunk_seqs=12"):
+        downstream.resumable_spliced_losses(tmp_path, tiny_model, tokens, sae, SITE, error_map, chunk_seqs=12)
 
 
 def test_zero_linear_map_leaves_the_whole_error_or_none(tiny_model):
