@@ -12,24 +12,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dashboards.sae import EVALUATION_KEYS
 from dashboards.sections import Section, key_value_table
 
-RECONSTRUCTION_KEYS = (
-    "l0",
-    "fvu",
-    "explained_variance",
-    "explained_variance_gm",
-    "cosine",
-    "ce_clean",
-    "ce_sae",
-    "ce_zero_ablation",
-    "ce_loss_recovered",
-    "kl_sae",
-    "dead_fraction",
-    "dense_fraction",
-    "dense_threshold",
-    "tokens",
-)
+RECONSTRUCTION_KEYS = (*(k for k in EVALUATION_KEYS if k != "tokens"), "dense_threshold", "tokens")
 
 
 def _read(eval_dir: Path, name: str) -> pd.DataFrame | None:

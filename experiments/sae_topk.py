@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dashboards.sae import EVALUATION_KEYS
 from interp.errors import InterpError
 
 ANALYSIS = "sae"
@@ -175,24 +176,7 @@ def run(config: SaeRunConfig, out: Path) -> Path:
         ),
     }
     results.save_figures(figures, png=config.png)
-    metrics = {
-        key: evaluation.metrics[key]
-        for key in (
-            "l0",
-            "fvu",
-            "explained_variance",
-            "explained_variance_gm",
-            "cosine",
-            "ce_clean",
-            "ce_sae",
-            "ce_zero_ablation",
-            "ce_loss_recovered",
-            "kl_sae",
-            "dead_fraction",
-            "dense_fraction",
-            "tokens",
-        )
-    }
+    metrics = {key: evaluation.metrics[key] for key in EVALUATION_KEYS}
     metrics.update(
         site=config.site,
         d_sae=config.d_sae,

@@ -38,7 +38,8 @@ from torch import Tensor
 
 from interp.attribution.gradients import GRADIENT_FREE_METRICS
 from interp.errors import InterpError
-from interp.graph.graph import ComputationGraph, check_task_model
+from interp.graph.graph import ComputationGraph
+from interp.graph.graph import task_graph as _graph
 from interp.hooks import capture
 from interp.metrics import restoration
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET, variants_per_batch
@@ -46,15 +47,6 @@ from interp.patching.task import PatchingTask, last_position_logits
 
 NODE_METHODS = ("atp", "atp+graddrop")
 NODE_COLUMNS = ["node", "component", "layer", "head"]
-
-
-def _graph(task: PatchingTask, graph: ComputationGraph | None) -> ComputationGraph:
-    if graph is None:
-        return ComputationGraph(task.model)
-    if not isinstance(graph, ComputationGraph):
-        raise InterpError(f"graph: expected a ComputationGraph (or None to build one), got {type(graph).__name__}.")
-    check_task_model(graph, task.model)
-    return graph
 
 
 def node_hooks(graph: ComputationGraph) -> list[str]:

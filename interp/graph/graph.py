@@ -209,6 +209,16 @@ def check_task_model(graph: ComputationGraph, model: HookedTransformer) -> None:
         raise InterpError("graph: built for another model than task.model; build it with ComputationGraph(task.model).")
 
 
+def task_graph(task, graph: ComputationGraph | None) -> ComputationGraph:
+    """`graph` checked against the task's model, or the task model's graph when None."""
+    if graph is None:
+        return ComputationGraph(task.model)
+    if not isinstance(graph, ComputationGraph):
+        raise InterpError(f"graph: expected a ComputationGraph (or None to build one), got {type(graph).__name__}.")
+    check_task_model(graph, task.model)
+    return graph
+
+
 @contextlib.contextmanager
 def split_inputs(model: HookedTransformer) -> Iterator[None]:
     """Inside the block, the model exposes each head's q / k / v input and each MLP's input as hooks."""

@@ -33,12 +33,12 @@ from interp.attribution.gradients import GRADIENT_FREE_METRICS
 from interp.errors import InterpError, did_you_mean
 from interp.graph.graph import (
     ComputationGraph,
-    check_task_model,
     sender_hooks,
     sender_outputs,
     split_inputs,
     stack_senders,
 )
+from interp.graph.graph import task_graph as _graph
 from interp.hooks import capture
 from interp.metrics import restoration
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET, variants_per_batch
@@ -48,15 +48,6 @@ METHODS = ("exact", "eap", "eap-ig")
 DEFAULT_STEPS = 5
 DEFAULT_VERIFY_TOP = 200
 DEFAULT_K = 20
-
-
-def _graph(task: PatchingTask, graph: ComputationGraph | None) -> ComputationGraph:
-    if graph is None:
-        return ComputationGraph(task.model)
-    if not isinstance(graph, ComputationGraph):
-        raise InterpError(f"graph: expected a ComputationGraph (or None to build one), got {type(graph).__name__}.")
-    check_task_model(graph, task.model)
-    return graph
 
 
 def _ids(graph: ComputationGraph, edges) -> list[int]:
