@@ -20,23 +20,11 @@ if os.environ.get("INTERP_SHAPECHECK", "1") != "0":
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+from interp.graph.planted import PLANTED_SHAPE
 from interp.models import load_model
 
-TINY_GQA = dict(
-    n_layers=3,
-    d_model=64,
-    d_head=16,
-    n_heads=4,
-    n_key_value_heads=2,
-    d_mlp=128,
-    d_vocab=101,
-    n_ctx=32,
-    act_fn="silu",
-    normalization_type="RMS",
-    positional_embedding_type="rotary",
-    rotary_dim=16,
-    gated_mlp=True,
-)
+# the tiny random GQA model of the tests: the planted-circuit model's shape (3 layers, GQA 4:2, rotary, gated MLP)
+TINY_GQA = dict(PLANTED_SHAPE)
 
 
 @pytest.fixture(scope="session")
