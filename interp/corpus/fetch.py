@@ -125,8 +125,25 @@ def _fetch_pypi_sdist(source: DocSource, workdir: Path) -> tuple[Path, Path]:
     archive = next(p for p in workdir.iterdir() if p.name.endswith((".tar.gz", ".zip")))
     root = workdir / "extracted"
     with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="data")
+        safe_extract(tar, root)
     return archive, root
+
+
+def safe_extract(tar: tarfile.TarFile, root: Path) -> None:
+    """Extract with the "data" filter (no absolute paths, no members or links leaving root); Python before 3.11.4
+    (Debian 12's 3.11.2) has no extraction filters, so there every member is checked by hand first."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(root, filter="data")
+        return
+    base = root.resolve()
+    for member in tar.getmembers():
+        target = (base / member.name).resolve()
+        link = (target.parent / member.linkname).resolve() if member.issym() or member.islnk() else target
+        if not (target.is_relative_to(base) and link.is_relative_to(base)) or not (
+            member.isfile() or member.isdir() or member.issym() or member.islnk()
+        ):
+            raise InterpError(f"archive {tar.name}: member {member.name!r} would be written outside {root}; refused.")
+    tar.extractall(root)
 
 
 def documents_of(source: DocSource, root: Path) -> Iterator[tuple[dict, dict]]:
