@@ -131,16 +131,21 @@ def cache(
         help="Text encoding of a .txt / .jsonl corpus (decoded strictly: a bad byte is an error naming its offset).",
     ),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    shard_tokens: int = typer.Option(
+        65_536, help="Tokens per shard file (whole batches of 16 sequences); under torchrun the ranks share the shards."
+    ),
 ) -> None:
     """Fill an activation store: stream a corpus through the model, write sharded safetensors."""
-    _positive(n_tokens=n_tokens, seq_len=seq_len)
+    _positive(n_tokens=n_tokens, seq_len=seq_len, shard_tokens=shard_tokens)
     _writable(out)
+    from interp.distributed import on_rank0
     from interp.models import load_model, require_hooked
     from interp.store import build_store
     from interp.store import check_store_dir
 
+    rank = _join_torchrun("interp cache")  # under torchrun: each rank writes its share of the shards
     try:
-        check_store_dir(out)  # a damaged manifest or a second writer: before loading the model
+        on_rank0(lambda: check_store_dir(out))  # a damaged manifest or a second writer: before loading the model
         if corpus is not None:
             from interp.corpus import check_corpus
 
@@ -153,10 +158,12 @@ def cache(
             n_tokens=n_tokens,
             seq_len=seq_len,
             encoding=encoding,
+            shard_tokens=shard_tokens,
         )
     except _user_errors() as exc:
         _fail(exc)
-    typer.echo(f"store: {path}")
+    if rank == 0:
+        typer.echo(f"store: {path}")
 
 
 @app.command()
@@ -189,6 +196,7 @@ def patch(
     from interp.patching.pairs import read_pairs
     from interp.errors import InterpError
 
+    rank = _join_torchrun("interp patch", plan)
     try:
         config = PatchingSweepConfig(
             pairs=read_pairs(pairs), sweeps=tuple(sweep), metric=metric, align=align, method=method, model=model
@@ -201,7 +209,20 @@ def patch(
         if "align=True" in str(exc):  # the library's wording; on the command line it is a flag
             exc = InterpError(str(exc).replace("pass align=True", "pass --align"))
         _fail(exc)
-    typer.echo(f"dashboard: {run_dir / 'dashboard.html'}")
+    if rank == 0:
+        typer.echo(f"dashboard: {run_dir / 'dashboard.html'}")
+
+
+def _join_torchrun(command: str, plan: bool = False) -> int:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (gloo, the CPU, as the command runs without it); the
+    rank. --plan predicts one process's run, so it is refused there."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and plan:
+        _fail(f"{command} --plan: plan as one process (without torchrun); the plan predicts one process's run.")
+    from interp.distributed import init_from_env
+
+    return init_from_env(cpu=True)[0]
 
 
 def _plan_patch(config) -> None:

@@ -165,12 +165,21 @@ def run(config: PatchingSweepConfig, out: Path, *, overwrite: bool = False) -> P
     from interp.patching import PatchingTask
     from interp.results import ResultsDir
 
+    from interp.distributed import on_rank0, rank_world
+
     title = "Activation patching"
-    ResultsDir.check_create(out, config, title=title, exist_ok=True, overwrite=overwrite)  # before loading anything
+    # under torchrun (interp.distributed): every rank runs its share of each sweep and ends with all of it; rank 0
+    # alone checks and writes the folder (its refusal stops the other ranks too)
+    on_rank0(lambda: ResultsDir.check_create(out, config, title=title, exist_ok=True, overwrite=overwrite))
     model = require_hooked(load_model(config.model), "interp patch")
     task = PatchingTask.from_pairs(model, config.pairs, metric=config.metric, align=config.align)
     check_task(task, config.metric)
-    run_dir = ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite)
+    if rank_world()[0] != 0:
+        on_rank0(lambda: None)  # rank 0 creating the folder
+        for method in ("exact", "atp") if config.method == "exact+atp" else (config.method,):
+            sweep_tables(task, config.sweeps, method)  # the same sweeps in the same order as rank 0's _sweep_into
+        return Path(out)
+    run_dir = on_rank0(lambda: ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite))
     with run_dir.failure_marker():
         _sweep_into(run_dir, config, model, task)
         build_dashboard(run_dir)

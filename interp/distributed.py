@@ -17,6 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -33,6 +34,95 @@ def init_from_env(*, cpu: bool = False) -> tuple[int, int, str]:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     return torch.distributed.get_rank(), world, device
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process is in; (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(values: np.ndarray) -> np.ndarray:
+    """`values` (float64) summed over the ranks, on every rank; the array itself outside a group."""
+    if rank_world()[1] == 1:
+        return values
+    local = torch.as_tensor(np.ascontiguousarray(values, dtype=np.float64))
+    if torch.distributed.get_backend() == "nccl":  # nccl reduces device tensors only
+        local = local.cuda()
+    torch.distributed.all_reduce(local)
+    return local.cpu().numpy()
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank; [obj] outside a group."""
+    if rank_world()[1] == 1:
+        return [obj]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if rank_world()[1] > 1:
+        torch.distributed.barrier()
+
+
+def on_rank0(fn, *, share: bool = False):
+    """fn() on rank 0 only, its failure passed to every rank: the checks and writes one process does (a results
+    folder, a lock) without the other ranks waiting forever in a later collective when rank 0 refuses. Returns fn's
+    result on rank 0, and on the others None (share=False) or a copy of it (share=True: it must pickle). Rank 0's
+    error is raised on every rank (on the others as an InterpError with its message). Every rank must call it."""
+    rank, world = rank_world()
+    if world == 1:
+        return fn()
+    box: list = [None]
+    error, result = None, None
+    if rank == 0:
+        try:
+            result = fn()
+            box[0] = ("ok", result if share else None)
+        except Exception as exc:  # passed on, then raised here too
+            error = exc
+            box[0] = ("error", f"{type(exc).__name__}: {exc}")
+    torch.distributed.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if box[0][0] == "error":
+        from interp.errors import InterpError
+
+        raise InterpError(f"rank 0 stopped: {box[0][1]}")
+    return result if rank == 0 else box[0][1]
+
+
+def prompt_shard(n_prompts: int, rank: int, world: int) -> list[int]:
+    """The prompts rank `rank` of `world` takes: contiguous, sizes differing by at most one (none when world > n)."""
+    return [int(i) for i in np.array_split(np.arange(n_prompts), world)[rank]]
+
+
+def prompt_subset(task, idx: list[int]):
+    """The PatchingTask restricted to prompts `idx` (no forward run: its baselines stay the whole task's, its tensors
+    are sliced). Its `score` is the metric's mean over these prompts."""
+    import copy
+
+    part = copy.copy(task)
+    rows = torch.as_tensor(idx, dtype=torch.long, device=task.clean_tokens.device)
+    for name in (
+        "clean_tokens",
+        "corrupted_tokens",
+        "clean_mask",
+        "corrupted_mask",
+        "answer_tokens",
+        "wrong_tokens",
+        "clean_logits",
+        "corrupted_logits",
+        "shortformer_pos_embed",
+    ):
+        value = getattr(task, name, None)
+        if isinstance(value, torch.Tensor):
+            setattr(part, name, value[rows.to(value.device)])
+    part.n_prompts = len(idx)
+    return part
 
 
 def patch_main(argv: list[str] | None = None) -> list[Path]:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.attribution.gradients import AttributionPasses, run_passes
+from interp.attribution.gradients import AttributionPasses, _check_metric, run_passes
 from interp.attribution.qk_fix import QK_COMPONENTS, qk_fixed_effects, qk_hooks
 from interp.errors import InterpError, UnknownSiteError, did_you_mean
 from interp.kernels.patching import attribution_scores
@@ -129,8 +129,7 @@ def attribute_sites(
         raise InterpError("sites is empty: pass at least one Site or hook name to attribute.")
     sites = [normalised_site(task.model, s, task.seq_len) for s in sites]
     _check_sites(sites)
-    passes = run_passes(task, *hooks_needed(task.model, sites, method))
-    return estimates_frame(task, sites, *estimate_effects(task, sites, passes, method), method, tolerance)
+    return estimates_frame(task, sites, *sharded_effects(task, [sites], method)[0], method, tolerance)
 
 
 def attribute_heads(
@@ -171,9 +170,41 @@ def attribution_sweep(
         sweep: [normalised_site(task.model, s, task.seq_len) for s in sweep_sites(task, sweep, layers=layers)]
         for sweep in sweeps
     }
-    every_site = [s for sites in site_lists.values() for s in sites]
-    passes = run_passes(task, *hooks_needed(task.model, every_site, method))
+    effects = sharded_effects(task, list(site_lists.values()), method)
     return {
-        sweep: estimates_frame(task, sites, *estimate_effects(task, sites, passes, method), method, tolerance)
-        for sweep, sites in site_lists.items()
+        sweep: estimates_frame(task, sites, *found, method, tolerance)
+        for (sweep, sites), found in zip(site_lists.items(), effects)
     }
+
+
+def sharded_effects(
+    task: PatchingTask, site_lists: list[list[Site]], method: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """estimate_effects for each list of sites from one set of passes. Under torch.distributed (torchrun) each rank
+    runs the passes on its share of the prompts and the effects are summed over ranks: a named metric is a mean over
+    prompts, so each prompt's gradient (and so its share of every effect, the QK fix included) is its rank's times
+    (its rank's prompts / all prompts). A metric function (maybe not a mean over prompts) is run whole on every rank."""
+    from interp.distributed import all_reduce_sum, prompt_shard, prompt_subset, rank_world
+
+    every_site = [s for sites in site_lists for s in sites]
+    rank, world = rank_world()
+    if world == 1 or task._metric_fn is not None:
+        passes = run_passes(task, *hooks_needed(task.model, every_site, method))
+        return [estimate_effects(task, sites, passes, method) for sites in site_lists]
+    _check_metric(task)  # on every rank, also one without prompts
+    idx = prompt_shard(task.n_prompts, rank, world)
+    local = np.zeros(2 * len(every_site))
+    if idx:
+        part = prompt_subset(task, idx)
+        passes = run_passes(part, *hooks_needed(task.model, every_site, method))
+        found = [estimate_effects(part, sites, passes, method) for sites in site_lists]
+        local = np.concatenate([np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])])
+        local = np.nan_to_num(local * (len(idx) / task.n_prompts), nan=0.0)
+    total = all_reduce_sum(local)
+    fixed_applies = np.array([method == "atp*" and s.component in QK_COMPONENTS for s in every_site])
+    linear, fixed = total[: len(every_site)], np.where(fixed_applies, total[len(every_site) :], np.nan)
+    out, start = [], 0
+    for sites in site_lists:
+        out.append((linear[start : start + len(sites)], fixed[start : start + len(sites)]))
+        start += len(sites)
+    return out

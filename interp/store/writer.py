@@ -113,6 +113,13 @@ def build_store(
         else corpus_provenance(corpus),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    from interp.distributed import rank_world
+
+    if rank_world()[1] > 1:  # under torchrun: the shards split over the ranks, one manifest (interp.store.sharded)
+        from interp.store.sharded import build_store_sharded
+
+        batches = _batches(model, corpus, seq_len, batch_size, encoding)
+        return build_store_sharded(model, sites, out_dir, settings, shapes, batches, progress=progress)
     with store_lock(out_dir):
         manifest = _resume_or_start(out_dir, settings)
         if manifest["complete"]:
