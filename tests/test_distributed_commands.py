@@ -46,7 +46,9 @@ def _atp_tables(task) -> dict[str, np.ndarray]:
     from interp.sites import Site
 
     tables = attribution_sweep(task, ("heads", "resid_pre", "neurons"), method="atp")
-    qk = [Site(layer, c, head=h, position=p) for layer in range(3) for c in ("q", "k") for h in (0, 1) for p in (None, 2)]
+    qk = [
+        Site(layer, c, head=h, position=p) for layer in range(3) for c in ("q", "k") for h in (0, 1) for p in (None, 2)
+    ]
     tables["qk*"] = attribute_sites(task, qk + [Site(1, "z", head=0)], method="atp*")
     out = {name: frame.metric.to_numpy() for name, frame in tables.items()}
     out["qk*_reliable"] = tables["qk*"].reliable.astype("float").fillna(-1).to_numpy()
@@ -63,7 +65,11 @@ def _atp_rank(rank: int, world: int, port: int, out: str, metric: str, n_prompts
 
 @pytest.mark.parametrize(
     "metric, n_prompts, world",
-    [("logit_diff", 3, 2), ("kl_div", 3, 2), pytest.param("logit_diff", 2, 3, marks=pytest.mark.slow)],
+    [
+        ("logit_diff", 3, 2),
+        pytest.param("kl_div", 3, 2, marks=pytest.mark.slow),
+        pytest.param("logit_diff", 2, 3, marks=pytest.mark.slow),
+    ],
 )  # 3 prompts over 2 ranks: unequal shares; 2 over 3: a rank without prompts
 def test_atp_sweep_sharded_over_prompts_equals_one_process(tmp_path, metric, n_prompts, world):
     one = _atp_tables(_task(metric, n_prompts))
@@ -134,6 +140,7 @@ def test_store_built_by_two_ranks_equals_one_process(tmp_path):
     torch.testing.assert_close(store.activations(SITES[0]), cache[SITES[0]].reshape(22 * 8, -1))
 
 
+@pytest.mark.slow  # two launches of two processes: ~70 s at a load of 8
 def test_store_resumes_after_a_rank_dies(tmp_path):
     """Rank 1 fails writing its second shard (its file name taken by a folder): the launcher stops rank 0 too. The
     rerun keeps the shards already written (rank 1's first is not rewritten) and ends equal to one process."""
@@ -144,7 +151,9 @@ def test_store_resumes_after_a_rank_dies(tmp_path):
     (store / "shard_00003.safetensors").mkdir()  # shards 0..5 dealt round-robin: rank 1 writes 1, then 3
     with pytest.raises(mp.ProcessRaisedException, match="shard_00003"):
         mp.spawn(_cache_rank, args=(2, _free_port(), str(two), [("full", 30)]), nprocs=2, join=True)
-    assert (store / "parts" / "00001.json").is_file() and not json.loads((store / "manifest.json").read_text())["complete"]
+    assert (store / "parts" / "00001.json").is_file() and not json.loads((store / "manifest.json").read_text())[
+        "complete"
+    ]
     first = (store / "shard_00001.safetensors").stat().st_mtime_ns
     (store / "shard_00003.safetensors").rmdir()
     mp.spawn(_cache_rank, args=(2, _free_port(), str(two), [("full", 30)]), nprocs=2, join=True)
@@ -199,7 +208,17 @@ def test_interp_cache_under_torchrun_equals_one_process(tmp_path):
 
     corpus = tmp_path / "text.txt"
     corpus.write_text(" ".join(f"The number {i} is followed by {i + 1}." for i in range(400)))
-    args = ["cache", "--site", "blocks.2.hook_resid_post", "--n-tokens", "2048", "--seq-len", "32", "--corpus", str(corpus)]
+    args = [
+        "cache",
+        "--site",
+        "blocks.2.hook_resid_post",
+        "--n-tokens",
+        "2048",
+        "--seq-len",
+        "32",
+        "--corpus",
+        str(corpus),
+    ]
     args += ["--shard-tokens", "512"]  # 16 sequences a shard: 4 shards, two for each rank
     one = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
