@@ -139,6 +139,7 @@ class NNsightModel:
         *,
         prepend_bos: bool = False,
         remote: RemoteTarget | str | None = None,
+        wrapper=None,  # an nnsight TransformersModel already around hf_model (NNsightModel.remote's meta one)
     ):
         if not (remote is None or remote == "local" or isinstance(remote, RemoteTarget)):
             raise InterpError(
@@ -147,7 +148,7 @@ class NNsightModel:
             )
         self.hf_model = hf_model.eval()
         self.tokenizer = tokenizer
-        self.nn = nnsight.TransformersModel(hf_model, tokenizer=tokenizer)
+        self.nn = wrapper if wrapper is not None else nnsight.TransformersModel(hf_model, tokenizer=tokenizer)
         self.cfg = HFModelShape.from_hf(hf_model, prepend_bos)
         if isinstance(remote, RemoteTarget):  # meta weights: tokens and results live on the CPU here
             self.cfg = dataclasses.replace(self.cfg, device=torch.device("cpu"))
@@ -173,7 +174,7 @@ class NNsightModel:
         the local Hugging Face cache, or from the Hub when online). Sending needs the network and an NDIF API key
         (api_key, or the NDIF_API_KEY environment variable); without them each call fails at once, naming the fix.
         """
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         source = str(Path(config).expanduser()) if config is not None else repo_id
         try:
@@ -185,10 +186,12 @@ class NNsightModel:
                 "Offline, pass config= a local folder with the model's config.json and tokenizer files, or download "
                 f"them once (huggingface-cli download {repo_id} config.json tokenizer.json tokenizer_config.json)."
             ) from None
-        with torch.device("meta"):
-            hf_model = AutoModelForCausalLM.from_config(hf_config)
+        # nnsight's own meta build (architecture from the config, no weights), as for its remote=True traces
+        wrapper = nnsight.TransformersModel(
+            source, tokenizer=tokenizer, task="text-generation", config=hf_config, revision=None if config else revision
+        )
         target = RemoteTarget(repo_id, revision, host, api_key)
-        return cls(hf_model, tokenizer, prepend_bos=prepend_bos, remote=target)
+        return cls(wrapper._module, tokenizer, prepend_bos=prepend_bos, remote=target, wrapper=wrapper)
 
     def model_key(self) -> str:
         """The key a remote request names its model by (nnsight's own format: wrapper class, repo id, revision,
