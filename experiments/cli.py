@@ -134,6 +134,11 @@ def cache(
     shard_tokens: int = typer.Option(
         65_536, help="Tokens per shard file (whole batches of 16 sequences); under torchrun the ranks share the shards."
     ),
+    plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="Print the batches, shards, predicted peak memory and time (from a two-batch probe into a temporary folder), then stop; refuse when the memory will not fit.",
+    ),
 ) -> None:
     """Fill an activation store: stream a corpus through the model, write sharded safetensors."""
     _positive(n_tokens=n_tokens, seq_len=seq_len, shard_tokens=shard_tokens)
@@ -143,13 +148,22 @@ def cache(
     from interp.store import build_store
     from interp.store import check_store_dir
 
-    rank = _join_torchrun("interp cache")  # under torchrun: each rank writes its share of the shards
+    rank = _join_torchrun("interp cache", plan)  # under torchrun: each rank writes its share of the shards
     try:
         on_rank0(lambda: check_store_dir(out))  # a damaged manifest or a second writer: before loading the model
         if corpus is not None:
             from interp.corpus import check_corpus
 
             check_corpus(corpus, encoding=encoding)
+        if plan:
+            from interp.plan import plan_cache
+
+            lm = require_hooked(load_model(model), "interp cache")
+            kwargs = dict(seq_len=seq_len, shard_tokens=shard_tokens, encoding=encoding, budget_flag="--shard-tokens")
+            result = plan_cache(lm, site, corpus, n_tokens, **kwargs)
+            typer.echo(result.render())
+            result.check()
+            return
         path = build_store(
             require_hooked(load_model(model), "interp cache"),
             site,
@@ -355,6 +369,11 @@ def sae_train(
     lr: Optional[float] = typer.Option(
         None, help="Learning rate; default 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024)."
     ),
+    plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="Print the steps, batches, predicted peak memory and time (from a three-step probe of the trainer, nothing written), then stop; refuse when the memory will not fit.",
+    ),
 ) -> None:
     """Train a sparse autoencoder on one site, then evaluate it on held-out tokens."""
     _positive(
@@ -382,13 +401,15 @@ def sae_train(
     from sae.models import make_config
     from sae.train import TrainConfig, train_at_site
 
+    if plan:
+        _join_torchrun("interp sae train", plan)  # refused under torchrun
     rank = init_from_env(cpu=True)[0]  # under torchrun: join the group; train_sae splits each batch over the ranks
     lock = store_lock if rank == 0 else lambda _: nullcontext()  # rank 0 holds the folder and writes it
     try:
         if out.is_dir() and (out / ".lock").exists():
             with lock(out):  # before loading anything: is another process training here?
                 pass
-        if overwrite and rank == 0:
+        if overwrite and rank == 0 and not plan:  # a plan deletes nothing
             _clear_sae_dir(out)
         cfg = TrainConfig(
             steps=max(1, n_tokens // batch_size), batch_size=batch_size, checkpoint_every=checkpoint_every, lr=lr
@@ -414,6 +435,9 @@ def sae_train(
         source = (
             {"store": open_store(store, lm)} if store else {"train_tokens": corpus_tokens(lm, n_train_seqs, seq_len)}
         )
+        if plan:
+            _plan_sae_train(lm, site, sae_cfg, cfg, output_site, source)
+            return
         held_out = corpus_tokens(lm, max(1, eval_tokens // seq_len), seq_len, skip_seqs=n_train_seqs)
         out.mkdir(parents=True, exist_ok=True)
         with lock(out):  # a second `sae train` on this folder is refused, naming this process
@@ -421,6 +445,21 @@ def sae_train(
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"sae: {result.out_dir}")
+
+
+def _plan_sae_train(lm, site: str, sae_cfg, cfg, output_site: str | None, source: dict) -> None:
+    """`interp sae train --plan`: the trainer probed on the run's own batches (as train_at_site reads them)."""
+    from sae.activations import ModelBatches, StoreBatches
+    from sae.plan import plan_sae_train
+
+    if "store" in source:
+        batches = StoreBatches(source["store"], site, cfg.batch_size, seed=sae_cfg.seed)
+    else:
+        sites = (site, output_site) if output_site else site
+        batches = ModelBatches(lm, source["train_tokens"], sites, cfg.batch_size, seed=sae_cfg.seed)
+    result = plan_sae_train(sae_cfg, batches, cfg, budget_flag="--batch-size")
+    typer.echo(result.render())
+    result.check()
 
 
 def _check_sae_resume(out: Path, cfg, architecture: str, d_sae: int, seed: int, site: str, fields: dict) -> None:

@@ -58,14 +58,52 @@ def peak_above(base_kib: int) -> int | None:
     return None if peak is None else max(0, peak - base_kib) * 1024
 
 
+# a sampler process: VmRSS of the measured process every millisecond until its stdin closes, then the largest seen
+_SAMPLER = """
+import sys, threading, time
+path, top, done = f"/proc/{sys.argv[1]}/status", 0, threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+while not done.is_set():
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    top = max(top, int(line.split()[1]))
+                    break
+    except OSError:
+        break
+    time.sleep(0.001)
+print(top)
+"""
+
+
 def measure(fn):
-    """(result, seconds, peak bytes above the RSS at the start or None) of fn()."""
+    """(result, seconds, peak bytes above the RSS at the start or None) of fn().
+
+    The peak is the larger of the kernel's high-water mark (VmHWM) and VmRSS read every millisecond by a separate
+    process (no GIL to wait for): the kernel updates its high-water mark only on some paths (unmapping, not memory
+    the allocator hands back by madvise), so on its own it can miss a peak that is freed that way."""
+    import os
+    import subprocess
+    import sys
+
     can = reset_peak()
     base = _rss_kib("VmRSS") if can else None
+    sampler = None
+    if base is not None:
+        sampler = subprocess.Popen(
+            [sys.executable, "-S", "-c", _SAMPLER, str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
     start = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - start
-    return out, seconds, (peak_above(base) if base is not None else None)
+    try:
+        out = fn()
+    finally:
+        seconds = time.perf_counter() - start
+        sampled = int(sampler.communicate("")[0].strip() or 0) if sampler is not None else 0
+    if base is None:
+        return out, seconds, None
+    return out, seconds, max(peak_above(base) or 0, max(0, sampled - base) * 1024)
 
 
 @dataclass
@@ -147,3 +185,59 @@ def _cache_bytes(task, sites) -> int:
     floats = sum(rows * width.get(component, cfg.d_model) for _, component in hooks)
     floats += rows * cfg.d_model * len({s.layer for s in sites})
     return floats * torch.finfo(cfg.dtype).bits // 8
+
+
+# the shard buffers a store writer holds at its peak, in shards: the batches of the shard being filled, their
+# concatenation, and what writing the file holds (measured 2.9-3.2 shards above the probe on the tiny model)
+SHARD_COPIES = 3
+
+
+def plan_cache(
+    model,
+    sites,
+    corpus,
+    n_tokens: int,
+    *,
+    seq_len: int = 128,
+    batch_size: int = 16,
+    shard_tokens: int = 2**16,
+    dtype=None,
+    encoding: str = "utf-8",
+    budget_flag: str = "shard_tokens",
+) -> Plan:
+    """Plan a build_store run: its batches and shards, and a probe (the real writer on two batches, one a shard, into
+    a temporary folder) for memory and time. Peak = the probe's + SHARD_COPIES x (a full shard - the probe's shard):
+    what grows with the shard is the buffers the writer holds; the forward of one batch is the same size."""
+    import math
+    import tempfile
+
+    from interp.sites import as_site
+    from interp.store import build_store
+
+    dtype = dtype or model.cfg.dtype
+    n_seq = math.ceil(n_tokens / seq_len)
+    seqs_per_shard = max(1, shard_tokens // seq_len // batch_size) * batch_size
+    n_shards, n_batches = math.ceil(n_seq / seqs_per_shard), math.ceil(n_seq / batch_size)
+    probe_tokens = min(n_seq, 2 * batch_size) * seq_len
+    with tempfile.TemporaryDirectory(prefix="interp-plan-") as folder:
+        store, seconds, peak = measure(
+            lambda: build_store(
+                model, sites, corpus, Path(folder) / "probe", probe_tokens, seq_len=seq_len, batch_size=batch_size,
+                shard_tokens=batch_size * seq_len, dtype=dtype, progress=False, encoding=encoding,
+            )
+        )  # fmt: skip
+        probe_shard = max(s["bytes"] for s in store.manifest["shards"])
+        probe_batches = math.ceil(store.n_tokens / seq_len / batch_size)
+    per_seq = probe_shard / batch_size  # bytes a sequence adds to a shard (the probe's shards hold one batch)
+    shard_bytes = int(per_seq * min(seqs_per_shard, n_seq))
+    if peak is None:
+        peak = 0
+    peak += SHARD_COPIES * max(0, shard_bytes - probe_shard)
+    names = ", ".join(as_site(model, s).hook_name for s in sites)
+    lines = [
+        f"{n_seq * seq_len:,} tokens ({n_seq:,} sequences of {seq_len}) at {names}, stored as {str(dtype).removeprefix('torch.')}",
+        f"{n_batches:,} batches of {batch_size} sequences, {n_shards:,} shards of {seqs_per_shard:,} sequences "
+        f"(~{shard_bytes / 2**20:,.1f} MiB each, ~{per_seq * n_seq / 2**30:,.2f} GiB in all)",
+        f"probe: {probe_batches} batches in {seconds:.2f} s",
+    ]
+    return Plan("activation store", lines, int(peak), seconds / probe_batches * n_batches, budget_flag)
