@@ -196,7 +196,8 @@ def test_interp_patch_under_torchrun_equals_one_process(tmp_path):
         assert run.stdout.count("dashboard:") == 1  # rank 0 alone writes and says so
         a, b = (pd.read_parquet(tmp_path / f"{w}-{method}" / "resid_pre.parquet") for w in ("one", "two"))
         assert len(a) == 30 * 5
-        np.testing.assert_allclose(b.metric.to_numpy(), a.metric.to_numpy(), atol=1e-5, rtol=0)
+        scale = np.abs(a.metric.to_numpy()).max()  # float32 sums in another order (AtP: prompts split over ranks)
+        np.testing.assert_allclose(b.metric.to_numpy(), a.metric.to_numpy(), atol=1e-5 * scale, rtol=0)
         assert (tmp_path / f"two-{method}" / "dashboard.html").is_file()
 
 
