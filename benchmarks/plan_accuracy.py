@@ -38,10 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", default=None, help="run only the cases of this command (patch, cache, sae train)")
+    parser.add_argument("--case", default=None, help="and only the cases whose description contains this")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plan.json")
     args = parser.parse_args()
     rows = []
-    for command, what, script, argv in [c for c in CASES if args.only in (None, c[0])]:
+    cases = [c for c in CASES if args.only in (None, c[0]) and (args.case or "") in c[1]]
+    for command, what, script, argv in cases:
         for repeat in range(args.repeats):
             row = _probe(script, *argv)
             row.pop("text", None)
@@ -55,7 +57,7 @@ def main() -> None:
     meta = dict(load=os.getloadavg(), python=platform.python_version(), threads=1)
     if args.only and args.out.exists():  # the other commands' rows kept from the last run
         old = json.loads(args.out.read_text())
-        rows = [r for r in old["rows"] if r["command"] != args.only] + rows
+        rows = [r for r in old["rows"] if not (r["command"] == args.only and (args.case or "") in r["case"])] + rows
         meta = {**old.get("meta", {}), f"{args.only}_run": meta}
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
 

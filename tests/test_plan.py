@@ -106,7 +106,7 @@ def _probe(script: str, *args) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-MLP_SITES = "blocks.1.hook_mlp_post,blocks.2.hook_mlp_post"  # 128 wide: 2^17 tokens are 64 MiB a site
+MLP_SITES = "blocks.1.mlp.hook_post,blocks.2.mlp.hook_post"  # 128 wide: 2^17 tokens are 64 MiB a site
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS is read from Linux's /proc")
