@@ -187,8 +187,9 @@ def _cache_bytes(task, sites) -> int:
     return floats * torch.finfo(cfg.dtype).bits // 8
 
 
-# the shard buffers a store writer holds at its peak, in shards: the batches of the shard being filled, their
-# concatenation, and what writing the file holds (measured 2.9-3.2 shards above the probe on the tiny model)
+# the store writer's peak RSS in shards above the probe's: its live memory is two (the batches of the shard being
+# filled and their concatenation), but identical runs reached two or three (the allocator reusing the last shard's
+# freed memory or not; BENCHMARKS.md): three, a bound rather than a prediction
 SHARD_COPIES = 3
 
 
