@@ -187,10 +187,11 @@ def _cache_bytes(task, sites) -> int:
     return floats * torch.finfo(cfg.dtype).bits // 8
 
 
-# the store writer's peak RSS in shards above the probe's: its live memory is two (the batches of the shard being
-# filled and their concatenation), but identical runs reached two or three (the allocator reusing the last shard's
-# freed memory or not; BENCHMARKS.md): three, a bound rather than a prediction
-SHARD_COPIES = 3
+# the store writer's peak in shards above the probe's: the one shard buffer it fills (interp.store.writer.ShardBuffer,
+# allocated once; safetensors >= 0.6 writes from the tensors' memory without a copy). Before the buffer, a list of
+# batches and their concatenation: identical runs peaked at two or three shards, as the allocator reused freed memory
+# or not, and no prediction within 25% was possible.
+SHARD_COPIES = 1
 
 
 def plan_cache(

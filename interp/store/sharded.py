@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from interp.distributed import all_gather_objects, on_rank0, rank_world
 from interp.fileio import atomic_path, file_sha256
 from interp.fileio import atomic_write_json as write_json_atomic
-from interp.store.reader import MANIFEST, ActivationStore, shard_name, site_key
+from interp.store.reader import MANIFEST, ActivationStore, shard_name
 
 PARTS = "parts"  # per-shard manifest entries of a distributed build, before the manifest lists them
 
@@ -37,7 +37,7 @@ def build_store_sharded(
     """The distributed twin of build_store's loop; `settings` and `shapes` as build_store made them, `batches` the
     deterministic token stream (every rank reads all of it). Called on every rank of the group."""
     from interp.hooks import deepest_layer
-    from interp.store.writer import _check_token_range, _forward, store_lock
+    from interp.store.writer import ShardBuffer, _check_token_range, _forward, store_lock
 
     rank, world = rank_world()
     seq_len, batch_size = settings["seq_len"], settings["batch_size"]
@@ -62,8 +62,8 @@ def build_store_sharded(
             disable=not progress or rank != 0,
         )
         written: dict[int, dict] = {}
-        pending: dict[str, list] = {k: [] for k in ["tokens", *(site_key(s) for s in sites)]}
-        pending_shard, pending_seqs = None, 0
+        buffer = ShardBuffer(sites, shapes, dtype, seq_len, min(seqs_per_shard, n_seq_target))
+        pending_shard = None
         for b, tokens in enumerate(batches if mine else ()):
             shard = b // batches_per_shard
             if shard >= n_shards or shard > max(mine):
@@ -74,28 +74,24 @@ def build_store_sharded(
             if len(tokens) == 0:
                 break
             _check_token_range(tokens, model.cfg.d_vocab, "build_store(corpus=...)")
-            acts = _forward(model, tokens.to(model.cfg.device), sites, stop)
-            pending["tokens"].append(tokens.reshape(-1).to(torch.int32))
-            for s in sites:
-                pending[site_key(s)].append(acts[s].reshape(-1, *shapes[s]).to("cpu", dtype))
-            pending_shard, pending_seqs = shard, pending_seqs + len(tokens)
+            buffer.add(tokens, _forward(model, tokens.to(model.cfg.device), sites, stop))
+            pending_shard = shard
             bar.update(len(tokens) * seq_len)
-            if pending_seqs == seqs_per_shard or b * batch_size + len(tokens) == n_seq_target:
-                written[shard] = _write_part(out_dir, shard, pending, pending_seqs, seq_len)
-                pending, pending_shard, pending_seqs = {k: [] for k in pending}, None, 0
-        if pending_seqs:  # the corpus ran out inside this shard
-            written[pending_shard] = _write_part(out_dir, pending_shard, pending, pending_seqs, seq_len)
+            if buffer.n_seq == seqs_per_shard or b * batch_size + len(tokens) == n_seq_target:
+                written[shard] = _write_part(out_dir, shard, buffer.take(), buffer.n_seq_taken, seq_len)
+        if buffer.n_seq:  # the corpus ran out inside this shard
+            written[pending_shard] = _write_part(out_dir, pending_shard, buffer.take(), buffer.n_seq_taken, seq_len)
         bar.close()
         every = {i: e for part in all_gather_objects(written) for i, e in part.items()} | adopted
         on_rank0(lambda: _finish(out_dir, manifest, every, n_seq_target, seq_len))
     return ActivationStore(out_dir, model)
 
 
-def _write_part(out_dir: Path, index: int, pending: dict, n_seq: int, seq_len: int) -> dict:
+def _write_part(out_dir: Path, index: int, tensors: dict, n_seq: int, seq_len: int) -> dict:
     """Shard `index` written (temporary file, then renamed), then its manifest entry in parts/."""
     name = shard_name(index)
     with atomic_path(out_dir / name) as tmp:
-        save_file({k: torch.cat(v).contiguous() for k, v in pending.items()}, str(tmp))
+        save_file(tensors, str(tmp))
     entry = {
         "file": name,
         "n_seq": n_seq,

@@ -137,28 +137,22 @@ def build_store(
             desc=f"store {out_dir.name}",
             disable=not progress,
         )
-        pending: dict[str, list[Tensor]] = {k: [] for k in ["tokens", *(site_key(s) for s in sites)]}
-        pending_seqs = 0
+        buffer = ShardBuffer(sites, shapes, dtype, seq_len, min(seqs_per_shard, n_seq_target - done_seqs))
         for tokens in batches:
-            tokens = tokens[: n_seq_target - done_seqs - pending_seqs]
+            tokens = tokens[: n_seq_target - done_seqs - buffer.n_seq]
             if len(tokens) == 0:
                 break
             _check_token_range(tokens, model.cfg.d_vocab, "build_store(corpus=...)")
-            acts = _forward(model, tokens.to(model.cfg.device), sites, stop)
-            pending["tokens"].append(tokens.reshape(-1).to(torch.int32))
-            for s in sites:
-                pending[site_key(s)].append(acts[s].reshape(-1, *shapes[s]).to("cpu", dtype))
-            pending_seqs += len(tokens)
+            buffer.add(tokens, _forward(model, tokens.to(model.cfg.device), sites, stop))
             bar.update(len(tokens) * seq_len)
-            if pending_seqs == seqs_per_shard or done_seqs + pending_seqs == n_seq_target:
-                _write_shard(out_dir, manifest, {k: torch.cat(v) for k, v in pending.items()}, pending_seqs, seq_len)
-                done_seqs += pending_seqs
-                pending, pending_seqs = {k: [] for k in pending}, 0
+            if buffer.n_seq == seqs_per_shard or done_seqs + buffer.n_seq == n_seq_target:
+                done_seqs += buffer.n_seq
+                _write_shard(out_dir, manifest, buffer.take(), buffer.n_seq_taken, seq_len)
             if done_seqs == n_seq_target:
                 break
-        if pending_seqs:
-            _write_shard(out_dir, manifest, {k: torch.cat(v) for k, v in pending.items()}, pending_seqs, seq_len)
-            done_seqs += pending_seqs
+        if buffer.n_seq:
+            done_seqs += buffer.n_seq
+            _write_shard(out_dir, manifest, buffer.take(), buffer.n_seq_taken, seq_len)
         bar.close()
         if done_seqs < n_seq_target:
             print(
@@ -168,6 +162,41 @@ def build_store(
         manifest["complete"] = True
         write_json_atomic(out_dir / MANIFEST, manifest)
         return ActivationStore(out_dir, model)
+
+
+class ShardBuffer:
+    """One shard's tensors, allocated once and filled batch by batch (tokens int32, each site in the store's dtype).
+
+    The writer's memory is then this buffer plus the copy safetensors makes while saving a shard, the same for
+    every shard. (A list of batches concatenated at the end held two shards at once and left it to the allocator
+    whether the previous shard's freed memory was reused: identical runs peaked at two or at three shards, so no
+    plan could predict them; issue 19.)"""
+
+    def __init__(self, sites: Sequence[Site], shapes: dict[Site, tuple[int, ...]], dtype, seq_len: int, n_seq: int):
+        rows = n_seq * seq_len
+        self.seq_len, self.n_seq, self.n_seq_taken = seq_len, 0, 0
+        self.sites = list(sites)
+        self.tensors = {"tokens": torch.empty(rows, dtype=torch.int32)}
+        self.tensors |= {site_key(s): torch.empty(rows, *shapes[s], dtype=dtype) for s in sites}
+
+    def add(self, tokens: Tensor, acts: dict[Site, Tensor]) -> None:
+        """Copy one batch (token ids [batch, seq_len] and each site's activations) after what the buffer holds."""
+        start, stop = self.n_seq * self.seq_len, (self.n_seq + len(tokens)) * self.seq_len
+        if stop > len(self.tensors["tokens"]):
+            raise ValueError(
+                f"ShardBuffer.add: {len(tokens)} sequences do not fit (holds {self.n_seq} of {len(self.tensors['tokens']) // self.seq_len})"
+            )
+        self.tensors["tokens"][start:stop] = tokens.reshape(-1)
+        for s in self.sites:
+            self.tensors[site_key(s)][start:stop] = acts[s].reshape(stop - start, *self.tensors[site_key(s)].shape[1:])
+        self.n_seq += len(tokens)
+
+    def take(self) -> dict[str, Tensor]:
+        """The filled rows (views, contiguous: the buffer's leading rows), emptying the buffer for the next shard;
+        `n_seq_taken` says how many sequences they hold. Write them before the next `add`."""
+        rows = self.n_seq * self.seq_len
+        self.n_seq_taken, self.n_seq = self.n_seq, 0
+        return {k: v[:rows] for k, v in self.tensors.items()}
 
 
 def _storable(model: HookedTransformer, where: Site | str) -> Site:
