@@ -22,7 +22,7 @@ import pandas as pd
 
 from interp.errors import InterpError
 from interp.graph.graph import LOGITS, ComputationGraph
-from interp.graph.scores import _graph, circuit_metrics_given, corrupted_senders
+from interp.graph.scores import _graph, circuit_metrics_within, corrupted_residuals, corrupted_senders
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET
 from interp.patching.task import PatchingTask
 
@@ -76,13 +76,17 @@ def acdc(
         ids = sorted(set(graph.edge_ids(candidates)))
     if not ids:
         raise InterpError("candidates is empty: give at least one edge to decide on.")
-    corrupted = corrupted_senders(task, graph)
+    corrupted, residuals = corrupted_senders(task, graph), corrupted_residuals(task, graph)
     down = graph.edges["downstream_index"].to_numpy()
     up = graph.edges["upstream_index"].to_numpy()
     kept = set(ids)
 
     def metric_of(edges) -> float:
-        return float(circuit_metrics_given(task, graph, [sorted(edges)], corrupted, memory_budget=memory_budget)[0])
+        return float(
+            circuit_metrics_within(
+                task, graph, [sorted(edges)], ids, corrupted, residuals, memory_budget=memory_budget
+            )[0]
+        )
 
     current = metric_of(kept)
     damage: dict[int, float] = {}
@@ -132,9 +136,10 @@ def minimality(
         ids = graph.edge_ids(circuit)
     if not ids:
         raise InterpError("circuit is empty: minimality needs at least one kept edge.")
-    corrupted = corrupted_senders(task, graph)
+    if len(set(ids)) != len(ids):
+        raise InterpError("circuit: an edge is listed twice; pass each kept edge once.")
     variants: list[Sequence[int]] = [ids] + [[x for x in ids if x != e] for e in ids]
-    values = circuit_metrics_given(task, graph, variants, corrupted, memory_budget=memory_budget)
+    values = circuit_metrics_within(task, graph, variants, ids, memory_budget=memory_budget)
     frame = graph.edges.loc[ids].copy()
     frame["metric"] = values[1:]
     frame["drop"] = (values[0] - values[1:]) / gap
