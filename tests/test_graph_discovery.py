@@ -61,3 +61,26 @@ def test_minimality_of_the_whole_graph_is_exact_edge_patching(planted):
     assert (circuit.set_index("upstream").loc["a1.h2", "drop"]) > 0.9  # the planted head's output is needed
     with pytest.raises(InterpError, match="circuit is empty"):
         minimality(task, [], graph)
+
+
+def test_circuits_within_candidates_equal_the_dense_circuit_metric(tiny_model):
+    """circuit_metrics_within (kept edges only, over the corrupted residual stream) against circuit_metrics_given
+    (every edge of the graph ablated or not, separate code) on random circuits inside random candidate sets."""
+    from interp.graph.scores import circuit_metrics_given, circuit_metrics_within, corrupted_senders
+    from tests.test_graph import make_task
+
+    task, graph = make_task(tiny_model), ComputationGraph(tiny_model)
+    rng = np.random.default_rng(0)
+    candidates = sorted(rng.choice(len(graph), 60, replace=False).tolist())
+    kept = [[], candidates] + [sorted(rng.choice(candidates, n, replace=False).tolist()) for n in (5, 20, 40)]
+    dense = circuit_metrics_given(task, graph, kept, corrupted_senders(task, graph))
+    within = circuit_metrics_within(task, graph, kept, candidates)
+    np.testing.assert_allclose(within, dense, atol=1e-5)
+    assert within[0] == pytest.approx(task.corrupted_metric, abs=1e-5)  # nothing kept: the corrupted run
+    assert len(set(np.round(within, 4))) >= 3  # the circuits differ, so the check can fail
+    whole = circuit_metrics_within(task, graph, [list(range(len(graph)))], list(range(len(graph))))
+    assert whole[0] == pytest.approx(task.clean_metric, abs=1e-5)
+    with pytest.raises(InterpError, match="kept\\[0\\]: edges \\[.*\\] are not among the candidates"):
+        circuit_metrics_within(task, graph, [[c for c in range(len(graph)) if c not in candidates][:1]], candidates)
+    with pytest.raises(InterpError, match="candidates is empty"):
+        circuit_metrics_within(task, graph, [[]], [])
