@@ -72,6 +72,22 @@ def _check_sae(sae, d_model: int, node: str, hook: str) -> None:
         )
 
 
+def node_of_hook(graph: ComputationGraph, hook_name: str) -> str:
+    """The graph node an SAE trained on `hook_name` replaces: 'm{L}' (blocks.L.hook_mlp_out), 'a{L}'
+    (blocks.L.hook_attn_out) or 'embed' (blocks.0.hook_resid_pre)."""
+    match = re.fullmatch(r"blocks\.(\d+)\.(hook_mlp_out|hook_attn_out|hook_resid_pre)", str(hook_name))
+    if match is None or (match.group(2) == "hook_resid_pre" and match.group(1) != "0"):
+        raise InterpError(
+            f"sae: it reads {hook_name!r}, which is no node of the graph; SAE nodes replace blocks.L.hook_mlp_out (an MLP), "
+            "blocks.L.hook_attn_out (an attention layer) or blocks.0.hook_resid_pre (the embeddings). A residual-stream "
+            "SAE at a later layer sums every upstream node, so it has no place in the graph."
+        )
+    layer, kind = int(match.group(1)), match.group(2)
+    if not 0 <= layer < graph.n_layers:
+        raise InterpError(f"sae: it reads {hook_name!r}, but this model has layers 0..{graph.n_layers - 1}.")
+    return "embed" if kind == "hook_resid_pre" else f"{'m' if kind == 'hook_mlp_out' else 'a'}{layer}"
+
+
 def site_sender(graph: ComputationGraph, node: str) -> int:
     """The index of the (first) sender whose output the site holds: the node itself, or head 0 of an attention layer."""
     return graph.sender_index(f"{node}.h0" if re.fullmatch(r"a\d+", node) else node)
