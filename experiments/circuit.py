@@ -641,9 +641,15 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
     model = require_hooked(load_model(config.model), "interp circuit")
     task = PatchingTask.from_pairs(model, config.pairs, metric=config.metric, align=config.align)
     check_task(task, config.metric)
+    graph = ComputationGraph(model)
+    sae_site = None
+    if config.sae is not None:  # before the long run: a wrong SAE fails here, not after the edge scores
+        from interp.graph.sae_nodes import check_sae_site
+
+        sae_site = load_circuit_sae(config.sae)
+        check_sae_site(graph, sae_site[0], sae_site[1])
     run_dir = ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite)
     with run_dir.failure_marker():
-        graph = ComputationGraph(model)
         metrics, tables = task_results(config, task, graph, list(config.pairs), timings=True)
         for name, table in tables.items():
             run_dir.save_table(name, table.assign(task="pairs"))
@@ -654,10 +660,10 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
             metrics["acdc_model"], acdc_tables = acdc_model_results(config, rank_task, eval_task, graph)
             for name, table in acdc_tables.items():
                 run_dir.save_table(name, table)
-        if config.sae is not None:
+        if sae_site is not None:
             from interp.corpus import corpus_tokens
 
-            sae, hook, corpus_fvu = load_circuit_sae(config.sae)
+            sae, hook, corpus_fvu = sae_site
             tokens = corpus_tokens(model, config.sae_context_seqs, 128)
             metrics["sae"], sae_tables = sae_results(
                 config, task, graph, sae, hook, tokens, run_dir.path / "sae_latent_pass.pt", corpus_fvu=corpus_fvu

@@ -138,3 +138,15 @@ def test_sae_config_and_sites_are_checked(planted, config, sae, tokens, tmp_path
     loaded, hook, fvu = load_circuit_sae(str(tmp_path / "saved"))
     assert hook == HOOK and fvu is None
     np.testing.assert_array_equal(loaded.W_dec.detach().numpy(), sae.W_dec.detach().numpy())
+
+
+def test_run_refuses_an_sae_that_does_not_fit_before_the_long_run(tmp_path, sae):
+    """The bundled model's m1 writes 576 values per token; an SAE with d_in 64 is refused before any scoring."""
+    from experiments.circuit import run
+    from sae.io import save_sae
+
+    save_sae(sae, tmp_path / "small" / "sae", hook_name="blocks.1.hook_mlp_out")
+    config = dataclasses.replace(CircuitConfig.quick(), sae=str(tmp_path / "small"))
+    with pytest.raises(InterpError, match="d_in is 64 but node 'm1' writes 576 values per token"):
+        run(config, tmp_path / "out")
+    assert not (tmp_path / "out" / "metrics.json").exists()

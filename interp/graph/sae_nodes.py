@@ -88,6 +88,13 @@ def node_of_hook(graph: ComputationGraph, hook_name: str) -> str:
     return "embed" if kind == "hook_resid_pre" else f"{'m' if kind == 'hook_mlp_out' else 'a'}{layer}"
 
 
+def check_sae_site(graph: ComputationGraph, sae, hook_name: str) -> str:
+    """The node an SAE read at `hook_name` replaces, after checking that its d_in fits that node's output."""
+    node = node_of_hook(graph, hook_name)
+    _check_sae(sae, graph.model.cfg.d_model, node, hook_name)
+    return node
+
+
 def site_sender(graph: ComputationGraph, node: str) -> int:
     """The index of the (first) sender whose output the site holds: the node itself, or head 0 of an attention layer."""
     return graph.sender_index(f"{node}.h0" if re.fullmatch(r"a\d+", node) else node)
