@@ -84,3 +84,31 @@ def test_circuits_within_candidates_equal_the_dense_circuit_metric(tiny_model):
         circuit_metrics_within(task, graph, [[c for c in range(len(graph)) if c not in candidates][:1]], candidates)
     with pytest.raises(InterpError, match="candidates is empty"):
         circuit_metrics_within(task, graph, [[]], [])
+
+
+def test_constant_metrics_are_refused(tiny_model):
+    """Clean and corrupted prompts with the same metric (nothing for a circuit to recover), and a metric whose
+    gradient is zero at every receiver, each give a clear error naming the cause."""
+    import torch
+
+    from interp.graph import attribute_edges
+    from interp.patching.task import PatchingTask
+
+    graph = ComputationGraph(tiny_model)
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(1, tiny_model.cfg.d_vocab, (3, 8), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(1, tiny_model.cfg.d_vocab, (3,), generator=g)
+    answers = torch.randint(1, tiny_model.cfg.d_vocab, (3,), generator=g)
+    same = PatchingTask(
+        tiny_model, clean, clean.clone(), answers=answers, wrong_answers=(answers + 1) % tiny_model.cfg.d_vocab
+    )
+    with pytest.raises(InterpError, match="clean and corrupted metrics are equal"):
+        acdc(same, graph)
+    with pytest.raises(InterpError, match="clean and corrupted metrics are equal"):
+        minimality(same, [0, 1], graph)
+    # answer == wrong answer: the logit difference is 0 on every input, so its gradient is zero everywhere
+    flat = PatchingTask(tiny_model, clean, corrupted, answers=answers, wrong_answers=answers.clone())
+    assert flat.clean_metric == flat.corrupted_metric == 0
+    with pytest.raises(InterpError, match="gradient is zero at every receiver"):
+        attribute_edges(flat, graph)
