@@ -72,14 +72,15 @@ class CircuitConfig:
     bound_verify_top: int = 20  # nodes verified exactly before the false-negative bound
     bound_subsets: int = 16  # random subsets per group of unverified nodes for the bound
     acdc_tau: float = 0.01  # ACDC pruning threshold (share of the clean - corrupted gap), planted model and SmolLM2
-    acdc_candidates: int = 300  # ACDC on the model: candidates = the top-n edges by EAP on the ranking half of the pairs (the rest ablated); judged on the held-out half. 0: off
-    sae: str | None = (
-        None  # an SAE directory (`interp sae train` output or SAELens files; cfg.json's metadata.hook_name: blocks.L.hook_mlp_out, blocks.L.hook_attn_out or blocks.0.hook_resid_pre): that node becomes SAE latents + an error node on the capital pairs. None: off
-    )
+    # ACDC on the model: candidates = the top-n edges by EAP on the ranking half of the pairs (every other edge
+    # ablated), pruned there, judged on the held-out half next to top-n EAP. 0: off
+    acdc_candidates: int = 300
+    # an SAE directory (`interp sae train` output or SAELens files) whose cfg.json metadata.hook_name is
+    # blocks.L.hook_mlp_out, blocks.L.hook_attn_out or blocks.0.hook_resid_pre: that node becomes the SAE's latents
+    # plus an error node on the capital pairs, with the top latents' corpus contexts. None: off
+    sae: str | None = None
     sae_top_latents: int = 8  # latents (largest |exact effect|) shown with their top-activating corpus contexts
-    sae_context_seqs: int = (
-        256  # corpus sequences (128 tokens each) scanned for the top-activating contexts (resumable pass)
-    )
+    sae_context_seqs: int = 256  # corpus sequences (128 tokens) scanned for top-activating contexts (resumable)
     sae_contexts: int = 5  # top-activating contexts shown per latent
     seed: int = 0
     analysis: str = "circuit"
@@ -140,7 +141,8 @@ class CircuitConfig:
     @classmethod
     def quick(cls) -> CircuitConfig:
         """About a minute at 1 thread: 4 capital pairs, 4 short copy pairs, EAP-IG with 3 steps, the top 60 edges
-        verified, no node scores (GradDrop's exact node check patches every node: minutes)."""
+        verified, no node scores (GradDrop's exact node check patches every node: minutes), no ACDC on the model
+        (minutes) and no SAE nodes (the SAE is a path the user gives)."""
         return cls(
             pairs=builtin_pairs(4),
             steps=3,
