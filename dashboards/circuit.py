@@ -257,7 +257,8 @@ def _acdc_model_sections(run: ResultsDir, metrics: dict) -> list[Section]:
         f"edges by EAP, every other edge ablated; edges chosen and pruned on {a.get('n_rank_pairs')} pairs, judged on the other "
         f"{a.get('n_eval_pairs')} (held out). ACDC keeps {a.get('n_edges')} edges ({a.get('n_tests')} tests); held out it recovers "
         f"{_fmt(held.get('acdc'))} of the gap, the top {a.get('n_edges')} edges by EAP {_fmt(held.get('eap top-n'))}, all "
-        f"{a.get('n_candidates')} candidates {_fmt(held.get('candidates'))}. Minimality: {a.get('n_unneeded')} kept edges cost less "
+        f"{a.get('n_candidates')} candidates {_fmt(held.get('candidates'))}, {a.get('n_edges')} candidates at random "
+        f"{_fmt(held.get('random-n mean'))} (mean of 5 draws). Minimality: {a.get('n_unneeded')} kept edges cost less "
         "than tau when removed alone from the final circuit."
     )
     sections = [Section("ACDC on the model (restricted graph)", text=text, table=table)]

@@ -475,7 +475,14 @@ def acdc_model_results(config: CircuitConfig, rank_task, eval_task, graph) -> tu
     kept = circuit.index.tolist()
     n = len(kept)
     minimal = minimality(rank_task, kept, graph) if n else None
-    circuits = {"acdc": kept, **{f"{m} top-n": o[:n] for m, o in order.items()}, "candidates": candidates}
+    rng = np.random.default_rng(config.seed)
+    random_draws = [sorted(rng.choice(candidates, n, replace=False).tolist()) for _ in range(5)] if n else []
+    circuits = {
+        "acdc": kept,
+        **{f"{m} top-n": o[:n] for m, o in order.items()},
+        "candidates": candidates,
+        **{f"random-n {d}": ids for d, ids in enumerate(random_draws)},  # n of the candidates at random (baseline)
+    }
     rows = []
     for split, task in (("heldout", eval_task), ("insample", rank_task)):
         values = circuit_metric(task, graph, list(circuits.values()))
@@ -499,7 +506,12 @@ def acdc_model_results(config: CircuitConfig, rank_task, eval_task, graph) -> tu
         "n_rank_pairs": rank_task.n_prompts,
         "n_eval_pairs": eval_task.n_prompts,
         "recovered": {
-            split: {r["circuit"]: round(r["recovered"], 4) for r in rows if r["split"] == split}
+            split: {
+                r["circuit"]: round(r["recovered"], 4)
+                for r in rows
+                if r["split"] == split and "random" not in r["circuit"]
+            }
+            | _random_summary([r["recovered"] for r in rows if r["split"] == split and "random" in r["circuit"]])
             for split in ("heldout", "insample")
         },
         "n_unneeded": int((minimal["drop"] < config.acdc_tau).sum()) if minimal is not None else 0,
@@ -514,6 +526,15 @@ def acdc_model_results(config: CircuitConfig, rank_task, eval_task, graph) -> tu
     if minimal is not None:
         tables["acdc_model_circuit"] = minimal.assign(damage=circuit["damage"].to_numpy(), method="acdc")
     return result, tables
+
+
+def _random_summary(values: list[float]) -> dict:
+    if not values:
+        return {}
+    return {
+        "random-n mean": round(float(np.mean(values)), 4),
+        "random-n range": [round(min(values), 4), round(max(values), 4)],
+    }
 
 
 def _context_text(example: dict) -> str:

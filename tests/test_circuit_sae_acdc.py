@@ -70,7 +70,12 @@ def test_acdc_inside_the_top_eap_edges(planted, config, acdc_run):
     assert table.loc[("heldout", "acdc"), "recovered"] == pytest.approx((dense - held.corrupted_metric) / gap)
     assert table.loc[("insample", "acdc"), "recovered"] >= 1 - 3 * config.acdc_tau * len(circuit)
     assert table.loc[("heldout", "eap top-n"), "n_edges"] == len(circuit)
-    assert set(result["recovered"]["heldout"]) == {"acdc", "eap top-n", "eap-ig top-n", "candidates"}
+    assert set(result["recovered"]["heldout"]) == {
+        "acdc", "eap top-n", "eap-ig top-n", "candidates", "random-n mean", "random-n range"
+    }  # fmt: skip
+    random = table.loc["heldout"].filter(like="random-n", axis=0)
+    assert len(random) == 5 and (random["n_edges"] == len(circuit)).all()
+    assert result["recovered"]["heldout"]["random-n mean"] == pytest.approx(random["recovered"].mean(), abs=1e-4)
 
 
 def test_sae_nodes_with_top_activating_contexts(planted, config, sae, tokens, tmp_path):
