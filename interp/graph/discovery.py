@@ -6,7 +6,10 @@ edge into the receiver, remove it tentatively (it carries the corrupted sender's
 `circuit_metric`) and keep the removal when the circuit's metric gets worse by less than `tau` times the
 clean - corrupted gap (improvements count as no damage, as in ACDC). A receiver whose node no longer
 sends any edge cannot matter, so its incoming edges go without a test. Every test is one exact forward;
-the decisions are sequential, so the cost is one forward per candidate edge.
+the decisions are sequential, so the cost is one forward per candidate edge. A forward's cost grows with the
+number of candidates, not with the graph (`circuit_metrics_within`: every receiver reads the corrupted run's
+residual stream plus its kept candidate edges' output - corrupted output), so ACDC runs on a large model's graph
+restricted to, e.g., its top edges by EAP.
 
 Minimality (`minimality`): for each kept edge, the share of the gap lost when that edge alone is also
 removed from the final circuit (one batched run for all): an edge whose removal costs nothing is not
