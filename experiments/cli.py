@@ -244,6 +244,8 @@ def circuit(
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     sae: Optional[Path] = typer.Option(
         None,
+        exists=True,
+        file_okay=False,
         help="An SAE directory (`interp sae train` output or SAELens files) on blocks.L.hook_mlp_out, blocks.L.hook_attn_out "
         "or blocks.0.hook_resid_pre: that node becomes SAE latents + an error node, with the top latents' corpus contexts.",
     ),

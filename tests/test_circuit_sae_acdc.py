@@ -155,3 +155,22 @@ def test_run_refuses_an_sae_that_does_not_fit_before_the_long_run(tmp_path, sae)
     with pytest.raises(InterpError, match="d_in is 64 but node 'm1' writes 576 values per token"):
         run(config, tmp_path / "out")
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_circuit_command_refuses_a_missing_or_residual_sae(tmp_path, sae):
+    """`interp circuit --sae DIR`: no SAE there, or an SAE on the residual stream (no node of the graph), is a clear
+    error before any scoring, and no results are written."""
+    from typer.testing import CliRunner
+
+    from experiments.cli import app
+    from sae.io import save_sae
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["circuit", "--quick", "--out", str(tmp_path / "a"), "--sae", str(tmp_path / "none")])
+    text = " ".join(missing.output.replace("│", " ").split())  # the error box wraps lines
+    assert missing.exit_code == 2 and "Invalid value for '--sae'" in text and "does not exist" in text
+    big = TopKSae(TopKConfig(d_in=576, d_sae=64, k=4))
+    save_sae(big, tmp_path / "resid" / "sae", hook_name="blocks.6.hook_resid_post")
+    resid = runner.invoke(app, ["circuit", "--quick", "--out", str(tmp_path / "b"), "--sae", str(tmp_path / "resid")])
+    assert resid.exit_code != 0 and "no node of the graph" in resid.output
+    assert not (tmp_path / "a" / "metrics.json").exists() and not (tmp_path / "b" / "metrics.json").exists()
