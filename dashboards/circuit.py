@@ -240,4 +240,79 @@ def circuit_sections(run: ResultsDir) -> list[Section]:
                 figures=figures,
             )
         )
+    sections += _acdc_model_sections(run, m)
+    sections += _sae_sections(run, m)
     return [*sections, *default_sections(run)]
+
+
+def _acdc_model_sections(run: ResultsDir, metrics: dict) -> list[Section]:
+    """ACDC inside the top EAP edges of the model, next to top-n EAP, held out and in sample."""
+    a = metrics.get("acdc_model")
+    if not a or "acdc_model" not in run.table_names():
+        return []
+    table = run.load_table("acdc_model")
+    held = (a.get("recovered") or {}).get("heldout", {})
+    text = (
+        f"Greedy ACDC (tau {_fmt(a.get('tau'))} of the gap, one exact forward per test) inside the top {a.get('n_candidates')} "
+        f"edges by EAP, every other edge ablated; edges chosen and pruned on {a.get('n_rank_pairs')} pairs, judged on the other "
+        f"{a.get('n_eval_pairs')} (held out). ACDC keeps {a.get('n_edges')} edges ({a.get('n_tests')} tests); held out it recovers "
+        f"{_fmt(held.get('acdc'))} of the gap, the top {a.get('n_edges')} edges by EAP {_fmt(held.get('eap top-n'))}, all "
+        f"{a.get('n_candidates')} candidates {_fmt(held.get('candidates'))}, {a.get('n_edges')} candidates at random "
+        f"{_fmt(held.get('random-n mean'))} (mean of 5 draws). Minimality: {a.get('n_unneeded')} kept edges cost less "
+        "than tau when removed alone from the final circuit."
+    )
+    sections = [Section("ACDC on the model (restricted graph)", text=text, table=table)]
+    if "acdc_model_circuit" in run.table_names():
+        circuit = run.load_table("acdc_model_circuit")
+        drawn = circuit.assign(effect=-circuit["drop"])
+        n_layers = int(pd.to_numeric(circuit["layer"], errors="coerce").max()) + 1 if len(circuit) else 1
+        sections.append(
+            Section(
+                "ACDC circuit",
+                text="The edges ACDC kept; width: the share of the gap lost when the edge alone is removed (minimality drop).",
+                table=circuit[[c for c in ("upstream", "downstream", "query_heads", "damage", "drop") if c in circuit]],
+                figures=[circuit_figure(drawn, "ACDC circuit (edge width: minimality drop)", max(n_layers, 1))]
+                if len(circuit)
+                else [],
+            )
+        )
+    return sections
+
+
+def _sae_sections(run: ResultsDir, metrics: dict) -> list[Section]:
+    """SAE-feature nodes: the site's latents and error node (exact vs EAP), and the top latents' corpus contexts."""
+    s = metrics.get("sae")
+    tables = run.table_names()
+    if not s or "sae_nodes" not in tables:
+        return []
+    nodes = run.load_table("sae_nodes")
+    latents = nodes[nodes["kind"] == "latent"]
+    shown = pd.concat(
+        [
+            nodes[nodes["kind"] != "latent"],
+            latents.loc[latents["exact"].abs().sort_values(ascending=False).index[:25]],
+        ]
+    )[["upstream", "kind", "latent", "exact", "eap"]]
+    agreement = s.get("agreement") or {}
+    text = (
+        f"Node {s.get('node')} ({s.get('hook')}) replaced by the {s.get('d_sae')} latents of the SAE at {s.get('path')} plus one error "
+        f"node; FVU {_fmt(s.get('fvu_corpus'))} on held-out corpus tokens, {_fmt(s.get('fvu_prompts'))} on the clean prompts. "
+        f"{s.get('n_changed_latents')} latents change between the runs. Exact effect of patching the whole node "
+        f"{_fmt(s.get('node_exact'))}, the error node alone {_fmt(s.get('error_exact'))} (share {_fmt(s.get('error_share_exact'))}), "
+        f"all latents together {_fmt(s.get('latents_exact'))}; under EAP the error's share is {_fmt(s.get('error_share_eap'))}. "
+        f"Latent EAP vs exact: Spearman {_fmt(agreement.get('spearman'))}, recall@{agreement.get('k', 20)} {_fmt(agreement.get('recall_at_20'))}."
+    )
+    sections = [
+        Section(f"SAE-feature nodes at {s.get('node')}: exact vs EAP", text=text, table=shown.reset_index(drop=True))
+    ]
+    if "sae_contexts" in tables:
+        contexts = run.load_table("sae_contexts")
+        sections.append(
+            Section(
+                f"SAE-feature nodes at {s.get('node')}: top-activating corpus contexts",
+                text=f"Per latent (largest |exact effect| first), its top-activating contexts over {s.get('context_tokens')} corpus "
+                "tokens (sae.latent_pass); the token where it fires most in brackets.",
+                table=contexts[["node", "exact", "eap", "density", "activation", "context"]],
+            )
+        )
+    return sections

@@ -71,7 +71,17 @@ class CircuitConfig:
     graddrop: bool = True  # AtP / AtP* GradDrop node scores, exact node patching, the false-negative bound
     bound_verify_top: int = 20  # nodes verified exactly before the false-negative bound
     bound_subsets: int = 16  # random subsets per group of unverified nodes for the bound
-    acdc_tau: float = 0.01  # ACDC pruning threshold (share of the clean - corrupted gap), planted model
+    acdc_tau: float = 0.01  # ACDC pruning threshold (share of the clean - corrupted gap), planted model and SmolLM2
+    # ACDC on the model: candidates = the top-n edges by EAP on the ranking half of the pairs (every other edge
+    # ablated), pruned there, judged on the held-out half next to top-n EAP. 0: off
+    acdc_candidates: int = 300
+    # an SAE directory (`interp sae train` output or SAELens files) whose cfg.json metadata.hook_name is
+    # blocks.L.hook_mlp_out, blocks.L.hook_attn_out or blocks.0.hook_resid_pre: that node becomes the SAE's latents
+    # plus an error node on the capital pairs, with the top latents' corpus contexts. None: off
+    sae: str | None = None
+    sae_top_latents: int = 8  # latents (largest |exact effect|) shown with their top-activating corpus contexts
+    sae_context_seqs: int = 256  # corpus sequences (128 tokens) scanned for top-activating contexts (resumable)
+    sae_contexts: int = 5  # top-activating contexts shown per latent
     seed: int = 0
     analysis: str = "circuit"
 
@@ -117,11 +127,22 @@ class CircuitConfig:
             )
         if not self.acdc_tau >= 0:
             raise InterpError(f"acdc_tau={self.acdc_tau}: the ACDC threshold is a share of the gap, >= 0.")
+        if self.acdc_candidates < 0:
+            raise InterpError(
+                f"acdc_candidates={self.acdc_candidates}: a number of top EAP edges >= 0 (0: no ACDC on the model)."
+            )
+        if self.sae is not None and not str(self.sae).strip():
+            raise InterpError("sae: an empty path; give an SAE directory or leave it None.")
+        if self.sae_top_latents < 1 or self.sae_context_seqs < 1 or self.sae_contexts < 1:
+            raise InterpError(
+                f"sae_top_latents={self.sae_top_latents}, sae_context_seqs={self.sae_context_seqs}, sae_contexts={self.sae_contexts}: each must be >= 1."
+            )
 
     @classmethod
     def quick(cls) -> CircuitConfig:
         """About a minute at 1 thread: 4 capital pairs, 4 short copy pairs, EAP-IG with 3 steps, the top 60 edges
-        verified, no node scores (GradDrop's exact node check patches every node: minutes)."""
+        verified, no node scores (GradDrop's exact node check patches every node: minutes), no ACDC on the model
+        (minutes) and no SAE nodes (the SAE is a path the user gives)."""
         return cls(
             pairs=builtin_pairs(4),
             steps=3,
@@ -131,6 +152,7 @@ class CircuitConfig:
             copy_pairs=4,
             copy_length=4,
             graddrop=False,
+            acdc_candidates=0,
         )
 
 
@@ -220,15 +242,20 @@ def _curves_dict(curves: pd.DataFrame) -> dict:
     return {m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in curves.groupby("method")}
 
 
+def split_pairs(config: CircuitConfig, pairs) -> tuple[list, list]:
+    """(ranking half, held-out half) of the pairs, by a permutation seeded with config.seed."""
+    order = np.random.default_rng(config.seed).permutation(len(pairs))
+    half = len(pairs) // 2
+    return [pairs[i] for i in order[:half]], [pairs[i] for i in order[half:]]
+
+
 def heldout_curves(config: CircuitConfig, model, graph, pairs) -> tuple[dict, pd.DataFrame]:
     """Edges ranked on one half of the pairs (seeded split); faithfulness curves of that ranking on the other half
     (held out) and on the ranking half (in sample)."""
     from interp.graph import attribute_edges, faithfulness_curve, patch_edges
     from interp.patching import PatchingTask
 
-    order = np.random.default_rng(config.seed).permutation(len(pairs))
-    half = len(pairs) // 2
-    rank_pairs, eval_pairs = [pairs[i] for i in order[:half]], [pairs[i] for i in order[half:]]
+    rank_pairs, eval_pairs = split_pairs(config, pairs)
     rank_task = PatchingTask.from_pairs(model, rank_pairs, metric=config.metric, align=config.align)
     eval_task = PatchingTask.from_pairs(model, eval_pairs, metric=config.metric, align=config.align)
     sizes = [n for n in config.curve_sizes if n <= len(graph)]
@@ -423,6 +450,206 @@ def acdc_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame]:
     return results, (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame())
 
 
+def acdc_model_results(config: CircuitConfig, rank_task, eval_task, graph) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Greedy ACDC (exact patching) inside the top `acdc_candidates` edges by EAP, chosen and pruned on `rank_task`;
+    its circuit's metric on `eval_task` (held out) and `rank_task` (in sample) next to the top-n edges by each
+    approximate method (n = the ACDC circuit's size) and the whole candidate set; the circuit's minimality."""
+    from interp.graph import acdc, attribute_edges, circuit_metric, minimality
+
+    start = time.perf_counter()
+    rankings = {
+        m: attribute_edges(rank_task, graph, method=m, steps=config.steps) for m in config.methods if m != "exact"
+    }
+    ranking = rankings.get("eap")
+    if ranking is None:
+        ranking = attribute_edges(rank_task, graph, method="eap")
+    order = {
+        m: f["effect"].abs().sort_values(ascending=False, kind="stable").index.tolist() for m, f in rankings.items()
+    }
+    top_eap = ranking["effect"].abs().sort_values(ascending=False, kind="stable").index.tolist()
+    candidates = top_eap[: min(config.acdc_candidates, len(graph))]
+    rank_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    circuit = acdc(rank_task, graph, tau=config.acdc_tau, candidates=candidates)
+    acdc_seconds = time.perf_counter() - start
+    kept = circuit.index.tolist()
+    n = len(kept)
+    minimal = minimality(rank_task, kept, graph) if n else None
+    rng = np.random.default_rng(config.seed)
+    random_draws = [sorted(rng.choice(candidates, n, replace=False).tolist()) for _ in range(5)] if n else []
+    circuits = {
+        "acdc": kept,
+        **{f"{m} top-n": o[:n] for m, o in order.items()},
+        "candidates": candidates,
+        **{f"random-n {d}": ids for d, ids in enumerate(random_draws)},  # n of the candidates at random (baseline)
+    }
+    rows = []
+    for split, task in (("heldout", eval_task), ("insample", rank_task)):
+        values = circuit_metric(task, graph, list(circuits.values()))
+        gap = task.clean_metric - task.corrupted_metric
+        for (name, ids), value in zip(circuits.items(), values):
+            rows.append(
+                {
+                    "split": split,
+                    "circuit": name,
+                    "n_edges": len(ids),
+                    "metric": float(value),
+                    "recovered": float((value - task.corrupted_metric) / gap),
+                }
+            )
+    table = pd.DataFrame(rows)
+    result = {
+        "tau": config.acdc_tau,
+        "n_candidates": len(candidates),
+        "n_edges": n,
+        "n_tests": circuit.attrs["n_tests"],
+        "n_rank_pairs": rank_task.n_prompts,
+        "n_eval_pairs": eval_task.n_prompts,
+        "recovered": {
+            split: {
+                r["circuit"]: round(r["recovered"], 4)
+                for r in rows
+                if r["split"] == split and "random" not in r["circuit"]
+            }
+            | _random_summary([r["recovered"] for r in rows if r["split"] == split and "random" in r["circuit"]])
+            for split in ("heldout", "insample")
+        },
+        "n_unneeded": int((minimal["drop"] < config.acdc_tau).sum()) if minimal is not None else 0,
+        "minimality_min_drop": float(minimal["drop"].min()) if minimal is not None else None,
+        "seconds": {"ranking": rank_seconds, "acdc": acdc_seconds},
+        "edges": [
+            {"upstream": u, "downstream": v, "damage": None if pd.isna(d) else float(d)}
+            for u, v, d in zip(circuit["upstream"], circuit["downstream"], circuit["damage"])
+        ][:50],
+    }
+    tables = {"acdc_model": table}
+    if minimal is not None:
+        tables["acdc_model_circuit"] = minimal.assign(damage=circuit["damage"].to_numpy(), method="acdc")
+    return result, tables
+
+
+def _random_summary(values: list[float]) -> dict:
+    if not values:
+        return {}
+    return {
+        "random-n mean": round(float(np.mean(values)), 4),
+        "random-n range": [round(min(values), 4), round(max(values), 4)],
+    }
+
+
+def _context_text(example: dict) -> str:
+    """A context window as text, its top-activating token in brackets."""
+    return "".join(f"[{t}]" if i == example["focus"] else t for i, t in enumerate(example["tokens"])).replace("\n", "⏎")
+
+
+def sae_results(
+    config: CircuitConfig, task, graph, sae, hook: str, tokens, state_path: Path, *, corpus_fvu: float | None = None
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """The SAE's site split into latents + an error node on `task`: every changed latent's EAP and exact effect
+    (interp.graph.sae_nodes), the error's share of the site's effect, the latents' EAP edges, and the top
+    `sae_top_latents` latents' top-activating contexts over `tokens` (sae.latent_pass, resumable at `state_path`)."""
+    import torch
+
+    from interp.graph import agreement
+    from interp.graph.sae_nodes import node_of_hook, sae_edge_scores, sae_node_effects, sae_split
+    from interp.hooks import capture
+    from sae.latent_pass import latent_cards, latent_pass
+
+    node = node_of_hook(graph, hook)
+    start = time.perf_counter()
+    effects = sae_node_effects(task, node, sae, graph)
+    edges = sae_edge_scores(task, node, sae, graph)
+    seconds = {"scores": time.perf_counter() - start}
+    with torch.no_grad():
+        acts = capture(task.model, task.clean_tokens, [hook], attention_mask=task.clean_mask)[hook]
+        f, error = sae_split(sae, acts)
+    x = acts.reshape(-1, acts.shape[-1]).double()
+    fvu_prompts = float(error.reshape(-1, x.shape[-1]).double().pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    latents = effects[effects["kind"] == "latent"]
+    whole = effects.set_index("kind")
+    top = latents.loc[
+        latents["exact"].abs().sort_values(ascending=False, kind="stable").index[: config.sae_top_latents]
+    ]
+    start = time.perf_counter()
+    result = latent_pass(task.model, sae, hook, tokens, state_path, top=max(config.sae_contexts, 1))
+    cards = latent_cards(
+        task.model, sae, hook, tokens, result, [int(j) for j in top["latent"]], contexts=config.sae_contexts
+    )
+    seconds["contexts"] = time.perf_counter() - start
+    rows = []
+    for rank, (card, (_, row)) in enumerate(zip(cards, top.iterrows())):
+        for example in card["examples"] or [None]:
+            rows.append(
+                {
+                    "rank": rank,
+                    "node": row["upstream"],
+                    "latent": int(row["latent"]),
+                    "exact": float(row["exact"]),
+                    "eap": float(row["eap"]),
+                    "density": card["density"],
+                    "activation": None if example is None else example["activation"],
+                    "context": "(never active in the corpus pass)" if example is None else _context_text(example),
+                    "seq": None if example is None else example["seq"],
+                    "pos": None if example is None else example["pos"],
+                }
+            )
+    contexts = pd.DataFrame(rows)
+    ranked = pd.DataFrame({"upstream": latents["upstream"], "downstream": "", "effect": latents["eap"]})
+    truth = pd.DataFrame({"upstream": latents["upstream"], "downstream": "", "effect": latents["exact"]})
+    metrics = {
+        "path": str(config.sae),
+        "hook": hook,
+        "node": node,
+        "d_sae": int(sae.W_dec.shape[0]),
+        "fvu_corpus": corpus_fvu,
+        "fvu_prompts": fvu_prompts,
+        "l0_prompts": float((f > 0).sum(-1).double().mean()),
+        "n_changed_latents": effects.attrs["n_changed_latents"],
+        "node_exact": float(whole.loc["node", "exact"]),
+        "node_eap": float(whole.loc["node", "eap"]),
+        "error_exact": float(whole.loc["error", "exact"]),
+        "error_eap": float(whole.loc["error", "eap"]),
+        "latents_exact": float(whole.loc["latents", "exact"]),
+        "latents_eap": float(whole.loc["latents", "eap"]),
+        "error_share_exact": effects.attrs["error_share_exact"],
+        "error_share_eap": effects.attrs["error_share_eap"],
+        "latent_sum_exact": float(latents["exact"].sum()),
+        "agreement": agreement(ranked, truth, config.k) if len(latents) >= 2 else None,
+        "context_tokens": int(result.n_tokens),
+        "top_latents": [
+            {
+                "latent": int(j),
+                "exact": float(e),
+                "eap": float(a),
+                "top_context": next(iter(c["examples"]), {}).get("tokens"),
+            }
+            for j, e, a, c in zip(top["latent"], top["exact"], top["eap"], cards)
+        ],
+        "seconds": seconds,
+    }
+    return metrics, {"sae_nodes": effects, "sae_edges": edges, "sae_contexts": contexts}
+
+
+def load_circuit_sae(path: str):
+    """(SAE, the hook it reads, its FVU from the training run's metrics.json if there) for CircuitConfig.sae."""
+    import json
+
+    from sae.io import load_sae, read_sae_config
+
+    directory = Path(path)
+    sae_dir = directory / "sae" if (directory / "sae").is_dir() else directory
+    hook = (read_sae_config(sae_dir).get("metadata") or {}).get("hook_name")
+    if not hook:
+        raise InterpError(
+            f"sae={path!r}: its cfg.json has no metadata.hook_name, so the node it replaces is unknown; save it with a hook name."
+        )
+    fvu = None
+    metrics = sae_dir.parent / "metrics.json"
+    if metrics.is_file():
+        fvu = json.loads(metrics.read_text()).get("fvu")
+    return load_sae(sae_dir), hook, fvu
+
+
 def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
     """Edge scores of every method on the pairs (verified on their top edges), the in-context-copy task, node scores
     with GradDrop, held-out faithfulness curves and the planted ground truth (AUC, ACDC), into `out`."""
@@ -437,12 +664,35 @@ def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:
     model = require_hooked(load_model(config.model), "interp circuit")
     task = PatchingTask.from_pairs(model, config.pairs, metric=config.metric, align=config.align)
     check_task(task, config.metric)
+    graph = ComputationGraph(model)
+    sae_site = None
+    if config.sae is not None:  # before the long run: a wrong SAE fails here, not after the edge scores
+        from interp.graph.sae_nodes import check_sae_site
+
+        sae_site = load_circuit_sae(config.sae)
+        check_sae_site(graph, sae_site[0], sae_site[1])
     run_dir = ResultsDir.create(out, config, title=title, exist_ok=True, overwrite=overwrite)
     with run_dir.failure_marker():
-        graph = ComputationGraph(model)
         metrics, tables = task_results(config, task, graph, list(config.pairs), timings=True)
         for name, table in tables.items():
             run_dir.save_table(name, table.assign(task="pairs"))
+        if config.acdc_candidates > 0 and len(config.pairs) >= 2:
+            rank_pairs, eval_pairs = split_pairs(config, list(config.pairs))
+            rank_task = PatchingTask.from_pairs(model, rank_pairs, metric=config.metric, align=config.align)
+            eval_task = PatchingTask.from_pairs(model, eval_pairs, metric=config.metric, align=config.align)
+            metrics["acdc_model"], acdc_tables = acdc_model_results(config, rank_task, eval_task, graph)
+            for name, table in acdc_tables.items():
+                run_dir.save_table(name, table)
+        if sae_site is not None:
+            from interp.corpus import corpus_tokens
+
+            sae, hook, corpus_fvu = sae_site
+            tokens = corpus_tokens(model, config.sae_context_seqs, 128)
+            metrics["sae"], sae_tables = sae_results(
+                config, task, graph, sae, hook, tokens, run_dir.path / "sae_latent_pass.pt", corpus_fvu=corpus_fvu
+            )
+            for name, table in sae_tables.items():
+                run_dir.save_table(name, table)
         if config.copy_task:
             from interp.graph.tasks import copy_pairs
 

@@ -277,6 +277,13 @@ def circuit(
     ),
     quick: bool = typer.Option(False, help="Fewer verified edges and curve points (about a minute)."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    sae: Optional[Path] = typer.Option(
+        None,
+        exists=True,
+        file_okay=False,
+        help="An SAE directory (`interp sae train` output or SAELens files) on blocks.L.hook_mlp_out, blocks.L.hook_attn_out "
+        "or blocks.0.hook_resid_pre: that node becomes SAE latents + an error node, with the top latents' corpus contexts.",
+    ),
     overwrite: bool = typer.Option(False, help="Replace the run already in --out (its files are deleted first)."),
 ) -> None:
     """Circuit discovery on your prompt pairs: EAP / EAP-IG over every edge, verified by exact edge patching -> results dir."""
@@ -288,6 +295,8 @@ def circuit(
     try:
         config = CircuitConfig.quick() if quick else CircuitConfig()
         changes = dict(methods=tuple(method), steps=steps, verify_top=verify_top, model=model)
+        if sae is not None:
+            changes["sae"] = str(sae)
         if pairs is not None:
             from interp.patching.pairs import read_pairs
 

@@ -61,3 +61,54 @@ def test_minimality_of_the_whole_graph_is_exact_edge_patching(planted):
     assert (circuit.set_index("upstream").loc["a1.h2", "drop"]) > 0.9  # the planted head's output is needed
     with pytest.raises(InterpError, match="circuit is empty"):
         minimality(task, [], graph)
+
+
+def test_circuits_within_candidates_equal_the_dense_circuit_metric(tiny_model):
+    """circuit_metrics_within (kept edges only, over the corrupted residual stream) against circuit_metrics_given
+    (every edge of the graph ablated or not, separate code) on random circuits inside random candidate sets."""
+    from interp.graph.scores import circuit_metrics_given, circuit_metrics_within, corrupted_senders
+    from tests.test_graph import make_task
+
+    task, graph = make_task(tiny_model), ComputationGraph(tiny_model)
+    rng = np.random.default_rng(0)
+    candidates = sorted(rng.choice(len(graph), 60, replace=False).tolist())
+    kept = [[], candidates] + [sorted(rng.choice(candidates, n, replace=False).tolist()) for n in (5, 20, 40)]
+    dense = circuit_metrics_given(task, graph, kept, corrupted_senders(task, graph))
+    within = circuit_metrics_within(task, graph, kept, candidates)
+    np.testing.assert_allclose(within, dense, atol=1e-5)
+    assert within[0] == pytest.approx(task.corrupted_metric, abs=1e-5)  # nothing kept: the corrupted run
+    assert len(set(np.round(within, 4))) >= 3  # the circuits differ, so the check can fail
+    whole = circuit_metrics_within(task, graph, [list(range(len(graph)))], list(range(len(graph))))
+    assert whole[0] == pytest.approx(task.clean_metric, abs=1e-5)
+    with pytest.raises(InterpError, match="kept\\[0\\]: edges \\[.*\\] are not among the candidates"):
+        circuit_metrics_within(task, graph, [[c for c in range(len(graph)) if c not in candidates][:1]], candidates)
+    with pytest.raises(InterpError, match="candidates is empty"):
+        circuit_metrics_within(task, graph, [[]], [])
+
+
+def test_constant_metrics_are_refused(tiny_model):
+    """Clean and corrupted prompts with the same metric (nothing for a circuit to recover), and a metric whose
+    gradient is zero at every receiver, each give a clear error naming the cause."""
+    import torch
+
+    from interp.graph import attribute_edges
+    from interp.patching.task import PatchingTask
+
+    graph = ComputationGraph(tiny_model)
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(1, tiny_model.cfg.d_vocab, (3, 8), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(1, tiny_model.cfg.d_vocab, (3,), generator=g)
+    answers = torch.randint(1, tiny_model.cfg.d_vocab, (3,), generator=g)
+    same = PatchingTask(
+        tiny_model, clean, clean.clone(), answers=answers, wrong_answers=(answers + 1) % tiny_model.cfg.d_vocab
+    )
+    with pytest.raises(InterpError, match="clean and corrupted metrics are equal"):
+        acdc(same, graph)
+    with pytest.raises(InterpError, match="clean and corrupted metrics are equal"):
+        minimality(same, [0, 1], graph)
+    # answer == wrong answer: the logit difference is 0 on every input, so its gradient is zero everywhere
+    flat = PatchingTask(tiny_model, clean, corrupted, answers=answers, wrong_answers=answers.clone())
+    assert flat.clean_metric == flat.corrupted_metric == 0
+    with pytest.raises(InterpError, match="gradient is zero at every receiver"):
+        attribute_edges(flat, graph)

@@ -41,4 +41,5 @@ def test_circuits_notebook_runs():
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     text = "".join(o.get("text", "") for o in outputs)
     assert "of the 6 planted" in text and "largest unverified effect bounded by" in text
+    assert "ACDC inside the top 30 EAP edges" in text
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 2

@@ -6,7 +6,10 @@ edge into the receiver, remove it tentatively (it carries the corrupted sender's
 `circuit_metric`) and keep the removal when the circuit's metric gets worse by less than `tau` times the
 clean - corrupted gap (improvements count as no damage, as in ACDC). A receiver whose node no longer
 sends any edge cannot matter, so its incoming edges go without a test. Every test is one exact forward;
-the decisions are sequential, so the cost is one forward per candidate edge.
+the decisions are sequential, so the cost is one forward per candidate edge. A forward's cost grows with the
+number of candidates, not with the graph (`circuit_metrics_within`: every receiver reads the corrupted run's
+residual stream plus its kept candidate edges' output - corrupted output), so ACDC runs on a large model's graph
+restricted to, e.g., its top edges by EAP.
 
 Minimality (`minimality`): for each kept edge, the share of the gap lost when that edge alone is also
 removed from the final circuit (one batched run for all): an edge whose removal costs nothing is not
@@ -22,7 +25,7 @@ import pandas as pd
 
 from interp.errors import InterpError
 from interp.graph.graph import LOGITS, ComputationGraph
-from interp.graph.scores import _graph, circuit_metrics_given, corrupted_senders
+from interp.graph.scores import _graph, circuit_metrics_within, corrupted_residuals, corrupted_senders
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET
 from interp.patching.task import PatchingTask
 
@@ -76,13 +79,17 @@ def acdc(
         ids = sorted(set(graph.edge_ids(candidates)))
     if not ids:
         raise InterpError("candidates is empty: give at least one edge to decide on.")
-    corrupted = corrupted_senders(task, graph)
+    corrupted, residuals = corrupted_senders(task, graph), corrupted_residuals(task, graph)
     down = graph.edges["downstream_index"].to_numpy()
     up = graph.edges["upstream_index"].to_numpy()
     kept = set(ids)
 
     def metric_of(edges) -> float:
-        return float(circuit_metrics_given(task, graph, [sorted(edges)], corrupted, memory_budget=memory_budget)[0])
+        return float(
+            circuit_metrics_within(
+                task, graph, [sorted(edges)], ids, corrupted, residuals, memory_budget=memory_budget
+            )[0]
+        )
 
     current = metric_of(kept)
     damage: dict[int, float] = {}
@@ -132,9 +139,10 @@ def minimality(
         ids = graph.edge_ids(circuit)
     if not ids:
         raise InterpError("circuit is empty: minimality needs at least one kept edge.")
-    corrupted = corrupted_senders(task, graph)
+    if len(set(ids)) != len(ids):
+        raise InterpError("circuit: an edge is listed twice; pass each kept edge once.")
     variants: list[Sequence[int]] = [ids] + [[x for x in ids if x != e] for e in ids]
-    values = circuit_metrics_given(task, graph, variants, corrupted, memory_budget=memory_budget)
+    values = circuit_metrics_within(task, graph, variants, ids, memory_budget=memory_budget)
     frame = graph.edges.loc[ids].copy()
     frame["metric"] = values[1:]
     frame["drop"] = (values[0] - values[1:]) / gap

@@ -1,6 +1,11 @@
 """SAE-feature nodes: one node of the graph (an MLP's output, or the embeddings) replaced by the latents of an SAE
 plus one error node, with EAP edge scores from each latent and from the error to every receiver downstream.
 
+Sites an SAE may replace: an MLP node 'm{L}' (blocks.L.hook_mlp_out), the embeddings 'embed'
+(blocks.0.hook_resid_pre) and a whole attention layer 'a{L}' (blocks.L.hook_attn_out: the sum of layer L's heads
+and b_O, so its latents replace all of that layer's head nodes together; an SAE per head is not supported). A
+residual-stream SAE is no node of this graph (the stream is the sum of every upstream node).
+
 At the site, output = sum_i f_i W_dec[i] + b_dec + error (error = output - SAE reconstruction, so the split is
 exact). b_dec is the same in every run, so it is no node (as b_O is none for heads). Latent i's change between
 the runs is (f_i(corrupted) - f_i(clean)) W_dec[i] and the error's is error(corrupted) - error(clean); these add up
@@ -14,6 +19,9 @@ differs between the runs somewhere get rows (the others' scores are exactly zero
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -24,13 +32,21 @@ from interp.errors import InterpError
 from interp.graph.graph import ComputationGraph
 from interp.graph.scores import _graph, receiver_gradients
 from interp.hooks import capture
-from interp.patching.task import PatchingTask
+from interp.patching.engine import DEFAULT_MEMORY_BUDGET, variants_per_batch
+from interp.patching.task import PatchingTask, last_position_logits
 
 SITE_HOOKS = {"embed": "blocks.0.hook_resid_pre"}
 
 
 def site_hook(graph: ComputationGraph, node: str) -> str:
-    """The hook whose activation is `node`'s output (an MLP node 'm{L}' or 'embed')."""
+    """The hook whose activation is `node`'s output (an MLP node 'm{L}', 'embed', or a whole attention layer 'a{L}')."""
+    if isinstance(node, str) and re.fullmatch(r"a\d+", node):
+        layer = int(node[1:])
+        if not 0 <= layer < graph.n_layers:
+            raise InterpError(
+                f"node={node!r}: attention layer {layer} is out of range; this model has layers 0..{graph.n_layers - 1}."
+            )
+        return f"blocks.{layer}.hook_attn_out"
     i = graph.sender_index(node)  # unknown names raise here
     sender = graph.senders[i]
     if sender.component == "mlp":
@@ -38,7 +54,8 @@ def site_hook(graph: ComputationGraph, node: str) -> str:
     if sender.component == "embed":
         return SITE_HOOKS["embed"]
     raise InterpError(
-        f"node={node!r}: SAE nodes replace an MLP node ('m{{L}}') or 'embed'; a head's output is not one activation an SAE reads."
+        f"node={node!r}: SAE nodes replace an MLP node ('m{{L}}'), 'embed' or a whole attention layer ('a{{L}}', an SAE on "
+        "blocks.L.hook_attn_out); one head's output is not one activation an SAE reads."
     )
 
 
@@ -53,6 +70,46 @@ def _check_sae(sae, d_model: int, node: str, hook: str) -> None:
         raise InterpError(
             f"sae: its d_in is {d_in} but node {node!r} writes {d_model} values per token ({hook}); use an SAE trained on {hook}."
         )
+
+
+def node_of_hook(graph: ComputationGraph, hook_name: str) -> str:
+    """The graph node an SAE trained on `hook_name` replaces: 'm{L}' (blocks.L.hook_mlp_out), 'a{L}'
+    (blocks.L.hook_attn_out) or 'embed' (blocks.0.hook_resid_pre)."""
+    match = re.fullmatch(r"blocks\.(\d+)\.(hook_mlp_out|hook_attn_out|hook_resid_pre)", str(hook_name))
+    if match is None or (match.group(2) == "hook_resid_pre" and match.group(1) != "0"):
+        raise InterpError(
+            f"sae: it reads {hook_name!r}, which is no node of the graph; SAE nodes replace blocks.L.hook_mlp_out (an MLP), "
+            "blocks.L.hook_attn_out (an attention layer) or blocks.0.hook_resid_pre (the embeddings). A residual-stream "
+            "SAE at a later layer sums every upstream node, so it has no place in the graph."
+        )
+    layer, kind = int(match.group(1)), match.group(2)
+    if not 0 <= layer < graph.n_layers:
+        raise InterpError(f"sae: it reads {hook_name!r}, but this model has layers 0..{graph.n_layers - 1}.")
+    return "embed" if kind == "hook_resid_pre" else f"{'m' if kind == 'hook_mlp_out' else 'a'}{layer}"
+
+
+def check_sae_site(graph: ComputationGraph, sae, hook_name: str) -> str:
+    """The node an SAE read at `hook_name` replaces, after checking that its d_in fits that node's output."""
+    node = node_of_hook(graph, hook_name)
+    _check_sae(sae, graph.model.cfg.d_model, node, hook_name)
+    return node
+
+
+def site_sender(graph: ComputationGraph, node: str) -> int:
+    """The index of the (first) sender whose output the site holds: the node itself, or head 0 of an attention layer."""
+    return graph.sender_index(f"{node}.h0" if re.fullmatch(r"a\d+", node) else node)
+
+
+def site_layer(graph: ComputationGraph, node: str) -> int:
+    """The first block that reads nothing but the clean run before the site (0 for the embeddings)."""
+    layer = graph.senders[site_sender(graph, node)].layer
+    return 0 if layer is None else int(layer)
+
+
+def downstream_receivers(graph: ComputationGraph, node: str) -> list[int]:
+    """The receivers that read the site's output through the residual stream."""
+    i = site_sender(graph, node)
+    return [j for j, r in enumerate(graph.receivers) if r.n_upstream > i]
 
 
 def sae_split(
@@ -86,8 +143,7 @@ def sae_edge_scores(task: PatchingTask, node: str, sae, graph: ComputationGraph 
     df = (f_corrupted - f_clean).double()  # [batch, pos, d_sae]
     d_error = (e_corrupted - e_clean).double()
     changed = torch.nonzero(df.abs().amax((0, 1)) > 0).flatten()
-    i = graph.sender_index(node)
-    downstream = [j for j, r in enumerate(graph.receivers) if r.n_upstream > i]
+    downstream = downstream_receivers(graph, node)
     grads = receiver_gradients(task, graph, [0.0])[downstream].double()  # [receivers, batch, pos, d_model]
     w = sae.W_dec.detach().double()[changed]  # [changed, d_model]
     latent_scores = torch.einsum("bpc,vbpc->cv", df[..., changed], torch.einsum("vbpd,cd->vbpc", grads, w))
@@ -129,3 +185,120 @@ def check_decomposition(task: PatchingTask, node: str, sae, graph: ComputationGr
             total = f @ sae.W_dec + sae.b_dec + error
         worst = max(worst, float((total - acts.to(total.dtype)).abs().max()))
     return float(np.float64(worst))
+
+
+def _site_changes(task: PatchingTask, graph: ComputationGraph, node: str, sae):
+    """(hook, clean f, corrupted - clean f, corrupted - clean error) at the site, both runs captured once."""
+    hook = site_hook(graph, node)
+    _check_sae(sae, task.model.cfg.d_model, node, hook)
+    with torch.no_grad():
+        clean = capture(
+            task.model, task.clean_tokens, [hook], attention_mask=task.clean_mask, stop_at_layer=graph.n_layers
+        )
+        corrupted = capture(
+            task.model, task.corrupted_tokens, [hook], attention_mask=task.corrupted_mask, stop_at_layer=graph.n_layers
+        )
+    f_clean, e_clean = sae_split(sae, clean[hook])
+    f_corrupted, e_corrupted = sae_split(sae, corrupted[hook])
+    return hook, f_clean, f_corrupted - f_clean, e_corrupted - e_clean
+
+
+def patch_site_changes(
+    task: PatchingTask,
+    graph: ComputationGraph,
+    node: str,
+    changes: Float[Tensor, "variants batch pos d_model"],
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> np.ndarray:
+    """The metric of the clean run with the site's output plus changes[v], one value per variant; every block from the
+    site's on recomputes (earlier blocks are as in the clean run, so each batch starts at the site's layer)."""
+    hook, layer, model = site_hook(graph, node), site_layer(graph, node), task.model
+    with torch.no_grad():
+        start = capture(
+            model,
+            task.clean_tokens,
+            [f"blocks.{layer}.hook_resid_pre"],
+            attention_mask=task.clean_mask,
+            stop_at_layer=graph.n_layers,
+        )[f"blocks.{layer}.hook_resid_pre"]
+    per_batch = variants_per_batch(task, memory_budget)
+    values = np.empty(len(changes))
+    for s in range(0, len(changes), per_batch):
+        chunk = changes[s : s + per_batch]
+
+        def add(act: Tensor, hook, chunk=chunk) -> Tensor:
+            return act + chunk.to(act.dtype).flatten(0, 1)
+
+        mask = None if task.clean_mask is None else task.clean_mask.repeat(len(chunk), 1)
+        resid = start.repeat(len(chunk), 1, 1)
+        with torch.no_grad(), model.hooks(fwd_hooks=[(hook, add)]):
+            for block in model.blocks[layer:]:
+                resid = block(resid, attention_mask=mask)
+            values[s : s + len(chunk)] = task.score(last_position_logits(model, resid)).double().cpu().numpy()
+    return values
+
+
+def sae_node_effects(
+    task: PatchingTask,
+    node: str,
+    sae,
+    graph: ComputationGraph | None = None,
+    *,
+    latents: Sequence[int] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> pd.DataFrame:
+    """Per SAE-feature node of the site: its EAP node score (the sum of its edges' EAP scores: its change times the
+    metric's gradient at the site) and its exact effect (the site's output moved by that latent's change alone,
+    (f_i(corrupted) - f_i(clean)) W_dec[i], everything downstream recomputed; metric minus the clean metric).
+
+    Rows: one per latent (`latents`; None: every latent that changes between the runs), the error node ("err",
+    latent -1), all latents together ("latents", -2) and the whole node ("node", -3: latents + error, which is the
+    node's own exact patch). Columns: upstream, latent, kind, eap, exact, method "sae". attrs: hook, node,
+    n_changed_latents, d_sae, and the error's share of the node's effect (exact and EAP).
+    """
+    graph = _graph(task, graph)
+    hook, f_clean, df, d_error = _site_changes(task, graph, node, sae)
+    d_sae = int(sae.W_dec.shape[0])
+    changed = torch.nonzero(df.abs().amax((0, 1)) > 0).flatten().tolist()
+    if latents is None:
+        chosen = changed
+    else:
+        chosen = [int(c) for c in latents]
+        bad = [c for c in chosen if not 0 <= c < d_sae]
+        if bad:
+            raise InterpError(
+                f"latents: {bad[:5]} are out of range; this SAE has d_sae={d_sae} latents, 0..{d_sae - 1}."
+            )
+    w = sae.W_dec.detach().to(df.dtype)
+    latent_changes = (
+        torch.einsum("bpc,cd->cbpd", df[..., chosen], w[chosen]) if chosen else df.new_zeros((0, *d_error.shape))
+    )
+    all_latents = df @ w
+    changes = torch.cat([latent_changes, d_error[None], all_latents[None], (all_latents + d_error)[None]])
+    grads = receiver_gradients(task, graph, [0.0])[downstream_receivers(graph, node)].sum(0).double()
+    eap = torch.einsum("vbpd,bpd->v", changes.double(), grads).numpy()
+    exact = patch_site_changes(task, graph, node, changes, memory_budget=memory_budget) - task.clean_metric
+    names = [f"{node}.f{c}" for c in chosen] + [f"{node}.err", f"{node}.latents", node]
+    frame = pd.DataFrame(
+        {
+            "upstream": names,
+            "latent": chosen + [-1, -2, -3],
+            "kind": ["latent"] * len(chosen) + ["error", "latents", "node"],
+            "eap": eap,
+            "exact": exact,
+        }
+    )
+    frame["method"] = "sae"
+    whole = frame.iloc[-1]
+    frame.attrs.update(
+        hook=hook,
+        node=node,
+        n_changed_latents=len(changed),
+        d_sae=d_sae,
+        error_share_exact=float(exact[-3] / whole["exact"]) if whole["exact"] else float("nan"),
+        error_share_eap=float(eap[-3] / whole["eap"]) if whole["eap"] else float("nan"),
+        clean_metric=task.clean_metric,
+        corrupted_metric=task.corrupted_metric,
+    )
+    return frame
