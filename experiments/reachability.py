@@ -68,12 +68,12 @@ class ReachabilityConfig:
     # the first 200 steps, then added to every step. Without it the one-hop lookup every format needs stays at ~0.30
     # (chance 0.13) for 6,000+ steps and all formats sit at chance; with it the lookup is at 0.88-0.96 by step 200.
     # Then 130 steps per pre-final stage and the final stage from step 590 (>= half the steps); constant lr (as the
-    # authors), so `steps` can be cut or extended on resume. 4,000 steps (session 4): at 1,200 discrete CoT was still
-    # rising; measured ~0.9-1 s per step per process at load ~8, the two long formats fit the 2-hour box with no CoT
-    # after them (`no_cot_steps`) and the analysis (FINDINGS.md).
+    # authors), so `steps` can be cut or extended on resume. 4,800 steps (session 4): at 1,200 both curves were still
+    # rising (continuous 0.80 at 2,200); measured 0.85-1.3 s per step per process at load 6-11, the two long formats
+    # fit the 2-hour box with no CoT after them (`no_cot_steps`) and the analysis (FINDINGS.md).
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=4000,
+            steps=4800,
             batch_size=64,
             lr=2e-3,
             warmup_steps=100,
@@ -87,9 +87,9 @@ class ReachabilityConfig:
     )
     construction: ConstructionConfig = field(default_factory=ConstructionConfig)
     # steps for no CoT (0: train.steps). no CoT cannot do a multi-hop search in 2 layers and sat at chance (0.50-0.52)
-    # from step 400 to 1,200 in session 3; it trains after the two others (2 processes), so fewer steps keep the
+    # from step 400 to 1,200 in session 3; it trains after the two others (2 processes), so 1,000 steps keep the
     # long continuous / discrete CoT run inside the 2-hour box (FINDINGS.md)
-    no_cot_steps: int = 1200
+    no_cot_steps: int = 1000
     n_problems: int = 100000  # before the split by graph; a large pool keeps the models from memorising graphs
     test_fraction: float = 0.1
     n_eval: int = 2000  # held-out problems for the acceptance numbers (accuracies, inner products, attention)
