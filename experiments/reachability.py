@@ -46,7 +46,7 @@ from circuits.reachability.diagnostics import lookup_accuracy, teacher_forced_ho
 from circuits.reachability.graphs import GraphConfig, Problem, make_problems, split_by_graph
 from circuits.reachability.model import ModelConfig
 from circuits.reachability.tokens import SequenceLayout
-from circuits.reachability.train import MODES, TrainConfig, accuracy, layout_for, train
+from circuits.reachability.train import MODES, TrainConfig, accuracy, layout_for, predict_answers, train
 from dashboards import build_dashboard
 from interp.errors import InterpError
 from interp.results import ResultsDir
@@ -217,6 +217,17 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
         metrics[f"train_seconds_{mode}"] = curve.attrs.get("train_seconds", float("nan"))
         metrics[f"steps_trained_{mode}"] = curve.attrs.get("steps_trained", mode_train_config(config, mode).steps)
         metrics[f"acc_{mode}"] = accuracy(models[mode], mode, eval_problems, layout)
+        # by the answer's distance (where continuous and discrete CoT differ), and on training graphs (under-fitting
+        # vs over-fitting: a held-out shortfall that training problems share is not memorisation)
+        correct = predict_answers(models[mode], mode, eval_problems, layout) == torch.tensor(
+            [p.answer for p in eval_problems]
+        )
+        hops = torch.tensor([p.n_hops for p in eval_problems])
+        for h in sorted(set(hops.tolist())):
+            metrics[f"acc_{mode}_hops{h}"] = correct[hops == h].float().mean().item()
+            metrics[f"n_eval_hops{h}"] = int((hops == h).sum())
+        seen = random.Random(config.seed + 3).sample(train_problems, min(len(train_problems), config.n_eval))
+        metrics[f"train_acc_{mode}"] = accuracy(models[mode], mode, seen, layout)
         # the one-hop lookup every format needs (a child of the node in the root slot), held out
         lookup = lookup_accuracy(models[mode], eval_problems, layout_for(mode, layout))
         metrics[f"lookup_acc_{mode}"], metrics["lookup_acc_chance"] = lookup

@@ -44,6 +44,14 @@ def test_run_writes_the_results_dir(tmp_path):
         assert (
             metrics["n_eval"] == 50 and correct == pytest.approx(round(correct), abs=1e-6) and 0 <= round(correct) <= 50
         ), key
+    for mode in ("continuous", "discrete_cot", "no_cot"):  # per answer distance: the shares recombine to the total
+        by_hops = sum(
+            metrics[f"acc_{mode}_hops{h}"] * metrics[f"n_eval_hops{h}"]
+            for h in (1, 2, 3)
+            if f"n_eval_hops{h}" in metrics
+        )
+        assert by_hops == pytest.approx(metrics[f"acc_{mode}"] * metrics["n_eval"], abs=1e-4)
+        assert 0 <= metrics[f"train_acc_{mode}"] <= 1
     assert metrics["construction_acc"] == 1.0 and metrics["construction_max_error"] < metrics["construction_tolerance"]
     for step in (1, 2, 3):
         for group in (
