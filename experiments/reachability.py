@@ -46,7 +46,7 @@ from circuits.reachability.diagnostics import lookup_accuracy, teacher_forced_ho
 from circuits.reachability.graphs import GraphConfig, Problem, make_problems, split_by_graph
 from circuits.reachability.model import ModelConfig
 from circuits.reachability.tokens import SequenceLayout
-from circuits.reachability.train import MODES, TrainConfig, accuracy, layout_for, train
+from circuits.reachability.train import MODES, TrainConfig, accuracy, layout_for, predict_answers, train
 from dashboards import build_dashboard
 from interp.errors import InterpError
 from interp.results import ResultsDir
@@ -68,10 +68,12 @@ class ReachabilityConfig:
     # the first 200 steps, then added to every step. Without it the one-hop lookup every format needs stays at ~0.30
     # (chance 0.13) for 6,000+ steps and all formats sit at chance; with it the lookup is at 0.88-0.96 by step 200.
     # Then 130 steps per pre-final stage and the final stage from step 590 (>= half the steps); constant lr (as the
-    # authors), so `steps` can be cut or extended on resume. Sized to the 2-hour box at this machine's load.
+    # authors), so `steps` can be cut or extended on resume. 4,800 steps (session 4): at 1,200 both curves were still
+    # rising (continuous 0.80 at 2,200); measured 0.85-1.3 s per step per process at load 6-11, the two long formats
+    # fit the 2-hour box with no CoT after them (`no_cot_steps`) and the analysis (FINDINGS.md).
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=1200,
+            steps=4800,
             batch_size=64,
             lr=2e-3,
             warmup_steps=100,
@@ -84,6 +86,10 @@ class ReachabilityConfig:
         )
     )
     construction: ConstructionConfig = field(default_factory=ConstructionConfig)
+    # steps for no CoT (0: train.steps). no CoT cannot do a multi-hop search in 2 layers and sat at chance (0.50-0.52)
+    # from step 400 to 1,200 in session 3; it trains after the two others (2 processes), so 1,000 steps keep the
+    # long continuous / discrete CoT run inside the 2-hour box (FINDINGS.md)
+    no_cot_steps: int = 1000
     n_problems: int = 100000  # before the split by graph; a large pool keeps the models from memorising graphs
     test_fraction: float = 0.1
     n_eval: int = 2000  # held-out problems for the acceptance numbers (accuracies, inner products, attention)
@@ -110,6 +116,7 @@ class ReachabilityConfig:
                 lookup_pretrain_steps=40,
             ),
             model=ModelConfig(d_model=64, n_heads=4, d_mlp=256),
+            no_cot_steps=0,
             n_problems=4000,
             n_eval=300,
             n_curve=100,
@@ -143,6 +150,13 @@ def _data(config: ReachabilityConfig) -> tuple[list[Problem], list[Problem], lis
     return train_problems, test_problems[: config.n_eval], test_problems[config.n_eval : config.n_eval + config.n_curve]
 
 
+def mode_train_config(config: ReachabilityConfig, mode: str) -> TrainConfig:
+    """The training config of one format: `no_cot_steps` (when set) replaces the steps of no CoT."""
+    if mode == "no_cot" and config.no_cot_steps:
+        return replace(config.train, steps=config.no_cot_steps)
+    return config.train
+
+
 def _train_mode(config: ReachabilityConfig, mode: str, checkpoints: Path, progress: bool):
     with torch_threads(config.threads):
         train_problems, _, curve_problems = _data(config)
@@ -152,7 +166,7 @@ def _train_mode(config: ReachabilityConfig, mode: str, checkpoints: Path, progre
             train_problems,
             layout,
             config.model,
-            config.train,
+            mode_train_config(config, mode),
             progress=progress,
             eval_problems=curve_problems,
             checkpoint=checkpoints / f"{mode}.pt",
@@ -171,6 +185,8 @@ def run(config: ReachabilityConfig, out: Path) -> Path:
         )
     if config.workers < 1:
         raise InterpError(f"workers={config.workers} must be >= 1.")
+    if config.no_cot_steps < 0:
+        raise InterpError(f"no_cot_steps={config.no_cot_steps} must be >= 0 (0: train.steps).")
     with torch_threads(config.threads):
         return _run(config, Path(out))
 
@@ -199,8 +215,19 @@ def _run(config: ReachabilityConfig, out: Path) -> Path:
     for mode in MODES:  # loads a finished checkpoint, or trains here (workers == 1)
         models[mode], curve, acc_curve = _train_mode(config, mode, checkpoints, progress=config.workers == 1)
         metrics[f"train_seconds_{mode}"] = curve.attrs.get("train_seconds", float("nan"))
-        metrics[f"steps_trained_{mode}"] = curve.attrs.get("steps_trained", config.train.steps)
+        metrics[f"steps_trained_{mode}"] = curve.attrs.get("steps_trained", mode_train_config(config, mode).steps)
         metrics[f"acc_{mode}"] = accuracy(models[mode], mode, eval_problems, layout)
+        # by the answer's distance (where continuous and discrete CoT differ), and on training graphs (under-fitting
+        # vs over-fitting: a held-out shortfall that training problems share is not memorisation)
+        correct = predict_answers(models[mode], mode, eval_problems, layout) == torch.tensor(
+            [p.answer for p in eval_problems]
+        )
+        hops = torch.tensor([p.n_hops for p in eval_problems])
+        for h in sorted(set(hops.tolist())):
+            metrics[f"acc_{mode}_hops{h}"] = correct[hops == h].float().mean().item()
+            metrics[f"n_eval_hops{h}"] = int((hops == h).sum())
+        seen = random.Random(config.seed + 3).sample(train_problems, min(len(train_problems), config.n_eval))
+        metrics[f"train_acc_{mode}"] = accuracy(models[mode], mode, seen, layout)
         # the one-hop lookup every format needs (a child of the node in the root slot), held out
         lookup = lookup_accuracy(models[mode], eval_problems, layout_for(mode, layout))
         metrics[f"lookup_acc_{mode}"], metrics["lookup_acc_chance"] = lookup

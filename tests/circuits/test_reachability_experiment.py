@@ -20,6 +20,7 @@ def tiny_config() -> ReachabilityConfig:
     return replace(
         quick,
         train=replace(quick.train, steps=6, warmup_steps=2, batch_size=16, eval_every=3),
+        no_cot_steps=4,  # a format's own step count (the full run trains no CoT for fewer steps)
         n_problems=800,
         n_eval=50,
         n_curve=20,
@@ -43,6 +44,14 @@ def test_run_writes_the_results_dir(tmp_path):
         assert (
             metrics["n_eval"] == 50 and correct == pytest.approx(round(correct), abs=1e-6) and 0 <= round(correct) <= 50
         ), key
+    for mode in ("continuous", "discrete_cot", "no_cot"):  # per answer distance: the shares recombine to the total
+        by_hops = sum(
+            metrics[f"acc_{mode}_hops{h}"] * metrics[f"n_eval_hops{h}"]
+            for h in (1, 2, 3)
+            if f"n_eval_hops{h}" in metrics
+        )
+        assert by_hops == pytest.approx(metrics[f"acc_{mode}"] * metrics["n_eval"], abs=1e-4)
+        assert 0 <= metrics[f"train_acc_{mode}"] <= 1
     assert metrics["construction_acc"] == 1.0 and metrics["construction_max_error"] < metrics["construction_tolerance"]
     for step in (1, 2, 3):
         for group in (
@@ -77,10 +86,11 @@ def test_run_writes_the_results_dir(tmp_path):
         metrics["construction_inner_optimal_path_step1"], rel=0.1
     )
     curves = results.load_table("accuracy_curves")
-    assert (
-        set(curves["method"]) == {"continuous", "discrete_cot", "no_cot"}
-        and curves.groupby("method")["step"].max().eq(6).all()
-    )
+    assert set(curves["method"]) == {"continuous", "discrete_cot", "no_cot"}
+    assert curves.groupby("method")["step"].max().to_dict() == {"continuous": 6, "discrete_cot": 6, "no_cot": 4}
+    assert (metrics["steps_trained_continuous"], metrics["steps_trained_no_cot"]) == (6, 4)
+    losses = results.load_table("loss_curves")
+    assert losses.groupby("method")["step"].max().to_dict() == {"continuous": 5, "discrete_cot": 5, "no_cot": 3}
     accuracy = results.load_table("accuracy").set_index("method")["accuracy"]
     assert accuracy["continuous"] == pytest.approx(metrics["acc_continuous"])
     inner = results.load_table("inner_products")
@@ -113,6 +123,8 @@ def test_bad_config_is_named(tmp_path):
         run(replace(tiny_config(), n_probe=1), tmp_path / "bad")
     with pytest.raises(InterpError, match="raise n_problems"):
         run(replace(tiny_config(), n_problems=100, n_eval=90), tmp_path / "bad2")
+    with pytest.raises(InterpError, match="no_cot_steps=-1"):
+        run(replace(tiny_config(), no_cot_steps=-1), tmp_path / "bad3")
 
 
 @pytest.mark.slow
