@@ -106,17 +106,11 @@ def _write_part(out_dir: Path, index: int, tensors: dict, n_seq: int, seq_len: i
 def _resume(out_dir: Path, settings: dict) -> tuple[dict, dict[int, dict]]:
     """(the manifest: its intact listed prefix, complete or not; {index: entry} of the intact shards parts/ lists).
     Every other shard file, entry and temporary file is deleted."""
-    from interp.store.writer import InterpError, _intact_prefix, _read_manifest
+    from interp.store.writer import _intact_prefix, _read_same_settings
 
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
-        manifest = _read_manifest(manifest_path)
-        changed = [k for k in settings if manifest.get(k) != settings[k]]
-        if changed:
-            raise InterpError(
-                f"build_store(out_dir={str(out_dir)!r}): that directory holds a store built with different "
-                f"{', '.join(changed)}. Pass a new out_dir, or delete the old store to rebuild it."
-            )
+        manifest = _read_same_settings(out_dir, settings)
         good = _intact_prefix(out_dir, manifest["shards"])
         if manifest["complete"] and len(good) == len(manifest["shards"]):
             return manifest, {}

@@ -300,18 +300,24 @@ def _check_token_range(tokens: Tensor, d_vocab: int, where: str) -> None:
         )
 
 
+def _read_same_settings(out_dir: Path, settings: dict) -> dict:
+    """The manifest in out_dir, refused when its store was built with other settings."""
+    manifest = _read_manifest(out_dir / MANIFEST)
+    changed = [k for k in settings if manifest.get(k) != settings[k]]
+    if changed:
+        raise InterpError(
+            f"build_store(out_dir={str(out_dir)!r}): that directory holds a store built with different {', '.join(changed)}. "
+            "Pass a new out_dir, or delete the old store to rebuild it."
+        )
+    return manifest
+
+
 def _resume_or_start(out_dir: Path, settings: dict) -> dict:
     """The manifest to continue from: the existing one (its intact shards) or a fresh one."""
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
-        manifest = _read_manifest(manifest_path)
-        changed = [k for k in settings if manifest.get(k) != settings[k]]
-        if changed:
-            raise InterpError(
-                f"build_store(out_dir={str(out_dir)!r}): that directory holds a store built with different {', '.join(changed)}. "
-                "Pass a new out_dir, or delete the old store to rebuild it."
-            )
+        manifest = _read_same_settings(out_dir, settings)
         good = _intact_prefix(out_dir, manifest["shards"])
         if len(good) < len(manifest["shards"]):
             print(
