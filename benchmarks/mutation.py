@@ -2,20 +2,34 @@
 
     python benchmarks/mutation.py                         # every module below (make mutation)
     python benchmarks/mutation.py --only sae/sparse_ops.py --minutes 10
+    python benchmarks/mutation.py --only interp/store --retest   # survivors again, after adding tests
 
-For each module (or package) a fresh copy of the tracked tree is made under --work, mutmut is pointed at
-that module and at the module's fast tests, and its results are read back: killed / survived / timeout /
-other per module, the surviving mutants by name (`mutmut show NAME` in that copy prints the diff), and
-the kill rate. Writes benchmarks/results/mutation.json. Not part of CI: minutes per module.
+For each module (or package) a copy of the tree (tracked and untracked-not-ignored files) is kept under
+--work, mutmut is pointed at that module and at the module's fast tests, and its results are read back:
+killed / survived / timeout / other per module, the surviving mutants by name (`mutmut show NAME` in that
+copy prints the diff), and the kill rate. Writes benchmarks/results/mutation.json. Not part of CI.
+
+Fast: each mutant runs only the tests that call the mutated function (mutmut's per-function selection,
+measured in one traced run of the module's tests), the slow tests of a module's files are deselected
+(`--deselect` in MODULES: engine tests on SmolLM2 and subprocess tests, covered by tiny-model tests), and
+mutants fork from a server that has already imported torch, TransformerLens and the test modules
+(mutmut's forkserver with collect warm-up), not from a bare interpreter.
+Resumable: a rerun keeps the copy and mutmut's results in its mutants/ dir, refreshes the changed files,
+and tests only the mutants without a result (and the functions whose code changed); a time-boxed run
+(--minutes) stops the whole process group and counts what it got. A changed test list keeps the results
+(new tests are traced and added; mutmut would otherwise drop every result); --retest runs the survivors
+again against the current tests; --fresh starts over.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,9 +47,13 @@ MODULES: dict[str, list[str]] = {
     ],
     "circuits/recall_reasoning/dissociation.py": [
         "tests/circuits/test_dissociation_clauses.py",
+        "tests/circuits/test_dissociation_mutants.py",
         "tests/circuits/test_recall_reasoning_heldout.py",
         "tests/circuits/test_recall_reasoning.py",
         "tests/circuits/test_recall_reasoning_neurons.py",
+        # 13 s a mutant (the whole experiment on a tiny model): its dissociation calls are checked one by one above
+        "--deselect",
+        "tests/circuits/test_recall_reasoning_heldout.py::test_the_experiment_runs_on_a_tiny_random_model",
     ],
     "circuits/scan_snap/predictions.py": [
         "tests/circuits/test_scan_snap_verdicts.py",
@@ -43,7 +61,22 @@ MODULES: dict[str, list[str]] = {
         "tests/circuits/test_scan_snap_replication.py",
         "tests/circuits/test_scan_snap.py",
     ],
-    "interp/store": ["tests/test_store.py", "tests/test_chunked.py"],
+    "interp/store": [
+        "tests/test_store.py",
+        "tests/test_store_mutants.py",
+        "tests/test_robustness.py::test_store_manifest_is_cross_checked_against_the_shards",
+        "tests/test_robustness.py::test_an_edited_shard_token_count_is_caught",
+        "tests/test_robustness.py::test_token_ids_out_of_range_are_refused",
+        "tests/test_robustness.py::test_a_second_writer_is_refused_naming_the_first",
+        "tests/test_robustness.py::test_manifest_reader_on_random_bytes_and_json_raises_an_interp_error",
+        "tests/test_robustness.py::test_manifest_reader_on_a_randomly_edited_field_opens_or_raises_an_interp_error",
+        # SmolLM2 loads (one in a subprocess killed mid-run): tests/test_store_mutants.py covers resume and
+        # the default-corpus path on the tiny model
+        "--deselect",
+        "tests/test_store.py::test_resume_after_sigkill_gives_identical_shards",
+        "--deselect",
+        "tests/test_store.py::test_round_trip_bundled_model_on_default_corpus",
+    ],
     "interp/attribution": ["tests/test_attribution.py", "tests/test_attribution_qk_summed.py"],
     "interp/patching": ["tests/test_patching.py", "tests/test_engine_batches.py"],
 }
@@ -98,17 +131,52 @@ STATUS = {
 
 
 def tracked_copy(dest: Path) -> None:
-    """The tracked files of the working tree (as committed or modified) copied to dest."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
-    for name in filter(None, files):
-        src = ROOT / name.decode()
-        if src.is_file():
-            (dest / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name.decode())
+    """The working tree's files (tracked, and untracked ones git does not ignore) copied to dest where they differ.
+
+    copy2 keeps each file's mtime, which mutmut compares with its mutated copy's to see a changed source file.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, listed):
+        src, dst = ROOT / name.decode(), dest / name.decode()
+        if not src.is_file():
+            continue
+        if dst.is_file() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+
+
+def test_selection_hash(tests: list[str]) -> str:
+    """mutmut's fingerprint of pytest_add_cli_args_test_selection (mutmut.configuration.Config.config_fingerprint)."""
+    return hashlib.sha256(repr(tuple(tests)).encode()).hexdigest()[:12]
+
+
+def keep_results_when_tests_change(copy: Path, tests: list[str]) -> None:
+    """mutmut resets every result when the test selection changes; keep them: it traces the new tests itself.
+
+    A new test only adds kills, so a killed mutant stays killed; --retest runs the survivors again.
+    """
+    stats = copy / "mutants" / "mutmut-stats.json"
+    if stats.is_file():
+        data = json.loads(stats.read_text())
+        if data.get("config_fingerprint", {}).get("test_selection") not in (None, test_selection_hash(tests)):
+            data["config_fingerprint"]["test_selection"] = test_selection_hash(tests)
+            stats.write_text(json.dumps(data, indent=4))
+    # mutants no test reached are looked at again: a test added since may reach them (mutmut keeps "no tests")
+    for meta in (copy / "mutants").rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        if 33 in data["exit_code_by_key"].values():
+            data["exit_code_by_key"] = {k: None if v == 33 else v for k, v in data["exit_code_by_key"].items()}
+            meta.write_text(json.dumps(data, indent=4))
 
 
 def configure(copy: Path, module: str, tests: list[str]) -> None:
-    text = (copy / "pyproject.toml").read_text()
+    text = (ROOT / "pyproject.toml").read_text()
     also = [
         p
         for p in ("interp", "circuits", "sae", "dashboards", "experiments", "tests", "benchmarks")
@@ -120,6 +188,10 @@ def configure(copy: Path, module: str, tests: list[str]) -> None:
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         f"also_copy = {json.dumps(also)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+        # mutants fork from a server that has run `pytest --collect-only` (torch, TransformerLens, the test
+        # modules imported once), not from mutmut's bare main process
+        'process_isolation = "forkserver"\n'
+        'forkserver_warmup = "collect"\n'
     )
     (copy / "pyproject.toml").write_text(text)
 
@@ -127,6 +199,7 @@ def configure(copy: Path, module: str, tests: list[str]) -> None:
 def results_of(copy: Path) -> dict:
     counts: dict[str, int] = {}
     survived: list[str] = []
+    no_tests: list[str] = []
     equivalent: list[str] = []
     for meta in (copy / "mutants").rglob("*.meta"):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
@@ -137,6 +210,8 @@ def results_of(copy: Path) -> dict:
             counts[status] = counts.get(status, 0) + 1
             if status == "survived":
                 survived.append(name)
+            if status == "no_tests":
+                no_tests.append(name)
     judged = counts.get("killed", 0) + counts.get("survived", 0) + counts.get("timeout", 0)
     with_equivalent = judged + counts.get("equivalent", 0)
     return {
@@ -155,6 +230,7 @@ def results_of(copy: Path) -> dict:
         # the issue's measure: killed among the mutants a test reaches, equivalent mutants (listed by hand) left out
         "kill_rate_judged": round((counts.get("killed", 0) + counts.get("timeout", 0)) / judged, 4) if judged else None,
         "survivors": sorted(survived),
+        "no_tests_mutants": sorted(no_tests),
         "equivalent_mutants": {name: EQUIVALENT[name] for name in sorted(equivalent)},
     }
 
@@ -169,6 +245,13 @@ def main() -> None:
     parser.add_argument(
         "--rescore", action="store_true", help="read the results already in --work again (after editing EQUIVALENT)"
     )
+    parser.add_argument("--fresh", action="store_true", help="delete a module's copy and its results first")
+    parser.add_argument(
+        "--retest",
+        action="store_true",
+        help="run only the survivors (and no-test mutants) again, against the current tests",
+    )
+    parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
     args = parser.parse_args()
     env = {
@@ -185,43 +268,66 @@ def main() -> None:
     )
     for module in args.only or list(MODULES):
         copy = args.work / module.replace("/", "_")
+        previous = report.get("modules", {}).get(module, {})
         if args.rescore:
             if (copy / "mutants").is_dir():
                 kept = {
-                    k: v
-                    for k, v in report.get("modules", {}).get(module, {}).items()
-                    if k in ("seconds", "finished", "tests")
+                    k: v for k, v in previous.items() if k in ("seconds", "seconds_runs", "finished", "tests", "load")
                 }
                 report.setdefault("modules", {})[module] = {**results_of(copy), **kept}
                 args.out.write_text(json.dumps(report, indent=1) + "\n")
             continue
-        shutil.rmtree(copy, ignore_errors=True)
-        copy.mkdir(parents=True)
+        if args.fresh:
+            shutil.rmtree(copy, ignore_errors=True)
+        resumed = (copy / "mutants" / "mutmut-stats.json").is_file()
+        copy.mkdir(parents=True, exist_ok=True)
         tracked_copy(copy)
         configure(copy, module, MODULES[module])
-        start = time.time()
+        keep_results_when_tests_change(copy, MODULES[module])
+        names: list[str] = []
+        if args.retest and (copy / "mutants").is_dir():
+            names = [n for n in results_of(copy).get("survivors", [])] + results_of(copy).get("no_tests_mutants", [])
+            if not names:
+                print(f"{module}: no survivors to test again", flush=True)
+                continue
+        start, load_before = time.time(), os.getloadavg()[0]
+        log = open(copy / "mutmut.log", "a")
+        process = subprocess.Popen(
+            [str(mutmut), "run", "--max-children", str(args.children), *names],
+            cwd=copy,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a time box stops the workers and the fork server too
+        )
         try:
-            subprocess.run(
-                [str(mutmut), "run"],
-                cwd=copy,
-                env=env,
-                timeout=args.minutes * 60,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            finished = True
+            finished = process.wait(timeout=args.minutes * 60) == 0
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
             finished = False
+        log.close()
+        seconds = round(time.time() - start, 1)
+        runs = (previous.get("seconds_runs", []) if resumed else []) + [seconds]
         result = {
             **results_of(copy),
-            "seconds": round(time.time() - start, 1),
+            "seconds": round(sum(runs), 1),  # all the runs this copy's results took (a resumed module: several)
+            "seconds_runs": runs,
             "finished": finished,
             "tests": MODULES[module],
+            "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # 1-minute load average, start / end
         }
+        if result.get("not_run"):
+            result["finished"] = False
         report.setdefault("modules", {})[module] = result
         print(
             f"{module}: killed {result.get('killed', 0)}, survived {result.get('survived', 0)}, timeout {result.get('timeout', 0)}, "
-            f"kill rate {result['kill_rate']}, {result['seconds']:.0f} s{'' if finished else ' (stopped: time box)'}",
+            f"not run {result.get('not_run', 0)}, judged {result['kill_rate_judged']}, {seconds:.0f} s"
+            f"{'' if finished else ' (stopped: time box)'}",
             flush=True,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
