@@ -6,15 +6,18 @@ manifest's field checks one at a time, the resume's intact-prefix rule, and the 
 slicing the whole store by hand.
 """
 
+import hashlib
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import interp.store.writer as writer
-from interp.errors import InterpError
+from interp.errors import CorruptFileError, InterpError
+from interp.models import load_model
 from interp.sites import Site
-from interp.store import build_store, open_store
+from interp.store import ActivationStore, build_store, check_store_dir, model_fingerprint, open_store, site_key
 from tests.conftest import TINY_GQA
 
 SEQ, BATCH = 8, 2
@@ -72,3 +75,176 @@ def test_resume_after_a_stop_between_shard_and_manifest_is_byte_identical(tiny_m
     again = build(tiny_model, tokens, stopped)
     assert again.manifest == clean.manifest
     assert before == {p.name: p.stat().st_mtime_ns for p in stopped.glob("shard_*")}
+
+
+@pytest.fixture
+def store(tiny_model, tokens, tmp_path):
+    return build(tiny_model, tokens, tmp_path / "store")
+
+
+def test_a_rebuild_after_a_lost_or_reordered_shard_equals_a_clean_build(tiny_model, tokens, tmp_path, store):
+    clean = build(tiny_model, tokens, tmp_path / "clean")
+    # a shard file deleted: rewritten from there on
+    (store.path / "shard_00001.safetensors").unlink()
+    assert build(tiny_model, tokens, store.path).manifest == clean.manifest
+    # two manifest entries swapped (each still names an intact file): nothing after the first misplaced entry is trusted
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    manifest["shards"][0], manifest["shards"][1] = manifest["shards"][1], manifest["shards"][0]
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
+    rebuilt = build(tiny_model, tokens, store.path)
+    assert rebuilt.manifest == clean.manifest and torch.equal(rebuilt.tokens(), tokens.reshape(-1).int())
+    # an entry that is not an object
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    manifest["shards"][2], manifest["complete"] = "shard_00002.safetensors", False
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
+    assert build(tiny_model, tokens, store.path).manifest == clean.manifest
+
+
+def test_unreadable_manifests_are_refused_before_a_model_is_loaded(tmp_path):
+    check_store_dir(tmp_path / "not-there")  # nothing there yet: fine, and nothing made
+    assert not (tmp_path / "not-there").exists()
+    folder = tmp_path / "s"
+    folder.mkdir()
+    check_store_dir(folder)  # an empty folder: fine
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(
+        CorruptFileError,
+        match=r"manifest.json is not a readable JSON manifest \(JSONDecodeError\)\. The store is damaged: delete "
+        r".* to rebuild it, or pass another --out\.$",
+    ):
+        check_store_dir(folder)
+    for payload in ('{"shards": 3}', "[1, 2]"):
+        (folder / "manifest.json").write_text(payload)
+        with pytest.raises(CorruptFileError, match=r"is not a store manifest \(no list of shards\)\. Delete "):
+            check_store_dir(folder)
+    (folder / "manifest.json").write_text('{"shards": []}')
+    check_store_dir(folder)
+
+
+def test_checksum_message_and_each_shard_hashed_once(store, monkeypatch):
+    import interp.store.reader as reader
+
+    hashed = []
+    real = reader.file_sha256
+    monkeypatch.setattr(reader, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    opened = open_store(store.path)
+    for _ in range(3):
+        opened.load_shard(1)
+        opened.activations(SITES[0])
+    assert sorted(hashed) == ["shard_00000.safetensors", "shard_00001.safetensors", "shard_00002.safetensors"]
+    path = store.path / "shard_00002.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+    want = store.shards[2]["sha256"][:12]
+    with pytest.raises(
+        CorruptFileError, match=rf"sha256 [0-9a-f]{{12}}\.\.\. does not match the manifest's {want}\.\.\."
+    ):
+        open_store(store.path).verify()
+    got = hashlib.sha256(bytes(data)).hexdigest()
+    with pytest.raises(CorruptFileError, match=rf"sha256 {got[:12]}\.\.\. does not"):
+        open_store(store.path).load_shard(2)
+
+
+class RecordingStore(ActivationStore):
+    """Records which tensors each shard read returns."""
+
+    def load_shard(self, index, site=None):
+        out = super().load_shard(index, site)
+        self.reads.append(sorted(out))
+        return out
+
+
+def test_each_read_loads_only_the_tensors_asked_for(store):
+    key = site_key(SITES[1])
+    assert sorted(store.load_shard(0)) == sorted(["tokens", *map(site_key, SITES)])
+    assert list(store.load_shard(0, SITES[1])) == [key] and list(store.load_shard(0, "tokens")) == ["tokens"]
+    assert torch.equal(store.load_shard(0)["tokens"], tokens_of(store, 0))
+    recording = RecordingStore(store.path)
+    recording.reads = []
+    recording.activations(SITES[1])
+    recording.tokens()
+    list(recording.iter_batches(SITES[1], 5))
+    assert recording.reads == [[key]] * 3 + [["tokens"]] * 3 + [[key]] * 3
+
+
+def tokens_of(store, index):
+    from safetensors import safe_open
+
+    with safe_open(str(store.path / store.shards[index]["file"]), framework="pt") as f:
+        return f.get_tensor("tokens")
+
+
+def test_batch_arguments_are_named_and_shard_order_follows_the_seed(store):
+    site = SITES[0]
+    for name, value, low in (("batch_size", 0, 1), ("shards_in_memory", 0, 1), ("world_size", 0, 1)):
+        args = {**dict(batch_size=4, shards_in_memory=2, world_size=1), name: value}
+        with pytest.raises(InterpError, match=rf"^iter_batches\({name}=0\): must be an integer >= {low}\.$"):
+            next(store.iter_batches(site, **args))
+    with pytest.raises(InterpError, match=r"^iter_batches\(batch_size=2\.0\): must be an integer >= 1\.$"):
+        next(store.iter_batches(site, 2.0))
+    # the smallest legal values work: one row a batch, one shard in memory
+    rows = list(store.iter_batches(site, 1, shards_in_memory=1, shuffle=False))
+    assert len(rows) == 96 and torch.equal(torch.cat(rows), store.activations(site))
+    # one shard in memory and a batch of a shard: each batch is one shard, in an order that depends on the seed
+    first_index = {}
+    for seed in range(6):
+        batches = list(store.iter_batches(site, 32, seed=seed, shards_in_memory=1, with_index=True))
+        first_index[seed] = [int(index.min()) // 32 for _, index in batches]
+        assert all(int(i.max()) // 32 == int(i.min()) // 32 for _, i in batches)  # whole shards
+    assert any(order != [0, 1, 2] for order in first_index.values())
+    default = torch.cat([i for _, i in store.iter_batches(site, 7, with_index=True)])
+    seeded = torch.cat([i for _, i in store.iter_batches(site, 7, seed=0, with_index=True)])
+    assert torch.equal(default, seeded)
+    assert repr(store) == (
+        f"ActivationStore({str(store.path)!r}, 96 tokens, 3 shards, sites={[site_key(s) for s in SITES]})"
+    )
+
+
+# the model record a manifest keeps: the format existing stores on disk are checked against
+FINGERPRINT_FIELDS = [
+    "model_name",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_head",
+    "d_mlp",
+    "d_vocab",
+    "n_key_value_heads",
+    "act_fn",
+    "normalization_type",
+    "positional_embedding_type",
+    "dtype",
+]
+
+
+def test_the_model_record_follows_its_format(tmp_path):
+    # d_vocab 128 x d_model 64: the embedding and unembedding have 8192 entries, so every 2nd is summed
+    model = load_model(dict(TINY_GQA, d_vocab=128), seed=0)
+    record = model_fingerprint(model)
+    cfg = model.cfg
+    config = {k: str(getattr(cfg, k)) for k in FINGERPRINT_FIELDS}
+    assert record["config"] == config and record["name"] == cfg.model_name
+    last = cfg.n_layers - 1
+    weights = {
+        "embed.W_E": model.embed.W_E,
+        "blocks.0.attn.W_Q": model.blocks[0].attn.W_Q,
+        f"blocks.{last}.attn.W_O": model.blocks[last].attn.W_O,
+        f"blocks.{last}.mlp.W_out": model.blocks[last].mlp.W_out,
+        "unembed.W_U": model.unembed.W_U,
+    }
+    sums = {}
+    for name, w in weights.items():
+        flat = w.detach().numpy().astype(np.float64).ravel()
+        sums[name] = f"{flat[:: max(1, flat.size // 4096)].sum():.8g}"
+    assert (weights["embed.W_E"].numel() // 4096, weights["blocks.0.attn.W_Q"].numel() // 4096) == (2, 1)
+    assert record["weight_sums"] == sums
+    digest = hashlib.sha256(json.dumps([config, sums], sort_keys=True).encode()).hexdigest()[:16]
+    assert record["digest"] == digest
+    # an entry between the strided ones does not count; one on the stride, in the last layer's W_O, does
+    with torch.no_grad():
+        model.embed.W_E.view(-1)[1] += 1.0
+    assert model_fingerprint(model)["digest"] == digest
+    with torch.no_grad():
+        model.blocks[last].attn.W_O.view(-1)[0] += 1.0
+    assert model_fingerprint(model)["digest"] != digest
