@@ -77,7 +77,11 @@ MODULES: dict[str, list[str]] = {
         "--deselect",
         "tests/test_store.py::test_round_trip_bundled_model_on_default_corpus",
     ],
-    "interp/attribution": ["tests/test_attribution.py", "tests/test_attribution_qk_summed.py"],
+    "interp/attribution": [
+        "tests/test_attribution.py",
+        "tests/test_attribution_qk_summed.py",
+        "tests/test_attribution_graddrop.py",
+    ],
     "interp/patching": ["tests/test_patching.py", "tests/test_engine_batches.py"],
 }
 # Mutants that no test can kill because the mutated program behaves the same, each with the reason (read by hand
@@ -272,7 +276,9 @@ def main() -> None:
         if args.rescore:
             if (copy / "mutants").is_dir():
                 kept = {
-                    k: v for k, v in previous.items() if k in ("seconds", "seconds_runs", "finished", "tests", "load")
+                    k: v
+                    for k, v in previous.items()
+                    if k in ("seconds", "seconds_runs", "cpu_seconds", "cpu_seconds_runs", "finished", "tests", "load")
                 }
                 report.setdefault("modules", {})[module] = {**results_of(copy), **kept}
                 args.out.write_text(json.dumps(report, indent=1) + "\n")
@@ -300,23 +306,36 @@ def main() -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a time box stops the workers and the fork server too
         )
-        try:
-            finished = process.wait(timeout=args.minutes * 60) == 0
-        except subprocess.TimeoutExpired:
+        # wait4: the CPU time of mutmut and every process it waited for (workers, fork server), which on an idle
+        # machine is what the run would take in wall time times the cores it keeps busy
+        finished, usage = False, None
+        while time.time() - start < args.minutes * 60:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                finished = os.waitstatus_to_exitcode(status) == 0
+                break
+            time.sleep(2)
+        else:
             os.killpg(process.pid, signal.SIGTERM)
+            time.sleep(20)
             try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            finished = False
+            except ProcessLookupError:
+                pass
+            _, _, usage = os.wait4(process.pid, 0)
+        process.returncode = 0  # reaped above
         log.close()
         seconds = round(time.time() - start, 1)
+        cpu = round(usage.ru_utime + usage.ru_stime, 1)
         runs = (previous.get("seconds_runs", []) if resumed else []) + [seconds]
+        cpu_runs = (previous.get("cpu_seconds_runs", []) if resumed else []) + [cpu]
         result = {
             **results_of(copy),
             "seconds": round(sum(runs), 1),  # all the runs this copy's results took (a resumed module: several)
             "seconds_runs": runs,
+            # CPU seconds (user + sys) of the mutmut process tree: the machine's load does not inflate them
+            "cpu_seconds": round(sum(cpu_runs), 1),
+            "cpu_seconds_runs": cpu_runs,
             "finished": finished,
             "tests": MODULES[module],
             "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # 1-minute load average, start / end
@@ -326,7 +345,7 @@ def main() -> None:
         report.setdefault("modules", {})[module] = result
         print(
             f"{module}: killed {result.get('killed', 0)}, survived {result.get('survived', 0)}, timeout {result.get('timeout', 0)}, "
-            f"not run {result.get('not_run', 0)}, judged {result['kill_rate_judged']}, {seconds:.0f} s"
+            f"not run {result.get('not_run', 0)}, judged {result['kill_rate_judged']}, {seconds:.0f} s ({cpu:.0f} CPU s)"
             f"{'' if finished else ' (stopped: time box)'}",
             flush=True,
         )
