@@ -82,7 +82,35 @@ MODULES: dict[str, list[str]] = {
         "tests/test_attribution_qk_summed.py",
         "tests/test_attribution_graddrop.py",
     ],
-    "interp/patching": ["tests/test_patching.py", "tests/test_engine_batches.py"],
+    "interp/patching": [
+        "tests/test_patching.py",
+        "tests/test_patching_mutants.py",
+        "tests/test_engine_batches.py",
+        "tests/test_patching_floor.py",
+        "tests/test_path_patching.py",
+        "tests/circuits/test_recall_reasoning_heldout.py::test_batched_ablation_equals_one_forward_per_ablation",
+        "tests/test_robustness.py::test_bad_pairs_files_are_one_line_errors",
+        "tests/test_robustness.py::test_good_pairs_files_read_the_same_from_csv_and_jsonl",
+        "tests/test_robustness.py::test_pairs_reader_on_random_bytes_returns_pairs_or_an_interp_error",
+        "tests/test_robustness.py::test_pairs_reader_on_random_json_returns_valid_pairs_or_an_interp_error",
+        "tests/test_robustness.py::test_pairs_that_cannot_measure_anything_are_refused",
+        # SmolLM2 (seconds to half a minute a run): tests/test_patching_mutants.py runs the same checks on the tiny
+        # model with a tokenizer (align with unequal lengths in batches of 2-3 variants, the input errors)
+        *(
+            arg
+            for name in (
+                "test_patching.py::test_resid_pre_layer_position_matches_transformer_lens",
+                "test_patching.py::test_heads_all_positions_match_transformer_lens",
+                "test_patching.py::test_heads_by_position_match_transformer_lens_also_in_small_batches",
+                "test_patching.py::test_align_left_pads_and_matches_unpadded_runs",
+                "test_patching.py::test_different_token_lengths_error_unless_aligned",
+                "test_patching.py::test_bad_prompts_and_answers",
+                "test_patching.py::test_bad_sites_and_options",
+                "test_engine_batches.py::test_align_with_unequal_corrupted_lengths_in_batches_matches_unpadded_runs",
+            )
+            for arg in ("--deselect", f"tests/{name}")
+        ),
+    ],
 }
 # Mutants that no test can kill because the mutated program behaves the same, each with the reason (read by hand
 # with `mutmut show NAME` in the module's copy). They are counted apart and left out of `kill_rate_judged`.
