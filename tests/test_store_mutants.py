@@ -248,3 +248,92 @@ def test_the_model_record_follows_its_format(tmp_path):
     with torch.no_grad():
         model.blocks[last].attn.W_O.view(-1)[0] += 1.0
     assert model_fingerprint(model)["digest"] != digest
+
+
+def edit_shard(index, **changes):
+    def edit(m):
+        m["shards"][index].update(changes)
+
+    return edit
+
+
+def drop_key(key, index=None):
+    def edit(m):
+        (m if index is None else m["shards"][index]).pop(key)
+
+    return edit
+
+
+def put(key, value):
+    def edit(m):
+        m[key] = value
+
+    return edit
+
+
+MANIFEST_EDITS = {
+    "missing field": (drop_key("seq_len"), "field 'seq_len' is missing, expected int"),
+    "wrong type": (put("n_tokens_target", "96"), "field 'n_tokens_target' is str, expected int"),
+    "bool for int": (put("seq_len", True), "field 'seq_len' is bool, expected int"),
+    "complete not bool": (put("complete", 1), "field 'complete' is int, expected bool"),
+    "site not an object": (
+        put("sites", ["blocks.0.hook_resid_post"]),
+        "sites[0] is not an object with a key and a shape",
+    ),
+    "shard not an object": (
+        lambda m: m["shards"].__setitem__(1, "shard_00001.safetensors"),
+        "shards[1] is not an object",
+    ),
+    "negative count": (edit_shard(1, n_seq=-1), "shards[1].n_seq is -1, expected a non-negative integer"),
+    "bool count": (edit_shard(2, bytes=True), "shards[2].bytes is True, expected a non-negative integer"),
+    "no checksum": (drop_key("sha256", 1), "shards[1].sha256 is missing"),
+    "misnamed": (
+        edit_shard(1, file="shard_00002.safetensors"),
+        "shards[1] is 'shard_00002.safetensors' where 'shard_00001.safetensors' belongs (an entry was deleted or reordered)",
+    ),
+    "tokens do not add up": (
+        edit_shard(1, n_tokens=33),
+        "shards[1] has n_tokens=33 but n_seq=4 sequences of seq_len=8",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_EDITS))
+def test_each_manifest_field_check_says_which_field(store, case):
+    edit, what = MANIFEST_EDITS[case]
+    path = store.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    message = f"{path}: {what}. The manifest is damaged or edited: rebuild the store with build_store(...)."
+    with pytest.raises(CorruptFileError) as error:
+        ActivationStore(store.path)
+    assert str(error.value) == message
+
+
+def test_zero_counts_pass_the_field_check_and_fail_against_the_file(store):
+    path = store.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["shards"][0].update(n_seq=0, n_tokens=0)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CorruptFileError, match=r"tensor 'tokens' has shape \[32\], the manifest says \[0\]"):
+        ActivationStore(store.path)
+
+
+def test_the_size_and_missing_file_messages(store):
+    shard = store.path / "shard_00001.safetensors"
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes() + b"\0")
+    with pytest.raises(CorruptFileError) as error:
+        ActivationStore(store.path)
+    assert str(error.value) == (
+        f"Store shard {shard} is corrupt: its size is {size + 1} bytes, expected {size}. "
+        "Fix: delete that file and call build_store(...) again with the same arguments; it rewrites that shard and those after it."
+    )
+    shard.unlink()
+    with pytest.raises(CorruptFileError) as error:
+        ActivationStore(store.path)
+    assert str(error.value) == (
+        f"Store {store.path} is missing shard_00001.safetensors (listed in manifest.json). "
+        "Fix: call build_store(...) again with the same arguments; it rewrites the missing shard and those after it."
+    )
