@@ -337,3 +337,56 @@ def test_the_size_and_missing_file_messages(store):
         f"Store {store.path} is missing shard_00001.safetensors (listed in manifest.json). "
         "Fix: call build_store(...) again with the same arguments; it rewrites the missing shard and those after it."
     )
+
+
+def test_unreadable_header_and_unlisted_shards_are_named(store):
+    for i in range(10, 14):  # four shard files the manifest does not list
+        (store.path / f"shard_{i:05d}.safetensors").write_bytes(b"stray")
+    with pytest.raises(CorruptFileError) as error:
+        ActivationStore(store.path)
+    names = [f"shard_{i:05d}.safetensors" for i in range(10, 13)]
+    assert str(error.value) == (
+        f"Store {store.path}: manifest.json does not list {names}; the manifest lost entries. Rebuild the store "
+        "(delete the directory and call build_store(...) again)."
+    )
+    for i in range(10, 14):
+        (store.path / f"shard_{i:05d}.safetensors").unlink()
+    shard = store.path / "shard_00000.safetensors"
+    shard.write_bytes(b"\xff" * shard.stat().st_size)  # same size, no safetensors header
+    with pytest.raises(CorruptFileError, match=r"shard_00000.safetensors is corrupt: its header cannot be read \("):
+        ActivationStore(store.path)
+
+
+def test_a_store_the_corpus_ran_short_of_opens_and_a_lost_entry_does_not(tiny_model, tokens, tmp_path, capsys):
+    short = build(tiny_model, tokens, tmp_path / "short", n_tokens=20 * SEQ)  # the corpus has 12 sequences
+    assert "the corpus ran out after 96 of 160 tokens" in capsys.readouterr().out
+    assert short.manifest["corpus_exhausted"] is True and short.manifest["complete"] is True
+    assert open_store(short.path).n_tokens == 96 and short.manifest["n_tokens_target"] == 160
+    store = build(tiny_model, tokens, tmp_path / "full")
+    path = store.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["shards"].pop()
+    path.write_text(json.dumps(manifest))
+    (store.path / "shard_00002.safetensors").unlink()
+    with pytest.raises(CorruptFileError) as error:
+        ActivationStore(store.path)
+    assert str(error.value) == (
+        f"Store {store.path}: its shards hold 64 tokens but it was built for 96 "
+        "and the corpus did not run out; the manifest lost entries. Rebuild the store."
+    )
+
+
+def test_the_model_mismatch_lists_the_first_four_differences(tiny_model, store):
+    other = load_model(dict(TINY_GQA, d_mlp=96), seed=1)
+    built, got = store.manifest["model"], model_fingerprint(other)
+    diffs = ["d_mlp: store '128', model '96'"] + [
+        f"sum of {k}: store {built['weight_sums'][k]}, model {got['weight_sums'][k]}" for k in got["weight_sums"]
+    ]
+    assert len(diffs) == 6
+    with pytest.raises(InterpError) as error:
+        open_store(store.path, model=other)
+    assert str(error.value) == (
+        f"The store at {store.path} was built from model {built['name']!r} (fingerprint {built['digest']}), not from "
+        f"this model {got['name']!r} (fingerprint {got['digest']}): {'; '.join(diffs[:4])}. Open it with the model it "
+        "was built from, or build a new store."
+    )
