@@ -228,6 +228,14 @@ def configure(copy: Path, module: str, tests: list[str]) -> None:
     (copy / "pyproject.toml").write_text(text)
 
 
+def exit_codes(copy: Path) -> dict[str, int | None]:
+    """mutmut's result per mutant of the copy (None: not run yet)."""
+    codes: dict[str, int | None] = {}
+    for meta in (copy / "mutants").rglob("*.meta"):
+        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return codes
+
+
 def results_of(copy: Path) -> dict:
     counts: dict[str, int] = {}
     survived: list[str] = []
@@ -281,7 +289,7 @@ def main() -> None:
     parser.add_argument(
         "--retest",
         action="store_true",
-        help="run only the survivors (and no-test mutants) again, against the current tests",
+        help="run the survivors and no-test mutants again against the current tests (and those not run yet)",
     )
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
@@ -320,7 +328,8 @@ def main() -> None:
         keep_results_when_tests_change(copy, MODULES[module])
         names: list[str] = []
         if args.retest and (copy / "mutants").is_dir():
-            names = [n for n in results_of(copy).get("survivors", [])] + results_of(copy).get("no_tests_mutants", [])
+            # the survivors and the mutants no test reached, against the current tests, and those not run yet
+            names = [name for name, code in exit_codes(copy).items() if code in (None, 0, 33)]
             if not names:
                 print(f"{module}: no survivors to test again", flush=True)
                 continue
