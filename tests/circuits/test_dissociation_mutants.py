@@ -336,6 +336,10 @@ def test_matched_sets_use_the_default_factor_and_never_the_chosen_units_while_ot
     sets, band = matched_random_sets(pool, chosen, 40, seed=2, n_layers=4)
     assert band == layer_band(chosen, pool, 4, min_factor=2) == (1, 1)  # 2 others at layer 1 = 2 x 1
     assert {u for s in sets for u in s} == {Site(1, "z", head=1), Site(1, "z", head=2)}
+    pool = heads(range(4), per_layer=4)
+    sets, _ = matched_random_sets(pool, [Site(1, "z", head=0), Site(1, "z", head=1)], 40, seed=3, n_layers=4)
+    assert all(s == sorted(s) for s in sets) and any(s[0].layer == s[1].layer for s in sets)
+    pool = heads(range(4), per_layer=3)
     sets, band = matched_random_sets(pool, chosen, 40, seed=2, n_layers=4, min_factor=1)
     assert band == (1, 1)
     sets, band = matched_random_sets(pool, chosen, 1, seed=2, n_layers=4, min_factor=3)
@@ -356,6 +360,7 @@ def test_matched_sets_fall_back_to_every_unit_of_the_kind_in_the_band():
     assert band == (0, 2)
     assert all(composition(s) == {"head": 0, "mlp": 0, "neuron": 3} and len(set(s)) == 3 for s in sets)
     assert {u for s in sets for u in s} == {u for u in pool if u.component == "mlp_post"}
+    assert all(s == sorted(s) for s in sets)  # each set in Site order, so equal sets compare equal
     with pytest.raises(
         InterpError, match=r"^matched_random_sets: the set holds 5 neuron unit\(s\) but the pool has only 4"
     ):
