@@ -327,7 +327,7 @@ def main() -> None:
         configure(copy, module, MODULES[module])
         keep_results_when_tests_change(copy, MODULES[module])
         names: list[str] = []
-        if args.retest and (copy / "mutants").is_dir():
+        if args.retest and resumed and exit_codes(copy):
             # the survivors and the mutants no test reached, against the current tests, and those not run yet
             names = [name for name, code in exit_codes(copy).items() if code in (None, 0, 33)]
             if not names:
