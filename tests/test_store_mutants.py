@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import interp.store.writer as writer
-from interp.errors import CorruptFileError, InterpError
+from interp.errors import CorruptFileError, InterpError, UnknownSiteError
 from interp.models import load_model
 from interp.sites import Site
 from interp.store import ActivationStore, build_store, check_store_dir, model_fingerprint, open_store, site_key
@@ -390,3 +390,75 @@ def test_the_model_mismatch_lists_the_first_four_differences(tiny_model, store):
         f"this model {got['name']!r} (fingerprint {got['digest']}): {'; '.join(diffs[:4])}. Open it with the model it "
         "was built from, or build a new store."
     )
+
+
+def test_a_text_corpus_streams_through_token_batches_with_its_encoding(tmp_path):
+    from transformers import AutoTokenizer
+
+    from interp.corpus import token_batches
+    from tests.tiny_families import VOCAB, write_tokenizer
+
+    write_tokenizer(tmp_path / "tok")
+    model = load_model(dict(TINY_GQA, d_vocab=VOCAB), seed=0)
+    model.set_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "tok"), default_padding_side="right")
+    corpus = tmp_path / "corpus.txt"
+    lines = [f"Caf\u00e9 num\u00e9ro {i}: the capital of France is Paris, {i * 7} km away." for i in range(40)]
+    corpus.write_bytes("\n".join(lines).encode("latin-1"))
+    want = torch.cat(list(token_batches(model, corpus, SEQ, 3, encoding="latin-1")))
+    store = build_store(
+        model,
+        SITES[:1],
+        corpus,
+        tmp_path / "s",
+        n_tokens=10 * SEQ,
+        seq_len=SEQ,
+        batch_size=3,
+        encoding="latin-1",
+        progress=False,
+    )
+    assert torch.equal(store.tokens(), want[:10].reshape(-1).int())
+    from_tensor = build_store(
+        model, SITES[:1], want[:10], tmp_path / "t", n_tokens=10 * SEQ, seq_len=SEQ, batch_size=3, progress=False
+    )
+    assert torch.equal(store.activations(SITES[0]), from_tensor.activations(SITES[0]))
+    assert store.manifest["corpus"] == {"name": str(corpus), "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()}
+    with pytest.raises(Exception, match="utf-8"):  # decoded strictly: latin-1 bytes are not UTF-8
+        build_store(model, SITES[:1], corpus, tmp_path / "u", n_tokens=10 * SEQ, seq_len=SEQ, progress=False)
+
+
+def test_token_tensors_are_identified_by_their_values_not_their_dtype(tiny_model, tokens, tmp_path):
+    store = build(tiny_model, tokens, tmp_path / "s")
+    assert store.manifest["corpus"] == {
+        "name": "<token tensor>",
+        "sha256": hashlib.sha256(tokens.long().numpy().tobytes()).hexdigest(),
+    }
+    assert build(tiny_model, tokens.int(), tmp_path / "s").manifest == store.manifest  # the same corpus: opens
+    with pytest.raises(InterpError) as error:
+        build(tiny_model, tokens, tmp_path / "s", batch_size=4, shard_tokens=8 * SEQ)
+    assert str(error.value) == (
+        f"build_store(out_dir={str(tmp_path / 's')!r}): that directory holds a store built with different batch_size, "
+        "seqs_per_shard. Pass a new out_dir, or delete the old store to rebuild it."
+    )
+
+
+def test_a_rebuild_says_where_it_rewrites_from(tiny_model, tokens, store, capsys):
+    capsys.readouterr()
+    (store.path / "shard_00001.safetensors").unlink()
+    build(tiny_model, tokens, store.path)
+    assert (
+        "build_store: rewriting from shard_00001.safetensors (missing or corrupt) onwards." in capsys.readouterr().out
+    )
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    manifest["shards"][2] = "shard_00002.safetensors"
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
+    build(tiny_model, tokens, store.path)
+    assert "build_store: rewriting from 2 (missing or corrupt) onwards." in capsys.readouterr().out
+
+
+def test_unknown_sites_list_the_stored_ones_and_config_only_mismatches_list_no_sums(tiny_model, store, monkeypatch):
+    with pytest.raises(UnknownSiteError) as error:
+        store.activations("blocks.0.hook_mlp_out")
+    assert str(error.value).strip("\"'").endswith(f"Stored sites: {', '.join(site_key(s) for s in SITES)}.")
+    monkeypatch.setattr(tiny_model.cfg, "model_name", "renamed")
+    with pytest.raises(InterpError, match=r": model_name: store '[^']*', model 'renamed'\. Open it with the model"):
+        open_store(store.path, model=tiny_model)
