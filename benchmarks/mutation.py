@@ -148,6 +148,62 @@ EQUIVALENT: dict[str, str] = {
     "sae.sparse_ops.xǁTopKEncodeǁbackward__mutmut_8": "gradient computed when not needed, discarded by autograd",
     "sae.sparse_ops.xǁTopKEncodeǁbackward__mutmut_18": "gradient computed when not needed, discarded by autograd",
 }
+# the activation store (tests/test_store_mutants.py)
+EQUIVALENT.update(
+    {
+        "interp.store.writer.x__read_manifest__mutmut_5": 'decode("UTF-8"): Python codec names are case-insensitive',
+        "interp.store.reader.xǁActivationStoreǁiter_batches__mutmut_51": 'rest_index starts as "" instead of None: '
+        "it is read only after rest_acts is set, and the two are always assigned together",
+        "interp.store.writer.x__site_shapes__mutmut_8": "a probe of 2 sequences instead of 1: only the shape after "
+        "[batch, pos] is read",
+        "interp.store.writer.x__site_shapes__mutmut_13": "no stop_at_layer: the whole model runs, the captured "
+        "activations are the same (layers after the deepest site computed for nothing)",
+        "interp.store.writer.x__forward__mutmut_4": "same as _site_shapes_13 (stop_at_layer=None)",
+        "interp.store.writer.x__forward__mutmut_7": "same as _site_shapes_13 (stop_at_layer dropped)",
+        "interp.store.writer.x__forward__mutmut_11": "capture_hook(clone=None) is clone=False (falsy)",
+        "interp.store.writer.x__forward__mutmut_15": "capture_hook's default clone=True: a copy of the same values "
+        "(more memory; nothing writes to the activation)",
+        "interp.store.writer.x__forward__mutmut_17": "same as _15 (clone=True)",
+        "interp.store.writer.x__resume_or_start__mutmut_1": "mkdir(parents=None): build_store made the directory "
+        "with its parents before, and exist_ok=True",
+        "interp.store.writer.x__resume_or_start__mutmut_3": "same as _1 (parents dropped)",
+        "interp.store.writer.x__resume_or_start__mutmut_5": "same as _1 (parents=False)",
+    }
+)
+# the recall/reasoning dissociation (tests/circuits/test_dissociation_mutants.py)
+EQUIVALENT.update(
+    {
+        f"circuits.recall_reasoning.dissociation.x_{name}": reason
+        for name, reason in {
+            "ablated_scores__mutmut_17": "zero ablation given a reference it never reads (the mutant builds one)",
+            "ablated_scores__mutmut_20": "same as _17",
+            "ablated_scores__mutmut_21": "same as _17",
+            "dissociation__mutmut_42": "the unablated base: ablated_scores returns before reading sites (None or [])",
+            "dissociation__mutmut_43": "the unablated base: no sites, so the method is never read",
+            "dissociation__mutmut_48": "same as _43",
+            "dissociation__mutmut_49": "same as _43",
+            "dissociation__mutmut_80": "an empty set ablated is the unablated model: ablated_scores(sites=[]) gives "
+            "the base scores the original reuses",
+            "dissociation__mutmut_86": "no shared reference cache: each ablation computes its reference itself, "
+            "the same numbers (slower)",
+            "_q975__mutmut_11": 'float("NAN") is NaN',
+            "_empirical_p__mutmut_14": 'float("NAN") is NaN',
+            "empirical_p__mutmut_16": 'float("NAN") is NaN',
+            "held_out_verdict__mutmut_141": 'float("NAN") is NaN',
+            "verdicts__mutmut_3": "groupby(sort=None) keeps the table's order, as sort=False",
+            "verdicts__mutmut_55": "mean_ci95 of no drops is (NaN, NaN, NaN) too (numpy warns on the empty mean)",
+            "matched_random_sets__mutmut_45": "Site is a dataclass(order=True) on (layer, component, head, neuron): "
+            "on units of one kind per component its own order is the key's",
+            "matched_random_sets__mutmut_47": "same as _45",
+            "empirical_p__mutmut_3": "np.asarray of a numeric null without dtype: comparisons and isfinite agree",
+            "empirical_p__mutmut_5": "same as _3",
+            "held_out_verdict__mutmut_71": "an empty set's baseline of 2 NaNs instead of 1: every statistic of it is "
+            "NaN either way",
+            "held_out_verdict__mutmut_115": "the bootstrap reads conditions 0..3 instead of 0..2: only drops of "
+            "conditions 1 and 2 enter the interaction",
+        }.items()
+    }
+)
 STATUS = {
     0: "survived",
     1: "killed",
