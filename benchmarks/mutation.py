@@ -152,6 +152,7 @@ EQUIVALENT: dict[str, str] = {
 EQUIVALENT.update(
     {
         "interp.store.writer.x__read_manifest__mutmut_5": 'decode("UTF-8"): Python codec names are case-insensitive',
+        "interp.store.writer.x_build_store__mutmut_5": 'default encoding "UTF-8": codec names are case-insensitive',
         "interp.store.reader.xǁActivationStoreǁiter_batches__mutmut_51": 'rest_index starts as "" instead of None: '
         "it is read only after rest_acts is set, and the two are always assigned together",
         "interp.store.writer.x__site_shapes__mutmut_8": "a probe of 2 sequences instead of 1: only the shape after "

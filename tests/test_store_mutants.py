@@ -422,7 +422,7 @@ def test_a_text_corpus_streams_through_token_batches_with_its_encoding(tmp_path)
     )
     assert torch.equal(store.activations(SITES[0]), from_tensor.activations(SITES[0]))
     assert store.manifest["corpus"] == {"name": str(corpus), "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()}
-    with pytest.raises(Exception, match="utf-8"):  # decoded strictly: latin-1 bytes are not UTF-8
+    with pytest.raises(InterpError, match=r"is not valid utf-8 "):  # decoded strictly: latin-1 bytes are not UTF-8
         build_store(model, SITES[:1], corpus, tmp_path / "u", n_tokens=10 * SEQ, seq_len=SEQ, progress=False)
 
 
@@ -462,3 +462,76 @@ def test_unknown_sites_list_the_stored_ones_and_config_only_mismatches_list_no_s
     monkeypatch.setattr(tiny_model.cfg, "model_name", "renamed")
     with pytest.raises(InterpError, match=r": model_name: store '[^']*', model 'renamed'\. Open it with the model"):
         open_store(store.path, model=tiny_model)
+
+
+def test_the_manifest_format(tiny_model, tokens, store):
+    m = json.loads((store.path / "manifest.json").read_text())
+    sites = [
+        {
+            "key": site_key(s),
+            "hook_name": s.hook_name,
+            "layer": s.layer,
+            "component": s.component,
+            "head": s.head,
+            "neuron": s.neuron,
+            "shape": list(store.site_shape(s)),
+        }
+        for s in SITES
+    ]
+    assert [site["shape"] for site in sites] == [[64], [16], []]
+    assert {k: v for k, v in m.items() if k not in ("model", "shards")} == {
+        "format": 1,
+        "sites": sites,
+        "dtype": "float32",
+        "seq_len": SEQ,
+        "batch_size": BATCH,
+        "seqs_per_shard": 4,
+        "n_tokens_target": 96,
+        "corpus": {"name": "<token tensor>", "sha256": hashlib.sha256(tokens.long().numpy().tobytes()).hexdigest()},
+        "complete": True,
+    }
+    assert all(type(m[k]) is int for k in ("seq_len", "batch_size", "seqs_per_shard", "n_tokens_target"))
+    assert m["model"] == model_fingerprint(tiny_model)
+    # shards hold whole batches: 5 sequences of shard_tokens are 2 batches of 2
+    odd = build(tiny_model, tokens, store.path.parent / "odd", shard_tokens=5 * SEQ)
+    assert [s["n_seq"] for s in odd.shards] == [4, 4, 4] and type(odd.manifest["seqs_per_shard"]) is int
+
+
+def test_build_arguments_are_checked_and_named(tiny_model, tokens, tmp_path, capsys):
+    def call(**changes):
+        args = dict(sites=SITES[:1], corpus=tokens, out_dir=tmp_path / "x", n_tokens=SEQ, seq_len=SEQ, progress=False)
+        args.update(changes)
+        return build_store(tiny_model, **args)
+
+    def message(**changes):
+        with pytest.raises(InterpError) as error:
+            call(**changes)
+        return str(error.value)
+
+    assert message(sites=[]) == "build_store(sites=[]): name at least one Site or hook name to store."
+    twice = [SITES[0], "blocks.0.hook_resid_post"]
+    assert message(sites=twice) == (
+        "build_store(sites=...): a site is listed twice (['blocks.0.hook_resid_post', 'blocks.0.hook_resid_post'])."
+    )
+    for name, value in (("n_tokens", 0), ("seq_len", 0), ("batch_size", True), ("shard_tokens", 2.0)):
+        assert message(**{name: value}) == f"build_store({name}={value!r}): must be a positive integer."
+    assert message(corpus=tokens.float()) == (
+        "build_store(corpus=<tensor of torch.float32>): token ids must be integers."
+    )
+    assert message(corpus=tokens > 3).startswith("build_store(corpus=<tensor of torch.bool>)")
+    bad = tokens.clone()
+    bad[0, 0] = 101
+    assert message(corpus=bad).startswith("build_store(corpus=<tensor>): token ids must lie in 0..100")
+    # the smallest legal values, and a sequence as long as the context, are fine
+    store = call(out_dir=tmp_path / "one", n_tokens=1, batch_size=1, shard_tokens=1)
+    assert store.n_tokens == SEQ and [s["n_seq"] for s in store.shards] == [1]
+    long = torch.randint(0, TINY_GQA["d_vocab"], (1, 32), generator=torch.Generator().manual_seed(0))
+    assert call(out_dir=tmp_path / "ctx", corpus=long, n_tokens=32, seq_len=32).n_tokens == 32
+    # the documented defaults: seq_len 128 (longer than this model's context), batches of 16, a progress bar
+    with pytest.raises(InterpError, match=r"^build_store\(seq_len=128\): longer than the model's context of 32"):
+        build_store(tiny_model, SITES[:1], tokens, tmp_path / "d", n_tokens=SEQ)
+    capsys.readouterr()
+    many = torch.randint(0, TINY_GQA["d_vocab"], (40, SEQ), generator=torch.Generator().manual_seed(1))
+    default = build_store(tiny_model, SITES[:1], many, tmp_path / "b", n_tokens=40 * SEQ, seq_len=SEQ)
+    assert default.manifest["batch_size"] == 16 and [s["n_seq"] for s in default.shards] == [40]
+    assert "store b" in capsys.readouterr().err
