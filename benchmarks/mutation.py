@@ -202,6 +202,17 @@ EQUIVALENT.update(
             "NaN either way",
             "held_out_verdict__mutmut_115": "the bootstrap reads conditions 0..3 instead of 0..2: only drops of "
             "conditions 1 and 2 enter the interaction",
+            "mean_ci95__mutmut_3": "np.asarray of numeric values without dtype: the mean, std and t-interval agree",
+            "mean_ci95__mutmut_5": "same as _3",
+            "mean_ci95__mutmut_12": "std(ddof=2) == 0 exactly when std(ddof=1) == 0 (n > 2); at n = 2 equal values "
+            "give a half-width of 0 either way",
+            "_score_chunk__mutmut_35": "log_softmax(+1) of a 2-D [rows, vocab] tensor is log_softmax(-1)",
+            "_score_chunk__mutmut_37": "gather(+1, ...) on a 2-D tensor is gather(-1, ...)",
+            "_score_chunk__mutmut_40": "stacking 1-D scores on dim +1 of a 2-D result is dim -1",
+            "evaluate_conditions__mutmut_67": 'the reference cache "" instead of None under zero ablation, which '
+            "never reads it",
+            "bootstrap_interaction__mutmut_12": "rng.integers(n) draws from [0, n) exactly as rng.integers(0, n), same "
+            "stream",
         }.items()
     }
 )

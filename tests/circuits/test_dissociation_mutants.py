@@ -19,9 +19,11 @@ from circuits.recall_reasoning.dissociation import (
     composition,
     dissociation,
     empirical_p,
+    evaluate_conditions,
     held_out_verdict,
     layer_band,
     matched_random_sets,
+    mean_ci95,
     random_sets,
     verdict_text,
     verdicts,
@@ -426,3 +428,79 @@ def test_empirical_p_ties_count_and_non_finite_nulls_give_nan():
     assert empirical_p(0.5, [0.1, 0.2]) == pytest.approx(1 / 3)
     assert np.isnan(empirical_p(0.5, [0.1, np.nan])) and np.isnan(empirical_p(np.nan, [0.1]))
     assert np.isnan(empirical_p(0.5, []))
+
+
+# ---- the batched evaluation, the CI and the bootstrap --------------------------------------------------------
+
+
+def test_mean_ci95_at_two_values_one_value_and_unit_spread():
+    for values in ([0.1, 0.4], [-1.0, 0.0, 1.0]):  # two values; a sample standard deviation of exactly 1
+        mean, low, high = mean_ci95(values)
+        want = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+        assert (low, high) == pytest.approx(want) and mean == pytest.approx(np.mean(values))
+    assert mean_ci95([0.3]) == (0.3, 0.3, 0.3)
+    assert mean_ci95([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2, 0.2))
+
+
+def test_evaluation_defaults_zero_without_references_and_named_errors(synthetic_model, synthetic_prompts, capsys):
+    prompts = synthetic_prompts["recall"]
+    conditions = [[], [Site(0, "z", head=1)], [Site(1, "mlp_out")]]
+    # zero ablation needs no reference prompts
+    zero = evaluate_conditions(synthetic_model, prompts, {}, conditions, "zero")
+    assert zero.dtype == np.float32 and zero.shape == (3, len(prompts), 3)
+    by_hand = ablated_scores(synthetic_model, prompts, conditions[2], "zero")
+    assert zero[2, :, 2] == pytest.approx(by_hand["answer_logprob"].to_numpy(), abs=1e-5)
+    assert capsys.readouterr().err == ""  # no progress bar unless asked
+    length = len(prompts.tokens[0])
+    references = {length: torch.stack(synthetic_prompts["reasoning"].corrupted)}
+    heavy = [[Site(0, "z", head=0), Site(0, "z", head=1), Site(1, "z", head=0), Site(1, "mlp_out")]] * 2
+    default = evaluate_conditions(synthetic_model, prompts, references, heavy, "resample")
+    seeded = evaluate_conditions(synthetic_model, prompts, references, heavy, "resample", seed=0)
+    other = evaluate_conditions(synthetic_model, prompts, references, heavy, "resample", seed=5)
+    assert np.array_equal(default, seeded) and not np.array_equal(default, other)
+    with pytest.raises(InterpError) as error:
+        evaluate_conditions(synthetic_model, prompts, references, conditions, "ramdom")
+    assert str(error.value) == (
+        "evaluate_conditions(method='ramdom') is not an ablation method; choose from zero, mean, resample."
+    )
+    # references keyed by (template, length): a template without its own names the length
+    template = prompts.items["template"].iloc[0]
+    with pytest.raises(
+        InterpError, match=rf"no reference prompts of {length} tokens for recall; pass references\[{length}\]"
+    ):
+        evaluate_conditions(
+            synthetic_model, prompts, {("another template", length): references[length]}, conditions, "mean"
+        )
+    assert template != "another template"
+
+
+def test_the_bootstrap_centres_on_the_interaction_and_reads_the_masks():
+    rng = np.random.default_rng(7)
+    correct = {
+        "recall": rng.random((3, 40)) < [[0.9], [0.3], [0.8]],
+        "reasoning": rng.random((3, 30)) < [[0.9], [0.85], [0.4]],
+    }
+    acc = {t: c.mean(1) for t, c in correct.items()}
+    interaction = (acc["recall"][0] - acc["recall"][1]) - (acc["reasoning"][0] - acc["reasoning"][1])
+    interaction += (acc["reasoning"][0] - acc["reasoning"][2]) - (acc["recall"][0] - acc["recall"][2])
+    draws = bootstrap_interaction(correct, 4000, seed=0)
+    assert draws.mean() == pytest.approx(interaction, abs=0.02) and draws.std() > 0.02
+    masks = {"recall": np.arange(40) % 2 == 0, "reasoning": np.arange(30) < 20}
+    masked = bootstrap_interaction(correct, 500, seed=1, masks=masks)
+    pre_masked = bootstrap_interaction({t: c[:, masks[t]] for t, c in correct.items()}, 500, seed=1)
+    assert np.array_equal(masked, pre_masked)
+    assert not np.array_equal(masked, bootstrap_interaction(correct, 500, seed=1))
+
+
+def test_an_interaction_interval_touching_zero_is_not_a_double_dissociation():
+    # both sets beat every random set on their own drop and selectivity (random sets raise accuracy), but the
+    # sets drop nothing: the interaction is exactly 0 in every bootstrap draw
+    n_random = {"recall_set": 20, "reasoning_set": 20}
+    half = {"recall": np.arange(20) < 10, "reasoning": np.arange(16) < 8}
+    correct = {task: np.tile(row, (43, 1)) for task, row in half.items()}
+    correct["recall"][3:23] = np.arange(20) < 12  # random sets matched to the recall set: recall up by 0.1
+    correct["reasoning"][23:43] = np.arange(16) < 10  # matched to the reasoning set: reasoning up by 0.125
+    out = held_out_verdict(correct, n_random, n_boot=300)
+    assert out["recall_set_specific"] and out["reasoning_set_specific"]
+    assert out["interaction"] == 0 and out["interaction_ci95"] == [0.0, 0.0]
+    assert not out["double_dissociation"]
