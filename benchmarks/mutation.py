@@ -213,6 +213,21 @@ EQUIVALENT.update(
             "never reads it",
             "bootstrap_interaction__mutmut_12": "rng.integers(n) draws from [0, n) exactly as rng.integers(0, n), same "
             "stream",
+            "dissociation__mutmut_92": "same as _86 (reference_cache dropped)",
+            "evaluate_conditions__mutmut_76": "no precomputed reference cache: ablated_last_logits computes the same "
+            "reference activations itself (slower)",
+            "evaluate_conditions__mutmut_107": "same as _76 (reference_cache=None)",
+            "evaluate_conditions__mutmut_114": "same as _76 (reference_cache dropped)",
+            "evaluate_conditions__mutmut_97": "zero ablation given a reference it never reads",
+            "evaluate_conditions__mutmut_100": "same as _97",
+            "evaluate_conditions__mutmut_101": "same as _97",
+            "evaluate_conditions__mutmut_109": "progress=None is falsy like False",
+            "evaluate_conditions__mutmut_116": "progress dropped: ablated_last_logits defaults to no progress bar",
+            "evaluate_conditions__mutmut_115": "memory_budget dropped: ablated_last_logits defaults to the same "
+            "DEFAULT_MEMORY_BUDGET (the one call passes `memory_budget or DEFAULT_MEMORY_BUDGET`); only batching "
+            "would change, not the numbers",
+            "evaluate_conditions__mutmut_66": "break instead of continue when no condition is ablated: `ablated` "
+            "depends on the conditions only, so it is empty for every length group alike",
         }.items()
     }
 )

@@ -363,6 +363,11 @@ def test_matched_sets_fall_back_to_every_unit_of_the_kind_in_the_band():
     assert all(composition(s) == {"head": 0, "mlp": 0, "neuron": 3} and len(set(s)) == 3 for s in sets)
     assert {u for s in sets for u in s} == {u for u in pool if u.component == "mlp_post"}
     assert all(s == sorted(s) for s in sets)  # each set in Site order, so equal sets compare equal
+    neurons = [Site(1, "mlp_post", neuron=n) for n in range(4)] + [Site(0, "mlp_post", neuron=n) for n in range(4)]
+    sets, _ = matched_random_sets(neurons, neurons[6:], 40, seed=0, n_layers=2, min_factor=1)  # neurons 0 and 1 of L0
+    assert all(s == [neurons[4], neurons[5]] for s in sets)
+    sets, _ = matched_random_sets(neurons, neurons[:2], 40, seed=0, n_layers=2, min_factor=1)
+    assert all(s == sorted(s) for s in sets) and {tuple(s) for s in sets} >= {(neurons[2], neurons[3])}
     with pytest.raises(
         InterpError, match=r"^matched_random_sets: the set holds 5 neuron unit\(s\) but the pool has only 4"
     ):
@@ -458,6 +463,10 @@ def test_evaluation_defaults_zero_without_references_and_named_errors(synthetic_
     seeded = evaluate_conditions(synthetic_model, prompts, references, heavy, "resample", seed=0)
     other = evaluate_conditions(synthetic_model, prompts, references, heavy, "resample", seed=5)
     assert np.array_equal(default, seeded) and not np.array_equal(default, other)
+    # condition i draws with seed + i: the same set twice draws differently, each as it would alone
+    assert not np.array_equal(default[0], default[1])
+    alone = evaluate_conditions(synthetic_model, prompts, references, heavy[:1], "resample", seed=1)
+    assert np.array_equal(default[1], alone[0])
     with pytest.raises(InterpError) as error:
         evaluate_conditions(synthetic_model, prompts, references, conditions, "ramdom")
     assert str(error.value) == (
