@@ -169,6 +169,16 @@ EQUIVALENT.update(
         "with its parents before, and exist_ok=True",
         "interp.store.writer.x__resume_or_start__mutmut_3": "same as _1 (parents dropped)",
         "interp.store.writer.x__resume_or_start__mutmut_5": "same as _1 (parents=False)",
+        "interp.store.writer.x_build_store__mutmut_169": "stop_at_layer None: the whole model runs, the captured "
+        "activations are the same",
+        "interp.store.writer.x_build_store__mutmut_214": "same as _169",
+        "interp.store.writer.x_build_store__mutmut_201": "return instead of break on an empty batch: unreachable "
+        "(Tensor.split and token_batches yield no empty batch, and the loop stops at the target first)",
+        "interp.store.writer.x_build_store__mutmut_246": "without the at-target write inside the loop the next "
+        "(empty) slice ends the loop and the write after it writes the same shard, manifest entry and order",
+        "interp.store.writer.x_build_store__mutmut_296": "no model check on the store just written from this model "
+        "(its settings, model fingerprint included, were already compared)",
+        "interp.store.writer.x_build_store__mutmut_298": "same as _296",
     }
 )
 # the recall/reasoning dissociation (tests/circuits/test_dissociation_mutants.py)

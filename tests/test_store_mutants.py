@@ -509,6 +509,9 @@ def test_build_arguments_are_checked_and_named(tiny_model, tokens, tmp_path, cap
         return str(error.value)
 
     assert message(sites=[]) == "build_store(sites=[]): name at least one Site or hook name to store."
+    assert message(sites=[Site(0, "pattern")]).endswith(
+        "a store holds one row per token. Store resid/attn_out/mlp_out/q/k/v/z/result/mlp_* sites without a position."
+    )
     twice = [SITES[0], "blocks.0.hook_resid_post"]
     assert message(sites=twice) == (
         "build_store(sites=...): a site is listed twice (['blocks.0.hook_resid_post', 'blocks.0.hook_resid_post'])."
@@ -535,3 +538,54 @@ def test_build_arguments_are_checked_and_named(tiny_model, tokens, tmp_path, cap
     default = build_store(tiny_model, SITES[:1], many, tmp_path / "b", n_tokens=40 * SEQ, seq_len=SEQ)
     assert default.manifest["batch_size"] == 16 and [s["n_seq"] for s in default.shards] == [40]
     assert "store b" in capsys.readouterr().err
+
+
+def test_partial_shards_at_the_target_and_at_the_end_of_the_corpus(tiny_model, tokens, tmp_path):
+    # the target mid-batch: 5 sequences in batches of 2 (the last batch cut to 1), shards of 4
+    cut = build(tiny_model, tokens, tmp_path / "cut", n_tokens=5 * SEQ)
+    assert [s["n_seq"] for s in cut.shards] == [4, 1] and torch.equal(cut.tokens(), tokens[:5].reshape(-1).int())
+    # the corpus ends mid-shard: 10 sequences for a target of 20
+    short = build(tiny_model, tokens[:10], tmp_path / "short", n_tokens=20 * SEQ)
+    assert [s["n_seq"] for s in short.shards] == [4, 4, 2] and short.manifest["corpus_exhausted"] is True
+    assert torch.equal(short.tokens(), tokens[:10].reshape(-1).int()) and short.tokens().dtype == torch.int32
+    full = build(tiny_model, tokens, tmp_path / "full")
+    assert torch.equal(short.activations(SITES[2]), full.activations(SITES[2])[: 10 * SEQ])
+
+
+def test_the_progress_bar_counts_tokens_and_is_silent_when_off(tiny_model, tokens, tmp_path, capsys, monkeypatch):
+    capsys.readouterr()
+    build(tiny_model, tokens, tmp_path / "quiet")
+    assert capsys.readouterr().err == ""
+    build(tiny_model, tokens, tmp_path / "loud", progress=True)
+    err = capsys.readouterr().err
+    assert "store loud" in err and "96.0/96.0" in err and "tok/s" in err
+    # resumed after the first shard: the bar starts at 32 tokens and ends at 96
+    real_write = writer.write_json_atomic
+
+    def write_or_stop(path, manifest):
+        if path.name == "manifest.json" and len(manifest["shards"]) == 2 and not manifest["complete"]:
+            raise Stop
+        real_write(path, manifest)
+
+    monkeypatch.setattr(writer, "write_json_atomic", write_or_stop)
+    with pytest.raises(Stop):
+        build(tiny_model, tokens, tmp_path / "resumed")
+    monkeypatch.setattr(writer, "write_json_atomic", real_write)
+    capsys.readouterr()
+    build(tiny_model, tokens, tmp_path / "resumed", progress=True)
+    err = capsys.readouterr().err
+    assert "32.0/96.0" in err and "96.0/96.0" in err
+
+
+def test_text_tokens_outside_the_models_vocabulary_are_refused(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tests.tiny_families import write_tokenizer
+
+    write_tokenizer(tmp_path / "tok")
+    model = load_model(TINY_GQA, seed=0)  # 101 token ids, the tokenizer has 320
+    model.set_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "tok"), default_padding_side="right")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"The capital of France is Paris, {i} times." for i in range(30)))
+    with pytest.raises(InterpError, match=r"^build_store\(corpus=\.\.\.\): token ids must lie in 0\.\.100 "):
+        build_store(model, SITES[:1], corpus, tmp_path / "s", n_tokens=4 * SEQ, seq_len=SEQ, progress=False)
