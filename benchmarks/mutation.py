@@ -224,6 +224,8 @@ EQUIVALENT.update(
             "bootstrap_interaction__mutmut_12": "rng.integers(n) draws from [0, n) exactly as rng.integers(0, n), same "
             "stream",
             "dissociation__mutmut_92": "same as _86 (reference_cache dropped)",
+            "bootstrap_interaction__mutmut_24": "drops from condition 1 instead of 0: the interaction (the two "
+            "selectivities summed) does not depend on the unablated accuracy, which cancels, so the draws are equal",
             "evaluate_conditions__mutmut_76": "no precomputed reference cache: ablated_last_logits computes the same "
             "reference activations itself (slower)",
             "evaluate_conditions__mutmut_107": "same as _76 (reference_cache=None)",
@@ -241,6 +243,9 @@ EQUIVALENT.update(
         }.items()
     }
 )
+# Survivors left on purpose: a device move (`.to(model.cfg.device)` -> `.to(None)` or dropped) is a no-op on a
+# CPU-only machine and kills only where the model sits on a GPU (store: _site_shapes 4/7, build_store 219/229/231;
+# dissociation: _reference_tokens 2, evaluate_conditions 56). They count as survivors, not as equivalent.
 STATUS = {
     0: "survived",
     1: "killed",
