@@ -38,10 +38,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/ruff check --quiet .
 
-# mutation testing of the core modules (not part of CI; ~minutes per module): benchmarks/results/mutation.json
+# mutation testing of the core modules (not part of CI; ~minutes per module): benchmarks/results/mutation.json.
+# Resumes the copies under /tmp/interp-mutation: survivors and unrun mutants against the current tests (--fresh: anew)
 mutation: $(STAMP)
 	$(BIN)/pip install -q -c constraints.txt mutmut
-	$(BIN)/python benchmarks/mutation.py
+	$(BIN)/python benchmarks/mutation.py --retest
 
 format: $(STAMP)
 	$(BIN)/ruff format --quiet .

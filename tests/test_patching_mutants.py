@@ -1,0 +1,192 @@
+"""The patching engine's padded path and its input checks on a tiny model with a tokenizer (issue 22, point 4).
+
+The SmolLM2 versions of these tests (tests/test_patching.py, tests/test_engine_batches.py) take seconds to minutes
+per run, too slow to run once per mutant; here the same checks run on the tiny GQA model with a small byte-level
+BPE tokenizer (tests/tiny_families.py). align=True with corrupted prompts of three different lengths, at
+positions that are padding in some pairs, in batches of 2 and 3 variants, against each pair run alone and
+unpadded with TransformerLens hooks; and the errors for bad prompts, answers, sites and options.
+"""
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from interp import metrics
+from interp.errors import InterpError, OutOfRangeError, ShapeMismatchError, UnknownSiteError
+from interp.hooks import transient_bytes_per_sequence
+from interp.models import load_model
+from interp.patching import PatchingTask, patch_heads, patch_layer_positions, patch_neurons, patch_sites
+from interp.patching.engine import variants_per_batch
+from interp.sites import Site
+from tests.conftest import TINY_GQA
+from tests.tiny_families import VOCAB, write_tokenizer
+
+
+@pytest.fixture(scope="module")
+def worded(tmp_path_factory):
+    """The tiny GQA model with the tiny tokenizer, and the words that are one token each (" word")."""
+    folder = tmp_path_factory.mktemp("tokenizer")
+    write_tokenizer(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = load_model(dict(TINY_GQA, d_vocab=VOCAB), seed=0)
+    model.set_tokenizer(tokenizer, default_padding_side="right")
+    words = []
+    for i in range(3, VOCAB):
+        text = tokenizer.decode([i])
+        if text.startswith(" ") and text[1:].isalpha() and tokenizer.encode(text, add_special_tokens=False) == [i]:
+            words.append(text)
+    assert len(words) >= 12
+    return model, words
+
+
+def prompts(words, lengths, seed):
+    """Pairs of prompts of `lengths` words each; the corrupted prompt differs in its last two words."""
+    gen = torch.Generator().manual_seed(seed)
+    clean, corrupted = [], []
+    for n in lengths:
+        pick = [words[i] for i in torch.randint(0, len(words), (n + 2,), generator=gen).tolist()]
+        clean.append("".join(pick[:n]))
+        corrupted.append("".join(pick[: n - 2] + pick[n:]))
+    return clean, corrupted
+
+
+@pytest.fixture(scope="module")
+def aligned(worded):
+    model, words = worded
+    clean, corrupted = prompts(words, [4, 6, 9], seed=1)
+    return PatchingTask(model, clean, corrupted, [5, 40, 77], [9, 60, 13], align=True), clean, corrupted
+
+
+def budget_for(task: PatchingTask, variants: int) -> int:
+    cfg = task.model.cfg
+    per_sequence = transient_bytes_per_sequence(task.model, task.seq_len) + cfg.d_vocab * cfg.dtype.itemsize
+    budget = variants * per_sequence * task.n_prompts
+    assert variants_per_batch(task, budget) == variants and variants_per_batch(task, budget - 1) == variants - 1
+    return budget
+
+
+@torch.no_grad()
+def unpadded(task, clean, corrupted, patches):
+    """Per (hook name, padded position, slice): the mean logit difference with each pair run alone and unpadded;
+    a position on padding in a pair leaves that pair unpatched."""
+    model = task.model
+    values = torch.zeros(len(patches), len(clean))
+    for j, (c, x) in enumerate(zip(clean, corrupted)):
+        clean_tokens, corrupted_tokens = model.to_tokens(c), model.to_tokens(x)
+        assert clean_tokens.shape == corrupted_tokens.shape
+        _, cache = model.run_with_cache(clean_tokens)
+        for i, (hook_name, position, select) in enumerate(patches):
+            p = position - (task.seq_len - corrupted_tokens.shape[1])
+            hooks = []
+            if p >= 0:
+
+                def hook(act, hook, p=p, select=select, clean_act=cache[hook_name]):
+                    select(act)[:, p] = select(clean_act)[:, p]
+                    return act
+
+                hooks = [(hook_name, hook)]
+            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=hooks)
+            values[i, j] = metrics.logit_diff(
+                logits[:, -1:], task.answer_tokens[j : j + 1], task.wrong_tokens[j : j + 1]
+            )
+    return values.mean(1)
+
+
+def max_diff(ours: pd.DataFrame, reference) -> float:
+    return float(abs(ours["metric"].to_numpy() - reference.numpy()).max())
+
+
+@pytest.mark.parametrize("variants", [2, 3])
+def test_align_with_unequal_lengths_in_batches_matches_unpadded_runs(aligned, variants):
+    task, clean, corrupted = aligned
+    lengths = task.corrupted_mask.sum(1).tolist()
+    assert len(set(lengths)) == 3 and task.corrupted_mask[:, 0].tolist() == [0, 0, 1]
+    positions = [task.seq_len - 6, task.seq_len - 2, task.seq_len - 1]  # the first is padding in the shortest pair
+    assert task.corrupted_mask[:, positions[0]].tolist() == [0, 1, 1]
+    resid = unpadded(
+        task, clean, corrupted, [(f"blocks.{lay}.hook_resid_pre", p, lambda a: a) for lay in (1, 2) for p in positions]
+    )
+    heads = unpadded(task, clean, corrupted, [("blocks.1.attn.hook_z", p, lambda a: a[:, :, 2]) for p in positions])
+    assert float((resid - task.corrupted_metric).abs().max()) > 0.05  # patches that move the metric
+    budget = budget_for(task, variants)
+    assert max_diff(patch_layer_positions(task, layers=[1, 2], positions=positions, memory_budget=budget), resid) < 1e-4
+    ours = patch_heads(task, layers=[1], heads=[2], positions=positions, by_position=True, memory_budget=budget)
+    assert max_diff(ours, heads) < 1e-4
+    # negative positions count from the end of the padded prompts
+    last = patch_layer_positions(task, layers=[2], positions=[-1], memory_budget=budget)
+    assert list(last.position) == [task.seq_len - 1] and max_diff(last, resid[5:6]) < 1e-4
+    # the baselines are each pair's own unpadded runs
+    with torch.no_grad():
+        for j, (c, x) in enumerate(zip(clean, corrupted)):
+            for prompt, logits in ((c, task.clean_logits), (x, task.corrupted_logits)):
+                alone = task.model(task.model.to_tokens(prompt))[0, -1]
+                assert float((alone - logits[j]).abs().max()) < 1e-4
+
+
+def test_prompt_and_answer_errors_name_the_argument(worded):
+    model, words = worded
+    clean, corrupted = prompts(words, [4, 6], seed=2)
+    with pytest.raises(
+        ShapeMismatchError, match=r"Pair 1: the clean prompt has 7 tokens but the corrupted prompt has 5\. .*align=True"
+    ):
+        PatchingTask(model, clean, [corrupted[0], corrupted[0]], [5, 6], [7, 8])
+    with pytest.raises(
+        ShapeMismatchError, match=r"Prompt pairs have different token lengths \(\[5, 7\]\)\..*align=True"
+    ):
+        PatchingTask(model, clean, corrupted, [5, 6], [7, 8])
+    with pytest.raises(InterpError, match="clean_prompts is empty"):
+        PatchingTask(model, [], corrupted, [5, 6], [7, 8])
+    with pytest.raises(ShapeMismatchError, match="clean_prompts has 2 prompts but corrupted_prompts has 1"):
+        PatchingTask(model, clean, corrupted[:1], [5, 6], [7, 8])
+    two = words[0] + words[1]
+    with pytest.raises(InterpError, match=rf"answers: {two!r} is 2 tokens .* each answer must be a single token"):
+        PatchingTask(model, clean, corrupted, [words[0], two], [7, 8], align=True)
+    with pytest.raises(ShapeMismatchError, match=r"wrong_answers: expected one answer per prompt pair \(2\), got 1"):
+        PatchingTask(model, clean, corrupted, [5, 6], [7], align=True)
+    with pytest.raises(ShapeMismatchError, match=rf"answers: token ids must lie in 0\.\.{VOCAB - 1}"):
+        PatchingTask(model, clean, corrupted, [5, VOCAB], [7, 8], align=True)
+    with pytest.raises(InterpError, match="metric='logit_diff' needs wrong_answers"):
+        PatchingTask(model, clean, corrupted, [5, 6], align=True)
+    with pytest.raises(InterpError, match="metric='logit_dif' is not a known metric. Did you mean: 'logit_diff'"):
+        PatchingTask(model, clean, corrupted, [5, 6], [7, 8], metric="logit_dif", align=True)
+    # string answers are read as one token each
+    task = PatchingTask(model, clean, corrupted, [words[0], words[1]], [words[2], 8], align=True)
+    ids = [model.to_single_token(w) for w in words[:3]]
+    assert task.answer_tokens.tolist() == ids[:2] and task.wrong_tokens.tolist() == [ids[2], 8]
+
+
+def test_bad_sites_and_options_are_named(tiny_task):
+    cfg = tiny_task.model.cfg
+    with pytest.raises(UnknownSiteError, match="Did you mean: 'resid_pre'"):
+        patch_layer_positions(tiny_task, "resid_pr")
+    with pytest.raises(UnknownSiteError, match=r"patch_layer_positions\(component='z'\) is not supported"):
+        patch_layer_positions(tiny_task, "z")
+    with pytest.raises(
+        OutOfRangeError, match=rf"layer={cfg.n_layers} is out of range; .* has layers 0..{cfg.n_layers - 1}"
+    ):
+        patch_layer_positions(tiny_task, layers=[cfg.n_layers])
+    with pytest.raises(OutOfRangeError, match=r"position=6 is out of range for prompts of 6 tokens"):
+        patch_layer_positions(tiny_task, positions=[6])
+    with pytest.raises(OutOfRangeError, match=rf"head={cfg.n_heads} is out of range; .* has {cfg.n_heads} query heads"):
+        patch_heads(tiny_task, heads=[cfg.n_heads])
+    with pytest.raises(OutOfRangeError, match=rf"neuron={cfg.d_mlp} is out of range"):
+        patch_neurons(tiny_task, neurons=[cfg.d_mlp])
+    with pytest.raises(InterpError, match="layers is empty"):
+        patch_heads(tiny_task, layers=[])
+    with pytest.raises(InterpError, match="pass by_position=True too"):
+        patch_heads(tiny_task, positions=[0])
+    with pytest.raises(InterpError, match="memory_budget=0: must be a positive number of bytes"):
+        patch_heads(tiny_task, memory_budget=0)
+    with pytest.raises(InterpError, match="sites is empty"):
+        patch_sites(tiny_task, [])
+    with pytest.raises(UnknownSiteError, match=r"patch Site\(0, 'resid_pre'\) instead"):
+        patch_sites(tiny_task, [Site(None, "embed")])
+    with pytest.raises(UnknownSiteError, match="is not a hook of this model"):
+        patch_sites(tiny_task, ["blocks.0.hook_resid_prex"])
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tiny_model):
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (2, 2, 6), generator=torch.Generator().manual_seed(0))
+    return PatchingTask(tiny_model, tokens[0], tokens[1], answers=[3, 7], wrong_answers=[9, 1])
