@@ -81,6 +81,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_attribution.py",
         "tests/test_attribution_qk_summed.py",
         "tests/test_attribution_graddrop.py",
+        "tests/test_attribution_mutants.py",
     ],
     "interp/patching": [
         "tests/test_patching.py",

@@ -290,7 +290,8 @@ def false_negative_bound(
     `n_subsets` random subsets (each node in with `include_probability`; a node drawn by none gets a
     subset of its own) are patched together. Returns `scores` with `verified`, `exact_effect` (verified
     nodes), `bound` (unverified nodes: min over subsets containing the node of |metric change|) and
-    attrs['max_bound'] (the bound on the largest unverified effect) and attrs['n_patches'].
+    attrs['max_bound'] (the bound on the largest unverified effect), attrs['n_patches'] and attrs['subsets'] (the
+    node names of each subset patched together, so that every bound can be checked).
     """
     graph = _graph(task, graph)
     for name, value in (("verify_top", verify_top), ("n_subsets", n_subsets)):
@@ -339,5 +340,6 @@ def false_negative_bound(
         max_bound=float(out["bound"].max()) if out["bound"].notna().any() else 0.0,
         n_patches=len(top) + len(subsets),
         verify_top=verify_top,
+        subsets=[[str(out.at[i, "node"]) for i in s] for s in subsets],
     )
     return out
