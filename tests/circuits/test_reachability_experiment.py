@@ -143,3 +143,26 @@ def test_notebook_runs(monkeypatch):
     assert answer and answer.group(1) == answer.group(2) and float(answer.group(3)) < 1e-3, text
     assert "shortest path:" in text and "dashboard:" in text
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 3
+
+
+def test_curve_slope_against_polyfit_and_a_weighted_sum_of_variances():
+    """The flatness slope: numpy's least-squares fit, and its SE from each point's binomial variance."""
+    import numpy as np
+    import pandas as pd
+
+    from experiments.reachability import _flatness
+
+    steps = np.arange(200, 2001, 200)
+    acc = np.array([0.50, 0.55, 0.61, 0.64, 0.70, 0.71, 0.74, 0.78, 0.79, 0.80])
+    curve = pd.DataFrame({"step": steps, "accuracy": acc, "n": 500})
+    got = _flatness(curve, "m")
+    tail = steps >= 0.6 * 2000  # the last 40% of the steps: 1,200 ... 2,000
+    slope = np.polyfit(steps[tail], acc[tail], 1)[0]
+    assert got["curve_slope_per_1k_m"] == pytest.approx(1000 * slope)
+    x = steps[tail] - steps[tail].mean()
+    var = acc[tail] * (1 - acc[tail]) / 500
+    assert got["curve_slope_se_per_1k_m"] == pytest.approx(1000 * np.sqrt((x**2 * var).sum()) / (x**2).sum())
+    assert got["curve_gain_last_20pct_m"] == pytest.approx(0.80 - 0.78)  # 2,000 vs 1,600, the last step <= 2,000 / 1.2
+    assert got["curve_flat_m"] is False
+    short = _flatness(curve.tail(2), "m")
+    assert "curve_slope_per_1k_m" not in short and short["curve_flat_m"] is True  # 0.79 -> 0.80: within a point
