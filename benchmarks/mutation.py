@@ -244,6 +244,18 @@ EQUIVALENT.update(
         }.items()
     }
 )
+
+EQUIVALENT.update(
+    {
+        "interp.attribution.graddrop.x_false_negative_bound__mutmut_61": "patch_node_sets given graph None builds the "
+        "task model's graph again: the same senders and edges as the graph already checked against the task",
+        "interp.attribution.graddrop.x_false_negative_bound__mutmut_103": "same as _61 (the subsets' patch)",
+        "interp.attribution.graddrop.x_false_negative_bound__mutmut_92": "rng.random() <= p instead of < p: differs "
+        "only when a draw equals p exactly (probability 2**-53 per draw)",
+        "interp.attribution.atp.x_attribution_sweep__mutmut_20": "method None for the effects: the method changes an "
+        "effect only at q / k sites (AtP*'s QK fix) and no named sweep holds one; the table still gets the method",
+    }
+)
 # Survivors left on purpose: a device move (`.to(model.cfg.device)` -> `.to(None)` or dropped) is a no-op on a
 # CPU-only machine and kills only where the model sits on a GPU (store: _site_shapes 4/7, build_store 219/229/231;
 # dissociation: _reference_tokens 2, evaluate_conditions 56). They count as survivors, not as equivalent.

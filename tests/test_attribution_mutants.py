@@ -88,6 +88,7 @@ def test_each_clause_of_the_reliability_rule(heads_task, exact_heads):
     assert {name: checked.at[label[name], "reliable"] for name in want} == want
     assert checked["reliable"].isna().sum() == len(exact) - 5
     assert checked["reliable"].dtype == "boolean" and checked["exact_restoration"].dtype == np.float64
+    assert list(checked.columns) == [*estimates.columns, "exact_restoration", "reliable"]
     assert checked.attrs == {"method": "hand", "origin": "test", "verified": 5, "tolerance": tolerance}
     below = check_estimates(heads_task, estimates, top_k=5, tolerance=float(np.nextafter(tolerance, 0)))
     assert not below.at[label["k"], "reliable"] and below.at[label["m"], "reliable"]
