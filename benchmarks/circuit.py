@@ -42,12 +42,8 @@ def main() -> None:
 
     from experiments.circuit import _reference_seconds
     from interp.graph import ComputationGraph, attribute_edges, patch_edges, patch_edges_loop
-    from interp.graph.scores import (
-        circuit_metrics_given,
-        circuit_metrics_within,
-        corrupted_residuals,
-        corrupted_senders,
-    )
+    from interp.graph.candidate_circuits import circuit_metrics_within, corrupted_residuals
+    from interp.graph.circuit_metrics import circuit_metrics_given, corrupted_senders
     from interp.models import load_model
     from interp.patching import PatchingTask
     from interp.patching.pairs import builtin_pairs
