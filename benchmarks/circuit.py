@@ -17,17 +17,14 @@ import argparse
 import json
 import platform
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import timed  # noqa: E402
 
 
 def main() -> None:
