@@ -8,7 +8,8 @@ import pandas as pd
 
 from circuits.recall_reasoning.dissociation import mean_ci95
 from circuits.recall_reasoning.settings import SUBSETS, AnalysisSettings
-from circuits.recall_reasoning.tasks import NO_COPY_FAMILIES, PromptSet
+from circuits.recall_reasoning.families import NO_COPY_FAMILIES
+from circuits.recall_reasoning.tasks import PromptSet
 
 
 def _accuracy(table: pd.DataFrame, method: str, ablated: str, task: str, column: str = "accuracy") -> float:

@@ -12,8 +12,8 @@ from transformer_lens import HookedTransformer
 
 from circuits.recall_reasoning.dissociation import evaluate_conditions
 from circuits.recall_reasoning.settings import AnalysisSettings
+from circuits.recall_reasoning.families import NO_COPY_FAMILIES
 from circuits.recall_reasoning.tasks import (
-    NO_COPY_FAMILIES,
     TASKS,
     PromptSet,
     ReferencePool,
