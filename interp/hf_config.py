@@ -58,17 +58,24 @@ def _rope_theta(hf_config, kind: str | None = None, default: float = 10000.0) ->
     return getattr(hf_config, legacy, None) or getattr(hf_config, "rope_theta", None) or default
 
 
-def _gemma_config(c, architecture: str) -> dict:
-    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    cfg = {
+def _sizes(c, d_head: int) -> dict:
+    """The size fields every reader takes the same way from a Hugging Face config."""
+    return {
         "d_model": c.hidden_size,
         "d_head": d_head,
         "n_heads": c.num_attention_heads,
         "d_mlp": c.intermediate_size,
         "n_layers": c.num_hidden_layers,
         "n_ctx": c.max_position_embeddings,
-        "eps": c.rms_norm_eps,
         "d_vocab": c.vocab_size,
+    }
+
+
+def _gemma_config(c, architecture: str) -> dict:
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    cfg = {
+        **_sizes(c, d_head),
+        "eps": c.rms_norm_eps,
         "act_fn": getattr(c, "hidden_activation", None) or c.hidden_act,
         "normalization_type": "RMS",
         "positional_embedding_type": "rotary",
@@ -110,13 +117,7 @@ def _olmo_config(c, architecture: str) -> dict:
     d_head = c.hidden_size // c.num_attention_heads
     n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     cfg = {
-        "d_model": c.hidden_size,
-        "d_head": d_head,
-        "n_heads": c.num_attention_heads,
-        "d_mlp": c.intermediate_size,
-        "n_layers": c.num_hidden_layers,
-        "n_ctx": c.max_position_embeddings,
-        "d_vocab": c.vocab_size,
+        **_sizes(c, d_head),
         "act_fn": c.hidden_act,
         "initializer_range": c.initializer_range,
         "rotary_base": _rope_theta(c),
@@ -143,14 +144,8 @@ def _phi_config(c) -> dict:
     rope = getattr(c, "rope_parameters", None) or {}
     factor = getattr(c, "partial_rotary_factor", None) or rope.get("partial_rotary_factor", 0.5)
     return {
-        "d_model": c.hidden_size,
-        "d_head": d_head,
-        "n_heads": c.num_attention_heads,
-        "d_mlp": c.intermediate_size,
-        "n_layers": c.num_hidden_layers,
-        "n_ctx": c.max_position_embeddings,
+        **_sizes(c, d_head),
         "eps": c.layer_norm_eps,
-        "d_vocab": c.vocab_size,
         "act_fn": c.hidden_act,
         "initializer_range": c.initializer_range,
         "normalization_type": "LN",
