@@ -17,17 +17,14 @@ import argparse
 import json
 import platform
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import timed  # noqa: E402
 
 
 def main() -> None:
@@ -42,12 +39,8 @@ def main() -> None:
 
     from experiments.circuit import _reference_seconds
     from interp.graph import ComputationGraph, attribute_edges, patch_edges, patch_edges_loop
-    from interp.graph.scores import (
-        circuit_metrics_given,
-        circuit_metrics_within,
-        corrupted_residuals,
-        corrupted_senders,
-    )
+    from interp.graph.candidate_circuits import circuit_metrics_within, corrupted_residuals
+    from interp.graph.circuit_metrics import circuit_metrics_given, corrupted_senders
     from interp.models import load_model
     from interp.patching import PatchingTask
     from interp.patching.pairs import builtin_pairs

@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
+import sys
 from pathlib import Path
 
 import torch
 
 from circuits.scan_snap.data import SequenceClasses
 from circuits.scan_snap.model import RunSpec, TrainSettings, train_runs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import timed  # noqa: E402
 
 
 def sweep_runs(seeds: int) -> list[RunSpec]:
@@ -29,12 +32,6 @@ def sweep_runs(seeds: int) -> list[RunSpec]:
         for ratio in (1.0, 2.0, 5.0, 10.0)
         for seed in range(seeds)
     ]
-
-
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:

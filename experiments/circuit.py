@@ -13,6 +13,9 @@ edge's minimality drop), metrics.json with `agreement` per approximate method (`
 exact on the top `verify_top` edges it names), `planted_auc` per method (leak 0: the structural ground truth),
 `planted` per leak (with the shuffled-label control), `acdc` per leak, `heldout_faithfulness`, `nodes`, `copy`
 (the copy task's metrics, same keys) and timings.
+
+The ACDC runs live in experiments.circuit_acdc, the SAE-latent nodes in experiments.circuit_sae and the GradDrop node
+scores in experiments.circuit_nodes; this module holds the config, the edge scores per task and `run`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments.circuit_acdc import acdc_model_results, acdc_results
+from experiments.circuit_nodes import node_results, wilson  # noqa: F401 (wilson: its old import path)
+from experiments.circuit_sae import load_circuit_sae, sae_results
 from interp.errors import InterpError, did_you_mean
 from interp.patching.pairs import builtin_pairs, check_pair
 
@@ -228,16 +234,6 @@ def planted_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame, pd.DataF
     return results, pd.concat(tables, ignore_index=True), pd.concat(curves, ignore_index=True)
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson score 95% interval of a share."""
-    if n == 0:
-        return [float("nan"), float("nan")]
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [float(centre - half), float(centre + half)]
-
-
 def _curves_dict(curves: pd.DataFrame) -> dict:
     return {m: dict(zip(c["n_edges"].astype(str), c["recovered"].round(4))) for m, c in curves.groupby("method")}
 
@@ -274,66 +270,6 @@ def heldout_curves(config: CircuitConfig, model, graph, pairs) -> tuple[dict, pd
         "n_eval_pairs": len(eval_pairs),
     }
     return result, curves
-
-
-def node_results(config: CircuitConfig, task, graph) -> tuple[dict, pd.DataFrame]:
-    """AtP and AtP* GradDrop node scores against exact node patching of every node, and the false-negative bound."""
-    from interp.attribution.graddrop import attribute_nodes, false_negative_bound, patch_nodes
-    from interp.graph import agreement
-
-    seconds = {}
-    start = time.perf_counter()
-    exact = patch_nodes(task, graph)
-    seconds["exact_nodes"] = time.perf_counter() - start
-    frames, result = [exact], {"agreement": {}}
-    for method in ("atp", "atp+graddrop"):
-        start = time.perf_counter()
-        frame = attribute_nodes(task, graph, method=method)
-        seconds[method] = time.perf_counter() - start
-        frame["exact_effect"] = exact["effect"].to_numpy()
-        frames.append(frame)
-        # magnitudes: GradDrop ranks by |effect| only; upstream/downstream stand in for the node name
-        ranked = pd.DataFrame({"upstream": frame["node"], "downstream": "", "effect": frame["score"]})
-        truth = pd.DataFrame({"upstream": exact["node"], "downstream": "", "effect": exact["effect"].abs()})
-        result["agreement"][method] = agreement(ranked, truth, config.k)
-        # the node a method misses most: the largest exact effect outside its top k
-        top = set(frame["score"].nlargest(config.k).index)
-        missed = exact.loc[[i for i in exact.index if i not in top], "effect"].abs()
-        result["agreement"][method]["largest_missed_exact"] = float(missed.max()) if len(missed) else 0.0
-    gd = frames[2]
-    bounded = false_negative_bound(
-        task,
-        gd,
-        graph,
-        verify_top=min(config.bound_verify_top, len(gd)),
-        n_subsets=config.bound_subsets,
-        seed=config.seed,
-    )
-    rest = ~bounded["verified"]
-    truth = exact["effect"].abs()[rest]
-    tolerance = 1e-4 * abs(task.clean_metric - task.corrupted_metric)  # float noise between batch compositions
-    covered = int((bounded.loc[rest, "bound"] >= truth - tolerance).sum())
-    result["bound"] = {
-        "verify_top": int(bounded["verified"].sum()),
-        "n_unverified": int(rest.sum()),
-        "n_patches": bounded.attrs["n_patches"],
-        "max_bound": bounded.attrs["max_bound"],
-        "largest_unverified_exact": float(truth.max()) if len(truth) else 0.0,
-        "covered": covered,
-        "coverage": covered / int(rest.sum()) if rest.any() else float("nan"),
-        "coverage_95ci": wilson(covered, int(rest.sum())),
-        "coverage_tolerance": tolerance,
-    }
-    result["seconds"] = seconds
-    result["top_nodes"] = [
-        {"node": n, "exact": float(e), "atp": float(a), "graddrop": float(g)}
-        for n, e, a, g in zip(gd["node"], exact["effect"], frames[1]["effect"], gd["score"])
-        if n in set(exact.loc[exact["effect"].abs().nlargest(10).index, "node"])
-    ]
-    nodes = pd.concat(frames, ignore_index=True)
-    nodes["bound"] = np.nan
-    nodes.loc[nodes["method"] == "atp+graddrop", "bound"] = bounded["bound"].to_numpy()
-    return result, nodes
 
 
 def task_results(config: CircuitConfig, task, graph, pairs, *, timings: bool) -> tuple[dict, dict]:
@@ -417,237 +353,6 @@ def task_results(config: CircuitConfig, task, graph, pairs, *, timings: bool) ->
         metrics["nodes"], tables["nodes"] = node_results(config, task, graph)
         metrics["seconds"]["nodes"] = time.perf_counter() - start
     return metrics, tables
-
-
-def acdc_results(config: CircuitConfig) -> tuple[dict, pd.DataFrame]:
-    """Greedy ACDC pruning (exact patching) of the planted models, with the minimality of the circuit found."""
-    from interp.graph import ComputationGraph, acdc, minimality
-    from interp.graph.planted import PLANTED_EDGES, planted_model, planted_task
-
-    results, tables = {}, []
-    for leak in config.planted_leaks:
-        task = planted_task(planted_model(leak, seed=config.seed), seed=config.seed)
-        graph = ComputationGraph(task.model)
-        start = time.perf_counter()
-        circuit = acdc(task, graph, tau=config.acdc_tau)
-        seconds = time.perf_counter() - start
-        found = set(zip(circuit["upstream"], circuit["downstream"]))
-        minimal = minimality(task, circuit.index.tolist(), graph) if len(circuit) else None
-        results[f"leak={leak:g}"] = {
-            "tau": config.acdc_tau,
-            "n_edges": len(circuit),
-            "n_planted_found": len(found & set(PLANTED_EDGES)),
-            "n_planted": len(PLANTED_EDGES),
-            "n_extra": len(found - set(PLANTED_EDGES)),
-            "recovered": circuit.attrs["recovered"],
-            "n_tests": circuit.attrs["n_tests"],
-            "seconds": seconds,
-            "minimality_min_drop": float(minimal["drop"].min()) if minimal is not None else None,
-            "n_unneeded": int((minimal["drop"] < config.acdc_tau).sum()) if minimal is not None else 0,
-        }
-        if minimal is not None:
-            tables.append(minimal.assign(leak=leak, damage=circuit["damage"].to_numpy(), method="acdc"))
-    return results, (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame())
-
-
-def acdc_model_results(config: CircuitConfig, rank_task, eval_task, graph) -> tuple[dict, dict[str, pd.DataFrame]]:
-    """Greedy ACDC (exact patching) inside the top `acdc_candidates` edges by EAP, chosen and pruned on `rank_task`;
-    its circuit's metric on `eval_task` (held out) and `rank_task` (in sample) next to the top-n edges by each
-    approximate method (n = the ACDC circuit's size) and the whole candidate set; the circuit's minimality."""
-    from interp.graph import acdc, attribute_edges, circuit_metric, minimality
-
-    start = time.perf_counter()
-    rankings = {
-        m: attribute_edges(rank_task, graph, method=m, steps=config.steps) for m in config.methods if m != "exact"
-    }
-    ranking = rankings.get("eap")
-    if ranking is None:
-        ranking = attribute_edges(rank_task, graph, method="eap")
-    order = {
-        m: f["effect"].abs().sort_values(ascending=False, kind="stable").index.tolist() for m, f in rankings.items()
-    }
-    top_eap = ranking["effect"].abs().sort_values(ascending=False, kind="stable").index.tolist()
-    candidates = top_eap[: min(config.acdc_candidates, len(graph))]
-    rank_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    circuit = acdc(rank_task, graph, tau=config.acdc_tau, candidates=candidates)
-    acdc_seconds = time.perf_counter() - start
-    kept = circuit.index.tolist()
-    n = len(kept)
-    minimal = minimality(rank_task, kept, graph) if n else None
-    rng = np.random.default_rng(config.seed)
-    random_draws = [sorted(rng.choice(candidates, n, replace=False).tolist()) for _ in range(5)] if n else []
-    circuits = {
-        "acdc": kept,
-        **{f"{m} top-n": o[:n] for m, o in order.items()},
-        "candidates": candidates,
-        **{f"random-n {d}": ids for d, ids in enumerate(random_draws)},  # n of the candidates at random (baseline)
-    }
-    rows = []
-    for split, task in (("heldout", eval_task), ("insample", rank_task)):
-        values = circuit_metric(task, graph, list(circuits.values()))
-        gap = task.clean_metric - task.corrupted_metric
-        for (name, ids), value in zip(circuits.items(), values):
-            rows.append(
-                {
-                    "split": split,
-                    "circuit": name,
-                    "n_edges": len(ids),
-                    "metric": float(value),
-                    "recovered": float((value - task.corrupted_metric) / gap),
-                }
-            )
-    table = pd.DataFrame(rows)
-    result = {
-        "tau": config.acdc_tau,
-        "n_candidates": len(candidates),
-        "n_edges": n,
-        "n_tests": circuit.attrs["n_tests"],
-        "n_rank_pairs": rank_task.n_prompts,
-        "n_eval_pairs": eval_task.n_prompts,
-        "recovered": {
-            split: {
-                r["circuit"]: round(r["recovered"], 4)
-                for r in rows
-                if r["split"] == split and "random" not in r["circuit"]
-            }
-            | _random_summary([r["recovered"] for r in rows if r["split"] == split and "random" in r["circuit"]])
-            for split in ("heldout", "insample")
-        },
-        "n_unneeded": int((minimal["drop"] < config.acdc_tau).sum()) if minimal is not None else 0,
-        "minimality_min_drop": float(minimal["drop"].min()) if minimal is not None else None,
-        "seconds": {"ranking": rank_seconds, "acdc": acdc_seconds},
-        "edges": [
-            {"upstream": u, "downstream": v, "damage": None if pd.isna(d) else float(d)}
-            for u, v, d in zip(circuit["upstream"], circuit["downstream"], circuit["damage"])
-        ][:50],
-    }
-    tables = {"acdc_model": table}
-    if minimal is not None:
-        tables["acdc_model_circuit"] = minimal.assign(damage=circuit["damage"].to_numpy(), method="acdc")
-    return result, tables
-
-
-def _random_summary(values: list[float]) -> dict:
-    if not values:
-        return {}
-    return {
-        "random-n mean": round(float(np.mean(values)), 4),
-        "random-n range": [round(min(values), 4), round(max(values), 4)],
-    }
-
-
-def _context_text(example: dict) -> str:
-    """A context window as text, its top-activating token in brackets."""
-    return "".join(f"[{t}]" if i == example["focus"] else t for i, t in enumerate(example["tokens"])).replace("\n", "⏎")
-
-
-def sae_results(
-    config: CircuitConfig, task, graph, sae, hook: str, tokens, state_path: Path, *, corpus_fvu: float | None = None
-) -> tuple[dict, dict[str, pd.DataFrame]]:
-    """The SAE's site split into latents + an error node on `task`: every changed latent's EAP and exact effect
-    (interp.graph.sae_nodes), the error's share of the site's effect, the latents' EAP edges, and the top
-    `sae_top_latents` latents' top-activating contexts over `tokens` (sae.latent_pass, resumable at `state_path`)."""
-    import torch
-
-    from interp.graph import agreement
-    from interp.graph.sae_nodes import node_of_hook, sae_edge_scores, sae_node_effects, sae_split
-    from interp.hooks import capture
-    from sae.latent_pass import latent_cards, latent_pass
-
-    node = node_of_hook(graph, hook)
-    start = time.perf_counter()
-    effects = sae_node_effects(task, node, sae, graph)
-    edges = sae_edge_scores(task, node, sae, graph)
-    seconds = {"scores": time.perf_counter() - start}
-    with torch.no_grad():
-        acts = capture(task.model, task.clean_tokens, [hook], attention_mask=task.clean_mask)[hook]
-        f, error = sae_split(sae, acts)
-    x = acts.reshape(-1, acts.shape[-1]).double()
-    fvu_prompts = float(error.reshape(-1, x.shape[-1]).double().pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-    latents = effects[effects["kind"] == "latent"]
-    whole = effects.set_index("kind")
-    top = latents.loc[
-        latents["exact"].abs().sort_values(ascending=False, kind="stable").index[: config.sae_top_latents]
-    ]
-    start = time.perf_counter()
-    result = latent_pass(task.model, sae, hook, tokens, state_path, top=max(config.sae_contexts, 1))
-    cards = latent_cards(
-        task.model, sae, hook, tokens, result, [int(j) for j in top["latent"]], contexts=config.sae_contexts
-    )
-    seconds["contexts"] = time.perf_counter() - start
-    rows = []
-    for rank, (card, (_, row)) in enumerate(zip(cards, top.iterrows())):
-        for example in card["examples"] or [None]:
-            rows.append(
-                {
-                    "rank": rank,
-                    "node": row["upstream"],
-                    "latent": int(row["latent"]),
-                    "exact": float(row["exact"]),
-                    "eap": float(row["eap"]),
-                    "density": card["density"],
-                    "activation": None if example is None else example["activation"],
-                    "context": "(never active in the corpus pass)" if example is None else _context_text(example),
-                    "seq": None if example is None else example["seq"],
-                    "pos": None if example is None else example["pos"],
-                }
-            )
-    contexts = pd.DataFrame(rows)
-    ranked = pd.DataFrame({"upstream": latents["upstream"], "downstream": "", "effect": latents["eap"]})
-    truth = pd.DataFrame({"upstream": latents["upstream"], "downstream": "", "effect": latents["exact"]})
-    metrics = {
-        "path": str(config.sae),
-        "hook": hook,
-        "node": node,
-        "d_sae": int(sae.W_dec.shape[0]),
-        "fvu_corpus": corpus_fvu,
-        "fvu_prompts": fvu_prompts,
-        "l0_prompts": float((f > 0).sum(-1).double().mean()),
-        "n_changed_latents": effects.attrs["n_changed_latents"],
-        "node_exact": float(whole.loc["node", "exact"]),
-        "node_eap": float(whole.loc["node", "eap"]),
-        "error_exact": float(whole.loc["error", "exact"]),
-        "error_eap": float(whole.loc["error", "eap"]),
-        "latents_exact": float(whole.loc["latents", "exact"]),
-        "latents_eap": float(whole.loc["latents", "eap"]),
-        "error_share_exact": effects.attrs["error_share_exact"],
-        "error_share_eap": effects.attrs["error_share_eap"],
-        "latent_sum_exact": float(latents["exact"].sum()),
-        "agreement": agreement(ranked, truth, config.k) if len(latents) >= 2 else None,
-        "context_tokens": int(result.n_tokens),
-        "top_latents": [
-            {
-                "latent": int(j),
-                "exact": float(e),
-                "eap": float(a),
-                "top_context": next(iter(c["examples"]), {}).get("tokens"),
-            }
-            for j, e, a, c in zip(top["latent"], top["exact"], top["eap"], cards)
-        ],
-        "seconds": seconds,
-    }
-    return metrics, {"sae_nodes": effects, "sae_edges": edges, "sae_contexts": contexts}
-
-
-def load_circuit_sae(path: str):
-    """(SAE, the hook it reads, its FVU from the training run's metrics.json if there) for CircuitConfig.sae."""
-    import json
-
-    from sae.io import load_sae, read_sae_config
-
-    directory = Path(path)
-    sae_dir = directory / "sae" if (directory / "sae").is_dir() else directory
-    hook = (read_sae_config(sae_dir).get("metadata") or {}).get("hook_name")
-    if not hook:
-        raise InterpError(
-            f"sae={path!r}: its cfg.json has no metadata.hook_name, so the node it replaces is unknown; save it with a hook name."
-        )
-    fvu = None
-    metrics = sae_dir.parent / "metrics.json"
-    if metrics.is_file():
-        fvu = json.loads(metrics.read_text()).get("fvu")
-    return load_sae(sae_dir), hook, fvu
 
 
 def run(config: CircuitConfig, out: Path, *, overwrite: bool = False) -> Path:

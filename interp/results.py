@@ -13,34 +13,31 @@ A folder holds one run: `create` into a folder whose config.json records another
 resumes (the failure marker and an unreadable metrics.json of the earlier attempt are removed).
 
 Every file is written to a temporary name in the same folder and renamed into place, so a run
-killed mid-write leaves the previous file or none, never half of one.
+killed mid-write leaves the previous file or none, never half of one. Configs and metrics become JSON (and the
+config a dataclass again) in interp.config_json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import io
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import traceback
-import types
-import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from interp.config_json import config_differences, from_json_fields, loaded_class, to_jsonable
 from interp.errors import CorruptFileError, InterpError, did_you_mean
 from interp.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
 
@@ -83,94 +80,12 @@ def check_writable_dir(path: str | Path, argument: str = "--out") -> Path:
     return path
 
 
-def _config_differences(old: Any, new: Any, where: str = "") -> list[str]:
-    """Dotted names of the fields where two JSON configs differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            name = f"{where}.{key}" if where else str(key)
-            if key not in old or key not in new:
-                out.append(name)
-            else:
-                out += _config_differences(old[key], new[key], name)
-        return out
-    return [] if old == new else [where or "config"]
-
-
-def to_jsonable(value: Any, where: str) -> Any:
-    """Plain JSON values from configs and metrics (dataclasses, tuples, paths, enums, numpy and torch scalars)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value
-    if isinstance(value, enum.Enum):
-        return to_jsonable(value.value, where)
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, np.generic):
-        return value.item()
-    if type(value).__module__ == "torch":
-        if hasattr(value, "numel") and value.numel() == 1:
-            return value.item()
-        return str(value)  # torch.dtype, torch.device
-    raise InterpError(
-        f"{where} = {value!r} ({type(value).__name__}) cannot be written as JSON; use numbers, strings, lists, dicts or nested dataclasses."
-    )
-
-
 def _check_name(name: str, argument: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InterpError(
             f"{argument}={name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit (it becomes a file name)."
         )
     return name
-
-
-def _loaded_qualified(qualified: str) -> type:
-    """The class `module.Qualname` from a module already imported; this module never imports one itself
-    (interp/ imports nothing above it, and config.json must not be able to make it)."""
-    module_name, _, qualname = qualified.rpartition(".")
-    while module_name:
-        module = sys.modules.get(module_name)
-        if module is not None:
-            obj: Any = module
-            try:
-                for part in qualname.split("."):
-                    obj = getattr(obj, part)
-                return obj
-            except AttributeError:
-                pass
-        module_name, _, head = module_name.rpartition(".")
-        qualname = f"{head}.{qualname}"
-    raise ImportError(qualified)
-
-
-def _from_json_fields(cls: type, fields: Mapping[str, Any]) -> Any:
-    """cls(**fields) with JSON lists turned back into tuples and nested dataclasses rebuilt where the hints say so."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(fields) - known
-    if unknown:
-        raise InterpError(
-            f"config.json has fields {sorted(unknown)} that {cls.__qualname__} does not define; it was written by another version of the config."
-        )
-    kwargs = {}
-    for name, value in fields.items():
-        hint = hints.get(name)
-        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        nested = next((h for h in options if dataclasses.is_dataclass(h)), None)
-        if nested is not None and isinstance(value, Mapping):
-            value = _from_json_fields(nested, value)
-        elif isinstance(value, list) and any(typing.get_origin(h) is tuple or h is tuple for h in options):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
 
 
 class ResultsDir:
@@ -269,7 +184,7 @@ class ResultsDir:
                 "Pass --overwrite (overwrite=True) to replace that run, or choose a new folder."
             ) from None
         differ = [k for k in ("analysis", "config_type") if old.get(k) != record[k]]
-        differ += _config_differences(old.get("config"), record["config"])
+        differ += config_differences(old.get("config"), record["config"])
         if differ:
             shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
             raise InterpError(
@@ -387,13 +302,13 @@ class ResultsDir:
         record = self.record()
         if cls is None:
             try:
-                cls = _loaded_qualified(record["config_type"])
+                cls = loaded_class(record["config_type"])
             except (ImportError, KeyError):
                 raise InterpError(
                     f"the config class {record.get('config_type')!r} recorded in {self.config_path} is not imported; "
                     "import its module first, or pass cls= the dataclass to rebuild it with."
                 ) from None
-        return _from_json_fields(cls, record["config"])
+        return from_json_fields(cls, record["config"])
 
     def write_metrics(self, metrics: Mapping[str, Any], *, merge: bool = True) -> Path:
         """Write metrics.json; with merge, keys already there and not in `metrics` are kept."""

@@ -118,13 +118,15 @@ def aligned(model):
 
 
 @torch.no_grad()
-def unpadded_reference(task: PatchingTask, patches: list[tuple[str, int, object]]) -> list[float]:
+def unpadded_reference(
+    task: PatchingTask, clean_prompts: list[str], corrupted_prompts: list[str], patches: list[tuple[str, int, object]]
+) -> torch.Tensor:
     """Per (hook name, position, slice of the activation to patch): the mean logit difference over pairs,
     each pair run alone and unpadded with TransformerLens hooks. `position` counts in the padded
     sequence; where it falls on padding in a pair, that pair runs unpatched."""
-    model, values = task.model, torch.zeros(len(patches), len(ALIGN_CLEAN))
+    model, values = task.model, torch.zeros(len(patches), len(clean_prompts))
     for j, (clean, corrupted, answer, wrong) in enumerate(
-        zip(ALIGN_CLEAN, ALIGN_CORRUPTED, task.answer_tokens, task.wrong_tokens)
+        zip(clean_prompts, corrupted_prompts, task.answer_tokens, task.wrong_tokens)
     ):
         clean_tokens = model.to_tokens(clean, prepend_bos=model.cfg.default_prepend_bos)
         corrupted_tokens = model.to_tokens(corrupted, prepend_bos=model.cfg.default_prepend_bos)
@@ -142,7 +144,7 @@ def unpadded_reference(task: PatchingTask, patches: list[tuple[str, int, object]
                 hooks = [(hook_name, hook)]
             logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=hooks)
             values[i, j] = logits[0, -1, answer] - logits[0, -1, wrong]
-    return values.mean(1).tolist()
+    return values.mean(1)
 
 
 def test_align_with_unequal_corrupted_lengths_in_batches_matches_unpadded_runs(aligned):
@@ -152,9 +154,17 @@ def test_align_with_unequal_corrupted_lengths_in_batches_matches_unpadded_runs(a
     positions = [aligned.seq_len - min(lengths) - 1, aligned.seq_len - 2, aligned.seq_len - 1]
     assert 0 < aligned.corrupted_mask[:, positions[0]].sum() < 3
     resid = unpadded_reference(
-        aligned, [(f"blocks.{layer}.hook_resid_pre", p, lambda act: act) for layer in (1, 6) for p in positions]
+        aligned,
+        ALIGN_CLEAN,
+        ALIGN_CORRUPTED,
+        [(f"blocks.{layer}.hook_resid_pre", p, lambda act: act) for layer in (1, 6) for p in positions],
     )
-    heads = unpadded_reference(aligned, [("blocks.3.attn.hook_z", p, lambda act: act[:, :, 5]) for p in positions])
+    heads = unpadded_reference(
+        aligned,
+        ALIGN_CLEAN,
+        ALIGN_CORRUPTED,
+        [("blocks.3.attn.hook_z", p, lambda act: act[:, :, 5]) for p in positions],
+    )
     assert max(abs(e - aligned.corrupted_metric) for e in resid) > 0.5  # patches that matter
     for variants in (2, 3):
         budget = budget_for(aligned, variants)

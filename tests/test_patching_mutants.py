@@ -7,19 +7,16 @@ positions that are padding in some pairs, in batches of 2 and 3 variants, agains
 unpadded with TransformerLens hooks; and the errors for bad prompts, answers, sites and options.
 """
 
-import pandas as pd
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from interp import metrics
 from interp.errors import InterpError, OutOfRangeError, ShapeMismatchError, UnknownSiteError
-from interp.hooks import transient_bytes_per_sequence
 from interp.models import load_model
 from interp.patching import PatchingTask, patch_heads, patch_layer_positions, patch_neurons, patch_sites
-from interp.patching.engine import variants_per_batch
 from interp.sites import Site
 from tests.conftest import TINY_GQA
+from tests.test_engine_batches import budget_for, max_diff, unpadded_reference
 from tests.tiny_families import VOCAB, write_tokenizer
 
 
@@ -58,45 +55,6 @@ def aligned(worded):
     return PatchingTask(model, clean, corrupted, [5, 40, 77], [9, 60, 13], align=True), clean, corrupted
 
 
-def budget_for(task: PatchingTask, variants: int) -> int:
-    cfg = task.model.cfg
-    per_sequence = transient_bytes_per_sequence(task.model, task.seq_len) + cfg.d_vocab * cfg.dtype.itemsize
-    budget = variants * per_sequence * task.n_prompts
-    assert variants_per_batch(task, budget) == variants and variants_per_batch(task, budget - 1) == variants - 1
-    return budget
-
-
-@torch.no_grad()
-def unpadded(task, clean, corrupted, patches):
-    """Per (hook name, padded position, slice): the mean logit difference with each pair run alone and unpadded;
-    a position on padding in a pair leaves that pair unpatched."""
-    model = task.model
-    values = torch.zeros(len(patches), len(clean))
-    for j, (c, x) in enumerate(zip(clean, corrupted)):
-        clean_tokens, corrupted_tokens = model.to_tokens(c), model.to_tokens(x)
-        assert clean_tokens.shape == corrupted_tokens.shape
-        _, cache = model.run_with_cache(clean_tokens)
-        for i, (hook_name, position, select) in enumerate(patches):
-            p = position - (task.seq_len - corrupted_tokens.shape[1])
-            hooks = []
-            if p >= 0:
-
-                def hook(act, hook, p=p, select=select, clean_act=cache[hook_name]):
-                    select(act)[:, p] = select(clean_act)[:, p]
-                    return act
-
-                hooks = [(hook_name, hook)]
-            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=hooks)
-            values[i, j] = metrics.logit_diff(
-                logits[:, -1:], task.answer_tokens[j : j + 1], task.wrong_tokens[j : j + 1]
-            )
-    return values.mean(1)
-
-
-def max_diff(ours: pd.DataFrame, reference) -> float:
-    return float(abs(ours["metric"].to_numpy() - reference.numpy()).max())
-
-
 @pytest.mark.parametrize("variants", [2, 3])
 def test_align_with_unequal_lengths_in_batches_matches_unpadded_runs(aligned, variants):
     task, clean, corrupted = aligned
@@ -104,10 +62,12 @@ def test_align_with_unequal_lengths_in_batches_matches_unpadded_runs(aligned, va
     assert len(set(lengths)) == 3 and task.corrupted_mask[:, 0].tolist() == [0, 0, 1]
     positions = [task.seq_len - 6, task.seq_len - 2, task.seq_len - 1]  # the first is padding in the shortest pair
     assert task.corrupted_mask[:, positions[0]].tolist() == [0, 1, 1]
-    resid = unpadded(
+    resid = unpadded_reference(
         task, clean, corrupted, [(f"blocks.{lay}.hook_resid_pre", p, lambda a: a) for lay in (1, 2) for p in positions]
     )
-    heads = unpadded(task, clean, corrupted, [("blocks.1.attn.hook_z", p, lambda a: a[:, :, 2]) for p in positions])
+    heads = unpadded_reference(
+        task, clean, corrupted, [("blocks.1.attn.hook_z", p, lambda a: a[:, :, 2]) for p in positions]
+    )
     assert float((resid - task.corrupted_metric).abs().max()) > 0.05  # patches that move the metric
     budget = budget_for(task, variants)
     assert max_diff(patch_layer_positions(task, layers=[1, 2], positions=positions, memory_budget=budget), resid) < 1e-4

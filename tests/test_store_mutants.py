@@ -40,22 +40,26 @@ def build(model, tokens, out, **changes):
     return build_store(model, SITES, tokens, out, **args)
 
 
-def test_resume_after_a_stop_between_shard_and_manifest_is_byte_identical(tiny_model, tokens, tmp_path, monkeypatch):
-    clean = build(tiny_model, tokens, tmp_path / "clean")
-    assert [s["n_seq"] for s in clean.shards] == [4, 4, 4]
+def build_until_stop(model, tokens, out, monkeypatch) -> None:
+    """Build into `out`, stopped where a kill would land: the 2nd shard renamed into place, the manifest not yet listing it."""
     real_write = writer.write_json_atomic
 
     def write_or_stop(path, manifest):
-        # the 2nd shard is renamed into place; stop before the manifest lists it
         if path.name == "manifest.json" and len(manifest["shards"]) == 2 and not manifest["complete"]:
             raise Stop
         real_write(path, manifest)
 
     monkeypatch.setattr(writer, "write_json_atomic", write_or_stop)
-    stopped = tmp_path / "stopped"
     with pytest.raises(Stop):
-        build(tiny_model, tokens, stopped)
+        build(model, tokens, out)
     monkeypatch.setattr(writer, "write_json_atomic", real_write)
+
+
+def test_resume_after_a_stop_between_shard_and_manifest_is_byte_identical(tiny_model, tokens, tmp_path, monkeypatch):
+    clean = build(tiny_model, tokens, tmp_path / "clean")
+    assert [s["n_seq"] for s in clean.shards] == [4, 4, 4]
+    stopped = tmp_path / "stopped"
+    build_until_stop(tiny_model, tokens, stopped, monkeypatch)
     at_stop = json.loads((stopped / "manifest.json").read_text())
     assert len(at_stop["shards"]) == 1 and not at_stop["complete"]
     assert (stopped / "shard_00001.safetensors").exists()  # on disk, never listed: must not be trusted
@@ -560,17 +564,7 @@ def test_the_progress_bar_counts_tokens_and_is_silent_when_off(tiny_model, token
     err = capsys.readouterr().err
     assert "store loud" in err and "96.0/96.0" in err and "tok/s" in err
     # resumed after the first shard: the bar starts at 32 tokens and ends at 96
-    real_write = writer.write_json_atomic
-
-    def write_or_stop(path, manifest):
-        if path.name == "manifest.json" and len(manifest["shards"]) == 2 and not manifest["complete"]:
-            raise Stop
-        real_write(path, manifest)
-
-    monkeypatch.setattr(writer, "write_json_atomic", write_or_stop)
-    with pytest.raises(Stop):
-        build(tiny_model, tokens, tmp_path / "resumed")
-    monkeypatch.setattr(writer, "write_json_atomic", real_write)
+    build_until_stop(tiny_model, tokens, tmp_path / "resumed", monkeypatch)
     capsys.readouterr()
     build(tiny_model, tokens, tmp_path / "resumed", progress=True)
     err = capsys.readouterr().err

@@ -25,7 +25,9 @@ import pandas as pd
 
 from interp.errors import InterpError
 from interp.graph.graph import LOGITS, ComputationGraph
-from interp.graph.scores import _graph, circuit_metrics_within, corrupted_residuals, corrupted_senders
+from interp.graph.graph import task_graph as _graph
+from interp.graph.candidate_circuits import circuit_metrics_within, corrupted_residuals
+from interp.graph.circuit_metrics import corrupted_senders
 from interp.patching.engine import DEFAULT_MEMORY_BUDGET
 from interp.patching.task import PatchingTask
 

@@ -19,7 +19,7 @@ Names: senders "embed", "a{L}.h{H}", "m{L}"; receivers "a{L}.h{H}.q", "a{L}.kv{G
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -30,6 +30,7 @@ from transformer_lens import HookedTransformer
 
 from interp.errors import InterpError, UnknownSiteError, did_you_mean
 from interp.hooks import capture
+from interp.patching.task import PatchingTask
 from interp.sites import n_heads
 
 LOGITS = "logits"
@@ -238,6 +239,16 @@ def sender_hooks(graph: ComputationGraph) -> list[str]:
     ]
 
 
+def sender_slices(graph: ComputationGraph) -> dict[str, tuple[int, int]]:
+    """Per sender hook, the range of sender indices it produces (embedding, a layer's heads, a layer's MLP)."""
+    slices, i = {"blocks.0.hook_resid_pre": (0, 1)}, 1
+    for layer in range(graph.n_layers):
+        slices[f"blocks.{layer}.attn.hook_z"] = (i, i + graph.n_heads)
+        slices[f"blocks.{layer}.hook_mlp_out"] = (i + graph.n_heads, i + graph.n_heads + 1)
+        i += graph.n_heads + 1
+    return slices
+
+
 def stack_senders(graph: ComputationGraph, acts: dict[str, Tensor]) -> Float[Tensor, "senders batch pos d_model"]:
     """Every sender's output from a cache of `sender_hooks` (a head's output is its z through its rows of W_O)."""
     model, parts = graph.model, [acts["blocks.0.hook_resid_pre"][None]]
@@ -258,3 +269,19 @@ def sender_outputs(
                 graph.model, tokens, sender_hooks(graph), attention_mask=attention_mask, stop_at_layer=graph.n_layers
             ),
         )
+
+
+def sender_deltas(
+    task: PatchingTask, graph: ComputationGraph, extra_clean_hooks: Sequence[str] = ()
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """corrupted - clean output of every sender, and the clean run's activations at `extra_clean_hooks`."""
+    with torch.no_grad():
+        clean = capture(
+            task.model,
+            task.clean_tokens,
+            set(sender_hooks(graph)) | set(extra_clean_hooks),
+            attention_mask=task.clean_mask,
+            stop_at_layer=graph.n_layers,
+        )
+        delta = sender_outputs(graph, task.corrupted_tokens, task.corrupted_mask) - stack_senders(graph, clean)
+    return delta, clean
