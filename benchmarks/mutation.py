@@ -402,6 +402,12 @@ def main() -> None:
         action="store_true",
         help="run the survivors and no-test mutants again against the current tests (and those not run yet)",
     )
+    parser.add_argument(
+        "--retest-timeouts",
+        action="store_true",
+        help="with --retest, also the mutants that timed out (a timeout counts as a kill, so a run starved of CPU can "
+        "overstate the kill rate: rerun them on a quiet machine)",
+    )
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
     args = parser.parse_args()
@@ -440,7 +446,13 @@ def main() -> None:
         names: list[str] = []
         if args.retest and resumed and exit_codes(copy):
             # the survivors and the mutants no test reached, against the current tests, and those not run yet
-            names = [name for name, code in exit_codes(copy).items() if code in (None, 0, 33)]
+            again = (
+                None,
+                0,
+                33,
+                *([code for code, status in STATUS.items() if status == "timeout"] if args.retest_timeouts else []),
+            )
+            names = [name for name, code in exit_codes(copy).items() if code in again]
             if not names:
                 print(f"{module}: no survivors to test again", flush=True)
                 continue
