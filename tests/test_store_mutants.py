@@ -583,3 +583,68 @@ def test_text_tokens_outside_the_models_vocabulary_are_refused(tmp_path):
     corpus.write_text("\n".join(f"The capital of France is Paris, {i} times." for i in range(30)))
     with pytest.raises(InterpError, match=r"^build_store\(corpus=\.\.\.\): token ids must lie in 0\.\.100 "):
         build_store(model, SITES[:1], corpus, tmp_path / "s", n_tokens=4 * SEQ, seq_len=SEQ, progress=False)
+
+
+def test_the_readers_own_refusals_word_for_word(store, tmp_path):
+    """ActivationStore's checks before the field checks: no manifest, not JSON, not an object, another format,
+    incomplete; each message exactly (the path, what was found, the fix)."""
+    from interp.store import FORMAT_VERSION, MANIFEST
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InterpError) as error:
+        ActivationStore(empty)
+    assert str(error.value) == (
+        f"ActivationStore(path={str(empty)!r}): no {MANIFEST} there, so it is not an activation store. Build one with "
+        "interp.store.build_store(...)."
+    )
+    manifest = empty / MANIFEST
+    for payload, found in (
+        (b"{not json", "not valid JSON (JSONDecodeError)"),
+        (b"\xff\xfe", "not valid JSON (UnicodeDecodeError)"),
+    ):
+        manifest.write_bytes(payload)
+        with pytest.raises(CorruptFileError) as error:
+            ActivationStore(empty)
+        assert str(error.value) == (
+            f"{manifest} is {found}. The store is damaged: rebuild it with build_store(...) into a new directory."
+        )
+    manifest.write_text("[1, 2]")
+    with pytest.raises(CorruptFileError) as error:
+        ActivationStore(empty)
+    assert str(error.value) == f"{manifest} holds a JSON list, not a store manifest. Rebuild the store."
+    edited = dict(store.manifest, format=FORMAT_VERSION + 98)
+    manifest.write_text(json.dumps(edited))
+    with pytest.raises(CorruptFileError) as error:
+        ActivationStore(empty)
+    assert str(error.value) == (
+        f"{manifest}: store format {FORMAT_VERSION + 98!r}, this toolkit reads format {FORMAT_VERSION}. Rebuild the store."
+    )
+    incomplete = store.path / MANIFEST
+    incomplete.write_text(json.dumps(dict(store.manifest, complete=False, n_tokens_target=store.n_tokens + SEQ)))
+    with pytest.raises(InterpError) as error:
+        ActivationStore(store.path)
+    assert str(error.value) == (
+        f"The store at {store.path} is incomplete ({store.n_tokens} of {store.n_tokens + SEQ} tokens). Resume it by "
+        "calling build_store(...) again with the same arguments, or pass allow_incomplete=True to read what is there."
+    )
+
+
+def test_site_keys_and_a_config_without_a_field():
+    assert site_key(Site(1, "z", head=2)) == "blocks.1.attn.hook_z:head=2"
+    assert site_key(Site(1, "mlp_post", neuron=7)) == "blocks.1.mlp.hook_post:neuron=7"
+    assert site_key(Site(0, "resid_post")) == "blocks.0.hook_resid_post"
+    model = load_model(TINY_GQA, seed=0)
+    del model.cfg.__dict__["n_key_value_heads"]  # a config without the field: recorded as None, not an error
+    assert model_fingerprint(model)["config"]["n_key_value_heads"] == "None"
+
+
+def test_a_store_built_into_a_new_nested_folder_and_refused_to_another_model(tiny_model, tokens, tmp_path):
+    nested = tmp_path / "a" / "b" / "store"
+    built = build(tiny_model, tokens, nested)
+    assert built.n_tokens == 12 * SEQ and built.shards and sum(s["n_seq"] for s in built.shards) == 12
+    other = load_model(dict(TINY_GQA, d_mlp=96), seed=1)
+    with pytest.raises(
+        InterpError, match=r"that directory holds a store built with different model\. Pass a new out_dir"
+    ):
+        build(other, tokens, nested)
