@@ -408,7 +408,8 @@ def sae_train(
     from interp.store import open_store, store_lock
     from sae.activations import site_width
     from sae.models import make_config
-    from sae.train import TrainConfig, train_at_site
+    from sae.site_training import train_at_site
+    from sae.train import TrainConfig
 
     if plan:
         _join_torchrun("interp sae train", plan)  # refused under torchrun
@@ -474,15 +475,15 @@ def _plan_sae_train(lm, site: str, sae_cfg, cfg, output_site: str | None, source
 def _check_sae_resume(out: Path, cfg, architecture: str, d_sae: int, seed: int, site: str, fields: dict) -> None:
     """Compare the latest checkpoint's settings with these (d_in, which the site fixes, is taken from the checkpoint)."""
     from sae.models import make_config
-    from sae.train import _check_resume, _load_latest
+    from sae.checkpoints import check_resume, load_latest
 
-    state = _load_latest(out) if out.is_dir() else None
+    state = load_latest(out) if out.is_dir() else None
     if state is None:
         return
     sae_cfg = make_config(
         architecture, d_in=state.get("sae_config", {}).get("d_in", 1), d_sae=d_sae, seed=seed, **fields
     )
-    _check_resume(out, state, sae_cfg, cfg, site)
+    check_resume(out, state, sae_cfg, cfg, site)
 
 
 def _clear_sae_dir(out: Path) -> None:

@@ -23,18 +23,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.fileio import atomic_path, atomic_write_bytes
-from interp.errors import CorruptFileError, InterpError, NonFiniteError, OutOfRangeError, ShapeMismatchError
+from interp.fileio import atomic_write_bytes
+from interp.errors import InterpError, NonFiniteError, OutOfRangeError, ShapeMismatchError
 from sae.models import Sae, SaeConfig, build_sae
+from sae.checkpoints import RESUME_IGNORES, check_resume, checkpoint_note, load_latest, save_checkpoint  # noqa: F401 (RESUME_IGNORES re-exported)
 from sae.models.base import LossScale, default_lr, global_sum
 
 
 # NonFiniteError (from interp.errors, re-exported here): NaN or Inf in activations or the loss; training stops, checkpoints kept.
-RESUME_IGNORES = (
-    "checkpoint_every",
-    "log_every",
-    "keep_checkpoints",
-)  # bookkeeping: may change between a run and its resume
 
 
 @dataclass(frozen=True)
@@ -156,67 +152,7 @@ def _check_batch(x: Tensor, step: int, d_in: int, batch_size: int, out_dir: Path
         bad = (~torch.isfinite(x)).any(1).nonzero()[:, 0]
         raise NonFiniteError(
             f"batches: the activations of step {step} contain NaN or Inf in {len(bad)} rows (first: row {int(bad[0])}). "
-            f"Training stopped; {_checkpoint_note(out_dir)} Check the source activations (dtype overflow, a corrupt shard)."
-        )
-
-
-def _checkpoint_note(out_dir: Path | None) -> str:
-    latest = _checkpoints(out_dir)[-1:] if out_dir else []
-    return (
-        f"the last checkpoint {latest[0]} is kept; rerun with the same out_dir to resume from it."
-        if latest
-        else "no checkpoint had been written yet."
-    )
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
-    return sorted((out_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-
-
-def _save_checkpoint(out_dir: Path, state: dict, keep: int) -> None:
-    folder = out_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{state['step']:08d}.pt"
-    with atomic_path(path) as tmp:  # a kill mid-write leaves the previous checkpoint intact
-        torch.save(state, tmp)
-    for old in _checkpoints(out_dir)[:-keep]:
-        old.unlink()
-
-
-def _load_latest(out_dir: Path) -> dict | None:
-    found = _checkpoints(out_dir) if out_dir else []
-    if not found:
-        return None
-    try:
-        return torch.load(found[-1], weights_only=False)
-    except Exception as exc:
-        raise CorruptFileError(
-            f"Checkpoint {found[-1]} cannot be read ({exc}). Delete it to resume from the one before."
-        ) from exc
-
-
-def _check_resume(out_dir: Path, state: dict, sae_cfg: SaeConfig, cfg: TrainConfig, hook_name: str | None) -> None:
-    """Refuse to continue checkpoints written with other settings, naming the fields that differ."""
-    saved_sae, wanted_sae = state.get("sae_config", {}), sae_cfg.to_dict()
-    differ = [
-        f"sae.{k} (saved {saved_sae.get(k)!r}, asked {wanted_sae.get(k)!r})"
-        for k in sorted(set(saved_sae) | set(wanted_sae))
-        if saved_sae.get(k) != wanted_sae.get(k)
-    ]
-    saved_train, wanted_train = state.get("train_config"), asdict(cfg)
-    if saved_train is not None:
-        for k in sorted(set(saved_train) | set(wanted_train)):
-            old, new = saved_train.get(k), wanted_train.get(k)
-            if k not in RESUME_IGNORES and (list(old) if isinstance(old, tuple) else old) != (
-                list(new) if isinstance(new, tuple) else new
-            ):
-                differ.append(f"train.{k} (saved {old!r}, asked {new!r})")
-    if hook_name is not None and state.get("hook_name") not in (None, hook_name):
-        differ.append(f"site (saved {state['hook_name']!r}, asked {hook_name!r})")
-    if differ:
-        raise InterpError(
-            f"{out_dir} holds checkpoints of another run (a different SAE config or training settings): {'; '.join(differ)}. A run directory holds one run: "
-            "use a new --out, the same settings to resume, or --overwrite to start again."
+            f"Training stopped; {checkpoint_note(out_dir)} Check the source activations (dtype overflow, a corrupt shard)."
         )
 
 
@@ -253,9 +189,9 @@ def train_sae(
     fvu_by_step: list[float] = []
     start, input_scale, plateau = 0, 1.0, None
 
-    state = _load_latest(out_dir) if out_dir else None
+    state = load_latest(out_dir) if out_dir else None
     if state is not None:
-        _check_resume(out_dir, state, sae_cfg, cfg, hook_name)
+        check_resume(out_dir, state, sae_cfg, cfg, hook_name)
         sae.load_state_dict(state["sae"])
         optimiser.load_state_dict(state["optimiser"])
         silent_tokens, curve, start, input_scale = (
@@ -292,7 +228,7 @@ def train_sae(
         out = sae.training_step(x, silent_tokens >= cfg.dead_after_tokens, scale, step)
         if not torch.isfinite(out.loss):
             raise NonFiniteError(
-                f"The loss became {out.loss.item()} at step {step} (lr {lr:.2e}). Training stopped; {_checkpoint_note(out_dir)} Lower TrainConfig.lr."
+                f"The loss became {out.loss.item()} at step {step} (lr {lr:.2e}). Training stopped; {checkpoint_note(out_dir)} Lower TrainConfig.lr."
             )
         out.loss.backward()
         if world > 1:
@@ -347,7 +283,7 @@ def train_sae(
         if step + 1 == end and step % cfg.log_every:
             curve.append(row)
         if out_dir is not None and rank == 0 and at_checkpoint:
-            _save_checkpoint(
+            save_checkpoint(
                 out_dir,
                 dict(
                     step=step + 1,
@@ -443,94 +379,6 @@ def _init_b_dec(sae: Sae, x: Tensor, how: str) -> None:
         sae.b_dec.copy_(geometric_median(x))
     elif how == "mean":
         sae.b_dec.copy_(x.mean(0))
-
-
-def train_at_site(
-    model,
-    site: str,
-    sae_cfg: SaeConfig,
-    cfg: TrainConfig,
-    out_dir: str | os.PathLike,
-    *,
-    train_tokens: Tensor | None = None,
-    store=None,
-    eval_tokens: Tensor | None = None,
-    progress: bool = True,
-    output_site: str | None = None,
-) -> TrainResult:
-    """`interp sae train`: train at `site` from a store or on the fly from `train_tokens`, then evaluate on `eval_tokens`.
-
-    A transcoder reads `site` (an MLP's input) and writes `output_site` (its output); it trains from train_tokens.
-
-    Writes out_dir/{sae/, checkpoints/, training_curve.parquet, config.json, metrics.json, eval/}.
-    """
-    from interp.sites import as_site
-    from sae.activations import ModelBatches, StoreBatches, site_width
-
-    site = as_site(model, site).hook_name
-    width = site_width(model, site)
-    if width != sae_cfg.d_in:
-        raise ShapeMismatchError(
-            f"{type(sae_cfg).__name__}(d_in={sae_cfg.d_in}) does not match {site}, whose activations are {width} wide. Use d_in={width}."
-        )
-    if (store is None) == (train_tokens is None):
-        raise InterpError(
-            "train_at_site: pass exactly one of store= (an interp.store.ActivationStore) or train_tokens= ([seqs, pos] token ids)."
-        )
-    transcoder = hasattr(sae_cfg, "d_out")
-    if transcoder != (output_site is not None):
-        raise InterpError(
-            f"train_at_site: output_site={output_site!r} with a {sae_cfg.architecture} SAE; a transcoder needs output_site "
-            "(e.g. blocks.L.hook_mlp_out with site blocks.L.ln2.hook_normalized), an SAE takes none."
-        )
-    if transcoder:
-        output_site = as_site(model, output_site).hook_name
-        if site_width(model, output_site) != sae_cfg.d_out:
-            raise ShapeMismatchError(
-                f"{type(sae_cfg).__name__}(d_out={sae_cfg.d_out}) does not match {output_site}, whose activations are {site_width(model, output_site)} wide."
-            )
-        if store is not None:
-            raise InterpError(
-                "train_at_site: a transcoder trains on the fly from train_tokens= (the store holds one site per batch)."
-            )
-    batches = (
-        StoreBatches(store, site, cfg.batch_size, seed=sae_cfg.seed)
-        if store is not None
-        else ModelBatches(
-            model, train_tokens, (site, output_site) if transcoder else site, cfg.batch_size, seed=sae_cfg.seed
-        )
-    )
-    result = train_sae(
-        sae_cfg,
-        batches,
-        cfg,
-        out_dir,
-        progress=progress,
-        hook_name=site,
-        model_name=getattr(model.cfg, "model_name", None),
-        hook_name_out=output_site,
-    )
-    out_dir = Path(out_dir)
-    metrics = {"final_" + k: v for k, v in result.curve.iloc[-1].items()} if len(result.curve) else {}
-    if eval_tokens is not None and _dist()[0] == 0:
-        from sae.evaluate import evaluate_saved
-
-        metrics.update(evaluate_saved(out_dir, model, eval_tokens, probing=False, absorption=False).metrics)
-    if _dist()[0] == 0:
-        from interp.results import ResultsDir
-
-        # written when training is done, through ResultsDir like every run (so `interp dashboard` reads it); a resumed
-        # run may have extended the steps, which _check_resume allowed, so the previous record is replaced, not compared
-        (out_dir / "config.json").unlink(missing_ok=True)
-        record = SaeTrainRun(
-            site=site,
-            sae=sae_cfg.to_dict(),
-            train=asdict(cfg),
-            source="store" if store is not None else "model",
-            output_site=output_site,
-        )
-        ResultsDir.create(out_dir, record, title=f"SAE at {site}").write_metrics(metrics, merge=False)
-    return result
 
 
 @dataclass(frozen=True)

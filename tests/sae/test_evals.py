@@ -229,7 +229,8 @@ def test_transcoder_trained_at_two_sites_evaluates_from_its_saved_sites_and_the_
     from sae.evaluate import evaluate_saved
     from sae.io import read_sae_config
     from sae.models import TranscoderConfig
-    from sae.train import TrainConfig, train_at_site
+    from sae.site_training import train_at_site
+    from sae.train import TrainConfig
 
     site_in, site_out = "blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out"
     train_tokens = torch.randint(0, tiny_model.cfg.d_vocab, (32, 16), generator=GEN(7))

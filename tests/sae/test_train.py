@@ -17,7 +17,8 @@ from scipy.optimize import minimize
 from interp.errors import CorruptFileError, InterpError, ShapeMismatchError
 from sae.activations import ModelBatches, StoreBatches, TensorBatches, site_width
 from sae.models import JumpReluConfig, ReluConfig, TopKConfig, BatchTopKConfig
-from sae.train import NonFiniteError, TrainConfig, geometric_median, lr_at, train_at_site, train_sae
+from sae.site_training import train_at_site
+from sae.train import NonFiniteError, TrainConfig, geometric_median, lr_at, train_sae
 
 WORKER = Path(__file__).with_name("train_worker.py")
 REPO = Path(__file__).parents[2]
