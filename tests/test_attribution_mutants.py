@@ -273,3 +273,106 @@ def test_bound_input_errors_name_the_argument(node_task, node_graph, node_scores
         bound(node_task, node_scores, "graph")
     with pytest.raises(InterpError, match="memory_budget=0"):
         bound(node_task, node_scores, node_graph, memory_budget=0)
+
+
+# node tables, and padded prompts through the node paths
+
+
+def test_node_tables_follow_their_format(node_task, node_graph):
+    from interp.attribution.graddrop import patch_nodes
+
+    task = node_task
+    tables = {
+        "exact": patch_nodes(task, node_graph),
+        "atp": attribute_nodes(task, node_graph, method="atp"),
+        "atp+graddrop": attribute_nodes(task, node_graph),
+    }
+    for method, frame in tables.items():
+        assert list(frame.columns[:8]) == [
+            "node", "component", "layer", "head", "metric", "effect", "restoration", "method"
+        ], method  # fmt: skip
+        assert frame.index.name == "node_id" and list(frame.index) == list(range(len(node_graph.senders)))
+        assert str(frame["layer"].dtype) == "Int64" and str(frame["head"].dtype) == "Int64"
+        assert frame["effect"].dtype == np.float64 and (frame["method"] == method).all()
+        assert list(frame["node"]) == [s.name for s in node_graph.senders]
+        assert frame["layer"].isna().sum() == 1 and frame["head"].notna().sum() == sum(
+            s.head is not None for s in node_graph.senders
+        )
+        np.testing.assert_allclose(frame["metric"], task.clean_metric + frame["effect"])
+        gap = task.clean_metric - task.corrupted_metric
+        np.testing.assert_allclose(frame["restoration"], (frame["metric"] - task.corrupted_metric) / gap, rtol=1e-5)
+        assert frame.attrs == {
+            "metric": task.metric_name,
+            "clean_metric": task.clean_metric,
+            "corrupted_metric": task.corrupted_metric,
+            "method": method,
+        }
+    graddrop = tables["atp+graddrop"]
+    layers = [c for c in graddrop.columns if c.startswith("graddrop_l")]
+    # AtP* GradDrop: the sum of |AtP_l| over the L dropped layers over L - 1 (the paper's normalisation)
+    expected = graddrop[layers].abs().sum(axis=1).to_numpy() / (len(layers) - 1)
+    assert len(layers) == node_graph.n_layers and graddrop["score"].to_numpy() == pytest.approx(expected)
+    with pytest.raises(
+        InterpError, match=r"^method='graddrop' is not a node attribution method\. Known: atp, atp\+graddrop\.$"
+    ):
+        attribute_nodes(task, node_graph, method="graddrop")
+    with pytest.raises(InterpError, match=r"^node_sets is empty: pass at least one set of nodes to patch together\.$"):
+        from interp.attribution.graddrop import patch_node_sets
+
+        patch_node_sets(task, node_graph, [])
+
+
+def test_node_paths_with_padded_prompts_equal_each_pair_alone(aligned_nodes):
+    """align=True with three prompt lengths: node patching, node sets (from the embeddings and from layer 1), AtP and
+    GradDrop's per-layer estimates equal the mean of each pair run alone, unpadded (the metric is a mean over pairs)."""
+    from interp.attribution.graddrop import patch_node_sets, patch_nodes
+    from interp.patching import PatchingTask
+
+    task, clean, corrupted, answers, wrong = aligned_nodes
+    assert task.corrupted_mask is not None and len(set(task.corrupted_mask.sum(1).tolist())) == 3
+    graph = ComputationGraph(task.model)
+    singles = [PatchingTask(task.model, [c], [k], [a], [w]) for c, k, a, w in zip(clean, corrupted, answers, wrong)]
+
+    def mean_alone(fn):
+        return np.mean([fn(single) for single in singles], axis=0)
+
+    exact = patch_nodes(task, graph)["effect"].to_numpy()
+    assert np.abs(exact).max() > 0.05
+    np.testing.assert_allclose(exact, mean_alone(lambda t: patch_nodes(t)["effect"].to_numpy()), atol=1e-4)
+    sets = [["embed", "m1"], ["a1.h0", "m2"], ["m0"]]
+    np.testing.assert_allclose(
+        patch_node_sets(task, graph, sets, memory_budget=1),  # one set per batch
+        mean_alone(lambda t: patch_node_sets(t, None, sets)),
+        atol=1e-4,
+    )
+    ours = attribute_nodes(task, graph)
+    layers = [c for c in ours.columns if c.startswith("graddrop_l")]
+    reference = mean_alone(lambda t: attribute_nodes(t)[["effect", *layers]].to_numpy())
+    np.testing.assert_allclose(ours[["effect", *layers]].to_numpy(), reference, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def aligned_nodes(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from interp.models import load_model
+    from interp.patching import PatchingTask
+    from tests.conftest import TINY_GQA
+    from tests.test_patching_mutants import prompts
+    from tests.tiny_families import VOCAB, write_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    write_tokenizer(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = load_model(dict(TINY_GQA, d_vocab=VOCAB), seed=0)
+    model.set_tokenizer(tokenizer, default_padding_side="right")
+    words = [
+        t
+        for i in range(3, VOCAB)
+        if (t := tokenizer.decode([i])).startswith(" ")
+        and t[1:].isalpha()
+        and tokenizer.encode(t, add_special_tokens=False) == [i]
+    ]
+    clean, corrupted = prompts(words, [4, 6, 9], seed=3)
+    answers, wrong = [5, 40, 77], [9, 60, 13]
+    return PatchingTask(model, clean, corrupted, answers, wrong, align=True), clean, corrupted, answers, wrong
