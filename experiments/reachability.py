@@ -61,20 +61,21 @@ class ReachabilityConfig:
     graph: GraphConfig = field(
         default_factory=lambda: GraphConfig(n_node_ids=24, n_levels=3, min_width=2, max_width=2, n_edges=16)
     )
-    # d_model 64, not the issue's 128: measured, the three processes get ~0.1 core each on the shared machine
-    # (load ~9 on 2 cores), so d_model 128 (~0.4 core-s per step) would reach ~1,500 steps in the time box (FINDINGS.md)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=64, n_heads=4, d_mlp=256))
+    # d_model 128 (the issue's floor), d_mlp 512: measured in session 5 against d_model 64 at the same recipe and
+    # 7,200 steps, 128 learns faster and ends higher (continuous 0.97 vs 0.95 on the curve set, FINDINGS.md); ~0.45 s a
+    # step per process on an idle core, so the full run takes ~75 min of the 2-hour box
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=128, n_heads=4, d_mlp=512))
     # Deviation from the authors (issue 14, FINDINGS.md): the auxiliary dense lookup objective with attention
     # supervision (lookup_aux_queries=8, source labels, layer-2 head 0 onto the queried node's edge targets), alone for
     # the first 200 steps, then added to every step. Without it the one-hop lookup every format needs stays at ~0.30
     # (chance 0.13) for 6,000+ steps and all formats sit at chance; with it the lookup is at 0.88-0.96 by step 200.
     # Then 130 steps per pre-final stage and the final stage from step 590 (>= half the steps); constant lr (as the
-    # authors), so `steps` can be cut or extended on resume. 4,800 steps (session 4): at 1,200 both curves were still
-    # rising (continuous 0.80 at 2,200); measured 0.85-1.3 s per step per process at load 6-11, the two long formats
-    # fit the 2-hour box with no CoT after them (`no_cot_steps`) and the analysis (FINDINGS.md).
+    # authors), so `steps` can be cut or extended on resume. 7,200 steps (session 5): at 4,800 both curves were still
+    # rising; by 7,200 the d_model-64 curves were flat over their last 20% (FINDINGS.md). The two long formats train in
+    # parallel, no CoT after them (`no_cot_steps`), then the analysis.
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=4800,
+            steps=7200,
             batch_size=64,
             lr=2e-3,
             warmup_steps=100,
