@@ -7,6 +7,7 @@ positions that are padding in some pairs, in batches of 2 and 3 variants, agains
 unpadded with TransformerLens hooks; and the errors for bad prompts, answers, sites and options.
 """
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -150,3 +151,78 @@ def test_bad_sites_and_options_are_named(tiny_task):
 def tiny_task(tiny_model):
     tokens = torch.randint(0, tiny_model.cfg.d_vocab, (2, 2, 6), generator=torch.Generator().manual_seed(0))
     return PatchingTask(tiny_model, tokens[0], tokens[1], answers=[3, 7], wrong_answers=[9, 1])
+
+
+def test_the_result_table_and_its_progress_bar(tiny_task, capsys):
+    from interp.patching import RESULT_COLUMNS
+
+    sites = [Site(0, "z", head=1), Site(1, "mlp_post", neuron=3), Site(1, "resid_pre", position=2)]
+    frame = patch_sites(tiny_task, sites, progress=True)
+    bar = capsys.readouterr().err
+    assert "patching" in bar and "3/3" in bar and "variant" in bar
+    assert list(frame.columns) == RESULT_COLUMNS == [
+        "component", "layer", "head", "neuron", "position", "hook_name", "metric", "restoration"
+    ]  # fmt: skip
+    assert list(frame["component"]) == ["z", "mlp_post", "resid_pre"]
+    assert list(frame["hook_name"]) == ["blocks.0.attn.hook_z", "blocks.1.mlp.hook_post", "blocks.1.hook_resid_pre"]
+    for column, values in (("head", [1, None, None]), ("neuron", [None, 3, None]), ("position", [None, None, 2])):
+        assert str(frame[column].dtype) == "Int64"
+        assert [None if v is pd.NA else int(v) for v in frame[column]] == values
+    assert frame.attrs == {
+        "metric": tiny_task.metric_name,
+        "clean_metric": tiny_task.clean_metric,
+        "corrupted_metric": tiny_task.corrupted_metric,
+    }
+    patch_sites(tiny_task, sites)  # 3 variants in one batch: no bar unless asked
+    assert capsys.readouterr().err == ""
+    with pytest.raises(InterpError, match=r"^sites is empty: pass at least one Site or hook name to patch\.$"):
+        patch_sites(tiny_task, [])
+
+
+def test_sweep_defaults_and_the_argument_each_error_names(tiny_task):
+    heads = patch_heads(tiny_task, layers=[0])
+    assert heads["position"].isna().all() and list(heads["component"].unique()) == ["z"]
+    neurons = patch_neurons(tiny_task, layers=[1], neurons=[0, 2])
+    assert list(neurons["component"].unique()) == ["mlp_post"] and neurons["position"].isna().all()
+    with pytest.raises(UnknownSiteError, match=r"^patch_heads\(component='resid_pre'\) is not supported\. Choose one"):
+        patch_heads(tiny_task, component="resid_pre")
+    with pytest.raises(UnknownSiteError, match=r"^patch_neurons\(component='z'\) is not supported\. Choose one of: "):
+        patch_neurons(tiny_task, component="z")
+    for kwargs, argument in (
+        (dict(heads=[]), "heads"),
+        (dict(layers=[]), "layers"),
+        (dict(by_position=True, positions=[]), "positions"),
+    ):
+        with pytest.raises(InterpError, match=rf"^{argument} is empty: pass at least one index, or None for all"):
+            patch_heads(tiny_task, **kwargs)
+    for kwargs, argument in (
+        (dict(neurons=[]), "neurons"),
+        (dict(layers=[]), "layers"),
+        (dict(positions=[]), "positions"),
+    ):
+        with pytest.raises(InterpError, match=rf"^{argument} is empty: pass at least one index"):
+            patch_neurons(tiny_task, **kwargs)
+
+
+def test_ablations_sharing_a_hook_in_one_batch_equal_each_alone(tiny_model):
+    """Several ablations at the same hook (other heads, other neurons) in one stacked batch: each equals its own call."""
+    from interp.interventions import Ablation
+    from interp.patching.ablate import ablated_last_logits
+
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (3, 6), generator=torch.Generator().manual_seed(4))
+    ablations = [
+        Ablation((Site(1, "z", head=0),)),
+        Ablation((Site(1, "z", head=2),)),
+        Ablation((Site(0, "mlp_post", neuron=3), Site(1, "z", head=1))),
+        Ablation((Site(0, "mlp_post", neuron=5),)),
+    ]
+    batched = ablated_last_logits(tiny_model, tokens, ablations)
+    alone = torch.stack([ablated_last_logits(tiny_model, tokens, [a])[0] for a in ablations])
+    assert batched.shape == (4, 3, tiny_model.cfg.d_vocab)
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    assert float((batched[0] - batched[1]).abs().max()) > 1e-3  # the ablations differ
+    kept = ablated_last_logits(tiny_model, tokens, ablations, reduce=lambda logits: logits[..., :7].sum(-1))
+    torch.testing.assert_close(kept, batched[..., :7].sum(-1), atol=1e-5, rtol=1e-5)
+    assert ablated_last_logits(tiny_model, tokens, []).shape == (0, 3, tiny_model.cfg.d_vocab)
+    with pytest.raises(InterpError, match=r"^ablated_last_logits\(memory_budget=0\): must be a positive number"):
+        ablated_last_logits(tiny_model, tokens, ablations, memory_budget=0)
