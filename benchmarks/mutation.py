@@ -254,6 +254,8 @@ EQUIVALENT.update(
         "only when a draw equals p exactly (probability 2**-53 per draw)",
         "interp.attribution.atp.x_attribution_sweep__mutmut_20": "method None for the effects: the method changes an "
         "effect only at q / k sites (AtP*'s QK fix) and no named sweep holds one; the table still gets the method",
+        "interp.patching.engine.x_patch_sites__mutmut_44": "world >= 1 instead of > 1: in one process the batches are "
+        "dealt to a single rank (all of them, reordered by cost) and each value is stored by its site index",
     }
 )
 # Survivors left on purpose: a device move (`.to(model.cfg.device)` -> `.to(None)` or dropped) is a no-op on a

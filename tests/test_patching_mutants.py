@@ -226,3 +226,40 @@ def test_ablations_sharing_a_hook_in_one_batch_equal_each_alone(tiny_model):
     assert ablated_last_logits(tiny_model, tokens, []).shape == (0, 3, tiny_model.cfg.d_vocab)
     with pytest.raises(InterpError, match=r"^ablated_last_logits\(memory_budget=0\): must be a positive number"):
         ablated_last_logits(tiny_model, tokens, ablations, memory_budget=0)
+
+
+def test_torchrun_shards_of_the_batches_by_hand():
+    """shard_batches: a batch at layer L costs (n_layers - L) x its variants; largest first, to the least-loaded rank
+    (ties to the lower rank); every batch lands on exactly one rank."""
+    from interp.patching.engine import shard_batches
+
+    batches = [(0, [0, 1]), (2, [2, 3, 4]), (3, [5]), (1, [6]), (2, [7])]  # costs 8, 6, 1, 3, 2 with 4 layers
+    shards = shard_batches(batches, 2, 4)
+    # 8 -> rank 0 (8); 6 -> rank 1 (6); 3 -> rank 1 (9); 2 -> rank 0 (10); 1 -> rank 1 (10)
+    assert shards == [[(0, [0, 1]), (2, [7])], [(2, [2, 3, 4]), (1, [6]), (3, [5])]]
+    three = shard_batches(batches, 3, 4)
+    assert three == [[(0, [0, 1])], [(2, [2, 3, 4])], [(1, [6]), (2, [7]), (3, [5])]]
+    assert sorted(b for shard in three for b in shard) == sorted(batches)
+    assert shard_batches(batches, 1, 4) == [sorted(batches, key=lambda b: (-(4 - b[0]) * len(b[1]), b[0], b[1][0]))]
+
+
+def test_named_sweeps_list_their_sites(tiny_task):
+    from interp.patching.sweeps import SWEEPS, sweep, sweep_sites
+
+    cfg, n = tiny_task.model.cfg, tiny_task.seq_len
+    expected = {
+        "heads": [Site(layer, "z", head=h) for layer in [1] for h in range(cfg.n_heads)],
+        "heads_by_pos": [Site(1, "z", head=h, position=p) for p in range(n) for h in range(cfg.n_heads)],
+        "neurons": [Site(1, "mlp_post", neuron=i) for i in range(cfg.d_mlp)],
+        "neurons_by_pos": [Site(1, "mlp_post", neuron=i, position=p) for p in range(n) for i in range(cfg.d_mlp)],
+        "resid_pre": [Site(1, "resid_pre", position=p) for p in range(n)],
+        "attn_out": [Site(1, "attn_out", position=p) for p in range(n)],
+    }
+    for name, sites in expected.items():
+        assert sorted(sweep_sites(tiny_task, name, layers=[1]), key=repr) == sorted(sites, key=repr), name
+    assert set(SWEEPS) >= set(expected)
+    with pytest.raises(InterpError, match=r"^sweeps: 'head' is not a sweep\. Did you mean: 'heads'"):
+        sweep_sites(tiny_task, "head")
+    frame = sweep(tiny_task, "resid_pre", layers=[1])
+    reference = patch_layer_positions(tiny_task, "resid_pre", layers=[1])
+    assert frame["metric"].tolist() == reference["metric"].tolist()
