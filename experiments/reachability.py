@@ -62,8 +62,8 @@ class ReachabilityConfig:
         default_factory=lambda: GraphConfig(n_node_ids=24, n_levels=3, min_width=2, max_width=2, n_edges=16)
     )
     # d_model 128 (the issue's floor), d_mlp 512: measured in session 5 against d_model 64 at the same recipe and
-    # 7,200 steps, 128 learns faster and ends higher (continuous 0.97 vs 0.95 on the curve set, FINDINGS.md); ~0.45 s a
-    # step per process on an idle core, so the full run takes ~75 min of the 2-hour box
+    # 7,200 steps, 128 learns faster and ends higher (2,000 held-out graphs: continuous 0.9525 vs 0.9495, discrete CoT
+    # 0.90 vs 0.855; FINDINGS.md); ~0.45 s a step per process on an idle core: the full run takes ~75 min of the 2-hour box
     model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=128, n_heads=4, d_mlp=512))
     # Deviation from the authors (issue 14, FINDINGS.md): the auxiliary dense lookup objective with attention
     # supervision (lookup_aux_queries=8, source labels, layer-2 head 0 onto the queried node's edge targets), alone for
