@@ -185,18 +185,11 @@ def sae_eval(
     positive(n_tokens=n_tokens)
     if not 0 < dense_threshold < 1:
         fail(f"--dense-threshold {dense_threshold}: must lie strictly between 0 and 1 (a fraction of tokens).")
-    if skip_tokens < 0:
-        fail(f"--skip-tokens {skip_tokens}: must be an integer >= 0.")
-    if not directory.is_dir():
-        fail(f"DIRECTORY {directory}: not a folder; pass a folder written by `interp sae train`.")
-    writable(directory / "eval", "DIRECTORY")
-    from interp.corpus import corpus_tokens
-    from interp.models import load_model
+    _check_sae_dir(directory, skip_tokens, "eval")
     from sae.evaluate import evaluate_saved
 
     try:
-        lm = load_model(model)
-        tokens = corpus_tokens(lm, max(1, n_tokens // 128), 128, skip_seqs=skip_tokens // 128)
+        lm, tokens = _model_and_corpus(model, n_tokens, skip_tokens)
         result = evaluate_saved(
             directory, lm, tokens, probing=probing, absorption=absorption, dense_threshold=dense_threshold
         )
@@ -228,19 +221,30 @@ def sae_latents(
     """Latent dashboard: an offline page with a searchable table of every latent and a card per chosen latent
     (top contexts with per-token activations, activation histogram, promoted / suppressed tokens, nearest latents)."""
     positive(n_tokens=n_tokens, n_latents=n_latents)
-    if skip_tokens < 0:
-        fail(f"--skip-tokens {skip_tokens}: must be an integer >= 0.")
-    if not directory.is_dir():
-        fail(f"DIRECTORY {directory}: not a folder; pass a folder written by `interp sae train`.")
-    writable(directory / "latents", "DIRECTORY")
+    _check_sae_dir(directory, skip_tokens, "latents")
     from experiments.latent_dashboard import build_latent_dashboard
-    from interp.corpus import corpus_tokens
-    from interp.models import load_model
 
     try:
-        lm = load_model(model)
-        tokens = corpus_tokens(lm, max(1, n_tokens // 128), 128, skip_seqs=skip_tokens // 128)
+        lm, tokens = _model_and_corpus(model, n_tokens, skip_tokens)
         page = build_latent_dashboard(directory, lm, tokens, latents=latents or None, n_latents=n_latents)
     except user_errors() as exc:
         fail(exc)
     typer.echo(f"latents: {page}")
+
+
+def _check_sae_dir(directory: Path, skip_tokens: int, output: str) -> None:
+    """`interp sae eval / latents` DIRECTORY checks: --skip-tokens >= 0, a folder, DIRECTORY/<output> writable."""
+    if skip_tokens < 0:
+        fail(f"--skip-tokens {skip_tokens}: must be an integer >= 0.")
+    if not directory.is_dir():
+        fail(f"DIRECTORY {directory}: not a folder; pass a folder written by `interp sae train`.")
+    writable(directory / output, "DIRECTORY")
+
+
+def _model_and_corpus(model: str | None, n_tokens: int, skip_tokens: int):
+    """The model and n_tokens of the default corpus in sequences of 128, after the first skip_tokens."""
+    from interp.corpus import corpus_tokens
+    from interp.models import load_model
+
+    lm = load_model(model)
+    return lm, corpus_tokens(lm, max(1, n_tokens // 128), 128, skip_seqs=skip_tokens // 128)

@@ -353,26 +353,10 @@ def test_node_paths_with_padded_prompts_equal_each_pair_alone(aligned_nodes):
 
 @pytest.fixture(scope="module")
 def aligned_nodes(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from interp.models import load_model
     from interp.patching import PatchingTask
-    from tests.conftest import TINY_GQA
-    from tests.test_patching_mutants import prompts
-    from tests.tiny_families import VOCAB, write_tokenizer
+    from tests.test_patching_mutants import prompts, worded_model
 
-    folder = tmp_path_factory.mktemp("tokenizer")
-    write_tokenizer(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = load_model(dict(TINY_GQA, d_vocab=VOCAB), seed=0)
-    model.set_tokenizer(tokenizer, default_padding_side="right")
-    words = [
-        t
-        for i in range(3, VOCAB)
-        if (t := tokenizer.decode([i])).startswith(" ")
-        and t[1:].isalpha()
-        and tokenizer.encode(t, add_special_tokens=False) == [i]
-    ]
+    model, words = worded_model(tmp_path_factory.mktemp("tokenizer"))
     clean, corrupted = prompts(words, [4, 6, 9], seed=3)
     answers, wrong = [5, 40, 77], [9, 60, 13]
     return PatchingTask(model, clean, corrupted, answers, wrong, align=True), clean, corrupted, answers, wrong

@@ -21,10 +21,8 @@ from tests.test_engine_batches import budget_for, max_diff, unpadded_reference
 from tests.tiny_families import VOCAB, write_tokenizer
 
 
-@pytest.fixture(scope="module")
-def worded(tmp_path_factory):
-    """The tiny GQA model with the tiny tokenizer, and the words that are one token each (" word")."""
-    folder = tmp_path_factory.mktemp("tokenizer")
+def worded_model(folder):
+    """The tiny GQA model with the tiny tokenizer (written to `folder`), and the words that are one token each."""
     write_tokenizer(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = load_model(dict(TINY_GQA, d_vocab=VOCAB), seed=0)
@@ -36,6 +34,11 @@ def worded(tmp_path_factory):
             words.append(text)
     assert len(words) >= 12
     return model, words
+
+
+@pytest.fixture(scope="module")
+def worded(tmp_path_factory):
+    return worded_model(tmp_path_factory.mktemp("tokenizer"))
 
 
 def prompts(words, lengths, seed):
