@@ -12,7 +12,8 @@ from torch import Tensor
 from interp.errors import InterpError, ShapeMismatchError
 
 from sae.models import SaeConfig
-from sae.train import SaeTrainRun, TrainConfig, TrainResult, _dist, train_sae
+from interp.distributed import rank_world
+from sae.train import SaeTrainRun, TrainConfig, TrainResult, train_sae
 
 
 def train_at_site(
@@ -82,11 +83,11 @@ def train_at_site(
     )
     out_dir = Path(out_dir)
     metrics = {"final_" + k: v for k, v in result.curve.iloc[-1].items()} if len(result.curve) else {}
-    if eval_tokens is not None and _dist()[0] == 0:
+    if eval_tokens is not None and rank_world()[0] == 0:
         from sae.evaluate import evaluate_saved
 
         metrics.update(evaluate_saved(out_dir, model, eval_tokens, probing=False, absorption=False).metrics)
-    if _dist()[0] == 0:
+    if rank_world()[0] == 0:
         from interp.results import ResultsDir
 
         # written when training is done, through ResultsDir like every run (so `interp dashboard` reads it); a resumed

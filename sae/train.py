@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from interp.fileio import atomic_write_bytes
 from interp.errors import InterpError, NonFiniteError, OutOfRangeError, ShapeMismatchError
 from sae.models import Sae, SaeConfig, build_sae
+from interp.distributed import rank_world
 from sae.checkpoints import RESUME_IGNORES, check_resume, checkpoint_note, load_latest, save_checkpoint  # noqa: F401 (RESUME_IGNORES re-exported)
 from sae.models.base import LossScale, default_lr, global_sum
 
@@ -131,12 +132,6 @@ def fvu_change(fvu_by_step: list[float] | Tensor, window: float = 0.2, span: flo
     return float((end - start) / start)
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _check_batch(x: Tensor, step: int, d_in: int, batch_size: int, out_dir: Path | None) -> None:
     """d_in: the width of a training row (d_in + d_out for a transcoder, whose rows hold both sites)."""
     if x.ndim != 2 or x.shape[1] != d_in:
@@ -175,7 +170,7 @@ def train_sae(
     on_step(step, row) is called after each step with that step's metrics (for callers' own logging).
     """
     out_dir = Path(out_dir) if out_dir is not None else None
-    rank, world = _dist()
+    rank, world = rank_world()
     if cfg.batch_size % world:
         raise InterpError(f"TrainConfig(batch_size={cfg.batch_size}) must divide evenly over {world} processes.")
     local = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)

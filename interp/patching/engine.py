@@ -27,6 +27,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities.attention import simple_attn_linear
 
+from interp.distributed import rank_world
 from interp.errors import InterpError, UnknownSiteError
 from interp.hooks import capture, transient_bytes_per_sequence
 from interp.metrics import restoration
@@ -251,7 +252,7 @@ def patch_sites(
         clean = _clean_cache(task, {s.hook_name for s in sites}, stop)
         corrupted_resid_pre, kv = _corrupted_cache(task, {layer for layer, _ in batches})
         values = np.empty(len(sites))
-        rank, world = _dist()
+        rank, world = rank_world()
         if world > 1:  # under torchrun: this rank runs its share of the batches; the values are summed over ranks
             batches = shard_batches(batches, world, model.cfg.n_layers)[rank]
         bar = tqdm(
@@ -271,12 +272,6 @@ def patch_sites(
         if world > 1:
             values = gather_values(values, [i for _, idx in batches for i in idx])
     return results_frame(task, sites, values)
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def shard_batches(batches: list[tuple[int, list[int]]], world: int, n_layers: int) -> list[list[tuple[int, list[int]]]]:
