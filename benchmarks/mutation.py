@@ -84,6 +84,10 @@ MODULES: dict[str, list[str]] = {
         "tests/test_attribution_qk_summed.py",
         "tests/test_attribution_graddrop.py",
         "tests/test_attribution_mutants.py",
+        # sharded_effects' world > 1 branch runs only in spawned ranks: mutmut maps the test to it through the
+        # one-process reference the test computes first, and the ranks inherit MUTANT_UNDER_TEST, so the mutant is
+        # live in them (its slow parametrizations stay deselected, as in CI)
+        "tests/test_distributed_commands.py::test_atp_sweep_sharded_over_prompts_equals_one_process",
     ],
     "interp/patching": [
         "tests/test_patching.py",
@@ -91,6 +95,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_engine_batches.py",
         "tests/test_patching_floor.py",
         "tests/test_path_patching.py",
+        "tests/test_patching_distributed.py",  # patch_sites' torchrun branch, in spawned ranks (see attribution)
         "tests/circuits/test_recall_reasoning_heldout.py::test_batched_ablation_equals_one_forward_per_ablation",
         "tests/test_robustness.py::test_bad_pairs_files_are_one_line_errors",
         "tests/test_robustness.py::test_good_pairs_files_read_the_same_from_csv_and_jsonl",

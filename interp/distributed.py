@@ -21,6 +21,19 @@ import numpy as np
 import torch
 
 
+def init_group(backend: str, **kwargs) -> None:
+    """torch.distributed.init_process_group(backend, **kwargs), with torch._dynamo imported first.
+
+    Imported after the group exists (transformer_lens and interp import it), torch._dynamo keeps the default group
+    alive, so destroy_process_group no longer joins gloo's worker threads. One of them may still be dropping its
+    last collective's tensors (which takes the GIL) when the interpreter exits, and the process then aborts
+    ('terminate called without an active exception', SIGABRT) after a run that succeeded: a rare race, seen in CI.
+    Imported before, the group is destroyed with its threads joined (tests/test_distributed_exit.py)."""
+    import torch._dynamo  # noqa: F401  (see above: must precede init_process_group)
+
+    torch.distributed.init_process_group(backend, **kwargs)
+
+
 def init_from_env(*, cpu: bool = False) -> tuple[int, int, str]:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, ...); (rank, world, device).
     cpu=True: gloo and the CPU even where CUDA is available (for work that runs on the CPU, like the SAE trainer)."""
@@ -32,7 +45,7 @@ def init_from_env(*, cpu: bool = False) -> tuple[int, int, str]:
     if cuda:
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        init_group("nccl" if cuda else "gloo")
     return torch.distributed.get_rank(), world, device
 
 

@@ -25,8 +25,10 @@ def _free_port() -> int:
 
 
 def _join(rank: int, world: int, port: int) -> None:
+    from interp.distributed import init_group
+
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    init_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
 
 
 # -- AtP, its prompts split over the ranks -----------------------------------------------------------------------

@@ -29,10 +29,11 @@ def _task():
 
 
 def _rank(rank: int, world: int, port: int, out: str, budget: int) -> None:
+    from interp.distributed import init_group
     from interp.patching import patch_sites
 
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    init_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         frame = patch_sites(_task(), SITES, memory_budget=budget)
         np.save(f"{out}/rank{rank}.npy", frame.metric.to_numpy())

@@ -35,7 +35,9 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     if "RANK" in os.environ:
-        torch.distributed.init_process_group("gloo")
+        from interp.distributed import init_group
+
+        init_group("gloo")
 
     def on_step(step, row):
         if step == args.pause_at:
