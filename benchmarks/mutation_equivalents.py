@@ -140,6 +140,48 @@ EQUIVALENT.update(
         "interp.attribution.graddrop.x_false_negative_bound__mutmut_103": "same as _61 (the subsets' patch)",
         "interp.attribution.graddrop.x_false_negative_bound__mutmut_92": "rng.random() <= p instead of < p: differs "
         "only when a draw equals p exactly (probability 2**-53 per draw)",
+        # session 6, read one by one
+        **{
+            f"interp.attribution.gradients.x_run_passes__mutmut_{n}": "the gradient of a hook autograd never leaves "
+            "unused: run_passes is given hooks of blocks before stop_at_layer = n_layers (hooks_needed), all upstream of "
+            "the last position's logits, so no gradient is None and allow_unused / the zeros for None never act"
+            for n in (51, 55, 58, 59, 61, 63)
+        },
+        "interp.attribution.atp.x_estimates_frame__mutmut_3": "np.where(isnan(fixed), linear, fixed) for every method: "
+        "estimate_effects leaves fixed all NaN unless method is 'atp*', so it is linear",
+        "interp.attribution.atp.x_estimates_frame__mutmut_32": "gap `or 2.0` instead of `or 1.0`: the fallback acts only "
+        "when the clean and corrupted metrics are equal to the last bit, where it picks the unit of a disagreement that "
+        "is then a difference of two estimates of a zero gap",
+        "interp.attribution.atp.x_estimate_effects__mutmut_1": "default method 'XXatpXX': the body tests only "
+        "method == 'atp*', so any other string is plain AtP, and every caller passes method",
+        "interp.attribution.atp.x_estimate_effects__mutmut_2": "same as _1 ('ATP')",
+        "interp.attribution.atp.x_estimate_effects__mutmut_45": "pick None instead of slice(None) for a site without a "
+        "head or neuron: x[None].sum() == x.sum()",
+        **{
+            f"interp.attribution.reliability.x_check_estimates__mutmut_{n}": "pd.array of NA without dtype='boolean' "
+            "(object): every element is read again through pd.isna / bool() and the column is rebuilt as 'boolean'"
+            for n in (39, 41, 63, 65)
+        },
+        "interp.attribution.reliability.x_check_estimates__mutmut_73": "the reliable column without dtype='boolean': "
+        "its elements are Python bools and pd.NA, which pd.array infers as 'boolean' (at least one row is verified)",
+        "interp.attribution.reliability.x_check_estimates__mutmut_75": "same as _73 (dtype argument dropped)",
+        "interp.attribution.reliability.x_check_estimates__mutmut_95": "estimates.attrs not merged: out = "
+        "estimates.copy() already carries them",
+        "interp.attribution.graddrop.x_false_negative_bound__mutmut_141": "scores.attrs not merged: out = scores.copy() "
+        "already carries them",
+        "interp.attribution.graddrop.x_false_negative_bound__mutmut_48": "sort kind 'STABLE': numpy reads the kind "
+        "case-insensitively, the same stable sort",
+        "interp.attribution.graddrop.x_nodes_frame__mutmut_4": "np.asarray(effects) without dtype=float: every caller "
+        "passes float64 arrays (patched values minus the clean metric, AtP sums in float64)",
+        "interp.attribution.graddrop.x_nodes_frame__mutmut_6": "same as _4 (dtype argument dropped)",
+        "interp.attribution.graddrop.x__atp_per_node__mutmut_61": "d[:, :, None] * g[:, :, None] for an MLP or embedding "
+        "node: a new axis of length 1, the same sum as (d * g).sum()",
+        "interp.attribution.graddrop.x_patch_node_sets__mutmut_27": "-2 instead of -1 for the embeddings' layer: both "
+        "are < 0, the same branch (run the whole model), and no resid hook is asked for either",
+        "interp.attribution.graddrop.x_patch_node_sets__mutmut_111": "layer <= 0: a set starting at layer 0 runs the "
+        "whole model with its hooks instead of block 0 on from the clean resid_pre of block 0, which is the clean "
+        "embedding: the same values and the same blocks",
+        "interp.attribution.graddrop.x_patch_node_sets__mutmut_112": "same as _111 (layer < 1)",
         "interp.attribution.atp.x_attribution_sweep__mutmut_20": "method None for the effects: the method changes an "
         "effect only at q / k sites (AtP*'s QK fix) and no named sweep holds one; the table still gets the method",
         "interp.patching.engine.x_patch_sites__mutmut_44": "world >= 1 instead of > 1: in one process the batches are "
