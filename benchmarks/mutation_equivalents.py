@@ -176,6 +176,8 @@ EQUIVALENT.update(
         "interp.attribution.graddrop.x_nodes_frame__mutmut_6": "same as _4 (dtype argument dropped)",
         "interp.attribution.graddrop.x__atp_per_node__mutmut_61": "d[:, :, None] * g[:, :, None] for an MLP or embedding "
         "node: a new axis of length 1, the same sum as (d * g).sum()",
+        "interp.attribution.graddrop.x_patch_nodes__mutmut_13": "patch_node_sets given graph None builds the task "
+        "model's graph again: the same senders as the graph patch_nodes has just checked against the task",
         "interp.attribution.graddrop.x_patch_node_sets__mutmut_27": "-2 instead of -1 for the embeddings' layer: both "
         "are < 0, the same branch (run the whole model), and no resid hook is asked for either",
         "interp.attribution.graddrop.x_patch_node_sets__mutmut_111": "layer <= 0: a set starting at layer 0 runs the "
