@@ -86,7 +86,7 @@ def test_check_pair_token_ids_and_the_exact_messages():
         assert str(error.value) == message
 
 
-def test_read_pairs_missing_file_and_csv_line_breaks_inside_quotes(tmp_path):
+def test_read_pairs_missing_file_and_csv_line_breaks(tmp_path):
     missing = tmp_path / "none.jsonl"
     with pytest.raises(InterpError) as error:
         read_pairs(missing)
@@ -100,6 +100,12 @@ def test_read_pairs_missing_file_and_csv_line_breaks_inside_quotes(tmp_path):
         expected = tuple(dict(row) for row in csv.DictReader(handle))
     assert expected[0]["clean"] == "A\r\nB is" and expected[1]["clean"] == "D\ris"
     assert read_pairs(path) == expected
+    # old Mac line ends (a lone carriage return) end a row as well
+    path.write_bytes(b"clean,corrupted,answer,wrong\rA is,C is, x, y\rD is,E is, z, w\r")
+    assert read_pairs(path) == (
+        {"clean": "A is", "corrupted": "C is", "answer": " x", "wrong": " y"},
+        {"clean": "D is", "corrupted": "E is", "answer": " z", "wrong": " w"},
+    )
 
 
 @pytest.fixture(scope="module")
