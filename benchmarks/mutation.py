@@ -94,6 +94,7 @@ MODULES: dict[str, list[str]] = {
     "interp/patching": [
         "tests/test_patching.py",
         "tests/test_patching_mutants.py",
+        "tests/test_patching_mutants2.py",
         "tests/test_engine_batches.py",
         "tests/test_patching_floor.py",
         "tests/test_path_patching.py",

@@ -193,3 +193,39 @@ EQUIVALENT.update(
 # Survivors left on purpose: a device move (`.to(model.cfg.device)` -> `.to(None)` or dropped) is a no-op on a
 # CPU-only machine and kills only where the model sits on a GPU (store: _site_shapes 4/7, build_store 219/229/231;
 # dissociation: _reference_tokens 2, evaluate_conditions 56). They count as survivors, not as equivalent.
+# interp/patching (tests/test_patching_mutants2.py kills the rest of its survivors; read with `mutmut show`)
+EQUIVALENT.update(
+    {
+        "interp.patching.pairs.x_builtin_pairs__mutmut_1": "default n=17: CAPITALS has 16 countries, so "
+        "list(CAPITALS)[:17] is the same 16",
+        "interp.patching.cost.xǁBlockFlopsǁof__mutmut_17": "getattr(cfg, 'attn_only', None): a HookedTransformerConfig "
+        "always has attn_only, and the default None is falsy like False anyway",
+        "interp.patching.engine.x__clean_cache__mutmut_11": "no stop_at_layer for the clean run: every block runs, the "
+        "captured activations (of patched layers only) are the same",
+        "interp.patching.engine.x__last_position_block_ok__mutmut_24": "getattr(cfg, 'clip_qkv') without a default: "
+        "a HookedTransformerConfig always has clip_qkv (default None)",
+        "interp.patching.engine.x__last_position_block_ok__mutmut_34": "q_norm looked up under a name that is never "
+        "set: TransformerLens's attention sets q_norm and k_norm together (use_qk_norm or an OLMo architecture, "
+        "components/abstract_attention.py), so the k_norm check refuses the same models",
+        "interp.patching.engine.x__last_position_block_ok__mutmut_41": "same as _34 for k_norm: the q_norm check "
+        "refuses the same models",
+        "interp.patching.engine.x__last_position_block_ok__mutmut_47": "OlmoeForCausalLM dropped from the refused "
+        "architectures: TransformerLens gives that architecture's attention q_norm and k_norm, so those checks "
+        "refuse it",
+        "interp.patching.engine.x__last_position_block_ok__mutmut_51": "same as _47 for Olmo3ForCausalLM",
+        "interp.patching.engine.x__score_variants__mutmut_131": "frozen=None on the prefix key/value entry: the entry "
+        "is made for one block call and then dropped; unfrozen, TransformerLens's append also stores on it the "
+        "concatenation it returns either way (its offset is read before)",
+        "interp.patching.engine.x__score_variants__mutmut_134": "same as _131 (frozen dropped: default False)",
+        "interp.patching.engine.x__score_variants__mutmut_157": "same as _131 (frozen=False)",
+        "interp.patching.engine.x__score_variants__mutmut_57": "resid.shape[2] (d_model) > 1 for shape[1] > 1: "
+        "differs only when one position is left; the last-position path then computes keys and values of no "
+        "positions and passes the cached prefix kv[:, :start], as the plain path does (an empty entry when start "
+        "is 0)",
+        "interp.patching.sweeps.x_head_sites__mutmut_7": "COMPONENTS.get(None) is None, so check_component(component, "
+        "with_heads) always runs: it raises exactly when the component is unknown or has no head axis, the "
+        "condition it replaces",
+    }
+)
+# Left as survivors: gather_values 14 (the nccl device move, reached only on a GPU) and patch_sites' torchrun
+# branch (world > 1: 47, 51, 97, 101; tests/test_patching_distributed.py).
