@@ -379,7 +379,9 @@ def test_columns_without_any_value_are_still_nullable_integers(task):
 
 
 def test_gather_values_in_a_group_of_one(tmp_path):
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    from interp.distributed import init_group
+
+    init_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         gathered = engine.gather_values(np.array([1.5, 2.0, -3.0, 4.0]), [0, 2])
     finally:
