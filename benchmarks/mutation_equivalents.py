@@ -176,6 +176,9 @@ EQUIVALENT.update(
         "interp.attribution.graddrop.x_nodes_frame__mutmut_6": "same as _4 (dtype argument dropped)",
         "interp.attribution.graddrop.x__atp_per_node__mutmut_61": "d[:, :, None] * g[:, :, None] for an MLP or embedding "
         "node: a new axis of length 1, the same sum as (d * g).sum()",
+        "interp.attribution.atp.x_sharded_effects__mutmut_71": "nan_to_num without nan=0.0: 0.0 is numpy's default",
+        "interp.attribution.atp.x_sharded_effects__mutmut_74": "NaN summed as 1.0 instead of 0.0: the only NaNs are the "
+        "fixed estimates of sites AtP* does not fix, and np.where(fixed_applies, ...) sets those back to NaN",
         "interp.attribution.graddrop.x_patch_nodes__mutmut_13": "patch_node_sets given graph None builds the task "
         "model's graph again: the same senders as the graph patch_nodes has just checked against the task",
         "interp.attribution.graddrop.x_patch_node_sets__mutmut_27": "-2 instead of -1 for the embeddings' layer: both "
