@@ -47,11 +47,13 @@ class Rows:
 
     def __init__(self, model):
         self.model, self.blocks, self.norm_positions = model, [0] * model.cfg.n_layers, []
+        self.last_block_calls = 0
 
     def __enter__(self):
         def block_hook(layer):
             def hook(module, args, output):
                 self.blocks[layer] += output.shape[0]
+                self.last_block_calls += layer == self.model.cfg.n_layers - 1
 
             return hook
 
@@ -81,6 +83,10 @@ def test_node_sets_run_each_set_once_from_its_first_layer(task, graph):
     with Rows(task.model) as rows:
         alone = patch_node_sets(task, graph, sets, memory_budget=1)  # one set a batch: the reference values
     np.testing.assert_allclose(values, alone, atol=1e-5)
+    assert rows.last_block_calls == 2 + len(sets)
+    with Rows(task.model) as rows:
+        patch_nodes(task, graph, ["a1.h0", "m1", "m2"], memory_budget=1)  # the budget reaches the batches
+    assert rows.last_block_calls == 2 + 3
 
 
 @pytest.mark.parametrize("method", ["atp", "atp+graddrop"])
