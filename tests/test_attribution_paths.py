@@ -84,8 +84,13 @@ def test_node_sets_run_each_set_once_from_its_first_layer(task, graph):
         alone = patch_node_sets(task, graph, sets, memory_budget=1)  # one set a batch: the reference values
     np.testing.assert_allclose(values, alone, atol=1e-5)
     assert rows.last_block_calls == 2 + len(sets)
+
+
+def test_node_patching_passes_its_memory_budget_to_the_batches(task, graph):
     with Rows(task.model) as rows:
-        patch_nodes(task, graph, ["a1.h0", "m1", "m2"], memory_budget=1)  # the budget reaches the batches
+        patch_nodes(
+            task, graph, ["a1.h0", "m1", "m2"], memory_budget=1
+        )  # one node a batch, each through the last block
     assert rows.last_block_calls == 2 + 3
 
 
