@@ -192,6 +192,13 @@ def main() -> None:
     )
     parser.add_argument("--held-out", type=int, default=16384, help="held-out rows the FVU is measured on")
     parser.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="distinct training rows (default steps x batch); fewer than that and both trainers cycle over them in "
+        "the same reshuffled epochs (e.g. 2M tokens from a 500k-row store)",
+    )
+    parser.add_argument(
         "--interleaved-only",
         action="store_true",
         help="only alternate our step with the matmul (same load for both); adds 'interleaved' to --out",
@@ -203,12 +210,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    n_train = min(args.train_rows or args.steps * args.batch, args.steps * args.batch)
     if args.store:
-        train, held_out = store_activations(args.store, args.site, args.steps * args.batch, args.held_out)
+        train, held_out = store_activations(args.store, args.site, n_train, args.held_out)
         acts = train
     else:
-        acts = cached_activations(args.site, args.steps * args.batch + args.held_out)
-        train, held_out = acts[: args.steps * args.batch], acts[args.steps * args.batch :]
+        acts = cached_activations(args.site, n_train + args.held_out)
+        train, held_out = acts[:n_train], acts[n_train:]
     load_before = os.getloadavg()[0]
     if args.interleaved_only:
         row = interleaved(train, args)
@@ -258,6 +266,8 @@ def main() -> None:
                 "args": vars(args),
                 "machine": machine,
                 "tokens": args.steps * args.batch,
+                "distinct_train_rows": len(train),
+                "epochs": args.steps * args.batch / len(train),
                 "matmul_floor_s": floor,
                 "matmul_s": mm,
                 "step_over_matmul": step_over_matmul,
