@@ -209,17 +209,66 @@ def _keys_values(block, resid: Tensor) -> tuple[Tensor, Tensor]:
     return simple_attn_linear(x, w_k, b_k), simple_attn_linear(x, w_v, b_v)
 
 
+# What running one more batch through a block costs beyond its rows, in token positions of that block: the per-call
+# work (hooks, small ops, Python) and the lower rate of products with fewer rows. On CPU 64 was the best of
+# 0 / 16 / 32 / 64 / 128 / 256 for the 16-pair, 5-token layer x position sweep of benchmarks/patching.py (process
+# CPU seconds, 1 thread, alternated: 2.34 s against 2.53 s for one batch a layer). On an accelerator, kernel launches
+# cost as much as thousands of tokens, so there a layer's variants stay in as few batches as the budget allows.
+BATCH_OVERHEAD_TOKENS = {"cpu": 64}
+ACCELERATOR_BATCH_OVERHEAD_TOKENS = 4096
+
+
+def ragged_groups(starts: Sequence[int], seq_len: int, n_prompts: int, per_batch: int, overhead: int) -> list[slice]:
+    """Split variants sorted by first changed position (`starts`, ascending) into batches of at most `per_batch`.
+
+    A batch runs every variant from its earliest start, so a variant patching position 4 of 5 batched with one
+    patching position 0 computes five positions where one is needed. Each batch costs `overhead` token positions
+    plus n_prompts x (variants x positions run); this picks the split of the distinct starts into runs (each run
+    chunked to `per_batch`) with the least total cost, by dynamic programming over the distinct starts."""
+    distinct = sorted(set(starts))
+    if len(distinct) <= 1:
+        return [slice(i, min(i + per_batch, len(starts))) for i in range(0, len(starts), per_batch)]
+    counts = [0] * len(distinct)
+    where = {s: j for j, s in enumerate(distinct)}
+    for s in starts:
+        counts[where[s]] += 1
+    best = [0] + [None] * len(distinct)  # best[i]: the least cost of the first i distinct starts
+    cut = [0] * (len(distinct) + 1)
+    for i in range(1, len(distinct) + 1):
+        n = 0
+        for j in range(i - 1, -1, -1):  # the last run holds distinct starts j .. i-1, all run from distinct[j]
+            n += counts[j]
+            cost = best[j] + -(-n // per_batch) * overhead + n_prompts * n * (seq_len - distinct[j])
+            if best[i] is None or cost < best[i]:
+                best[i], cut[i] = cost, j
+    runs, i = [], len(distinct)
+    while i:
+        runs.append((cut[i], i))
+        i = cut[i]
+    slices, offset = [], 0
+    for j, i in reversed(runs):
+        n = sum(counts[j:i])
+        slices += [slice(a, min(a + per_batch, offset + n)) for a in range(offset, offset + n, per_batch)]
+        offset += n
+    return slices
+
+
 def plan_batches(task: PatchingTask, sites: Sequence[Site], memory_budget: int) -> list[tuple[int, list[int]]]:
-    """The batches patch_sites runs: (layer, indices into `sites`), each within `memory_budget`. Sites normalised."""
+    """The batches patch_sites runs: (layer, indices into `sites`), each within `memory_budget`. Sites normalised.
+
+    A layer's variants are sorted by first changed position and split by `ragged_groups`, so that a variant that
+    patches a late position is not run over the earlier positions of another one."""
     by_layer: dict[int, list[int]] = defaultdict(list)
     for i, site in enumerate(sites):
         by_layer[site.layer].append(i)
     per_batch = variants_per_batch(task, memory_budget)
+    device = torch.device(task.model.cfg.device).type
+    overhead = BATCH_OVERHEAD_TOKENS.get(device, ACCELERATOR_BATCH_OVERHEAD_TOKENS)
     batches = []
     for layer, idx in sorted(by_layer.items()):
-        # Sorted by first changed position, so a batch that starts late skips the most work.
         idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
-        batches += [(layer, idx[i : i + per_batch]) for i in range(0, len(idx), per_batch)]
+        starts = [_first_changed_position(sites[i], task) for i in idx]
+        batches += [(layer, idx[g]) for g in ragged_groups(starts, task.seq_len, task.n_prompts, per_batch, overhead)]
     return batches
 
 
