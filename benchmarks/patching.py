@@ -88,6 +88,33 @@ def flop_floor(model, task, sites, rate: float) -> dict:
     return dict(flops=flops, matmul_flops_per_s=rate, flop_floor_s=flops / rate)
 
 
+def shape_floor(task, ours_fn, sites) -> dict:
+    """Where the time over the FLOP floor goes: the sweep's own matrix products (recorded: every shape it multiplies,
+    the clean and corrupted runs included) timed alone and summed, and the two baseline runs timed on their own."""
+    from interp.patching import engine
+    from interp.patching.cost import matmul_calls, shape_floor_seconds
+
+    _, calls = matmul_calls(ours_fn)
+    floor = shape_floor_seconds(calls)
+    layers = {site.layer for site in sites}
+    hook_names = {site.hook_name for site in sites}
+
+    def baseline_runs():
+        with torch.no_grad():
+            engine._clean_cache(task, hook_names, max(layers) + 1)
+            engine._corrupted_cache(task, layers)
+
+    baseline_runs()
+    times = [time_call(baseline_runs)[0] for _ in range(3)]
+    _, baseline_calls = matmul_calls(baseline_runs)
+    return dict(
+        shape_floor_s=floor["shape_floor_s"],
+        products=len(calls),
+        baseline_runs_s=statistics.median(times),
+        baseline_runs_shape_floor_s=shape_floor_seconds(baseline_calls)["shape_floor_s"],
+    )
+
+
 def speed(model, layers: list[int], repeats: int) -> list[dict]:
     from transformer_lens import patching as tl_patching
 
@@ -142,6 +169,7 @@ def speed(model, layers: list[int], repeats: int) -> list[dict]:
         )  # fmt: skip
         row["speedup"] = row["transformer_lens_median_s"] / row["ours_median_s"]
         row["sites"] = sites
+        row.update(shape_floor(task, ours_fn, sites))
         rates.append(matmul_rate())
         results.append(row)
     rate = statistics.median(rates)  # timed before, between and after the sweeps
@@ -149,10 +177,14 @@ def speed(model, layers: list[int], repeats: int) -> list[dict]:
         row.update(flop_floor(model, task, row.pop("sites"), rate), threads=torch.get_num_threads(), matmul_rates=rates)
         row["ours_over_flop_floor"] = row["ours_median_s"] / row["flop_floor_s"]
         row["tl_over_flop_floor"] = row["transformer_lens_median_s"] / row["flop_floor_s"]
+        row["ours_over_shape_floor"] = row["ours_median_s"] / row["shape_floor_s"]
+        row["baseline_runs_over_flop_floor"] = row["baseline_runs_s"] / row["flop_floor_s"]
         print(
             f"  {row['sweep']} ({row['threads']} thread(s)): ours {row['ours_median_s']:.1f}s  TL {row['transformer_lens_median_s']:.1f}s  ratio {row['speedup']:.2f}x  "
             f"max diff {row['max_abs_diff']:.2e}; FLOP floor {row['flops'] / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP/s = {row['flop_floor_s']:.2f}s: "
-            f"ours {row['ours_over_flop_floor']:.2f}x, TL {row['tl_over_flop_floor']:.2f}x",
+            f"ours {row['ours_over_flop_floor']:.2f}x, TL {row['tl_over_flop_floor']:.2f}x; its own products alone "
+            f"{row['shape_floor_s']:.2f}s (ours {row['ours_over_shape_floor']:.2f}x that), of which the clean and "
+            f"corrupted runs {row['baseline_runs_shape_floor_s']:.2f}s; those two runs took {row['baseline_runs_s']:.2f}s",
             flush=True,
         )
     return results

@@ -87,3 +87,39 @@ def test_floor_by_hand(tiny_model):
     full = variant_flops(cfg, Site(1, "resid_pre"), 5, causal=False)
     causal = variant_flops(cfg, Site(1, "resid_pre"), 5)
     assert full - causal == block.attention * (0 + 1 + 2 + 3 + 4)
+
+
+def test_recorded_products_have_the_flops_torch_counts(task):
+    """matmul_calls records every product of a sweep (the clean and corrupted runs included); their FLOPs, summed
+    by call_flops, equal FlopCounterMode's count of the same run."""
+    from interp.patching.cost import call_flops, matmul_calls
+
+    sites = [Site(1, "resid_pre", position=p) for p in range(task.seq_len)] + [Site(0, "z", head=1)]
+    _, calls = matmul_calls(lambda: patch_sites(task, sites))
+    with FlopCounterMode(display=False) as counter:
+        patch_sites(task, sites)
+    assert sum(count * call_flops(func, described) for (func, described), count in calls.items()) == (
+        counter.get_total_flops()
+    )
+
+
+def test_shape_floor_replays_each_product_with_its_shapes_and_strides():
+    from interp.patching.cost import matmul_calls, shape_floor_seconds
+
+    a, w, bias, q, k = torch.randn(5, 7), torch.randn(3, 7), torch.randn(3), torch.randn(2, 4, 6), torch.randn(2, 6, 5)
+
+    def run():
+        for _ in range(3):
+            torch.nn.functional.linear(a, w, bias)  # addmm, reading w transposed
+        return a @ w.T, q @ k  # mm, bmm
+
+    out, calls = matmul_calls(run)
+    torch.testing.assert_close(out[1], torch.bmm(q, k))  # the run's own results come back
+    by_op = {(str(func), described[-1][:2]): count for (func, described), count in calls.items()}
+    assert by_op == {("aten.addmm.default", ((7, 3), (1, 7))): 3, ("aten.mm.default", ((7, 3), (1, 7))): 1,
+                     ("aten.bmm.default", ((2, 6, 5), (30, 5, 1))): 1}  # fmt: skip
+    ticks = iter(range(1000))  # a clock that advances 1 a reading: every product times 1 "second"
+    floor = shape_floor_seconds(calls, clock=lambda: next(ticks), min_seconds=0)
+    assert (
+        floor["shape_floor_s"] == 5 and floor["matmul_flops"] == 3 * 2 * 5 * 7 * 3 + 2 * 5 * 7 * 3 + 2 * 2 * 4 * 6 * 5
+    )

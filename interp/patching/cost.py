@@ -11,8 +11,13 @@ Divided by the rate a large matmul reaches on the machine it is a time no implem
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
 
 from interp.sites import Site
 
@@ -97,3 +102,71 @@ def variant_flops(cfg, site: Site, seq_len: int, *, causal: bool = True) -> int:
 def sweep_flops(cfg, sites: Sequence[Site], n_prompts: int, seq_len: int, *, causal: bool = True) -> int:
     """The floor of a sweep: every variant's floor, for every prompt. Sites must be normalised (layer, position >= 0)."""
     return n_prompts * sum(variant_flops(cfg, site, seq_len, causal=causal) for site in sites)
+
+
+# -- the floor at the shapes a run actually multiplies --------------------------------------------------------------
+_MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm")
+
+
+def matmul_calls(fn) -> tuple[object, Counter]:
+    """Run `fn()` and count its matrix products by (op, argument shapes, strides, dtypes): what `shape_floor_seconds`
+    replays. Recorded below autograd (aten ops), so F.linear, einsum and matmul all appear as the products they run."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops = {getattr(torch.ops.aten, name).default for name in _MATMUL_OPS}
+    calls: Counter = Counter()
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in ops:
+                calls[(func, _describe(args))] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        out = fn()
+    return out, calls
+
+
+def _describe(args) -> tuple:
+    return tuple(
+        (tuple(a.shape), tuple(a.stride()), a.dtype, a.device.type) if isinstance(a, torch.Tensor) else a for a in args
+    )
+
+
+def call_flops(func, described: tuple) -> int:
+    """2 x multiply-adds of one recorded product."""
+    shapes = [d[0] for d in described if isinstance(d, tuple) and len(d) == 4 and isinstance(d[0], tuple)]
+    a, b = shapes[-2], shapes[-1]  # the two factors (addmm / baddbmm put the added tensor first)
+    batch = a[0] if len(a) == 3 else 1
+    return 2 * batch * a[-2] * a[-1] * b[-1]
+
+
+def shape_floor_seconds(
+    calls: Counter, *, min_seconds: float = 0.02, max_repeats: int = 50, clock=time.perf_counter
+) -> dict:
+    """Time every recorded product alone, on random data of its shapes and strides, and sum count x median time: the
+    time the run's own matrix products take on this machine at its current thread count, with nothing between them.
+    A run over this floor spends the rest outside its products (norms, attention softmax, copies, Python).
+    clock: time.process_time on a shared machine at one thread (CPU seconds, which others' load inflates far less)."""
+    total, flops, rows = 0.0, 0, []
+    for (func, described), count in calls.items():
+        args = [_materialise(d) for d in described]
+        func(*args)
+        times: list[float] = []
+        while len(times) < 3 or (sum(times) < min_seconds and len(times) < max_repeats):
+            start = clock()
+            func(*args)
+            times.append(clock() - start)
+        seconds = statistics.median(times)
+        total += count * seconds
+        flops += count * call_flops(func, described)
+        rows.append((str(func), [d[0] if isinstance(d, tuple) else d for d in described], count, seconds))
+    return dict(shape_floor_s=total, matmul_flops=flops, products=rows)
+
+
+def _materialise(described):
+    if not (isinstance(described, tuple) and len(described) == 4 and isinstance(described[0], tuple)):
+        return described
+    shape, stride, dtype, device = described
+    size = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
+    return torch.randn(size, dtype=dtype, device=device).as_strided(shape, stride)
