@@ -123,3 +123,48 @@ def test_shape_floor_replays_each_product_with_its_shapes_and_strides():
     assert (
         floor["shape_floor_s"] == 5 and floor["matmul_flops"] == 3 * 2 * 5 * 7 * 3 + 2 * 5 * 7 * 3 + 2 * 2 * 4 * 6 * 5
     )
+
+
+def test_attention_weights_are_rearranged_once_a_sweep(task, monkeypatch):
+    """TransformerLens rearranges W_Q, W_K, W_V and W_O (a copy) on every attention call; during a sweep the engine
+    makes each such copy once. Counted on einops itself; the values are those of the sweep without the cache, exactly
+    (the same contiguous tensors multiply), and TransformerLens gets its einops back afterwards."""
+    import contextlib
+
+    import einops
+    from transformer_lens.components import abstract_attention
+    from transformer_lens.utilities import attention as attention_utilities
+
+    sites = [Site(layer, "resid_pre", position=p) for layer in range(3) for p in (0, 4)] + [Site(1, "z", head=2)]
+    seen = []
+    real = einops.rearrange
+
+    def counting(tensor, pattern, **axes):
+        if isinstance(tensor, torch.nn.Parameter):
+            seen.append((id(tensor), pattern))
+        return real(tensor, pattern, **axes)
+
+    monkeypatch.setattr(einops, "rearrange", counting)
+    cached = patch_sites(task, sites, memory_budget=1).metric.to_numpy()  # a batch a variant: many passes a block
+    assert seen and len(seen) == len(set(seen))
+    assert abstract_attention.einops is einops and attention_utilities.einops is einops
+    seen.clear()
+    monkeypatch.setattr(engine, "_attention_weights_rearranged_once", contextlib.nullcontext)
+    uncached = patch_sites(task, sites, memory_budget=1).metric.to_numpy()
+    assert len(seen) > 3 * len(set(seen))  # without it: a copy a call
+    assert (cached == uncached).all()
+
+
+def test_rearranging_once_steps_aside_when_gradients_are_on(tiny_model):
+    """Attribution takes gradients through the same attention code: there the parameters' own rearrange runs."""
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (1, 5), generator=torch.Generator().manual_seed(3))
+    with engine._attention_weights_rearranged_once():
+        with torch.no_grad():
+            tiny_model(tokens)  # rearranges without a graph; reused below, W_Q would get no gradient
+        tiny_model(tokens)[0, -1, 0].backward()
+    grad = tiny_model.blocks[0].attn.W_Q.grad
+    assert grad is not None
+    tiny_model.zero_grad(set_to_none=True)
+    tiny_model(tokens)[0, -1, 0].backward()
+    torch.testing.assert_close(grad, tiny_model.blocks[0].attn.W_Q.grad, atol=0, rtol=0)
+    tiny_model.zero_grad(set_to_none=True)

@@ -25,6 +25,8 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.components import abstract_attention
+from transformer_lens.utilities import attention as attention_utilities
 from transformer_lens.utilities.attention import simple_attn_linear
 
 from interp.distributed import rank_world
@@ -63,7 +65,7 @@ def _corrupted_cache(
     """The corrupted run's resid_pre at `layers` and, when unpadded, every layer's keys and values."""
     model = task.model
     names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
-    with _uncopied_gated_mlps(model.blocks):
+    with _uncopied_weights(model.blocks):
         return _capture_corrupted(task, names, layers)
 
 
@@ -88,7 +90,7 @@ def _capture_corrupted(task: PatchingTask, names: list[str], layers: set[int]):
 
 
 def _clean_cache(task: PatchingTask, hook_names: set[str], stop_at_layer: int) -> dict[str, Tensor]:
-    with _uncopied_gated_mlps(task.model.blocks):
+    with _uncopied_weights(task.model.blocks):
         return capture(
             task.model, task.clean_tokens, hook_names, attention_mask=task.clean_mask, stop_at_layer=stop_at_layer
         )
@@ -133,7 +135,7 @@ def _score_variants(
     # (queries, attention, W_O, the MLP) at the last position alone; when no hook is inside it, it runs so
     last_only = layer < last and resid.shape[1] > 1 and kv is not None and _last_position_block_ok(model)
     hooks = [(name, write_clean(entries, clean[name])) for name, entries in by_hook.items()]
-    with model.hooks(fwd_hooks=hooks), _uncopied_gated_mlps(model.blocks[layer:]):
+    with model.hooks(fwd_hooks=hooks), _uncopied_weights(model.blocks[layer:]):
         for i, block in enumerate(model.blocks[layer:], start=layer):
             past = None
             if i == last and last_only:
@@ -152,6 +154,51 @@ def _score_variants(
                 )
             resid = block(resid, shortformer_pos_embed=pos_embed, past_kv_cache_entry=past, attention_mask=mask)
     return task.score(last_position_logits(model, resid))
+
+
+@contextmanager
+def _uncopied_weights(blocks):
+    """The engine's runs without TransformerLens's per-call weight copies: the gated MLPs' (below) and attention's."""
+    with _uncopied_gated_mlps(blocks), _attention_weights_rearranged_once():
+        yield
+
+
+class _RearrangeOnce:
+    """Stands in for the einops module inside TransformerLens's attention: a parameter rearranged there (W_Q, W_K, W_V
+    into [(head d_head), d_model], W_O into [d_model, (head d_head)]: a copy on every call) is rearranged once and
+    reused while the sweep runs; the same contiguous tensor TransformerLens makes, so the same products and results.
+    With gradients on (attribution) every call rearranges, so that each backward pass has its own graph."""
+
+    def __init__(self, einops_module):
+        self._einops, self._done = einops_module, {}
+
+    def rearrange(self, tensor, pattern, **axes):
+        if not isinstance(tensor, torch.nn.Parameter) or axes or torch.is_grad_enabled():
+            return self._einops.rearrange(tensor, pattern, **axes)
+        key = (id(tensor), tensor._version, pattern)
+        if key not in self._done:  # the tensor is kept with its copy, so that its id is not reused meanwhile
+            self._done[key] = (tensor, self._einops.rearrange(tensor, pattern).contiguous())
+        return self._done[key][1]
+
+    def __getattr__(self, name):
+        return getattr(self._einops, name)
+
+
+@contextmanager
+def _attention_weights_rearranged_once():
+    modules = [abstract_attention, attention_utilities]
+    originals = [module.einops for module in modules]
+    if isinstance(originals[0], _RearrangeOnce):  # inside a sweep that already holds them: reuse its tensors
+        yield
+        return
+    once = _RearrangeOnce(originals[0])
+    for module in modules:
+        module.einops = once
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            module.einops = original
 
 
 @contextmanager
@@ -297,7 +344,7 @@ def patch_sites(
     sites = [normalised_site(model, s, task.seq_len) for s in sites]
     batches = plan_batches(task, sites, memory_budget)
     stop = max(layer for layer, _ in batches) + 1
-    with torch.no_grad():
+    with torch.no_grad(), _attention_weights_rearranged_once():
         clean = _clean_cache(task, {s.hook_name for s in sites}, stop)
         corrupted_resid_pre, kv = _corrupted_cache(task, {layer for layer, _ in batches})
         values = np.empty(len(sites))
