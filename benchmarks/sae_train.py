@@ -116,6 +116,32 @@ def run_ours(train, held_out, args, sparse: bool, select_dtype: str | None = Non
         ),  # the first step also finds b_dec's geometric median
         "fvu": fvu(result.sae, held_out),
         "final_train_fvu": float(result.curve.fvu.iloc[-1]),
+        **({"select_agreement": select_agreement(result.sae, held_out)} if select_dtype else {}),
+    }
+
+
+def select_agreement(sae, x: torch.Tensor) -> dict:
+    """The trained SAE's top-k index sets on held-out rows chosen with its select_dtype against exact fp32 scores:
+    the share of entries that agree (and the same share for the top k taken straight from the low-precision scores)."""
+    from sae.sparse_ops import topk_encode
+
+    k, width, low_dtype = sae.cfg.k, sae.cfg.d_sae, sae.cfg.select_torch_dtype
+    with torch.no_grad():
+        xc = x - sae.b_dec
+        exact = torch.nn.functional.linear(xc, sae.encoder, sae.b_enc).topk(k, dim=1, sorted=False).indices
+        ours = topk_encode(xc, sae.encoder, sae.b_enc, k, low_dtype)[1]
+        low = torch.nn.functional.linear(xc.to(low_dtype), sae.encoder.to(low_dtype), sae.b_enc.to(low_dtype))
+        plain = low.topk(k, dim=1, sorted=False).indices
+        del low
+    mask = lambda i: torch.zeros(len(x), width, dtype=torch.bool).scatter_(1, i, True)  # noqa: E731
+    wanted = mask(exact)
+    entries = int(wanted.sum())
+    agree, plain_agree = int((mask(ours) & wanted).sum()), int((mask(plain) & wanted).sum())
+    return {
+        "entries": entries,
+        "agree": agree,
+        "share": agree / entries,
+        "plain_low_precision_share": plain_agree / entries,
     }
 
 
