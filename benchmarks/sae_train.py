@@ -4,10 +4,20 @@ All three train on the same cached activations of the bundled model for the same
 we report tokens per second, held-out FVU, and our step time over the floor (one dense matmul of the
 encoder's shape through torch, [batch x d_in] x [d_in x d_sae], timed at the same thread count between the runs).
 Prints a table and writes benchmarks/results/sae_train.json with `step_over_matmul` (the median of our steps
-after the first, over the median matmul) and `vs_saelens` (our tokens/s over SAELens's, whole runs).
+after the first, over the median FLOAT32 matmul: the floor stays fp32 whatever our step selects in) and `vs_saelens`
+(our tokens/s over SAELens's, whole runs); `vs_saelens_pair` names the two rows that ratio is of (ours_sparse over
+saelens when both ran), `ratios` holds every ours / SAELens pair of the run, `step_over_matmul_floor` each row's step
+over the fp32 matmul and `step_over_bf16_matmul` over the same matmul in bfloat16.
+
+Trainers (--trainers, a comma list): ours_sparse (our sparse TopK step), ours_sparse_bf16select (the same, the top k
+chosen on bfloat16 scores, values and gradients exact fp32: TopKConfig.select_dtype), saelens (SAETrainer, fp32),
+saelens_autocast (SAETrainer with autocast=True: its step under bfloat16 autocast, the matched baseline for a
+low-precision ours), ours_dense (our dense reference path, --dense-steps steps). --select-dtype D turns ours_sparse
+into ours_sparse_<D>select, --saelens-autocast turns saelens into saelens_autocast.
 
     python benchmarks/sae_train.py                      # the target shape: d_sae 9216, k 32, batch 4096, 1 thread
     python benchmarks/sae_train.py --batch 1024 --steps 10   # a quick run on a small CPU
+    python benchmarks/sae_train.py --select-dtype bfloat16 --saelens-autocast   # the bf16 pair
 """
 
 from __future__ import annotations
@@ -73,8 +83,13 @@ def fvu(encode_decode, x: torch.Tensor) -> float:
         return float((encode_decode(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
-def run_ours(train, held_out, args, sparse: bool) -> dict:
-    cfg = TopKConfig(d_in=train.shape[1], d_sae=args.d_sae, k=args.k, sparse_backward=sparse)
+SELECT_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+TRAINERS = ("ours_sparse", "saelens", "ours_dense") + tuple(f"ours_sparse_{s}select" for s in SELECT_SHORT.values())
+TRAINERS += ("saelens_autocast",)
+
+
+def run_ours(train, held_out, args, sparse: bool, select_dtype: str | None = None) -> dict:
+    cfg = TopKConfig(d_in=train.shape[1], d_sae=args.d_sae, k=args.k, sparse_backward=sparse, select_dtype=select_dtype)
     tcfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch,
@@ -101,10 +116,36 @@ def run_ours(train, held_out, args, sparse: bool) -> dict:
         ),  # the first step also finds b_dec's geometric median
         "fvu": fvu(result.sae, held_out),
         "final_train_fvu": float(result.curve.fvu.iloc[-1]),
+        **({"select_agreement": select_agreement(result.sae, held_out)} if select_dtype else {}),
     }
 
 
-def run_saelens(train, held_out, args) -> dict:
+def select_agreement(sae, x: torch.Tensor) -> dict:
+    """The trained SAE's top-k index sets on held-out rows chosen with its select_dtype against exact fp32 scores:
+    the share of entries that agree (and the same share for the top k taken straight from the low-precision scores)."""
+    from sae.sparse_ops import topk_encode
+
+    k, width, low_dtype = sae.cfg.k, sae.cfg.d_sae, sae.cfg.select_torch_dtype
+    with torch.no_grad():
+        xc = x - sae.b_dec
+        exact = torch.nn.functional.linear(xc, sae.encoder, sae.b_enc).topk(k, dim=1, sorted=False).indices
+        ours = topk_encode(xc, sae.encoder, sae.b_enc, k, low_dtype)[1]
+        low = torch.nn.functional.linear(xc.to(low_dtype), sae.encoder.to(low_dtype), sae.b_enc.to(low_dtype))
+        plain = low.topk(k, dim=1, sorted=False).indices
+        del low
+    mask = lambda i: torch.zeros(len(x), width, dtype=torch.bool).scatter_(1, i, True)  # noqa: E731
+    wanted = mask(exact)
+    entries = int(wanted.sum())
+    agree, plain_agree = int((mask(ours) & wanted).sum()), int((mask(plain) & wanted).sum())
+    return {
+        "entries": entries,
+        "agree": agree,
+        "share": agree / entries,
+        "plain_low_precision_share": plain_agree / entries,
+    }
+
+
+def run_saelens(train, held_out, args, autocast: bool = False) -> dict:
     from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
 
@@ -121,6 +162,7 @@ def run_saelens(train, held_out, args) -> dict:
         lr_decay_steps=max(1, args.steps // 5),
         lr_end=0.0,
         n_batches_for_norm_estimate=1,
+        autocast=autocast,  # bfloat16 autocast around its training forward (on CPU too)
     )
     batches = iter(TensorBatches(train, args.batch))
     start = time.perf_counter()
@@ -133,8 +175,8 @@ def run_saelens(train, held_out, args) -> dict:
     }
 
 
-def matmul_times(args, d_in: int, repeats: int = 5) -> list[float]:
-    x, w = torch.randn(args.batch, d_in), torch.randn(d_in, args.d_sae)
+def matmul_times(args, d_in: int, repeats: int = 5, dtype: torch.dtype = torch.float32) -> list[float]:
+    x, w = torch.randn(args.batch, d_in, dtype=dtype), torch.randn(d_in, args.d_sae, dtype=dtype)
     x @ w
     times = []
     for _ in range(repeats):
@@ -150,7 +192,7 @@ def interleaved(train: torch.Tensor, args, rounds: int = 7) -> dict:
     from sae.models import build_sae
     from sae.models.base import LossScale
 
-    cfg = TopKConfig(d_in=train.shape[1], d_sae=args.d_sae, k=args.k)
+    cfg = TopKConfig(d_in=train.shape[1], d_sae=args.d_sae, k=args.k, select_dtype=args.select_dtype)
     sae = build_sae(cfg)
     optimiser = torch.optim.Adam(sae.parameters(), lr=args.lr, fused=True)
     dead = torch.zeros(args.d_sae, dtype=torch.bool)
@@ -206,8 +248,38 @@ def main() -> None:
     parser.add_argument(
         "--store", default=None, help="an activation store holding --site (interp cache) instead of running the model"
     )
+    parser.add_argument(
+        "--trainers",
+        default="ours_sparse,saelens",
+        help=f"comma list of the trainers to run, in order, among {', '.join(TRAINERS)} (ours_dense also runs when "
+        "--dense-steps is given)",
+    )
+    parser.add_argument(
+        "--select-dtype",
+        default=None,
+        choices=sorted(SELECT_SHORT),
+        help="ours_sparse chooses its top k on scores in this dtype (values and gradients stay fp32); its row is then "
+        "ours_sparse_<short>select",
+    )
+    parser.add_argument(
+        "--saelens-autocast",
+        action="store_true",
+        help="SAELens trains under bfloat16 autocast (SAETrainerConfig.autocast); its row is then saelens_autocast",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sae_train.json"))
     args = parser.parse_args()
+    trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
+    unknown = [t for t in trainers if t not in TRAINERS]
+    if unknown or not trainers:
+        parser.error(f"--trainers {args.trainers!r}: unknown {unknown}; choose among {', '.join(TRAINERS)}")
+    if args.select_dtype:
+        trainers = [
+            f"ours_sparse_{SELECT_SHORT[args.select_dtype]}select" if t == "ours_sparse" else t for t in trainers
+        ]
+    if args.saelens_autocast:
+        trainers = ["saelens_autocast" if t == "saelens" else t for t in trainers]
+    if args.dense_steps and "ours_dense" not in trainers:
+        trainers.append("ours_dense")
     torch.set_num_threads(args.threads)
 
     n_train = min(args.train_rows or args.steps * args.batch, args.steps * args.batch)
@@ -231,25 +303,46 @@ def main() -> None:
         out.write_text(json.dumps(report, indent=1))
         return
     mm = matmul_times(args, acts.shape[1])
-    rows = {"ours_sparse": run_ours(train, held_out, args, sparse=True)}
-    mm += matmul_times(args, acts.shape[1])
-    rows["saelens"] = run_saelens(train, held_out, args)
-    mm += matmul_times(args, acts.shape[1])
-    if args.dense_steps:
-        dense_args = argparse.Namespace(**{**vars(args), "steps": args.dense_steps})
-        rows["ours_dense"] = run_ours(train, held_out, dense_args, sparse=False)
-    floor = statistics.median(mm)
-    print(f"{'trainer':<13} {'tokens/s':>10} {'step s':>8} {'x floor':>8} {'FVU':>7}")
+    mm_bf16 = matmul_times(args, acts.shape[1], dtype=torch.bfloat16)
+    rows = {}
+    for name in trainers:
+        print(f"running {name} ...", flush=True)
+        if name == "ours_dense":
+            steps = args.dense_steps or args.steps
+            rows[name] = run_ours(train, held_out, argparse.Namespace(**{**vars(args), "steps": steps}), sparse=False)
+        elif name.startswith("ours_sparse"):
+            short = name.removeprefix("ours_sparse_").removesuffix("select") if name != "ours_sparse" else None
+            select = next((d for d, s in SELECT_SHORT.items() if s == short), None)
+            rows[name] = run_ours(train, held_out, args, sparse=True, select_dtype=select)
+        else:
+            rows[name] = run_saelens(train, held_out, args, autocast=name == "saelens_autocast")
+        mm += matmul_times(args, acts.shape[1])
+        mm_bf16 += matmul_times(args, acts.shape[1], dtype=torch.bfloat16)
+    floor, floor_bf16 = statistics.median(mm), statistics.median(mm_bf16)
+    print(f"{'trainer':<24} {'tokens/s':>10} {'step s':>8} {'x floor':>8} {'x bf16':>7} {'FVU':>7}")
     for name, row in rows.items():
-        row["step_over_matmul_floor"] = row["step_s"] / floor
+        row["step_over_matmul_floor"] = row["step_s"] / floor  # over the fp32 matmul: the floor
+        row["step_over_bf16_matmul"] = row["step_s"] / floor_bf16
+        if "median_step_s" in row:
+            row["median_step_over_matmul_floor"] = row["median_step_s"] / floor
         print(
-            f"{name:<13} {row['tokens_per_s']:>10.0f} {row['step_s']:>8.3f} {row['step_over_matmul_floor']:>8.2f} {row['fvu']:>7.3f}"
+            f"{name:<24} {row['tokens_per_s']:>10.0f} {row['step_s']:>8.3f} {row['step_over_matmul_floor']:>8.2f} "
+            f"{row['step_over_bf16_matmul']:>7.2f} {row['fvu']:>7.3f}"
         )
-    speedup = rows["ours_sparse"]["tokens_per_s"] / rows["saelens"]["tokens_per_s"]
-    step_over_matmul = rows["ours_sparse"]["median_step_s"] / floor
+    ours_names = [n for n in rows if n.startswith("ours_sparse")]
+    saelens_names = [n for n in rows if n.startswith("saelens")]
+    ratios = {f"{o}/{s}": rows[o]["tokens_per_s"] / rows[s]["tokens_per_s"] for o in ours_names for s in saelens_names}
+    for pair, ratio in ratios.items():
+        print(
+            f"tokens/s {pair}: {ratio:.2f}x (held-out FVU {rows[pair.split('/')[0]]['fvu']:.3f} vs {rows[pair.split('/')[1]]['fvu']:.3f})"
+        )
+    pair = (ours_names[0], saelens_names[0]) if ours_names and saelens_names else None
+    speedup = ratios[f"{pair[0]}/{pair[1]}"] if pair else None
+    step_over_matmul = rows[ours_names[0]]["median_step_s"] / floor if ours_names else None
     print(
-        f"ours / SAELens throughput: {speedup:.2f}x; floor (one [{args.batch}x{acts.shape[1]}] @ [{acts.shape[1]}x{args.d_sae}] matmul, median of {len(mm)}): {floor:.3f} s; "
-        f"our median step / floor: {step_over_matmul:.2f}x"
+        f"floor (one [{args.batch}x{acts.shape[1]}] @ [{acts.shape[1]}x{args.d_sae}] matmul, median of {len(mm)}): fp32 {floor:.3f} s, "
+        f"bf16 {floor_bf16:.3f} s"
+        + (f"; {ours_names[0]} median step / fp32 floor: {step_over_matmul:.2f}x" if ours_names else "")
     )
     machine = {
         "platform": platform.platform(),
@@ -268,11 +361,17 @@ def main() -> None:
                 "tokens": args.steps * args.batch,
                 "distinct_train_rows": len(train),
                 "epochs": args.steps * args.batch / len(train),
-                "matmul_floor_s": floor,
+                "trainers": trainers,
+                "matmul_floor_s": floor,  # fp32: the floor
                 "matmul_s": mm,
-                "step_over_matmul": step_over_matmul,
-                "vs_saelens": speedup,
+                "matmul_bf16_s": mm_bf16,
+                "matmul_bf16_median_s": floor_bf16,
+                "step_over_matmul": step_over_matmul,  # the first ours_sparse* row's median step / fp32 matmul floor
+                "step_over_matmul_trainer": ours_names[0] if ours_names else None,
+                "vs_saelens": speedup,  # tokens/s of vs_saelens_pair[0] over vs_saelens_pair[1]
+                "vs_saelens_pair": list(pair) if pair else None,
                 "speedup_vs_saelens": speedup,  # the old key
+                "ratios": ratios,  # tokens/s, every ours_sparse* row over every saelens* row
                 "results": rows,
             },
             indent=1,

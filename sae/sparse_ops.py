@@ -3,6 +3,16 @@
 Per row only k of d_sae latents are active, so past the one dense encoder matmul every product is
 O(n k d): the encoder's weight gradient, the input gradient, the decoder forward and both decoder
 gradients (sparsify's fused_encoder does the same). The dense path in sae.models.topk is the reference.
+
+`select_dtype` (e.g. torch.bfloat16): the one dense product, the [n, d_sae] scores, only CHOOSES which k latents
+fire, so it may run in a lower precision (x, encoder and b_enc cast; bfloat16 matmuls run ~4x faster than float32
+on CPUs with AVX512-BF16 and on tensor cores). The low-precision scores shortlist k + max(8, k // 4) latents; their
+pre-activations are recomputed exactly in the parameters' dtype (a sampled product, `rows_dot`, plus b_enc at those
+indices) and the exact top k of the shortlist is kept. So the values, and every gradient, are exactly those of the
+fp32 step given the same indices, and the indices differ from fp32's only where a true top-k latent ranked below the
+shortlist in low precision: a near-tie within the scores' bf16 rounding. Measured on 4,096 layer-6 rows of the
+bundled model, a random-init 9216-latent SAE and three trained ones: no entry differs from the fp32 top k, against
+0.2-1.0% of entries when the top k is taken straight from the bf16 scores (tests/sae/test_select_dtype.py).
 """
 
 from __future__ import annotations
@@ -20,8 +30,10 @@ class TopKEncode(torch.autograd.Function):
     """(x, encoder [d_sae, d_in], b_enc, k) -> relu of the top-k pre-activations and their latent indices."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, encoder: Tensor, b_enc: Tensor, k: int):
-        if use_triton(encoder):  # the Triton selection kernel on CUDA, bias and ReLU fused into it
+    def forward(ctx, x: Tensor, encoder: Tensor, b_enc: Tensor, k: int, select_dtype: torch.dtype | None = None):
+        if select_dtype is not None and select_dtype != x.dtype:
+            values, indices = _select_then_exact(x, encoder, b_enc, k, select_dtype)
+        elif use_triton(encoder):  # the Triton selection kernel on CUDA, bias and ReLU fused into it
             values, indices = row_topk(torch.nn.functional.linear(x, encoder), k, bias=b_enc, relu=True)
         else:  # torch.topk: the bias goes into the matmul (addmm), not a second pass over the [n, d_sae] scores
             values, indices = row_topk(torch.nn.functional.linear(x, encoder, b_enc), k, relu=True)
@@ -38,7 +50,27 @@ class TopKEncode(torch.autograd.Function):
         grad_b_enc = None
         if ctx.needs_input_grad[2]:
             grad_b_enc = grad_pre.new_zeros(encoder.shape[0]).index_add_(0, indices.reshape(-1), grad_pre.reshape(-1))
-        return grad_x, grad_encoder, grad_b_enc, None
+        return grad_x, grad_encoder, grad_b_enc, None, None
+
+
+def select_candidates(k: int, d_sae: int) -> int:
+    """How many latents the low-precision scores shortlist before the exact re-rank picks k: k + max(8, k // 4)."""
+    return min(d_sae, k + max(8, k // 4))
+
+
+def _select_then_exact(
+    x: Tensor, encoder: Tensor, b_enc: Tensor, k: int, select_dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Shortlist the top k + margin latents on scores computed in `select_dtype`, recompute the shortlisted
+    pre-activations exactly (a sampled product at n * (k + margin) entries), keep the exact top k, relu."""
+    low = torch.nn.functional.linear(x.to(select_dtype), encoder.to(select_dtype), b_enc.to(select_dtype))
+    # torch.topk straight on the low-precision scores: on CPU bf16 topk is as fast as fp32's, and an upcast first
+    # would cost a full extra pass over [n, d_sae]; the same torch code serves CUDA
+    shortlist = low.topk(select_candidates(k, encoder.shape[0]), dim=1, sorted=False)[1]
+    del low
+    exact = rows_dot(x, shortlist, encoder) + b_enc[shortlist]
+    values, keep = exact.topk(k, dim=1, sorted=False)
+    return values.relu(), shortlist.gather(1, keep)
 
 
 class SparseDecode(torch.autograd.Function):
@@ -58,9 +90,18 @@ class SparseDecode(torch.autograd.Function):
 
 
 def topk_encode(
-    x: Float[Tensor, "n d_in"], encoder: Float[Tensor, "d_sae d_in"], b_enc: Float[Tensor, " d_sae"], k: int
+    x: Float[Tensor, "n d_in"],
+    encoder: Float[Tensor, "d_sae d_in"],
+    b_enc: Float[Tensor, " d_sae"],
+    k: int,
+    select_dtype: torch.dtype | None = None,
 ) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
-    return TopKEncode.apply(x, encoder, b_enc, k)
+    """relu of the top-k pre-activations (x @ encoder.T + b_enc) per row and their indices; backward k-sparse.
+
+    select_dtype: None (or x's dtype): select on the exact scores. A lower dtype (torch.bfloat16, torch.float16):
+    select on scores computed in it, then return the exact pre-activations at the chosen indices (module docstring).
+    """
+    return TopKEncode.apply(x, encoder, b_enc, k, select_dtype)
 
 
 def sparse_decode(

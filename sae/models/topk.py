@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.errors import OutOfRangeError
+from interp.errors import InterpError, OutOfRangeError
 from interp.kernels.topk import row_topk
 from sae.models.base import LossScale, Sae, SaeConfig, StepOutput, aux_k_loss, reconstruction_loss
 from sae.sparse_ops import sparse_decode, topk_encode
@@ -21,8 +21,13 @@ class TopKConfig(SaeConfig):
     k_aux: int | None = None  # latents AuxK lets the dead reconstruct with; None: d_in // 2
     aux_coefficient: float = 1 / 32
     sparse_backward: bool = True  # False: the dense reference path (same gradients, d_sae times the work)
+    # None: select the top k on exact scores. "bfloat16" / "float16": the sparse path's [n, d_sae] scores are computed
+    # in that dtype only to CHOOSE the k latents; their values and all gradients stay exact (sae.sparse_ops).
+    # The dense reference path and inference `encode()` always select on exact scores.
+    select_dtype: str | None = None
 
     architecture: ClassVar[str] = "topk"
+    SELECT_DTYPES: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")
 
     def __post_init__(self):
         super().__post_init__()
@@ -30,6 +35,15 @@ class TopKConfig(SaeConfig):
             raise OutOfRangeError(
                 f"{type(self).__name__}(k={self.k!r}): k must be an integer with 0 < k < d_sae={self.d_sae}. Lower k or raise d_sae."
             )
+        if self.select_dtype is not None and self.select_dtype not in self.SELECT_DTYPES:
+            raise InterpError(
+                f"{type(self).__name__}(select_dtype={self.select_dtype!r}): must be None (select on exact scores) or "
+                f"one of {', '.join(repr(d) for d in self.SELECT_DTYPES)}, the dtype the top-k latents are chosen in."
+            )
+
+    @property
+    def select_torch_dtype(self) -> torch.dtype | None:
+        return None if self.select_dtype is None else getattr(torch, self.select_dtype)
 
 
 class TopKSae(Sae):
@@ -41,14 +55,18 @@ class TopKSae(Sae):
         return torch.zeros_like(rows).scatter(-1, indices, rows.gather(-1, indices).relu()).view_as(pre)
 
     def encode_topk(self, x: Float[Tensor, "n d_in"]) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+        """Values and indices of the top k (the sparse path, so `cfg.select_dtype` chooses the indices when set;
+        `encode()` and the dense reference path always select on exact fp32 scores)."""
         self.check_input(x)
-        return topk_encode(x - self.b_dec, self.encoder, self.b_enc, self.cfg.k)
+        return topk_encode(x - self.b_dec, self.encoder, self.b_enc, self.cfg.k, self.cfg.select_torch_dtype)
 
     def training_step(
         self, x: Float[Tensor, "n d_in"], dead: Bool[Tensor, " d_sae"], scale: LossScale, step: int
     ) -> StepOutput:
         if self.cfg.sparse_backward:
-            values, indices = topk_encode(x - self.b_dec, self.encoder, self.b_enc, self.cfg.k)
+            values, indices = topk_encode(
+                x - self.b_dec, self.encoder, self.b_enc, self.cfg.k, self.cfg.select_torch_dtype
+            )
             sae_out = sparse_decode(values, indices, self.W_dec) + self.b_dec
         else:
             pre = self.pre_acts(x)
