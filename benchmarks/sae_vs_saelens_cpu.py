@@ -2,14 +2,18 @@
 inflate as it does wall time): d_in 576 -> 9216, k 32, batch 4096, 1 thread, the layer-6 store of the bundled model.
 
     python benchmarks/sae_vs_saelens_cpu.py --steps 12 --repeats 2
+    python benchmarks/sae_vs_saelens_cpu.py --steps 12 --repeats 2 --bf16   # and the bfloat16 pair, alternated too
 
 Each run includes both trainers' fixed costs (initialisation, the held-out FVU on 16,384 rows), as a whole run does.
-Prints one row per run and the ratio of the medians (SAELens CPU seconds per step over ours).
+Prints one row per run and the ratio of the medians (SAELens CPU seconds per step over ours). --bf16 adds ours with
+the top k chosen on bfloat16 scores (TopKConfig.select_dtype) and SAELens under bfloat16 autocast, its matched
+baseline; every ratio of the four is printed, and --out writes them as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -31,28 +35,47 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--store", default=str(STORE))
+    parser.add_argument("--bf16", action="store_true", help="also ours with bfloat16 selection and SAELens autocast")
+    parser.add_argument("--out", type=Path, default=None, help="write the CPU seconds and the ratios here (JSON)")
     a = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     train, held = store_activations(a.store, "blocks.6.hook_resid_post", 4096 * a.steps, 16384)
     args = types.SimpleNamespace(d_sae=9216, k=32, batch=4096, steps=a.steps, lr=4e-4)
-    cpu: dict[str, list[float]] = {"saelens": [], "ours": []}
+    trainers = {
+        "saelens": lambda: run_saelens(train, held, args),
+        "ours": lambda: run_ours(train, held, args, True),
+    }
+    if a.bf16:
+        trainers["saelens_autocast"] = lambda: run_saelens(train, held, args, autocast=True)
+        trainers["ours_bf16select"] = lambda: run_ours(train, held, args, True, select_dtype="bfloat16")
+    cpu: dict[str, list[float]] = {name: [] for name in trainers}
+    fvu: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(a.repeats):
-        for name, run in (
-            ("saelens", lambda: run_saelens(train, held, args)),
-            ("ours", lambda: run_ours(train, held, args, True)),
-        ):
+        for name, run in trainers.items():
             start, wall = time.process_time(), time.perf_counter()
             result = run()
             cpu[name].append((time.process_time() - start) / a.steps)
+            fvu[name].append(result["fvu"])
             print(
-                f"{name:8s} CPU {cpu[name][-1]:.3f} s/step, wall {(time.perf_counter() - wall) / a.steps:.3f} s/step, "
+                f"{name:17s} CPU {cpu[name][-1]:.3f} s/step, wall {(time.perf_counter() - wall) / a.steps:.3f} s/step, "
                 f"held-out FVU {result['fvu']:.3f}, load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-    print(
-        f"SAELens / ours, CPU per step (medians): {statistics.median(cpu['saelens']) / statistics.median(cpu['ours']):.2f}x"
-    )
+    median = {name: statistics.median(times) for name, times in cpu.items()}
+    ratios = {
+        f"{b}/{o}": median[b] / median[o]
+        for b in median
+        if b.startswith("saelens")
+        for o in median
+        if o.startswith("ours")
+    }
+    for pair, ratio in ratios.items():
+        print(f"{pair}, CPU per step (medians): {ratio:.2f}x")
+    if a.out:
+        a.out.write_text(
+            json.dumps(dict(steps=a.steps, repeats=a.repeats, cpu_s_per_step=cpu, fvu=fvu, ratios=ratios), indent=1)
+        )
 
 
 if __name__ == "__main__":
