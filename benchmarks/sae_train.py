@@ -88,6 +88,29 @@ TRAINERS = ("ours_sparse", "saelens", "ours_dense") + tuple(f"ours_sparse_{s}sel
 TRAINERS += ("saelens_autocast",)
 
 
+class MarkedBatches:
+    """The batches a trainer reads, with the wall and process CPU clocks read at every fetch: consecutive fetches
+    bound one training step, for SAELens's SAETrainer (which has no per-step callback) as for ours."""
+
+    def __init__(self, batches):
+        self.batches, self.wall, self.cpu = iter(batches), [], []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+        return next(self.batches)
+
+    def median_steps(self) -> dict:
+        """Median wall and CPU seconds between fetches, after the first two (initialisation: b_dec's geometric
+        median, SAELens's norm estimate)."""
+        wall = [b - a for a, b in zip(self.wall, self.wall[1:])][2:]
+        cpu = [b - a for a, b in zip(self.cpu, self.cpu[1:])][2:]
+        return {"median_step_s": statistics.median(wall), "median_step_cpu_s": statistics.median(cpu)} if wall else {}
+
+
 def run_ours(train, held_out, args, sparse: bool, select_dtype: str | None = None) -> dict:
     cfg = TopKConfig(d_in=train.shape[1], d_sae=args.d_sae, k=args.k, sparse_backward=sparse, select_dtype=select_dtype)
     tcfg = TrainConfig(
@@ -99,9 +122,10 @@ def run_ours(train, held_out, args, sparse: bool, select_dtype: str | None = Non
         log_every=args.steps,
     )
     marks = [time.perf_counter()]
+    fetched = MarkedBatches(TensorBatches(train, args.batch))
     result = train_sae(
         cfg,
-        TensorBatches(train, args.batch),
+        fetched,
         tcfg,
         progress=False,
         on_step=lambda *_: marks.append(time.perf_counter()),
@@ -114,6 +138,7 @@ def run_ours(train, held_out, args, sparse: bool, select_dtype: str | None = Non
         "median_step_s": statistics.median(
             steps_s[1:] or steps_s
         ),  # the first step also finds b_dec's geometric median
+        "median_step_cpu_s": fetched.median_steps().get("median_step_cpu_s"),
         "fvu": fvu(result.sae, held_out),
         "final_train_fvu": float(result.curve.fvu.iloc[-1]),
         **({"select_agreement": select_agreement(result.sae, held_out)} if select_dtype else {}),
@@ -164,13 +189,14 @@ def run_saelens(train, held_out, args, autocast: bool = False) -> dict:
         n_batches_for_norm_estimate=1,
         autocast=autocast,  # bfloat16 autocast around its training forward (on CPU too)
     )
-    batches = iter(TensorBatches(train, args.batch))
+    batches = MarkedBatches(TensorBatches(train, args.batch))
     start = time.perf_counter()
     trained = SAETrainer(cfg=cfg, sae=sae, data_provider=batches).fit()
     seconds = time.perf_counter() - start
     return {
         "tokens_per_s": args.steps * args.batch / seconds,
         "step_s": seconds / args.steps,
+        **batches.median_steps(),
         "fvu": fvu(lambda x: trained.decode(trained.encode(x)), held_out),
     }
 
