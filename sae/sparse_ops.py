@@ -36,7 +36,9 @@ class TopKEncode(torch.autograd.Function):
         elif use_triton(encoder):  # the Triton selection kernel on CUDA, bias and ReLU fused into it
             values, indices = row_topk(torch.nn.functional.linear(x, encoder), k, bias=b_enc, relu=True)
         else:  # torch.topk: the bias goes into the matmul (addmm), not a second pass over the [n, d_sae] scores
-            values, indices = row_topk(torch.nn.functional.linear(x, encoder, b_enc), k, relu=True)
+            values, indices = _by_row_chunks(
+                x, lambda rows: row_topk(torch.nn.functional.linear(rows, encoder, b_enc), k, relu=True)
+            )
         ctx.save_for_backward(x, encoder, values, indices)
         ctx.mark_non_differentiable(indices)
         return values, indices
@@ -53,6 +55,19 @@ class TopKEncode(torch.autograd.Function):
         return grad_x, grad_encoder, grad_b_enc, None, None
 
 
+CPU_ROW_CHUNK = 512  # rows a CPU scores and selects at once: their [512, d_sae] scores stay in cache for the top k
+
+
+def _by_row_chunks(x: Tensor, select) -> tuple[Tensor, ...]:
+    """select(rows) on chunks of CPU_ROW_CHUNK rows of x, concatenated (one call off the CPU, or for fewer rows).
+    Scoring and selecting a chunk at a time, the top k reads scores still in cache instead of a [n, d_sae] matrix
+    written out first: 13% of the bfloat16 selection's time at n 4096, d_sae 9216 on a 2-core Zen 5."""
+    if x.device.type != "cpu" or len(x) <= CPU_ROW_CHUNK:
+        return select(x)
+    parts = [select(x[i : i + CPU_ROW_CHUNK]) for i in range(0, len(x), CPU_ROW_CHUNK)]
+    return tuple(torch.cat(column) for column in zip(*parts))
+
+
 def select_candidates(k: int, d_sae: int) -> int:
     """How many latents the low-precision scores shortlist before the exact re-rank picks k: k + max(8, k // 4)."""
     return min(d_sae, k + max(8, k // 4))
@@ -63,11 +78,21 @@ def _select_then_exact(
 ) -> tuple[Tensor, Tensor]:
     """Shortlist the top k + margin latents on scores computed in `select_dtype`, recompute the shortlisted
     pre-activations exactly (a sampled product at n * (k + margin) entries), keep the exact top k, relu."""
-    low = torch.nn.functional.linear(x.to(select_dtype), encoder.to(select_dtype), b_enc.to(select_dtype))
+    low_encoder, low_bias, candidates = (
+        encoder.to(select_dtype),
+        b_enc.to(select_dtype),
+        select_candidates(k, len(encoder)),
+    )
     # torch.topk straight on the low-precision scores: on CPU bf16 topk is as fast as fp32's, and an upcast first
     # would cost a full extra pass over [n, d_sae]; the same torch code serves CUDA
-    shortlist = low.topk(select_candidates(k, encoder.shape[0]), dim=1, sorted=False)[1]
-    del low
+    (shortlist,) = _by_row_chunks(
+        x,
+        lambda rows: (
+            torch.nn.functional.linear(rows.to(select_dtype), low_encoder, low_bias)
+            .topk(candidates, dim=1, sorted=False)
+            .indices,
+        ),
+    )
     exact = rows_dot(x, shortlist, encoder) + b_enc[shortlist]
     values, keep = exact.topk(k, dim=1, sorted=False)
     return values.relu(), shortlist.gather(1, keep)

@@ -132,3 +132,27 @@ def test_sparse_topk_and_decode_gradients_for_any_subset_of_inputs(needs):
             torch.testing.assert_close(s, d, atol=1e-4, rtol=1e-4, msg=name)
         else:
             assert s is None and d is None, name
+
+
+@pytest.mark.parametrize("select_dtype", [None, torch.bfloat16])
+def test_selection_by_row_chunks_equals_one_pass(select_dtype, monkeypatch):
+    """On CPU the scores are made and selected CPU_ROW_CHUNK rows at a time; 1,100 rows (two whole chunks of 512 and
+    a partial one) give the values and indices of one pass over all rows, and the exact top k of a float64 reference."""
+    from sae import sparse_ops
+
+    gen = torch.Generator().manual_seed(4)
+    x, encoder, b_enc = (
+        torch.randn(1100, 48, generator=gen),
+        torch.randn(300, 48, generator=gen),
+        torch.randn(300, generator=gen),
+    )
+    chunked = sparse_ops.topk_encode(x, encoder, b_enc, 7, select_dtype)
+    monkeypatch.setattr(sparse_ops, "CPU_ROW_CHUNK", 10**9)
+    whole = sparse_ops.topk_encode(x, encoder, b_enc, 7, select_dtype)
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a.sort(1).values, b.sort(1).values, atol=1e-6, rtol=0)
+    reference = torch.nn.functional.linear(x.double(), encoder.double(), b_enc.double()).topk(7, dim=1)
+    assert torch.equal(chunked[1].sort(1).values, reference.indices.sort(1).values)
+    torch.testing.assert_close(
+        chunked[0].sort(1).values, reference.values.relu().float().sort(1).values, atol=1e-5, rtol=0
+    )
