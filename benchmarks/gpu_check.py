@@ -177,48 +177,62 @@ def sae(device: torch.device, cfg: dict, tiny: bool) -> dict:
     train, held_out = train * scale, held_out * scale  # both trainers see E||x||^2 = d_in
     lr = 4e-4
 
-    model = build_sae(TopKConfig(d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=cfg["k"])).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    dead = torch.zeros(cfg["d_sae"], dtype=torch.bool, device=device)
-    with torch.no_grad():
-        model.b_dec.copy_(train[:batch].mean(0))
-    sync(device)
-    start = time.perf_counter()
-    for step in range(steps):
-        x = train[step * batch : (step + 1) * batch]
-        out = model.training_step(x, dead, LossScale(batch, float((x - x.mean(0)).pow(2).sum())), step)
-        out.loss.backward()
-        model.remove_parallel_grad_()
-        optimiser.step()
-        optimiser.zero_grad(set_to_none=True)
-        model.normalise_decoder_()
-    sync(device)
-    ours_s = time.perf_counter() - start
-    ours_fvu = fvu(model, held_out)
+    def ours(select_dtype: str | None) -> tuple[float, float]:
+        model = build_sae(TopKConfig(d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=cfg["k"], select_dtype=select_dtype))
+        model = model.to(device)
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+        dead = torch.zeros(cfg["d_sae"], dtype=torch.bool, device=device)
+        with torch.no_grad():
+            model.b_dec.copy_(train[:batch].mean(0))
+        sync(device)
+        start = time.perf_counter()
+        for step in range(steps):
+            x = train[step * batch : (step + 1) * batch]
+            out = model.training_step(x, dead, LossScale(batch, float((x - x.mean(0)).pow(2).sum())), step)
+            out.loss.backward()
+            model.remove_parallel_grad_()
+            optimiser.step()
+            optimiser.zero_grad(set_to_none=True)
+            model.normalise_decoder_()
+        sync(device)
+        return time.perf_counter() - start, fvu(model, held_out)
 
     from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
 
-    peer = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=cfg["k"], device=str(device)))
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * batch, train_batch_size_samples=batch, lr=lr, lr_warm_up_steps=0,
-        lr_decay_steps=0, lr_end=lr, n_batches_for_norm_estimate=1, device=str(device),
-    )  # fmt: skip
-    batches = (train[step * batch : (step + 1) * batch] for step in range(steps))
-    sync(device)
-    start = time.perf_counter()
-    trained = SAETrainer(cfg=trainer_cfg, sae=peer, data_provider=batches).fit()
-    sync(device)
-    peer_s = time.perf_counter() - start
+    def saelens(autocast: bool) -> tuple[float, float]:
+        peer = TopKTrainingSAE(
+            TopKTrainingSAEConfig(d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=cfg["k"], device=str(device))
+        )
+        trainer_cfg = SAETrainerConfig(
+            total_training_samples=steps * batch, train_batch_size_samples=batch, lr=lr, lr_warm_up_steps=0,
+            lr_decay_steps=0, lr_end=lr, n_batches_for_norm_estimate=1, device=str(device), autocast=autocast,
+        )  # fmt: skip
+        batches = (train[step * batch : (step + 1) * batch] for step in range(steps))
+        sync(device)
+        start = time.perf_counter()
+        trained = SAETrainer(cfg=trainer_cfg, sae=peer, data_provider=batches).fit()
+        sync(device)
+        return time.perf_counter() - start, fvu(lambda x: trained.decode(trained.encode(x)), held_out)
+
+    # ours exact, ours choosing its top k on bfloat16 scores (values and gradients exact), SAELens in float32 and
+    # under bfloat16 autocast (the baseline matched to a bfloat16 product)
+    (ours_s, ours_fvu), (ours_bf16_s, ours_bf16_fvu) = ours(None), ours("bfloat16")
+    (peer_s, peer_fvu), (peer_autocast_s, peer_autocast_fvu) = saelens(False), saelens(True)
     row = dict(
         source=source, **cfg, input_scale=math_scale, ours_tokens_per_s=steps * batch / ours_s,
-        saelens_tokens_per_s=steps * batch / peer_s, ours_fvu=ours_fvu,
-        saelens_fvu=fvu(lambda x: trained.decode(trained.encode(x)), held_out),
+        saelens_tokens_per_s=steps * batch / peer_s, ours_fvu=ours_fvu, saelens_fvu=peer_fvu,
+        ours_bf16select_tokens_per_s=steps * batch / ours_bf16_s, ours_bf16select_fvu=ours_bf16_fvu,
+        saelens_autocast_tokens_per_s=steps * batch / peer_autocast_s, saelens_autocast_fvu=peer_autocast_fvu,
     )  # fmt: skip
+    row["bf16select_vs_saelens"] = row["ours_bf16select_tokens_per_s"] / row["saelens_tokens_per_s"]
+    row["bf16select_vs_saelens_autocast"] = row["ours_bf16select_tokens_per_s"] / row["saelens_autocast_tokens_per_s"]
     row["vs_saelens"] = row["ours_tokens_per_s"] / row["saelens_tokens_per_s"]
     print(
         f"  SAE: ours {row['ours_tokens_per_s']:.0f} tokens/s (FVU {ours_fvu:.3f}), SAELens {row['saelens_tokens_per_s']:.0f} "
-        f"(FVU {row['saelens_fvu']:.3f}): {row['vs_saelens']:.2f}x",
+        f"(FVU {row['saelens_fvu']:.3f}): {row['vs_saelens']:.2f}x; bf16 selection {row['ours_bf16select_tokens_per_s']:.0f} "
+        f"(FVU {ours_bf16_fvu:.3f}): {row['bf16select_vs_saelens']:.2f}x SAELens, "
+        f"{row['bf16select_vs_saelens_autocast']:.2f}x SAELens under autocast (FVU {peer_autocast_fvu:.3f})",
         flush=True,
     )
     return row

@@ -31,4 +31,7 @@ def test_gpu_check_runs_at_tiny_sizes(tmp_path):
     assert kernels["row_topk"]["same_indices"]
     assert all(row["max_abs_diff"] < 1e-4 for row in kernels.values()), kernels
     assert report["sae"]["ours_tokens_per_s"] > 0 and report["sae"]["saelens_tokens_per_s"] > 0
+    assert report["sae"]["ours_bf16select_tokens_per_s"] > 0 and report["sae"]["saelens_autocast_tokens_per_s"] > 0
+    # the bf16 selection re-ranks exactly: its SAE trains as the exact one does (same data, seed and steps)
+    assert abs(report["sae"]["ours_bf16select_fvu"] - report["sae"]["ours_fvu"]) < 0.02
     assert report["patching"]["variants"] == 4 and report["patching"]["max_abs_diff"] < 1e-4
