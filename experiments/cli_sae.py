@@ -48,6 +48,12 @@ def sae_train(
         "--plan",
         help="Print the steps, batches, predicted peak memory and time (from a three-step probe of the trainer, nothing written), then stop; refuse when the memory will not fit.",
     ),
+    select_dtype: Optional[str] = typer.Option(
+        None,
+        help="topk: choose each token's k latents on scores in this dtype (bfloat16: about 2x faster steps on CPUs "
+        "with AVX512-BF16 and on GPUs), then re-rank a shortlist exactly; values and gradients stay exact. "
+        "Default: exact scores.",
+    ),
 ) -> None:
     """Train a sparse autoencoder on one site, then evaluate it on held-out tokens."""
     positive(
@@ -92,6 +98,10 @@ def sae_train(
         fields = (
             {"k": k} if architecture in ("topk", "batchtopk", "matryoshka", "transcoder", "skip_transcoder") else {}
         )
+        if select_dtype is not None:
+            if architecture != "topk":
+                fail(f"--select-dtype {select_dtype}: only the topk architecture chooses its latents so; drop it.")
+            fields["select_dtype"] = select_dtype
         transcoder = architecture in ("transcoder", "skip_transcoder")
         if transcoder != (output_site is not None):
             fail(

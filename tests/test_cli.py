@@ -126,6 +126,26 @@ def test_sae_train_then_eval(model, tmp_path):
     assert bad.exit_code == 2 and "k must be an integer with 0 < k < d_sae=8" in bad.output, bad.output
 
 
+def test_sae_train_select_dtype(model, tmp_path):
+    """--select-dtype reaches the SAE's config (and so its resume check); refused for other architectures and for
+    dtypes the config does not know, with the reason."""
+    out = tmp_path / "sae"
+    args = ["sae", "train", "--out", str(out), "--n-tokens", "2048", "--batch-size", "1024", "--d-sae", "576"]
+    args += ["--k", "8", "--eval-tokens", "256", "--select-dtype", "bfloat16"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "sae" / "cfg.json").read_text())  # SAELens format; ours under interp_toolkit
+    assert saved["interp_toolkit"]["sae_config"]["select_dtype"] == "bfloat16"
+    changed = runner.invoke(app, args[:-1] + ["float16"])  # resuming the same folder with another selection
+    assert changed.exit_code == 2 and "select_dtype" in changed.output, changed.output
+    relu = runner.invoke(
+        app, ["sae", "train", "--out", str(tmp_path / "r"), "--architecture", "relu", "--select-dtype", "bfloat16"]
+    )
+    assert relu.exit_code == 2 and "only the topk architecture" in relu.output, relu.output
+    bad = runner.invoke(app, ["sae", "train", "--out", str(tmp_path / "b"), "--select-dtype", "int8"])
+    assert bad.exit_code == 2 and "select_dtype='int8'" in bad.output, bad.output
+
+
 def test_patch_with_attribution_estimates(model, tmp_path):
     import pandas as pd
 
