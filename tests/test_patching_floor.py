@@ -51,11 +51,11 @@ def test_last_position_block_not_used_with_a_hook_inside_it(task, monkeypatch):
     assert not calls
 
 
-@pytest.mark.parametrize("layer, position", [(0, None), (1, None), (0, 3), (1, 6)])
-def test_floor_equals_the_flops_the_engine_runs(task, monkeypatch, layer, position):
-    """For resid_pre before the last block the engine runs exactly the floor's products (its score matrix is full, so
-    causal=False); torch's FlopCounterMode counts them independently. (A site in the last block runs that block at
-    every position: above the floor, by design.)"""
+def engine_flops(task, sites, monkeypatch, overhead=None):
+    """(FLOPs of the batches the engine runs for `sites`, counted by FlopCounterMode; the number of batches; the
+    metric values). overhead: BATCH_OVERHEAD_TOKENS on CPU for this call (None: as it is)."""
+    if overhead is not None:
+        monkeypatch.setitem(engine.BATCH_OVERHEAD_TOKENS, "cpu", overhead)
     counted = []
     original = engine._score_variants
 
@@ -66,10 +66,21 @@ def test_floor_equals_the_flops_the_engine_runs(task, monkeypatch, layer, positi
         return out
 
     monkeypatch.setattr(engine, "_score_variants", counting)
+    frame = patch_sites(task, sites)
+    monkeypatch.setattr(engine, "_score_variants", original)
+    return sum(counted), len(counted), frame.metric.to_numpy()
+
+
+@pytest.mark.parametrize("layer, position", [(0, None), (1, None), (0, 3), (1, 6)])
+def test_floor_equals_the_flops_the_engine_runs(task, monkeypatch, layer, position):
+    """For resid_pre before the last block the engine runs exactly the floor's products (its score matrix is full, so
+    causal=False); torch's FlopCounterMode counts them independently. (A site in the last block runs that block at
+    every position: above the floor, by design.)"""
     sites = [Site(layer, "resid_pre", position=position)]
-    patch_sites(task, sites)
     cfg = task.model.cfg
-    assert sum(counted) == sweep_flops(cfg, sites, task.n_prompts, task.seq_len, causal=False)
+    assert engine_flops(task, sites, monkeypatch)[0] == sweep_flops(
+        cfg, sites, task.n_prompts, task.seq_len, causal=False
+    )
 
 
 def test_floor_by_hand(tiny_model):

@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from interp.patching import PatchingTask, engine, patch_layer_positions, patch_sites
+from interp.patching import PatchingTask, engine, patch_layer_positions
 from interp.patching.cost import sweep_flops
 from interp.patching.engine import ragged_groups
 from interp.sites import Site
+from tests.test_patching_floor import engine_flops
 
 
 def brute_force_cost(starts, seq_len, n_prompts, per_batch, overhead):
@@ -69,23 +69,6 @@ def test_no_overhead_splits_every_start_and_a_huge_one_keeps_one_batch():
 def task(tiny_model):
     tokens = torch.randint(0, tiny_model.cfg.d_vocab, (2, 3, 7), generator=torch.Generator().manual_seed(5))
     return PatchingTask(tiny_model, tokens[0], tokens[1], answers=[3, 7, 11], wrong_answers=[9, 1, 4])
-
-
-def engine_flops(task, sites, monkeypatch, overhead):
-    monkeypatch.setitem(engine.BATCH_OVERHEAD_TOKENS, "cpu", overhead)
-    counted = []
-    original = engine._score_variants
-
-    def counting(*args):
-        with FlopCounterMode(display=False) as counter:
-            out = original(*args)
-        counted.append(counter.get_total_flops())
-        return out
-
-    monkeypatch.setattr(engine, "_score_variants", counting)
-    frame = patch_sites(task, sites)
-    monkeypatch.setattr(engine, "_score_variants", original)
-    return sum(counted), len(counted), frame.metric.to_numpy()
 
 
 def test_split_batches_run_the_floor_and_give_the_same_values(task, monkeypatch):
