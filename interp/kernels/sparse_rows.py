@@ -50,12 +50,20 @@ def rows_dot_torch(
 def rows_grad_torch(
     values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], dense: Float[Tensor, "n d"], n_rows: int
 ) -> Float[Tensor, "m d"]:
-    # The transpose of the [n, m] sparse matrix of values, times dense; duplicates sum.
+    # The transpose of the [n, m] sparse matrix of values, times dense; duplicates sum. Built in CSR order (entries
+    # sorted by row of the output, a stable sort keeping each row's tokens in order): torch's CSR product is about
+    # twice as fast on CPU as a COO one, which sorts (coalesces) on every call.
     n, k = indices.shape
-    coords = torch.stack([indices.reshape(-1), torch.arange(n, device=indices.device).repeat_interleave(k)])
-    return torch.sparse.mm(
-        torch.sparse_coo_tensor(coords, values.reshape(-1).to(dense.dtype), (n_rows, n), check_invariants=False), dense
-    )
+    flat = indices.reshape(-1)
+    order = flat.argsort(stable=True)
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=indices.device)
+    crow[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
+    with warnings.catch_warnings():  # torch calls CSR "beta"; the product used here is stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        transposed = torch.sparse_csr_tensor(
+            crow, order // k, values.reshape(-1)[order].to(dense.dtype), (n_rows, n), check_invariants=False
+        )
+    return transposed @ dense
 
 
 # -- Triton kernels --------------------------------------------------------------------------
