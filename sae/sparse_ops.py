@@ -36,8 +36,9 @@ class TopKEncode(torch.autograd.Function):
         elif use_triton(encoder):  # the Triton selection kernel on CUDA, bias and ReLU fused into it
             values, indices = row_topk(torch.nn.functional.linear(x, encoder), k, bias=b_enc, relu=True)
         else:  # torch.topk: the bias goes into the matmul (addmm), not a second pass over the [n, d_sae] scores
+            scores = x.new_empty(min(len(x), CPU_ROW_CHUNK), len(encoder))  # one buffer, reused by every chunk
             values, indices = _by_row_chunks(
-                x, lambda rows: row_topk(torch.nn.functional.linear(rows, encoder, b_enc), k, relu=True)
+                x, lambda rows: row_topk(torch.addmm(b_enc, rows, encoder.T, out=scores[: len(rows)]), k, relu=True)
             )
         ctx.save_for_backward(x, encoder, values, indices)
         ctx.mark_non_differentiable(indices)
@@ -60,8 +61,11 @@ CPU_ROW_CHUNK = 512  # rows a CPU scores and selects at once: their [512, d_sae]
 
 def _by_row_chunks(x: Tensor, select) -> tuple[Tensor, ...]:
     """select(rows) on chunks of CPU_ROW_CHUNK rows of x, concatenated (one call off the CPU, or for fewer rows).
-    Scoring and selecting a chunk at a time, the top k reads scores still in cache instead of a [n, d_sae] matrix
-    written out first: 13% of the bfloat16 selection's time at n 4096, d_sae 9216 on a 2-core Zen 5."""
+    Scoring and selecting a chunk at a time into one buffer the chunks share, the top k reads scores still in cache
+    instead of a [n, d_sae] matrix freshly mapped and written out first: 13% of the bfloat16 selection's time at n
+    4096, d_sae 9216 on a 2-core Zen 5. One buffer, not one a chunk: chunk-sized blocks freed and allocated again
+    fragment the heap, and the process's memory grew step after step (41 to 70 MB over 24 steps of
+    tests/test_plan.py's SAE, against 38 to 41 with the shared buffer)."""
     if x.device.type != "cpu" or len(x) <= CPU_ROW_CHUNK:
         return select(x)
     parts = [select(x[i : i + CPU_ROW_CHUNK]) for i in range(0, len(x), CPU_ROW_CHUNK)]
@@ -85,10 +89,11 @@ def _select_then_exact(
     )
     # torch.topk straight on the low-precision scores: on CPU bf16 topk is as fast as fp32's, and an upcast first
     # would cost a full extra pass over [n, d_sae]; the same torch code serves CUDA
+    scores = x.new_empty(min(len(x), CPU_ROW_CHUNK), len(encoder), dtype=select_dtype)  # reused by every chunk
     (shortlist,) = _by_row_chunks(
         x,
         lambda rows: (
-            torch.nn.functional.linear(rows.to(select_dtype), low_encoder, low_bias)
+            torch.addmm(low_bias, rows.to(select_dtype), low_encoder.T, out=scores[: len(rows)])
             .topk(candidates, dim=1, sorted=False)
             .indices,
         ),
