@@ -58,6 +58,14 @@ MODULES: dict[str, list[str]] = {
         "--deselect",
         "tests/circuits/test_recall_reasoning_heldout.py::test_the_experiment_runs_on_a_tiny_random_model",
     ],
+    "circuits/recall_reasoning/verdicts.py": [
+        "tests/circuits/test_dissociation_clauses.py",
+        "tests/circuits/test_dissociation_mutants.py",
+        "tests/circuits/test_recall_reasoning_heldout.py",
+        "tests/circuits/test_recall_reasoning.py",
+        "--deselect",
+        "tests/circuits/test_recall_reasoning_heldout.py::test_the_experiment_runs_on_a_tiny_random_model",
+    ],
     "circuits/scan_snap/predictions.py": [
         "tests/circuits/test_scan_snap_verdicts.py",
         "tests/circuits/test_scan_snap_bounds.py",

@@ -71,9 +71,24 @@ EQUIVALENT.update(
     }
 )
 # the recall/reasoning dissociation (tests/circuits/test_dissociation_mutants.py)
+# (the rules moved from dissociation.py to verdicts.py in session 8; a function's mutants keep their numbers)
+_RR_MODULE = {
+    name: "verdicts"
+    for name in (
+        "mean_ci95",
+        "_random_drops",
+        "_q975",
+        "verdicts",
+        "_empirical_p",
+        "verdict_text",
+        "empirical_p",
+        "bootstrap_interaction",
+        "held_out_verdict",
+    )
+}
 EQUIVALENT.update(
     {
-        f"circuits.recall_reasoning.dissociation.x_{name}": reason
+        f"circuits.recall_reasoning.{_RR_MODULE.get(name.split('__mutmut')[0], 'dissociation')}.x_{name}": reason
         for name, reason in {
             "ablated_scores__mutmut_17": "zero ablation given a reference it never reads (the mutant builds one)",
             "ablated_scores__mutmut_20": "same as _17",

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from interp.errors import InterpError
 from interp.patching.engine import shard_batches
 from interp.sites import Site
 
@@ -65,3 +66,21 @@ def test_shards_cover_every_batch_once_and_balance():
     assert flat == sorted(batches)
     loads = [sum((30 - layer) * len(idx) for layer, idx in shard) for shard in shards]
     assert max(loads) - min(loads) <= 30  # greedy largest-first: within one batch's cost
+
+
+def test_shards_weigh_the_positions_a_batch_runs():
+    """Three equal-sized batches of one layer, one running all 5 positions and two running 1: counting variants only
+    puts the long batch beside a short one; weighing positions gives it a rank of its own."""
+    batches = [(0, [0, 1]), (0, [2, 3]), (0, [4, 5])]
+    assert shard_batches(batches, 2, 4) == [[(0, [0, 1]), (0, [4, 5])], [(0, [2, 3])]]
+    assert shard_batches(batches, 2, 4, weights=[10, 2, 2]) == [[(0, [0, 1])], [(0, [2, 3]), (0, [4, 5])]]
+    with pytest.raises(InterpError, match=r"shard_batches: 2 weights for 3 batches"):
+        shard_batches(batches, 2, 4, weights=[1, 2])
+
+
+def test_batch_work_counts_overhead_prompts_variants_and_positions_from_the_earliest_start():
+    from interp.patching.engine import batch_work
+
+    task = _task()  # 3 prompts of 6 tokens
+    assert (task.n_prompts, task.seq_len) == (3, 6)
+    assert batch_work(task, [4, 2, 5], overhead=64) == 64 + 3 * 3 * (6 - 2)

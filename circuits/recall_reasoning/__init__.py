@@ -4,13 +4,11 @@ from circuits.recall_reasoning.dissociation import (
     ablated_scores,
     dissociation,
     evaluate_conditions,
-    held_out_verdict,
     matched_random_sets,
-    mean_ci95,
     random_sets,
-    verdict_text,
-    verdicts,
 )
+
+from circuits.recall_reasoning.verdicts import held_out_verdict, mean_ci95, verdict_text, verdicts
 from circuits.recall_reasoning.localisation import (
     choose_sets,
     chosen_sites,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from circuits.recall_reasoning.dissociation import mean_ci95
+from circuits.recall_reasoning.verdicts import mean_ci95
 from circuits.recall_reasoning.settings import SUBSETS, AnalysisSettings
 from circuits.recall_reasoning.families import NO_COPY_FAMILIES
 from circuits.recall_reasoning.tasks import PromptSet

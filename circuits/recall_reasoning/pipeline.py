@@ -13,12 +13,9 @@ import numpy as np
 import pandas as pd
 from transformer_lens import HookedTransformer
 
-from circuits.recall_reasoning.dissociation import (
-    composition,
-    evaluate_conditions,
-    held_out_verdict,
-    matched_random_sets,
-)
+from circuits.recall_reasoning.dissociation import composition, evaluate_conditions, matched_random_sets
+
+from circuits.recall_reasoning.verdicts import held_out_verdict
 from circuits.recall_reasoning.headline import (  # noqa: F401 (VERDICT_KEYS, verdict_text: their old import path)
     VERDICT_KEYS,
     family_accuracy,
@@ -62,7 +59,7 @@ DESIGN = """\
    model gets wrong, items not sampled). Never an evaluated prompt.
 4. Each chosen set gets n_random random sets of the same composition (as many heads, MLP layers and neurons)
    from the same layer band (dissociation.matched_random_sets); all sets are ablated exactly, in batches.
-5. The verdict per ablation method (dissociation.held_out_verdict): selectivity = own-task drop - cross-task
+5. The verdict per ablation method (verdicts.held_out_verdict): selectivity = own-task drop - cross-task
    drop; a double dissociation needs, for both sets, empirical p < p_threshold for the own-task drop and for
    the selectivity, and the item-bootstrap 95% CI of the interaction (the sum of both selectivities) above 0.
    settings.verdict_method (mean) is the headline.

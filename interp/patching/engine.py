@@ -300,6 +300,11 @@ def ragged_groups(starts: Sequence[int], seq_len: int, n_prompts: int, per_batch
     return slices
 
 
+def _batch_overhead(task: PatchingTask) -> int:
+    """A batch's fixed cost on the task's device, in token positions (BATCH_OVERHEAD_TOKENS)."""
+    return BATCH_OVERHEAD_TOKENS.get(torch.device(task.model.cfg.device).type, ACCELERATOR_BATCH_OVERHEAD_TOKENS)
+
+
 def plan_batches(task: PatchingTask, sites: Sequence[Site], memory_budget: int) -> list[tuple[int, list[int]]]:
     """The batches patch_sites runs: (layer, indices into `sites`), each within `memory_budget`. Sites normalised.
 
@@ -309,8 +314,7 @@ def plan_batches(task: PatchingTask, sites: Sequence[Site], memory_budget: int) 
     for i, site in enumerate(sites):
         by_layer[site.layer].append(i)
     per_batch = variants_per_batch(task, memory_budget)
-    device = torch.device(task.model.cfg.device).type
-    overhead = BATCH_OVERHEAD_TOKENS.get(device, ACCELERATOR_BATCH_OVERHEAD_TOKENS)
+    overhead = _batch_overhead(task)
     batches = []
     for layer, idx in sorted(by_layer.items()):
         idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
@@ -350,7 +354,11 @@ def patch_sites(
         values = np.empty(len(sites))
         rank, world = rank_world()
         if world > 1:  # under torchrun: this rank runs its share of the batches; the values are summed over ranks
-            batches = shard_batches(batches, world, model.cfg.n_layers)[rank]
+            overhead = _batch_overhead(task)
+            weights = [
+                batch_work(task, [_first_changed_position(sites[i], task) for i in idx], overhead) for _, idx in batches
+            ]
+            batches = shard_batches(batches, world, model.cfg.n_layers, weights)[rank]
         bar = tqdm(
             total=sum(len(idx) for _, idx in batches),
             desc="patching",
@@ -370,16 +378,32 @@ def patch_sites(
     return results_frame(task, sites, values)
 
 
-def shard_batches(batches: list[tuple[int, list[int]]], world: int, n_layers: int) -> list[list[tuple[int, list[int]]]]:
-    """Split the batches over `world` ranks with about equal work: a batch at layer L costs its variants times the
-    n_layers - L blocks they run; largest first, each to the least-loaded rank (deterministic, so every rank agrees)."""
+def shard_batches(
+    batches: list[tuple[int, list[int]]], world: int, n_layers: int, weights: Sequence[float] | None = None
+) -> list[list[tuple[int, list[int]]]]:
+    """Split the batches over `world` ranks with about equal work: a batch at layer L costs its weight (default: its
+    variants) times the n_layers - L blocks it runs; largest first, each to the least-loaded rank (deterministic, so
+    every rank agrees). patch_sites weighs a batch by batch_work: its positions run, not only its variants."""
+    weights = [len(idx) for _, idx in batches] if weights is None else list(weights)
+    if len(weights) != len(batches):
+        raise InterpError(f"shard_batches: {len(weights)} weights for {len(batches)} batches; pass one per batch.")
     shards: list[list[tuple[int, list[int]]]] = [[] for _ in range(world)]
-    load = [0] * world
-    for layer, idx in sorted(batches, key=lambda b: (-(n_layers - b[0]) * len(b[1]), b[0], b[1][0])):
+    load = [0.0] * world
+    order = sorted(
+        range(len(batches)), key=lambda b: (-(n_layers - batches[b][0]) * weights[b], batches[b][0], batches[b][1][0])
+    )
+    for b in order:
+        layer, idx = batches[b]
         rank = min(range(world), key=lambda r: (load[r], r))
         shards[rank].append((layer, idx))
-        load[rank] += (n_layers - layer) * len(idx)
+        load[rank] += (n_layers - layer) * weights[b]
     return shards
+
+
+def batch_work(task: PatchingTask, starts: Sequence[int], overhead: int) -> float:
+    """One block's work for a batch whose variants first change positions `starts`, in the token positions of
+    ragged_groups' cost: the batch's overhead plus prompts x variants x the positions it runs (from its earliest start)."""
+    return overhead + task.n_prompts * len(starts) * (task.seq_len - min(starts))
 
 
 def gather_values(values: np.ndarray, mine: list[int]) -> np.ndarray:

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from circuits.recall_reasoning.dissociation import held_out_verdict, verdict_text, verdicts
+from circuits.recall_reasoning.verdicts import held_out_verdict, verdict_text, verdicts
 from circuits.recall_reasoning.pipeline import verdict_text as held_out_text
 from dashboards.summaries import summarise
 from interp.results import ResultsDir
 
-# ---- the table rule (dissociation.verdicts): recall set of 3 units, reasoning set of 5 --------------
+# ---- the table rule (verdicts.verdicts): recall set of 3 units, reasoning set of 5 --------------
 
 R_SIZE, Q_SIZE, N_RANDOM = 3, 5, 20
 RANDOM_BASE = {
@@ -121,7 +121,7 @@ class HandBuilt:
     case: str
 
 
-# ---- the held-out rule (dissociation.held_out_verdict): p own, p selectivity per set, CI of the interaction ----
+# ---- the held-out rule (verdicts.held_out_verdict): p own, p selectivity per set, CI of the interaction ----
 
 N_ITEMS, N_R = 40, 39  # p resolution 1/40: one random set at least as extreme gives p = 2/40 = alpha, not below it
 

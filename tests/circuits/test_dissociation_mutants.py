@@ -15,16 +15,19 @@ from scipy import stats
 
 from circuits.recall_reasoning.dissociation import (
     ablated_scores,
-    bootstrap_interaction,
     composition,
     dissociation,
-    empirical_p,
     evaluate_conditions,
-    held_out_verdict,
     layer_band,
     matched_random_sets,
-    mean_ci95,
     random_sets,
+)
+
+from circuits.recall_reasoning.verdicts import (
+    bootstrap_interaction,
+    empirical_p,
+    held_out_verdict,
+    mean_ci95,
     verdict_text,
     verdicts,
 )

@@ -9,7 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
-from circuits.recall_reasoning.dissociation import ablated_scores, dissociation, mean_ci95, random_sets, verdicts
+from circuits.recall_reasoning.dissociation import ablated_scores, dissociation, random_sets
+
+from circuits.recall_reasoning.verdicts import mean_ci95, verdicts
 from circuits.recall_reasoning.localisation import choose_sets, chosen_sites, localise, patch_units, units
 from circuits.recall_reasoning.screen import cohens_d, compare, last_token_features, length_matched, unit_labels
 from circuits.recall_reasoning.synthetic import (

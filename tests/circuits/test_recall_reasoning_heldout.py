@@ -15,14 +15,8 @@ from circuits.recall_reasoning.controls import (
     run_control,
     train_reasoner,
 )
-from circuits.recall_reasoning.dissociation import (
-    composition,
-    empirical_p,
-    evaluate_conditions,
-    held_out_verdict,
-    layer_band,
-    matched_random_sets,
-)
+from circuits.recall_reasoning.dissociation import composition, evaluate_conditions, layer_band, matched_random_sets
+from circuits.recall_reasoning.verdicts import empirical_p, held_out_verdict
 from circuits.recall_reasoning.localisation import units
 from circuits.recall_reasoning.synthetic import (
     KnowledgeBase,
@@ -229,7 +223,7 @@ def test_held_out_verdict_matches_hand_loops():
 
 
 def test_bootstrap_interval_matches_a_numpy_loop():
-    from circuits.recall_reasoning.dissociation import bootstrap_interaction
+    from circuits.recall_reasoning.verdicts import bootstrap_interaction
 
     rng = np.random.default_rng(3)
     correct = {"recall": rng.random((3, 15)) < 0.6, "reasoning": rng.random((3, 11)) < 0.6}
