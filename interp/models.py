@@ -164,7 +164,12 @@ def _file_digest(path: Path) -> str:
         return memo[stamp]
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path.resolve()}:")}  # this path's older stamps
+    # drop this path's older stamps and files that are gone (a test's temporary copy), so the memo stays small
+    memo = {
+        k: v
+        for k, v in memo.items()
+        if k.rsplit(":", 2)[0] != str(path.resolve()) and Path(k.rsplit(":", 2)[0]).exists()
+    }
     memo[stamp] = digest
     with contextlib.suppress(OSError):  # a read-only cache only costs a rehash next time
         memo_path.parent.mkdir(parents=True, exist_ok=True)

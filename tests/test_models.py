@@ -95,6 +95,13 @@ def test_conversion_cache_key_follows_content_not_path_or_mtime(tmp_path, monkey
     assert models.converted_dir(a) != key
     digests = json.loads((tmp_path / "cache" / "models" / "digests.json").read_text())
     assert len(set(digests.values())) == 2  # one digest per content, remembered for the next load
+    b.unlink()
+    c = tmp_path / "venv3" / "m.gguf"
+    c.parent.mkdir()
+    c.write_bytes(b"GGUF")
+    models.converted_dir(c)
+    digests = json.loads((tmp_path / "cache" / "models" / "digests.json").read_text())
+    assert sorted(k.rsplit(":", 2)[0] for k in digests) == [str(a.resolve()), str(c.resolve())]  # b's is gone
 
 
 def test_a_new_conversion_of_a_path_removes_its_old_ones(tmp_path, monkeypatch):
