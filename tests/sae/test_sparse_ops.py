@@ -156,3 +156,85 @@ def test_selection_by_row_chunks_equals_one_pass(select_dtype, monkeypatch):
     torch.testing.assert_close(
         chunked[0].sort(1).values, reference.values.relu().float().sort(1).values, atol=1e-5, rtol=0
     )
+
+
+def test_row_chunks_are_cpu_row_chunk_rows_on_cpu_and_one_call_elsewhere():
+    """_by_row_chunks calls select on 512-row slices of a CPU tensor (the last one partial), once on a tensor of at
+    most 512 rows, and once on any other device (here `meta`), concatenating what each call returns."""
+    from sae.sparse_ops import CPU_ROW_CHUNK, _by_row_chunks
+
+    assert CPU_ROW_CHUNK == 512
+    for n, sizes in ((1100, [512, 512, 76]), (512, [512]), (3, [3])):
+        seen = []
+        out = _by_row_chunks(torch.arange(n * 2.0).reshape(n, 2), lambda rows: (seen.append(len(rows)) or rows * 2,))
+        assert seen == sizes
+        assert torch.equal(out[0], torch.arange(n * 2.0).reshape(n, 2) * 2)
+    seen = []
+    _by_row_chunks(torch.empty(1100, 2, device="meta"), lambda rows: (seen.append(len(rows)) or rows,))
+    assert seen == [1100]
+
+
+def test_the_shortlist_margin_is_k_plus_max_8_or_a_quarter_of_k_capped_at_d_sae():
+    from sae.sparse_ops import select_candidates
+
+    assert [select_candidates(k, 9216) for k in (1, 8, 32, 33, 64, 100)] == [9, 16, 40, 41, 80, 125]
+    assert select_candidates(32, 35) == 35 and select_candidates(4, 12) == 12
+
+
+def test_bfloat16_selection_is_a_shortlist_then_an_exact_rank():
+    """A planted case where bfloat16 rounding reorders the scores: latent 0 scores 1.003 exactly, but 1.0 in bfloat16;
+    twenty decoys score 1.0027 exactly, but 1.0078 in bfloat16 (their weight 1.0042 rounds up). The shortlist of
+    k + 8 = 9 holds decoys only, so bfloat16 selection returns a decoy, with its exact float32 value (not its bfloat16
+    one), while exact selection finds latent 0. The approximation is real and the values are exact."""
+    from sae.sparse_ops import topk_encode
+
+    x = torch.ones(1, 1)
+    encoder = torch.tensor([[1.0]] + [[1.0042]] * 20)
+    b_enc = torch.tensor([0.003] + [-0.0015] * 20)
+    low = torch.addmm(b_enc.bfloat16(), x.bfloat16(), encoder.bfloat16().T)[0]
+    assert low[0].item() == 1.0 and (low[1:] == 1.0078125).all()  # the planted inversion, in bfloat16
+    exact_values, exact_indices = topk_encode(x, encoder, b_enc, 1)
+    assert exact_indices.tolist() == [[0]] and exact_values.item() == pytest.approx(1.003, abs=1e-6)
+    values, indices = topk_encode(x, encoder, b_enc, 1, torch.bfloat16)
+    assert 1 <= indices.item() <= 20
+    assert values.item() == pytest.approx(1.0042 - 0.0015, abs=1e-6)  # the decoy's float32 score
+    same = topk_encode(x, encoder, b_enc, 1, torch.float32)  # select_dtype equal to x's: the exact path
+    assert same[1].tolist() == [[0]]
+
+
+@pytest.mark.filterwarnings("error")  # a score buffer of the wrong shape makes addmm resize its `out` and warn
+@pytest.mark.parametrize("select_dtype", [None, torch.bfloat16])
+def test_chunked_selection_writes_into_a_buffer_of_the_chunk_shape(select_dtype):
+    from sae.sparse_ops import topk_encode
+
+    gen = torch.Generator().manual_seed(5)
+    x, encoder, b_enc = torch.randn(600, 16, generator=gen), torch.randn(64, 16, generator=gen), torch.zeros(64)
+    values, indices = topk_encode(x, encoder, b_enc, 4, select_dtype)
+    reference = torch.nn.functional.linear(x.double(), encoder.double()).topk(4, dim=1)
+    assert torch.equal(indices.sort(1).values, reference.indices.sort(1).values)
+
+
+def test_forced_triton_selection_equals_the_torch_path(monkeypatch):
+    """The Triton branch of TopKEncode (CUDA, or the interpreter with INTERP_FORCE_TRITON=1): bias and ReLU fused into
+    the selection kernel, the same values and indices as torch's addmm + topk."""
+    from interp.kernels import triton_available
+    from sae.sparse_ops import topk_encode
+
+    if not triton_available():
+        pytest.skip("needs triton (its CPU interpreter)")
+    gen = torch.Generator().manual_seed(6)
+    x, encoder, b_enc = (
+        torch.randn(6, 8, generator=gen),
+        torch.randn(40, 8, generator=gen),
+        torch.randn(40, generator=gen),
+    )
+    b_enc[:20] -= 6.0  # many negative pre-activations: the ReLU matters
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("INTERP_FORCE_TRITON", "1")
+    forced = topk_encode(x, encoder, b_enc, 12)
+    monkeypatch.delenv("INTERP_FORCE_TRITON")
+    default = topk_encode(x, encoder, b_enc, 12)
+    order_f, order_d = forced[1].argsort(1), default[1].argsort(1)
+    assert torch.equal(forced[1].gather(1, order_f), default[1].gather(1, order_d))
+    torch.testing.assert_close(forced[0].gather(1, order_f), default[0].gather(1, order_d), atol=1e-5, rtol=0)
+    assert (default[0] == 0).any()  # some selected pre-activations were negative and were zeroed
