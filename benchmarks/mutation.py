@@ -105,6 +105,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_patching_mutants2.py",
         "tests/test_engine_batches.py",
         "tests/test_patching_floor.py",
+        "tests/test_patching_ragged.py",
         "tests/test_path_patching.py",
         "tests/test_patching_distributed.py",  # patch_sites' torchrun branch, in spawned ranks (see attribution)
         "tests/circuits/test_recall_reasoning_heldout.py::test_batched_ablation_equals_one_forward_per_ablation",
