@@ -179,3 +179,89 @@ def test_rearranging_once_steps_aside_when_gradients_are_on(tiny_model):
     tiny_model(tokens)[0, -1, 0].backward()
     torch.testing.assert_close(grad, tiny_model.blocks[0].attn.W_Q.grad, atol=0, rtol=0)
     tiny_model.zero_grad(set_to_none=True)
+
+
+def test_block_flops_of_plain_gated_and_attention_only_configs():
+    """BlockFlops.of on HookedTransformerConfigs: a plain MLP has one input product, a gated one two; attention-only
+    blocks have none; without n_key_value_heads every head has its own keys and values."""
+    from transformer_lens import HookedTransformerConfig
+
+    def cfg(**kw):
+        base = dict(n_layers=1, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=16, d_vocab=50, act_fn="gelu")
+        return HookedTransformerConfig(**{**base, **kw})
+
+    plain, gated = BlockFlops.of(cfg()), BlockFlops.of(cfg(gated_mlp=True, n_key_value_heads=2))
+    assert (plain.kv, plain.mlp_in, plain.w_out) == (2 * 2 * 32 * 4 * 8, 2 * 32 * 64, 2 * 64 * 32)
+    assert (gated.kv, gated.mlp_in) == (2 * 2 * 32 * 2 * 8, 2 * 2 * 32 * 64)
+    attn_only = BlockFlops.of(cfg(attn_only=True, d_mlp=None))
+    assert (attn_only.mlp_in, attn_only.w_out, attn_only.q) == (0, 0, plain.q)
+
+
+def test_block_token_flops_from_each_stage_on(tiny_model):
+    block = BlockFlops.of(tiny_model.cfg)
+    after_attention = block.w_o + block.mlp_in + block.w_out
+    assert block.token(5) == block.q + block.kv + 5 * block.attention + after_attention
+    assert block.token(5, "attention") == 5 * block.attention + after_attention
+    assert block.token(5, "w_o") == after_attention
+    assert block.token(5, "mlp") == block.mlp_in + block.w_out
+    assert block.token(5, "w_out") == block.w_out
+    assert block.token(5, "none") == 0
+
+
+def test_call_flops_skips_scalar_arguments_and_materialise_keeps_them():
+    """A recorded product may carry scalars (baddbmm's beta and alpha); call_flops reads the last two tensors and
+    _materialise returns anything that is not a tensor description as it is."""
+    from interp.patching.cost import _describe, _materialise, call_flops
+
+    bias, a, b = torch.randn(2, 3, 5), torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    described = _describe((bias, a, b, 1, 0.5))
+    assert call_flops(torch.ops.aten.baddbmm.default, described) == 2 * 2 * 3 * 4 * 5
+    assert [_materialise(d) for d in described[3:]] == [1, 0.5]
+    assert _materialise((1, 2, 3, 4)) == (1, 2, 3, 4)  # a 4-tuple that is not (shape, stride, dtype, device)
+
+
+def test_materialise_gives_the_recorded_layout_dtype_and_device():
+    from interp.patching.cost import _materialise
+
+    t = _materialise(((3, 4), (1, 3), torch.bfloat16, "cpu"))  # a transposed view
+    assert (t.shape, t.stride(), t.dtype, t.device.type) == ((3, 4), (1, 3), torch.bfloat16, "cpu")
+    assert t.untyped_storage().nbytes() == 12 * 2  # exactly the elements the view reaches
+    m = _materialise(((2, 3), (3, 1), torch.float32, "meta"))
+    assert m.device.type == "meta"
+    empty = _materialise(((0,), (5,), torch.float32, "cpu"))  # an empty argument: no storage, no negative size
+    assert empty.shape == (0,) and empty.untyped_storage().nbytes() == 0
+
+
+def test_shape_floor_repeats_each_product_three_times_then_until_min_seconds_or_max_repeats():
+    """Each product: one warm-up call, then timed calls until there are 3 and (their sum >= min_seconds or there are
+    max_repeats); the floor is the sum of count x median, the rows say what was timed."""
+    from interp.patching.cost import matmul_calls, shape_floor_seconds
+
+    a, b = torch.randn(4, 5), torch.randn(5, 6)
+    _, calls = matmul_calls(lambda: [a @ b for _ in range(2)] + [torch.mm(b.T, a.T)])
+    assert sorted(calls.values()) == [1, 2]
+
+    def clock_of(deltas):
+        readings, now = [], 0.0
+        for d in deltas:
+            readings += [now, now + d]
+            now += d
+        it = iter(readings)
+        return lambda: next(it)
+
+    def run(deltas, **kw):
+        return shape_floor_seconds(calls, clock=clock_of(deltas), **kw)
+
+    floor = run([1.0, 5.0, 2.0, 1.0, 1.0, 9.0], min_seconds=0)  # 3 timed calls a product, medians 2 and 1
+    first, second = floor["products"]
+    assert (first[2], first[3], second[2], second[3]) == (2, 2.0, 1, 1.0)
+    assert first[0] == "aten.mm.default" and first[1][0] == (4, 5)
+    assert floor["shape_floor_s"] == 2 * 2.0 + 1 * 1.0
+    assert floor["matmul_flops"] == 3 * 2 * 4 * 5 * 6
+    with pytest.raises(StopIteration):  # a fourth timed call of the first product would read past 6 deltas
+        run([0.1] * 6, min_seconds=0.35)
+    assert run([0.1] * 8, min_seconds=0.35)["shape_floor_s"] == pytest.approx(3 * 0.1)  # 4 calls, then 4
+    assert run([1.0] * 6, min_seconds=3.0)["shape_floor_s"] == 3.0  # a sum equal to min_seconds is enough
+    assert run([1.0] * 10, min_seconds=100, max_repeats=5)["shape_floor_s"] == 3.0  # capped at 5 calls each
+    with pytest.raises(StopIteration):
+        run([1.0] * 10, min_seconds=100, max_repeats=6)

@@ -56,15 +56,16 @@ class BlockFlops:
 
     @classmethod
     def of(cls, cfg) -> BlockFlops:
+        """A TransformerLens HookedTransformerConfig's block (n_key_value_heads None: one key-value head a head)."""
         d_model, d_head, heads = cfg.d_model, cfg.d_head, cfg.n_heads
-        kv_heads = getattr(cfg, "n_key_value_heads", None) or heads
-        d_mlp = 0 if getattr(cfg, "attn_only", False) else cfg.d_mlp
+        kv_heads = cfg.n_key_value_heads or heads
+        d_mlp = 0 if cfg.attn_only else cfg.d_mlp
         return cls(
             q=2 * d_model * heads * d_head,
             kv=2 * 2 * d_model * kv_heads * d_head,
             attention=2 * 2 * heads * d_head,
             w_o=2 * heads * d_head * d_model,
-            mlp_in=(2 if getattr(cfg, "gated_mlp", False) else 1) * 2 * d_model * d_mlp,
+            mlp_in=(2 if cfg.gated_mlp else 1) * 2 * d_model * d_mlp,
             w_out=2 * d_mlp * d_model,
         )
 
