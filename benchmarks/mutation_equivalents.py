@@ -37,6 +37,31 @@ EQUIVALENT: dict[str, str] = {
     "sae.sparse_ops.xǁTopKEncodeǁbackward__mutmut_8": "gradient computed when not needed, discarded by autograd",
     "sae.sparse_ops.xǁTopKEncodeǁbackward__mutmut_18": "gradient computed when not needed, discarded by autograd",
 }
+# the session-7 selection code (session 8's judgement): the shared score buffer and the order of a row's k latents are
+# how, not what: the same values and indices as a set (every consumer sums over a row's latents; the tests compare
+# rows as sorted sets). The buffer's memory effect is measured by tests/test_plan.py's SAE peak test.
+_SAME_SET = "the k latents of a row in another order: the same set and values (consumers sum over them)"
+_FRESH_BUFFER = "a fresh [rows, d_sae] tensor instead of the shared buffer: the same values (memory only)"
+EQUIVALENT.update(
+    {
+        f"sae.sparse_ops.x{name}": reason
+        for name, reason in {
+            "__by_row_chunks__mutmut_5": "exactly 512 rows as one chunk of 512: the same single select call",
+            "__select_then_exact__mutmut_29": "topk(dim=-1), the default, is dim 1 of the 2-D scores",
+            "__select_then_exact__mutmut_30": "the shortlist sorted: the exact re-rank reads every candidate",
+            "__select_then_exact__mutmut_41": "same as _30",
+            "__select_then_exact__mutmut_34": _FRESH_BUFFER,
+            "__select_then_exact__mutmut_38": _FRESH_BUFFER,
+            "__select_then_exact__mutmut_55": "topk(dim=-1), the default, is dim 1 of the 2-D exact scores",
+            "__select_then_exact__mutmut_56": _SAME_SET,
+            "__select_then_exact__mutmut_58": _SAME_SET,
+            "ǁTopKEncodeǁforward__mutmut_1": "no select_dtype (or x's own) goes to the shortlist path in x's dtype: a "
+            "full-precision shortlist of k + margin re-ranked exactly is the exact top k (slower)",
+            "ǁTopKEncodeǁforward__mutmut_54": _FRESH_BUFFER,
+            "ǁTopKEncodeǁforward__mutmut_58": _FRESH_BUFFER,
+        }.items()
+    }
+)
 # the activation store (tests/test_store_mutants.py)
 EQUIVALENT.update(
     {
@@ -247,3 +272,23 @@ EQUIVALENT.update(
 )
 # Left as survivors: gather_values 14 (the nccl device move, reached only on a GPU) and patch_sites' torchrun
 # branch (world > 1: 47, 51, 97, 101; tests/test_patching_distributed.py).
+
+# session 7-8 engine code (session 8's judgement)
+EQUIVALENT.update(
+    {
+        f"interp.patching.engine.x{name}": reason
+        for name, reason in {
+            "_ragged_groups__mutmut_4": "one distinct start through the dynamic programme: one run, chunked to per_batch "
+            "the same way",
+            "_ragged_groups__mutmut_32": "every cost shifted by 1: the same least-cost split",
+            "_ragged_groups__mutmut_36": "cut[0] is never read (the walk back stops at 0); every other entry is written",
+            "_ragged_groups__mutmut_38": "one more cut entry, never read",
+            "_ragged_groups__mutmut_41": "i = 0 has no j to try: the loop body does nothing",
+            "_ragged_groups__mutmut_74": "ties to the later j: another split of the same least cost (the tests check the "
+            "cost against brute force; the values do not depend on the split)",
+            "_shard_batches__mutmut_12": "every rank's load shifted by 1: the same least-loaded rank each time",
+            "ǁ_RearrangeOnceǁrearrange__mutmut_2": "a plain tensor without axes cached by id and version, and kept alive "
+            "with its copy: the same values",
+        }.items()
+    }
+)

@@ -34,7 +34,7 @@ def main() -> None:
         for p in range(task.seq_len)
     ]
     batches = plan_batches(task, sites, 1 << 30)
-    overhead = _batch_overhead(task)
+    overhead = _batch_overhead(task.model.cfg.device)
     work = [batch_work(task, [_first_changed_position(sites[i], task) for i in idx], overhead) for _, idx in batches]
     cost = {tuple(idx): (n_layers - layer) * w for (layer, idx), w in zip(batches, work)}
     print(f"{len(sites)} variants in {len(batches)} batches, {task.n_prompts} prompts of {task.seq_len} tokens")

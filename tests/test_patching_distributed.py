@@ -84,3 +84,9 @@ def test_batch_work_counts_overhead_prompts_variants_and_positions_from_the_earl
     task = _task()  # 3 prompts of 6 tokens
     assert (task.n_prompts, task.seq_len) == (3, 6)
     assert batch_work(task, [4, 2, 5], overhead=64) == 64 + 3 * 3 * (6 - 2)
+
+
+def test_shards_break_cost_ties_by_layer_then_first_variant():
+    """Equal costs: the earlier layer goes first, whatever the variant numbers; then the lower first variant."""
+    batches = [(1, [0]), (0, [5]), (0, [2])]  # 4 layers: 3 blocks x weight 4 = 4 blocks x weight 3 = 12
+    assert shard_batches(batches, 3, 4, weights=[4, 3, 3]) == [[(0, [2])], [(0, [5])], [(1, [0])]]

@@ -87,3 +87,28 @@ def test_split_sweep_equals_one_variant_at_a_time(task, monkeypatch):
     batched = patch_layer_positions(task, "resid_pre", layers=[0, 2]).metric.to_numpy()
     one = patch_layer_positions(task, "resid_pre", layers=[0, 2], memory_budget=1).metric.to_numpy()
     torch.testing.assert_close(torch.tensor(batched), torch.tensor(one), atol=1e-5, rtol=0)
+
+
+def test_batch_overhead_is_64_positions_on_cpu_and_4096_on_accelerators():
+    from interp.patching.engine import _batch_overhead
+
+    assert _batch_overhead("cpu") == 64
+    assert _batch_overhead(torch.device("cpu")) == 64
+    assert _batch_overhead("cuda") == 4096 and _batch_overhead("mps") == 4096  # not in the table: launches dominate
+
+
+def test_rearrange_once_passes_named_axes_through():
+    """A call with named axes is not cached but still rearranged as einops would (TransformerLens's attention makes
+    none today; a future one must not lose its axes)."""
+    import einops
+
+    from interp.patching.engine import _RearrangeOnce
+
+    t = torch.arange(12.0).reshape(4, 3)
+    once = _RearrangeOnce(einops)
+    assert torch.equal(once.rearrange(t, "(h d) m -> h d m", h=2), einops.rearrange(t, "(h d) m -> h d m", h=2))
+    w = torch.nn.Parameter(torch.arange(6.0).reshape(2, 3))
+    with torch.no_grad():
+        first = once.rearrange(w, "a b -> b a")
+        assert once.rearrange(w, "a b -> b a") is first  # a parameter without axes: rearranged once, then reused
+        assert once.rearrange(w, "(a x) b -> b a x", x=1) is not first

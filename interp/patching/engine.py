@@ -300,9 +300,9 @@ def ragged_groups(starts: Sequence[int], seq_len: int, n_prompts: int, per_batch
     return slices
 
 
-def _batch_overhead(task: PatchingTask) -> int:
-    """A batch's fixed cost on the task's device, in token positions (BATCH_OVERHEAD_TOKENS)."""
-    return BATCH_OVERHEAD_TOKENS.get(torch.device(task.model.cfg.device).type, ACCELERATOR_BATCH_OVERHEAD_TOKENS)
+def _batch_overhead(device) -> int:
+    """A batch's fixed cost on `device`, in token positions: BATCH_OVERHEAD_TOKENS, else the accelerators' figure."""
+    return BATCH_OVERHEAD_TOKENS.get(torch.device(device).type, ACCELERATOR_BATCH_OVERHEAD_TOKENS)
 
 
 def plan_batches(task: PatchingTask, sites: Sequence[Site], memory_budget: int) -> list[tuple[int, list[int]]]:
@@ -314,7 +314,7 @@ def plan_batches(task: PatchingTask, sites: Sequence[Site], memory_budget: int) 
     for i, site in enumerate(sites):
         by_layer[site.layer].append(i)
     per_batch = variants_per_batch(task, memory_budget)
-    overhead = _batch_overhead(task)
+    overhead = _batch_overhead(task.model.cfg.device)
     batches = []
     for layer, idx in sorted(by_layer.items()):
         idx = sorted(idx, key=lambda i: _first_changed_position(sites[i], task))
@@ -354,7 +354,7 @@ def patch_sites(
         values = np.empty(len(sites))
         rank, world = rank_world()
         if world > 1:  # under torchrun: this rank runs its share of the batches; the values are summed over ranks
-            overhead = _batch_overhead(task)
+            overhead = _batch_overhead(task.model.cfg.device)
             weights = [
                 batch_work(task, [_first_changed_position(sites[i], task) for i in idx], overhead) for _, idx in batches
             ]
