@@ -265,3 +265,36 @@ def test_shape_floor_repeats_each_product_three_times_then_until_min_seconds_or_
     assert run([1.0] * 10, min_seconds=100, max_repeats=5)["shape_floor_s"] == 3.0  # capped at 5 calls each
     with pytest.raises(StopIteration):
         run([1.0] * 10, min_seconds=100, max_repeats=6)
+
+
+@pytest.mark.parametrize(
+    "change, ok",
+    [
+        ({}, True),
+        ({"positional_embedding_type": "alibi"}, True),
+        ({"positional_embedding_type": "standard"}, True),
+        ({"positional_embedding_type": "shortformer"}, False),
+        ({"use_split_qkv_input": True}, False),
+        ({"use_attn_in": True}, False),
+        ({"parallel_attn_mlp": True}, False),
+        ({"clip_qkv": 8.0}, False),
+        ({"use_qk_norm": True}, False),
+        ({"original_architecture": "Olmo2ForCausalLM"}, False),
+        ({"original_architecture": "OlmoeForCausalLM"}, False),
+        ({"original_architecture": "Olmo3ForCausalLM"}, False),
+    ],
+)
+def test_last_position_block_only_where_keys_and_values_stand_apart(change, ok, monkeypatch):
+    """The last block runs at the last position only when its keys and values are plain projections of ln1's output;
+    each feature that breaks that (split or per-head inputs, parallel blocks, clipping, QK-norm, OLMo's norms,
+    shortformer positions) turns it off, and so does LAST_POSITION_BLOCK = False."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from interp.patching import engine
+
+    base = dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=32, n_ctx=8, d_vocab=20, act_fn="silu")
+    base.update(positional_embedding_type="rotary", normalization_type="RMS", rotary_dim=4)
+    model = HookedTransformer(HookedTransformerConfig(**{**base, **change}))
+    assert engine._last_position_block_ok(model) is ok
+    monkeypatch.setattr(engine, "LAST_POSITION_BLOCK", False)
+    assert engine._last_position_block_ok(model) is False
