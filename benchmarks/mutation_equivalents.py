@@ -292,3 +292,15 @@ EQUIVALENT.update(
         }.items()
     }
 )
+EQUIVALENT.update(
+    {
+        "interp.patching.cost.x_shape_floor_seconds__mutmut_27": "call_flops reads only the described arguments, "
+        "never the op",
+        "interp.patching.cost.x_shape_floor_seconds__mutmut_34": "the products matmul_calls records carry tensors "
+        "only (scalars such as baddbmm's beta arrive as keyword arguments, which it does not record)",
+        "interp.patching.engine.x_patch_sites__mutmut_25": "the clean run cached through every layer instead of up to "
+        "the last patched one: the same activations at the patched sites (slower)",
+        "interp.patching.engine.x_patch_sites__mutmut_28": "same as _25 (one layer further)",
+        "interp.patching.engine.x_patch_sites__mutmut_32": "same as _25",
+    }
+)

@@ -298,3 +298,26 @@ def test_last_position_block_only_where_keys_and_values_stand_apart(change, ok, 
     assert engine._last_position_block_ok(model) is ok
     monkeypatch.setattr(engine, "LAST_POSITION_BLOCK", False)
     assert engine._last_position_block_ok(model) is False
+
+
+@pytest.mark.parametrize("keep", ["q_norm", "k_norm", "olmo"])
+def test_last_position_block_reads_the_last_blocks_norms_and_the_olmo_names(keep):
+    """Each check on its own: a QK-norm config whose last block alone keeps only its q_norm (or only its k_norm) is
+    refused; an OLMo architecture name is refused even with the norms removed (its post-norm blocks)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from interp.patching import engine
+
+    base = dict(n_layers=3, d_model=16, d_head=4, n_heads=4, d_mlp=32, n_ctx=8, d_vocab=20, act_fn="silu")
+    base.update(positional_embedding_type="rotary", normalization_type="RMS", rotary_dim=4, use_qk_norm=True)
+    if keep == "olmo":
+        base["original_architecture"] = "Olmo2ForCausalLM"
+    model = HookedTransformer(HookedTransformerConfig(**base))
+    for i, block in enumerate(model.blocks):
+        for name in ("q_norm", "k_norm"):
+            if i < len(model.blocks) - 1 or name != keep:
+                setattr(block.attn, name, None)
+    assert engine._last_position_block_ok(model) is False
+    for name in ("OlmoeForCausalLM", "Olmo3ForCausalLM", "LlamaForCausalLM"):
+        model.cfg.original_architecture = name
+        assert engine._last_position_block_ok(model) is (keep == "olmo" and name == "LlamaForCausalLM")

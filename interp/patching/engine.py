@@ -241,8 +241,8 @@ def _last_position_block_ok(model: HookedTransformer) -> bool:
         and cfg.positional_embedding_type in ("standard", "rotary", "alibi")
         and not (cfg.use_split_qkv_input or cfg.use_attn_in or cfg.parallel_attn_mlp)
         and getattr(cfg, "clip_qkv", None) is None
-        and getattr(attn, "q_norm", None) is None
-        and getattr(attn, "k_norm", None) is None
+        and attn.q_norm is None  # TransformerLens's attention always has both (None without QK-norm)
+        and attn.k_norm is None
         and cfg.original_architecture not in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
     )
 
@@ -351,7 +351,7 @@ def patch_sites(
     with torch.no_grad(), _attention_weights_rearranged_once():
         clean = _clean_cache(task, {s.hook_name for s in sites}, stop)
         corrupted_resid_pre, kv = _corrupted_cache(task, {layer for layer, _ in batches})
-        values = np.empty(len(sites))
+        values = np.full(len(sites), np.nan)  # an entry no batch computed stays NaN, never stale memory
         rank, world = rank_world()
         if world > 1:  # under torchrun: this rank runs its share of the batches; the values are summed over ranks
             overhead = _batch_overhead(task.model.cfg.device)
