@@ -187,10 +187,10 @@ def prune_superseded(cache_dir: Path, source: Path) -> list[Path]:
     """
     removed = []
     prefix = cache_dir.name.rsplit("-", 1)[0] + "-"
-    for other in cache_dir.parent.glob(prefix + "*"):
+    for other in cache_dir.parent.iterdir():
         if other == cache_dir or not other.is_dir() or other.name.endswith(".partial"):
             continue
-        if other.name.rsplit("-", 1)[0] + "-" != prefix:  # a longer name sharing the prefix
+        if other.name.rsplit("-", 1)[0] + "-" != prefix:  # another model, or a longer name sharing the prefix
             continue
         try:
             recorded = json.loads((other / "source.json").read_text())["source"]
