@@ -302,5 +302,7 @@ EQUIVALENT.update(
         "the last patched one: the same activations at the patched sites (slower)",
         "interp.patching.engine.x_patch_sites__mutmut_28": "same as _25 (one layer further)",
         "interp.patching.engine.x_patch_sites__mutmut_32": "same as _25",
+        "interp.patching.engine.x_patch_sites__mutmut_47": "world >= 1: one process shards its batches over one rank, "
+        "which holds them all, in cost order (a batch's values do not depend on the order; the gather still needs world > 1)",
     }
 )
