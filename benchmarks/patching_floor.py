@@ -4,21 +4,14 @@ matmul (interp.patching.cost.sweep_flops), and the time of the sweep's own produ
 from __future__ import annotations
 
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-
-def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a large float32 matmul ([size x size] @ [size x size]) at the current torch thread count, median."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import matmul_rate  # noqa: E402,F401 (patching.py imports it from here)
 
 
 def flop_floor(model, task, sites, rate: float) -> dict:

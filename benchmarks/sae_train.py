@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,9 @@ from interp.sites import as_site
 from sae.activations import TensorBatches
 from sae.models import TopKConfig
 from sae.train import TrainConfig, train_sae
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import matmul_times  # noqa: E402
 
 
 def cached_activations(site: str, n_tokens: int, seq_len: int = 128) -> torch.Tensor:
@@ -201,17 +205,6 @@ def run_saelens(train, held_out, args, autocast: bool = False) -> dict:
     }
 
 
-def matmul_times(args, d_in: int, repeats: int = 5, dtype: torch.dtype = torch.float32) -> list[float]:
-    x, w = torch.randn(args.batch, d_in, dtype=dtype), torch.randn(d_in, args.d_sae, dtype=dtype)
-    x @ w
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        x @ w
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def interleaved(train: torch.Tensor, args, rounds: int = 7) -> dict:
     """Our sparse step and the matmul floor alternated `rounds` times (a step: training_step, backward, fused Adam,
     decoder renormalised, as train_sae does), so that both see the same load; medians and their ratio."""
@@ -328,8 +321,8 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))
         return
-    mm = matmul_times(args, acts.shape[1])
-    mm_bf16 = matmul_times(args, acts.shape[1], dtype=torch.bfloat16)
+    mm = matmul_times(args.batch, acts.shape[1], args.d_sae)
+    mm_bf16 = matmul_times(args.batch, acts.shape[1], args.d_sae, dtype=torch.bfloat16)
     rows = {}
     for name in trainers:
         print(f"running {name} ...", flush=True)
@@ -342,8 +335,8 @@ def main() -> None:
             rows[name] = run_ours(train, held_out, args, sparse=True, select_dtype=select)
         else:
             rows[name] = run_saelens(train, held_out, args, autocast=name == "saelens_autocast")
-        mm += matmul_times(args, acts.shape[1])
-        mm_bf16 += matmul_times(args, acts.shape[1], dtype=torch.bfloat16)
+        mm += matmul_times(args.batch, acts.shape[1], args.d_sae)
+        mm_bf16 += matmul_times(args.batch, acts.shape[1], args.d_sae, dtype=torch.bfloat16)
     floor, floor_bf16 = statistics.median(mm), statistics.median(mm_bf16)
     print(f"{'trainer':<24} {'tokens/s':>10} {'step s':>8} {'x floor':>8} {'x bf16':>7} {'FVU':>7}")
     for name, row in rows.items():
